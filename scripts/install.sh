@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Rewind and its tests need on Debian 12 with Node 20: the Debian packages of the
+# real NBD clients (when missing, as root), then the npm packages, then builds. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing Debian packages (run as root to install): ${need[*]}" >&2
+  fi
+fi
+if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund || npm install --no-audit --no-fund
+fi
+npm run build

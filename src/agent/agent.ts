@@ -1,0 +1,300 @@
+// The agent of one volume set: opens production images, exports them over NBD through the write
+// pipeline, seals segments, ships them to the manager and cleans up once they are committed.
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { assert, errorMessage, RewindError } from '../core/index.js';
+import type { BlockStatusCallback, DoneCallback, ExportBackend, ReadCallback } from '../nbd/backend.js';
+import { NbdErrno } from '../nbd/backend.js';
+import { ensureDir, isBlockDevice, sizeOf, writeFileDurable } from '../platform/index.js';
+import { DirtyMap } from './dirty-map.js';
+import { WritePipeline, type ProductionVolume } from './pipeline.js';
+import { Spool, type SpoolRecovery } from './spool.js';
+import { Shipper, type ShipperTarget } from './shipper.js';
+
+export interface VolumeSpec {
+  name: string;
+  /** Existing file or block device; or a new sparse image of `sizeBytes` under the data dir. */
+  path?: string;
+  sizeBytes?: number;
+}
+
+export interface AgentOptions {
+  dataDir: string;
+  volumes: VolumeSpec[];
+  volumeSetName?: string;
+  sealBytes: number;
+  sealMs: number;
+  manager: ShipperTarget;
+  log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
+}
+
+interface StoredVolume {
+  name: string;
+  sizeBytes: number;
+  path: string;
+}
+interface AgentState {
+  version: 1;
+  volumeSetId: string;
+  volumeSetName: string;
+  volumes: StoredVolume[];
+  seqAcked: number;
+  segmentAcked: number;
+  cleanShutdown: boolean;
+}
+
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export class Agent {
+  readonly options: AgentOptions;
+  readonly volumes: ProductionVolume[] = [];
+  private state!: AgentState;
+  private spool!: Spool;
+  pipeline!: WritePipeline;
+  private shipper!: Shipper;
+  private sealTimer: NodeJS.Timeout | undefined;
+  private cleanTimer: NodeJS.Timeout | undefined;
+  recovery: SpoolRecovery | undefined;
+  /** Regions found dirty on disk at start after an unclean stop (they may differ from the replica). */
+  dirtyAtStart = 0;
+
+  constructor(options: AgentOptions) {
+    this.options = options;
+  }
+
+  get volumeSetId(): string {
+    return this.state.volumeSetId;
+  }
+
+  get stateDir(): string {
+    return path.join(this.options.dataDir, 'agent');
+  }
+
+  async open(): Promise<void> {
+    await ensureDir(this.stateDir);
+    this.state = await this.loadState();
+    this.state.volumes = this.reconcileVolumes(this.state.volumes, this.options.volumes);
+    const wasClean = this.state.cleanShutdown;
+    this.state.cleanShutdown = false;
+    await this.saveState();
+    for (const [index, stored] of this.state.volumes.entries()) this.volumes.push(await this.openVolume(index, stored));
+    const opened = await Spool.open(path.join(this.stateDir, 'spool'), uuidBytes(this.state.volumeSetId), this.volumes.length, this.state.seqAcked, this.state.segmentAcked);
+    this.spool = opened.spool;
+    this.recovery = opened.recovery;
+    if (opened.recovery.tornBytes > 0) {
+      this.options.log('warn', `cut a torn tail of ${opened.recovery.tornBytes} bytes from the active segment`, { reason: opened.recovery.tornReason?.message });
+    }
+    this.dirtyAtStart = this.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
+    if (!wasClean && this.dirtyAtStart > 0) {
+      this.options.log('warn', `unclean stop: ${this.dirtyAtStart} dirty regions may differ from the replica until resynced`);
+    }
+    this.pipeline = new WritePipeline(this.spool, {
+      sealBytes: this.options.sealBytes,
+      onSealed: () => this.shipper.kick(),
+      onFatal: (error) => this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
+    });
+    this.shipper = new Shipper(this, this.spool, this.options.manager, this.options.log);
+    this.sealTimer = setInterval(() => this.sealIfOld(), Math.max(10, Math.min(this.options.sealMs, 250)));
+    this.cleanTimer = setInterval(() => this.cleanDirty(), 1000);
+    this.shipper.start();
+  }
+
+  private async loadState(): Promise<AgentState> {
+    const file = path.join(this.stateDir, 'state.json');
+    if (fs.existsSync(file)) return JSON.parse(await fsp.readFile(file, 'utf8')) as AgentState;
+    return {
+      version: 1,
+      volumeSetId: randomUUID(),
+      volumeSetName: this.options.volumeSetName ?? 'default',
+      volumes: [],
+      seqAcked: 0,
+      segmentAcked: 0,
+      cleanShutdown: true,
+    };
+  }
+
+  async saveState(): Promise<void> {
+    await writeFileDurable(path.join(this.stateDir, 'state.json'), JSON.stringify(this.state, null, 2));
+  }
+
+  /** The stored volume list wins; new volumes may be added, nothing may change or disappear. */
+  private reconcileVolumes(stored: StoredVolume[], given: VolumeSpec[]): StoredVolume[] {
+    if (given.length === 0) {
+      if (stored.length > 0) return stored;
+      given = [{ name: 'vol0', sizeBytes: 1024 ** 3 }];
+    }
+    const out = [...stored];
+    const givenNames = new Set<string>();
+    for (const spec of given) {
+      if (!VOLUME_NAME.test(spec.name)) throw new RewindError('REWIND_BAD_ARGUMENT', `volume name "${spec.name}" is invalid`, { hint: 'use letters, digits, dot, dash and underscore (at most 64)' });
+      if (givenNames.has(spec.name)) throw new RewindError('REWIND_BAD_ARGUMENT', `volume "${spec.name}" is given twice`);
+      givenNames.add(spec.name);
+      const existing = stored.find((v) => v.name === spec.name);
+      const wantedPath = spec.path ? path.resolve(spec.path) : undefined;
+      if (existing) {
+        if ((wantedPath && wantedPath !== existing.path) || (spec.sizeBytes !== undefined && !spec.path && spec.sizeBytes !== existing.sizeBytes)) {
+          throw new RewindError('REWIND_CONFIG', `volume "${spec.name}" was ${existing.path} (${existing.sizeBytes} bytes) and cannot change`, {
+            hint: 'use a new data directory to protect a different volume set',
+          });
+        }
+        continue;
+      }
+      const file = wantedPath ?? path.join(this.options.dataDir, 'production', `${spec.name}.img`);
+      const sizeBytes = wantedPath ? sizeOfExisting(wantedPath) : (spec.sizeBytes as number);
+      out.push({ name: spec.name, sizeBytes, path: file });
+    }
+    const missing = stored.filter((v) => !givenNames.has(v.name));
+    if (missing.length > 0) {
+      throw new RewindError('REWIND_CONFIG', `volume list changed: ${missing.map((v) => v.name).join(', ')} missing`, {
+        hint: `this data directory protects ${stored.map((v) => v.name).join(', ')}; give all of them (new volumes may be added) or none to resume`,
+      });
+    }
+    return out;
+  }
+
+  private async openVolume(index: number, stored: StoredVolume): Promise<ProductionVolume> {
+    if (!fs.existsSync(stored.path)) {
+      await ensureDir(path.dirname(stored.path));
+      const fd = fs.openSync(stored.path, 'w');
+      fs.ftruncateSync(fd, stored.sizeBytes);
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+    }
+    const blockDevice = isBlockDevice(stored.path);
+    const actual = sizeOf(stored.path);
+    if (actual < stored.sizeBytes) {
+      throw new RewindError('REWIND_CONFIG', `production image ${stored.path} is ${actual} bytes, expected ${stored.sizeBytes}`);
+    }
+    const fd = fs.openSync(stored.path, 'r+');
+    await ensureDir(path.join(this.stateDir, 'dirty'));
+    const dirty = DirtyMap.open(path.join(this.stateDir, 'dirty', `${stored.name}.map`), stored.sizeBytes);
+    return { name: stored.name, index, sizeBytes: stored.sizeBytes, path: stored.path, fd, blockDevice, dirty };
+  }
+
+  exports(): ExportBackend[] {
+    return this.volumes.map((volume) => new ProductionExport(this, volume));
+  }
+
+  /** Called by the shipper when the manager committed everything up to `index`/`seqLast`. */
+  async committed(index: number, seqLast: number): Promise<void> {
+    if (index <= this.state.segmentAcked) return;
+    this.state.segmentAcked = index;
+    this.state.seqAcked = seqLast;
+    await this.saveState();
+    await this.spool.release(index);
+    this.cleanDirty();
+  }
+
+  get seqCommitted(): number {
+    return this.state.seqAcked;
+  }
+
+  private cleanDirty(): void {
+    const nowMs = Date.now();
+    for (const volume of this.volumes) volume.dirty.clean(this.state.seqAcked, nowMs, 2000, 4096);
+  }
+
+  private sealIfOld(): void {
+    if (this.spool.activeRecords > 0 && this.spool.activeAgeMs >= this.options.sealMs) void this.pipeline.seal();
+  }
+
+  seal(): Promise<number> {
+    return this.pipeline.seal();
+  }
+
+  status(): { seqCaptured: number; timeCapturedNs: bigint; spoolBytes: number; sealedPending: number; mode: string; failure: string | undefined } {
+    return {
+      seqCaptured: this.pipeline.seqCaptured,
+      timeCapturedNs: this.pipeline.timeCapturedNs,
+      spoolBytes: this.spool.totalBytes,
+      sealedPending: this.spool.sealed.length,
+      mode: this.pipeline.failure ? 'failed' : 'logging',
+      failure: this.pipeline.failure,
+    };
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sealTimer);
+    clearInterval(this.cleanTimer);
+    await this.pipeline.close();
+    await this.spool.seal();
+    await this.shipper.stop();
+    this.spool.close();
+    for (const volume of this.volumes) {
+      fs.fsyncSync(volume.fd);
+      fs.closeSync(volume.fd);
+      volume.dirty.close();
+    }
+    this.state.cleanShutdown = true;
+    await this.saveState();
+  }
+
+  volumeInfo(): { name: string; sizeBytes: number }[] {
+    return this.volumes.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes }));
+  }
+
+  get volumeSetName(): string {
+    return this.state.volumeSetName;
+  }
+}
+
+function sizeOfExisting(file: string): number {
+  if (!fs.existsSync(file)) throw new RewindError('REWIND_CONFIG', `production image ${file} does not exist`, { hint: 'give NAME:SIZE to create a new image, or the path of an existing file or block device' });
+  return sizeOf(file);
+}
+
+export function uuidBytes(uuid: string): Buffer {
+  const hex = uuid.replace(/-/g, '');
+  assert(hex.length === 32, 'uuid has 32 hex digits');
+  return Buffer.from(hex, 'hex');
+}
+
+/** The NBD face of a protected volume: reads from production, writes through the pipeline. */
+class ProductionExport implements ExportBackend {
+  readonly name: string;
+  readonly description: string;
+  readonly sizeBytes: number;
+  readonly readOnly = false;
+  readonly multiConn = true; // one shared log and fdatasync: a FLUSH on any connection covers all
+  private readonly agent: Agent;
+  private readonly volume: ProductionVolume;
+
+  constructor(agent: Agent, volume: ProductionVolume) {
+    this.agent = agent;
+    this.volume = volume;
+    this.name = volume.name;
+    this.description = `protected volume ${volume.name}`;
+    this.sizeBytes = volume.sizeBytes;
+  }
+
+  read(offsetBytes: number, lengthBytes: number, done: ReadCallback): void {
+    const buffer = Buffer.allocUnsafe(lengthBytes);
+    fs.read(this.volume.fd, buffer, 0, lengthBytes, offsetBytes, (error, bytesRead) => {
+      if (error) return done(NbdErrno.EIO);
+      if (bytesRead < lengthBytes) buffer.fill(0, bytesRead);
+      done(0, buffer);
+    });
+  }
+
+  write(offsetBytes: number, data: Buffer, fua: boolean, done: DoneCallback): void {
+    this.agent.pipeline.submitRecord('write', this.volume, offsetBytes, data.length, data, fua, done);
+  }
+
+  writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void {
+    this.agent.pipeline.submitRecord('zero', this.volume, offsetBytes, lengthBytes, undefined, fua, done);
+  }
+
+  trim(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void {
+    this.agent.pipeline.submitRecord('trim', this.volume, offsetBytes, lengthBytes, undefined, fua, done);
+  }
+
+  flush(done: DoneCallback): void {
+    this.agent.pipeline.submitFlush(this.volume, done);
+  }
+
+  blockStatus(offsetBytes: number, lengthBytes: number, done: BlockStatusCallback): void {
+    done(0, [{ lengthBytes, flags: 0 }]); // production may hold data anywhere; say so honestly
+  }
+}

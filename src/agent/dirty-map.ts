@@ -1,0 +1,140 @@
+// Persistent dirty map of one volume: a bitmap of regions whose production bytes may differ from
+// the replica. Write-ahead: a region is marked durably before any production write into it.
+// Cleaning is lazy (DRBD activity-log style): a committed region is cleared only once it has gone
+// quiet, so a busy region costs one durable mark, not one per commit.
+import fs from 'node:fs';
+import { assert } from '../core/index.js';
+import { fdatasyncAsync } from '../platform/index.js';
+
+export const REGION_BYTES_DEFAULT = 1024 * 1024;
+
+export class DirtyMap {
+  readonly regionBytes: number;
+  readonly regionCount: number;
+  private readonly bits: Buffer;
+  private readonly fd: number;
+  /** Newest seq that touched each marked region (only regions marked since this process started). */
+  private readonly lastSeq = new Map<number, number>();
+  private readonly lastTouchMs = new Map<number, number>();
+
+  private constructor(fd: number, bits: Buffer, regionBytes: number, regionCount: number) {
+    this.fd = fd;
+    this.bits = bits;
+    this.regionBytes = regionBytes;
+    this.regionCount = regionCount;
+  }
+
+  static open(file: string, volumeSizeBytes: number, regionBytes = REGION_BYTES_DEFAULT): DirtyMap {
+    const regionCount = Math.max(1, Math.ceil(volumeSizeBytes / regionBytes));
+    const byteCount = Math.ceil(regionCount / 8);
+    const exists = fs.existsSync(file);
+    const fd = fs.openSync(file, exists ? 'r+' : 'w+');
+    const bits = Buffer.alloc(byteCount);
+    if (exists) {
+      fs.readSync(fd, bits, 0, Math.min(byteCount, fs.fstatSync(fd).size), 0);
+    } else {
+      fs.writeSync(fd, bits, 0, byteCount, 0);
+      fs.fdatasyncSync(fd);
+    }
+    return new DirtyMap(fd, bits, regionBytes, regionCount);
+  }
+
+  isMarked(region: number): boolean {
+    return ((this.bits[region >> 3] ?? 0) & (1 << (region & 7))) !== 0;
+  }
+
+  /** Regions marked on disk: after an unclean stop these may differ from the replica. */
+  markedRegions(): number[] {
+    const out: number[] = [];
+    for (let region = 0; region < this.regionCount; region++) if (this.isMarked(region)) out.push(region);
+    return out;
+  }
+
+  get markedCount(): number {
+    let count = 0;
+    for (const byte of this.bits) {
+      let b = byte;
+      while (b) {
+        count += b & 1;
+        b >>= 1;
+      }
+    }
+    return count;
+  }
+
+  /**
+   * Records that `seq` will write [offset, offset + length). Returns true when a region was newly
+   * marked, so the caller must `persist()` before issuing the production write.
+   */
+  touch(offsetBytes: number, lengthBytes: number, seq: number, nowMs: number): boolean {
+    assert(lengthBytes > 0, 'touch of an empty range');
+    const first = Math.floor(offsetBytes / this.regionBytes);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / this.regionBytes);
+    assert(last < this.regionCount, 'touch inside the volume');
+    let newlyMarked = false;
+    for (let region = first; region <= last; region++) {
+      this.lastSeq.set(region, seq);
+      this.lastTouchMs.set(region, nowMs);
+      if (!this.isMarked(region)) {
+        this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) | (1 << (region & 7));
+        this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
+        this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
+        newlyMarked = true;
+      }
+    }
+    return newlyMarked;
+  }
+
+  private dirtyBytesLow = Number.MAX_SAFE_INTEGER;
+  private dirtyBytesHigh = 0;
+
+  /** Writes changed bitmap bytes (synchronously, so writes stay ordered) and makes them durable. */
+  async persist(): Promise<void> {
+    if (this.dirtyBytesHigh > this.dirtyBytesLow) {
+      const low = this.dirtyBytesLow;
+      fs.writeSync(this.fd, this.bits, low, this.dirtyBytesHigh - low, low);
+      this.dirtyBytesLow = Number.MAX_SAFE_INTEGER;
+      this.dirtyBytesHigh = 0;
+    }
+    await fdatasyncAsync(this.fd);
+  }
+
+  /**
+   * Clears regions whose newest write is committed and that have been quiet for `quietMs`, or all
+   * committed ones when more than `hotMax` are marked. Clearing needs no fsync: a lost clear only
+   * costs a resync of a region that was already equal.
+   */
+  clean(seqCommitted: number, nowMs: number, quietMs: number, hotMax: number): number {
+    let cleared = 0;
+    const pressure = this.lastSeq.size > hotMax;
+    for (const [region, seq] of this.lastSeq) {
+      if (seq > seqCommitted) continue;
+      if (!pressure && nowMs - (this.lastTouchMs.get(region) ?? 0) < quietMs) continue;
+      this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) & ~(1 << (region & 7));
+      this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
+      this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
+      this.lastSeq.delete(region);
+      this.lastTouchMs.delete(region);
+      cleared += 1;
+    }
+    if (cleared > 0) {
+      const low = this.dirtyBytesLow;
+      fs.writeSync(this.fd, this.bits, low, this.dirtyBytesHigh - low, low);
+      this.dirtyBytesLow = Number.MAX_SAFE_INTEGER;
+      this.dirtyBytesHigh = 0;
+    }
+    return cleared;
+  }
+
+  /** Marks regions that were dirty on disk at start as owned by `seq` (resync covers them). */
+  adoptMarked(seq: number, nowMs: number): void {
+    for (const region of this.markedRegions()) {
+      this.lastSeq.set(region, seq);
+      this.lastTouchMs.set(region, nowMs);
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}

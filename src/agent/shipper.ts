@@ -1,0 +1,193 @@
+// Ships sealed segments to the manager in index order over one authenticated connection, a bounded
+// window ahead of the acknowledgements; reconnects with backoff and resends whatever is unacked.
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import tls from 'node:tls';
+import { errorMessage } from '../core/index.js';
+import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../ship/protocol.js';
+import type { Agent } from './agent.js';
+import type { SealedSegment, Spool } from './spool.js';
+
+export interface ShipperTarget {
+  host: string;
+  port: number;
+  token: string;
+  tls?: { ca?: string; rejectUnauthorized?: boolean; servername?: string };
+}
+
+const WINDOW_SEGMENTS_MAX = 4;
+const BACKOFF_MS_MAX = 5000;
+const STATUS_INTERVAL_MS = 250;
+
+export class Shipper {
+  private readonly agent: Agent;
+  private readonly spool: Spool;
+  private readonly target: ShipperTarget;
+  private readonly log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
+  private socket: net.Socket | undefined;
+  private welcomed = false;
+  private inFlight = new Set<number>();
+  private stopped = false;
+  private backoffMs = 100;
+  private statusTimer: NodeJS.Timeout | undefined;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  /** A segment the manager refused: kept in the spool, shipping paused, reported in status. */
+  refusal: string | undefined;
+  connected = false;
+
+  constructor(agent: Agent, spool: Spool, target: ShipperTarget, log: Shipper['log']) {
+    this.agent = agent;
+    this.spool = spool;
+    this.target = target;
+    this.log = log;
+  }
+
+  start(): void {
+    this.connect();
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const onConnected = (): void => {
+      this.backoffMs = 100;
+      const hello: Message = {
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        token: this.target.token,
+        volumeSetId: this.agent.volumeSetId,
+        volumeSetName: this.agent.volumeSetName,
+        volumes: this.agent.volumeInfo(),
+        seqNext: this.spool.seqNextExpected,
+      };
+      sendFrame(socket, hello);
+    };
+    const socket = this.target.tls
+      ? tls.connect({ host: this.target.host, port: this.target.port, ...this.target.tls }, onConnected)
+      : net.connect({ host: this.target.host, port: this.target.port }, onConnected);
+    socket.setNoDelay(true);
+    this.socket = socket;
+    const reader = new FrameReader();
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        for (const frame of reader.push(chunk)) this.onMessage(frame.message);
+      } catch (error) {
+        this.log('error', `manager connection: ${errorMessage(error)}`);
+        socket.destroy();
+      }
+    });
+    socket.on('error', (error) => {
+      if (this.connected) this.log('warn', `manager connection lost: ${error.message}`);
+    });
+    socket.on('close', () => this.onClose(socket));
+  }
+
+  private onClose(socket: net.Socket): void {
+    if (this.socket !== socket) return;
+    this.socket = undefined;
+    this.connected = false;
+    this.welcomed = false;
+    this.inFlight.clear();
+    clearInterval(this.statusTimer);
+    if (this.stopped) return;
+    this.reconnectTimer = setTimeout(() => this.connect(), this.backoffMs);
+    this.backoffMs = Math.min(BACKOFF_MS_MAX, this.backoffMs * 2);
+  }
+
+  private onMessage(message: Message): void {
+    switch (message.type) {
+      case 'welcome':
+        this.connected = true;
+        this.welcomed = true;
+        this.refusal = undefined;
+        this.log('info', `connected to manager ${this.target.host}:${this.target.port}; committed seq ${message.seqCommitted}`);
+        void this.acked(message.segmentCommitted, message.seqCommitted).then(() => this.kick());
+        this.sendStatus();
+        this.statusTimer = setInterval(() => this.sendStatus(), STATUS_INTERVAL_MS);
+        return;
+      case 'ack':
+        this.inFlight.delete(message.index);
+        void this.acked(message.index, message.seqLast).then(() => this.kick());
+        return;
+      case 'refused':
+        this.refusal = `segment ${message.index} refused by the manager: ${message.code}: ${message.message}`;
+        this.log('error', this.refusal);
+        this.inFlight.clear();
+        return; // keep the segment; shipping waits for an operator (it is never deleted here)
+      case 'seal':
+        void this.agent.seal().then((seqLast) => {
+          if (this.socket) sendFrame(this.socket, { type: 'sealed', id: message.id, seqLast });
+          this.kick();
+        });
+        return;
+      case 'error':
+        this.log('error', `manager refused the connection: ${message.code}: ${message.message}`);
+        this.refusal = `${message.code}: ${message.message}`;
+        return;
+      default:
+        this.log('warn', `unexpected message from manager: ${message.type}`);
+    }
+  }
+
+  private async acked(index: number, seqLast: number): Promise<void> {
+    try {
+      await this.agent.committed(index, seqLast);
+    } catch (error) {
+      this.log('error', `cleaning up after commit of segment ${index} failed: ${errorMessage(error)}`);
+    }
+  }
+
+  /** Sends the next sealed segments, up to the window. */
+  kick(): void {
+    const socket = this.socket;
+    if (!socket || !this.welcomed || this.refusal) return;
+    const toSend = this.spool.sealed.filter((s) => !this.inFlight.has(s.index) && s.index > this.highestInFlight());
+    for (const segment of toSend) {
+      if (this.inFlight.size >= WINDOW_SEGMENTS_MAX) break;
+      this.inFlight.add(segment.index);
+      void this.send(socket, segment);
+    }
+  }
+
+  private highestInFlight(): number {
+    let max = 0;
+    for (const index of this.inFlight) max = Math.max(max, index);
+    return max;
+  }
+
+  private async send(socket: net.Socket, segment: SealedSegment): Promise<void> {
+    try {
+      const bytes = await fsp.readFile(segment.file);
+      if (socket.destroyed) return;
+      sendFrame(socket, { type: 'segment', index: segment.index, seqFirst: segment.seqFirst, seqLast: segment.seqLast, fileCrc: segment.fileCrc, bytes: bytes.length }, bytes);
+    } catch (error) {
+      this.log('error', `reading segment ${segment.file} failed: ${errorMessage(error)}`);
+      socket.destroy();
+    }
+  }
+
+  private sendStatus(): void {
+    if (!this.socket || !this.welcomed) return;
+    const status = this.agent.status();
+    const failure = this.refusal ?? status.failure;
+    sendFrame(this.socket, {
+      type: 'status',
+      seqCaptured: status.seqCaptured,
+      timeCapturedNs: status.timeCapturedNs.toString(),
+      spoolBytes: status.spoolBytes,
+      sealedPending: status.sealedPending,
+      mode: status.mode,
+      ...(failure ? { failure } : {}),
+    });
+  }
+
+  /** Gives in-flight segments a moment to be acknowledged, then closes. */
+  async stop(): Promise<void> {
+    for (let waited = 0; this.inFlight.size > 0 && this.socket && waited < 5000; waited += 20) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.statusTimer);
+    this.socket?.destroy();
+  }
+}

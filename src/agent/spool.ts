@@ -1,0 +1,304 @@
+// The agent's spool: one active redo segment being appended to, and sealed segments waiting to ship.
+// Owns segment file naming, the running checksum, sealing, and recovery of a torn active segment.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { assert, crc32c, nowNs, RewindError, type SegmentError } from '../core/index.js';
+import {
+  encodeRedoHeader,
+  encodeRedoTrailer,
+  parseSealedRedo,
+  REDO_HEADER_BYTES,
+  scanRedo,
+  SEGMENT_FLAG_RESYNC,
+} from '../log/index.js';
+import { fdatasyncAsync, fsyncDir, writevAsync } from '../platform/index.js';
+
+export interface SealedSegment {
+  index: number;
+  file: string;
+  seqFirst: number;
+  seqLast: number;
+  bytes: number;
+  fileCrc: number;
+  resync: boolean;
+}
+
+interface ActiveSegment {
+  index: number;
+  file: string;
+  fd: number;
+  positionBytes: number;
+  crc: number;
+  seqFirst: number;
+  recordCount: number;
+  timeFirstNs: bigint;
+  timeLastNs: bigint;
+  createdMs: number;
+  flags: number;
+}
+
+export interface SpoolRecovery {
+  /** Bytes cut from the end of the active segment because they were torn or corrupt. */
+  tornBytes: number;
+  tornReason: SegmentError | undefined;
+  /** Records kept from the active segment found at start (sealed during recovery). */
+  recoveredRecords: number;
+}
+
+const SEALED_SUFFIX = '.redo';
+const ACTIVE_SUFFIX = '.redo.active';
+
+function segmentName(index: number, suffix: string): string {
+  return `${String(index).padStart(16, '0')}${suffix}`;
+}
+
+export class Spool {
+  readonly dir: string;
+  private readonly volumeSetId: Buffer;
+  private readonly volumeCount: number;
+  private active: ActiveSegment | undefined;
+  readonly sealed: SealedSegment[] = [];
+  private nextIndex: number;
+  /** The seq the next record must carry. */
+  private seqNext: number;
+
+  private constructor(dir: string, volumeSetId: Buffer, volumeCount: number, nextIndex: number, seqNext: number) {
+    this.dir = dir;
+    this.volumeSetId = volumeSetId;
+    this.volumeCount = volumeCount;
+    this.nextIndex = nextIndex;
+    this.seqNext = seqNext;
+  }
+
+  /**
+   * Opens the spool: verifies sealed segments, keeps the valid prefix of an active segment left by a
+   * crash (cutting a torn tail) and seals it. `seqAcked`/`indexAcked` come from the agent state.
+   */
+  static async open(dir: string, volumeSetId: Buffer, volumeCount: number, seqAcked: number, indexAcked: number): Promise<{ spool: Spool; recovery: SpoolRecovery }> {
+    await fsp.mkdir(dir, { recursive: true });
+    const names = (await fsp.readdir(dir)).sort();
+    const spool = new Spool(dir, volumeSetId, volumeCount, indexAcked + 1, seqAcked + 1);
+    const recovery: SpoolRecovery = { tornBytes: 0, tornReason: undefined, recoveredRecords: 0 };
+    for (const name of names) {
+      const file = path.join(dir, name);
+      if (name.endsWith('.tmp') || name.includes('.tmp-')) {
+        await fsp.rm(file, { force: true });
+      } else if (name.endsWith(SEALED_SUFFIX)) {
+        spool.adoptSealed(file, await fsp.readFile(file));
+      } else if (name.endsWith(ACTIVE_SUFFIX)) {
+        Object.assign(recovery, await spool.recoverActive(file));
+      }
+    }
+    await fsyncDir(dir);
+    return { spool, recovery };
+  }
+
+  private adoptSealed(file: string, buf: Buffer): void {
+    const parsed = parseSealedRedo(buf, file, this.volumeCount);
+    if (parsed.header.segmentIndex < this.nextIndex) {
+      // Already acknowledged by the manager before a crash cut the cleanup short.
+      fs.rmSync(file, { force: true });
+      return;
+    }
+    if (parsed.header.seqFirst !== this.seqNext) {
+      throw new RewindError('REWIND_SEQ_GAP', `spool segment ${file} starts at seq ${parsed.header.seqFirst}, expected ${this.seqNext}`, {
+        hint: 'the spool is not continuous; keep the files for inspection and contact support',
+      });
+    }
+    this.sealed.push({
+      index: parsed.header.segmentIndex,
+      file,
+      seqFirst: parsed.header.seqFirst,
+      seqLast: parsed.trailer.seqLast,
+      bytes: buf.length,
+      fileCrc: parsed.fileCrc,
+      resync: (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0,
+    });
+    this.nextIndex = parsed.header.segmentIndex + 1;
+    this.seqNext = parsed.trailer.seqLast + 1;
+  }
+
+  private async recoverActive(file: string): Promise<SpoolRecovery> {
+    const buf = await fsp.readFile(file);
+    if (buf.length < REDO_HEADER_BYTES) {
+      await fsp.rm(file, { force: true }); // created but header never written: holds no record
+      return { tornBytes: buf.length, tornReason: undefined, recoveredRecords: 0 };
+    }
+    const scan = scanRedo(buf, file, this.volumeCount);
+    assert(scan.trailer === undefined, 'an active segment has no trailer');
+    if (scan.header.seqFirst !== this.seqNext || scan.header.segmentIndex !== this.nextIndex) {
+      throw new RewindError('REWIND_SEQ_GAP', `active segment ${file} does not continue the spool (seq ${scan.header.seqFirst}, expected ${this.seqNext})`);
+    }
+    const fd = fs.openSync(file, 'r+');
+    fs.ftruncateSync(fd, scan.validBytes);
+    const first = scan.records[0];
+    const last = scan.records[scan.records.length - 1];
+    this.active = {
+      index: scan.header.segmentIndex,
+      file,
+      fd,
+      positionBytes: scan.validBytes,
+      crc: scan.validCrc,
+      seqFirst: scan.header.seqFirst,
+      recordCount: scan.records.length,
+      timeFirstNs: first?.timeNs ?? 0n,
+      timeLastNs: last?.timeNs ?? 0n,
+      createdMs: Date.now(),
+      flags: scan.header.flags,
+    };
+    this.seqNext = scan.header.seqFirst + scan.records.length;
+    this.nextIndex = scan.header.segmentIndex + 1;
+    if (scan.records.length === 0) {
+      fs.closeSync(fd);
+      await fsp.rm(file, { force: true });
+      this.active = undefined;
+      this.nextIndex = scan.header.segmentIndex;
+    } else {
+      await this.seal();
+    }
+    return { tornBytes: buf.length - scan.validBytes, tornReason: scan.stopReason, recoveredRecords: scan.records.length };
+  }
+
+  get seqNextExpected(): number {
+    return this.seqNext;
+  }
+
+  get activeBytes(): number {
+    return this.active?.positionBytes ?? 0;
+  }
+
+  get activeRecords(): number {
+    return this.active?.recordCount ?? 0;
+  }
+
+  get activeAgeMs(): number {
+    return this.active ? Date.now() - this.active.createdMs : 0;
+  }
+
+  get totalBytes(): number {
+    return this.sealed.reduce((sum, s) => sum + s.bytes, 0) + this.activeBytes;
+  }
+
+  /**
+   * Appends encoded records (headers and payloads, in seq order) with one positional writev.
+   * The caller serialises appends; `timeFirstNs`/`timeLastNs` are the batch's capture times.
+   */
+  async append(pieces: Buffer[], seqFirst: number, recordCount: number, timeFirstNs: bigint, timeLastNs: bigint, flags = 0): Promise<void> {
+    assert(seqFirst === this.seqNext, `append at seq ${seqFirst}, spool expects ${this.seqNext}`);
+    const active = this.active ?? (await this.startSegment(flags));
+    assert(active.flags === flags, 'a segment holds records of one kind');
+    this.seqNext += recordCount;
+    let bytes = 0;
+    for (const piece of pieces) {
+      active.crc = crc32c(piece, active.crc);
+      bytes += piece.length;
+    }
+    const position = active.positionBytes;
+    active.positionBytes += bytes;
+    if (active.recordCount === 0) active.timeFirstNs = timeFirstNs;
+    active.recordCount += recordCount;
+    active.timeLastNs = timeLastNs;
+    let written = 0;
+    // writev may write less than asked (large batches): continue with what is left.
+    for (let guard = 0; written < bytes; guard++) {
+      assert(guard < 1_000_000, 'writev makes progress');
+      const rest = sliceFrom(pieces, written);
+      written += await writevAsync(active.fd, rest.slice(0, 1024), position + written);
+    }
+  }
+
+  private async startSegment(flags: number): Promise<ActiveSegment> {
+    const index = this.nextIndex;
+    this.nextIndex += 1;
+    const file = path.join(this.dir, segmentName(index, ACTIVE_SUFFIX));
+    const header = encodeRedoHeader({ volumeSetId: this.volumeSetId, segmentIndex: index, seqFirst: this.seqNext, createdNs: nowNs(), flags });
+    const fd = fs.openSync(file, 'w+');
+    fs.writeSync(fd, header, 0, header.length, 0);
+    const active: ActiveSegment = {
+      index,
+      file,
+      fd,
+      positionBytes: header.length,
+      crc: crc32c(header),
+      seqFirst: this.seqNext,
+      recordCount: 0,
+      timeFirstNs: 0n,
+      timeLastNs: 0n,
+      createdMs: Date.now(),
+      flags,
+    };
+    this.active = active;
+    await fsyncDir(this.dir); // the new file's name must survive a crash once a FLUSH covers it
+    return active;
+  }
+
+  /** Makes every appended record durable (FLUSH and FUA). */
+  async sync(): Promise<void> {
+    if (this.active) await fdatasyncAsync(this.active.fd);
+  }
+
+  /** Seals the active segment (trailer, fdatasync, rename). Returns it, or undefined when empty. */
+  async seal(): Promise<SealedSegment | undefined> {
+    const active = this.active;
+    if (!active || active.recordCount === 0) return undefined;
+    this.active = undefined;
+    const trailer = encodeRedoTrailer({
+      recordCount: active.recordCount,
+      seqFirst: active.seqFirst,
+      seqLast: active.seqFirst + active.recordCount - 1,
+      timeFirstNs: active.timeFirstNs,
+      timeLastNs: active.timeLastNs,
+      bodyBytes: active.positionBytes,
+      bodyCrc: active.crc,
+    });
+    await writevAsync(active.fd, [trailer], active.positionBytes);
+    await fdatasyncAsync(active.fd);
+    fs.closeSync(active.fd);
+    const sealedFile = path.join(this.dir, segmentName(active.index, SEALED_SUFFIX));
+    await fsp.rename(active.file, sealedFile);
+    await fsyncDir(this.dir);
+    const segment: SealedSegment = {
+      index: active.index,
+      file: sealedFile,
+      seqFirst: active.seqFirst,
+      seqLast: active.seqFirst + active.recordCount - 1,
+      bytes: active.positionBytes + trailer.length,
+      fileCrc: crc32c(trailer, active.crc),
+      resync: (active.flags & SEGMENT_FLAG_RESYNC) !== 0,
+    };
+    this.sealed.push(segment);
+    return segment;
+  }
+
+  /** Deletes sealed segments up to and including `index` once the manager committed them. */
+  async release(index: number): Promise<number> {
+    let freed = 0;
+    while (this.sealed.length > 0 && (this.sealed[0]?.index ?? Infinity) <= index) {
+      const segment = this.sealed.shift() as SealedSegment;
+      await fsp.rm(segment.file, { force: true });
+      freed += segment.bytes;
+    }
+    if (freed > 0) await fsyncDir(this.dir);
+    return freed;
+  }
+
+  close(): void {
+    if (this.active) fs.closeSync(this.active.fd);
+    this.active = undefined;
+  }
+}
+
+function sliceFrom(pieces: readonly Buffer[], skipBytes: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = skipBytes;
+  for (const piece of pieces) {
+    if (skip >= piece.length) {
+      skip -= piece.length;
+      continue;
+    }
+    out.push(skip > 0 ? piece.subarray(skip) : piece);
+    skip = 0;
+  }
+  return out;
+}

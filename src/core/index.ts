@@ -1,0 +1,6 @@
+// Core: assertions, typed errors, units, checksums, time. Imported by every other module.
+export * from './assert.js';
+export * from './errors.js';
+export * from './units.js';
+export * from './checksum.js';
+export * from './time.js';

@@ -1,0 +1,3 @@
+// Log formats: redo segments (captured writes) and undo segments (overwritten replica bytes).
+export * from './redo.js';
+export * from './undo.js';

@@ -1,0 +1,168 @@
+// One transaction's trip through the manager: save the undo (replica bytes the redo will overwrite,
+// read ascending, each byte once, zero runs without bytes, durable before the replica is touched),
+// then apply the newest write of each range in offset order and make the replica durable.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { assert, assertNever, crc32c, mergeRanges, type ByteRange } from '../core/index.js';
+import { parseUndo, UndoBuilder, type RedoRecord, type UndoExtent } from '../log/index.js';
+import { fdatasyncAsync, fsyncDir, preadFully, writeZeroesSync, zeroRange } from '../platform/index.js';
+import { IntervalMap } from '../views/interval-map.js';
+import { ALLOC_CHUNK_BYTES, type ReplicaVolume } from './replica.js';
+
+const READ_PIECE_BYTES = 4 * 1024 * 1024;
+const ZERO_BLOCK_BYTES = 4096;
+const UNDO_FLUSH_BYTES = 16 * 1024 * 1024;
+
+export interface UndoResult {
+  bytes: number;
+  fileCrc: number;
+  extents: UndoExtent[];
+}
+
+/** Writes the undo segment for `records` to `file` (temp, fdatasync, rename, fsync dir). */
+export async function saveUndo(
+  file: string,
+  header: { volumeSetId: Buffer; segmentIndex: number; seqFirst: number; seqLast: number },
+  records: readonly RedoRecord[],
+  replicas: readonly ReplicaVolume[],
+): Promise<UndoResult> {
+  const temp = `${file}.tmp`;
+  const handle = await fsp.open(temp, 'w');
+  let bytes = 0;
+  let crc = 0;
+  const flush = async (pieces: Buffer[]): Promise<void> => {
+    for (const piece of pieces) crc = crc32c(piece, crc);
+    if (pieces.length === 0) return;
+    const { bytesWritten } = await handle.writev(pieces, bytes);
+    const total = pieces.reduce((sum, p) => sum + p.length, 0);
+    assert(bytesWritten === total, 'undo writev wrote everything');
+    bytes += total;
+  };
+  try {
+    const builder = new UndoBuilder(header);
+    for (const replica of replicas) {
+      const ranges = mergeRanges(records.filter((r) => r.volume === replica.index).map((r) => ({ offset: r.offsetBytes, length: r.lengthBytes })));
+      for (const range of ranges) {
+        addRangeToUndo(builder, replica, range);
+        if (builder.pendingBytes >= UNDO_FLUSH_BYTES) await flush(builder.drain());
+      }
+    }
+    await flush(builder.finish());
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+  await fsp.rename(temp, file);
+  await fsyncDir(path.dirname(file));
+  // Read back and verify what was just written (pair assertion: checked on write and on read).
+  const parsed = parseUndo(await fsp.readFile(file), file, replicas.length);
+  assert(parsed.fileCrc === crc, 'undo file reads back with the checksum it was written with');
+  return { bytes, fileCrc: crc, extents: parsed.extents };
+}
+
+/** Adds the replica's current content of one range: zero runs as extents without bytes. */
+function addRangeToUndo(builder: UndoBuilder, replica: ReplicaVolume, range: ByteRange): void {
+  const end = range.offset + range.length;
+  let pendingZero: { offset: number; length: number } | undefined;
+  const emitZero = (): void => {
+    if (pendingZero) builder.add({ kind: 'zero', volume: replica.index, offsetBytes: pendingZero.offset, lengthBytes: pendingZero.length });
+    pendingZero = undefined;
+  };
+  const addZero = (offset: number, length: number): void => {
+    if (pendingZero && pendingZero.offset + pendingZero.length === offset) pendingZero.length += length;
+    else {
+      emitZero();
+      pendingZero = { offset, length };
+    }
+  };
+  for (let at = range.offset; at < end; ) {
+    const chunk = Math.floor(at / ALLOC_CHUNK_BYTES);
+    const chunkEnd = Math.min(end, (chunk + 1) * ALLOC_CHUNK_BYTES);
+    if (!replica.chunkMayHoldData(chunk)) {
+      addZero(at, chunkEnd - at); // never written: reads as zeroes without touching the disk
+      at = chunkEnd;
+      continue;
+    }
+    const pieceEnd = Math.min(end, at + READ_PIECE_BYTES, nextUnallocated(replica, chunk, end));
+    const data = Buffer.allocUnsafe(pieceEnd - at);
+    preadFully(replica.fd, data, 0, data.length, at);
+    splitZeroRuns(data, at, addZero, (offset, bytes) => {
+      emitZero();
+      builder.add({ kind: 'data', volume: replica.index, offsetBytes: offset, lengthBytes: bytes.length }, bytes);
+    });
+    at = pieceEnd;
+  }
+  emitZero();
+}
+
+function nextUnallocated(replica: ReplicaVolume, chunk: number, end: number): number {
+  let next = chunk + 1;
+  while (next * ALLOC_CHUNK_BYTES < end && replica.chunkMayHoldData(next)) next += 1;
+  return next * ALLOC_CHUNK_BYTES;
+}
+
+/** Splits `data` (at volume offset `base`) into runs of all-zero 4 KiB blocks and data runs. */
+function splitZeroRuns(data: Buffer, base: number, onZero: (offset: number, length: number) => void, onData: (offset: number, bytes: Buffer) => void): void {
+  let runStart = 0;
+  let runIsZero: boolean | undefined;
+  const close = (upTo: number): void => {
+    if (runIsZero === undefined || upTo === runStart) return;
+    if (runIsZero) onZero(base + runStart, upTo - runStart);
+    else onData(base + runStart, data.subarray(runStart, upTo));
+  };
+  for (let at = 0; at < data.length; at += ZERO_BLOCK_BYTES) {
+    const blockEnd = Math.min(data.length, at + ZERO_BLOCK_BYTES);
+    const zero = isAllZero(data, at, blockEnd);
+    if (zero !== runIsZero) {
+      close(at);
+      runStart = at;
+      runIsZero = zero;
+    }
+  }
+  close(data.length);
+}
+
+const ZERO_COMPARE = Buffer.alloc(ZERO_BLOCK_BYTES);
+function isAllZero(data: Buffer, start: number, end: number): boolean {
+  return data.compare(ZERO_COMPARE, 0, end - start, start, end) === 0;
+}
+
+type ApplySource = 'data' | 'zero';
+
+/**
+ * Applies a verified redo segment held in `buf` to the replicas: per volume, the newest record of
+ * each byte range, in offset order; then fdatasync. Idempotent, so a crash mid-apply re-applies.
+ */
+export async function applyRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+  for (const replica of replicas) {
+    const own = records.filter((r) => r.volume === replica.index);
+    if (own.length === 0) continue;
+    for (const r of own) if (r.kind === 'write') replica.markData(r.offsetBytes, r.lengthBytes);
+    await replica.persistAlloc();
+    const map = new IntervalMap<ApplySource>();
+    for (const r of own) map.set(r.offsetBytes, r.offsetBytes + r.lengthBytes, r.kind === 'write' ? 'data' : 'zero', r.kind === 'write' ? r.payloadOffsetBytes : 0);
+    for (const piece of map.entries()) await applyPiece(buf, replica, piece.start, piece.end, piece.value, piece.valueOffset);
+    await fdatasyncAsync(replica.fd);
+  }
+}
+
+async function applyPiece(buf: Buffer, replica: ReplicaVolume, start: number, end: number, source: ApplySource, sourceOffset: number): Promise<void> {
+  switch (source) {
+    case 'data': {
+      const bytes = buf.subarray(sourceOffset, sourceOffset + (end - start));
+      let done = 0;
+      for (let guard = 0; done < bytes.length; guard++) {
+        assert(guard <= bytes.length, 'replica write makes progress');
+        done += fs.writeSync(replica.fd, bytes, done, bytes.length - done, start + done);
+      }
+      return;
+    }
+    case 'zero':
+      if (end - start < ALLOC_CHUNK_BYTES) writeZeroesSync(replica.fd, start, end - start);
+      else await zeroRange(replica.fd, replica.file, false, start, end - start);
+      return;
+    default:
+      assertNever(source, 'apply source');
+  }
+}

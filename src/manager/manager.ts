@@ -1,0 +1,584 @@
+// The manager of one volume set: receives sealed segments from the agent, takes each transaction
+// through received -> undo-saved -> applied -> committed, recovers any state after a crash, and
+// serves views and clones of any committed seq.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
+import { assert, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
+import { parseSealedRedo, SEGMENT_FLAG_RESYNC, type RedoRecord, type SealedRedo } from '../log/index.js';
+import type { ExportBackend } from '../nbd/backend.js';
+import { ensureDir, writeFileDurable } from '../platform/index.js';
+import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type VolumeInfo } from '../ship/protocol.js';
+import { Overlay } from '../views/overlay.js';
+import { View, type History, type HistoryTx } from '../views/view.js';
+import { applyRedo, saveUndo } from './apply.js';
+import { Catalog, type TxRow } from './catalog.js';
+import { parsePoint } from './points.js';
+import { ReplicaVolume } from './replica.js';
+import { TxFiles } from './txfiles.js';
+import { ViewExport } from './view-export.js';
+
+export interface ManagerOptions {
+  dataDir: string;
+  token: string;
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
+  /** Called when exports appear or disappear (views created or removed). */
+  onExportsChanged?: (removed: string[]) => void;
+}
+
+export interface AgentStatus {
+  seqCaptured: number;
+  timeCapturedNs: bigint;
+  spoolBytes: number;
+  sealedPending: number;
+  mode: string;
+  failure: string | undefined;
+  receivedAtMs: number;
+}
+
+export interface LogEntry {
+  seq: number;
+  time: string;
+  volume: string;
+  kind: 'write' | 'zero' | 'trim';
+  offset: number;
+  length: number;
+}
+
+const HELLO_TIMEOUT_MS = 10_000;
+const VIEW_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export class Manager implements History {
+  readonly options: ManagerOptions;
+  catalog!: Catalog;
+  replicas: ReplicaVolume[] = [];
+  private txFiles!: TxFiles;
+  readonly views = new Map<string, View>();
+  private viewExports = new Map<string, ExportBackend[]>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private server: net.Server | undefined;
+  private session: net.Socket | undefined;
+  agentStatus: AgentStatus | undefined;
+  private sealWaiters = new Map<number, (seqLast: number) => void>();
+  private sealId = 0;
+  private commitWaiters: { seq: number; resolve: () => void }[] = [];
+  private authFailures = 0;
+  private committedSeq = 0;
+  private committedIdx = 0;
+  private committedTimeNs = 0n;
+
+  constructor(options: ManagerOptions) {
+    this.options = options;
+  }
+
+  get root(): string {
+    return path.join(this.options.dataDir, 'manager');
+  }
+
+  async open(): Promise<void> {
+    await ensureDir(this.root);
+    this.catalog = new Catalog(path.join(this.root, 'catalog.sqlite'));
+    this.txFiles = new TxFiles(this.root, () => this.replicas.length);
+    await ensureDir(this.txFiles.redoDir);
+    await ensureDir(this.txFiles.undoDir);
+    for (const volume of this.catalog.volumes()) this.replicas.push(await ReplicaVolume.open(path.join(this.root, 'replica'), volume.idx, volume.name, volume.sizeBytes));
+    await this.recover();
+    this.refreshCommitted();
+    await this.loadViews();
+  }
+
+  private refreshCommitted(): void {
+    const last = this.catalog.lastTx();
+    assert(!last || last.state === 'committed', 'no uncommitted transaction outside the queue');
+    this.committedSeq = last?.seqLast ?? 0;
+    this.committedIdx = last?.idx ?? 0;
+    this.committedTimeNs = BigInt(last?.timeLastUs ?? 0) * 1000n;
+  }
+
+  /** Finishes any transaction a crash interrupted, from its durable state (DESIGN.md). */
+  private async recover(): Promise<void> {
+    for (const tx of this.catalog.uncommitted()) {
+      this.options.log('warn', `recovering transaction ${tx.idx} from state ${tx.state}`);
+      const file = this.txFiles.redoPath(tx.idx);
+      const buf = await fsp.readFile(file);
+      const parsed = parseSealedRedo(buf, file, this.replicas.length);
+      await this.runTx(tx, buf, parsed);
+    }
+    const known = new Set(this.catalog.committedTxs().map((t) => t.idx));
+    for (const dir of [this.txFiles.redoDir, this.txFiles.undoDir]) {
+      for (const name of await fsp.readdir(dir)) {
+        const idx = Number(name.split('.')[0]);
+        if (name.includes('.tmp') || !known.has(idx)) {
+          // Received but never cataloged: the agent still holds it and will resend.
+          await fsp.rm(path.join(dir, name), { force: true });
+        }
+      }
+    }
+  }
+
+  private async loadViews(): Promise<void> {
+    for (const row of this.catalog.views()) {
+      const overlays = row.kind === 'clone' ? this.openOverlays(row.name) : undefined;
+      const view = await View.build(row.name, row.kind, Math.min(row.seq, this.committedSeq), this, overlays);
+      this.registerView(view);
+    }
+  }
+
+  // ---- History (for views) ----
+  get volumeCount(): number {
+    return this.replicas.length;
+  }
+  volumeSize(volume: number): number {
+    return (this.replicas[volume] as ReplicaVolume).sizeBytes;
+  }
+  seqCommitted(): number {
+    return this.committedSeq;
+  }
+  txsAfter(seq: number): HistoryTx[] {
+    return this.catalog.committedTxs(seq + 1).filter((tx) => tx.seqLast > seq);
+  }
+  txIndex(idx: number): Promise<{ records: RedoRecord[]; undo: import('../log/index.js').UndoExtent[] }> {
+    return this.txFiles.index(idx);
+  }
+  redoFd(idx: number): number {
+    return this.txFiles.fd(this.txFiles.redoPath(idx));
+  }
+  undoFd(idx: number): number {
+    return this.txFiles.fd(this.txFiles.undoPath(idx));
+  }
+  replicaFd(volume: number): number {
+    return (this.replicas[volume] as ReplicaVolume).fd;
+  }
+
+  // ---- Agent sessions ----
+  async listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    const handler = (socket: net.Socket): void => this.onAgentSocket(socket);
+    const server = this.options.tls ? tls.createServer({ cert: this.options.tls.cert, key: this.options.tls.key }, handler) : net.createServer(handler);
+    server.on('tlsClientError', (error: Error) => this.options.log('warn', `agent TLS handshake failed: ${error.message}`));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    const address = server.address() as net.AddressInfo;
+    return { host: address.address, port: address.port };
+  }
+
+  private onAgentSocket(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    const reader = new FrameReader();
+    let authenticated = false;
+    const helloTimer = setTimeout(() => socket.destroy(), HELLO_TIMEOUT_MS);
+    socket.on('error', (error) => this.options.log('info', `agent connection: ${error.message}`));
+    socket.on('close', () => {
+      clearTimeout(helloTimer);
+      if (this.session === socket) this.session = undefined;
+    });
+    socket.on('data', (chunk: Buffer) => {
+      let frames;
+      try {
+        frames = reader.push(chunk);
+      } catch (error) {
+        this.options.log('warn', `agent sent a bad frame: ${errorMessage(error)}`);
+        socket.destroy();
+        return;
+      }
+      for (const { message, payload } of frames) {
+        if (!authenticated) {
+          clearTimeout(helloTimer);
+          authenticated = this.onHello(socket, message);
+          if (!authenticated) return;
+          continue;
+        }
+        this.onAgentMessage(socket, message, payload);
+      }
+    });
+  }
+
+  private onHello(socket: net.Socket, message: Message): boolean {
+    const refuse = (code: string, text: string): false => {
+      this.options.log('warn', `refused agent ${socket.remoteAddress ?? '?'}: ${text}`);
+      sendFrame(socket, { type: 'error', code, message: text });
+      socket.end();
+      return false;
+    };
+    if (message.type !== 'hello') return refuse('REWIND_PROTOCOL', 'expected hello');
+    if (!tokensEqual(String(message.token), this.options.token)) {
+      this.authFailures += 1;
+      // Rate-limit guessing: each failure delays the answer a little more (capped).
+      const delayMs = Math.min(5000, 100 * this.authFailures);
+      setTimeout(() => refuse('REWIND_AUTH', 'wrong token'), delayMs);
+      return false;
+    }
+    if (message.protocol !== PROTOCOL_VERSION) return refuse('REWIND_PROTOCOL', `protocol ${message.protocol}, expected ${PROTOCOL_VERSION}`);
+    try {
+      this.adoptVolumeSet(message.volumeSetId, message.volumeSetName, message.volumes);
+    } catch (error) {
+      return refuse((error as RewindError).code ?? 'REWIND_CONFIG', errorMessage(error));
+    }
+    if (message.seqNext <= this.committedSeq) {
+      // The agent lost history the manager has: never rewrite committed history.
+      if (message.seqNext !== this.committedSeq + 1 && this.committedSeq > 0 && message.seqNext < this.committedSeq + 1) {
+        this.options.log('info', `agent resumes at seq ${message.seqNext}; committed ${this.committedSeq}`);
+      }
+    }
+    if (this.session && this.session !== socket) this.session.destroy(); // a reconnecting agent replaces a stale session
+    this.session = socket;
+    sendFrame(socket, { type: 'welcome', seqCommitted: this.committedSeq, segmentCommitted: this.committedIdx });
+    return true;
+  }
+
+  private adoptVolumeSet(volumeSetId: string, volumeSetName: string, volumes: VolumeInfo[]): void {
+    const known = this.catalog.getMeta('volumeSetId');
+    if (known && known !== volumeSetId) {
+      throw new RewindError('REWIND_CONFIG', `this manager protects volume set ${this.catalog.getMeta('volumeSetName') ?? ''} (${known}), not ${volumeSetId}`);
+    }
+    const existing = this.catalog.volumes();
+    for (const [idx, row] of existing.entries()) {
+      const given = volumes[idx];
+      if (!given || given.name !== row.name || given.sizeBytes !== row.sizeBytes) {
+        throw new RewindError('REWIND_CONFIG', `volume ${row.name} (${row.sizeBytes} bytes) changed or disappeared in the agent's volume list`);
+      }
+    }
+    if (!known) {
+      this.catalog.setMeta('volumeSetId', volumeSetId);
+      this.catalog.setMeta('volumeSetName', volumeSetName);
+    }
+    for (let idx = existing.length; idx < volumes.length; idx++) {
+      const given = volumes[idx] as VolumeInfo;
+      this.catalog.addVolume(idx, given.name, given.sizeBytes);
+      const replicaDir = path.join(this.root, 'replica');
+      // Opening is synchronous enough here: a new sparse file and an empty bitmap.
+      void ReplicaVolume.open(replicaDir, idx, given.name, given.sizeBytes).then((replica) => {
+        this.replicas[idx] = replica;
+      });
+    }
+  }
+
+  private onAgentMessage(socket: net.Socket, message: Message, payload: Buffer): void {
+    switch (message.type) {
+      case 'segment':
+        this.enqueue(() => this.receiveSegment(socket, message, payload));
+        return;
+      case 'status':
+        this.agentStatus = {
+          seqCaptured: message.seqCaptured,
+          timeCapturedNs: BigInt(message.timeCapturedNs),
+          spoolBytes: message.spoolBytes,
+          sealedPending: message.sealedPending,
+          mode: message.mode,
+          failure: message.failure,
+          receivedAtMs: Date.now(),
+        };
+        return;
+      case 'sealed': {
+        const waiter = this.sealWaiters.get(message.id);
+        this.sealWaiters.delete(message.id);
+        waiter?.(message.seqLast);
+        return;
+      }
+      default:
+        this.options.log('warn', `unexpected message from agent: ${message.type}`);
+    }
+  }
+
+  /** Runs `work` after everything queued before it: transactions and view builds never interleave. */
+  enqueue<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(work, work);
+    this.queue = next.catch((error: unknown) => this.options.log('error', `manager task failed: ${errorMessage(error)}`));
+    return next;
+  }
+
+  private async receiveSegment(socket: net.Socket, message: Extract<Message, { type: 'segment' }>, payload: Buffer): Promise<void> {
+    const refuse = (code: string, text: string): void => {
+      this.options.log('error', `refused segment ${message.index}: ${text}`);
+      if (!socket.destroyed) sendFrame(socket, { type: 'refused', index: message.index, code, message: text });
+    };
+    if (message.index <= this.committedIdx) {
+      const row = this.catalog.tx(message.index);
+      if (row && row.redoCrc === message.fileCrc >>> 0) {
+        if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: this.committedSeq >= row.seqLast ? row.seqLast : row.seqLast });
+        return; // a resend after a lost ack: answered idempotently, applied once
+      }
+      return refuse('REWIND_SEGMENT_ORDER', `segment ${message.index} is already committed with different content`);
+    }
+    if (message.index !== this.committedIdx + 1 || message.seqFirst !== this.committedSeq + 1) {
+      return refuse('REWIND_SEQ_GAP', `segment ${message.index} starts at seq ${message.seqFirst}; expected segment ${this.committedIdx + 1} at seq ${this.committedSeq + 1}`);
+    }
+    const file = this.txFiles.redoPath(message.index);
+    let parsed: SealedRedo;
+    try {
+      parsed = parseSealedRedo(payload, `segment ${message.index} from agent`, this.replicas.length);
+      this.checkSegment(parsed, message);
+    } catch (error) {
+      if (error instanceof RewindError) return refuse(error.code, error.message);
+      throw error;
+    }
+    await writeFileDurable(file, payload);
+    const first = parsed.records[0];
+    const last = parsed.records[parsed.records.length - 1];
+    const row: TxRow = {
+      idx: message.index,
+      kind: (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0 ? 'resync' : 'redo',
+      seqFirst: parsed.header.seqFirst,
+      seqLast: parsed.trailer.seqLast,
+      timeFirstUs: Number((first?.timeNs ?? 0n) / 1000n),
+      timeLastUs: Number((last?.timeNs ?? 0n) / 1000n),
+      recordCount: parsed.records.length,
+      redoBytes: payload.length,
+      redoCrc: parsed.fileCrc,
+      undoBytes: 0,
+      undoCrc: 0,
+      state: 'received',
+      receivedAt: new Date().toISOString(),
+      committedAt: null,
+    };
+    this.catalog.insertTx(row);
+    await this.runTx(row, payload, parsed);
+    if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: row.seqLast });
+  }
+
+  private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>): void {
+    const known = this.catalog.getMeta('volumeSetId') ?? '';
+    if (parsed.header.volumeSetId.toString('hex') !== known.replace(/-/g, '')) {
+      throw new RewindError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} belongs to another volume set`);
+    }
+    if (parsed.header.segmentIndex !== message.index || parsed.trailer.seqLast !== message.seqLast || parsed.fileCrc !== message.fileCrc >>> 0) {
+      throw new SegmentError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} from agent`, 0, 'header, seq range or checksum differ from what the agent announced');
+    }
+  }
+
+  /** Takes a transaction from its durable state to committed. */
+  private async runTx(row: TxRow, buf: Buffer, parsed: SealedRedo): Promise<void> {
+    const undoFile = this.txFiles.undoPath(row.idx);
+    let extents;
+    if (row.state === 'received') {
+      // The replica is untouched in this state, so the undo built now is the true before-image.
+      const undo = await saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
+      this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
+      extents = undo.extents;
+    } else {
+      extents = (await import('../log/index.js')).parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
+    }
+    this.txFiles.remember(row.idx, { records: parsed.records, undo: extents });
+    // Open views take the before-image now, before the replica changes under them.
+    for (const view of this.views.values()) view.addUndo(row.idx, extents);
+    if (row.state !== 'applied') {
+      await applyRedo(buf, parsed.records, this.replicas);
+      this.catalog.setState(row.idx, 'applied');
+    }
+    this.catalog.setState(row.idx, 'committed');
+    this.committedSeq = row.seqLast;
+    this.committedIdx = row.idx;
+    const last = parsed.records[parsed.records.length - 1];
+    if (last) this.committedTimeNs = last.timeNs;
+    this.wakeCommitWaiters();
+  }
+
+  private wakeCommitWaiters(): void {
+    const ready = this.commitWaiters.filter((w) => w.seq <= this.committedSeq);
+    this.commitWaiters = this.commitWaiters.filter((w) => w.seq > this.committedSeq);
+    for (const waiter of ready) waiter.resolve();
+  }
+
+  waitCommitted(seq: number, timeoutMs: number): Promise<void> {
+    if (seq <= this.committedSeq) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.commitWaiters = this.commitWaiters.filter((w) => w !== waiter);
+        reject(new RewindError('REWIND_BUSY', `seq ${seq} not committed within ${timeoutMs} ms (committed: ${this.committedSeq})`, { hint: 'check rewind status for the lag and the agent connection' }));
+      }, timeoutMs);
+      const waiter = { seq, resolve: () => (clearTimeout(timer), resolve()) };
+      this.commitWaiters.push(waiter);
+    });
+  }
+
+  /** Asks the agent to seal its active segment; with `wait`, returns once it is committed. */
+  async seal(wait: boolean, timeoutMs = 60_000): Promise<{ seqLast: number; committed: number }> {
+    const session = this.session;
+    if (!session) throw new RewindError('REWIND_BUSY', 'no agent is connected', { hint: 'start the agent, or check its log for why it cannot reach the manager' });
+    const id = ++this.sealId;
+    const seqLast = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.sealWaiters.delete(id);
+        reject(new RewindError('REWIND_BUSY', 'the agent did not answer the seal request in time'));
+      }, timeoutMs);
+      this.sealWaiters.set(id, (value) => (clearTimeout(timer), resolve(value)));
+      sendFrame(session, { type: 'seal', id });
+    });
+    if (wait) await this.waitCommitted(seqLast, timeoutMs);
+    return { seqLast, committed: this.committedSeq };
+  }
+
+  // ---- Points, views, log ----
+  /** Resolves an operator's POINT to a committed, restorable seq, or refuses saying why. */
+  resolvePoint(text: string): number {
+    const point = parsePoint(text);
+    const historyStart = this.historyStart();
+    if (point.kind === 'seq') {
+      if (point.seq > this.committedSeq) {
+        throw new RewindError('REWIND_POINT_INVALID', `seq ${point.seq} is not committed yet (last committed: ${this.committedSeq})`, { hint: 'wait, or run rewind seal --wait' });
+      }
+      if (point.seq < historyStart) throw new RewindError('REWIND_POINT_INVALID', `seq ${point.seq} is before the history starts (seq ${historyStart})`);
+      this.refuseInsideResync(point.seq);
+      return point.seq;
+    }
+    return this.seqAtTime(point.timeNs, point.text);
+  }
+
+  private historyStart(): number {
+    const first = this.catalog.firstTx();
+    return first ? first.seqFirst - 1 : 0;
+  }
+
+  private refuseInsideResync(seq: number): void {
+    const tx = this.catalog.txContaining(seq);
+    if (tx && tx.kind === 'resync' && seq < tx.seqLast) {
+      throw new RewindError('REWIND_POINT_INVALID', `seq ${seq} lies inside resync transaction ${tx.idx} (seq ${tx.seqFirst}..${tx.seqLast}), which has no per-write history`, {
+        hint: `choose seq ${tx.seqFirst - 1} or ${tx.seqLast}`,
+      });
+    }
+  }
+
+  private seqAtTime(timeNs: bigint, text: string): number {
+    const lastCommittedTimeNs = this.committedTimeNs;
+    if (timeNs > lastCommittedTimeNs) {
+      const status = this.agentStatus;
+      const nowNs = BigInt(Date.now()) * 1_000_000n;
+      if (timeNs > nowNs) throw new RewindError('REWIND_POINT_INVALID', `time ${text} is in the future`);
+      const quiet = status && status.seqCaptured === this.committedSeq && BigInt(status.receivedAtMs) * 1_000_000n >= timeNs;
+      if (!quiet) {
+        throw new RewindError('REWIND_POINT_INVALID', `writes captured up to ${text} are not all committed yet (last committed write: ${formatTimeNs(lastCommittedTimeNs)})`, {
+          hint: 'wait, or run rewind seal --wait',
+        });
+      }
+      return this.committedSeq;
+    }
+    const tx = this.catalog.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
+    if (!tx) {
+      const start = this.historyStart();
+      if (start === 0) return 0; // before the first write: the baseline
+      throw new RewindError('REWIND_POINT_INVALID', `time ${text} is before the history starts`);
+    }
+    return this.seqAtTimeIn(tx, timeNs);
+  }
+
+  private seqAtTimeIn(tx: TxRow, timeNs: bigint): number {
+    // The transaction's records are scanned synchronously from the cache when present.
+    const cached = this.txFiles['cache'].get(tx.idx);
+    const records = cached?.records ?? parseSealedRedo(fs.readFileSync(this.txFiles.redoPath(tx.idx)), this.txFiles.redoPath(tx.idx), this.replicas.length).records;
+    let seq = tx.seqFirst - 1;
+    for (const record of records) {
+      if (record.timeNs > timeNs) break;
+      seq = record.seq;
+    }
+    this.refuseInsideResync(seq);
+    return seq;
+  }
+
+  async createView(name: string, kind: 'snapshot' | 'clone', pointText: string): Promise<View> {
+    if (!VIEW_NAME.test(name)) throw new RewindError('REWIND_BAD_ARGUMENT', `name "${name}" is invalid`, { hint: 'use letters, digits, dot, dash and underscore (at most 64)' });
+    if (this.views.has(name)) throw new RewindError('REWIND_CONFLICT', `a snapshot or clone named "${name}" already exists`);
+    if (this.replicas.length === 0) throw new RewindError('REWIND_BUSY', 'no volume set is known yet: no agent has connected');
+    return this.enqueue(async () => {
+      const seq = this.resolvePoint(pointText);
+      if (this.views.has(name)) throw new RewindError('REWIND_CONFLICT', `a snapshot or clone named "${name}" already exists`);
+      const overlays = kind === 'clone' ? this.openOverlays(name) : undefined;
+      const view = await View.build(name, kind, seq, this, overlays);
+      this.catalog.addView({ name, kind, seq, createdAt: new Date().toISOString() });
+      this.registerView(view);
+      return view;
+    });
+  }
+
+  private openOverlays(name: string): Overlay[] {
+    const dir = path.join(this.root, 'clones', name);
+    fs.mkdirSync(dir, { recursive: true });
+    return this.replicas.map((replica) => Overlay.open(path.join(dir, `${replica.name}.img`), path.join(dir, `${replica.name}.journal`), replica.sizeBytes));
+  }
+
+  private registerView(view: View): void {
+    this.views.set(view.name, view);
+    this.viewExports.set(
+      view.name,
+      this.replicas.map((replica) => new ViewExport(view, replica.index, `${replica.name}@${view.name}`, replica.sizeBytes)),
+    );
+    this.options.onExportsChanged?.([]);
+  }
+
+  async removeView(name: string): Promise<void> {
+    const view = this.views.get(name);
+    if (!view) throw new RewindError('REWIND_NOT_FOUND', `no snapshot or clone named "${name}"`, { hint: 'rewind ls lists them' });
+    await this.enqueue(async () => {
+      const exports = this.viewExports.get(name) ?? [];
+      this.views.delete(name);
+      this.viewExports.delete(name);
+      this.options.onExportsChanged?.(exports.map((e) => e.name));
+      for (const overlay of view.overlays ?? []) overlay.close();
+      this.catalog.removeView(name);
+      await fsp.rm(path.join(this.root, 'clones', name), { recursive: true, force: true });
+    });
+  }
+
+  exports(): ExportBackend[] {
+    return [...this.viewExports.values()].flat();
+  }
+
+  async *log(filter: { volume?: string; from?: number; to?: number }): AsyncGenerator<LogEntry> {
+    const volumeIndex = filter.volume === undefined ? undefined : this.replicas.findIndex((r) => r.name === filter.volume);
+    if (volumeIndex === -1) throw new RewindError('REWIND_NOT_FOUND', `no volume named "${filter.volume}"`);
+    const from = filter.from ?? 1;
+    const to = filter.to ?? Number.MAX_SAFE_INTEGER;
+    for (const tx of this.catalog.committedTxs(from, to)) {
+      const { records } = await this.txFiles.index(tx.idx);
+      for (const record of records) {
+        if (record.seq < from || record.seq > to) continue;
+        if (volumeIndex !== undefined && record.volume !== volumeIndex) continue;
+        yield {
+          seq: record.seq,
+          time: formatTimeNs(record.timeNs),
+          volume: (this.replicas[record.volume] as ReplicaVolume).name,
+          kind: record.kind,
+          offset: record.offsetBytes,
+          length: record.lengthBytes,
+        };
+      }
+    }
+  }
+
+  status(): object {
+    const agent = this.agentStatus;
+    const connected = this.session !== undefined;
+    const seqCaptured = Math.max(agent?.seqCaptured ?? this.committedSeq, this.committedSeq);
+    const lagSeconds = agent && seqCaptured > this.committedSeq ? Math.max(0, Number(agent.timeCapturedNs - this.committedTimeNs) / 1e9) : 0;
+    return {
+      volumeSet: { id: this.catalog.getMeta('volumeSetId') ?? null, name: this.catalog.getMeta('volumeSetName') ?? null },
+      volumes: this.replicas.map((r) => ({ name: r.name, sizeBytes: r.sizeBytes })),
+      agentConnected: connected,
+      seqCaptured,
+      seqCommitted: this.committedSeq,
+      lagWrites: seqCaptured - this.committedSeq,
+      lagSeconds,
+      lastCommittedTime: this.committedTimeNs > 0n ? formatTimeNs(this.committedTimeNs) : null,
+      spoolBytes: agent?.spoolBytes ?? 0,
+      sealedPending: agent?.sealedPending ?? 0,
+      mode: connected ? (agent?.mode ?? 'logging') : 'disconnected',
+      failure: agent?.failure ?? null,
+      transactions: this.committedIdx,
+      views: this.views.size,
+    };
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    this.session?.destroy();
+    await this.queue.catch(() => undefined);
+    for (const view of this.views.values()) for (const overlay of view.overlays ?? []) overlay.close();
+    for (const replica of this.replicas) replica.close();
+    this.txFiles.close();
+    this.catalog.close();
+  }
+}

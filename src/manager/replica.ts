@@ -1,0 +1,78 @@
+// Replica images of a volume set on the manager, plus a per-volume allocation bitmap (1 MiB chunks
+// that may hold data). Node cannot ask the kernel for holes (no SEEK_DATA), so the bitmap is how
+// building the undo of a huge trim over a sparse replica skips reading terabytes of zeroes.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fdatasyncAsync, ensureDir } from '../platform/index.js';
+
+export const ALLOC_CHUNK_BYTES = 1024 * 1024;
+
+export class ReplicaVolume {
+  readonly index: number;
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly file: string;
+  readonly fd: number;
+  private readonly allocFd: number;
+  private readonly alloc: Buffer;
+  private allocChanged = false;
+
+  private constructor(index: number, name: string, sizeBytes: number, file: string, fd: number, allocFd: number, alloc: Buffer) {
+    this.index = index;
+    this.name = name;
+    this.sizeBytes = sizeBytes;
+    this.file = file;
+    this.fd = fd;
+    this.allocFd = allocFd;
+    this.alloc = alloc;
+  }
+
+  static async open(dir: string, index: number, name: string, sizeBytes: number): Promise<ReplicaVolume> {
+    await ensureDir(dir);
+    const file = path.join(dir, `${name}.img`);
+    if (!fs.existsSync(file)) {
+      const created = fs.openSync(file, 'w');
+      fs.ftruncateSync(created, sizeBytes);
+      fs.fsyncSync(created);
+      fs.closeSync(created);
+    }
+    const fd = fs.openSync(file, 'r+');
+    const allocFile = path.join(dir, `${name}.alloc`);
+    const chunks = Math.ceil(sizeBytes / ALLOC_CHUNK_BYTES);
+    const alloc = Buffer.alloc(Math.ceil(chunks / 8));
+    const exists = fs.existsSync(allocFile);
+    const allocFd = fs.openSync(allocFile, exists ? 'r+' : 'w+');
+    if (exists) fs.readSync(allocFd, alloc, 0, alloc.length, 0);
+    else fs.writeSync(allocFd, alloc, 0, alloc.length, 0);
+    return new ReplicaVolume(index, name, sizeBytes, file, fd, allocFd, alloc);
+  }
+
+  /** False only when no byte of the chunk was ever written with data. */
+  chunkMayHoldData(chunk: number): boolean {
+    return ((this.alloc[chunk >> 3] ?? 0) & (1 << (chunk & 7))) !== 0;
+  }
+
+  markData(offsetBytes: number, lengthBytes: number): void {
+    const first = Math.floor(offsetBytes / ALLOC_CHUNK_BYTES);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / ALLOC_CHUNK_BYTES);
+    for (let chunk = first; chunk <= last; chunk++) {
+      if (!this.chunkMayHoldData(chunk)) {
+        this.alloc[chunk >> 3] = (this.alloc[chunk >> 3] ?? 0) | (1 << (chunk & 7));
+        this.allocChanged = true;
+      }
+    }
+  }
+
+  /** Persists the bitmap before any data is written under new bits (a superset is always safe). */
+  async persistAlloc(): Promise<void> {
+    if (!this.allocChanged) return;
+    fs.writeSync(this.allocFd, this.alloc, 0, this.alloc.length, 0);
+    await fdatasyncAsync(this.allocFd);
+    this.allocChanged = false;
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+    fs.closeSync(this.allocFd);
+  }
+}

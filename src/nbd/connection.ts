@@ -1,0 +1,596 @@
+// One client connection: parses the byte stream through the handshake and transmission phases,
+// dispatches requests to the export backend, bounds in-flight work, and writes replies batched per
+// event-loop turn. Anything the network sends is handled here without throwing.
+import type { Socket } from 'node:net';
+import { assert, assertNever } from '../core/index.js';
+import { NbdErrno, type BlockStatusExtent, type ExportRegistry } from './backend.js';
+import { ByteQueue } from './byte-queue.js';
+import { Handshake, clientFlagsValid, type OptionOutcome } from './handshake.js';
+import {
+  CLIENT_FLAGS_BYTES,
+  Command,
+  CommandFlag,
+  EXTENTS_MAX,
+  OPTION_HEADER_BYTES,
+  OPTION_MAGIC,
+  Option,
+  PAYLOAD_BYTES_NOT_DOS,
+  REQUEST_HEADER_BYTES,
+  commandName,
+  encodeBlockStatusChunk,
+  encodeErrorChunk,
+  encodeGreeting,
+  encodeOffsetDataHeader,
+  encodeSimpleReply,
+  optionName,
+  type BlockSizes,
+  type CommandType,
+} from './protocol.js';
+import {
+  decodeRequestHeader,
+  shapeExtents,
+  validateRequest,
+  wireErrno,
+  type Rejection,
+  type Request,
+  type Session,
+} from './transmission.js';
+
+export type LogLevel = 'info' | 'warn' | 'error';
+export type LogFunction = (level: LogLevel, msg: string, fields?: object) => void;
+
+export interface ConnectionLimits {
+  maxPayloadBytes: number;
+  maxOptions: number;
+  maxOptionDataBytes: number;
+  inflightBytesMax: number;
+  handshakeTimeoutMs: number;
+}
+
+/** What a connection needs from its server. */
+export interface ConnectionHost {
+  readonly registry: ExportRegistry;
+  readonly limits: ConnectionLimits;
+  readonly blockSizes: BlockSizes;
+  readonly log: LogFunction;
+  isShuttingDown(): boolean;
+  onTransmission(connection: Connection): void;
+  onClosed(connection: Connection): void;
+}
+
+/** Requests in flight per connection, whatever their size (kernel queue depth is 128). */
+export const INFLIGHT_REQUESTS_MAX = 4096;
+/** Accounting cost of a request on top of its payload, so tiny requests are bounded too. */
+const REQUEST_OVERHEAD_BYTES = 256;
+/**
+ * A rejected or oversized WRITE payload up to this size is read and discarded (no allocation) and
+ * answered with an error; beyond it the stream is treated as a denial of service and closed. The spec
+ * says payloads up to 2^25 bytes SHOULD NOT be treated as such; fio sends up to 64 MiB.
+ */
+export const WRITE_DRAIN_BYTES_MAX = 4 * PAYLOAD_BYTES_NOT_DOS;
+/** How long a gracefully ending connection may take to flush its last replies. */
+const END_LINGER_MS = 30_000;
+/** Oversized option data up to this size is skipped and answered ERR_TOO_BIG; beyond it, close. */
+export const OPTION_DRAIN_BYTES_MAX = PAYLOAD_BYTES_NOT_DOS;
+
+type Phase =
+  | { kind: 'clientFlags' }
+  | { kind: 'optionHeader' }
+  | { kind: 'optionData'; option: number; lengthBytes: number }
+  | { kind: 'optionDrain'; option: number; remainingBytes: number }
+  | { kind: 'requestHeader' }
+  | { kind: 'writePayload'; request: Request }
+  | { kind: 'writeDrain'; request: Request; rejection: Rejection; remainingBytes: number }
+  | { kind: 'closing' };
+
+/** Commands that reach the backend (DISC is handled inline, CACHE is never advertised). */
+type DispatchedCommand = Exclude<CommandType, typeof Command.DISC | typeof Command.CACHE>;
+
+/** One request handed to the backend; its callback must run exactly once. */
+class Pending {
+  completed = false;
+  constructor(
+    readonly request: Request,
+    readonly costBytes: number,
+  ) {}
+}
+
+const QUIET_SOCKET_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ETIMEDOUT', 'ECONNABORTED']);
+
+export class Connection {
+  private readonly queue = new ByteQueue();
+  private phase: Phase = { kind: 'clientFlags' };
+  private handshake: Handshake | undefined;
+  private session: Session | undefined;
+  private optionCount = 0;
+  private inflightCount = 0;
+  private inflightBytes = 0;
+  private readingPaused = false;
+  private pumping = false;
+  private corked = false;
+  private disconnectRequested = false;
+  private ended = false;
+  private closed = false;
+  private readonly limits: ConnectionLimits;
+  private readonly remote: string;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly host: ConnectionHost,
+  ) {
+    this.limits = host.limits;
+    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    socket.setNoDelay(true);
+    socket.setTimeout(this.limits.handshakeTimeoutMs);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.maybeResume());
+    socket.on('timeout', () => this.onTimeout());
+    socket.on('error', (error: NodeJS.ErrnoException) => this.onSocketError(error));
+    socket.on('close', () => this.onClose());
+    this.send([encodeGreeting()]);
+  }
+
+  /** Name of the export once in transmission, else undefined. */
+  get exportName(): string | undefined {
+    return this.session?.backend.name;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Server shutdown: handshakes end now; transmissions finish in-flight requests first. */
+  shutdown(): void {
+    if (this.session === undefined) {
+      this.hardClose('server shutting down', 'info');
+      return;
+    }
+    this.maybeEnd();
+  }
+
+  /** Drops the connection at once (export removed); late backend callbacks are ignored. */
+  destroy(reason: string): void {
+    this.hardClose(reason, 'info');
+  }
+
+  // ---- reading -------------------------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    if (this.phase.kind === 'closing') return;
+    this.queue.push(chunk);
+    this.pump();
+  }
+
+  /** Parses as far as the queued bytes allow. Re-entrant calls (from sync callbacks) are no-ops. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (!this.closed && this.step()) {
+        // Each step consumes one message (or part of a payload being drained).
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  /** One parsing step; false when more bytes are needed or reading must wait. */
+  private step(): boolean {
+    const phase = this.phase;
+    switch (phase.kind) {
+      case 'clientFlags':
+        return this.readClientFlags();
+      case 'optionHeader':
+        return this.readOptionHeader();
+      case 'optionData':
+        return this.readOptionData(phase.option, phase.lengthBytes);
+      case 'optionDrain':
+        return this.drainOption(phase);
+      case 'requestHeader':
+        return this.readRequestHeader();
+      case 'writePayload':
+        return this.readWritePayload(phase.request);
+      case 'writeDrain':
+        return this.drainWrite(phase);
+      case 'closing':
+        this.queue.clear();
+        return false;
+      default:
+        return assertNever(phase, 'connection phase');
+    }
+  }
+
+  private readClientFlags(): boolean {
+    if (this.queue.lengthBytes < CLIENT_FLAGS_BYTES) return false;
+    const clientFlags = this.queue.take(CLIENT_FLAGS_BYTES).readUInt32BE(0);
+    if (!clientFlagsValid(clientFlags)) {
+      this.hardClose('client sent unknown handshake flags', 'warn', { clientFlags });
+      return false;
+    }
+    this.handshake = new Handshake(
+      {
+        registry: this.host.registry,
+        blockSizes: this.host.blockSizes,
+        maxPayloadBytes: this.limits.maxPayloadBytes,
+        isShuttingDown: () => this.host.isShuttingDown(),
+      },
+      clientFlags,
+    );
+    this.phase = { kind: 'optionHeader' };
+    return true;
+  }
+
+  private readOptionHeader(): boolean {
+    if (this.queue.lengthBytes < OPTION_HEADER_BYTES) return false;
+    const header = this.queue.take(OPTION_HEADER_BYTES);
+    if (header.readBigUInt64BE(0) !== OPTION_MAGIC) {
+      this.hardClose('bad option magic');
+      return false;
+    }
+    this.optionCount += 1;
+    if (this.optionCount > this.limits.maxOptions) {
+      this.hardClose('too many options', 'warn', { maxOptions: this.limits.maxOptions });
+      return false;
+    }
+    const option = header.readUInt32BE(8);
+    const lengthBytes = header.readUInt32BE(12);
+    if (lengthBytes <= this.limits.maxOptionDataBytes) {
+      this.phase = { kind: 'optionData', option, lengthBytes };
+      return true;
+    }
+    // EXPORT_NAME cannot be answered with an error, so an oversized one can only close.
+    if (option === Option.EXPORT_NAME || lengthBytes > OPTION_DRAIN_BYTES_MAX) {
+      this.hardClose('option data too long', 'warn', { option: optionName(option), lengthBytes });
+      return false;
+    }
+    this.phase = { kind: 'optionDrain', option, remainingBytes: lengthBytes };
+    return true;
+  }
+
+  private readOptionData(option: number, lengthBytes: number): boolean {
+    if (this.queue.lengthBytes < lengthBytes) return false;
+    const data = this.queue.take(lengthBytes);
+    this.applyOutcome(this.requireHandshake().handleOption(option, data));
+    return true;
+  }
+
+  private drainOption(phase: Extract<Phase, { kind: 'optionDrain' }>): boolean {
+    phase.remainingBytes -= this.queue.skip(phase.remainingBytes);
+    if (phase.remainingBytes > 0) return false;
+    this.applyOutcome(this.requireHandshake().tooBig(phase.option));
+    return true;
+  }
+
+  private requireHandshake(): Handshake {
+    assert(this.handshake !== undefined, 'option before client flags');
+    return this.handshake;
+  }
+
+  private applyOutcome(outcome: OptionOutcome): void {
+    switch (outcome.kind) {
+      case 'continue':
+        this.send(outcome.replies);
+        this.phase = { kind: 'optionHeader' };
+        return;
+      case 'abort':
+        this.send(outcome.replies);
+        this.endGracefully();
+        return;
+      case 'close':
+        this.hardClose(outcome.reason);
+        return;
+      case 'transmission':
+        this.send(outcome.replies);
+        this.enterTransmission(outcome.session);
+        return;
+      default:
+        assertNever(outcome, 'option outcome');
+    }
+  }
+
+  private enterTransmission(session: Session): void {
+    this.session = session;
+    this.socket.setTimeout(0);
+    this.phase = { kind: 'requestHeader' };
+    this.host.onTransmission(this);
+    this.host.log('info', 'nbd client entered transmission', {
+      remote: this.remote,
+      export: session.backend.name,
+      structuredReplies: session.structuredReplies,
+      baseAllocation: session.allocationContextId !== undefined,
+    });
+  }
+
+  private readRequestHeader(): boolean {
+    if (this.overLimit()) {
+      this.pauseReading();
+      return false;
+    }
+    if (this.queue.lengthBytes < REQUEST_HEADER_BYTES) return false;
+    const request = decodeRequestHeader(this.queue.take(REQUEST_HEADER_BYTES));
+    if (!request) {
+      this.hardClose('bad request magic');
+      return false;
+    }
+    this.startRequest(request);
+    return true;
+  }
+
+  private startRequest(request: Request): void {
+    const session = this.requireSession();
+    if (request.type === Command.DISC) {
+      // No reply; the client sends nothing more. Close once in-flight requests are answered.
+      this.disconnectRequested = true;
+      this.phase = { kind: 'closing' };
+      this.maybeEnd();
+      return;
+    }
+    const rejection = this.host.isShuttingDown()
+      ? { errno: NbdErrno.ESHUTDOWN, message: 'server is shutting down' }
+      : validateRequest(request, session);
+    if (request.type === Command.WRITE) {
+      this.startWrite(request, rejection);
+      return;
+    }
+    if (rejection) {
+      this.replyError(request, rejection);
+      return;
+    }
+    this.dispatch(request, undefined);
+  }
+
+  /** A WRITE's payload is always consumed: read for the backend, or drained when rejected. */
+  private startWrite(request: Request, rejection: Rejection | undefined): void {
+    if (rejection === undefined) {
+      this.phase = { kind: 'writePayload', request };
+      return;
+    }
+    if (request.lengthBytes > WRITE_DRAIN_BYTES_MAX) {
+      this.hardClose('write payload too large to drain', 'warn', { lengthBytes: request.lengthBytes });
+      return;
+    }
+    this.phase = { kind: 'writeDrain', request, rejection, remainingBytes: request.lengthBytes };
+  }
+
+  private readWritePayload(request: Request): boolean {
+    if (this.queue.lengthBytes < request.lengthBytes) return false;
+    const payload = this.queue.take(request.lengthBytes);
+    this.phase = { kind: 'requestHeader' };
+    this.dispatch(request, payload);
+    return true;
+  }
+
+  private drainWrite(phase: Extract<Phase, { kind: 'writeDrain' }>): boolean {
+    phase.remainingBytes -= this.queue.skip(phase.remainingBytes);
+    if (phase.remainingBytes > 0) return false;
+    this.phase = { kind: 'requestHeader' };
+    this.replyError(phase.request, phase.rejection);
+    return true;
+  }
+
+  private requireSession(): Session {
+    assert(this.session !== undefined, 'request before transmission');
+    return this.session;
+  }
+
+  // ---- dispatch ------------------------------------------------------------------------------
+
+  private dispatch(request: Request, payload: Buffer | undefined): void {
+    const backend = this.requireSession().backend;
+    const offsetBytes = request.offsetBytes;
+    assert(offsetBytes !== undefined, 'dispatching an unvalidated offset');
+    const carriesData = request.type === Command.READ || request.type === Command.WRITE;
+    const pending = new Pending(request, REQUEST_OVERHEAD_BYTES + (carriesData ? request.lengthBytes : 0));
+    this.inflightCount += 1;
+    this.inflightBytes += pending.costBytes;
+    const fua = (request.flags & CommandFlag.FUA) !== 0;
+    const done = (errno: number): void => this.onDone(pending, errno);
+    const type = request.type as DispatchedCommand;
+    switch (type) {
+      case Command.READ:
+        backend.read(offsetBytes, request.lengthBytes, (errno, data) => this.onReadDone(pending, errno, data));
+        return;
+      case Command.WRITE:
+        assert(payload !== undefined && payload.length === request.lengthBytes, 'write payload missing');
+        backend.write(offsetBytes, payload, fua, done);
+        return;
+      case Command.FLUSH:
+        backend.flush(done);
+        return;
+      case Command.TRIM:
+        backend.trim(offsetBytes, request.lengthBytes, fua, done);
+        return;
+      case Command.WRITE_ZEROES:
+        backend.writeZeroes(offsetBytes, request.lengthBytes, fua, done);
+        return;
+      case Command.BLOCK_STATUS:
+        backend.blockStatus(offsetBytes, request.lengthBytes, (errno, extents) =>
+          this.onBlockStatusDone(pending, errno, extents),
+        );
+        return;
+      default:
+        assertNever(type, 'dispatched command');
+    }
+  }
+
+  /** Marks a request complete; a second call is a backend bug. */
+  private complete(pending: Pending): void {
+    assert(!pending.completed, `backend completed ${commandName(pending.request.type)} twice`);
+    pending.completed = true;
+    this.inflightCount -= 1;
+    this.inflightBytes -= pending.costBytes;
+    assert(this.inflightCount >= 0 && this.inflightBytes >= 0, 'in-flight accounting broken');
+  }
+
+  private onDone(pending: Pending, errno: number): void {
+    this.complete(pending);
+    const request = pending.request;
+    if (errno === 0) {
+      this.send([encodeSimpleReply(0, request.cookie)]);
+    } else {
+      this.replyError(request, this.backendRejection(request, errno));
+    }
+    this.afterCompletion();
+  }
+
+  private onReadDone(pending: Pending, errno: number, data: Buffer | readonly Buffer[] | undefined): void {
+    this.complete(pending);
+    const request = pending.request;
+    if (errno !== 0) {
+      this.replyError(request, this.backendRejection(request, errno));
+    } else {
+      this.replyRead(request, data);
+    }
+    this.afterCompletion();
+  }
+
+  private onBlockStatusDone(pending: Pending, errno: number, extents: readonly BlockStatusExtent[] | undefined): void {
+    this.complete(pending);
+    const request = pending.request;
+    if (errno !== 0) {
+      this.replyError(request, this.backendRejection(request, errno));
+    } else {
+      this.replyBlockStatus(request, extents);
+    }
+    this.afterCompletion();
+  }
+
+  private backendRejection(request: Request, errno: number): Rejection {
+    const sent = wireErrno(errno);
+    if (sent !== errno) {
+      this.host.log('warn', 'backend answered a non-NBD errno; sending EIO', {
+        remote: this.remote,
+        command: commandName(request.type),
+        errno,
+      });
+    }
+    return { errno: sent, message: `${commandName(request.type)} failed` };
+  }
+
+  // ---- replies -------------------------------------------------------------------------------
+
+  /** Errors never carry data; with structured replies they are ERROR chunks with a message. */
+  private replyError(request: Request, rejection: Rejection): void {
+    assert(rejection.errno !== 0, 'error reply with errno 0');
+    if (this.session?.structuredReplies === true) {
+      this.send([encodeErrorChunk(request.cookie, rejection.errno, rejection.message)]);
+    } else {
+      this.send([encodeSimpleReply(rejection.errno, request.cookie)]);
+    }
+  }
+
+  private replyRead(request: Request, data: Buffer | readonly Buffer[] | undefined): void {
+    assert(data !== undefined, 'read succeeded without data');
+    const buffers: readonly Buffer[] = Buffer.isBuffer(data) ? [data] : data;
+    let totalBytes = 0;
+    for (const buffer of buffers) totalBytes += buffer.length;
+    assert(totalBytes === request.lengthBytes, 'backend read returned the wrong length');
+    const offsetBytes = request.offsetBytes;
+    assert(offsetBytes !== undefined, 'read reply for an unvalidated offset');
+    const header = this.requireSession().structuredReplies
+      ? encodeOffsetDataHeader(request.cookie, offsetBytes, totalBytes)
+      : encodeSimpleReply(0, request.cookie);
+    this.send([header, ...buffers]);
+  }
+
+  private replyBlockStatus(request: Request, extents: readonly BlockStatusExtent[] | undefined): void {
+    assert(extents !== undefined, 'block status succeeded without extents');
+    const session = this.requireSession();
+    assert(session.allocationContextId !== undefined, 'block status without a context');
+    // Each extent is 8 bytes; keep the chunk within the maximum payload as well as the spec cap.
+    const extentsMax = Math.max(1, Math.min(EXTENTS_MAX, Math.floor((session.maxPayloadBytes - 4) / 8)));
+    const reqOne = (request.flags & CommandFlag.REQ_ONE) !== 0;
+    const shaped = shapeExtents(extents, request.lengthBytes, reqOne, extentsMax);
+    this.send([encodeBlockStatusChunk(request.cookie, session.allocationContextId, shaped)]);
+  }
+
+  /**
+   * Writes one reply's buffers back to back. All replies of one event-loop turn are corked and go
+   * out in one writev when the turn ends; one reply's buffers are never split by another reply's.
+   */
+  private send(buffers: readonly Buffer[]): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => this.uncork());
+    }
+    for (const buffer of buffers) this.socket.write(buffer);
+  }
+
+  private uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
+  }
+
+  // ---- flow control and closing -------------------------------------------------------------
+
+  private overLimit(): boolean {
+    if (this.inflightCount >= INFLIGHT_REQUESTS_MAX) return true;
+    return this.inflightBytes + this.socket.writableLength > this.limits.inflightBytesMax;
+  }
+
+  private pauseReading(): void {
+    if (this.readingPaused) return;
+    this.readingPaused = true;
+    this.socket.pause();
+  }
+
+  private maybeResume(): void {
+    if (!this.readingPaused || this.closed || this.overLimit()) return;
+    this.readingPaused = false;
+    this.socket.resume();
+    this.pump();
+  }
+
+  private afterCompletion(): void {
+    if (this.closed) return;
+    this.maybeEnd();
+    this.maybeResume();
+  }
+
+  /** After DISC, or on server shutdown, closes once nothing is in flight. */
+  private maybeEnd(): void {
+    if (this.closed || this.ended || this.inflightCount > 0) return;
+    if (this.disconnectRequested || this.host.isShuttingDown()) this.endGracefully();
+  }
+
+  /** Flushes pending replies, then closes. */
+  private endGracefully(): void {
+    if (this.ended || this.closed) return;
+    this.ended = true;
+    this.phase = { kind: 'closing' };
+    this.queue.clear();
+    this.uncork();
+    // A peer that never reads its last replies must not keep the socket forever.
+    this.socket.setTimeout(END_LINGER_MS);
+    this.socket.end(() => this.socket.destroy());
+  }
+
+  private hardClose(reason: string, level: LogLevel = 'warn', fields: object = {}): void {
+    if (this.closed || this.socket.destroyed) return;
+    this.host.log(level, `nbd connection closed: ${reason}`, { remote: this.remote, export: this.exportName, ...fields });
+    this.phase = { kind: 'closing' };
+    this.queue.clear();
+    this.socket.destroy();
+  }
+
+  private onTimeout(): void {
+    if (this.ended) this.hardClose('peer did not take its last replies', 'info');
+    else if (this.session === undefined) this.hardClose('handshake timed out', 'info');
+  }
+
+  private onSocketError(error: NodeJS.ErrnoException): void {
+    const level: LogLevel = error.code !== undefined && QUIET_SOCKET_ERRORS.has(error.code) ? 'info' : 'warn';
+    this.host.log(level, 'nbd socket error', { remote: this.remote, export: this.exportName, code: error.code, error: error.message });
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.phase = { kind: 'closing' };
+    this.queue.clear();
+    this.host.onClosed(this);
+  }
+}

@@ -1,0 +1,143 @@
+// Durable file operations: the only place that knows how to make creates, renames and unlinks
+// survive a crash (fsync of the directory), and how to zero a range without writing it.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { RewindError } from '../core/index.js';
+
+const execFileAsync = promisify(execFile);
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await fsp.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes `data` to `file` atomically: temp file, fdatasync, rename, fsync of the directory. */
+export async function writeFileDurable(file: string, data: Buffer | string | readonly Buffer[]): Promise<void> {
+  const temp = `${file}.tmp-${process.pid}`;
+  const handle = await fsp.open(temp, 'w');
+  try {
+    if (Array.isArray(data)) await handle.writev(data as Buffer[]);
+    else await handle.writeFile(data as Buffer | string);
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+  await fsp.rename(temp, file);
+  await fsyncDir(path.dirname(file));
+}
+
+export async function unlinkDurable(file: string): Promise<void> {
+  await fsp.rm(file, { force: true });
+  await fsyncDir(path.dirname(file));
+}
+
+export async function ensureDir(dir: string): Promise<void> {
+  await fsp.mkdir(dir, { recursive: true });
+}
+
+export function isBlockDevice(file: string): boolean {
+  try {
+    return fs.statSync(file).isBlockDevice();
+  } catch {
+    return false;
+  }
+}
+
+/** Shared zero buffer for small zero writes; never written into. */
+export const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+/** Ranges at least this long are punched (files) or discarded (devices) rather than written. */
+export const PUNCH_THRESHOLD_BYTES = 1024 * 1024;
+
+/**
+ * Makes [offset, offset + length) read as zeroes. Short ranges are written with zeroes on the
+ * calling thread; long ones become a hole (files, util-linux fallocate --punch-hole) or a zeroout
+ * (block devices, blkdiscard --zeroout), so a discard of a terabyte writes nothing.
+ */
+export async function zeroRange(fd: number, file: string, blockDevice: boolean, offsetBytes: number, lengthBytes: number): Promise<void> {
+  if (lengthBytes < PUNCH_THRESHOLD_BYTES) {
+    writeZeroesSync(fd, offsetBytes, lengthBytes);
+    return;
+  }
+  const args = blockDevice
+    ? ['--zeroout', '--offset', String(offsetBytes), '--length', String(lengthBytes), file]
+    : ['--punch-hole', '--keep-size', '--offset', String(offsetBytes), '--length', String(lengthBytes), file];
+  try {
+    await execFileAsync(blockDevice ? 'blkdiscard' : 'fallocate', args, { timeout: 120_000 });
+  } catch (error) {
+    throw new RewindError('REWIND_IO', `zeroing ${lengthBytes} bytes at ${offsetBytes} of ${file} failed`, { cause: error, hint: 'is util-linux installed (fallocate, blkdiscard)?' });
+  }
+}
+
+export function writeZeroesSync(fd: number, offsetBytes: number, lengthBytes: number): void {
+  let done = 0;
+  for (let guard = 0; done < lengthBytes; guard++) {
+    const n = Math.min(ZERO_CHUNK.length, lengthBytes - done);
+    done += fs.writeSync(fd, ZERO_CHUNK, 0, n, offsetBytes + done);
+    if (guard > lengthBytes) throw new Error('writeZeroesSync made no progress');
+  }
+}
+
+export function preadFully(fd: number, target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): void {
+  let done = 0;
+  while (done < lengthBytes) {
+    const n = fs.readSync(fd, target, targetOffset + done, lengthBytes - done, positionBytes + done);
+    if (n === 0) {
+      target.fill(0, targetOffset + done, targetOffset + lengthBytes); // past EOF of a sparse file reads as zeroes
+      return;
+    }
+    done += n;
+  }
+}
+
+export async function preadFullyAsync(handle: fsp.FileHandle, target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<void> {
+  let done = 0;
+  while (done < lengthBytes) {
+    const { bytesRead } = await handle.read(target, targetOffset + done, lengthBytes - done, positionBytes + done);
+    if (bytesRead === 0) {
+      target.fill(0, targetOffset + done, targetOffset + lengthBytes);
+      return;
+    }
+    done += bytesRead;
+  }
+}
+
+export function fdatasyncAsync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())));
+}
+
+export function writevAsync(fd: number, buffers: readonly Buffer[], positionBytes: number): Promise<number> {
+  return new Promise((resolve, reject) =>
+    fs.writev(fd, buffers as Buffer[], positionBytes, (error, written) => (error ? reject(error) : resolve(written))),
+  );
+}
+
+export function writeAsync(fd: number, data: Buffer, positionBytes: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === data.length) return resolve();
+      fs.write(fd, data, done, data.length - done, positionBytes + done, (error, written) => (error ? reject(error) : step(done + written)));
+    };
+    step(0);
+  });
+}
+
+/** Size of a file or block device in bytes. */
+export function sizeOf(file: string): number {
+  const stat = fs.statSync(file);
+  if (!stat.isBlockDevice()) return stat.size;
+  const fd = fs.openSync(file, 'r');
+  try {
+    // lseek(SEEK_END) is not exposed; reading sysfs is the portable way for a block device.
+    const name = path.basename(fs.realpathSync(file));
+    return Number(fs.readFileSync(`/sys/class/block/${name}/size`, 'utf8').trim()) * 512;
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,2 @@
+// Platform: the Node implementations of disk access (the only module touching node:fs directly).
+export * from './files.js';
