@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { assert, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
-import { parseSealedRedo, SEGMENT_FLAG_RESYNC, type RedoRecord, type SealedRedo } from '../log/index.js';
+import { parseSealedRedo, parseUndo, SEGMENT_FLAG_RESYNC, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type VolumeInfo } from '../ship/protocol.js';
@@ -84,7 +84,7 @@ export class Manager implements History {
     this.txFiles = new TxFiles(this.root, () => this.replicas.length);
     await ensureDir(this.txFiles.redoDir);
     await ensureDir(this.txFiles.undoDir);
-    for (const volume of this.catalog.volumes()) this.replicas.push(await ReplicaVolume.open(path.join(this.root, 'replica'), volume.idx, volume.name, volume.sizeBytes));
+    for (const volume of this.catalog.volumes()) this.replicas.push(ReplicaVolume.open(path.join(this.root, 'replica'), volume.idx, volume.name, volume.sizeBytes));
     await this.recover();
     this.refreshCommitted();
     await this.loadViews();
@@ -140,7 +140,7 @@ export class Manager implements History {
   txsAfter(seq: number): HistoryTx[] {
     return this.catalog.committedTxs(seq + 1).filter((tx) => tx.seqLast > seq);
   }
-  txIndex(idx: number): Promise<{ records: RedoRecord[]; undo: import('../log/index.js').UndoExtent[] }> {
+  txIndex(idx: number): Promise<{ records: RedoRecord[]; undo: UndoExtent[] }> {
     return this.txFiles.index(idx);
   }
   redoFd(idx: number): number {
@@ -250,11 +250,7 @@ export class Manager implements History {
     for (let idx = existing.length; idx < volumes.length; idx++) {
       const given = volumes[idx] as VolumeInfo;
       this.catalog.addVolume(idx, given.name, given.sizeBytes);
-      const replicaDir = path.join(this.root, 'replica');
-      // Opening is synchronous enough here: a new sparse file and an empty bitmap.
-      void ReplicaVolume.open(replicaDir, idx, given.name, given.sizeBytes).then((replica) => {
-        this.replicas[idx] = replica;
-      });
+      this.replicas[idx] = ReplicaVolume.open(path.join(this.root, 'replica'), idx, given.name, given.sizeBytes);
     }
   }
 
@@ -361,7 +357,7 @@ export class Manager implements History {
       this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
       extents = undo.extents;
     } else {
-      extents = (await import('../log/index.js')).parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
+      extents = parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
     }
     this.txFiles.remember(row.idx, { records: parsed.records, undo: extents });
     // Open views take the before-image now, before the replica changes under them.
@@ -468,8 +464,8 @@ export class Manager implements History {
 
   private seqAtTimeIn(tx: TxRow, timeNs: bigint): number {
     // The transaction's records are scanned synchronously from the cache when present.
-    const cached = this.txFiles['cache'].get(tx.idx);
-    const records = cached?.records ?? parseSealedRedo(fs.readFileSync(this.txFiles.redoPath(tx.idx)), this.txFiles.redoPath(tx.idx), this.replicas.length).records;
+    const file = this.txFiles.redoPath(tx.idx);
+    const records = this.txFiles.cached(tx.idx)?.records ?? parseSealedRedo(fs.readFileSync(file), file, this.replicas.length).records;
     let seq = tx.seqFirst - 1;
     for (const record of records) {
       if (record.timeNs > timeNs) break;

@@ -3,7 +3,7 @@
 // building the undo of a huge trim over a sparse replica skips reading terabytes of zeroes.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fdatasyncAsync, ensureDir } from '../platform/index.js';
+import { fdatasyncAsync } from '../platform/index.js';
 
 export const ALLOC_CHUNK_BYTES = 1024 * 1024;
 
@@ -27,8 +27,8 @@ export class ReplicaVolume {
     this.alloc = alloc;
   }
 
-  static async open(dir: string, index: number, name: string, sizeBytes: number): Promise<ReplicaVolume> {
-    await ensureDir(dir);
+  static open(dir: string, index: number, name: string, sizeBytes: number): ReplicaVolume {
+    fs.mkdirSync(dir, { recursive: true });
     const file = path.join(dir, `${name}.img`);
     if (!fs.existsSync(file)) {
       const created = fs.openSync(file, 'w');

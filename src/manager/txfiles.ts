@@ -67,6 +67,10 @@ export class TxFiles {
     return entry;
   }
 
+  cached(idx: number): TxIndex | undefined {
+    return this.cache.get(idx);
+  }
+
   remember(idx: number, entry: TxIndex): void {
     this.cache.set(idx, entry);
     this.cachedItems += entry.records.length + entry.undo.length;

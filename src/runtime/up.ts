@@ -1,0 +1,92 @@
+// Assembles the processes: `rewind up` (agent + manager in one process, linked over the same
+// authenticated connection a split deployment uses), `rewind agent` and `rewind manager`.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { Agent, type VolumeSpec } from '../agent/agent.js';
+import { startApi } from '../api/server.js';
+import { Manager } from '../manager/manager.js';
+import { NbdServer } from '../nbd/index.js';
+import { ensureDir } from '../platform/index.js';
+import { CombinedRegistry } from './registry.js';
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+export interface UpOptions {
+  dataDir: string;
+  nbd: Endpoint;
+  http: Endpoint;
+  volumes: VolumeSpec[];
+  sealBytes: number;
+  sealMs: number;
+  quiet?: boolean;
+}
+
+export interface Running {
+  nbdAddress: Endpoint;
+  httpAddress: string;
+  agent: Agent | undefined;
+  manager: Manager | undefined;
+  close(): Promise<void>;
+}
+
+export function makeLog(quiet: boolean): (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void {
+  const logger = pino({ level: quiet ? 'warn' : 'info' }, pino.destination(2));
+  return (level, message, fields) => logger[level](fields ?? {}, message);
+}
+
+export async function startUp(options: UpOptions): Promise<Running> {
+  const log = makeLog(options.quiet ?? false);
+  await ensureDir(options.dataDir);
+  const token = await localToken(options.dataDir);
+  const nbdRef: { server?: NbdServer } = {};
+  const manager = new Manager({
+    dataDir: options.dataDir,
+    token,
+    log,
+    onExportsChanged: (removed) => {
+      for (const name of removed) nbdRef.server?.disconnectExport(name);
+    },
+  });
+  await manager.open();
+  const link = await manager.listen('127.0.0.1', 0);
+  const agent = new Agent({
+    dataDir: options.dataDir,
+    volumes: options.volumes,
+    sealBytes: options.sealBytes,
+    sealMs: options.sealMs,
+    manager: { host: '127.0.0.1', port: link.port, token },
+    log,
+  });
+  await agent.open();
+  const agentExports = agent.exports();
+  const nbd = new NbdServer(new CombinedRegistry([() => agentExports, () => manager.exports()]), { log });
+  nbdRef.server = nbd;
+  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  const api = await startApi(manager, options.http.host, options.http.port, undefined);
+  return {
+    nbdAddress,
+    httpAddress: api.address,
+    agent,
+    manager,
+    async close() {
+      await api.app.close();
+      await nbd.close();
+      await agent.close();
+      await manager.close();
+    },
+  };
+}
+
+/** The token of the in-process agent-manager link, kept so a restart reuses it. */
+async function localToken(dataDir: string): Promise<string> {
+  const file = path.join(dataDir, 'link-token');
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  const token = randomBytes(24).toString('hex');
+  fs.writeFileSync(file, token, { mode: 0o600 });
+  return token;
+}

@@ -1,0 +1,264 @@
+// Tests for the redo and undo segment codecs: round trips, truncation, bit flips, reordering and torn tails.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { SegmentError } from '../../src/core/index.js';
+import {
+  buildSealedRedo,
+  parseSealedRedo,
+  scanRedo,
+  REDO_HEADER_BYTES,
+  RECORD_HEADER_BYTES,
+  TRAILER_BYTES,
+  type RecordMeta,
+  type RedoHeader,
+} from '../../src/log/redo.js';
+import { UndoBuilder, parseUndo, type UndoExtentMeta, type UndoHeader } from '../../src/log/undo.js';
+
+const volumeSetId = Buffer.alloc(16, 7);
+const FILE = 'f';
+const VOLUMES = 4;
+type Rec = RecordMeta & { data?: Buffer };
+
+function redoHeader(seqFirst = 1): RedoHeader {
+  return { volumeSetId, segmentIndex: 3, seqFirst, createdNs: 123n, flags: 0 };
+}
+
+function undoHeader(): UndoHeader {
+  return { volumeSetId, segmentIndex: 3, seqFirst: 1, seqLast: 9 };
+}
+
+function payload(length: number, seed: number): Buffer {
+  const buf = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) buf[i] = (seed * 31 + i * 7) & 0xff;
+  return buf;
+}
+
+/** A ~312-byte sealed segment: a 40-byte write, a zero and a trim. */
+function smallRecords(): Rec[] {
+  return [
+    { kind: 'write', volume: 0, seq: 1, timeNs: 10n, offsetBytes: 4096, lengthBytes: 40, data: payload(40, 1) },
+    { kind: 'zero', volume: 1, seq: 2, timeNs: 20n, offsetBytes: 0, lengthBytes: 2 ** 30 },
+    { kind: 'trim', volume: 2, seq: 3, timeNs: 30n, offsetBytes: 512, lengthBytes: 8192 },
+  ];
+}
+
+function smallRedo(): Buffer {
+  return Buffer.concat(buildSealedRedo(redoHeader(), smallRecords()));
+}
+
+function smallUndo(): Buffer {
+  const builder = new UndoBuilder(undoHeader());
+  builder.add({ kind: 'data', volume: 0, offsetBytes: 100, lengthBytes: 20 }, payload(20, 2));
+  builder.add({ kind: 'zero', volume: 0, offsetBytes: 200, lengthBytes: 4096 });
+  builder.add({ kind: 'data', volume: 1, offsetBytes: 0, lengthBytes: 8 }, payload(8, 3));
+  return Buffer.concat(builder.finish());
+}
+
+/** Runs `fn` and asserts it threw a SegmentError with one of `codes`, naming the file and an offset. */
+function assertRefused(fn: () => unknown, codes: readonly string[], context: string): SegmentError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (error) {
+    caught = error;
+  }
+  assert.ok(caught !== undefined, `${context}: accepted`);
+  assert.ok(caught instanceof SegmentError, `${context}: threw ${String(caught)} instead of a SegmentError`);
+  assert.ok(codes.includes(caught.code), `${context}: code ${caught.code}, expected one of ${codes.join(', ')}`);
+  assert.equal(caught.file, FILE);
+  assert.equal(typeof caught.offsetBytes, 'number');
+  assert.ok(caught.message.includes(FILE) && caught.message.includes(String(caught.offsetBytes)));
+  return caught;
+}
+
+const TRUNC_OR_CORRUPT = ['REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_CORRUPT'];
+const ORDER_OR_CORRUPT = ['REWIND_SEGMENT_ORDER', 'REWIND_SEGMENT_CORRUPT'];
+
+const recordArb: fc.Arbitrary<Omit<Rec, 'seq'>> = fc.oneof(
+  fc.record({
+    volume: fc.integer({ min: 0, max: VOLUMES - 1 }),
+    timeNs: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+    offsetBytes: fc.integer({ min: 0, max: 2 ** 45 }),
+    data: fc.uint8Array({ minLength: 1, maxLength: 4096 }),
+  }).map(({ data, ...rest }) => ({ ...rest, kind: 'write' as const, lengthBytes: data.length, data: Buffer.from(data) })),
+  fc.record({
+    kind: fc.constantFrom('zero' as const, 'trim' as const),
+    volume: fc.integer({ min: 0, max: VOLUMES - 1 }),
+    timeNs: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+    offsetBytes: fc.integer({ min: 0, max: 2 ** 45 }),
+    lengthBytes: fc.integer({ min: 1, max: 2 ** 40 }),
+  }),
+);
+
+describe('redo segment codec', () => {
+  it('round-trips random record lists', () => {
+    fc.assert(
+      fc.property(fc.array(recordArb, { maxLength: 12 }), fc.integer({ min: 1, max: 2 ** 40 }), (raw, seqFirst) => {
+        const records: Rec[] = raw.map((r, i) => ({ ...r, seq: seqFirst + i }));
+        const buf = Buffer.concat(buildSealedRedo(redoHeader(seqFirst), records));
+        const parsed = parseSealedRedo(buf, FILE, VOLUMES);
+        assert.equal(parsed.header.seqFirst, seqFirst);
+        assert.ok(parsed.header.volumeSetId.equals(volumeSetId));
+        assert.equal(parsed.records.length, records.length);
+        assert.equal(parsed.trailer.recordCount, records.length);
+        records.forEach((want, i) => {
+          const got = parsed.records[i];
+          assert.ok(got);
+          assert.deepEqual(
+            { kind: got.kind, volume: got.volume, seq: got.seq, timeNs: got.timeNs, offsetBytes: got.offsetBytes, lengthBytes: got.lengthBytes },
+            { kind: want.kind, volume: want.volume, seq: want.seq, timeNs: want.timeNs, offsetBytes: want.offsetBytes, lengthBytes: want.lengthBytes },
+          );
+          if (want.data) {
+            assert.ok(buf.subarray(got.payloadOffsetBytes, got.payloadOffsetBytes + got.lengthBytes).equals(want.data));
+          }
+        });
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('refuses every truncation of a sealed segment', () => {
+    const buf = smallRedo();
+    assert.equal(parseSealedRedo(buf, FILE, VOLUMES).records.length, 3);
+    for (let length = 0; length < buf.length; length++) {
+      assertRefused(() => parseSealedRedo(buf.subarray(0, length), FILE, VOLUMES), TRUNC_OR_CORRUPT, `length ${length}`);
+    }
+  });
+
+  it('refuses every single bit flip of a sealed segment', () => {
+    const buf = smallRedo();
+    assert.ok(buf.length >= 290 && buf.length <= 330, `segment is ${buf.length} bytes`);
+    for (let bit = 0; bit < buf.length * 8; bit++) {
+      const flipped = Buffer.from(buf);
+      flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
+      assertRefused(() => parseSealedRedo(flipped, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `bit ${bit}`);
+    }
+  });
+
+  it('refuses swapped records', () => {
+    // Two zero records of the same size: swap their bytes so seqs arrive 2, 1.
+    const records: Rec[] = [
+      { kind: 'zero', volume: 0, seq: 1, timeNs: 1n, offsetBytes: 0, lengthBytes: 512 },
+      { kind: 'trim', volume: 1, seq: 2, timeNs: 2n, offsetBytes: 512, lengthBytes: 1024 },
+    ];
+    const buf = Buffer.concat(buildSealedRedo(redoHeader(), records));
+    const a = REDO_HEADER_BYTES;
+    const b = a + RECORD_HEADER_BYTES;
+    const swapped = Buffer.concat([buf.subarray(0, a), buf.subarray(b, b + RECORD_HEADER_BYTES), buf.subarray(a, b), buf.subarray(b + RECORD_HEADER_BYTES)]);
+    assert.equal(swapped.length, buf.length);
+    const err = assertRefused(() => parseSealedRedo(swapped, FILE, VOLUMES), ORDER_OR_CORRUPT, 'swapped');
+    assert.equal(err.offsetBytes >= a, true);
+  });
+
+  it('refuses a duplicated record', () => {
+    const buf = smallRedo();
+    const first = buf.subarray(REDO_HEADER_BYTES, REDO_HEADER_BYTES + RECORD_HEADER_BYTES + 40);
+    const dup = Buffer.concat([buf.subarray(0, REDO_HEADER_BYTES), first, buf.subarray(REDO_HEADER_BYTES)]);
+    assertRefused(() => parseSealedRedo(dup, FILE, VOLUMES), ['REWIND_SEGMENT_ORDER', 'REWIND_SEGMENT_CORRUPT'], 'duplicate');
+  });
+
+  it('refuses a record whose volume index is out of range', () => {
+    const records: Rec[] = [{ kind: 'zero', volume: 2, seq: 1, timeNs: 1n, offsetBytes: 0, lengthBytes: 512 }];
+    const buf = Buffer.concat(buildSealedRedo(redoHeader(), records));
+    assert.equal(parseSealedRedo(buf, FILE, 3).records.length, 1);
+    const err = assertRefused(() => parseSealedRedo(buf, FILE, 2), ['REWIND_SEGMENT_CORRUPT'], 'volume 2 of 2');
+    assert.equal(err.offsetBytes, REDO_HEADER_BYTES + 6);
+  });
+
+  it('scans the complete records of an unsealed segment with a torn tail', () => {
+    const full = smallRedo();
+    const body = full.subarray(0, full.length - TRAILER_BYTES);
+    const next = Buffer.concat(
+      buildSealedRedo(redoHeader(4), [{ kind: 'write', volume: 3, seq: 4, timeNs: 40n, offsetBytes: 0, lengthBytes: 64, data: payload(64, 9) }]),
+    ).subarray(REDO_HEADER_BYTES, REDO_HEADER_BYTES + RECORD_HEADER_BYTES + 64);
+    for (const cut of [1, 20, RECORD_HEADER_BYTES - 1, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + 63]) {
+      const torn = Buffer.concat([body, next.subarray(0, cut)]);
+      const scan = scanRedo(torn, FILE, VOLUMES);
+      assert.equal(scan.records.length, 3, `cut ${cut}`);
+      assert.deepEqual(scan.records.map((r) => r.seq), [1, 2, 3]);
+      assert.equal(scan.validBytes, body.length, `cut ${cut}`);
+      assert.equal(scan.trailer, undefined);
+      assert.ok(scan.stopReason instanceof SegmentError);
+      assert.equal(scan.stopReason.code, 'REWIND_SEGMENT_TRUNCATED', `cut ${cut}`);
+      assert.equal(scan.stopReason.file, FILE);
+      assert.equal(scan.stopReason.offsetBytes >= body.length, true);
+      assertRefused(() => parseSealedRedo(torn, FILE, VOLUMES), TRUNC_OR_CORRUPT, `sealed parse of cut ${cut}`);
+    }
+    // With the whole next record appended it is scanned too, still without a trailer.
+    const whole = scanRedo(Buffer.concat([body, next]), FILE, VOLUMES);
+    assert.equal(whole.records.length, 4);
+    assert.equal(whole.validBytes, body.length + next.length);
+    assert.equal(whole.stopReason, undefined);
+  });
+});
+
+const undoArb = fc.array(
+  fc.record({
+    volumeStep: fc.integer({ min: 0, max: 1 }),
+    gap: fc.integer({ min: 0, max: 2 ** 20 }),
+    zero: fc.option(fc.integer({ min: 1, max: 2 ** 40 }), { nil: undefined }),
+    data: fc.uint8Array({ minLength: 1, maxLength: 4096 }),
+  }),
+  { maxLength: 10 },
+);
+
+describe('undo segment codec', () => {
+  it('round-trips random ascending extents', () => {
+    fc.assert(
+      fc.property(undoArb, (raw) => {
+        const builder = new UndoBuilder(undoHeader());
+        const want: { meta: UndoExtentMeta; data?: Buffer }[] = [];
+        let volume = 0;
+        let end = 0;
+        for (const r of raw) {
+          if (r.volumeStep === 1 && volume < VOLUMES - 1) {
+            volume += 1;
+            end = 0;
+          }
+          const offsetBytes = end + r.gap;
+          if (r.zero !== undefined) {
+            const meta: UndoExtentMeta = { kind: 'zero', volume, offsetBytes, lengthBytes: r.zero };
+            builder.add(meta);
+            want.push({ meta });
+          } else {
+            const data = Buffer.from(r.data);
+            const meta: UndoExtentMeta = { kind: 'data', volume, offsetBytes, lengthBytes: data.length };
+            builder.add(meta, data);
+            want.push({ meta, data });
+          }
+          end = offsetBytes + (want[want.length - 1] as { meta: UndoExtentMeta }).meta.lengthBytes;
+        }
+        const buf = Buffer.concat(builder.finish());
+        const parsed = parseUndo(buf, FILE, VOLUMES);
+        assert.deepEqual(parsed.header, undoHeader());
+        assert.equal(parsed.extents.length, want.length);
+        want.forEach(({ meta, data }, i) => {
+          const got = parsed.extents[i];
+          assert.ok(got);
+          assert.deepEqual({ kind: got.kind, volume: got.volume, offsetBytes: got.offsetBytes, lengthBytes: got.lengthBytes }, meta);
+          if (data) assert.ok(buf.subarray(got.payloadOffsetBytes, got.payloadOffsetBytes + got.lengthBytes).equals(data));
+        });
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('refuses every truncation and every bit flip of an undo segment', () => {
+    const buf = smallUndo();
+    assert.equal(parseUndo(buf, FILE, VOLUMES).extents.length, 3);
+    for (let length = 0; length < buf.length; length++) {
+      assertRefused(() => parseUndo(buf.subarray(0, length), FILE, VOLUMES), TRUNC_OR_CORRUPT, `length ${length}`);
+    }
+    for (let bit = 0; bit < buf.length * 8; bit++) {
+      const flipped = Buffer.from(buf);
+      flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
+      assertRefused(() => parseUndo(flipped, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `bit ${bit}`);
+    }
+  });
+
+  it('refuses an out-of-range volume index', () => {
+    const buf = smallUndo();
+    assertRefused(() => parseUndo(buf, FILE, 1), ['REWIND_SEGMENT_CORRUPT'], 'volume 1 of 1');
+  });
+});
