@@ -115,9 +115,15 @@ export class Agent {
     };
   }
 
-  async saveState(): Promise<void> {
-    await writeFileDurable(path.join(this.stateDir, 'state.json'), JSON.stringify(this.state, null, 2));
+  /** State writes are serialised: concurrent writers would race on the same temp file. */
+  saveState(): Promise<void> {
+    const write = (): Promise<void> => writeFileDurable(path.join(this.stateDir, 'state.json'), JSON.stringify(this.state, null, 2));
+    const next = this.stateWrites.then(write, write);
+    this.stateWrites = next.catch(() => undefined);
+    return next;
   }
+
+  private stateWrites: Promise<void> = Promise.resolve();
 
   /** The stored volume list wins; new volumes may be added, nothing may change or disappear. */
   private reconcileVolumes(stored: StoredVolume[], given: VolumeSpec[]): StoredVolume[] {
