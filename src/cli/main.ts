@@ -2,7 +2,8 @@
 import { Command, Option } from 'commander';
 import { errorMessage, parseSize, RewindError } from '../core/index.js';
 import type { VolumeSpec } from '../agent/agent.js';
-import { startUp, type Endpoint } from '../runtime/up.js';
+import fs from 'node:fs';
+import { startAgent, startManager, startUp, type Endpoint, type Running } from '../runtime/up.js';
 
 function endpoint(text: string, what: string): Endpoint {
   const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(text);
@@ -67,9 +68,77 @@ program
       sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
       sealMs: Number(options.sealMs),
     });
-    const { host, port } = running.nbdAddress;
-    for (const volume of running.agent?.volumes ?? []) console.log(`volume ${volume.name}: nbd://${host}:${port}/${volume.name} (${volume.sizeBytes} bytes)`);
+    printVolumes(running);
     console.log(`API: ${running.httpAddress}`);
+    stopOnSignals(running);
+  });
+
+function printVolumes(running: Running): void {
+  const { host, port } = running.nbdAddress;
+  for (const volume of running.agent?.volumes ?? []) console.log(`volume ${volume.name}: nbd://${host}:${port}/${volume.name} (${volume.sizeBytes} bytes)`);
+}
+
+function token(options: { token?: string; tokenFile?: string }): string {
+  const value = options.tokenFile ? fs.readFileSync(options.tokenFile, 'utf8').trim() : (options.token ?? process.env.REWIND_LINK_TOKEN);
+  if (!value) throw new RewindError('REWIND_BAD_ARGUMENT', 'a shared token is required', { hint: 'give --token-file FILE, --token TOKEN or REWIND_LINK_TOKEN' });
+  return value;
+}
+
+program
+  .command('manager')
+  .description('run the manager alone (backup host): receives segments from an agent, serves views and the API')
+  .option('--data <dir>', 'data directory', './rewind-manager')
+  .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
+  .option('--nbd <host:port>', 'NBD listen address for snapshots and clones', '127.0.0.1:10810')
+  .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
+  .option('--token <token>', 'shared secret agents must present')
+  .option('--token-file <file>', 'read the shared secret from a file')
+  .option('--tls-cert <file>', 'TLS certificate (PEM) for the agent link')
+  .option('--tls-key <file>', 'TLS private key (PEM) for the agent link')
+  .action(async (options: { data: string; listen: string; nbd: string; http: string; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string }) => {
+    if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
+    const running = await startManager({
+      dataDir: options.data,
+      listen: endpoint(options.listen, '--listen'),
+      nbd: endpoint(options.nbd, '--nbd'),
+      http: endpoint(options.http, '--http'),
+      token: token(options),
+      ...(options.tlsCert && options.tlsKey ? { tls: { cert: fs.readFileSync(options.tlsCert), key: fs.readFileSync(options.tlsKey) } } : {}),
+    });
+    console.log(`agents: ${running.linkAddress.host}:${running.linkAddress.port}${options.tlsCert ? ' (TLS)' : ''}`);
+    console.log(`views: nbd://${running.nbdAddress.host}:${running.nbdAddress.port}/VOLUME@NAME`);
+    console.log(`API: ${running.httpAddress}`);
+    stopOnSignals(running);
+  });
+
+program
+  .command('agent')
+  .description('run the agent alone (production host): protects volumes, ships segments to a manager')
+  .option('--data <dir>', 'data directory', './rewind-agent')
+  .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
+  .requiredOption('--manager <host:port>', 'manager address (its --listen)')
+  .option('--token <token>', 'shared secret')
+  .option('--token-file <file>', 'read the shared secret from a file')
+  .option('--tls-ca <file>', 'connect with TLS, trusting this CA certificate (PEM)')
+  .option('--volume <name:size|name:path>', 'protect a volume (repeatable)', volumeSpec, [])
+  .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
+  .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
+  .action(async (options: { data: string; nbd: string; manager: string; token?: string; tokenFile?: string; tlsCa?: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string }) => {
+    const running = await startAgent({
+      dataDir: options.data,
+      nbd: endpoint(options.nbd, '--nbd'),
+      manager: endpoint(options.manager, '--manager'),
+      token: token(options),
+      ...(options.tlsCa ? { tlsCa: fs.readFileSync(options.tlsCa) } : {}),
+      volumes: options.volume,
+      sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
+      sealMs: Number(options.sealMs),
+    });
+    printVolumes(running);
+    stopOnSignals(running);
+  });
+
+function stopOnSignals(running: Running): void {
     let stopping = false;
     const stop = (): void => {
       if (stopping) return;
@@ -84,7 +153,7 @@ program
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
-  });
+}
 
 withServer(program.command('status').description('per volume set: captured and committed seq, lag, spool, mode').option('--json', 'print JSON'))
   .action(async (options: { server?: string; json?: boolean }) => {

@@ -90,3 +90,87 @@ async function localToken(dataDir: string): Promise<string> {
   fs.writeFileSync(file, token, { mode: 0o600 });
   return token;
 }
+
+export interface ManagerRunOptions {
+  dataDir: string;
+  listen: Endpoint;
+  nbd: Endpoint;
+  http: Endpoint;
+  token: string;
+  tls?: { cert: Buffer; key: Buffer };
+  quiet?: boolean;
+}
+
+/** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
+export async function startManager(options: ManagerRunOptions): Promise<Running & { linkAddress: Endpoint }> {
+  const log = makeLog(options.quiet ?? false);
+  await ensureDir(options.dataDir);
+  const nbdRef: { server?: NbdServer } = {};
+  const manager = new Manager({
+    dataDir: options.dataDir,
+    token: options.token,
+    log,
+    ...(options.tls ? { tls: options.tls } : {}),
+    onExportsChanged: (removed) => {
+      for (const name of removed) nbdRef.server?.disconnectExport(name);
+    },
+  });
+  await manager.open();
+  const linkAddress = await manager.listen(options.listen.host, options.listen.port);
+  const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
+  nbdRef.server = nbd;
+  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  const api = await startApi(manager, options.http.host, options.http.port, undefined);
+  return {
+    nbdAddress,
+    httpAddress: api.address,
+    linkAddress,
+    agent: undefined,
+    manager,
+    async close() {
+      await api.app.close();
+      await nbd.close();
+      await manager.close();
+    },
+  };
+}
+
+export interface AgentRunOptions {
+  dataDir: string;
+  nbd: Endpoint;
+  manager: Endpoint;
+  token: string;
+  tlsCa?: Buffer;
+  volumes: VolumeSpec[];
+  sealBytes: number;
+  sealMs: number;
+  quiet?: boolean;
+}
+
+/** `rewind agent`: protects production volumes and ships their segments to a remote manager. */
+export async function startAgent(options: AgentRunOptions): Promise<Running> {
+  const log = makeLog(options.quiet ?? false);
+  await ensureDir(options.dataDir);
+  const agent = new Agent({
+    dataDir: options.dataDir,
+    volumes: options.volumes,
+    sealBytes: options.sealBytes,
+    sealMs: options.sealMs,
+    manager: { ...options.manager, token: options.token, ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}) },
+    log,
+  });
+  await agent.open();
+  const agentExports = agent.exports();
+  const nbd = new NbdServer(new CombinedRegistry([() => agentExports]), { log });
+  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  return {
+    nbdAddress,
+    httpAddress: '',
+    agent,
+    manager: undefined,
+    async close() {
+      await nbd.close();
+      await agent.close();
+    },
+  };
+}
