@@ -29,7 +29,7 @@ async function call(base: string, method: string, route: string, body?: object):
   try {
     response = await fetch(`${base}${route}`, {
       method,
-      headers: { 'content-type': 'application/json', ...(process.env.REWIND_TOKEN ? { authorization: `Bearer ${process.env.REWIND_TOKEN}` } : {}) },
+      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(process.env.REWIND_TOKEN ? { authorization: `Bearer ${process.env.REWIND_TOKEN}` } : {}) },
       ...(body ? { body: JSON.stringify(body) } : {}),
     });
   } catch (error) {
