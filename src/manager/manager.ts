@@ -219,12 +219,6 @@ export class Manager implements History {
     } catch (error) {
       return refuse((error as RewindError).code ?? 'REWIND_CONFIG', errorMessage(error));
     }
-    if (message.seqNext <= this.committedSeq) {
-      // The agent lost history the manager has: never rewrite committed history.
-      if (message.seqNext !== this.committedSeq + 1 && this.committedSeq > 0 && message.seqNext < this.committedSeq + 1) {
-        this.options.log('info', `agent resumes at seq ${message.seqNext}; committed ${this.committedSeq}`);
-      }
-    }
     if (this.session && this.session !== socket) this.session.destroy(); // a reconnecting agent replaces a stale session
     this.session = socket;
     sendFrame(socket, { type: 'welcome', seqCommitted: this.committedSeq, segmentCommitted: this.committedIdx });
@@ -296,7 +290,7 @@ export class Manager implements History {
     if (message.index <= this.committedIdx) {
       const row = this.catalog.tx(message.index);
       if (row && row.redoCrc === message.fileCrc >>> 0) {
-        if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: this.committedSeq >= row.seqLast ? row.seqLast : row.seqLast });
+        if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: row.seqLast });
         return; // a resend after a lost ack: answered idempotently, applied once
       }
       return refuse('REWIND_SEGMENT_ORDER', `segment ${message.index} is already committed with different content`);
