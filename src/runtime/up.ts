@@ -44,15 +44,7 @@ export async function startUp(options: UpOptions): Promise<Running> {
   await ensureDir(options.dataDir);
   const token = await localToken(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
-  const manager = new Manager({
-    dataDir: options.dataDir,
-    token,
-    log,
-    onExportsChanged: (removed) => {
-      for (const name of removed) nbdRef.server?.disconnectExport(name);
-    },
-  });
-  await manager.open();
+  const manager = await openManager(options.dataDir, token, undefined, log, nbdRef);
   const link = await manager.listen('127.0.0.1', 0);
   const agent = new Agent({
     dataDir: options.dataDir,
@@ -82,6 +74,27 @@ export async function startUp(options: UpOptions): Promise<Running> {
   };
 }
 
+/** Opens a manager whose removed views drop their NBD clients on the server set in `nbdRef` later. */
+async function openManager(
+  dataDir: string,
+  token: string,
+  tlsOptions: { cert: Buffer; key: Buffer } | undefined,
+  log: ReturnType<typeof makeLog>,
+  nbdRef: { server?: NbdServer },
+): Promise<Manager> {
+  const manager = new Manager({
+    dataDir,
+    token,
+    log,
+    ...(tlsOptions ? { tls: tlsOptions } : {}),
+    onExportsChanged: (removed) => {
+      for (const name of removed) nbdRef.server?.disconnectExport(name);
+    },
+  });
+  await manager.open();
+  return manager;
+}
+
 /** The token of the in-process agent-manager link, kept so a restart reuses it. */
 async function localToken(dataDir: string): Promise<string> {
   const file = path.join(dataDir, 'link-token');
@@ -106,16 +119,7 @@ export async function startManager(options: ManagerRunOptions): Promise<Running 
   const log = makeLog(options.quiet ?? false);
   await ensureDir(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
-  const manager = new Manager({
-    dataDir: options.dataDir,
-    token: options.token,
-    log,
-    ...(options.tls ? { tls: options.tls } : {}),
-    onExportsChanged: (removed) => {
-      for (const name of removed) nbdRef.server?.disconnectExport(name);
-    },
-  });
-  await manager.open();
+  const manager = await openManager(options.dataDir, options.token, options.tls, log, nbdRef);
   const linkAddress = await manager.listen(options.listen.host, options.listen.port);
   const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
   nbdRef.server = nbd;

@@ -3,36 +3,18 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { BIN, freePort, startUpProcess } from '../support/process.js';
 import { ModelVolumeSet } from '../support/model.js';
 
-const BIN = path.resolve('bin/rewind.js');
 const SIZE = 4 * 1024 * 1024;
 const have = (tool: string): boolean => spawnSync('which', [tool]).status === 0;
 const skip = ['qemu-io', 'nbdcopy'].filter((t) => !have(t));
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 async function up(dir: string, nbdPort: number, httpPort: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [BIN, 'up', '--data', dir, '--nbd', `127.0.0.1:${nbdPort}`, '--http', `127.0.0.1:${httpPort}`, '--volume', `v:${SIZE}`, '--seal-ms', '100'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
-  for (let waited = 0; !out.includes('API:'); waited += 50) {
-    assert.ok(waited < 20_000 && child.exitCode === null, `rewind up did not start: ${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return child;
+  return startUpProcess(['--data', dir, '--nbd', `127.0.0.1:${nbdPort}`, '--http', `127.0.0.1:${httpPort}`, '--volume', `v:${SIZE}`, '--seal-ms', '100']);
 }
 
 function cli(httpPort: number, ...args: string[]): string {

@@ -1,0 +1,29 @@
+// Helpers for tests that run `rewind up` as a real child process.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+
+export const BIN = path.resolve('bin/rewind.js');
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `rewind up` with `args` and waits until it printed its API address. */
+export async function startUpProcess(args: string[]): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [BIN, 'up', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
+  for (let waited = 0; !out.includes('API:'); waited += 50) {
+    assert.ok(waited < 20_000 && child.exitCode === null, `rewind up did not start: ${out}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return child;
+}
