@@ -27,6 +27,7 @@ export class Shipper {
   private socket: net.Socket | undefined;
   private welcomed = false;
   private inFlight = new Set<number>();
+  private sendChain: Promise<void> = Promise.resolve();
   private stopped = false;
   private backoffMs = 100;
   private statusTimer: NodeJS.Timeout | undefined;
@@ -144,7 +145,9 @@ export class Shipper {
     for (const segment of toSend) {
       if (this.inFlight.size >= WINDOW_SEGMENTS_MAX) break;
       this.inFlight.add(segment.index);
-      void this.send(socket, segment);
+      // Sends are chained: segments must reach the manager in index order, whatever order
+      // the file reads finish in (the manager refuses a gap).
+      this.sendChain = this.sendChain.then(() => this.send(socket, segment));
     }
   }
 

@@ -126,7 +126,14 @@ export class Spool {
       return { tornBytes: buf.length, tornReason: undefined, recoveredRecords: 0 };
     }
     const scan = scanRedo(buf, file, this.volumeCount);
-    assert(scan.trailer === undefined, 'an active segment has no trailer');
+    if (scan.trailer !== undefined) {
+      // The crash came after the trailer was written but before the rename: finish the seal.
+      const sealedFile = path.join(this.dir, segmentName(scan.header.segmentIndex, SEALED_SUFFIX));
+      await fsp.rename(file, sealedFile);
+      await fsyncDir(this.dir);
+      this.adoptSealed(sealedFile, buf);
+      return { tornBytes: 0, tornReason: undefined, recoveredRecords: scan.records.length };
+    }
     if (scan.header.seqFirst !== this.seqNext || scan.header.segmentIndex !== this.nextIndex) {
       throw new RewindError('REWIND_SEQ_GAP', `active segment ${file} does not continue the spool (seq ${scan.header.seqFirst}, expected ${this.seqNext})`);
     }

@@ -17,7 +17,7 @@ async function up(dir: string, nbd: number, http: number): Promise<ChildProcess>
 }
 
 const cli = (http: number, ...args: string[]): string =>
-  execFileSync(process.execPath, [BIN, ...args], { env: { ...process.env, REWIND_SERVER: `http://127.0.0.1:${http}` }, timeout: 60_000, maxBuffer: 256 << 20 }).toString();
+  execFileSync(process.execPath, [BIN, ...args], { env: { ...process.env, REWIND_SERVER: `http://127.0.0.1:${http}` }, timeout: 90_000, maxBuffer: 256 << 20 }).toString();
 
 test('SIGTERM and SIGKILL under fio load, then restart: seq continuous, history equals production', { skip: missing.length ? `missing ${missing.join(', ')}` : false }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-restart-'));

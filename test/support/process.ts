@@ -22,7 +22,10 @@ export async function startUpProcess(args: string[]): Promise<ChildProcess> {
   child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
   for (let waited = 0; !out.includes('API:'); waited += 50) {
-    assert.ok(waited < 20_000 && child.exitCode === null, `rewind up did not start: ${out}`);
+    if (waited >= 30_000 || child.exitCode !== null) {
+      child.kill('SIGKILL'); // never leave a half-started server behind to hold the test runner open
+      assert.fail(`rewind up did not start within ${waited} ms: ${out}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
   return child;
