@@ -9,7 +9,7 @@ import type { BlockStatusCallback, DoneCallback, ExportBackend, ReadCallback } f
 import { NbdErrno } from '../nbd/backend.js';
 import { ensureDir, isBlockDevice, sizeOf, writeFileDurable } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
-import { WritePipeline, type ProductionVolume } from './pipeline.js';
+import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
 import { Spool, type SpoolRecovery } from './spool.js';
 import { Shipper, type ShipperTarget } from './shipper.js';
 
@@ -75,11 +75,17 @@ export class Agent {
   async open(): Promise<void> {
     await ensureDir(this.stateDir);
     this.state = await this.loadState();
+    const storedNames = new Set(this.state.volumes.map((v) => v.name));
     this.state.volumes = this.reconcileVolumes(this.state.volumes, this.options.volumes);
+    // A volume added with an existing image holds data the replica does not have yet.
+    const preexisting = this.state.volumes.filter((v) => !storedNames.has(v.name) && fs.existsSync(v.path));
     const wasClean = this.state.cleanShutdown;
+    for (const [index, stored] of this.state.volumes.entries()) this.volumes.push(await this.openVolume(index, stored));
+    // Write-ahead for the first sync: every region of a pre-existing image is marked before the
+    // state that names the volume is saved, so a crash during the sync resyncs it all again.
+    for (const volume of this.volumes.filter((v) => preexisting.some((p) => p.name === v.name))) await volume.dirty.markAll();
     this.state.cleanShutdown = false;
     await this.saveState();
-    for (const [index, stored] of this.state.volumes.entries()) this.volumes.push(await this.openVolume(index, stored));
     const opened = await Spool.open(path.join(this.stateDir, 'spool'), uuidBytes(this.state.volumeSetId), this.volumes.length, this.state.seqAcked, this.state.segmentAcked);
     this.spool = opened.spool;
     this.recovery = opened.recovery;
@@ -87,19 +93,54 @@ export class Agent {
       this.options.log('warn', `cut a torn tail of ${opened.recovery.tornBytes} bytes from the active segment`, { reason: opened.recovery.tornReason?.message });
     }
     this.dirtyAtStart = this.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
-    if (!wasClean && this.dirtyAtStart > 0) {
-      this.options.log('warn', `unclean stop: ${this.dirtyAtStart} dirty regions may differ from the replica until resynced`);
-    }
     this.pipeline = new WritePipeline(this.spool, {
       sealBytes: this.options.sealBytes,
       onSealed: () => this.shipper.kick(),
       onFatal: (error) => this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
+      onResync: (reason, result) => this.logResync(reason, result),
     });
     this.shipper = new Shipper(this, this.spool, this.options.manager, this.options.log);
+    if (!wasClean && this.dirtyAtStart > 0) {
+      // Writes may have reached production without reaching the log (or without a reply): log the
+      // current content of every region marked dirty, so the replica converges on production.
+      this.options.log('warn', `unclean stop: resyncing ${this.dirtyAtStart} dirty regions`);
+      await this.resyncMarked('unclean stop', this.volumes, false);
+    } else if (preexisting.length > 0) {
+      const volumes = this.volumes.filter((v) => preexisting.some((p) => p.name === v.name));
+      this.options.log('info', `first protection of ${volumes.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`);
+      await this.resyncMarked('first protection', volumes, true);
+    }
     this.sealTimer = setInterval(() => this.sealIfOld(), Math.max(10, Math.min(this.options.sealMs, 250)));
     this.cleanTimer = setInterval(() => this.cleanDirty(), 1000);
     this.shipper.start();
   }
+
+  /** Logs every marked region of `volumes` as one resync, with progress, before any client writes. */
+  private async resyncMarked(reason: string, volumes: readonly ProductionVolume[], skipZero: boolean): Promise<void> {
+    const targets = volumes.map((volume) => ({ volume, regions: volume.dirty.markedRegions() })).filter((t) => t.regions.length > 0);
+    let lastReportMs = Date.now();
+    const result = await this.pipeline.resync(targets, {
+      reason,
+      skipZero,
+      onProgress: (done, total) => {
+        const nowMs = Date.now();
+        if (nowMs - lastReportMs < 2000) return;
+        lastReportMs = nowMs;
+        this.options.log('info', `resync (${reason}): ${done} of ${total} regions read (${Math.floor((100 * done) / total)}%)`);
+      },
+    });
+    for (const volume of volumes) volume.dirty.adoptMarked(Math.max(result.seqLast, this.state.seqAcked), Date.now());
+    this.logResync(reason, result);
+  }
+
+  private logResync(reason: string, result: ResyncResult): void {
+    const range = result.records > 0 ? `seq ${result.seqFirst}..${result.seqLast}` : 'nothing to log';
+    this.options.log(reason === 'first protection' ? 'info' : 'warn', `resync (${reason}): ${result.records} regions logged, ${result.bytesRead} bytes read; ${range}`);
+    this.lastResync = { reason, ...result };
+  }
+
+  /** The most recent resync, for status. */
+  lastResync: (ResyncResult & { reason: string }) | undefined;
 
   private async loadState(): Promise<AgentState> {
     const file = path.join(this.stateDir, 'state.json');

@@ -126,6 +126,14 @@ export class DirtyMap {
     return cleared;
   }
 
+  /** Marks every region and makes that durable (a pre-existing image before its first sync). */
+  async markAll(): Promise<void> {
+    for (let region = 0; region < this.regionCount; region++) this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) | (1 << (region & 7));
+    this.dirtyBytesLow = 0;
+    this.dirtyBytesHigh = this.bits.length;
+    await this.persist();
+  }
+
   /** Marks regions that were dirty on disk at start as owned by `seq` (resync covers them). */
   adoptMarked(seq: number, nowMs: number): void {
     for (const region of this.markedRegions()) {

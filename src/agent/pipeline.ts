@@ -4,9 +4,9 @@
 // log order is production order for overlapping writes.
 import fs from 'node:fs';
 import { assert, assertNever, crc32c, errorMessage, nowNs } from '../core/index.js';
-import { encodeRecordHeader, RECORD_HEADER_BYTES, type RecordKind } from '../log/index.js';
+import { encodeRecordHeader, RECORD_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RecordKind } from '../log/index.js';
 import { NbdErrno, type DoneCallback } from '../nbd/backend.js';
-import { fdatasyncAsync, PUNCH_THRESHOLD_BYTES, writeAsync, writeZeroesSync, zeroRange } from '../platform/index.js';
+import { fdatasyncAsync, isZero, PUNCH_THRESHOLD_BYTES, readFullyAsync, writeAsync, writeZeroesSync, zeroRange } from '../platform/index.js';
 import type { DirtyMap } from './dirty-map.js';
 import type { Spool } from './spool.js';
 
@@ -40,7 +40,35 @@ interface SealOp {
   type: 'seal';
   done: (seqLast: number) => void;
 }
-type Op = RecordOp | FlushOp | SealOp;
+interface ResyncOp {
+  type: 'resync';
+  targets: ResyncTarget[];
+  options: ResyncOptions;
+  done: (error: unknown, result?: ResyncResult) => void;
+}
+type Op = RecordOp | FlushOp | SealOp | ResyncOp;
+
+/** Regions (indexes in the volume's dirty map) whose current production content is to be logged. */
+export interface ResyncTarget {
+  volume: ProductionVolume;
+  regions: number[];
+}
+export interface ResyncOptions {
+  /** Why, for the log: "unclean stop", "first protection", "failed production write". */
+  reason: string;
+  /** Skip all-zero regions (only when the replica is known to be zero there: a new volume). */
+  skipZero: boolean;
+  onProgress?: (regionsDone: number, regionsTotal: number) => void;
+}
+export interface ResyncResult {
+  seqFirst: number;
+  seqLast: number;
+  records: number;
+  bytesRead: number;
+}
+
+/** Resync records are appended in groups of about this many payload bytes. */
+const RESYNC_APPEND_BYTES = 8 * 1024 * 1024;
 
 /** Production writes up to this size run synchronously on the event loop (no threadpool hop). */
 const SYNC_WRITE_BYTES_MAX = 256 * 1024;
@@ -52,6 +80,7 @@ export interface PipelineOptions {
   sealBytes: number;
   onSealed: () => void;
   onFatal: (error: unknown) => void;
+  onResync?: (reason: string, result: ResyncResult) => void;
 }
 
 export class WritePipeline {
@@ -105,6 +134,18 @@ export class WritePipeline {
     return new Promise((resolve) => this.push({ type: 'seal', done: resolve }));
   }
 
+  /**
+   * Logs the current production content of `targets` as resync records (segments flagged
+   * RESYNC, which views cannot be placed inside), after every operation queued before this call.
+   * Resolves the seq range it used; an empty range (seqFirst > seqLast) when nothing was logged.
+   */
+  resync(targets: ResyncTarget[], options: ResyncOptions): Promise<ResyncResult> {
+    return new Promise((resolve, reject) => {
+      if (this.failed !== undefined || this.closed) return reject(new Error('the write path is stopped'));
+      this.push({ type: 'resync', targets, options, done: (error, result) => (error === undefined ? resolve(result as ResyncResult) : reject(error)) });
+    });
+  }
+
   /** Stops accepting operations and waits until the queue is drained. */
   async close(): Promise<void> {
     this.closed = true;
@@ -126,16 +167,24 @@ export class WritePipeline {
     try {
       for (let guard = 0; this.queue.length > 0; guard++) {
         assert(guard < Number.MAX_SAFE_INTEGER, 'run loop bounded');
-        const batch = this.takeBatch();
-        const last = batch[batch.length - 1];
-        if (last?.type === 'seal') {
-          batch.pop();
-          if (batch.length > 0) await this.process(batch);
+        const { ops, barrier } = this.takeBatch();
+        if (ops.length > 0) await this.process(ops);
+        if (barrier?.type === 'seal') {
           await this.sealNow();
-          last.done(this.seqCaptured);
-        } else {
-          await this.process(batch);
-          if (this.spool.activeBytes >= this.options.sealBytes) await this.sealNow();
+          barrier.done(this.seqCaptured);
+        } else if (barrier?.type === 'resync') {
+          if (this.failed !== undefined) {
+            barrier.done(this.failed);
+            continue;
+          }
+          try {
+            barrier.done(undefined, await this.resyncNow(barrier.targets, barrier.options));
+          } catch (error) {
+            barrier.done(error);
+            throw error;
+          }
+        } else if (this.spool.activeBytes >= this.options.sealBytes) {
+          await this.sealNow();
         }
       }
     } catch (error) {
@@ -145,16 +194,21 @@ export class WritePipeline {
     }
   }
 
-  private takeBatch(): Op[] {
+  /** The next group commit: records and flushes up to the limits, or up to a seal or resync. */
+  private takeBatch(): { ops: (RecordOp | FlushOp)[]; barrier: SealOp | ResyncOp | undefined } {
     let bytes = 0;
     let count = 0;
     for (const op of this.queue) {
+      if (op.type === 'seal' || op.type === 'resync') {
+        const ops = this.queue.splice(0, count) as (RecordOp | FlushOp)[];
+        this.queue.shift();
+        return { ops, barrier: op };
+      }
       count += 1;
-      if (op.type === 'seal') break;
       if (op.type === 'write') bytes += op.lengthBytes;
       if (count >= BATCH_OPS_MAX || bytes >= BATCH_BYTES_MAX) break;
     }
-    return this.queue.splice(0, count);
+    return { ops: this.queue.splice(0, count) as (RecordOp | FlushOp)[], barrier: undefined };
   }
 
   private async sealNow(): Promise<void> {
@@ -163,12 +217,80 @@ export class WritePipeline {
     if (sealed) this.options.onSealed();
   }
 
-  private async process(batch: Op[]): Promise<void> {
+  /**
+   * Reads each target region from production and appends it as a resync record. Operations still
+   * queued behind were given seqs on arrival; they move up past the resync records (nothing about
+   * them has been logged or answered yet), so the log stays gap-free and in seq order.
+   */
+  private async resyncNow(targets: readonly ResyncTarget[], options: ResyncOptions): Promise<ResyncResult> {
+    await this.sealNow(); // a segment holds records of one kind
+    const regions = targets.flatMap(({ volume, regions: list }) => [...list].sort((a, b) => a - b).map((region) => ({ volume, region })));
+    const result: ResyncResult = { seqFirst: this.seqCaptured + 1, seqLast: this.seqCaptured, records: 0, bytesRead: 0 };
+    if (regions.length === 0) return result;
+    // Resync records carry the capture time of the write before them, so time stays monotonic in
+    // seq order (ops queued behind were stamped earlier than now); points inside are refused anyway.
+    const timeNs = this.seqCaptured > 0 && this.timeCapturedNs > 0n ? this.timeCapturedNs : nowNs();
+    // One segment per chunk of regions, so segments stay bounded; the last is flagged END, which
+    // tells the manager where the consistent point after the resync is.
+    const regionBytesMax = Math.max(...targets.map((t) => t.volume.dirty.regionBytes));
+    const chunkRegions = Math.max(1, Math.floor(this.options.sealBytes / regionBytesMax));
+    for (let chunkStart = 0; chunkStart < regions.length; chunkStart += chunkRegions) {
+      const chunk = regions.slice(chunkStart, chunkStart + chunkRegions);
+      const lastChunk = chunkStart + chunkRegions >= regions.length;
+      const flags = SEGMENT_FLAG_RESYNC | (lastChunk ? SEGMENT_FLAG_RESYNC_END : 0);
+      let pieces: Buffer[] = [];
+      let pendingFirst = 0;
+      let pendingCount = 0;
+      let pendingBytes = 0;
+      const appendPending = async (): Promise<void> => {
+        if (pendingCount === 0) return;
+        await this.spool.append(pieces, pendingFirst, pendingCount, timeNs, timeNs, flags);
+        pieces = [];
+        pendingCount = 0;
+        pendingBytes = 0;
+      };
+      for (const [i, { volume, region }] of chunk.entries()) {
+        const offsetBytes = region * volume.dirty.regionBytes;
+        const lengthBytes = Math.min(volume.dirty.regionBytes, volume.sizeBytes - offsetBytes);
+        const data = Buffer.allocUnsafe(lengthBytes);
+        await readFullyAsync(volume.fd, data, offsetBytes);
+        result.bytesRead += lengthBytes;
+        options.onProgress?.(chunkStart + i + 1, regions.length);
+        const zero = isZero(data);
+        // A skipped zero region needs no record; but the END segment must exist, so its last
+        // region is always logged (as a zero record, which changes nothing on a zero replica).
+        const mustLog = lastChunk && i === chunk.length - 1 && pendingCount === 0 && this.spool.activeRecords === 0;
+        if (zero && options.skipZero && !mustLog) continue;
+        const seq = result.seqFirst + result.records;
+        // Write-ahead as for any write: the region stays marked until this record is committed.
+        if (volume.dirty.touch(offsetBytes, lengthBytes, seq, Date.now())) await volume.dirty.persist();
+        const header = encodeRecordHeader({ kind: zero ? 'zero' : 'write', volume: volume.index, seq, timeNs, offsetBytes, lengthBytes }, zero ? 0 : crc32c(data));
+        if (pendingCount === 0) pendingFirst = seq;
+        pieces.push(header);
+        if (!zero) pieces.push(data);
+        pendingCount += 1;
+        pendingBytes += zero ? 0 : lengthBytes;
+        result.records += 1;
+        result.seqLast = seq;
+        if (pendingBytes >= RESYNC_APPEND_BYTES) await appendPending();
+      }
+      await appendPending();
+      await this.sealNow();
+    }
+    // Everything queued (including what arrived while this ran) moves up past the resync records.
+    for (const op of this.queue) if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq += result.records;
+    this.seqNext += result.records;
+    this.seqCaptured = result.seqLast;
+    this.timeCapturedNs = timeNs;
+    return result;
+  }
+
+  private async process(batch: (RecordOp | FlushOp)[]): Promise<void> {
     if (this.failed !== undefined) {
-      for (const op of batch) if (op.type !== 'seal') op.done(NbdErrno.EIO);
+      for (const op of batch) op.done(NbdErrno.EIO);
       return;
     }
-    const records = batch.filter((op): op is RecordOp => op.type !== 'flush' && op.type !== 'seal');
+    const records = batch.filter((op): op is RecordOp => op.type !== 'flush');
     await this.markDirty(records);
     const logWrite = records.length > 0 ? this.appendLog(records) : Promise.resolve();
     const errnos = await this.writeProduction(records);
@@ -177,7 +299,7 @@ export class WritePipeline {
     } catch (error) {
       // The log is the history: without it no reply may claim success (and seqs would gap).
       this.fail(error);
-      for (const op of batch) if (op.type !== 'seal') op.done(NbdErrno.EIO);
+      for (const op of batch) op.done(NbdErrno.EIO);
       return;
     }
     const syncErrno = await this.syncIfAsked(batch);
@@ -186,10 +308,34 @@ export class WritePipeline {
       this.seqCaptured = lastRecord.seq;
       this.timeCapturedNs = lastRecord.timeNs;
     }
+    if (errnos.size > 0) await this.compensate([...errnos.keys()]);
     for (const op of batch) {
-      if (op.type === 'seal') continue;
       const own = op.type === 'flush' ? 0 : (errnos.get(op) ?? 0);
       op.done(own !== 0 ? own : op.type === 'flush' || op.fua ? syncErrno : 0);
+    }
+  }
+
+  /**
+   * A production write failed after its record was logged: the log says the bytes were written,
+   * production may hold the old bytes or part of the new. The client gets the error; the history
+   * is brought back to production by logging those regions' current content as a resync (the
+   * range is unspecified from the failed write's seq until then, as on a disk after a failed
+   * write). If production cannot even be read back, the write path stops (EIO for everything).
+   */
+  private async compensate(failed: readonly RecordOp[]): Promise<void> {
+    const byVolume = new Map<ProductionVolume, Set<number>>();
+    for (const op of failed) {
+      const regions = byVolume.get(op.volume) ?? new Set<number>();
+      const regionBytes = op.volume.dirty.regionBytes;
+      for (let r = Math.floor(op.offsetBytes / regionBytes); r <= Math.floor((op.offsetBytes + op.lengthBytes - 1) / regionBytes); r++) regions.add(r);
+      byVolume.set(op.volume, regions);
+    }
+    const targets = [...byVolume].map(([volume, regions]) => ({ volume, regions: [...regions] }));
+    try {
+      const result = await this.resyncNow(targets, { reason: 'failed production write', skipZero: false });
+      this.options.onResync?.('failed production write', result);
+    } catch (error) {
+      this.fail(error);
     }
   }
 
@@ -256,10 +402,10 @@ export class WritePipeline {
   }
 
   /** FLUSH and FUA: the log and the production images involved become durable before the reply. */
-  private async syncIfAsked(batch: readonly Op[]): Promise<number> {
+  private async syncIfAsked(batch: readonly (RecordOp | FlushOp)[]): Promise<number> {
     const volumes = new Set<ProductionVolume>();
     for (const op of batch) {
-      if (op.type === 'flush' || (op.type !== 'seal' && op.fua)) volumes.add(op.volume);
+      if (op.type === 'flush' || op.fua) volumes.add(op.volume);
     }
     if (volumes.size === 0) return 0;
     try {

@@ -213,8 +213,8 @@ withServer(
     if (!line) continue;
     if (options.json) console.log(line);
     else {
-      const e = JSON.parse(line) as { seq: number; time: string; volume: string; kind: string; offset: number; length: number };
-      console.log(`${e.seq}\t${e.time}\t${e.volume}\t${e.kind}\t${e.offset}\t${e.length}`);
+      const e = JSON.parse(line) as { seq: number; time: string; volume: string; kind: string; offset: number; length: number; resync: boolean };
+      console.log(`${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`);
     }
   }
 });

@@ -18,6 +18,8 @@ const KIND_CODE: Record<RecordKind, number> = { write: 1, zero: 2, trim: 3 };
 const KIND_BY_CODE: readonly (RecordKind | undefined)[] = [undefined, 'write', 'zero', 'trim'];
 
 export const SEGMENT_FLAG_RESYNC = 1;
+/** With SEGMENT_FLAG_RESYNC: the last segment of a resync; its seqLast is a consistent point again. */
+export const SEGMENT_FLAG_RESYNC_END = 2;
 
 export interface RedoHeader {
   volumeSetId: Buffer; // 16 bytes

@@ -6,7 +6,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { assert, assertNever, crc32c, mergeRanges, type ByteRange } from '../core/index.js';
 import { parseUndo, UndoBuilder, type RedoRecord, type UndoExtent } from '../log/index.js';
-import { fdatasyncAsync, fsyncDir, preadFully, writeZeroesSync, zeroRange } from '../platform/index.js';
+import { fdatasyncAsync, fsyncDir, isZero, preadFully, writeZeroesSync, zeroRange } from '../platform/index.js';
 import { IntervalMap } from '../views/interval-map.js';
 import { ALLOC_CHUNK_BYTES, type ReplicaVolume } from './replica.js';
 
@@ -113,7 +113,7 @@ function splitZeroRuns(data: Buffer, base: number, onZero: (offset: number, leng
   };
   for (let at = 0; at < data.length; at += ZERO_BLOCK_BYTES) {
     const blockEnd = Math.min(data.length, at + ZERO_BLOCK_BYTES);
-    const zero = isAllZero(data, at, blockEnd);
+    const zero = isZero(data.subarray(at, blockEnd));
     if (zero !== runIsZero) {
       close(at);
       runStart = at;
@@ -123,10 +123,6 @@ function splitZeroRuns(data: Buffer, base: number, onZero: (offset: number, leng
   close(data.length);
 }
 
-const ZERO_COMPARE = Buffer.alloc(ZERO_BLOCK_BYTES);
-function isAllZero(data: Buffer, start: number, end: number): boolean {
-  return data.compare(ZERO_COMPARE, 0, end - start, start, end) === 0;
-}
 
 type ApplySource = 'data' | 'zero';
 

@@ -4,7 +4,8 @@ import Database from 'better-sqlite3';
 import { RewindError } from '../core/index.js';
 
 export type TxState = 'received' | 'undo-saved' | 'applied' | 'committed';
-export type TxKind = 'redo' | 'resync';
+/** `resync-end` is the last transaction of a resync: its seqLast is consistent again. */
+export type TxKind = 'redo' | 'resync' | 'resync-end';
 
 export interface TxRow {
   idx: number;

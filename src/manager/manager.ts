@@ -7,14 +7,14 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { assert, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
-import { parseSealedRedo, parseUndo, SEGMENT_FLAG_RESYNC, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
+import { parseSealedRedo, parseUndo, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
 import { applyRedo, saveUndo } from './apply.js';
-import { Catalog, type TxRow } from './catalog.js';
+import { Catalog, type TxKind, type TxRow } from './catalog.js';
 import { parsePoint } from './points.js';
 import { ReplicaVolume } from './replica.js';
 import { TxFiles } from './txfiles.js';
@@ -46,6 +46,8 @@ export interface LogEntry {
   kind: 'write' | 'zero' | 'trim';
   offset: number;
   length: number;
+  /** Part of a resync transaction: the region's content at that moment, not a client write. */
+  resync: boolean;
 }
 
 const HELLO_TIMEOUT_MS = 10_000;
@@ -278,7 +280,10 @@ export class Manager implements History {
   /** Runs `work` after everything queued before it: transactions and view builds never interleave. */
   enqueue<T>(work: () => Promise<T>): Promise<T> {
     const next = this.queue.then(work, work);
-    this.queue = next.catch((error: unknown) => this.options.log('error', `manager task failed: ${errorMessage(error)}`));
+    // The caller gets the error; only unexpected ones are logged here (a refused request is not).
+    this.queue = next.catch((error: unknown) => {
+      if (!(error instanceof RewindError)) this.options.log('error', `manager task failed: ${errorMessage(error)}`);
+    });
     return next;
   }
 
@@ -312,7 +317,7 @@ export class Manager implements History {
     const last = parsed.records[parsed.records.length - 1];
     const row: TxRow = {
       idx: message.index,
-      kind: (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0 ? 'resync' : 'redo',
+      kind: txKind(parsed.header.flags),
       seqFirst: parsed.header.seqFirst,
       seqLast: parsed.trailer.seqLast,
       timeFirstUs: Number((first?.timeNs ?? 0n) / 1000n),
@@ -426,11 +431,17 @@ export class Manager implements History {
 
   private refuseInsideResync(seq: number): void {
     const tx = this.catalog.txContaining(seq);
-    if (tx && tx.kind === 'resync' && seq < tx.seqLast) {
-      throw new RewindError('REWIND_POINT_INVALID', `seq ${seq} lies inside resync transaction ${tx.idx} (seq ${tx.seqFirst}..${tx.seqLast}), which has no per-write history`, {
-        hint: `choose seq ${tx.seqFirst - 1} or ${tx.seqLast}`,
-      });
-    }
+    if (!tx || tx.kind === 'redo') return;
+    if (tx.kind === 'resync-end' && seq === tx.seqLast) return; // the consistent point after it
+    // One resync spans consecutive transactions up to its resync-end: the window is all of them.
+    let first = tx;
+    for (let prev = this.catalog.tx(first.idx - 1); prev?.kind === 'resync'; prev = this.catalog.tx(first.idx - 1)) first = prev;
+    let last: TxRow | undefined = tx;
+    while (last && last.kind === 'resync') last = this.catalog.tx(last.idx + 1);
+    const end = last && last.kind === 'resync-end' && last.state === 'committed' ? `seq ${last.seqLast}` : 'its end, once committed';
+    throw new RewindError('REWIND_POINT_INVALID', `seq ${seq} lies inside a resync (from seq ${first.seqFirst}), which has no per-write history`, {
+      hint: `choose seq ${first.seqFirst - 1} or ${end}`,
+    });
   }
 
   private seqAtTime(timeNs: bigint, text: string): number {
@@ -445,6 +456,7 @@ export class Manager implements History {
           hint: 'wait, or run rewind seal --wait',
         });
       }
+      this.refuseInsideResync(this.committedSeq);
       return this.committedSeq;
     }
     const tx = this.catalog.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
@@ -534,6 +546,7 @@ export class Manager implements History {
           kind: record.kind,
           offset: record.offsetBytes,
           length: record.lengthBytes,
+          resync: tx.kind !== 'redo',
         };
       }
     }
@@ -571,4 +584,9 @@ export class Manager implements History {
     this.txFiles.close();
     this.catalog.close();
   }
+}
+
+function txKind(flags: number): TxKind {
+  if ((flags & SEGMENT_FLAG_RESYNC) === 0) return 'redo';
+  return (flags & SEGMENT_FLAG_RESYNC_END) !== 0 ? 'resync-end' : 'resync';
 }

@@ -53,6 +53,15 @@ export function isBlockDevice(file: string): boolean {
 /** Shared zero buffer for small zero writes; never written into. */
 export const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 /** Ranges at least this long are punched (files) or discarded (devices) rather than written. */
+/** True when every byte of `data` is zero. */
+export function isZero(data: Buffer): boolean {
+  for (let at = 0; at < data.length; at += ZERO_CHUNK.length) {
+    const end = Math.min(data.length, at + ZERO_CHUNK.length);
+    if (data.compare(ZERO_CHUNK, 0, end - at, at, end) !== 0) return false;
+  }
+  return true;
+}
+
 export const PUNCH_THRESHOLD_BYTES = 1024 * 1024;
 
 /**
@@ -106,6 +115,24 @@ export async function preadFullyAsync(handle: fsp.FileHandle, target: Buffer, ta
     }
     done += bytesRead;
   }
+}
+
+/** Reads exactly `target.length` bytes at `positionBytes` from `fd` (zeroes past the end). */
+export function readFullyAsync(fd: number, target: Buffer, positionBytes: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === target.length) return resolve();
+      fs.read(fd, target, done, target.length - done, positionBytes + done, (error, bytesRead) => {
+        if (error) return reject(error);
+        if (bytesRead === 0) {
+          target.fill(0, done);
+          return resolve();
+        }
+        step(done + bytesRead);
+      });
+    };
+    step(0);
+  });
 }
 
 export function fdatasyncAsync(fd: number): Promise<void> {

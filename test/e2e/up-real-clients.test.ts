@@ -67,9 +67,11 @@ test('rewind up with qemu-io, nbdcopy and the CLI; SIGKILL and restart keep hist
     await new Promise((r) => child!.once('exit', r));
     child = await up(dir, nbdPort, httpPort);
     cli(httpPort, 'seal', '--wait');
-    const after = cli(httpPort, 'log', '--json').trim().split('\n').map((l) => JSON.parse(l) as { seq: number; offset: number });
-    assert.deepEqual(after.map((e) => e.seq), [1, 2, 3, 4, 5], 'seq continuous, the replied write survived SIGKILL');
+    const after = cli(httpPort, 'log', '--json').trim().split('\n').map((l) => JSON.parse(l) as { seq: number; offset: number; resync: boolean });
+    assert.deepEqual(after.map((e) => e.seq), after.map((_, i) => i + 1), 'seq continuous');
+    assert.deepEqual(after.filter((e) => !e.resync).map((e) => e.seq), [1, 2, 3, 4, 5], 'the replied write survived SIGKILL');
     assert.equal(after[4]?.offset, 2097152);
+    assert.ok(after.length > 5 && after.slice(5).every((e) => e.resync), 'the restart after SIGKILL resynced the dirty regions');
     assert.ok(copyExport(nbdPort, 'v@s2', path.join(dir, 's2b.img')).equals(new ModelVolumeSet([SIZE]).image(0).fill(0xa1, 0, 65536).fill(0xb2, 32768, 98304)), 'views survive the restart');
     child.kill('SIGTERM');
     await new Promise((r) => child!.once('exit', r));
