@@ -12,6 +12,7 @@ import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
 import { Spool, type SpoolRecovery } from './spool.js';
 import { Shipper, type ShipperTarget } from './shipper.js';
+import type { RestoringState } from '../ship/protocol.js';
 
 export interface VolumeSpec {
   name: string;
@@ -43,6 +44,8 @@ interface AgentState {
   seqAcked: number;
   segmentAcked: number;
   cleanShutdown: boolean;
+  /** A production restore in progress: these volumes stay offline until the manager ends it. */
+  restoring?: RestoringState | undefined;
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -137,6 +140,65 @@ export class Agent {
     const range = result.records > 0 ? `seq ${result.seqFirst}..${result.seqLast}` : 'nothing to log';
     this.options.log(reason === 'first protection' ? 'info' : 'warn', `resync (${reason}): ${result.records} regions logged, ${result.bytesRead} bytes read; ${range}`);
     this.lastResync = { reason, ...result };
+  }
+
+  // ---- Production restore (driven by the manager over the link) ----
+  /** Called with export names whose NBD clients must be disconnected (set by the runtime). */
+  onOffline: ((names: string[]) => void) | undefined;
+
+  /** Why a new NBD connection to `name` is refused, or null when it is online. */
+  refusal(name: string): string | null {
+    const restoring = this.state.restoring;
+    if (restoring && restoring.volumes.includes(name)) {
+      return `volume ${name} is offline: production restore #${restoring.id} is running; it comes back online when the restore ends (rewind restores shows progress)`;
+    }
+    return null;
+  }
+
+  get restoring(): RestoringState | undefined {
+    return this.state.restoring;
+  }
+
+  private volumeNamed(name: string): ProductionVolume {
+    const volume = this.volumes.find((v) => v.name === name);
+    if (!volume) throw new RewindError('REWIND_NOT_FOUND', `the agent has no volume named "${name}"`);
+    return volume;
+  }
+
+  /**
+   * Takes `volumes` offline durably (clients disconnected, new ones refused, also after a
+   * restart), then seals; resolves the seq of the last write captured before the restore.
+   */
+  async restoreBegin(id: number, volumes: string[]): Promise<number> {
+    for (const name of volumes) this.volumeNamed(name);
+    const held = this.state.restoring?.volumes ?? [];
+    this.state.restoring = { id, volumes: [...new Set([...held, ...volumes])] };
+    await this.saveState();
+    this.onOffline?.(volumes);
+    this.options.log('warn', `restore #${id}: ${volumes.join(', ')} offline`);
+    return this.pipeline.seal();
+  }
+
+  /** One restore write (or zero run) through the normal write path: logged and replicated. */
+  restoreWrite(volumeName: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined, done: (errno: number) => void): void {
+    const volume = this.volumeNamed(volumeName);
+    if (offsetBytes < 0 || lengthBytes <= 0 || offsetBytes + lengthBytes > volume.sizeBytes || (data !== undefined && data.length !== lengthBytes)) {
+      done(NbdErrno.EINVAL);
+      return;
+    }
+    this.pipeline.submitRecord(data ? 'write' : 'zero', volume, offsetBytes, lengthBytes, data, false, done);
+  }
+
+  /** Makes the restore durable, brings the volumes back online and seals; resolves the last seq. */
+  async restoreEnd(id: number, abandon: boolean): Promise<number> {
+    const restoring = this.state.restoring;
+    if (!restoring) return this.pipeline.seal();
+    const errnos = await Promise.all(restoring.volumes.map((name) => new Promise<number>((resolve) => this.pipeline.submitFlush(this.volumeNamed(name), resolve))));
+    if (errnos.some((e) => e !== 0)) throw new RewindError('REWIND_IO', `restore #${id}: flushing production failed; the volumes stay offline`);
+    this.state.restoring = undefined;
+    await this.saveState();
+    this.options.log('warn', `restore #${id} ${abandon ? 'abandoned' : 'finished'}: ${restoring.volumes.join(', ')} online`);
+    return this.pipeline.seal();
   }
 
   /** The most recent resync, for status. */
@@ -251,8 +313,9 @@ export class Agent {
     return this.pipeline.seal();
   }
 
-  status(): { seqCaptured: number; timeCapturedNs: bigint; spoolBytes: number; sealedPending: number; mode: string; failure: string | undefined } {
+  status(): { seqCaptured: number; timeCapturedNs: bigint; spoolBytes: number; sealedPending: number; mode: string; failure: string | undefined; restoring: RestoringState | undefined } {
     return {
+      restoring: this.state.restoring,
       seqCaptured: this.pipeline.seqCaptured,
       timeCapturedNs: this.pipeline.timeCapturedNs,
       spoolBytes: this.spool.totalBytes,

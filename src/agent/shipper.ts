@@ -70,7 +70,7 @@ export class Shipper {
     const reader = new FrameReader();
     socket.on('data', (chunk: Buffer) => {
       try {
-        for (const frame of reader.push(chunk)) this.onMessage(frame.message);
+        for (const frame of reader.push(chunk)) this.onMessage(frame.message, frame.payload);
       } catch (error) {
         this.log('error', `manager connection: ${errorMessage(error)}`);
         socket.destroy();
@@ -94,7 +94,11 @@ export class Shipper {
     this.backoffMs = Math.min(BACKOFF_MS_MAX, this.backoffMs * 2);
   }
 
-  private onMessage(message: Message): void {
+  private reply(message: Message): void {
+    if (this.socket && !this.socket.destroyed) sendFrame(this.socket, message);
+  }
+
+  private onMessage(message: Message, payload: Buffer): void {
     switch (message.type) {
       case 'welcome':
         this.connected = true;
@@ -119,6 +123,28 @@ export class Shipper {
           if (this.socket) sendFrame(this.socket, { type: 'sealed', id: message.id, seqLast });
           this.kick();
         });
+        return;
+      case 'restore-begin':
+        this.agent.restoreBegin(message.id, message.volumes).then(
+          (seqLast) => this.reply({ type: 'restore-ready', id: message.id, seqLast }),
+          (error: unknown) => this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
+        );
+        return;
+      case 'restore-write':
+        try {
+          this.agent.restoreWrite(message.volume, message.offset, message.length, message.zero ? undefined : payload, (errno) => this.reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }));
+        } catch (error) {
+          this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) });
+        }
+        return;
+      case 'restore-end':
+        this.agent.restoreEnd(message.id, message.abandon).then(
+          (seqLast) => {
+            this.reply({ type: 'restore-done', id: message.id, seqLast });
+            this.kick();
+          },
+          (error: unknown) => this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
+        );
         return;
       case 'error':
         this.log('error', `manager refused the connection: ${message.code}: ${message.message}`);
@@ -180,6 +206,7 @@ export class Shipper {
       sealedPending: status.sealedPending,
       mode: status.mode,
       ...(failure ? { failure } : {}),
+      ...(status.restoring ? { restoring: status.restoring } : {}),
     });
   }
 

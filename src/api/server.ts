@@ -1,8 +1,10 @@
 // The manager's HTTP API (fastify): status, log, seal, snapshots and clones. The CLI and any UI are
 // its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
 import Fastify, { type FastifyInstance } from 'fastify';
-import { RewindError } from '../core/index.js';
+import { parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { Manager } from '../manager/manager.js';
+import { blockHistory, diff } from '../manager/queries.js';
+import type { RestoreSpec } from '../manager/restore.js';
 
 const STATUS_BY_CODE: Record<string, number> = {
   REWIND_BAD_ARGUMENT: 400,
@@ -56,6 +58,55 @@ export async function startApi(manager: Manager, host: string, port: number, tok
     for await (const entry of manager.log(filter)) lines.push(JSON.stringify(entry));
     return reply.type('application/x-ndjson').send(lines.length > 0 ? `${lines.join('\n')}\n` : '');
   });
+  // ---- Recovery ----
+  app.post<{ Params: { name: string }; Body: { forward?: number; back?: number; to?: string; discardWrites?: boolean } }>('/api/views/:name/step', async (request) => {
+    const body = request.body ?? {};
+    return manager.stepView(request.params.name, {
+      ...(body.forward !== undefined ? { forward: body.forward } : {}),
+      ...(body.back !== undefined ? { back: body.back } : {}),
+      ...(body.to !== undefined ? { to: String(body.to) } : {}),
+      discardWrites: body.discardWrites === true,
+    });
+  });
+  app.get('/api/bookmarks', async () => manager.bookmarks());
+  app.post<{ Body: { name?: string; at?: string } }>('/api/bookmarks', async (request, reply) => {
+    const { name, at } = request.body ?? {};
+    if (typeof name !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs name (and optionally at, a POINT)');
+    return reply.code(201).send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
+  });
+  app.delete<{ Params: { name: string } }>('/api/bookmarks/:name', async (request) => {
+    manager.removeBookmark(request.params.name);
+    return { removed: request.params.name };
+  });
+  app.get('/api/restores', async () => manager.restorer.list());
+  app.get<{ Params: { id: string } }>('/api/restores/:id', async (request) => manager.restorer.status(parseId(request.params.id)));
+  app.post<{ Body: RestoreSpec & { dryRun?: boolean; ranges?: (ByteRange | string)[] } }>('/api/restores', async (request, reply) => {
+    const body = request.body ?? ({} as never);
+    const spec: RestoreSpec = {
+      volumes: body.volumes,
+      ...(body.at !== undefined ? { at: String(body.at) } : {}),
+      ...(body.fromClone !== undefined ? { fromClone: String(body.fromClone) } : {}),
+      ...(body.ranges !== undefined ? { ranges: body.ranges.map(parseRange) } : {}),
+    };
+    if (body.dryRun === true) return manager.restorer.plan(spec);
+    return reply.code(202).send(await manager.restorer.start(spec));
+  });
+  app.post<{ Params: { id: string } }>('/api/restores/:id/abandon', async (request) => manager.restorer.abandon(parseId(request.params.id)));
+  app.post<{ Body: { volume?: string; at?: string; file?: string; force?: boolean } }>('/api/exports', async (request, reply) => {
+    const { volume, at, file, force } = request.body ?? {};
+    if (typeof volume !== 'string' || typeof at !== 'string' || typeof file !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs volume, at (a POINT) and file (an absolute path on the manager host)');
+    return reply.code(202).send(await manager.exporter.start(volume, at, file, force === true));
+  });
+  app.get<{ Params: { id: string } }>('/api/exports/:id', async (request) => manager.exporter.status(parseId(request.params.id)));
+  app.get<{ Params: { volume: string }; Querystring: { range?: string } }>('/api/volumes/:volume/history', async (request) => {
+    if (typeof request.query.range !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'history needs range=OFFSET:LENGTH');
+    return blockHistory(manager, request.params.volume, parseRange(request.query.range));
+  });
+  app.get<{ Params: { volume: string }; Querystring: { from?: string; to?: string } }>('/api/volumes/:volume/diff', async (request) => {
+    const { from, to } = request.query;
+    if (typeof from !== 'string' || typeof to !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'diff needs from and to (POINTs)');
+    return diff(manager, request.params.volume, from, to);
+  });
   const address = await app.listen({ host, port });
   return { app, address };
 }
@@ -63,4 +114,17 @@ export async function startApi(manager: Manager, host: string, port: number, tok
 function parseSeq(text: string, what: string): number {
   if (!/^\d+$/.test(text)) throw new RewindError('REWIND_BAD_ARGUMENT', `--${what} "${text}" is not a seq`);
   return Number(text);
+}
+
+function parseId(text: string): number {
+  if (!/^\d+$/.test(text)) throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not an id`);
+  return Number(text);
+}
+
+/** OFFSET:LENGTH with size suffixes (K, M, G, T), or {offset, length}. */
+export function parseRange(value: ByteRange | string): ByteRange {
+  if (typeof value === 'object' && value !== null && typeof value.offset === 'number' && typeof value.length === 'number') return { offset: value.offset, length: value.length };
+  const match = typeof value === 'string' ? /^([^:]+):([^:]+)$/.exec(value.trim()) : null;
+  if (!match) throw new RewindError('REWIND_BAD_ARGUMENT', `range "${String(value)}" is not OFFSET:LENGTH`, { hint: 'e.g. 1M:64K' });
+  return { offset: parseSize(match[1] as string, 'range offset'), length: parseSize(match[2] as string, 'range length') };
 }

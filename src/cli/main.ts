@@ -1,6 +1,8 @@
 // The `rewind` command line: argv to API calls (or to starting the processes); no domain logic.
 import { Command, Option } from 'commander';
-import { errorMessage, parseSize, RewindError } from '../core/index.js';
+import { errorMessage, formatBytes, parseSize, RewindError } from '../core/index.js';
+import { Presets, SingleBar } from 'cli-progress';
+import path from 'node:path';
 import type { VolumeSpec } from '../agent/agent.js';
 import fs from 'node:fs';
 import { startAgent, startManager, startUp, type Endpoint, type Running } from '../runtime/up.js';
@@ -213,10 +215,188 @@ withServer(
     if (!line) continue;
     if (options.json) console.log(line);
     else {
-      const e = JSON.parse(line) as { seq: number; time: string; volume: string; kind: string; offset: number; length: number; resync: boolean };
-      console.log(`${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`);
+      console.log(logLine(JSON.parse(line) as LogLine));
     }
   }
+});
+
+// ---- Recovery ----
+interface LogLine {
+  seq: number;
+  time: string;
+  volume: string;
+  kind: string;
+  offset: number;
+  length: number;
+  resync: boolean;
+}
+const logLine = (e: LogLine): string => `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+const positiveInt = (text: string): number => {
+  if (!/^\d+$/.test(text) || Number(text) < 1) throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not a positive number of writes`);
+  return Number(text);
+};
+
+withServer(
+  program
+    .command('step <name>')
+    .description('move a snapshot (or a clone without writes of its own) in time; prints the writes crossed')
+    .option('--forward <n>', 'n writes forward', positiveInt)
+    .option('--back <n>', 'n writes back', positiveInt)
+    .option('--to <point>', 'to a POINT (seq, time, relative time or @bookmark)')
+    .option('--discard-writes', "drop a clone's own writes so it can step")
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nConnected NBD clients read the new content on their next read; a mounted filesystem caches, so remount it.'),
+).action(async (name: string, options: { server?: string; forward?: number; back?: number; to?: string; discardWrites?: boolean; json?: boolean }) => {
+  const body = { ...(options.forward !== undefined ? { forward: options.forward } : {}), ...(options.back !== undefined ? { back: options.back } : {}), ...(options.to !== undefined ? { to: options.to } : {}), discardWrites: options.discardWrites === true };
+  const result = await json<{ from: number; to: number; crossed: LogLine[] }>(server(options), 'POST', `/api/views/${encodeURIComponent(name)}/step`, body);
+  if (options.json) return console.log(JSON.stringify(result));
+  console.log(`${name}: seq ${result.from} -> ${result.to} (${result.crossed.length} writes crossed)`);
+  for (const e of result.to < result.from ? [...result.crossed].reverse() : result.crossed) console.log(logLine(e));
+});
+
+withServer(
+  program
+    .command('bookmark <name>')
+    .description('name a point (default: the last committed write); use it as @NAME wherever a POINT is taken')
+    .option('--at <point>', 'the point to name')
+    .option('--remove', 'remove the bookmark instead'),
+).action(async (name: string, options: { server?: string; at?: string; remove?: boolean }) => {
+  if (options.remove) {
+    await json(server(options), 'DELETE', `/api/bookmarks/${encodeURIComponent(name)}`);
+    return console.log(`removed bookmark ${name}`);
+  }
+  const b = await json<{ name: string; seq: number; time: string }>(server(options), 'POST', '/api/bookmarks', { name, ...(options.at !== undefined ? { at: options.at } : {}) });
+  console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})`);
+});
+
+withServer(program.command('bookmarks').description('list bookmarks with their seq and time').option('--json', 'print JSON')).action(async (options: { server?: string; json?: boolean }) => {
+  const list = await json<{ name: string; seq: number; time: string }[]>(server(options), 'GET', '/api/bookmarks');
+  if (options.json) return console.log(JSON.stringify(list));
+  if (list.length === 0) return console.log('no bookmarks');
+  for (const b of list) console.log(`@${b.name}\tseq ${b.seq}\t${b.time}`);
+});
+
+interface RestoreStatus {
+  id: number;
+  state: 'running' | 'done' | 'failed';
+  volumes: string[];
+  seq: number;
+  source: string;
+  bytesTotal: number;
+  bytesDone: number;
+  seqBefore: number | null;
+  seqLast: number | null;
+  message: string | null;
+}
+
+/** Polls a job until it settles, with a progress bar on a terminal. */
+async function follow<T extends { state: string; bytesTotal: number; bytesDone: number }>(fetchStatus: () => Promise<T>, label: string): Promise<T> {
+  const bar = process.stderr.isTTY ? new SingleBar({ format: `${label} [{bar}] {percentage}% {done}/{total}`, stream: process.stderr }, Presets.shades_classic) : undefined;
+  let status = await fetchStatus();
+  bar?.start(Math.max(1, status.bytesTotal), 0, { done: formatBytes(0), total: formatBytes(status.bytesTotal) });
+  try {
+    for (;;) {
+      bar?.setTotal(Math.max(1, status.bytesTotal));
+      bar?.update(status.bytesDone, { done: formatBytes(status.bytesDone), total: formatBytes(status.bytesTotal) });
+      if (status.state !== 'running') return status;
+      await new Promise((r) => setTimeout(r, 200));
+      status = await fetchStatus();
+    }
+  } finally {
+    bar?.stop();
+  }
+}
+
+withServer(
+  program
+    .command('restore [volumes...]')
+    .description('restore production volumes to a point: offline, write back what changed, online again')
+    .option('--at <point>', 'the point to restore to (seq, time, relative time or @bookmark)')
+    .option('--range <offset:length>', 'only this byte range (repeatable; one volume; K/M/G/T suffixes)', collect, [])
+    .option('--from-clone <name>', "write the clone's current content instead of the history")
+    .option('--dry-run', 'report the ranges and bytes it would write, change nothing')
+    .option('--abandon <id>', 'give up on a failed restore: its volumes come back online as they are')
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nThe restore writes are logged like any write: restore to the seq printed as "before" to undo it.'),
+).action(async (volumes: string[], options: { server?: string; at?: string; range: string[]; fromClone?: string; dryRun?: boolean; abandon?: string; json?: boolean }) => {
+  const base = server(options);
+  if (options.abandon !== undefined) {
+    const status = await json<RestoreStatus>(base, 'POST', `/api/restores/${encodeURIComponent(options.abandon)}/abandon`);
+    if (options.json) return console.log(JSON.stringify(status));
+    return console.log(`restore #${status.id} abandoned: ${status.message ?? ''}`);
+  }
+  const body = { volumes, ...(options.at !== undefined ? { at: options.at } : {}), ...(options.fromClone !== undefined ? { fromClone: options.fromClone } : {}), ...(options.range.length > 0 ? { ranges: options.range } : {}) };
+  if (options.dryRun) {
+    const plan = await json<{ seq: number; asOfSeq: number; source: string; bytes: number; volumes: { volume: string; ranges: { offset: number; length: number }[]; bytes: number }[] }>(base, 'POST', '/api/restores', { ...body, dryRun: true });
+    if (options.json) return console.log(JSON.stringify(plan));
+    console.log(`dry run: restoring to ${plan.source} would write ${formatBytes(plan.bytes)} (as of committed seq ${plan.asOfSeq})`);
+    for (const v of plan.volumes) {
+      console.log(`  ${v.volume}: ${v.ranges.length} ranges, ${formatBytes(v.bytes)}`);
+      for (const r of v.ranges) console.log(`    ${r.offset}:${r.length}`);
+    }
+    return;
+  }
+  const started = await json<RestoreStatus>(base, 'POST', '/api/restores', body);
+  const status = await follow(() => json<RestoreStatus>(base, 'GET', `/api/restores/${started.id}`), `restore #${started.id}`);
+  if (options.json) console.log(JSON.stringify(status));
+  if (status.state !== 'done') throw new RewindError('REWIND_IO', `restore #${status.id} ${status.state}: ${status.message ?? ''}`);
+  if (!options.json) {
+    console.log(`restore #${status.id} done: ${status.volumes.join(', ')} restored to ${status.source}; ${formatBytes(status.bytesDone)} written; back online`);
+    console.log(`  before the restore: seq ${status.seqBefore ?? '?'} (rewind restore ${status.volumes.join(' ')} --at ${status.seqBefore ?? '?'} undoes it)`);
+  }
+});
+
+withServer(program.command('restores').description('list production restores and their state').option('--json', 'print JSON')).action(async (options: { server?: string; json?: boolean }) => {
+  const list = await json<RestoreStatus[]>(server(options), 'GET', '/api/restores');
+  if (options.json) return console.log(JSON.stringify(list));
+  if (list.length === 0) return console.log('no restores');
+  for (const r of list) console.log(`#${r.id}\t${r.state}\t${r.volumes.join(',')}\tto ${r.source}\t${formatBytes(r.bytesDone)}/${formatBytes(r.bytesTotal)}${r.message ? `\t${r.message}` : ''}`);
+});
+
+withServer(
+  program
+    .command('export <volume>')
+    .description("write a full raw image of a volume at a point to a file on the manager's host (sparse, SHA-256 printed)")
+    .requiredOption('--at <point>', 'the point (seq, time, relative time or @bookmark)')
+    .requiredOption('--to <file>', 'the image file to create')
+    .option('--force', 'replace the file if it exists')
+    .option('--json', 'print JSON'),
+).action(async (volume: string, options: { server?: string; at: string; to: string; force?: boolean; json?: boolean }) => {
+  const base = server(options);
+  const started = await json<{ id: number }>(base, 'POST', '/api/exports', { volume, at: options.at, file: path.resolve(options.to), force: options.force === true });
+  const job = await follow(() => json<{ state: string; bytesTotal: number; bytesDone: number; bytesWritten: number; sha256: string | null; file: string; seq: number; message: string | null }>(base, 'GET', `/api/exports/${started.id}`), `export ${volume}`);
+  if (options.json) console.log(JSON.stringify(job));
+  if (job.state !== 'done') throw new RewindError('REWIND_IO', `export failed: ${job.message ?? ''}`);
+  if (!options.json) console.log(`${job.file}: ${volume} at seq ${job.seq}, ${formatBytes(job.bytesTotal)} (${formatBytes(job.bytesWritten)} allocated)\nsha256 ${job.sha256 ?? ''}`);
+});
+
+withServer(
+  program
+    .command('history <volume>')
+    .description('every write that touched a byte range, newest first (which write last changed a block)')
+    .requiredOption('--range <offset:length>', 'the byte range (K/M/G/T suffixes)')
+    .option('--json', 'print JSON'),
+).action(async (volume: string, options: { server?: string; range: string; json?: boolean }) => {
+  const list = await json<LogLine[]>(server(options), 'GET', `/api/volumes/${encodeURIComponent(volume)}/history?range=${encodeURIComponent(options.range)}`);
+  if (options.json) return console.log(JSON.stringify(list));
+  if (list.length === 0) return console.log('no write touched that range');
+  for (const e of list) console.log(logLine(e));
+});
+
+withServer(
+  program
+    .command('diff <volume>')
+    .description('byte ranges written between two points (from the log, not by comparing images)')
+    .requiredOption('--from <point>', 'one point')
+    .requiredOption('--to <point>', 'the other point')
+    .option('--json', 'print JSON'),
+).action(async (volume: string, options: { server?: string; from: string; to: string; json?: boolean }) => {
+  const query = new URLSearchParams({ from: options.from, to: options.to });
+  const result = await json<{ from: number; to: number; ranges: { offset: number; length: number }[]; bytes: number }>(server(options), 'GET', `/api/volumes/${encodeURIComponent(volume)}/diff?${query.toString()}`);
+  if (options.json) return console.log(JSON.stringify(result));
+  console.log(`${volume}: seq ${result.from} .. ${result.to}: ${result.ranges.length} ranges, ${formatBytes(result.bytes)}`);
+  for (const r of result.ranges) console.log(`${r.offset}:${r.length}`);
 });
 
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());

@@ -50,7 +50,38 @@ CREATE INDEX IF NOT EXISTS transactions_seq ON transactions (seq_last);
 CREATE INDEX IF NOT EXISTS transactions_time ON transactions (time_last_us);
 CREATE TABLE IF NOT EXISTS views (
   name TEXT PRIMARY KEY, kind TEXT NOT NULL, seq INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bookmarks (
+  name TEXT PRIMARY KEY, seq INTEGER NOT NULL, time_us INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS restores (
+  id INTEGER PRIMARY KEY, spec TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
+  bytes_total INTEGER NOT NULL DEFAULT 0, bytes_done INTEGER NOT NULL DEFAULT 0,
+  seq_first INTEGER, seq_last INTEGER, message TEXT, started_at TEXT NOT NULL, finished_at TEXT);
 `;
+
+export interface BookmarkRow {
+  name: string;
+  seq: number;
+  timeUs: number;
+  createdAt: string;
+}
+
+/** A production restore: `spec` is its JSON request; `running` until done or failed. */
+export interface RestoreRow {
+  id: number;
+  spec: string;
+  seq: number;
+  state: 'running' | 'done' | 'failed';
+  bytesTotal: number;
+  bytesDone: number;
+  seqFirst: number | null;
+  seqLast: number | null;
+  message: string | null;
+  startedAt: string;
+  finishedAt: string | null;
+}
+
+const RESTORE_COLUMNS = `id, spec, seq, state, bytes_total AS bytesTotal, bytes_done AS bytesDone, seq_first AS seqFirst,
+  seq_last AS seqLast, message, started_at AS startedAt, finished_at AS finishedAt`;
 
 const TX_COLUMNS = `idx, kind, seq_first AS seqFirst, seq_last AS seqLast, time_first_us AS timeFirstUs,
   time_last_us AS timeLastUs, record_count AS recordCount, redo_bytes AS redoBytes, redo_crc AS redoCrc,
@@ -159,6 +190,55 @@ export class Catalog {
 
   removeView(name: string): boolean {
     return this.db.prepare('DELETE FROM views WHERE name = ?').run(name).changes > 0;
+  }
+
+  bookmarks(): BookmarkRow[] {
+    return this.db.prepare('SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks ORDER BY seq, name').all() as BookmarkRow[];
+  }
+
+  bookmark(name: string): BookmarkRow | undefined {
+    return this.db.prepare('SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks WHERE name = ?').get(name) as BookmarkRow | undefined;
+  }
+
+  addBookmark(row: BookmarkRow): void {
+    try {
+      this.db.prepare('INSERT INTO bookmarks (name, seq, time_us, created_at) VALUES (?, ?, ?, ?)').run(row.name, row.seq, row.timeUs, row.createdAt);
+    } catch (error) {
+      if ((error as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+        throw new RewindError('REWIND_CONFLICT', `a bookmark named "${row.name}" already exists (seq ${this.bookmark(row.name)?.seq ?? '?'})`, { hint: 'pick another name or remove it with rewind bookmark --remove' });
+      }
+      throw error;
+    }
+  }
+
+  removeBookmark(name: string): boolean {
+    return this.db.prepare('DELETE FROM bookmarks WHERE name = ?').run(name).changes > 0;
+  }
+
+  addRestore(spec: string, seq: number): number {
+    return Number(this.db.prepare(`INSERT INTO restores (spec, seq, state, started_at) VALUES (?, ?, 'running', ?)`).run(spec, seq, new Date().toISOString()).lastInsertRowid);
+  }
+
+  restore(id: number): RestoreRow | undefined {
+    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores WHERE id = ?`).get(id) as RestoreRow | undefined;
+  }
+
+  restores(): RestoreRow[] {
+    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores ORDER BY id`).all() as RestoreRow[];
+  }
+
+  runningRestores(): RestoreRow[] {
+    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores WHERE state = 'running' ORDER BY id`).all() as RestoreRow[];
+  }
+
+  updateRestore(id: number, fields: Partial<Pick<RestoreRow, 'state' | 'bytesTotal' | 'bytesDone' | 'seqFirst' | 'seqLast' | 'message'>>): void {
+    const row = this.restore(id);
+    if (!row) return;
+    const next = { ...row, ...fields };
+    const finishedAt = next.state === 'running' ? null : (row.finishedAt ?? new Date().toISOString());
+    this.db
+      .prepare('UPDATE restores SET state = ?, bytes_total = ?, bytes_done = ?, seq_first = ?, seq_last = ?, message = ?, finished_at = ? WHERE id = ?')
+      .run(next.state, next.bytesTotal, next.bytesDone, next.seqFirst, next.seqLast, next.message, finishedAt, id);
   }
 
   close(): void {

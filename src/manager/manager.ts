@@ -10,13 +10,15 @@ import { assert, errorMessage, formatTimeNs, RewindError, SegmentError } from '.
 import { parseSealedRedo, parseUndo, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
-import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type VolumeInfo } from '../ship/protocol.js';
+import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
 import { applyRedo, saveUndo } from './apply.js';
 import { Catalog, type TxKind, type TxRow } from './catalog.js';
 import { parsePoint } from './points.js';
 import { ReplicaVolume } from './replica.js';
+import { Restorer } from './restore.js';
+import { ImageExporter } from './image-export.js';
 import { TxFiles } from './txfiles.js';
 import { ViewExport } from './view-export.js';
 
@@ -36,6 +38,7 @@ export interface AgentStatus {
   sealedPending: number;
   mode: string;
   failure: string | undefined;
+  restoring: RestoringState | undefined;
   receivedAtMs: number;
 }
 
@@ -59,6 +62,8 @@ export class Manager implements History {
   replicas: ReplicaVolume[] = [];
   private txFiles!: TxFiles;
   readonly views = new Map<string, View>();
+  /** Views used by restores and image exports: not exported, but they take undo like any view. */
+  private readonly internalViews = new Set<View>();
   private viewExports = new Map<string, ExportBackend[]>();
   private queue: Promise<unknown> = Promise.resolve();
   private server: net.Server | undefined;
@@ -72,8 +77,27 @@ export class Manager implements History {
   private committedIdx = 0;
   private committedTimeNs = 0n;
 
+  readonly restorer = new Restorer(this);
+  readonly exporter = new ImageExporter(this);
+
   constructor(options: ManagerOptions) {
     this.options = options;
+  }
+
+  note(level: 'info' | 'warn' | 'error', message: string): void {
+    this.options.log(level, message);
+  }
+
+  get agentConnected(): boolean {
+    return this.session !== undefined;
+  }
+
+  /** Sends a frame to the connected agent; false when none is connected. */
+  sendToAgent(message: Message, payload?: Buffer): boolean {
+    const session = this.session;
+    if (!session || session.destroyed) return false;
+    sendFrame(session, message, payload);
+    return true;
   }
 
   get root(): string {
@@ -139,8 +163,8 @@ export class Manager implements History {
   seqCommitted(): number {
     return this.committedSeq;
   }
-  txsAfter(seq: number): HistoryTx[] {
-    return this.catalog.committedTxs(seq + 1).filter((tx) => tx.seqLast > seq);
+  txsAfter(seq: number, upTo?: number): HistoryTx[] {
+    return this.catalog.committedTxs(seq + 1, upTo).filter((tx) => tx.seqLast > seq);
   }
   txIndex(idx: number): Promise<{ records: RedoRecord[]; undo: UndoExtent[] }> {
     return this.txFiles.index(idx);
@@ -177,7 +201,10 @@ export class Manager implements History {
     socket.on('error', (error) => this.options.log('info', `agent connection: ${error.message}`));
     socket.on('close', () => {
       clearTimeout(helloTimer);
-      if (this.session === socket) this.session = undefined;
+      if (this.session === socket) {
+        this.session = undefined;
+        this.restorer.onAgentLost();
+      }
     });
     socket.on('data', (chunk: Buffer) => {
       let frames;
@@ -221,9 +248,14 @@ export class Manager implements History {
     } catch (error) {
       return refuse((error as RewindError).code ?? 'REWIND_CONFIG', errorMessage(error));
     }
-    if (this.session && this.session !== socket) this.session.destroy(); // a reconnecting agent replaces a stale session
+    if (this.session && this.session !== socket) {
+      this.session.destroy(); // a reconnecting agent replaces a stale session
+      this.restorer.onAgentLost();
+    }
     this.session = socket;
     sendFrame(socket, { type: 'welcome', seqCommitted: this.committedSeq, segmentCommitted: this.committedIdx });
+    // An interrupted production restore runs again now (the agent kept its volumes offline).
+    setImmediate(() => this.restorer.resumeAll());
     return true;
   }
 
@@ -263,6 +295,7 @@ export class Manager implements History {
           sealedPending: message.sealedPending,
           mode: message.mode,
           failure: message.failure,
+          restoring: message.restoring,
           receivedAtMs: Date.now(),
         };
         return;
@@ -273,7 +306,7 @@ export class Manager implements History {
         return;
       }
       default:
-        this.options.log('warn', `unexpected message from agent: ${message.type}`);
+        if (!this.restorer.onAgentMessage(message)) this.options.log('warn', `unexpected message from agent: ${message.type}`);
     }
   }
 
@@ -361,6 +394,7 @@ export class Manager implements History {
     this.txFiles.remember(row.idx, { records: parsed.records, undo: extents });
     // Open views take the before-image now, before the replica changes under them.
     for (const view of this.views.values()) view.addUndo(row.idx, extents);
+    for (const view of this.internalViews) view.addUndo(row.idx, extents);
     if (row.state !== 'applied') {
       await applyRedo(buf, parsed.records, this.replicas);
       this.catalog.setState(row.idx, 'applied');
@@ -411,6 +445,12 @@ export class Manager implements History {
   // ---- Points, views, log ----
   /** Resolves an operator's POINT to a committed, restorable seq, or refuses saying why. */
   resolvePoint(text: string): number {
+    const trimmed = text.trim();
+    if (trimmed.startsWith('@')) {
+      const bookmark = this.catalog.bookmark(trimmed.slice(1));
+      if (!bookmark) throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${trimmed.slice(1)}"`, { hint: 'rewind bookmarks lists them' });
+      return this.resolvePoint(String(bookmark.seq));
+    }
     const point = parsePoint(text);
     const historyStart = this.historyStart();
     if (point.kind === 'seq') {
@@ -529,6 +569,96 @@ export class Manager implements History {
     return [...this.viewExports.values()].flat();
   }
 
+  /**
+   * Runs `work` with a private view at `seq` that stays put while new transactions are applied
+   * (it takes their undo like any view). Built in the queue, released when `work` settles.
+   */
+  async withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T> {
+    const view = await this.enqueue(async () => {
+      assert(seq <= this.committedSeq, 'internal view at a committed seq');
+      const built = await View.build(`internal-${seq}`, 'snapshot', seq, this);
+      this.internalViews.add(built);
+      return built;
+    });
+    try {
+      return await work(view);
+    } finally {
+      this.internalViews.delete(view);
+    }
+  }
+
+  // ---- Stepping ----
+  /**
+   * Moves a snapshot (or a clone without writes of its own, or with `discardWrites`) to another
+   * point; returns the writes crossed. Its NBD clients read the new content on their next read.
+   */
+  async stepView(name: string, how: { forward?: number; back?: number; to?: string; discardWrites?: boolean }): Promise<{ from: number; to: number; crossed: LogEntry[] }> {
+    const view = this.views.get(name);
+    if (!view) throw new RewindError('REWIND_NOT_FOUND', `no snapshot or clone named "${name}"`, { hint: 'rewind ls lists them' });
+    const given = [how.forward, how.back, how.to].filter((v) => v !== undefined).length;
+    if (given !== 1) throw new RewindError('REWIND_BAD_ARGUMENT', 'give exactly one of --forward N, --back N or --to POINT');
+    for (const n of [how.forward, how.back]) {
+      if (n !== undefined && (!Number.isSafeInteger(n) || n < 1)) throw new RewindError('REWIND_BAD_ARGUMENT', `a step count must be a positive integer, not ${n}`);
+    }
+    return this.enqueue(async () => {
+      const from = view.seq;
+      let target: number;
+      if (how.to !== undefined) target = this.resolvePoint(how.to);
+      else if (how.forward !== undefined) {
+        target = from + how.forward;
+        if (target > this.committedSeq) {
+          throw new RewindError('REWIND_POINT_INVALID', `${name} is at seq ${from}; ${how.forward} forward is seq ${target}, past the last committed seq ${this.committedSeq}`, { hint: 'wait, or run rewind seal --wait' });
+        }
+        this.refuseInsideResync(target);
+      } else {
+        target = from - (how.back as number);
+        if (target < this.historyStart()) throw new RewindError('REWIND_POINT_INVALID', `${name} is at seq ${from}; ${how.back} back is before the history starts (seq ${this.historyStart()})`);
+        this.refuseInsideResync(target);
+      }
+      const overlays = view.overlays ?? [];
+      if (overlays.some((o) => o.hasWrites)) {
+        if (!how.discardWrites) {
+          throw new RewindError('REWIND_CONFLICT', `clone ${name} has writes of its own; stepping would mix them with another point`, { hint: 'add --discard-writes to drop them, or make a new clone' });
+        }
+        for (const overlay of overlays) await overlay.discard();
+      }
+      const crossed = await view.stepTo(target);
+      this.catalog.updateViewSeq(name, target);
+      const kinds = new Map<number, TxKind>();
+      const kindOf = (idx: number): TxKind => kinds.get(idx) ?? (kinds.set(idx, this.catalog.tx(idx)?.kind ?? 'redo').get(idx) as TxKind);
+      return { from, to: target, crossed: crossed.map(({ idx, record }) => this.logEntry(record, kindOf(idx))) };
+    });
+  }
+
+  // ---- Bookmarks ----
+  async addBookmark(name: string, pointText: string | undefined): Promise<{ name: string; seq: number; time: string }> {
+    if (!VIEW_NAME.test(name)) throw new RewindError('REWIND_BAD_ARGUMENT', `bookmark name "${name}" is invalid`, { hint: 'use letters, digits, dot, dash and underscore (at most 64)' });
+    return this.enqueue(async () => {
+      const seq = pointText === undefined ? this.committedSeq : this.resolvePoint(pointText);
+      if (pointText === undefined) this.refuseInsideResync(seq);
+      const timeNs = await this.seqTimeNs(seq);
+      this.catalog.addBookmark({ name, seq, timeUs: Number(timeNs / 1000n), createdAt: new Date().toISOString() });
+      return { name, seq, time: formatTimeNs(timeNs) };
+    });
+  }
+
+  removeBookmark(name: string): void {
+    if (!this.catalog.removeBookmark(name)) throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${name}"`, { hint: 'rewind bookmarks lists them' });
+  }
+
+  bookmarks(): { name: string; seq: number; time: string; createdAt: string }[] {
+    return this.catalog.bookmarks().map((b) => ({ name: b.name, seq: b.seq, time: formatTimeNs(BigInt(b.timeUs) * 1000n), createdAt: b.createdAt }));
+  }
+
+  /** Capture time of the write at `seq` (0: the first write's time, or now when there is none). */
+  async seqTimeNs(seq: number): Promise<bigint> {
+    const tx = this.catalog.txContaining(Math.max(seq, 1));
+    if (!tx) return BigInt(Date.now()) * 1_000_000n;
+    const { records } = await this.txFiles.index(tx.idx);
+    const record = records.find((r) => r.seq === Math.max(seq, 1));
+    return record?.timeNs ?? BigInt(tx.timeLastUs) * 1000n;
+  }
+
   async *log(filter: { volume?: string; from?: number; to?: number }): AsyncGenerator<LogEntry> {
     const volumeIndex = filter.volume === undefined ? undefined : this.replicas.findIndex((r) => r.name === filter.volume);
     if (volumeIndex === -1) throw new RewindError('REWIND_NOT_FOUND', `no volume named "${filter.volume}"`);
@@ -539,17 +669,21 @@ export class Manager implements History {
       for (const record of records) {
         if (record.seq < from || record.seq > to) continue;
         if (volumeIndex !== undefined && record.volume !== volumeIndex) continue;
-        yield {
-          seq: record.seq,
-          time: formatTimeNs(record.timeNs),
-          volume: (this.replicas[record.volume] as ReplicaVolume).name,
-          kind: record.kind,
-          offset: record.offsetBytes,
-          length: record.lengthBytes,
-          resync: tx.kind !== 'redo',
-        };
+        yield this.logEntry(record, tx.kind);
       }
     }
+  }
+
+  logEntry(record: RedoRecord, kind: TxKind): LogEntry {
+    return {
+      seq: record.seq,
+      time: formatTimeNs(record.timeNs),
+      volume: (this.replicas[record.volume] as ReplicaVolume).name,
+      kind: record.kind,
+      offset: record.offsetBytes,
+      length: record.lengthBytes,
+      resync: kind !== 'redo',
+    };
   }
 
   status(): object {
@@ -570,6 +704,7 @@ export class Manager implements History {
       sealedPending: agent?.sealedPending ?? 0,
       mode: connected ? (agent?.mode ?? 'logging') : 'disconnected',
       failure: agent?.failure ?? null,
+      offline: agent?.restoring ? { restore: agent.restoring.id, volumes: agent.restoring.volumes } : null,
       transactions: this.committedIdx,
       views: this.views.size,
     };

@@ -4,9 +4,16 @@ import type { ExportBackend, ExportRegistry } from '../nbd/backend.js';
 
 export class CombinedRegistry implements ExportRegistry {
   private readonly sources: (() => readonly ExportBackend[])[];
+  private readonly refuse: ((name: string) => string | null) | undefined;
 
-  constructor(sources: (() => readonly ExportBackend[])[]) {
+  /** `refuse` says why an export is offline (a production restore), or null. */
+  constructor(sources: (() => readonly ExportBackend[])[], refuse?: (name: string) => string | null) {
     this.sources = sources;
+    this.refuse = refuse;
+  }
+
+  refusal(name: string): string | null {
+    return this.refuse?.(name) ?? null;
   }
 
   get(name: string): ExportBackend | undefined {

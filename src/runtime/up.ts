@@ -56,8 +56,9 @@ export async function startUp(options: UpOptions): Promise<Running> {
   });
   await agent.open();
   const agentExports = agent.exports();
-  const nbd = new NbdServer(new CombinedRegistry([() => agentExports, () => manager.exports()]), { log });
+  const nbd = new NbdServer(new CombinedRegistry([() => agentExports, () => manager.exports()], (name) => agent.refusal(name)), { log });
   nbdRef.server = nbd;
+  agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
   const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
   const api = await startApi(manager, options.http.host, options.http.port, undefined);
   return {
@@ -165,7 +166,8 @@ export async function startAgent(options: AgentRunOptions): Promise<Running> {
   });
   await agent.open();
   const agentExports = agent.exports();
-  const nbd = new NbdServer(new CombinedRegistry([() => agentExports]), { log });
+  const nbd = new NbdServer(new CombinedRegistry([() => agentExports], (name) => agent.refusal(name)), { log });
+  agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
   const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
   return {
     nbdAddress,

@@ -25,7 +25,22 @@ export type Message =
   | { type: 'refused'; index: number; code: string; message: string }
   | { type: 'seal'; id: number }
   | { type: 'sealed'; id: number; seqLast: number }
-  | { type: 'status'; seqCaptured: number; timeCapturedNs: string; spoolBytes: number; sealedPending: number; mode: string; failure?: string };
+  | { type: 'status'; seqCaptured: number; timeCapturedNs: string; spoolBytes: number; sealedPending: number; mode: string; failure?: string; restoring?: RestoringState }
+  // Production restore (manager -> agent): take volumes offline, write through the normal write
+  // path, bring them back online. The agent answers each with the matching reply.
+  | { type: 'restore-begin'; id: number; volumes: string[] }
+  | { type: 'restore-ready'; id: number; seqLast: number }
+  | { type: 'restore-write'; id: number; chunk: number; volume: string; offset: number; length: number; zero: boolean }
+  | { type: 'restore-written'; id: number; chunk: number; errno: number }
+  | { type: 'restore-end'; id: number; abandon: boolean }
+  | { type: 'restore-done'; id: number; seqLast: number }
+  | { type: 'restore-failed'; id: number; message: string };
+
+/** Volumes an agent holds offline for a restore (kept in its state across restarts). */
+export interface RestoringState {
+  id: number;
+  volumes: string[];
+}
 
 export function encodeFrame(message: Message, payload?: Buffer): Buffer[] {
   const json = Buffer.from(JSON.stringify(message), 'utf8');

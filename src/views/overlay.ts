@@ -72,6 +72,17 @@ export class Overlay {
     this.map.set(offsetBytes, offsetBytes + lengthBytes, kind, offsetBytes);
   }
 
+  /** Drops every write of the clone (data punched out, journal emptied), durably. */
+  async discard(): Promise<void> {
+    const size = fs.fstatSync(this.dataFd).size;
+    fs.ftruncateSync(this.dataFd, 0);
+    fs.ftruncateSync(this.dataFd, size);
+    fs.ftruncateSync(this.journalFd, 0);
+    this.journalBytes = 0;
+    this.map.clear();
+    await this.flush();
+  }
+
   async flush(): Promise<void> {
     await Promise.all([fdatasyncAsync(this.dataFd), fdatasyncAsync(this.journalFd)]);
   }

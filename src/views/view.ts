@@ -1,7 +1,7 @@
 // A view of a whole volume set at one seq, built from the history (DESIGN.md "Views"): per volume an
 // interval map from byte ranges to where their bytes lie at that seq (a redo payload, an undo
 // extent, zeroes) and the replica everywhere else. A clone adds a private overlay on top.
-import { assert, RewindError } from '../core/index.js';
+import { assert, mergeRanges, RewindError, type ByteRange } from '../core/index.js';
 import type { RedoRecord, UndoExtent } from '../log/index.js';
 import { preadFully } from '../platform/index.js';
 import { IntervalMap } from './interval-map.js';
@@ -20,8 +20,8 @@ export interface History {
   readonly volumeCount: number;
   volumeSize(volume: number): number;
   seqCommitted(): number;
-  /** Committed transactions holding any write with seq > `seq`, ascending. */
-  txsAfter(seq: number): HistoryTx[];
+  /** Committed transactions holding any write with seq > `seq` (and <= `upTo`), ascending. */
+  txsAfter(seq: number, upTo?: number): HistoryTx[];
   txIndex(idx: number): Promise<{ records: RedoRecord[]; undo: UndoExtent[] }>;
   redoFd(idx: number): number;
   undoFd(idx: number): number;
@@ -96,6 +96,58 @@ export class View {
     }
   }
 
+  /**
+   * Moves the view to `target` (a committed seq) in time proportional to the transactions holding
+   * the writes crossed, not to the volume size; returns those writes in seq order. The history
+   * index is loaded first and the maps are changed in one synchronous pass, so a reader sees the
+   * view entirely at the old seq or entirely at the new one.
+   */
+  async stepTo(target: number): Promise<{ idx: number; record: RedoRecord }[]> {
+    assert(target >= 0 && target <= this.history.seqCommitted(), 'step target is committed');
+    const low = Math.min(this.seq, target);
+    const high = Math.max(this.seq, target);
+    if (low === high) return [];
+    const txs = this.history.txsAfter(low, high);
+    const indexes = await Promise.all(txs.map(async (tx) => ({ idx: tx.idx, ...(await this.history.txIndex(tx.idx)) })));
+    const crossed: { idx: number; record: RedoRecord }[] = [];
+    for (const index of indexes) for (const record of index.records) if (record.seq > low && record.seq <= high) crossed.push({ idx: index.idx, record });
+    if (target > this.seq) {
+      // Forward: each crossed write now shows its own bytes; everything else is unchanged.
+      for (const { idx, record } of crossed) this.mapRecord(idx, record);
+    } else {
+      // Back: the ranges the crossed writes touched are mapped again as at `target`: first by the
+      // writes at or before it in the transaction holding it, then by the before-images (undo) of
+      // the transactions after it, earliest first.
+      const touched = Array.from({ length: this.maps.length }, () => [] as ByteRange[]);
+      for (const { record } of crossed) touched[record.volume]?.push({ offset: record.offsetBytes, length: record.lengthBytes });
+      const ranges = touched.map((list) => mergeRanges(list));
+      ranges.forEach((list, volume) => list.forEach((r) => this.maps[volume]?.delete(r.offset, r.offset + r.length)));
+      const first = indexes[0];
+      if (first) {
+        for (const record of first.records) {
+          if (record.seq > target) break;
+          for (const piece of clip(ranges[record.volume] ?? [], record.offsetBytes, record.lengthBytes)) {
+            const map = this.maps[record.volume] as IntervalMap<ViewSource>;
+            if (record.kind === 'write') map.set(piece.start, piece.end, this.source('redo', first.idx), record.payloadOffsetBytes + piece.start - record.offsetBytes);
+            else map.set(piece.start, piece.end, ZERO, 0);
+          }
+        }
+      }
+      for (const index of indexes) {
+        const source = this.source('undo', index.idx);
+        for (const extent of index.undo) {
+          for (const piece of clip(ranges[extent.volume] ?? [], extent.offsetBytes, extent.lengthBytes)) {
+            const map = this.maps[extent.volume] as IntervalMap<ViewSource>;
+            if (extent.kind === 'data') map.fillGaps(piece.start, piece.end, source, extent.payloadOffsetBytes + piece.start - extent.offsetBytes);
+            else map.fillGaps(piece.start, piece.end, ZERO, 0);
+          }
+        }
+      }
+    }
+    this.seq = target;
+    return crossed;
+  }
+
   get mappedExtents(): number {
     return this.maps.reduce((sum, map) => sum + map.size, 0);
   }
@@ -143,6 +195,27 @@ export class View {
     }
     return out;
   }
+}
+
+/** The parts of [offset, offset + length) inside `ranges` (merged, ascending). */
+function clip(ranges: readonly ByteRange[], offsetBytes: number, lengthBytes: number): { start: number; end: number }[] {
+  const end = offsetBytes + lengthBytes;
+  const out: { start: number; end: number }[] = [];
+  // Binary search for the first range ending after offsetBytes.
+  let lo = 0;
+  let hi = ranges.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const r = ranges[mid] as ByteRange;
+    if (r.offset + r.length <= offsetBytes) lo = mid + 1;
+    else hi = mid;
+  }
+  for (let i = lo; i < ranges.length; i++) {
+    const r = ranges[i] as ByteRange;
+    if (r.offset >= end) break;
+    out.push({ start: Math.max(offsetBytes, r.offset), end: Math.min(end, r.offset + r.length) });
+  }
+  return out;
 }
 
 export function refuse(message: string, hint?: string): never {
