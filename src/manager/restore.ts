@@ -52,6 +52,8 @@ export interface RestoreStatus {
 }
 
 const CHUNK_BYTES = 1024 * 1024;
+/** A zero run is sent as one record up to this size (a record's length is a u64; keep it sane). */
+const ZERO_RUN_BYTES_MAX = 1024 * 1024 * 1024;
 const WINDOW_CHUNKS = 8;
 const PROGRESS_SAVE_MS = 1000;
 
@@ -182,27 +184,43 @@ export class Restorer {
       let done = 0;
       let savedAt = Date.now();
       const inFlight = new Set<Promise<void>>();
+      const send = async (volume: string, offset: number, length: number, data: Buffer | undefined): Promise<void> => {
+        const number = ++chunk;
+        const sent = this.ask({ type: 'restore-write', id, chunk: number, volume, offset, length, zero: data === undefined }, `restore-written:${id}:${number}`, data).then((reply) => {
+          const errno = (reply as { errno: number }).errno;
+          if (errno !== 0) throw new RewindError('REWIND_IO', `the agent could not write ${volume} at ${offset} (errno ${errno})`);
+          done += length;
+          this.progress.set(id, done);
+        });
+        inFlight.add(sent);
+        void sent.finally(() => inFlight.delete(sent)).catch(() => undefined);
+        if (inFlight.size >= WINDOW_CHUNKS) await Promise.race(inFlight);
+        if (Date.now() - savedAt >= PROGRESS_SAVE_MS) {
+          catalog.updateRestore(id, { bytesDone: done });
+          savedAt = Date.now();
+        }
+      };
       for (const { volume, ranges } of plan.volumes) {
         const index = this.manager.replicas.findIndex((r) => r.name === volume);
         for (const range of ranges) {
-          for (let offset = range.offset; offset < range.offset + range.length; offset += CHUNK_BYTES) {
-            const length = Math.min(CHUNK_BYTES, range.offset + range.length - offset);
-            const data = view.read(index, offset, length);
-            const zero = isZero(data);
-            const number = ++chunk;
-            const sent = this.ask({ type: 'restore-write', id, chunk: number, volume, offset, length, zero }, `restore-written:${id}:${number}`, zero ? undefined : data).then((reply) => {
-              const errno = (reply as { errno: number }).errno;
-              if (errno !== 0) throw new RewindError('REWIND_IO', `the agent could not write ${volume} at ${offset} (errno ${errno})`);
-              done += length;
-              this.progress.set(id, done);
-            });
-            inFlight.add(sent);
-            void sent.finally(() => inFlight.delete(sent)).catch(() => undefined);
-            if (inFlight.size >= WINDOW_CHUNKS) await Promise.race(inFlight);
-            if (Date.now() - savedAt >= PROGRESS_SAVE_MS) {
-              catalog.updateRestore(id, { bytesDone: done });
-              savedAt = Date.now();
+          // Runs the view knows to be zero go as one payload-free zero record each (up to
+          // ZERO_RUN_BYTES_MAX); the rest is read and sent in chunks (an all-zero chunk as a zero).
+          let at = range.offset;
+          for (const piece of view.zeroPieces(index, range.offset, range.length)) {
+            const pieceEnd = at + piece.lengthBytes;
+            for (let offset = at; offset < pieceEnd; ) {
+              if (piece.zero) {
+                const length = Math.min(ZERO_RUN_BYTES_MAX, pieceEnd - offset);
+                await send(volume, offset, length, undefined);
+                offset += length;
+              } else {
+                const length = Math.min(CHUNK_BYTES, pieceEnd - offset);
+                const data = view.read(index, offset, length);
+                await send(volume, offset, length, isZero(data) ? undefined : data);
+                offset += length;
+              }
             }
+            at = pieceEnd;
           }
         }
       }
