@@ -4,6 +4,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { Manager } from '../manager/manager.js';
 import { blockHistory, diff } from '../manager/queries.js';
+import { tokensEqual } from '../ship/protocol.js';
 import type { RestoreSpec } from '../manager/restore.js';
 
 const STATUS_BY_CODE: Record<string, number> = {
@@ -17,11 +18,16 @@ const STATUS_BY_CODE: Record<string, number> = {
 
 export async function startApi(manager: Manager, host: string, port: number, token: string | undefined): Promise<{ app: FastifyInstance; address: string }> {
   const app = Fastify({ logger: false });
+  let failures = 0;
   app.addHook('onRequest', async (request, reply) => {
     if (token === undefined) return;
-    if (request.headers.authorization !== `Bearer ${token}`) {
-      await reply.code(401).send({ error: { code: 'REWIND_AUTH', message: 'missing or wrong API token' } });
-    }
+    const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? '';
+    if (tokensEqual(given, token)) return;
+    // Guessing is slowed down (each failure delays the answer a little more, capped) and logged.
+    failures += 1;
+    manager.note('warn', `HTTP API: ${given ? 'wrong' : 'missing'} token from ${request.ip} for ${request.method} ${request.url}`);
+    await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 50 * failures)));
+    await reply.code(401).send({ error: { code: 'REWIND_AUTH', message: `${given ? 'wrong' : 'missing'} API token`, hint: 'send Authorization: Bearer TOKEN; the CLI reads REWIND_TOKEN or --api-token-file (the token is in DATA/api-token)' } });
   });
   app.setErrorHandler(async (error, _request, reply) => {
     if (error instanceof RewindError) {

@@ -22,7 +22,10 @@ function volumeSpec(text: string, previous: VolumeSpec[]): VolumeSpec[] {
   return [...previous, spec];
 }
 
-function server(options: { server?: string }): string {
+let apiToken: string | undefined = process.env.REWIND_TOKEN;
+
+function server(options: { server?: string; apiTokenFile?: string }): string {
+  if (options.apiTokenFile) apiToken = fs.readFileSync(options.apiTokenFile, 'utf8').trim();
   return (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(/\/$/, '');
 }
 
@@ -31,7 +34,7 @@ async function call(base: string, method: string, route: string, body?: object):
   try {
     response = await fetch(`${base}${route}`, {
       method,
-      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(process.env.REWIND_TOKEN ? { authorization: `Bearer ${process.env.REWIND_TOKEN}` } : {}) },
+      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(apiToken ? { authorization: `Bearer ${apiToken}` } : {}) },
       ...(body ? { body: JSON.stringify(body) } : {}),
     });
   } catch (error) {
@@ -50,7 +53,10 @@ async function json<T>(base: string, method: string, route: string, body?: objec
 }
 
 const program = new Command('rewind').description('Continuous data protection for block devices over NBD').showHelpAfterError();
-const withServer = (command: Command): Command => command.option('--server <url>', 'Rewind API (default $REWIND_SERVER or http://127.0.0.1:7420)');
+const withServer = (command: Command): Command =>
+  command
+    .option('--server <url>', 'Rewind API (default $REWIND_SERVER or http://127.0.0.1:7420)')
+    .option('--api-token-file <file>', 'API token file (default $REWIND_TOKEN; needed off loopback and for rewind manager)');
 
 program
   .command('up')
@@ -72,6 +78,7 @@ program
     });
     printVolumes(running);
     console.log(`API: ${running.httpAddress}`);
+    if (running.apiTokenFile) console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
     stopOnSignals(running);
   });
 
@@ -110,6 +117,7 @@ program
     console.log(`agents: ${running.linkAddress.host}:${running.linkAddress.port}${options.tlsCert ? ' (TLS)' : ''}`);
     console.log(`views: nbd://${running.nbdAddress.host}:${running.nbdAddress.port}/VOLUME@NAME`);
     console.log(`API: ${running.httpAddress}`);
+    if (running.apiTokenFile) console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
     stopOnSignals(running);
   });
 

@@ -8,7 +8,7 @@ import { Agent, type VolumeSpec } from '../agent/agent.js';
 import { startApi } from '../api/server.js';
 import { Manager } from '../manager/manager.js';
 import { NbdServer } from '../nbd/index.js';
-import { ensureDir } from '../platform/index.js';
+import { ensureDir, writeFileDurable } from '../platform/index.js';
 import { CombinedRegistry } from './registry.js';
 
 export interface Endpoint {
@@ -29,6 +29,8 @@ export interface UpOptions {
 export interface Running {
   nbdAddress: Endpoint;
   httpAddress: string;
+  /** Where the HTTP API token is, when the API requires one. */
+  apiTokenFile?: string;
   agent: Agent | undefined;
   manager: Manager | undefined;
   close(): Promise<void>;
@@ -60,10 +62,13 @@ export async function startUp(options: UpOptions): Promise<Running> {
   nbdRef.server = nbd;
   agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
   const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
-  const api = await startApi(manager, options.http.host, options.http.port, undefined);
+  // On loopback the API is as open as the machine; anywhere else it needs the token.
+  const apiToken = isLoopback(options.http.host) ? undefined : await loadOrCreateSecret(apiTokenFile(options.dataDir));
+  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
   return {
     nbdAddress,
     httpAddress: api.address,
+    ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     agent,
     manager,
     async close() {
@@ -96,13 +101,27 @@ async function openManager(
   return manager;
 }
 
-/** The token of the in-process agent-manager link, kept so a restart reuses it. */
-async function localToken(dataDir: string): Promise<string> {
-  const file = path.join(dataDir, 'link-token');
+/** A secret kept in `file` (mode 0600), created on first use so a restart reuses it. */
+async function loadOrCreateSecret(file: string): Promise<string> {
   if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
   const token = randomBytes(24).toString('hex');
-  fs.writeFileSync(file, token, { mode: 0o600 });
+  await writeFileDurable(file, token);
+  fs.chmodSync(file, 0o600);
   return token;
+}
+
+/** The token of the in-process agent-manager link. */
+function localToken(dataDir: string): Promise<string> {
+  return loadOrCreateSecret(path.join(dataDir, 'link-token'));
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** The HTTP API token file of a data directory (created when the API needs a token). */
+export function apiTokenFile(dataDir: string): string {
+  return path.join(dataDir, 'api-token');
 }
 
 export interface ManagerRunOptions {
@@ -111,6 +130,8 @@ export interface ManagerRunOptions {
   nbd: Endpoint;
   http: Endpoint;
   token: string;
+  /** HTTP API token; by default one is created in DATA/api-token. */
+  apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
   quiet?: boolean;
 }
@@ -125,10 +146,13 @@ export async function startManager(options: ManagerRunOptions): Promise<Running 
   const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
   nbdRef.server = nbd;
   const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
-  const api = await startApi(manager, options.http.host, options.http.port, undefined);
+  // The manager's API always needs a token (it is the backup host's control plane).
+  const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
+  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
   return {
     nbdAddress,
     httpAddress: api.address,
+    ...(options.apiToken === undefined ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     linkAddress,
     agent: undefined,
     manager,

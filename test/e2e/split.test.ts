@@ -54,6 +54,20 @@ test('agent and manager over TLS: the token is required, history is shipped and 
     assert.ok(view.read(0, 4096, 4096).equals(Buffer.alloc(4096, 0x5a)));
     assert.ok(view.read(0, 0, 4096).equals(Buffer.alloc(4096)));
     assert.ok(manager.manager!.exports().some((e) => e.name === 'db@s'));
+
+    // The manager's HTTP API needs its token (created in DATA/api-token), compared in constant time.
+    assert.equal(manager.apiTokenFile, path.join(dir, 'm', 'api-token'));
+    assert.equal(fs.statSync(manager.apiTokenFile).mode & 0o777, 0o600);
+    const apiToken = fs.readFileSync(manager.apiTokenFile, 'utf8').trim();
+    const status = (authorization?: string): Promise<Response> => fetch(`${manager.httpAddress}/api/status`, authorization ? { headers: { authorization } } : {});
+    assert.equal((await status()).status, 401, 'no token: refused');
+    const wrong = await status('Bearer not-the-token');
+    assert.equal(wrong.status, 401, 'a wrong token: refused');
+    assert.equal(((await wrong.json()) as { error: { code: string } }).error.code, 'REWIND_AUTH');
+    assert.equal((await status(`Bearer ${apiToken}`)).status, 200, 'the right token: served');
+    const views = await fetch(`${manager.httpAddress}/api/views/s`, { method: 'DELETE', headers: { authorization: 'Bearer nope' } });
+    assert.equal(views.status, 401);
+    assert.ok(manager.manager!.views.has('s'), 'a refused request changes nothing');
   } finally {
     for (const r of running.reverse()) await r.close();
     fs.rmSync(dir, { recursive: true, force: true });
