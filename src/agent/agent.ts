@@ -27,6 +27,8 @@ export interface AgentOptions {
   volumeSetName?: string;
   sealBytes: number;
   sealMs: number;
+  /** Spool bound (sealed + active): past it the agent runs degraded (dirty map only). */
+  spoolBytes?: number;
   manager: ShipperTarget;
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
 }
@@ -48,6 +50,7 @@ interface AgentState {
   restoring?: RestoringState | undefined;
 }
 
+const SPOOL_BYTES_DEFAULT = 16 * 1024 ** 3;
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export class Agent {
@@ -98,6 +101,8 @@ export class Agent {
     this.dirtyAtStart = this.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
     this.pipeline = new WritePipeline(this.spool, {
       sealBytes: this.options.sealBytes,
+      spoolBytesMax: this.spoolBytesMax,
+      onDegraded: () => this.options.log('warn', `spool full (${this.spool.redoBytes} of ${this.spoolBytesMax} bytes of per-write history): degraded mode, writes are recorded in the dirty map only until the manager catches up`),
       onSealed: () => this.shipper.kick(),
       onFatal: (error) => this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
       onResync: (reason, result) => this.logResync(reason, result),
@@ -119,12 +124,13 @@ export class Agent {
   }
 
   /** Logs every marked region of `volumes` as one resync, with progress, before any client writes. */
-  private async resyncMarked(reason: string, volumes: readonly ProductionVolume[], skipZero: boolean): Promise<void> {
+  private async resyncMarked(reason: string, volumes: readonly ProductionVolume[], skipZero: boolean, endsDegraded = false): Promise<void> {
     const targets = volumes.map((volume) => ({ volume, regions: volume.dirty.markedRegions() })).filter((t) => t.regions.length > 0);
     let lastReportMs = Date.now();
     const result = await this.pipeline.resync(targets, {
       reason,
       skipZero,
+      endsDegraded,
       onProgress: (done, total) => {
         const nowMs = Date.now();
         if (nowMs - lastReportMs < 2000) return;
@@ -286,14 +292,38 @@ export class Agent {
     return this.volumes.map((volume) => new ProductionExport(this, volume));
   }
 
+  get spoolBytesMax(): number {
+    return this.options.spoolBytes ?? SPOOL_BYTES_DEFAULT;
+  }
+
   /** Called by the shipper when the manager committed everything up to `index`/`seqLast`. */
   async committed(index: number, seqLast: number): Promise<void> {
-    if (index <= this.state.segmentAcked) return;
-    this.state.segmentAcked = index;
-    this.state.seqAcked = seqLast;
-    await this.saveState();
-    await this.spool.release(index);
-    this.cleanDirty();
+    if (index > this.state.segmentAcked) {
+      this.state.segmentAcked = index;
+      this.state.seqAcked = seqLast;
+      await this.saveState();
+      await this.spool.release(index);
+      this.cleanDirty();
+    }
+    this.maybeEndDegraded();
+  }
+
+  private endingDegraded = false;
+
+  /**
+   * Once the link is up and the spool has drained to half its bound, one resync logs the current
+   * content of every dirty region, and per-write logging resumes behind it.
+   */
+  maybeEndDegraded(): void {
+    if (!this.pipeline.degraded || this.endingDegraded || this.spool.redoBytes > this.spoolBytesMax / 2) return;
+    this.endingDegraded = true;
+    const writes = this.pipeline.degraded.writes;
+    this.options.log('warn', `link back and spool drained: resyncing the dirty regions of ${writes} writes made in degraded mode`);
+    void this.resyncMarked('degraded mode ended', this.volumes, false, true)
+      .catch((error: unknown) => this.options.log('error', `resync after degraded mode failed: ${errorMessage(error)}`))
+      .finally(() => {
+        this.endingDegraded = false;
+      });
   }
 
   get seqCommitted(): number {
@@ -320,7 +350,7 @@ export class Agent {
       timeCapturedNs: this.pipeline.timeCapturedNs,
       spoolBytes: this.spool.totalBytes,
       sealedPending: this.spool.sealed.length,
-      mode: this.pipeline.failure ? 'failed' : 'logging',
+      mode: this.pipeline.failure ? 'failed' : this.pipeline.degraded ? 'degraded' : 'logging',
       failure: this.pipeline.failure,
     };
   }
@@ -337,7 +367,9 @@ export class Agent {
       fs.closeSync(volume.fd);
       volume.dirty.close();
     }
-    this.state.cleanShutdown = true;
+    // Writes made in degraded mode are only in the dirty map: an unclean mark makes the next start
+    // resync them.
+    this.state.cleanShutdown = this.pipeline.degraded === undefined;
     await this.saveState();
   }
 

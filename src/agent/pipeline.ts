@@ -58,6 +58,13 @@ export interface ResyncOptions {
   reason: string;
   /** Skip all-zero regions (only when the replica is known to be zero there: a new volume). */
   skipZero: boolean;
+  /** This resync ends degraded mode: operations queued behind it are logged again. */
+  endsDegraded?: boolean;
+  /**
+   * Capture time from which per-write history is missing (the failed write, the start of degraded
+   * mode); 0 when unknown (an unclean stop: right after the last logged write).
+   */
+  gapStartNs?: bigint;
   onProgress?: (regionsDone: number, regionsTotal: number) => void;
 }
 export interface ResyncResult {
@@ -78,9 +85,19 @@ const BATCH_BYTES_MAX = 64 * 1024 * 1024;
 
 export interface PipelineOptions {
   sealBytes: number;
+  /** Spool bound: a batch that would grow the spool past it switches to degraded mode. */
+  spoolBytesMax: number;
   onSealed: () => void;
   onFatal: (error: unknown) => void;
   onResync?: (reason: string, result: ResyncResult) => void;
+  onDegraded?: (entered: boolean) => void;
+}
+
+/** Degraded mode: the spool is full, so writes reach production and the dirty map only. */
+export interface DegradedState {
+  sinceNs: bigint;
+  /** Writes answered without a log record since then. */
+  writes: number;
 }
 
 export class WritePipeline {
@@ -91,6 +108,7 @@ export class WritePipeline {
   seqCaptured: number;
   timeCapturedNs = 0n;
   private failed: unknown;
+  degraded: DegradedState | undefined;
   private readonly spool: Spool;
   private readonly options: PipelineOptions;
   private closed = false;
@@ -177,6 +195,10 @@ export class WritePipeline {
             barrier.done(this.failed);
             continue;
           }
+          if (barrier.options.endsDegraded && this.degraded) {
+            barrier.options.gapStartNs = this.degraded.sinceNs;
+            this.degraded = undefined;
+          }
           try {
             barrier.done(undefined, await this.resyncNow(barrier.targets, barrier.options));
           } catch (error) {
@@ -227,9 +249,9 @@ export class WritePipeline {
     const regions = targets.flatMap(({ volume, regions: list }) => [...list].sort((a, b) => a - b).map((region) => ({ volume, region })));
     const result: ResyncResult = { seqFirst: this.seqCaptured + 1, seqLast: this.seqCaptured, records: 0, bytesRead: 0 };
     if (regions.length === 0) return result;
-    // Resync records carry the capture time of the write before them, so time stays monotonic in
-    // seq order (ops queued behind were stamped earlier than now); points inside are refused anyway.
-    const timeNs = this.seqCaptured > 0 && this.timeCapturedNs > 0n ? this.timeCapturedNs : nowNs();
+    // Resync records carry the time the resync started (after every logged write); operations
+    // queued behind it are stamped no earlier, so capture time stays monotonic in seq order.
+    const timeNs = nowNs() > this.timeCapturedNs ? nowNs() : this.timeCapturedNs;
     // One segment per chunk of regions, so segments stay bounded; the last is flagged END, which
     // tells the manager where the consistent point after the resync is.
     const regionBytesMax = Math.max(...targets.map((t) => t.volume.dirty.regionBytes));
@@ -244,7 +266,7 @@ export class WritePipeline {
       let pendingBytes = 0;
       const appendPending = async (): Promise<void> => {
         if (pendingCount === 0) return;
-        await this.spool.append(pieces, pendingFirst, pendingCount, timeNs, timeNs, flags);
+        await this.spool.append(pieces, pendingFirst, pendingCount, timeNs, timeNs, flags, options.gapStartNs ?? 0n);
         pieces = [];
         pendingCount = 0;
         pendingBytes = 0;
@@ -278,7 +300,11 @@ export class WritePipeline {
       await this.sealNow();
     }
     // Everything queued (including what arrived while this ran) moves up past the resync records.
-    for (const op of this.queue) if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq += result.records;
+    for (const op of this.queue) {
+      if (op.type !== 'write' && op.type !== 'zero' && op.type !== 'trim') continue;
+      op.seq += result.records;
+      if (op.timeNs < timeNs) op.timeNs = timeNs;
+    }
     this.seqNext += result.records;
     this.seqCaptured = result.seqLast;
     this.timeCapturedNs = timeNs;
@@ -291,6 +317,11 @@ export class WritePipeline {
       return;
     }
     const records = batch.filter((op): op is RecordOp => op.type !== 'flush');
+    if (this.degraded === undefined && records.length > 0 && this.spool.redoBytes + logBytes(records) > this.options.spoolBytesMax) {
+      this.degraded = { sinceNs: records[0]?.timeNs ?? nowNs(), writes: 0 };
+      this.options.onDegraded?.(true);
+    }
+    if (this.degraded !== undefined && records.length > 0) return this.processDegraded(batch, records);
     await this.markDirty(records);
     const logWrite = records.length > 0 ? this.appendLog(records) : Promise.resolve();
     const errnos = await this.writeProduction(records);
@@ -316,6 +347,39 @@ export class WritePipeline {
   }
 
   /**
+   * Degraded mode: no log record, so no seq. The seqs these records were given on arrival go back
+   * (everything queued behind moves down), the dirty map marks their regions durably as never
+   * clean until a resync logs them, production is written, and the client is answered. FLUSH and
+   * FUA make production durable.
+   */
+  private async processDegraded(batch: (RecordOp | FlushOp)[], records: RecordOp[]): Promise<void> {
+    const degraded = this.degraded as DegradedState;
+    const nowMs = Date.now();
+    const toPersist = new Set<DirtyMap>();
+    for (const op of records) {
+      if (op.volume.dirty.touch(op.offsetBytes, op.lengthBytes, Number.MAX_SAFE_INTEGER, nowMs)) toPersist.add(op.volume.dirty);
+    }
+    await Promise.all([...toPersist].map((dirty) => dirty.persist()));
+    for (const op of this.queue) if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq -= records.length;
+    this.seqNext -= records.length;
+    degraded.writes += records.length;
+    const errnos = await this.writeProduction(records);
+    const volumes = new Set<ProductionVolume>();
+    for (const op of batch) if (op.type === 'flush' || op.fua) volumes.add(op.volume);
+    let syncErrno = 0;
+    try {
+      await Promise.all([...volumes].map((v) => fdatasyncAsync(v.fd)));
+    } catch (error) {
+      this.fail(error);
+      syncErrno = NbdErrno.EIO;
+    }
+    for (const op of batch) {
+      const own = op.type === 'flush' ? 0 : (errnos.get(op) ?? 0);
+      op.done(own !== 0 ? own : op.type === 'flush' || op.fua ? syncErrno : 0);
+    }
+  }
+
+  /**
    * A production write failed after its record was logged: the log says the bytes were written,
    * production may hold the old bytes or part of the new. The client gets the error; the history
    * is brought back to production by logging those regions' current content as a resync (the
@@ -332,7 +396,8 @@ export class WritePipeline {
     }
     const targets = [...byVolume].map(([volume, regions]) => ({ volume, regions: [...regions] }));
     try {
-      const result = await this.resyncNow(targets, { reason: 'failed production write', skipZero: false });
+      const gapStartNs = failed.reduce((min, op) => (op.timeNs < min ? op.timeNs : min), failed[0]?.timeNs ?? 0n);
+      const result = await this.resyncNow(targets, { reason: 'failed production write', skipZero: false, gapStartNs });
       this.options.onResync?.('failed production write', result);
     } catch (error) {
       this.fail(error);
@@ -445,4 +510,9 @@ function errnoOf(error: unknown): number {
   const code = (error as { code?: string }).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') return NbdErrno.ENOSPC;
   return NbdErrno.EIO;
+}
+
+/** Bytes the records of a batch add to the log. */
+function logBytes(records: readonly RecordOp[]): number {
+  return records.reduce((sum, op) => sum + RECORD_HEADER_BYTES + (op.data?.length ?? 0), 0);
 }

@@ -183,6 +183,15 @@ export class Spool {
     return this.active ? Date.now() - this.active.createdMs : 0;
   }
 
+  /**
+   * Bytes of per-write history waiting (sealed redo segments and the active one): what the spool
+   * bound limits. Resync segments are not counted; they are bounded by the dirty regions.
+   */
+  get redoBytes(): number {
+    const active = this.active && (this.active.flags & SEGMENT_FLAG_RESYNC) === 0 ? this.active.positionBytes : 0;
+    return this.sealed.reduce((sum, s) => sum + (s.resync ? 0 : s.bytes), 0) + active;
+  }
+
   get totalBytes(): number {
     return this.sealed.reduce((sum, s) => sum + s.bytes, 0) + this.activeBytes;
   }
@@ -191,9 +200,9 @@ export class Spool {
    * Appends encoded records (headers and payloads, in seq order) with one positional writev.
    * The caller serialises appends; `timeFirstNs`/`timeLastNs` are the batch's capture times.
    */
-  async append(pieces: Buffer[], seqFirst: number, recordCount: number, timeFirstNs: bigint, timeLastNs: bigint, flags = 0): Promise<void> {
+  async append(pieces: Buffer[], seqFirst: number, recordCount: number, timeFirstNs: bigint, timeLastNs: bigint, flags = 0, createdNs?: bigint): Promise<void> {
     assert(seqFirst === this.seqNext, `append at seq ${seqFirst}, spool expects ${this.seqNext}`);
-    const active = this.active ?? (await this.startSegment(flags));
+    const active = this.active ?? (await this.startSegment(flags, createdNs));
     assert(active.flags === flags, 'a segment holds records of one kind');
     this.seqNext += recordCount;
     let bytes = 0;
@@ -215,11 +224,12 @@ export class Spool {
     }
   }
 
-  private async startSegment(flags: number): Promise<ActiveSegment> {
+  /** `createdNs` of a resync segment is where its window without per-write history starts. */
+  private async startSegment(flags: number, createdNs = nowNs()): Promise<ActiveSegment> {
     const index = this.nextIndex;
     this.nextIndex += 1;
     const file = path.join(this.dir, segmentName(index, ACTIVE_SUFFIX));
-    const header = encodeRedoHeader({ volumeSetId: this.volumeSetId, segmentIndex: index, seqFirst: this.seqNext, createdNs: nowNs(), flags });
+    const header = encodeRedoHeader({ volumeSetId: this.volumeSetId, segmentIndex: index, seqFirst: this.seqNext, createdNs, flags });
     const fd = fs.openSync(file, 'w+');
     fs.writeSync(fd, header, 0, header.length, 0);
     const active: ActiveSegment = {

@@ -67,7 +67,8 @@ program
   .option('--volume <name:size|name:path>', 'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device', volumeSpec, [])
   .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
   .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
-  .action(async (options: { data: string; nbd: string; http: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string }) => {
+  .option('--spool-bytes <size>', 'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)', '16G')
+  .action(async (options: { data: string; nbd: string; http: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string; spoolBytes: string }) => {
     const running = await startUp({
       dataDir: options.data,
       nbd: endpoint(options.nbd, '--nbd'),
@@ -75,6 +76,7 @@ program
       volumes: options.volume,
       sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
       sealMs: Number(options.sealMs),
+      spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
     });
     printVolumes(running);
     console.log(`API: ${running.httpAddress}`);
@@ -133,7 +135,8 @@ program
   .option('--volume <name:size|name:path>', 'protect a volume (repeatable)', volumeSpec, [])
   .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
   .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
-  .action(async (options: { data: string; nbd: string; manager: string; token?: string; tokenFile?: string; tlsCa?: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string }) => {
+  .option('--spool-bytes <size>', 'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)', '16G')
+  .action(async (options: { data: string; nbd: string; manager: string; token?: string; tokenFile?: string; tlsCa?: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string; spoolBytes: string }) => {
     const running = await startAgent({
       dataDir: options.data,
       nbd: endpoint(options.nbd, '--nbd'),
@@ -143,6 +146,7 @@ program
       volumes: options.volume,
       sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
       sealMs: Number(options.sealMs),
+      spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
     });
     printVolumes(running);
     stopOnSignals(running);

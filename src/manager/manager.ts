@@ -7,9 +7,9 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { assert, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
-import { parseSealedRedo, parseUndo, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
+import { decodeRedoHeader, parseSealedRedo, parseUndo, REDO_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
-import { ensureDir, writeFileDurable } from '../platform/index.js';
+import { ensureDir, preadFully, writeFileDurable } from '../platform/index.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
@@ -464,9 +464,35 @@ export class Manager implements History {
     return this.seqAtTime(point.timeNs, point.text);
   }
 
+  /** The first restorable seq: 0, or the end of a resync the history begins with (first protection). */
   private historyStart(): number {
-    const first = this.catalog.firstTx();
-    return first ? first.seqFirst - 1 : 0;
+    let tx = this.catalog.firstTx();
+    if (!tx || tx.kind === 'redo') return tx ? tx.seqFirst - 1 : 0;
+    while (tx && tx.kind === 'resync') tx = this.catalog.tx(tx.idx + 1);
+    return tx && tx.kind === 'resync-end' ? tx.seqLast : Number.MAX_SAFE_INTEGER;
+  }
+
+  /**
+   * Refuses a time inside a window without per-write history: after the write at `seq` and before
+   * the resync that follows it has read production (from the window's start, when known).
+   */
+  private refuseInsideGap(seq: number, timeNs: bigint, text: string): void {
+    const next = this.catalog.txContaining(seq + 1);
+    if (!next || next.kind === 'redo' || next.seqFirst !== seq + 1) return;
+    const header = decodeRedoHeader(this.readHead(this.txFiles.redoPath(next.idx)), this.txFiles.redoPath(next.idx));
+    const gapStartNs = header.createdNs > 0n ? header.createdNs : -1n;
+    if (gapStartNs < 0n ? true : timeNs >= gapStartNs) {
+      const from = gapStartNs > 0n ? formatTimeNs(gapStartNs) : `the write at seq ${seq}`;
+      throw new RewindError('REWIND_POINT_INVALID', `time ${text} falls in a window without per-write history (from ${from} until a resync from seq ${next.seqFirst})`, {
+        hint: `choose seq ${seq}, or the end of that resync (rewind log marks its records)`,
+      });
+    }
+  }
+
+  private readHead(file: string): Buffer {
+    const head = Buffer.alloc(REDO_HEADER_BYTES);
+    preadFully(this.txFiles.fd(file), head, 0, REDO_HEADER_BYTES, 0);
+    return head;
   }
 
   private refuseInsideResync(seq: number): void {
@@ -505,19 +531,22 @@ export class Manager implements History {
       if (start === 0) return 0; // before the first write: the baseline
       throw new RewindError('REWIND_POINT_INVALID', `time ${text} is before the history starts`);
     }
-    return this.seqAtTimeIn(tx, timeNs);
+    return this.seqAtTimeIn(tx, timeNs, text);
   }
 
-  private seqAtTimeIn(tx: TxRow, timeNs: bigint): number {
+  private seqAtTimeIn(tx: TxRow, timeNs: bigint, text: string): number {
     // The transaction's records are scanned synchronously from the cache when present.
     const file = this.txFiles.redoPath(tx.idx);
     const records = this.txFiles.cached(tx.idx)?.records ?? parseSealedRedo(fs.readFileSync(file), file, this.replicas.length).records;
     let seq = tx.seqFirst - 1;
+    let seqTimeNs = 0n;
     for (const record of records) {
       if (record.timeNs > timeNs) break;
       seq = record.seq;
+      seqTimeNs = record.timeNs;
     }
     this.refuseInsideResync(seq);
+    if (timeNs > seqTimeNs) this.refuseInsideGap(seq, timeNs, text);
     return seq;
   }
 

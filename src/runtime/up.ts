@@ -23,6 +23,7 @@ export interface UpOptions {
   volumes: VolumeSpec[];
   sealBytes: number;
   sealMs: number;
+  spoolBytes?: number;
   quiet?: boolean;
 }
 
@@ -53,6 +54,7 @@ export async function startUp(options: UpOptions): Promise<Running> {
     volumes: options.volumes,
     sealBytes: options.sealBytes,
     sealMs: options.sealMs,
+    ...(options.spoolBytes !== undefined ? { spoolBytes: options.spoolBytes } : {}),
     manager: { host: '127.0.0.1', port: link.port, token },
     log,
   });
@@ -173,6 +175,7 @@ export interface AgentRunOptions {
   volumes: VolumeSpec[];
   sealBytes: number;
   sealMs: number;
+  spoolBytes?: number;
   quiet?: boolean;
 }
 
@@ -185,6 +188,7 @@ export async function startAgent(options: AgentRunOptions): Promise<Running> {
     volumes: options.volumes,
     sealBytes: options.sealBytes,
     sealMs: options.sealMs,
+    ...(options.spoolBytes !== undefined ? { spoolBytes: options.spoolBytes } : {}),
     manager: { ...options.manager, token: options.token, ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}) },
     log,
   });
