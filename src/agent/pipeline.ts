@@ -3,7 +3,7 @@
 // kernel, FLUSH/FUA after both are durable. Everything runs through one queue so seq order is
 // log order is production order for overlapping writes.
 import fs from 'node:fs';
-import { assert, assertNever, crc32c, errorMessage, nowNs } from '../core/index.js';
+import { assert, assertNever, crashPoint, crc32c, errorMessage, nowNs } from '../core/index.js';
 import { encodeRecordHeader, RECORD_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RecordKind } from '../log/index.js';
 import { NbdErrno, type DoneCallback } from '../nbd/backend.js';
 import { fdatasyncAsync, isZero, PUNCH_THRESHOLD_BYTES, readFullyAsync, writeAsync, writeZeroesSync, zeroRange } from '../platform/index.js';
@@ -323,7 +323,7 @@ export class WritePipeline {
     }
     if (this.degraded !== undefined && records.length > 0) return this.processDegraded(batch, records);
     await this.markDirty(records);
-    const logWrite = records.length > 0 ? this.appendLog(records) : Promise.resolve();
+    const logWrite = records.length > 0 ? this.appendLog(records).then(() => crashPoint('append')) : Promise.resolve();
     const errnos = await this.writeProduction(records);
     try {
       await logWrite;
@@ -475,6 +475,7 @@ export class WritePipeline {
     if (volumes.size === 0) return 0;
     try {
       await Promise.all([this.spool.sync(), ...[...volumes].map((v) => fdatasyncAsync(v.fd))]);
+      crashPoint('fsync');
       return 0;
     } catch (error) {
       // An fsync failure is fatal for that file: never retry and then acknowledge.

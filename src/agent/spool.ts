@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { assert, crc32c, nowNs, RewindError, type SegmentError } from '../core/index.js';
+import { assert, crashPoint, crc32c, nowNs, RewindError, type SegmentError } from '../core/index.js';
 import {
   encodeRedoHeader,
   encodeRedoTrailer,
@@ -271,6 +271,7 @@ export class Spool {
     });
     await writevAsync(active.fd, [trailer], active.positionBytes);
     await fdatasyncAsync(active.fd);
+    crashPoint('seal'); // trailer durable, not yet renamed
     fs.closeSync(active.fd);
     const sealedFile = path.join(this.dir, segmentName(active.index, SEALED_SUFFIX));
     await fsp.rename(active.file, sealedFile);

@@ -6,7 +6,7 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
-import { assert, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
+import { assert, crashPoint, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
 import { decodeRedoHeader, parseSealedRedo, parseUndo, REDO_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, preadFully, writeFileDurable } from '../platform/index.js';
@@ -386,6 +386,7 @@ export class Manager implements History {
     if (row.state === 'received') {
       // The replica is untouched in this state, so the undo built now is the true before-image.
       const undo = await saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
+      crashPoint('undo'); // undo durable, state still received
       this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
       extents = undo.extents;
     } else {
@@ -397,9 +398,11 @@ export class Manager implements History {
     for (const view of this.internalViews) view.addUndo(row.idx, extents);
     if (row.state !== 'applied') {
       await applyRedo(buf, parsed.records, this.replicas);
+      crashPoint('apply'); // replica written, state still undo-saved
       this.catalog.setState(row.idx, 'applied');
     }
     this.catalog.setState(row.idx, 'committed');
+    crashPoint('commit'); // committed, not yet acknowledged
     this.committedSeq = row.seqLast;
     this.committedIdx = row.idx;
     const last = parsed.records[parsed.records.length - 1];

@@ -1,0 +1,315 @@
+// kill -9 sweep: a real `rewind manager` and `rewind agent` (separate processes) under a write load
+// from a libnbd client; in each iteration one of them dies by SIGKILL, either at a named crash point
+// (REWIND_CRASH_AT, src/core/crash.ts: append, fsync, seal, ship on the agent; undo, apply, commit
+// on the manager) or at a random time. Both are restarted and checked:
+// - seqs are gap-free and every write the client saw answered is in the history;
+// - the history at the last seq equals production byte for byte;
+// - at sampled seqs a snapshot holds exactly that write's bytes and not the next one's.
+// Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--json]
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BIN = path.resolve('bin/rewind.js');
+const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+const BLOCK = 4096;
+const VOLUME_BYTES = 64 * 1024 * 1024;
+const BLOCKS = VOLUME_BYTES / BLOCK;
+const AGENT_POINTS = ['append', 'fsync', 'seal', 'ship'] as const;
+const MANAGER_POINTS = ['undo', 'apply', 'commit'] as const;
+
+/** Writes block after block (each holds its id), FLUSH every 32; prints each id once answered. */
+const LOAD = `
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+first, blocks = int(sys.argv[2]), int(sys.argv[3])
+i = first
+while True:
+    buf = (i).to_bytes(8, 'little') * ${BLOCK / 8}
+    h.pwrite(buf, (i % blocks) * ${BLOCK})
+    if i % 32 == 0:
+        h.flush()
+    print(i, flush=True)
+    i += 1
+`;
+
+/** Prints the id held by each block offset given (as "offset id"). */
+const PROBE = `
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for off in sys.argv[2:]:
+    b = h.pread(8, int(off))
+    print(off, int.from_bytes(b, 'little'), flush=True)
+`;
+
+interface Options {
+  iterations: number;
+  seed: number;
+  json: boolean;
+}
+
+function parseArgs(argv: string[]): Options {
+  const get = (name: string): string | undefined => {
+    const at = argv.indexOf(name);
+    return at >= 0 ? argv[at + 1] : undefined;
+  };
+  return { iterations: Number(get('--iterations') ?? 20), seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)), json: argv.includes('--json') };
+}
+
+function prng(seed: number): (max: number) => number {
+  let state = seed >>> 0;
+  return (max) => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * max);
+  };
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+class Proc {
+  out = '';
+  readonly child: ChildProcess;
+  constructor(args: string[], env: NodeJS.ProcessEnv) {
+    this.child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout?.on('data', (c: Buffer) => (this.out += c.toString()));
+    this.child.stderr?.on('data', (c: Buffer) => (this.out = (this.out + c.toString()).slice(-20_000)));
+  }
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+  async ready(marker: string): Promise<void> {
+    for (let waited = 0; !this.out.includes(marker); waited += 25) {
+      if (!this.alive || waited > 30_000) throw new Error(`process did not start: ${this.out.slice(-2000)}`);
+      await sleep(25);
+    }
+  }
+  async kill(signal: NodeJS.Signals): Promise<void> {
+    if (!this.alive) return;
+    const exited = new Promise((r) => this.child.once('exit', r));
+    this.child.kill(signal);
+    await exited;
+  }
+  async exited(timeoutMs: number): Promise<boolean> {
+    if (!this.alive) return true;
+    return Promise.race([new Promise<boolean>((r) => this.child.once('exit', () => r(true))), sleep(timeoutMs).then(() => false)]);
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Ports {
+  link: number;
+  managerNbd: number;
+  http: number;
+  agentNbd: number;
+}
+
+class Cluster {
+  manager: Proc | undefined;
+  agent: Proc | undefined;
+  constructor(
+    readonly dir: string,
+    readonly ports: Ports,
+  ) {}
+
+  startManager(crashAt?: string): Proc {
+    this.manager = new Proc(['manager', '--data', path.join(this.dir, 'm'), '--listen', `127.0.0.1:${this.ports.link}`, '--nbd', `127.0.0.1:${this.ports.managerNbd}`, '--http', `127.0.0.1:${this.ports.http}`, '--token', 'sweep'], crashAt ? { REWIND_CRASH_AT: crashAt } : {});
+    return this.manager;
+  }
+
+  startAgent(crashAt?: string): Proc {
+    this.agent = new Proc(['agent', '--manager', `127.0.0.1:${this.ports.link}`, '--data', path.join(this.dir, 'a'), '--nbd', `127.0.0.1:${this.ports.agentNbd}`, '--token', 'sweep', '--volume', `v:${VOLUME_BYTES}`, '--seal-ms', '100', '--seal-bytes', '256K'], crashAt ? { REWIND_CRASH_AT: crashAt } : {});
+    return this.agent;
+  }
+
+  api<T>(method: string, route: string, body?: object): Promise<T> {
+    const token = fs.readFileSync(path.join(this.dir, 'm', 'api-token'), 'utf8').trim();
+    return fetch(`http://127.0.0.1:${this.ports.http}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    }).then(async (r) => {
+      const text = await r.text();
+      if (!r.ok) throw new Error(`${method} ${route}: ${r.status} ${text}`);
+      return (route === '/api/log' ? text : JSON.parse(text)) as T;
+    });
+  }
+
+  async stop(): Promise<void> {
+    await this.agent?.kill('SIGKILL');
+    await this.manager?.kill('SIGKILL');
+  }
+}
+
+interface Iteration {
+  victim: 'agent' | 'manager';
+  point: string;
+  crashedAtPoint: boolean;
+  replied: number;
+  seqLast: number;
+  resyncRecords: number;
+}
+
+async function iterate(cluster: Cluster, random: (max: number) => number, firstId: number): Promise<{ result: Iteration; nextId: number }> {
+  const victim = random(2) === 0 ? 'agent' : 'manager';
+  const points = victim === 'agent' ? AGENT_POINTS : MANAGER_POINTS;
+  const named = random(4) !== 0; // three in four at a named point, the rest at a random time
+  const point = named ? (points[random(points.length)] as string) : 'random';
+  const crashAt = named ? `${point}:${1 + random(point === 'append' ? 200 : 8)}` : undefined;
+  const manager = cluster.startManager(victim === 'manager' ? crashAt : undefined);
+  await manager.ready('API:');
+  const agent = cluster.startAgent(victim === 'agent' ? crashAt : undefined);
+  await agent.ready('volume v:');
+  // Load until the victim dies (or a random moment, when it is killed from outside).
+  let replied = firstId - 1;
+  const load = spawn(PYTHON, ['-c', LOAD, `nbd://127.0.0.1:${cluster.ports.agentNbd}/v`, String(firstId), String(BLOCKS)], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let pending = '';
+  load.stdout?.on('data', (c: Buffer) => {
+    pending += c.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) if (line) replied = Number(line);
+  });
+  const proc = victim === 'agent' ? agent : manager;
+  const crashed = named ? await proc.exited(3000) : false;
+  if (!crashed) {
+    await sleep(named ? 0 : 200 + random(1500));
+    await proc.kill('SIGKILL');
+  }
+  if (victim === 'manager') await sleep(100 + random(400)); // the agent keeps writing into its spool
+  // The client sees the agent die (or is stopped); what it saw answered is final.
+  await agent.kill('SIGKILL');
+  await new Promise((r) => (load.exitCode === null ? load.once('exit', r) : r(null)));
+  await manager.kill('SIGKILL');
+  // Restart both without crash points and check.
+  await cluster.startManager().ready('API:');
+  await cluster.startAgent().ready('volume v:');
+  for (let waited = 0; !(await cluster.api<{ agentConnected: boolean }>('GET', '/api/status')).agentConnected; waited += 50) {
+    assert.ok(waited < 30_000, 'the agent reconnects after the restart');
+    await sleep(50);
+  }
+  const sealed = await cluster.api<{ seqLast: number; committed: number }>('POST', '/api/seal', { wait: true, timeoutMs: 60_000 });
+  const log = (await cluster.api<string>('GET', '/api/log')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; kind: string; offset: number; length: number; resync: boolean });
+  log.forEach((e, i) => assert.equal(e.seq, i + 1, `seq gap at ${i + 1}`));
+  const seqLast = log.length;
+  assert.equal(sealed.committed, seqLast, 'everything captured is committed');
+  const checked = await checkHistory(cluster, log, firstId, replied, random);
+  await cluster.agent?.kill('SIGTERM');
+  await cluster.manager?.kill('SIGTERM');
+  return { result: { victim, point, crashedAtPoint: crashed, replied: replied - firstId + 1, seqLast, resyncRecords: checked.resync }, nextId: replied + 2 };
+}
+
+function probe(uri: string, offsets: number[]): Map<number, number> {
+  const out = spawnSync(PYTHON, ['-c', PROBE, uri, ...offsets.map(String)], { timeout: 60_000 });
+  assert.equal(out.status, 0, `probe failed: ${out.stderr}`);
+  const ids = new Map<number, number>();
+  for (const line of out.stdout.toString().trim().split('\n').filter(Boolean)) {
+    const [offset, id] = line.split(' ').map(Number);
+    ids.set(offset as number, id as number);
+  }
+  return ids;
+}
+
+async function checkHistory(cluster: Cluster, log: { seq: number; offset: number; length: number; resync: boolean }[], firstId: number, replied: number, random: (max: number) => number): Promise<{ resync: number }> {
+  const seqLast = log.length;
+  const uri = (view: string): string => `nbd://127.0.0.1:${cluster.ports.managerNbd}/v@${view}`;
+  await cluster.api('POST', '/api/views', { name: 'last', kind: 'snapshot', at: String(seqLast) });
+  // History at the last seq equals production.
+  const image = path.join(cluster.dir, 'last.img');
+  const copy = spawnSync('nbdcopy', [uri('last'), image], { timeout: 120_000 });
+  assert.equal(copy.status, 0, `nbdcopy: ${copy.stderr}`);
+  assert.ok(fs.readFileSync(image).equals(fs.readFileSync(path.join(cluster.dir, 'a', 'production', 'v.img'))), 'history at the last seq equals production');
+  fs.rmSync(image);
+  // Every answered write of this iteration is in the history (its block holds its id, unless a
+  // later answered write reused the block).
+  const offsets = new Map<number, number>();
+  for (let id = Math.max(firstId, replied - BLOCKS + 1); id <= replied; id++) offsets.set((id % BLOCKS) * BLOCK, id);
+  const sample = [...offsets.entries()].filter(() => random(4) === 0 || offsets.size < 200).slice(0, 400);
+  const seen = probe(uri('last'), sample.map(([offset]) => offset));
+  for (const [offset, id] of sample) assert.equal(seen.get(offset), id, `answered write ${id} at ${offset} is missing from the history`);
+  await cluster.api('DELETE', '/api/views/last');
+  // Sampled seqs: the block of the write at seq s holds its bytes at s and something else before.
+  const writes = log.filter((e) => !e.resync && e.length === BLOCK);
+  for (let i = 0; i < 3 && writes.length > 1; i++) {
+    const e = writes[1 + random(writes.length - 1)] as { seq: number; offset: number };
+    await cluster.api('POST', '/api/views', { name: 'at', kind: 'snapshot', at: String(e.seq) });
+    const after = probe(uri('at'), [e.offset]).get(e.offset);
+    await cluster.api('POST', `/api/views/at/step`, { back: 1 });
+    const before = probe(uri('at'), [e.offset]).get(e.offset);
+    await cluster.api('DELETE', '/api/views/at');
+    assert.ok(after !== undefined && after !== before, `seq ${e.seq}: the snapshot at it differs from the one before it in its own block`);
+    assert.equal(((after as number) % BLOCKS) * BLOCK, e.offset, `seq ${e.seq}: its block holds a write addressed to it`);
+  }
+  return { resync: log.filter((e) => e.resync).length };
+}
+
+export async function runSweep(options: Options, onProgress?: (i: number, it: Iteration) => void): Promise<Iteration[]> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-killsweep-'));
+  const ports: Ports = { link: await freePort(), managerNbd: await freePort(), http: await freePort(), agentNbd: await freePort() };
+  const cluster = new Cluster(dir, ports);
+  const random = prng(options.seed);
+  const results: Iteration[] = [];
+  let nextId = 1;
+  try {
+    for (let i = 0; i < options.iterations; i++) {
+      const { result, nextId: next } = await iterate(cluster, random, nextId);
+      nextId = next;
+      results.push(result);
+      onProgress?.(i, result);
+    }
+    return results;
+  } catch (error) {
+    throw new Error(`kill sweep failed at iteration ${results.length + 1} (seed ${options.seed}): ${(error as Error).message}\n--- agent ---\n${cluster.agent?.out.slice(-3000) ?? ''}\n--- manager ---\n${cluster.manager?.out.slice(-3000) ?? ''}`);
+  } finally {
+    await cluster.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function summarize(results: Iteration[]): Record<string, { kills: number; atPoint: number; writesAnswered: number }> {
+  const table: Record<string, { kills: number; atPoint: number; writesAnswered: number }> = {};
+  for (const r of results) {
+    const key = `${r.victim}:${r.point}`;
+    const row = (table[key] ??= { kills: 0, atPoint: 0, writesAnswered: 0 });
+    row.kills += 1;
+    row.atPoint += r.crashedAtPoint ? 1 : 0;
+    row.writesAnswered += r.replied;
+  }
+  return table;
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const options = parseArgs(process.argv.slice(2));
+  const started = Date.now();
+  console.error(`kill sweep: ${options.iterations} iterations, seed ${options.seed}`);
+  runSweep(options, (i, it) => console.error(`${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} writes answered, history to seq ${it.seqLast} checked`))
+    .then((results) => {
+      const table = summarize(results);
+      const summary = { seed: options.seed, iterations: results.length, seconds: Math.round((Date.now() - started) / 1000), byPoint: table };
+      if (options.json) console.log(JSON.stringify(summary));
+      else {
+        console.log(`kill sweep passed: ${results.length} kills, seed ${options.seed}, ${summary.seconds} s`);
+        for (const [key, row] of Object.entries(table).sort()) console.log(`  ${key.padEnd(18)} kills ${String(row.kills).padStart(5)}  at the named point ${String(row.atPoint).padStart(5)}  writes answered ${row.writesAnswered}`);
+      }
+    })
+    .catch((error: unknown) => {
+      console.error((error as Error).message);
+      process.exit(1);
+    });
+}
