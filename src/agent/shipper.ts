@@ -32,6 +32,10 @@ export class Shipper {
   private backoffMs = 100;
   private statusTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
+  /** The manager's last backpressure message, until a segment is acknowledged again. */
+  busy: string | undefined;
+  private busyTimer: NodeJS.Timeout | undefined;
+  private busyRetryMs = 250;
   /** A segment the manager refused: kept in the spool, shipping paused, reported in status. */
   refusal: string | undefined;
   connected = false;
@@ -111,12 +115,23 @@ export class Shipper {
         return;
       case 'ack':
         this.inFlight.delete(message.index);
+        this.busy = undefined;
+        this.busyRetryMs = 250;
         void this.acked(message.index, message.seqLast).then(() => this.kick());
         return;
       case 'refused':
+        this.inFlight.clear();
+        if (message.code === 'REWIND_BUSY') {
+          // Backpressure (the manager's disk is full): keep the segment, resend later.
+          if (this.busy === undefined) this.log('warn', `manager busy: ${message.message}`);
+          this.busy = message.message;
+          clearTimeout(this.busyTimer);
+          this.busyTimer = setTimeout(() => this.kick(), this.busyRetryMs);
+          this.busyRetryMs = Math.min(BACKOFF_MS_MAX, this.busyRetryMs * 2);
+          return;
+        }
         this.refusal = `segment ${message.index} refused by the manager: ${message.code}: ${message.message}`;
         this.log('error', this.refusal);
-        this.inFlight.clear();
         return; // keep the segment; shipping waits for an operator (it is never deleted here)
       case 'seal':
         void this.agent.seal().then((seqLast) => {
@@ -198,7 +213,7 @@ export class Shipper {
   private sendStatus(): void {
     if (!this.socket || !this.welcomed) return;
     const status = this.agent.status();
-    const failure = this.refusal ?? status.failure;
+    const failure = this.refusal ?? status.failure ?? (this.busy ? `manager busy: ${this.busy}` : undefined);
     sendFrame(this.socket, {
       type: 'status',
       seqCaptured: status.seqCaptured,
@@ -218,6 +233,7 @@ export class Shipper {
     }
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.busyTimer);
     clearInterval(this.statusTimer);
     this.socket?.destroy();
   }

@@ -333,10 +333,13 @@ export class Manager implements History {
       }
       return refuse('REWIND_SEGMENT_ORDER', `segment ${message.index} is already committed with different content`);
     }
+    if (this.busyFrom !== undefined && message.index > this.busyFrom) {
+      // Segments pipelined behind one refused for lack of space wait with it (not a gap).
+      return refuse('REWIND_BUSY', `segment ${message.index} waits behind segment ${this.busyFrom}, which the manager could not store`);
+    }
     if (message.index !== this.committedIdx + 1 || message.seqFirst !== this.committedSeq + 1) {
       return refuse('REWIND_SEQ_GAP', `segment ${message.index} starts at seq ${message.seqFirst}; expected segment ${this.committedIdx + 1} at seq ${this.committedSeq + 1}`);
     }
-    const file = this.txFiles.redoPath(message.index);
     let parsed: SealedRedo;
     try {
       parsed = parseSealedRedo(payload, `segment ${message.index} from agent`, this.replicas.length);
@@ -345,7 +348,30 @@ export class Manager implements History {
       if (error instanceof RewindError) return refuse(error.code, error.message);
       throw error;
     }
-    await writeFileDurable(file, payload);
+    // A full or failing disk is backpressure, not a failure: the agent keeps the segment and
+    // resends it later; a transaction stopped half-way resumes from its durable state.
+    try {
+      await this.storeAndRun(message, payload, parsed);
+    } catch (error) {
+      if (!isDiskError(error)) throw error;
+      this.busyFrom = message.index;
+      return refuse('REWIND_BUSY', `the manager cannot store segment ${message.index} now (${errorMessage(error)}); the agent keeps it and resends`);
+    }
+    this.busyFrom = undefined;
+    if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: message.index, seqLast: parsed.trailer.seqLast });
+  }
+
+  /** Index of a segment refused for lack of space; later ones wait behind it. */
+  private busyFrom: number | undefined;
+
+  private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo): Promise<void> {
+    const existing = this.catalog.tx(message.index);
+    if (existing) {
+      if (existing.redoCrc !== parsed.fileCrc) throw new RewindError('REWIND_SEGMENT_ORDER', `segment ${message.index} differs from the copy already received`);
+      await this.runTx(existing, payload, parsed);
+      return;
+    }
+    await writeFileDurable(this.txFiles.redoPath(message.index), payload);
     const first = parsed.records[0];
     const last = parsed.records[parsed.records.length - 1];
     const row: TxRow = {
@@ -366,7 +392,6 @@ export class Manager implements History {
     };
     this.catalog.insertTx(row);
     await this.runTx(row, payload, parsed);
-    if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: row.seqLast });
   }
 
   private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>): void {
@@ -756,4 +781,10 @@ export class Manager implements History {
 function txKind(flags: number): TxKind {
   if ((flags & SEGMENT_FLAG_RESYNC) === 0) return 'redo';
   return (flags & SEGMENT_FLAG_RESYNC_END) !== 0 ? 'resync-end' : 'resync';
+}
+
+/** Errors of a full or failing disk (files or SQLite): backpressure for the agent. */
+function isDiskError(error: unknown): boolean {
+  const code = String((error as { code?: unknown }).code ?? '');
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO' || code === 'SQLITE_FULL' || code.startsWith('SQLITE_IOERR');
 }
