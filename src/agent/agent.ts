@@ -102,7 +102,7 @@ export class Agent {
     this.pipeline = new WritePipeline(this.spool, {
       sealBytes: this.options.sealBytes,
       spoolBytesMax: this.spoolBytesMax,
-      onDegraded: () => this.options.log('warn', `spool full (${this.spool.redoBytes} of ${this.spoolBytesMax} bytes of per-write history): degraded mode, writes are recorded in the dirty map only until the manager catches up`),
+      onDegraded: (reason) => this.options.log('warn', `degraded mode: ${reason}; writes are recorded in the dirty map only until the manager catches up`),
       onSealed: () => this.shipper.kick(),
       onFatal: (error) => this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
       onResync: (reason, result) => this.logResync(reason, result),

@@ -90,7 +90,8 @@ export interface PipelineOptions {
   onSealed: () => void;
   onFatal: (error: unknown) => void;
   onResync?: (reason: string, result: ResyncResult) => void;
-  onDegraded?: (entered: boolean) => void;
+  /** Called when the agent enters degraded mode, with why. */
+  onDegraded?: (reason: string) => void;
 }
 
 /** Degraded mode: the spool is full, so writes reach production and the dirty map only. */
@@ -319,7 +320,7 @@ export class WritePipeline {
     const records = batch.filter((op): op is RecordOp => op.type !== 'flush');
     if (this.degraded === undefined && records.length > 0 && this.spool.redoBytes + logBytes(records) > this.options.spoolBytesMax) {
       this.degraded = { sinceNs: records[0]?.timeNs ?? nowNs(), writes: 0 };
-      this.options.onDegraded?.(true);
+      this.options.onDegraded?.(`the spool holds ${this.spool.redoBytes} bytes of per-write history, its bound is ${this.options.spoolBytesMax}`);
     }
     if (this.degraded !== undefined && records.length > 0) return this.processDegraded(batch, records);
     await this.markDirty(records);
@@ -328,6 +329,13 @@ export class WritePipeline {
     try {
       await logWrite;
     } catch (error) {
+      if (isDiskFull(error) && this.degraded === undefined) {
+        // The spool's disk is full: the batch was not logged (the spool rolled it back), but it
+        // reached production; from here on the agent runs degraded, as with a full spool.
+        this.degraded = { sinceNs: records[0]?.timeNs ?? nowNs(), writes: 0 };
+        this.options.onDegraded?.(`the spool's disk is full (${errorMessage(error)})`);
+        return this.finishDegraded(batch, records, errnos);
+      }
       // The log is the history: without it no reply may claim success (and seqs would gap).
       this.fail(error);
       for (const op of batch) op.done(NbdErrno.EIO);
@@ -353,17 +361,26 @@ export class WritePipeline {
    * FUA make production durable.
    */
   private async processDegraded(batch: (RecordOp | FlushOp)[], records: RecordOp[]): Promise<void> {
-    const degraded = this.degraded as DegradedState;
+    await this.markNeverClean(records);
+    return this.finishDegraded(batch, records, await this.writeProduction(records));
+  }
+
+  /** Write-ahead for degraded writes: their regions stay dirty until a resync logs them. */
+  private async markNeverClean(records: readonly RecordOp[]): Promise<void> {
     const nowMs = Date.now();
     const toPersist = new Set<DirtyMap>();
     for (const op of records) {
       if (op.volume.dirty.touch(op.offsetBytes, op.lengthBytes, Number.MAX_SAFE_INTEGER, nowMs)) toPersist.add(op.volume.dirty);
     }
     await Promise.all([...toPersist].map((dirty) => dirty.persist()));
+  }
+
+  /** Hands the batch's seqs back, makes FLUSH/FUA durable on production, answers. */
+  private async finishDegraded(batch: (RecordOp | FlushOp)[], records: RecordOp[], errnos: Map<RecordOp, number>): Promise<void> {
+    await this.markNeverClean(records); // regions marked with the batch's seqs must never be cleaned
     for (const op of this.queue) if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq -= records.length;
     this.seqNext -= records.length;
-    degraded.writes += records.length;
-    const errnos = await this.writeProduction(records);
+    (this.degraded as DegradedState).writes += records.length;
     const volumes = new Set<ProductionVolume>();
     for (const op of batch) if (op.type === 'flush' || op.fua) volumes.add(op.volume);
     let syncErrno = 0;
@@ -516,4 +533,9 @@ function errnoOf(error: unknown): number {
 /** Bytes the records of a batch add to the log. */
 function logBytes(records: readonly RecordOp[]): number {
   return records.reduce((sum, op) => sum + RECORD_HEADER_BYTES + (op.data?.length ?? 0), 0);
+}
+
+function isDiskFull(error: unknown): boolean {
+  const code = (error as { code?: string }).code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }

@@ -204,6 +204,7 @@ export class Spool {
     assert(seqFirst === this.seqNext, `append at seq ${seqFirst}, spool expects ${this.seqNext}`);
     const active = this.active ?? (await this.startSegment(flags, createdNs));
     assert(active.flags === flags, 'a segment holds records of one kind');
+    const before = { seqNext: this.seqNext, crc: active.crc, positionBytes: active.positionBytes, recordCount: active.recordCount, timeFirstNs: active.timeFirstNs, timeLastNs: active.timeLastNs };
     this.seqNext += recordCount;
     let bytes = 0;
     for (const piece of pieces) {
@@ -216,11 +217,20 @@ export class Spool {
     active.recordCount += recordCount;
     active.timeLastNs = timeLastNs;
     let written = 0;
-    // writev may write less than asked (large batches): continue with what is left.
-    for (let guard = 0; written < bytes; guard++) {
-      assert(guard < 1_000_000, 'writev makes progress');
-      const rest = sliceFrom(pieces, written);
-      written += await writevAsync(active.fd, rest.slice(0, 1024), position + written);
+    try {
+      // writev may write less than asked (large batches): continue with what is left.
+      for (let guard = 0; written < bytes; guard++) {
+        assert(guard < 1_000_000, 'writev makes progress');
+        const rest = sliceFrom(pieces, written);
+        written += await writevAsync(active.fd, rest.slice(0, 1024), position + written);
+      }
+    } catch (error) {
+      // Nothing of this batch counts: the segment ends where it ended before (a full disk can
+      // then be handled by the caller, e.g. by going degraded).
+      Object.assign(active, { crc: before.crc, positionBytes: before.positionBytes, recordCount: before.recordCount, timeFirstNs: before.timeFirstNs, timeLastNs: before.timeLastNs });
+      this.seqNext = before.seqNext;
+      fs.ftruncateSync(active.fd, before.positionBytes);
+      throw error;
     }
   }
 
