@@ -5,6 +5,7 @@ import { Presets, SingleBar } from 'cli-progress';
 import path from 'node:path';
 import type { VolumeSpec } from '../agent/agent.js';
 import fs from 'node:fs';
+import type { RestoreStatus } from '../manager/restore.js';
 import { startAgent, startManager, startUp, type Endpoint, type Running } from '../runtime/up.js';
 
 function endpoint(text: string, what: string): Endpoint {
@@ -289,18 +290,6 @@ withServer(program.command('bookmarks').description('list bookmarks with their s
   for (const b of list) console.log(`@${b.name}\tseq ${b.seq}\t${b.time}`);
 });
 
-interface RestoreStatus {
-  id: number;
-  state: 'running' | 'done' | 'failed';
-  volumes: string[];
-  seq: number;
-  source: string;
-  bytesTotal: number;
-  bytesDone: number;
-  seqBefore: number | null;
-  seqLast: number | null;
-  message: string | null;
-}
 
 /** Polls a job until it settles, with a progress bar on a terminal. */
 async function follow<T extends { state: string; bytesTotal: number; bytesDone: number }>(fetchStatus: () => Promise<T>, label: string): Promise<T> {

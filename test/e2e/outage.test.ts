@@ -15,6 +15,7 @@ import type { ExportBackend } from '../../src/nbd/backend.js';
 import type { LogEntry } from '../../src/manager/manager.js';
 import { startAgent, startManager, type Running } from '../../src/runtime/up.js';
 import { rng } from '../support/model.js';
+import { until } from '../support/process.js';
 
 const KiB = 1024;
 const SIZE = 8 * 1024 * KiB;
@@ -56,12 +57,6 @@ class Proxy {
   }
 }
 
-async function until(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
-  for (let waited = 0; !check(); waited += 20) {
-    assert.ok(waited < timeoutMs, `timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function write(e: ExportBackend, offset: number, data: Buffer): Promise<number> {
   return new Promise((resolve) => e.write(offset, data, false, resolve));

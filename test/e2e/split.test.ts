@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { until } from '../support/process.js';
 import { startAgent, startManager, type Running } from '../../src/runtime/up.js';
 
 const missing = ['openssl'].filter((t) => spawnSync('which', [t]).status !== 0);
@@ -14,12 +15,6 @@ function call(fn: (done: (errno: number) => void) => void): Promise<void> {
   return new Promise((resolve, reject) => fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))));
 }
 
-async function until(what: string, check: () => boolean): Promise<void> {
-  for (let waited = 0; !check(); waited += 20) {
-    assert.ok(waited < 10_000, what);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 test('agent and manager over TLS: the token is required, history is shipped and committed', { skip: missing.length ? `missing ${missing.join(', ')}` : false }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-split-'));

@@ -11,17 +11,12 @@ import { test } from 'node:test';
 import type { ExportBackend } from '../../src/nbd/backend.js';
 import { startAgent, startManager, type Running } from '../../src/runtime/up.js';
 import { rng } from '../support/model.js';
+import { until } from '../support/process.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
 const skip = process.getuid?.() !== 0 ? 'needs root to mount a small tmpfs' : false;
 
-async function until(what: string, check: () => boolean, timeoutMs = 60_000): Promise<void> {
-  for (let waited = 0; !check(); waited += 25) {
-    assert.ok(waited < timeoutMs, `timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 test('spool disk full: the append is rolled back, the agent runs degraded, then resyncs', { skip, timeout: 180_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-sfull-'));

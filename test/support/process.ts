@@ -30,3 +30,11 @@ export async function startUpProcess(args: string[]): Promise<ChildProcess> {
   }
   return child;
 }
+
+/** Polls `check` every 20 ms until it holds; fails with `what` after `timeoutMs`. */
+export async function until(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
+  for (let waited = 0; !check(); waited += 20) {
+    assert.ok(waited < timeoutMs, `timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
