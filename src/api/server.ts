@@ -1,5 +1,6 @@
 // The manager's HTTP API (fastify): status, log, seal, snapshots and clones. The CLI and any UI are
 // its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
+import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { Manager } from '../manager/manager.js';
@@ -60,9 +61,15 @@ export async function startApi(manager: Manager, host: string, port: number, tok
       ...(q.from ? { from: parseSeq(q.from, 'from') } : {}),
       ...(q.to ? { to: parseSeq(q.to, 'to') } : {}),
     };
-    const lines: string[] = [];
-    for await (const entry of manager.log(filter)) lines.push(JSON.stringify(entry));
-    return reply.type('application/x-ndjson').send(lines.length > 0 ? `${lines.join('\n')}\n` : '');
+    // Streamed: a long history is never held in memory. A bad filter fails before the first line.
+    const entries = manager.log(filter);
+    const first = await entries.next();
+    async function* lines(): AsyncGenerator<string> {
+      if (first.done) return;
+      yield `${JSON.stringify(first.value)}\n`;
+      for await (const entry of entries) yield `${JSON.stringify(entry)}\n`;
+    }
+    return reply.type('application/x-ndjson').send(Readable.from(lines()));
   });
   // ---- Recovery ----
   app.post<{ Params: { name: string }; Body: { forward?: number; back?: number; to?: string; discardWrites?: boolean } }>('/api/views/:name/step', async (request) => {
