@@ -147,13 +147,18 @@ export class Restorer {
     const run = this.run(id)
       .catch((error: unknown) => {
         const message = errorMessage(error);
-        // A lost link leaves the restore running: it resumes when the agent is back.
-        if (error instanceof LinkLost) {
-          this.manager.catalog.updateRestore(id, { message: `waiting for the agent: ${message}` });
-        } else {
-          this.manager.catalog.updateRestore(id, { state: 'failed', message: `${message}; production is partially restored and stays offline: run the same restore again to finish it, or rewind restore --abandon ${id}` });
-        }
         this.manager.note('error', `restore #${id}: ${message}`);
+        try {
+          // A lost link leaves the restore running: it resumes when the agent is back.
+          if (error instanceof LinkLost) {
+            this.manager.catalog.updateRestore(id, { message: `waiting for the agent: ${message}` });
+          } else {
+            this.manager.catalog.updateRestore(id, { state: 'failed', message: `${message}; production is partially restored and stays offline: run the same restore again to finish it, or rewind restore --abandon ${id}` });
+          }
+        } catch (recordError) {
+          // The catalog is closing (shutdown): the row stays running and resumes at the next start.
+          this.manager.note('warn', `restore #${id}: could not record its state: ${errorMessage(recordError)}`);
+        }
       })
       .finally(() => {
         this.active.delete(id);
