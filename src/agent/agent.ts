@@ -351,7 +351,7 @@ export class Agent {
       spoolBytes: this.spool.totalBytes,
       sealedPending: this.spool.sealed.length,
       mode: this.pipeline.failure ? 'failed' : this.pipeline.degraded ? 'degraded' : 'logging',
-      failure: this.pipeline.failure,
+      failure: this.pipeline.failure ?? this.shipper.refusal,
     };
   }
 

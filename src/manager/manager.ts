@@ -193,7 +193,12 @@ export class Manager implements History {
     return { host: address.address, port: address.port };
   }
 
+  /** Every agent connection, authenticated or not (closed on shutdown). */
+  private readonly sockets = new Set<net.Socket>();
+
   private onAgentSocket(socket: net.Socket): void {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     socket.setNoDelay(true);
     const reader = new FrameReader();
     let authenticated = false;
@@ -327,9 +332,11 @@ export class Manager implements History {
     };
     if (message.index <= this.committedIdx) {
       const row = this.catalog.tx(message.index);
-      if (row && row.redoCrc === message.fileCrc >>> 0) {
+      // A resend after a lost ack is answered idempotently (applied once) when it is byte for byte
+      // the committed segment; anything else under that index is refused.
+      if (row && row.redoCrc === message.fileCrc >>> 0 && (await this.sameAsStored(row.idx, payload))) {
         if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: row.seqLast });
-        return; // a resend after a lost ack: answered idempotently, applied once
+        return;
       }
       return refuse('REWIND_SEGMENT_ORDER', `segment ${message.index} is already committed with different content`);
     }
@@ -361,13 +368,23 @@ export class Manager implements History {
     if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: message.index, seqLast: parsed.trailer.seqLast });
   }
 
+  private async sameAsStored(idx: number, payload: Buffer): Promise<boolean> {
+    try {
+      return (await fsp.readFile(this.txFiles.redoPath(idx))).equals(payload);
+    } catch {
+      return false;
+    }
+  }
+
   /** Index of a segment refused for lack of space; later ones wait behind it. */
   private busyFrom: number | undefined;
 
   private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo): Promise<void> {
     const existing = this.catalog.tx(message.index);
     if (existing) {
-      if (existing.redoCrc !== parsed.fileCrc) throw new RewindError('REWIND_SEGMENT_ORDER', `segment ${message.index} differs from the copy already received`);
+      if (existing.redoCrc !== parsed.fileCrc || !(await this.sameAsStored(existing.idx, payload))) {
+        throw new RewindError('REWIND_SEGMENT_ORDER', `segment ${message.index} differs from the copy already received`);
+      }
       await this.runTx(existing, payload, parsed);
       return;
     }
@@ -399,8 +416,18 @@ export class Manager implements History {
     if (parsed.header.volumeSetId.toString('hex') !== known.replace(/-/g, '')) {
       throw new RewindError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} belongs to another volume set`);
     }
-    if (parsed.header.segmentIndex !== message.index || parsed.trailer.seqLast !== message.seqLast || parsed.fileCrc !== message.fileCrc >>> 0) {
+    if (parsed.header.segmentIndex !== message.index || parsed.header.seqFirst !== message.seqFirst || parsed.trailer.seqLast !== message.seqLast || parsed.fileCrc !== message.fileCrc >>> 0) {
       throw new SegmentError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} from agent`, 0, 'header, seq range or checksum differ from what the agent announced');
+    }
+    // Continuity is checked on the segment's own header, not only on the announcement.
+    if (parsed.header.seqFirst !== this.committedSeq + 1) {
+      throw new SegmentError('REWIND_SEQ_GAP', `segment ${message.index} from agent`, 40, `segment starts at seq ${parsed.header.seqFirst}; expected seq ${this.committedSeq + 1}`);
+    }
+    for (const record of parsed.records) {
+      const size = (this.replicas[record.volume] as ReplicaVolume).sizeBytes;
+      if (record.offsetBytes + record.lengthBytes > size) {
+        throw new SegmentError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} from agent`, record.recordOffsetBytes, `record seq ${record.seq} ends at ${record.offsetBytes + record.lengthBytes}, past the end of volume ${record.volume} (${size} bytes)`);
+      }
     }
   }
 
@@ -768,8 +795,12 @@ export class Manager implements History {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    // server.close() waits for every connection to end: end them first, or a connected agent
+    // keeps the manager from stopping.
+    const closed = new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    for (const socket of this.sockets) socket.destroy();
     this.session?.destroy();
+    await closed;
     await this.queue.catch(() => undefined);
     for (const view of this.views.values()) for (const overlay of view.overlays ?? []) overlay.close();
     for (const replica of this.replicas) replica.close();

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -65,6 +66,22 @@ test('agent and manager over TLS: the token is required, history is shipped and 
     assert.ok(manager.manager!.views.has('s'), 'a refused request changes nothing');
   } finally {
     for (const r of running.reverse()) await r.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the manager stops while an agent connection is open (it does not wait for the agent to leave)', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-split-close-'));
+  const any = { host: '127.0.0.1', port: 0 };
+  try {
+    const manager = await startManager({ dataDir: path.join(dir, 'm'), listen: any, nbd: any, http: any, token: 't', apiToken: 'a', quiet: true });
+    const socket = net.connect(manager.linkAddress.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise((r) => socket.once('connect', r));
+    const closed = await Promise.race([manager.close().then(() => true), new Promise((r) => setTimeout(() => r(false), 5000))]);
+    assert.equal(closed, true, 'close() returns with a connection still open');
+    socket.destroy();
+  } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
