@@ -142,7 +142,8 @@ function checkRange(request: Request, session: Session): Rejection | undefined {
 /**
  * Validates a request (never DISC). Order, close to nbdkit's validate_request: unknown command, write
  * on a read-only export (EPERM beats ENOSPC), flags, unadvertised command, FLUSH arguments, zero
- * length, payload size, range; FAST_ZERO (ENOTSUP) last so that a bad range still reports as such.
+ * length, payload size, range; FAST_ZERO last so that a bad range still reports as such. FAST_ZERO is
+ * never advertised, so the spec asks for EINVAL (not ENOTSUP, which means "could not zero fast").
  */
 export function validateRequest(request: Request, session: Session): Rejection | undefined {
   const { type } = request;
@@ -160,7 +161,7 @@ export function validateRequest(request: Request, session: Session): Rejection |
   const rangeRejection = checkRange(request, session);
   if (rangeRejection) return rangeRejection;
   if (type === Command.WRITE_ZEROES && (request.flags & CommandFlag.FAST_ZERO) !== 0) {
-    return reject(NbdErrno.ENOTSUP, 'fast zeroing is not supported');
+    return reject(NbdErrno.EINVAL, 'FAST_ZERO was not advertised');
   }
   return undefined;
 }
