@@ -88,9 +88,14 @@ export class UndoBuilder {
   private lastVolume = -1;
   private lastEnd = 0;
 
+  /** Bytes in `pieces` not yet drained (a running count: summing the pieces on every call was
+   * quadratic in the extents of a segment). */
+  private pending: number;
+
   constructor(header: UndoHeader) {
     const encoded = encodeUndoHeader(header);
     this.pieces.push(encoded);
+    this.pending = encoded.length;
     this.crc = crc32c(encoded);
   }
 
@@ -113,11 +118,12 @@ export class UndoBuilder {
 
   /** Takes the pieces built so far (to stream them to disk) and keeps building. */
   drain(): Buffer[] {
+    this.pending = 0;
     return this.pieces.splice(0, this.pieces.length);
   }
 
   get pendingBytes(): number {
-    return this.pieces.reduce((sum, p) => sum + p.length, 0);
+    return this.pending;
   }
 
   finish(): Buffer[] {
@@ -127,6 +133,7 @@ export class UndoBuilder {
 
   private push(piece: Buffer): void {
     this.pieces.push(piece);
+    this.pending += piece.length;
     this.crc = crc32c(piece, this.crc);
     this.bodyBytes += piece.length;
   }
