@@ -334,6 +334,7 @@ export class WritePipeline {
         // reached production; from here on the agent runs degraded, as with a full spool.
         this.degraded = { sinceNs: records[0]?.timeNs ?? nowNs(), writes: 0 };
         this.options.onDegraded?.(`the spool's disk is full (${errorMessage(error)})`);
+        await this.markNeverClean(records); // they were marked with seqs that are handed back now
         return this.finishDegraded(batch, records, errnos);
       }
       // The log is the history: without it no reply may claim success (and seqs would gap).
@@ -375,9 +376,8 @@ export class WritePipeline {
     await Promise.all([...toPersist].map((dirty) => dirty.persist()));
   }
 
-  /** Hands the batch's seqs back, makes FLUSH/FUA durable on production, answers. */
+  /** Hands the batch's seqs back (its regions are already marked never clean), makes FLUSH/FUA durable on production, answers. */
   private async finishDegraded(batch: (RecordOp | FlushOp)[], records: RecordOp[], errnos: Map<RecordOp, number>): Promise<void> {
-    await this.markNeverClean(records); // regions marked with the batch's seqs must never be cleaned
     for (const op of this.queue) if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq -= records.length;
     this.seqNext -= records.length;
     (this.degraded as DegradedState).writes += records.length;
