@@ -60,9 +60,9 @@ function rearrange(s: Subject, order: readonly number[]): Buffer {
 }
 
 /** Half the time, rewrites the trailer's body length and CRC too (a writer that sealed what it had). */
-function maybeReseal(rng: Rng, buf: Buffer): string {
+function maybeReseal(rng: Rng, buf: Buffer, format: SegmentFormat): string {
   if (!rng.chance(0.5)) return '';
-  resealBody(buf);
+  resealBody(buf, format);
   return ', body resealed';
 }
 
@@ -159,7 +159,7 @@ const reordered: ParserClass = {
     if (swap) [order[i], order[j]] = [j, i];
     else order.splice(j, 0, ...order.splice(i, 1));
     const buf = rearrange(s, order);
-    const resealed = maybeReseal(rng, buf);
+    const resealed = maybeReseal(rng, buf, s.format);
     return [{ label: swap ? 'two records swapped' : 'a record moved', detail: `order ${order.join(',')}${resealed}`, bytes: buf, allowed: [ORDER] }];
   },
 };
@@ -174,7 +174,7 @@ const duplicated: ParserClass = {
     const order = [...Array(n).keys()];
     order.splice(at, 0, i);
     const buf = rearrange(s, order);
-    const resealed = maybeReseal(rng, buf);
+    const resealed = maybeReseal(rng, buf, s.format);
     const label = at === i + 1 ? 'record repeated in place' : 'record copied elsewhere';
     return [{ label, detail: `order ${order.join(',')}${resealed}`, bytes: buf, allowed: [ORDER] }];
   },
@@ -188,7 +188,7 @@ const dropped: ParserClass = {
     const i = rng.below(n);
     const order = [...Array(n).keys()].filter((k) => k !== i);
     const buf = rearrange(s, order);
-    const resealed = maybeReseal(rng, buf);
+    const resealed = maybeReseal(rng, buf, s.format);
     return [{ label: i === n - 1 ? 'last record dropped' : 'inner record dropped', detail: `record ${i} of ${n} dropped${resealed}`, bytes: buf, allowed: [ORDER, CORRUPT] }];
   },
 };
@@ -228,7 +228,7 @@ const absurdLengths: ParserClass = {
       const value = absurdLength(rng, s, unit.start, unit.carriesData);
       buf.writeBigUInt64LE(value, unit.start + UNIT_LAYOUT[s.format].lengthAt);
       fixUnitCrc(buf, s.format, unit.start);
-      const resealed = maybeReseal(rng, buf);
+      const resealed = maybeReseal(rng, buf, s.format);
       const label = `${unitWord(s.format)} length`;
       return [{ label, detail: `${unitWord(s.format)} ${unit.index} length := ${value}${resealed}`, bytes: buf, allowed: [CORRUPT, TRUNCATED] }];
     }
@@ -259,14 +259,14 @@ const seqGaps: ParserClass = {
       const value = otherSeq(rng, buf.readBigUInt64LE(unit.start + 8));
       buf.writeBigUInt64LE(value, unit.start + 8);
       fixUnitCrc(buf, 'redo', unit.start);
-      const resealed = maybeReseal(rng, buf);
+      const resealed = maybeReseal(rng, buf, s.format);
       return [{ label: 'record seq', detail: `record ${unit.index} seq := ${value}${resealed}`, bytes: buf, allowed: [ORDER, CORRUPT] }];
     }
     if (roll < 17) {
       const value = otherSeq(rng, buf.readBigUInt64LE(40));
       buf.writeBigUInt64LE(value, 40);
       fixHeaderCrc(buf);
-      const resealed = maybeReseal(rng, buf);
+      const resealed = maybeReseal(rng, buf, s.format);
       return [{ label: 'header seqFirst', detail: `header seqFirst := ${value}${resealed}`, bytes: buf, allowed: [ORDER, CORRUPT] }];
     }
     const [field, what] = rng.pick([
@@ -289,7 +289,7 @@ const wrongVolume: ParserClass = {
     const buf = Buffer.from(s.bytes);
     buf.writeUInt16LE(volume, unit.start + UNIT_LAYOUT.redo.volumeAt);
     fixUnitCrc(buf, 'redo', unit.start);
-    const resealed = maybeReseal(rng, buf);
+    const resealed = maybeReseal(rng, buf, s.format);
     return [{ label: 'record volume index out of range', detail: `record ${unit.index} volume := ${volume} of ${s.volumeCount}${resealed}`, bytes: buf, allowed: [CORRUPT] }];
   },
 };
@@ -337,7 +337,7 @@ const reservedFields: ParserClass = {
     if (field.covered === 'header') fixHeaderCrc(buf);
     if (field.covered === 'unit') fixUnitCrc(buf, s.format, unit.start);
     if (field.covered === 'trailer') fixTrailerCrc(buf);
-    else resealBody(buf);
+    else resealBody(buf, s.format);
     return [{ label: field.label, detail: `${field.label} at byte ${at} := ${value} (was ${old}), checksums recomputed`, bytes: buf, allowed: NAMED_CODES }];
   },
 };

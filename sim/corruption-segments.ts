@@ -253,11 +253,24 @@ export function fixTrailerCrc(buf: Buffer): void {
   buf.writeUInt32LE(crc32c(buf.subarray(at, at + 60)), at + 60);
 }
 
-/** Rewrites the trailer's body length and body CRC (same place in both formats) for the bytes before it. */
-export function resealBody(buf: Buffer): void {
+/**
+ * Rewrites the trailer's body length and body CRC (same place in both formats) for the bytes before
+ * it. The body CRC is the format's chain (docs/FORMATS.md): the header's bytes 0..59 and each record
+ * or extent header up to its own CRC, walked here independently of the parsers.
+ */
+export function resealBody(buf: Buffer, format: SegmentFormat): void {
   const at = buf.length - TRAILER_BYTES;
+  const { headerBytes, crcAt, lengthAt } = UNIT_LAYOUT[format];
+  let chain = crc32c(buf.subarray(0, 60));
+  for (let unit = 64; unit + headerBytes <= at; ) {
+    chain = crc32c(buf.subarray(unit, unit + crcAt), chain);
+    const carriesData = buf[unit + 4] === 1; // redo: write; undo: data
+    const length = buf.readBigUInt64LE(unit + lengthAt);
+    if (carriesData && length > BigInt(at)) break; // an absurd length: nothing sensible follows
+    unit += headerBytes + (carriesData ? Number(length) : 0);
+  }
   buf.writeBigUInt64LE(BigInt(at), at + 48);
-  buf.writeUInt32LE(crc32c(buf.subarray(0, at)), at + 56);
+  buf.writeUInt32LE(chain >>> 0, at + 56);
   fixTrailerCrc(buf);
 }
 

@@ -262,13 +262,15 @@ export class WritePipeline {
       const lastChunk = chunkStart + chunkRegions >= regions.length;
       const flags = SEGMENT_FLAG_RESYNC | (lastChunk ? SEGMENT_FLAG_RESYNC_END : 0);
       let pieces: Buffer[] = [];
+      let headers: Buffer[] = [];
       let pendingFirst = 0;
       let pendingCount = 0;
       let pendingBytes = 0;
       const appendPending = async (): Promise<void> => {
         if (pendingCount === 0) return;
-        await this.spool.append(pieces, pendingFirst, pendingCount, timeNs, timeNs, flags, options.gapStartNs ?? 0n);
+        await this.spool.append(pieces, headers, pendingFirst, pendingCount, timeNs, timeNs, flags, options.gapStartNs ?? 0n);
         pieces = [];
+        headers = [];
         pendingCount = 0;
         pendingBytes = 0;
       };
@@ -290,6 +292,7 @@ export class WritePipeline {
         const header = encodeRecordHeader({ kind: zero ? 'zero' : 'write', volume: volume.index, seq, timeNs, offsetBytes, lengthBytes }, zero ? 0 : crc32c(data));
         if (pendingCount === 0) pendingFirst = seq;
         pieces.push(header);
+        headers.push(header);
         if (!zero) pieces.push(data);
         pendingCount += 1;
         pendingBytes += zero ? 0 : lengthBytes;
@@ -432,9 +435,11 @@ export class WritePipeline {
 
   private appendLog(records: readonly RecordOp[]): Promise<void> {
     const pieces: Buffer[] = [];
-    const headers = Buffer.allocUnsafe(records.length * RECORD_HEADER_BYTES);
+    const headers: Buffer[] = [];
+    const headerBytes = Buffer.allocUnsafe(records.length * RECORD_HEADER_BYTES);
     records.forEach((op, i) => {
-      const header = headers.subarray(i * RECORD_HEADER_BYTES, (i + 1) * RECORD_HEADER_BYTES);
+      const header = headerBytes.subarray(i * RECORD_HEADER_BYTES, (i + 1) * RECORD_HEADER_BYTES);
+      headers.push(header);
       encodeRecordHeader(
         { kind: op.type, volume: op.volume.index, seq: op.seq, timeNs: op.timeNs, offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes },
         op.data ? crc32c(op.data) : 0,
@@ -445,7 +450,7 @@ export class WritePipeline {
     });
     const first = records[0] as RecordOp;
     const last = records[records.length - 1] as RecordOp;
-    return this.spool.append(pieces, first.seq, records.length, first.timeNs, last.timeNs);
+    return this.spool.append(pieces, headers, first.seq, records.length, first.timeNs, last.timeNs);
   }
 
   /** Writes each record to production in seq order; overlapping asynchronous writes are chained. */

@@ -3,7 +3,7 @@
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
-import { crashPoint, errorMessage } from '../core/index.js';
+import { crashPoint, crc32c, errorMessage } from '../core/index.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../ship/protocol.js';
 import type { Agent } from './agent.js';
 import type { SealedSegment, Spool } from './spool.js';
@@ -202,7 +202,7 @@ export class Shipper {
     try {
       const bytes = await fsp.readFile(segment.file);
       if (socket.destroyed) return;
-      sendFrame(socket, { type: 'segment', index: segment.index, seqFirst: segment.seqFirst, seqLast: segment.seqLast, fileCrc: segment.fileCrc, bytes: bytes.length }, bytes);
+      sendFrame(socket, { type: 'segment', index: segment.index, seqFirst: segment.seqFirst, seqLast: segment.seqLast, fileCrc: crc32c(bytes), bytes: bytes.length }, bytes);
       crashPoint('ship');
     } catch (error) {
       this.log('error', `reading segment ${segment.file} failed: ${errorMessage(error)}`);

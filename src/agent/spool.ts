@@ -3,8 +3,10 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { assert, crashPoint, crc32c, nowNs, RewindError, type SegmentError } from '../core/index.js';
+import { assert, crashPoint, nowNs, RewindError, type SegmentError } from '../core/index.js';
 import {
+  chainRecordHeader,
+  chainRedoHeader,
   encodeRedoHeader,
   encodeRedoTrailer,
   parseSealedRedo,
@@ -20,7 +22,6 @@ export interface SealedSegment {
   seqFirst: number;
   seqLast: number;
   bytes: number;
-  fileCrc: number;
   resync: boolean;
 }
 
@@ -112,7 +113,6 @@ export class Spool {
       seqFirst: parsed.header.seqFirst,
       seqLast: parsed.trailer.seqLast,
       bytes: buf.length,
-      fileCrc: parsed.fileCrc,
       resync: (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0,
     });
     this.nextIndex = parsed.header.segmentIndex + 1;
@@ -198,19 +198,19 @@ export class Spool {
 
   /**
    * Appends encoded records (headers and payloads, in seq order) with one positional writev.
-   * The caller serialises appends; `timeFirstNs`/`timeLastNs` are the batch's capture times.
+   * `recordHeaders` are the record headers among `pieces`, for the body chain CRC. The caller
+   * serialises appends; `timeFirstNs`/`timeLastNs` are the batch's capture times.
    */
-  async append(pieces: Buffer[], seqFirst: number, recordCount: number, timeFirstNs: bigint, timeLastNs: bigint, flags = 0, createdNs?: bigint): Promise<void> {
+  async append(pieces: Buffer[], recordHeaders: readonly Buffer[], seqFirst: number, recordCount: number, timeFirstNs: bigint, timeLastNs: bigint, flags = 0, createdNs?: bigint): Promise<void> {
     assert(seqFirst === this.seqNext, `append at seq ${seqFirst}, spool expects ${this.seqNext}`);
     const active = this.active ?? (await this.startSegment(flags, createdNs));
     assert(active.flags === flags, 'a segment holds records of one kind');
     const before = { seqNext: this.seqNext, crc: active.crc, positionBytes: active.positionBytes, recordCount: active.recordCount, timeFirstNs: active.timeFirstNs, timeLastNs: active.timeLastNs };
     this.seqNext += recordCount;
+    assert(recordHeaders.length === recordCount, 'one header per record');
+    for (const header of recordHeaders) active.crc = chainRecordHeader(header, active.crc);
     let bytes = 0;
-    for (const piece of pieces) {
-      active.crc = crc32c(piece, active.crc);
-      bytes += piece.length;
-    }
+    for (const piece of pieces) bytes += piece.length;
     const position = active.positionBytes;
     active.positionBytes += bytes;
     if (active.recordCount === 0) active.timeFirstNs = timeFirstNs;
@@ -247,7 +247,7 @@ export class Spool {
       file,
       fd,
       positionBytes: header.length,
-      crc: crc32c(header),
+      crc: chainRedoHeader(header),
       seqFirst: this.seqNext,
       recordCount: 0,
       timeFirstNs: 0n,
@@ -292,7 +292,6 @@ export class Spool {
       seqFirst: active.seqFirst,
       seqLast: active.seqFirst + active.recordCount - 1,
       bytes: active.positionBytes + trailer.length,
-      fileCrc: crc32c(trailer, active.crc),
       resync: (active.flags & SEGMENT_FLAG_RESYNC) !== 0,
     };
     this.sealed.push(segment);

@@ -3,7 +3,9 @@
 import { assert, crc32c, SegmentError } from '../core/index.js';
 
 export const REDO_MAGIC = Buffer.from('RWNDREDO', 'latin1');
-export const REDO_VERSION = 1;
+/** 2: the body CRC chains only what no block checks itself (version 1 summed every byte, and a
+ * block that ends in its own CRC-32C adds a constant to a running CRC whatever it holds). */
+export const REDO_VERSION = 2;
 export const REDO_HEADER_BYTES = 64;
 export const RECORD_HEADER_BYTES = 48;
 export const RECORD_MAGIC = 0x52575243; // "RWRC"
@@ -53,6 +55,21 @@ export interface RedoTrailer {
   timeLastNs: bigint;
   bodyBytes: number;
   bodyCrc: number;
+}
+
+/**
+ * The trailer's body CRC is a chain: CRC-32C over the header's bytes 0..59 and each record header's
+ * bytes 0..43, leaving out every block's own CRC field. A record header holds its payload's CRC, so
+ * the chain covers payloads without reading them twice, and any rewrite of a field (with the block's
+ * own CRC recomputed) changes the chain.
+ */
+export function chainRedoHeader(header: Buffer): number {
+  return crc32c(header.subarray(0, 60));
+}
+
+/** Continues the body chain over one encoded record header. */
+export function chainRecordHeader(recordHeader: Buffer, crc: number): number {
+  return crc32c(recordHeader.subarray(0, 44), crc);
 }
 
 export function encodeRedoHeader(header: RedoHeader): Buffer {
@@ -129,6 +146,10 @@ export function decodeRedoHeader(buf: Buffer, file: string): RedoHeader {
   if (version !== REDO_VERSION) {
     throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${REDO_VERSION}`);
   }
+  // Fixed and reserved fields must hold what this version writes: a later format that uses them is
+  // refused, never misread.
+  if (buf.readUInt16LE(10) !== REDO_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 10, `header bytes ${buf.readUInt16LE(10)}, expected ${REDO_HEADER_BYTES}`);
+  if (buf.readUInt32LE(56) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 56, 'reserved header field is not zero');
   const seqFirst = readU64(buf, 40, file, 'seqFirst');
   if (seqFirst < 1) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 40, 'seqFirst is 0, expected >= 1');
   return {
@@ -149,7 +170,7 @@ export interface ScanResult {
   records: RedoRecord[];
   /** Bytes of the valid prefix: header plus every complete, checksummed, in-order record. */
   validBytes: number;
-  /** Running crc32c of the valid prefix (continues when appending). */
+  /** Body chain CRC of the valid prefix (continues when appending). */
   validCrc: number;
   trailer: RedoTrailer | undefined;
   /** Why scanning stopped before the end of the buffer, if it did. */
@@ -165,7 +186,7 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
   const header = decodeRedoHeader(buf, file);
   const records: RedoRecord[] = [];
   let at = REDO_HEADER_BYTES;
-  let crc = crc32c(buf.subarray(0, REDO_HEADER_BYTES));
+  let crc = chainRedoHeader(buf);
   let seqExpected = header.seqFirst;
   let stopReason: SegmentError | undefined;
   let trailer: RedoTrailer | undefined;
@@ -184,7 +205,7 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
     }
     records.push(parsed);
     const end = parsed.payloadOffsetBytes + (parsed.kind === 'write' ? parsed.lengthBytes : 0);
-    crc = crc32c(buf.subarray(at, end), crc);
+    crc = chainRecordHeader(buf.subarray(at, at + RECORD_HEADER_BYTES), crc);
     at = end;
     seqExpected += 1;
   }
@@ -210,6 +231,7 @@ function decodeRecordAt(
   if (crcExpected !== crcActual) {
     return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 44, `record header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   }
+  if (buf.readUInt8(at + 5) !== 0) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 5, 'reserved record byte is not zero');
   const kind = KIND_BY_CODE[buf.readUInt8(at + 4)];
   if (kind === undefined) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `unknown record kind ${buf.readUInt8(at + 4)}`);
   const volume = buf.readUInt16LE(at + 6);
@@ -261,6 +283,8 @@ function decodeTrailerAt(buf: Buffer, at: number, file: string, bodyCrc: number)
   if (crcExpected !== crcActual) {
     return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 60, `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   }
+  const version = buf.readUInt32LE(at + 4);
+  if (version !== REDO_VERSION) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `trailer version ${version}, expected ${REDO_VERSION}`);
   const trailer: RedoTrailer = {
     recordCount: Number(buf.readBigUInt64LE(at + 8)),
     seqFirst: Number(buf.readBigUInt64LE(at + 16)),
@@ -314,7 +338,7 @@ export function parseSealedRedo(buf: Buffer, file: string, volumeCount: number):
 /** Builds a complete sealed segment in memory (resync transactions, tests, clone overlays). */
 export function buildSealedRedo(header: RedoHeader, records: readonly (RecordMeta & { data?: Buffer })[]): Buffer[] {
   const pieces: Buffer[] = [encodeRedoHeader(header)];
-  let crc = crc32c(pieces[0] as Buffer);
+  let crc = chainRedoHeader(pieces[0] as Buffer);
   let bodyBytes = REDO_HEADER_BYTES;
   records.forEach((record, i) => {
     assert(record.seq === header.seqFirst + i, 'records are gap-free from seqFirst');
@@ -322,12 +346,11 @@ export function buildSealedRedo(header: RedoHeader, records: readonly (RecordMet
     const payloadCrc = record.data ? crc32c(record.data) : 0;
     const recordHeader = encodeRecordHeader(record, payloadCrc);
     pieces.push(recordHeader);
-    crc = crc32c(recordHeader, crc);
+    crc = chainRecordHeader(recordHeader, crc);
     bodyBytes += RECORD_HEADER_BYTES;
     if (record.data) {
       assert(record.data.length === record.lengthBytes, 'payload length matches');
       pieces.push(record.data);
-      crc = crc32c(record.data, crc);
       bodyBytes += record.data.length;
     }
   });

@@ -4,7 +4,8 @@ import { assert, crc32c, SegmentError } from '../core/index.js';
 import { hex, TRAILER_BYTES } from './redo.js';
 
 export const UNDO_MAGIC = Buffer.from('RWNDUNDO', 'latin1');
-export const UNDO_VERSION = 1;
+/** 2: the body CRC chains header fields only, as in redo version 2 (see chainRedoHeader). */
+export const UNDO_VERSION = 2;
 export const UNDO_HEADER_BYTES = 64;
 export const EXTENT_HEADER_BYTES = 32;
 export const EXTENT_MAGIC = 0x52575558; // "RWUX"
@@ -64,6 +65,11 @@ export function encodeExtentHeader(extent: UndoExtentMeta, payloadCrc: number): 
   return buf;
 }
 
+/** The undo body chain: header bytes 0..59, then each extent header's bytes 0..27 (see redo). */
+function chainExtentHeader(extentHeader: Buffer, crc: number): number {
+  return crc32c(extentHeader.subarray(0, 28), crc);
+}
+
 export function encodeUndoTrailer(extentCount: number, dataBytes: number, zeroBytes: number, bodyBytes: number, bodyCrc: number): Buffer {
   const buf = Buffer.alloc(TRAILER_BYTES);
   buf.writeUInt32LE(UNDO_TRAILER_MAGIC, 0);
@@ -96,13 +102,14 @@ export class UndoBuilder {
     const encoded = encodeUndoHeader(header);
     this.pieces.push(encoded);
     this.pending = encoded.length;
-    this.crc = crc32c(encoded);
+    this.crc = crc32c(encoded.subarray(0, 60));
   }
 
   add(extent: UndoExtentMeta, data?: Buffer): void {
     assert(extent.volume > this.lastVolume || (extent.volume === this.lastVolume && extent.offsetBytes >= this.lastEnd), 'undo extents ascend without overlap');
     assert((extent.kind === 'data') === (data !== undefined), 'only data extents carry bytes');
     const header = encodeExtentHeader(extent, data ? crc32c(data) : 0);
+    this.crc = chainExtentHeader(header, this.crc);
     this.push(header);
     if (data) {
       assert(data.length === extent.lengthBytes, 'extent payload length matches');
@@ -134,7 +141,6 @@ export class UndoBuilder {
   private push(piece: Buffer): void {
     this.pieces.push(piece);
     this.pending += piece.length;
-    this.crc = crc32c(piece, this.crc);
     this.bodyBytes += piece.length;
   }
 }
@@ -143,7 +149,7 @@ export function parseUndo(buf: Buffer, file: string, volumeCount: number): Parse
   const header = decodeUndoHeader(buf, file);
   const extents: UndoExtent[] = [];
   let at = UNDO_HEADER_BYTES;
-  let crc = crc32c(buf.subarray(0, UNDO_HEADER_BYTES));
+  let crc = crc32c(buf.subarray(0, 60));
   let dataBytes = 0;
   let zeroBytes = 0;
   let lastVolume = -1;
@@ -157,7 +163,7 @@ export function parseUndo(buf: Buffer, file: string, volumeCount: number): Parse
     }
     extents.push(extent);
     const end = extent.payloadOffsetBytes + (extent.kind === 'data' ? extent.lengthBytes : 0);
-    crc = crc32c(buf.subarray(at, end), crc);
+    crc = chainExtentHeader(buf.subarray(at, at + EXTENT_HEADER_BYTES), crc);
     if (extent.kind === 'data') dataBytes += extent.lengthBytes;
     else zeroBytes += extent.lengthBytes;
     lastVolume = extent.volume;
@@ -176,6 +182,8 @@ function decodeUndoHeader(buf: Buffer, file: string): UndoHeader {
   if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 60, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   const version = buf.readUInt16LE(8);
   if (version !== UNDO_VERSION) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${UNDO_VERSION}`);
+  if (buf.readUInt16LE(10) !== UNDO_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 10, `header bytes ${buf.readUInt16LE(10)}, expected ${UNDO_HEADER_BYTES}`);
+  if (buf.readUInt32LE(12) !== 0 || buf.readUInt32LE(56) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 12, 'header flags or reserved field is not zero');
   return {
     volumeSetId: Buffer.from(buf.subarray(16, 32)),
     segmentIndex: Number(buf.readBigUInt64LE(32)),
@@ -191,6 +199,7 @@ function decodeExtentAt(buf: Buffer, at: number, file: string, volumeCount: numb
   const crcExpected = buf.readUInt32LE(at + 28);
   const crcActual = crc32c(buf.subarray(at, at + 28));
   if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 28, `extent header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+  if (buf.readUInt8(at + 5) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 5, 'reserved extent byte is not zero');
   const kindCode = buf.readUInt8(at + 4);
   if (kindCode !== 1 && kindCode !== 2) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `unknown extent kind ${kindCode}`);
   const volume = buf.readUInt16LE(at + 6);
@@ -218,6 +227,8 @@ function verifyUndoTrailer(buf: Buffer, at: number, file: string, seen: { count:
   const crcActual = crc32c(buf.subarray(at, at + 60));
   if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 60, `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   const checks: [number, number, number, string][] = [
+    [4, buf.readUInt32LE(at + 4), UNDO_VERSION, 'version'],
+    [32, Number(buf.readBigUInt64LE(at + 32) | buf.readBigUInt64LE(at + 40)), 0, 'reserved bytes'],
     [8, Number(buf.readBigUInt64LE(at + 8)), seen.count, 'extent count'],
     [16, Number(buf.readBigUInt64LE(at + 16)), seen.dataBytes, 'data bytes'],
     [24, Number(buf.readBigUInt64LE(at + 24)), seen.zeroBytes, 'zero bytes'],

@@ -2,7 +2,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { SegmentError } from '../../src/core/index.js';
+import { crc32c, SegmentError } from '../../src/core/index.js';
 import {
   buildSealedRedo,
   parseSealedRedo,
@@ -13,7 +13,7 @@ import {
   type RecordMeta,
   type RedoHeader,
 } from '../../src/log/redo.js';
-import { UndoBuilder, parseUndo, type UndoExtentMeta, type UndoHeader } from '../../src/log/undo.js';
+import { EXTENT_HEADER_BYTES, UNDO_HEADER_BYTES, UndoBuilder, parseUndo, type UndoExtentMeta, type UndoHeader } from '../../src/log/undo.js';
 
 const volumeSetId = Buffer.alloc(16, 7);
 const FILE = 'f';
@@ -91,7 +91,45 @@ const recordArb: fc.Arbitrary<Omit<Rec, 'seq'>> = fc.oneof(
   }),
 );
 
+
+/** A self-checked block of a segment: `crcAt` holds the CRC-32C of bytes start..crcAt. */
+interface Block {
+  start: number;
+  crcAt: number;
+}
+
+/**
+ * Flips every bit of every block's checked bytes and recomputes that block's own CRC, as a
+ * misdirected or forged block would look; `parse` must refuse each one. A running CRC over whole
+ * blocks cannot see these (a block ending in its own CRC adds a constant); the body chain can.
+ */
+function assertEveryResealedFlipRefused(buf: Buffer, blocks: readonly Block[], parse: (b: Buffer) => unknown): number {
+  let tried = 0;
+  for (const block of blocks) {
+    for (let bit = block.start * 8; bit < block.crcAt * 8; bit++) {
+      const copy = Buffer.from(buf);
+      copy[bit >> 3] = (copy[bit >> 3] as number) ^ (1 << (bit & 7));
+      copy.writeUInt32LE(crc32c(copy.subarray(block.start, block.crcAt)), block.crcAt);
+      assertRefused(() => parse(copy), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `block at ${block.start}, bit ${bit - block.start * 8} resealed`);
+      tried += 1;
+    }
+  }
+  return tried;
+}
+
 describe('redo segment codec', () => {
+  it('refuses a rewrite of any header, record or trailer field even with that block\'s own CRC recomputed', () => {
+    const buf = smallRedo();
+    const recordStarts = parseSealedRedo(buf, FILE, VOLUMES).records.map((r) => r.recordOffsetBytes);
+    const blocks: Block[] = [
+      { start: 0, crcAt: 60 },
+      ...recordStarts.map((start) => ({ start, crcAt: start + RECORD_HEADER_BYTES - 4 })),
+      { start: buf.length - TRAILER_BYTES, crcAt: buf.length - 4 },
+    ];
+    const tried = assertEveryResealedFlipRefused(buf, blocks, (b) => parseSealedRedo(b, FILE, VOLUMES));
+    assert.equal(tried, (60 + 3 * 44 + 60) * 8);
+  });
+
   it('round-trips random record lists', () => {
     fc.assert(
       fc.property(fc.array(recordArb, { maxLength: 12 }), fc.integer({ min: 1, max: 2 ** 40 }), (raw, seqFirst) => {
@@ -204,6 +242,19 @@ const undoArb = fc.array(
 );
 
 describe('undo segment codec', () => {
+  it('refuses a rewrite of any header, extent or trailer field even with that block\'s own CRC recomputed', () => {
+    const buf = smallUndo();
+    const extentStarts = parseUndo(buf, FILE, VOLUMES).extents.map((e) => e.payloadOffsetBytes - EXTENT_HEADER_BYTES);
+    assert.equal(extentStarts[0], UNDO_HEADER_BYTES);
+    const blocks: Block[] = [
+      { start: 0, crcAt: 60 },
+      ...extentStarts.map((start) => ({ start, crcAt: start + EXTENT_HEADER_BYTES - 4 })),
+      { start: buf.length - TRAILER_BYTES, crcAt: buf.length - 4 },
+    ];
+    const tried = assertEveryResealedFlipRefused(buf, blocks, (b) => parseUndo(b, FILE, VOLUMES));
+    assert.equal(tried, (60 + 3 * 28 + 60) * 8);
+  });
+
   it('round-trips random ascending extents', () => {
     fc.assert(
       fc.property(undoArb, (raw) => {

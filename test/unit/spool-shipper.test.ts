@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { crc32c } from '../../src/core/index.js';
-import { encodeRecordHeader, encodeRedoTrailer, parseSealedRedo, RECORD_HEADER_BYTES } from '../../src/log/redo.js';
+import { encodeRecordHeader, encodeRedoTrailer, parseSealedRedo, RECORD_HEADER_BYTES, scanRedo } from '../../src/log/redo.js';
 import { Spool } from '../../src/agent/spool.js';
 import { Shipper } from '../../src/agent/shipper.js';
 import type { Agent } from '../../src/agent/agent.js';
@@ -20,15 +20,17 @@ function tmpDir(): string {
 }
 
 /** Encodes `count` 4 KiB writes starting at `seq`, as the pipeline does. */
-function records(seq: number, count: number, payloadBytes = 4096): Buffer[] {
+function records(seq: number, count: number, payloadBytes = 4096): [Buffer[], Buffer[]] {
   const pieces: Buffer[] = [];
+  const headers: Buffer[] = [];
   for (let i = 0; i < count; i++) {
     const data = Buffer.alloc(payloadBytes, (seq + i) & 0xff);
     const header = Buffer.allocUnsafe(RECORD_HEADER_BYTES);
     encodeRecordHeader({ kind: 'write', volume: 0, seq: seq + i, timeNs: BigInt(seq + i), offsetBytes: i * payloadBytes, lengthBytes: payloadBytes }, crc32c(data), header);
     pieces.push(header, data);
+    headers.push(header);
   }
-  return pieces;
+  return [pieces, headers];
 }
 
 describe('spool recovery', () => {
@@ -36,11 +38,11 @@ describe('spool recovery', () => {
     const dir = tmpDir();
     try {
       const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
-      await spool.append(records(1, 5), 1, 5, 1n, 5n);
+      await spool.append(...records(1, 5), 1, 5, 1n, 5n);
       const active = path.join(dir, '0000000000000001.redo.active');
       const body = fs.readFileSync(active);
       // What seal() writes first: the trailer; the process dies before the rename.
-      fs.appendFileSync(active, encodeRedoTrailer({ recordCount: 5, seqFirst: 1, seqLast: 5, timeFirstNs: 1n, timeLastNs: 5n, bodyBytes: body.length, bodyCrc: crc32c(body) }));
+      fs.appendFileSync(active, encodeRedoTrailer({ recordCount: 5, seqFirst: 1, seqLast: 5, timeFirstNs: 1n, timeLastNs: 5n, bodyBytes: body.length, bodyCrc: scanRedo(body, 'active', 1).validCrc }));
       spool.close();
       const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
       assert.equal(reopened.recovery.tornBytes, 0);
@@ -49,7 +51,7 @@ describe('spool recovery', () => {
       assert.deepEqual(fs.readdirSync(dir), ['0000000000000001.redo']);
       parseSealedRedo(fs.readFileSync(path.join(dir, '0000000000000001.redo')), 'sealed', 1);
       // The spool continues after it.
-      await reopened.spool.append(records(6, 1), 6, 1, 6n, 6n);
+      await reopened.spool.append(...records(6, 1), 6, 1, 6n, 6n);
       const next = await reopened.spool.seal();
       assert.deepEqual([next?.index, next?.seqFirst, next?.seqLast], [2, 6, 6]);
       reopened.spool.close();
@@ -62,9 +64,9 @@ describe('spool recovery', () => {
     const dir = tmpDir();
     try {
       const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
-      await spool.append(records(1, 2), 1, 2, 1n, 2n);
+      await spool.append(...records(1, 2), 1, 2, 1n, 2n);
       await spool.seal();
-      await spool.append(records(3, 3), 3, 3, 3n, 5n);
+      await spool.append(...records(3, 3), 3, 3, 3n, 5n);
       spool.close();
       const active = path.join(dir, '0000000000000002.redo.active');
       const full = fs.statSync(active).size;
@@ -106,10 +108,10 @@ describe('shipper', () => {
     let shipper: Shipper | undefined;
     try {
       // Segment 1 is 48 MiB, segments 2..4 hold one small record each.
-      await spool.append(records(1, 12, 4 * 1024 * 1024), 1, 12, 1n, 12n);
+      await spool.append(...records(1, 12, 4 * 1024 * 1024), 1, 12, 1n, 12n);
       await spool.seal();
       for (let seq = 13; seq <= 15; seq++) {
-        await spool.append(records(seq, 1), seq, 1, BigInt(seq), BigInt(seq));
+        await spool.append(...records(seq, 1), seq, 1, BigInt(seq), BigInt(seq));
         await spool.seal();
       }
       const agent = {
