@@ -10,6 +10,17 @@ import { fdatasyncAsync, fsyncDir, isZero, preadFully, writeZeroesSync, zeroRang
 import { IntervalMap } from '../views/interval-map.js';
 import { ALLOC_CHUNK_BYTES, type ReplicaVolume } from './replica.js';
 
+/**
+ * What undo and apply need of a replica: its file and handle, and whether a chunk may hold data.
+ * A ReplicaVolume is one; the apply worker (apply-worker.ts) builds its own over the same file.
+ */
+export interface ReplicaTarget {
+  readonly index: number;
+  readonly file: string;
+  readonly fd: number;
+  chunkMayHoldData(chunk: number): boolean;
+}
+
 const READ_PIECE_BYTES = 4 * 1024 * 1024;
 const ZERO_BLOCK_BYTES = 4096;
 const UNDO_FLUSH_BYTES = 16 * 1024 * 1024;
@@ -25,7 +36,7 @@ export async function saveUndo(
   file: string,
   header: { volumeSetId: Buffer; segmentIndex: number; seqFirst: number; seqLast: number },
   records: readonly RedoRecord[],
-  replicas: readonly ReplicaVolume[],
+  replicas: readonly ReplicaTarget[],
 ): Promise<UndoResult> {
   const temp = `${file}.tmp`;
   const handle = await fsp.open(temp, 'w');
@@ -62,7 +73,7 @@ export async function saveUndo(
 }
 
 /** Adds the replica's current content of one range: zero runs as extents without bytes. */
-function addRangeToUndo(builder: UndoBuilder, replica: ReplicaVolume, range: ByteRange): void {
+function addRangeToUndo(builder: UndoBuilder, replica: ReplicaTarget, range: ByteRange): void {
   const end = range.offset + range.length;
   let pendingZero: { offset: number; length: number } | undefined;
   const emitZero = (): void => {
@@ -96,7 +107,7 @@ function addRangeToUndo(builder: UndoBuilder, replica: ReplicaVolume, range: Byt
   emitZero();
 }
 
-function nextUnallocated(replica: ReplicaVolume, chunk: number, end: number): number {
+function nextUnallocated(replica: ReplicaTarget, chunk: number, end: number): number {
   let next = chunk + 1;
   while (next * ALLOC_CHUNK_BYTES < end && replica.chunkMayHoldData(next)) next += 1;
   return next * ALLOC_CHUNK_BYTES;
@@ -127,15 +138,30 @@ function splitZeroRuns(data: Buffer, base: number, onZero: (offset: number, leng
 type ApplySource = 'data' | 'zero';
 
 /**
- * Applies a verified redo segment held in `buf` to the replicas: per volume, the newest record of
- * each byte range, in offset order; then fdatasync. Idempotent, so a crash mid-apply re-applies.
+ * First half of applying a redo segment, on the thread that owns the replicas: marks the chunks
+ * its writes reach as holding data, durably, before any of those bytes are written.
  */
-export async function applyRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+export async function markApplied(records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+  for (const replica of replicas) {
+    let marked = false;
+    for (const r of records) {
+      if (r.volume !== replica.index || r.kind !== 'write') continue;
+      replica.markData(r.offsetBytes, r.lengthBytes);
+      marked = true;
+    }
+    if (marked) await replica.persistAlloc();
+  }
+}
+
+/**
+ * Second half: writes a verified redo segment held in `buf` to the replicas: per volume, the
+ * newest record of each byte range, in offset order; then fdatasync. Idempotent, so a crash
+ * mid-apply re-applies.
+ */
+export async function writeRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaTarget[]): Promise<void> {
   for (const replica of replicas) {
     const own = records.filter((r) => r.volume === replica.index);
     if (own.length === 0) continue;
-    for (const r of own) if (r.kind === 'write') replica.markData(r.offsetBytes, r.lengthBytes);
-    await replica.persistAlloc();
     const map = new IntervalMap<ApplySource>();
     for (const r of own) map.set(r.offsetBytes, r.offsetBytes + r.lengthBytes, r.kind === 'write' ? 'data' : 'zero', r.kind === 'write' ? r.payloadOffsetBytes : 0);
     for (const piece of map.entries()) await applyPiece(buf, replica, piece.start, piece.end, piece.value, piece.valueOffset);
@@ -143,7 +169,13 @@ export async function applyRedo(buf: Buffer, records: readonly RedoRecord[], rep
   }
 }
 
-async function applyPiece(buf: Buffer, replica: ReplicaVolume, start: number, end: number, source: ApplySource, sourceOffset: number): Promise<void> {
+/** Both halves on this thread (recovery and tests; the manager runs writeRedo in its worker). */
+export async function applyRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+  await markApplied(records, replicas);
+  await writeRedo(buf, records, replicas);
+}
+
+async function applyPiece(buf: Buffer, replica: ReplicaTarget, start: number, end: number, source: ApplySource, sourceOffset: number): Promise<void> {
   switch (source) {
     case 'data': {
       const bytes = buf.subarray(sourceOffset, sourceOffset + (end - start));

@@ -13,7 +13,8 @@ import { ensureDir, preadFully, writeFileDurable } from '../platform/index.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
-import { applyRedo, saveUndo } from './apply.js';
+import { markApplied } from './apply.js';
+import { ApplyWorker } from './apply-pool.js';
 import { Catalog, type TxKind, type TxRow } from './catalog.js';
 import { parsePoint } from './points.js';
 import { ReplicaVolume } from './replica.js';
@@ -60,6 +61,8 @@ export class Manager implements History {
   readonly options: ManagerOptions;
   catalog!: Catalog;
   replicas: ReplicaVolume[] = [];
+  /** Undo building and replica writes run on this worker thread, off the event loop. */
+  private readonly applyWorker = new ApplyWorker();
   private txFiles!: TxFiles;
   readonly views = new Map<string, View>();
   /** Views used by restores and image exports: not exported, but they take undo like any view. */
@@ -131,7 +134,7 @@ export class Manager implements History {
       const file = this.txFiles.redoPath(tx.idx);
       const buf = await fsp.readFile(file);
       const parsed = parseSealedRedo(buf, file, this.replicas.length);
-      await this.runTx(tx, buf, parsed);
+      await this.runTx(tx, parsed);
     }
     const known = new Set(this.catalog.committedTxs().map((t) => t.idx));
     for (const dir of [this.txFiles.redoDir, this.txFiles.undoDir]) {
@@ -385,7 +388,7 @@ export class Manager implements History {
       if (existing.redoCrc !== parsed.fileCrc || !(await this.sameAsStored(existing.idx, payload))) {
         throw new RewindError('REWIND_SEGMENT_ORDER', `segment ${message.index} differs from the copy already received`);
       }
-      await this.runTx(existing, payload, parsed);
+      await this.runTx(existing, parsed);
       return;
     }
     await writeFileDurable(this.txFiles.redoPath(message.index), payload);
@@ -408,7 +411,7 @@ export class Manager implements History {
       committedAt: null,
     };
     this.catalog.insertTx(row);
-    await this.runTx(row, payload, parsed);
+    await this.runTx(row, parsed);
   }
 
   private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>): void {
@@ -432,12 +435,12 @@ export class Manager implements History {
   }
 
   /** Takes a transaction from its durable state to committed. */
-  private async runTx(row: TxRow, buf: Buffer, parsed: SealedRedo): Promise<void> {
+  private async runTx(row: TxRow, parsed: SealedRedo): Promise<void> {
     const undoFile = this.txFiles.undoPath(row.idx);
     let extents;
     if (row.state === 'received') {
       // The replica is untouched in this state, so the undo built now is the true before-image.
-      const undo = await saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
+      const undo = await this.applyWorker.saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
       crashPoint('undo'); // undo durable, state still received
       this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
       extents = undo.extents;
@@ -449,7 +452,8 @@ export class Manager implements History {
     for (const view of this.views.values()) view.addUndo(row.idx, extents);
     for (const view of this.internalViews) view.addUndo(row.idx, extents);
     if (row.state !== 'applied') {
-      await applyRedo(buf, parsed.records, this.replicas);
+      await markApplied(parsed.records, this.replicas);
+      await this.applyWorker.writeRedo(this.txFiles.redoPath(row.idx), parsed.records, this.replicas);
       crashPoint('apply'); // replica written, state still undo-saved
       this.catalog.setState(row.idx, 'applied');
     }
@@ -803,6 +807,7 @@ export class Manager implements History {
     await closed;
     await this.queue.catch(() => undefined);
     for (const view of this.views.values()) for (const overlay of view.overlays ?? []) overlay.close();
+    await this.applyWorker.close();
     for (const replica of this.replicas) replica.close();
     this.txFiles.close();
     this.catalog.close();

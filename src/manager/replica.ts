@@ -13,6 +13,8 @@ export class ReplicaVolume {
   readonly sizeBytes: number;
   readonly file: string;
   readonly fd: number;
+  /** Inode of the open image (the apply worker checks it opens the same file). */
+  readonly ino: number;
   private readonly allocFd: number;
   private readonly alloc: Buffer;
   private allocChanged = false;
@@ -23,6 +25,7 @@ export class ReplicaVolume {
     this.sizeBytes = sizeBytes;
     this.file = file;
     this.fd = fd;
+    this.ino = fs.fstatSync(fd).ino;
     this.allocFd = allocFd;
     this.alloc = alloc;
   }
@@ -39,12 +42,22 @@ export class ReplicaVolume {
     const fd = fs.openSync(file, 'r+');
     const allocFile = path.join(dir, `${name}.alloc`);
     const chunks = Math.ceil(sizeBytes / ALLOC_CHUNK_BYTES);
-    const alloc = Buffer.alloc(Math.ceil(chunks / 8));
+    // Shared memory: the apply worker reads the bitmap while building undo; only this thread writes it.
+    const alloc = Buffer.from(new SharedArrayBuffer(Math.ceil(chunks / 8)));
     const exists = fs.existsSync(allocFile);
     const allocFd = fs.openSync(allocFile, exists ? 'r+' : 'w+');
     if (exists) fs.readSync(allocFd, alloc, 0, alloc.length, 0);
     else fs.writeSync(allocFd, alloc, 0, alloc.length, 0);
     return new ReplicaVolume(index, name, sizeBytes, file, fd, allocFd, alloc);
+  }
+
+  get allocShared(): SharedArrayBuffer {
+    return this.alloc.buffer as SharedArrayBuffer;
+  }
+
+  /** The granularity of the allocation bitmap. */
+  get allocChunkBytes(): number {
+    return ALLOC_CHUNK_BYTES;
   }
 
   /** False only when no byte of the chunk was ever written with data. */

@@ -1,0 +1,111 @@
+// The main thread's side of the apply worker (apply-worker.ts): one worker thread, requests
+// answered in order, errors carried back with their codes (ENOSPC stays ENOSPC, so a full disk is
+// still backpressure). A worker that dies is replaced on the next request.
+import { Worker } from 'node:worker_threads';
+import { RewindError } from '../core/index.js';
+import type { RedoRecord, UndoHeader } from '../log/index.js';
+import type { UndoResult } from './apply.js';
+import type { ReplicaVolume } from './replica.js';
+
+export interface ReplicaRef {
+  index: number;
+  file: string;
+  ino: number;
+  /** The replica's allocation bitmap (shared memory, written by the main thread only). */
+  alloc: SharedArrayBuffer;
+}
+
+export type ApplyRequest =
+  | { id: number; type: 'undo'; file: string; header: UndoHeader; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
+  | { id: number; type: 'apply'; redoFile: string; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
+  | { id: number; type: 'close' };
+
+export interface WorkerError {
+  name: string;
+  message: string;
+  code: string | undefined;
+  errno: number | undefined;
+  syscall: string | undefined;
+  stack: string;
+}
+
+export type ApplyResponse = { id: number; undo?: UndoResult; error?: WorkerError };
+
+type Pending = { resolve: (response: ApplyResponse) => void; reject: (error: Error) => void };
+
+export class ApplyWorker {
+  private worker: Worker | undefined;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+
+  /** Builds and durably saves the undo segment of `records` (see saveUndo). */
+  async saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult> {
+    const response = await this.request({ type: 'undo', file, header, records, replicas: replicas.map(refOf) });
+    if (!response.undo) throw new Error('apply worker answered an undo request without a result');
+    return response.undo;
+  }
+
+  /** Writes the redo segment in `redoFile` to the replicas and makes them durable (see writeRedo). */
+  async writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+    await this.request({ type: 'apply', redoFile, records, replicas: replicas.map(refOf) });
+  }
+
+  async close(): Promise<void> {
+    const worker = this.worker;
+    if (!worker) return;
+    await this.request({ type: 'close' }).catch(() => undefined);
+    this.worker = undefined;
+    await worker.terminate();
+  }
+
+  private request(body: DistributiveOmit<ApplyRequest, 'id'>): Promise<ApplyResponse> {
+    const worker = this.worker ?? this.spawn();
+    const id = this.nextId++;
+    return new Promise<ApplyResponse>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      worker.ref(); // a request in flight keeps the process alive; an idle worker does not
+      worker.postMessage({ ...body, id });
+    }).then((response) => {
+      if (response.error) throw revive(response.error);
+      return response;
+    });
+  }
+
+  private spawn(): Worker {
+    const worker = new Worker(new URL('./apply-worker.js', import.meta.url));
+    worker.unref();
+    worker.on('message', (response: ApplyResponse) => {
+      const waiter = this.pending.get(response.id);
+      this.pending.delete(response.id);
+      if (this.pending.size === 0) worker.unref();
+      waiter?.resolve(response);
+    });
+    const lost = (why: string): void => {
+      if (this.worker === worker) this.worker = undefined;
+      const error = new RewindError('REWIND_IO', `the apply worker stopped: ${why}`);
+      for (const waiter of this.pending.values()) waiter.reject(error);
+      this.pending.clear();
+    };
+    worker.on('error', (error) => lost(error.message));
+    worker.on('exit', (code) => lost(`exit code ${code}`));
+    this.worker = worker;
+    return worker;
+  }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+function refOf(replica: ReplicaVolume): ReplicaRef {
+  return { index: replica.index, file: replica.file, ino: replica.ino, alloc: replica.allocShared };
+}
+
+/** An error from the worker as an Error here, with the fields callers test (code, errno, syscall). */
+function revive(error: WorkerError): Error {
+  const revived = new Error(error.message) as Error & { code?: string; errno?: number; syscall?: string };
+  revived.name = error.name;
+  if (error.code !== undefined) revived.code = error.code;
+  if (error.errno !== undefined) revived.errno = error.errno;
+  if (error.syscall !== undefined) revived.syscall = error.syscall;
+  revived.stack = `${error.name}: ${error.message}\n    (in the apply worker)\n${error.stack.split('\n').slice(1).join('\n')}`;
+  return revived;
+}
