@@ -51,6 +51,8 @@ interface AgentState {
 }
 
 const SPOOL_BYTES_DEFAULT = 16 * 1024 ** 3;
+/** While the manager is idle, the active segment is sealed at this age (see sealIfOld). */
+const SEAL_IDLE_MS = 100;
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export class Agent {
@@ -118,7 +120,7 @@ export class Agent {
       this.options.log('info', `first protection of ${volumes.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`);
       await this.resyncMarked('first protection', volumes, true);
     }
-    this.sealTimer = setInterval(() => this.sealIfOld(), Math.max(10, Math.min(this.options.sealMs, 250)));
+    this.sealTimer = setInterval(() => this.sealIfOld(), Math.max(10, Math.min(this.options.sealMs, SEAL_IDLE_MS) / 2));
     this.cleanTimer = setInterval(() => this.cleanDirty(), 1000);
     this.shipper.start();
   }
@@ -335,8 +337,17 @@ export class Agent {
     for (const volume of this.volumes) volume.dirty.clean(this.state.seqAcked, nowMs, 2000, 4096);
   }
 
+  /**
+   * Seals the active segment at the age limit, or sooner once it is SEAL_IDLE_MS old while the
+   * manager is idle (connected, no sealed segment waiting or unacknowledged). A quiet manager thus
+   * gets small segments and the recovery point stays close behind the writes; a busy one gets
+   * bigger segments, which it applies more efficiently.
+   */
   private sealIfOld(): void {
-    if (this.spool.activeRecords > 0 && this.spool.activeAgeMs >= this.options.sealMs) void this.pipeline.seal();
+    if (this.spool.activeRecords === 0) return;
+    const age = this.spool.activeAgeMs;
+    const managerIdle = this.shipper.connected && this.spool.sealed.length === 0;
+    if (age >= this.options.sealMs || (managerIdle && age >= SEAL_IDLE_MS)) void this.pipeline.seal();
   }
 
   seal(): Promise<number> {

@@ -16,6 +16,9 @@ import {
 } from '../log/index.js';
 import { fdatasyncAsync, fsyncDir, writevAsync } from '../platform/index.js';
 
+/** Appends up to this many bytes are written synchronously (see append). */
+const SYNC_APPEND_BYTES_MAX = 256 * 1024;
+
 export interface SealedSegment {
   index: number;
   file: string;
@@ -221,8 +224,11 @@ export class Spool {
       // writev may write less than asked (large batches): continue with what is left.
       for (let guard = 0; written < bytes; guard++) {
         assert(guard < 1_000_000, 'writev makes progress');
-        const rest = sliceFrom(pieces, written);
-        written += await writevAsync(active.fd, rest.slice(0, 1024), position + written);
+        const rest = sliceFrom(pieces, written).slice(0, 1024);
+        // A small batch is written on the event loop: a threadpool round trip costs more than the
+        // copy into the page cache. A large one goes to the threadpool, so the copy runs on
+        // another core while the production writes run here.
+        written += bytes <= SYNC_APPEND_BYTES_MAX ? fs.writevSync(active.fd, rest, position + written) : await writevAsync(active.fd, rest, position + written);
       }
     } catch (error) {
       // Nothing of this batch counts: the segment ends where it ended before (a full disk can
