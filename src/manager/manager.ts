@@ -516,11 +516,21 @@ export class Manager implements History {
       if (point.seq > this.committedSeq) {
         throw new RewindError('REWIND_POINT_INVALID', `seq ${point.seq} is not committed yet (last committed: ${this.committedSeq})`, { hint: 'wait, or run rewind seal --wait' });
       }
-      if (point.seq < historyStart) throw new RewindError('REWIND_POINT_INVALID', `seq ${point.seq} is before the history starts (seq ${historyStart})`);
+      if (point.seq < historyStart) throw this.beforeHistory(`seq ${point.seq}`, historyStart);
       this.refuseInsideResync(point.seq);
       return point.seq;
     }
     return this.seqAtTime(point.timeNs, point.text);
+  }
+
+  /** The refusal of a point before `start` (historyStart()), also while the history has not begun. */
+  private beforeHistory(what: string, start: number): RewindError {
+    if (start === Number.MAX_SAFE_INTEGER) {
+      return new RewindError('REWIND_POINT_INVALID', `${what}: the history has not started yet (the first protection's resync of the data already on the volume is still arriving)`, {
+        hint: 'wait until rewind status shows it committed',
+      });
+    }
+    return new RewindError('REWIND_POINT_INVALID', `${what} is before the history starts (seq ${start})`);
   }
 
   /** The first restorable seq: 0, or the end of a resync the history begins with (first protection). */
@@ -700,7 +710,8 @@ export class Manager implements History {
         this.refuseInsideResync(target);
       } else {
         target = from - (how.back as number);
-        if (target < this.historyStart()) throw new RewindError('REWIND_POINT_INVALID', `${name} is at seq ${from}; ${how.back} back is before the history starts (seq ${this.historyStart()})`);
+        const start = this.historyStart();
+        if (target < start) throw this.beforeHistory(`${name} is at seq ${from}; ${how.back} back`, start);
         this.refuseInsideResync(target);
       }
       const overlays = view.overlays ?? [];
