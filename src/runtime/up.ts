@@ -8,6 +8,7 @@ import { Agent, type VolumeSpec } from '../agent/agent.js';
 import { startApi } from '../api/server.js';
 import { Manager } from '../manager/manager.js';
 import { NbdServer } from '../nbd/index.js';
+import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
 import { CombinedRegistry } from './registry.js';
 
@@ -49,21 +50,8 @@ export async function startUp(options: UpOptions): Promise<Running> {
   const nbdRef: { server?: NbdServer } = {};
   const manager = await openManager(options.dataDir, token, undefined, log, nbdRef);
   const link = await manager.listen('127.0.0.1', 0);
-  const agent = new Agent({
-    dataDir: options.dataDir,
-    volumes: options.volumes,
-    sealBytes: options.sealBytes,
-    sealMs: options.sealMs,
-    ...(options.spoolBytes !== undefined ? { spoolBytes: options.spoolBytes } : {}),
-    manager: { host: '127.0.0.1', port: link.port, token },
-    log,
-  });
-  await agent.open();
-  const agentExports = agent.exports();
-  const nbd = new NbdServer(new CombinedRegistry([() => agentExports, () => manager.exports()], (name) => agent.refusal(name)), { log });
+  const { agent, nbd, nbdAddress } = await openAgent(options, { host: '127.0.0.1', port: link.port, token }, log, [() => manager.exports()]);
   nbdRef.server = nbd;
-  agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
-  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
   // On loopback the API is as open as the machine; anywhere else it needs the token.
   const apiToken = isLoopback(options.http.host) ? undefined : await loadOrCreateSecret(apiTokenFile(options.dataDir));
   const api = await startApi(manager, options.http.host, options.http.port, apiToken);
@@ -80,6 +68,33 @@ export async function startUp(options: UpOptions): Promise<Running> {
       await manager.close();
     },
   };
+}
+
+/**
+ * Opens the agent and the NBD server for its production exports (plus `moreExports`, the views in
+ * `rewind up`); exports the agent has taken offline refuse new clients and drop connected ones.
+ */
+async function openAgent(
+  options: Pick<UpOptions, 'dataDir' | 'nbd' | 'volumes' | 'sealBytes' | 'sealMs' | 'spoolBytes'>,
+  manager: ConstructorParameters<typeof Agent>[0]['manager'],
+  log: ReturnType<typeof makeLog>,
+  moreExports: (() => ExportBackend[])[],
+): Promise<{ agent: Agent; nbd: NbdServer; nbdAddress: Endpoint }> {
+  const agent = new Agent({
+    dataDir: options.dataDir,
+    volumes: options.volumes,
+    sealBytes: options.sealBytes,
+    sealMs: options.sealMs,
+    ...(options.spoolBytes !== undefined ? { spoolBytes: options.spoolBytes } : {}),
+    manager,
+    log,
+  });
+  await agent.open();
+  const agentExports = agent.exports();
+  const nbd = new NbdServer(new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)), { log });
+  agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
+  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  return { agent, nbd, nbdAddress };
 }
 
 /** Opens a manager whose removed views drop their NBD clients on the server set in `nbdRef` later. */
@@ -183,20 +198,8 @@ export interface AgentRunOptions {
 export async function startAgent(options: AgentRunOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
   await ensureDir(options.dataDir);
-  const agent = new Agent({
-    dataDir: options.dataDir,
-    volumes: options.volumes,
-    sealBytes: options.sealBytes,
-    sealMs: options.sealMs,
-    ...(options.spoolBytes !== undefined ? { spoolBytes: options.spoolBytes } : {}),
-    manager: { ...options.manager, token: options.token, ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}) },
-    log,
-  });
-  await agent.open();
-  const agentExports = agent.exports();
-  const nbd = new NbdServer(new CombinedRegistry([() => agentExports], (name) => agent.refusal(name)), { log });
-  agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
-  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  const manager = { ...options.manager, token: options.token, ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}) };
+  const { agent, nbd, nbdAddress } = await openAgent(options, manager, log, []);
   return {
     nbdAddress,
     httpAddress: '',
