@@ -1,30 +1,37 @@
 // Transaction files on the manager: where redo and undo segments live, open handles for view reads,
-// and a bounded cache of their parsed (verified) record and extent lists.
+// and a bounded cache of their verified record and extent lists in compact form (TxIndex: typed
+// arrays, no object per record). Each transaction's index is also kept on disk (`index/N.idx`,
+// docs/FORMATS.md), bound to the exact redo and undo files, so that after a restart a view reads a
+// few bytes per record instead of re-reading and re-verifying every payload. The on-disk index is
+// only a cache: written best-effort from lists that were verified (at receive, or by a full parse),
+// and any index that is missing, damaged or not bound to the current files is ignored and rebuilt
+// by a full, verifying parse.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { RewindError } from '../core/index.js';
-import { parseSealedRedo, parseUndo, type RedoRecord, type UndoExtent } from '../log/index.js';
+import { parseSealedRedo, parseUndo, REDO_HEADER_BYTES, TRAILER_BYTES, UNDO_HEADER_BYTES, type RedoRecord, type UndoExtent } from '../log/index.js';
+import { TX_INDEX_BINDING_BYTES, TxIndex } from '../views/tx-index.js';
 
-export interface TxIndex {
-  records: RedoRecord[];
-  undo: UndoExtent[];
-}
+export { TxIndex };
 
-/** Parsed transactions kept in memory, counted in records plus extents. */
+/** Parsed transactions kept in memory, counted in records plus extents (about 30 bytes each). */
 const CACHE_ITEMS_MAX = 4_000_000;
 
 export class TxFiles {
   readonly redoDir: string;
   readonly undoDir: string;
+  readonly indexDir: string;
   private readonly volumeCount: () => number;
   private readonly fds = new Map<string, number>();
   private readonly cache = new Map<number, TxIndex>();
   private cachedItems = 0;
+  private indexDirMade = false;
 
   constructor(root: string, volumeCount: () => number) {
     this.redoDir = path.join(root, 'redo');
     this.undoDir = path.join(root, 'undo');
+    this.indexDir = path.join(root, 'index');
     this.volumeCount = volumeCount;
   }
 
@@ -34,6 +41,10 @@ export class TxFiles {
 
   undoPath(idx: number): string {
     return path.join(this.undoDir, `${String(idx).padStart(16, '0')}.undo`);
+  }
+
+  indexPath(idx: number): string {
+    return path.join(this.indexDir, `${String(idx).padStart(16, '0')}.idx`);
   }
 
   /** An open read handle of a transaction file, kept for view reads. */
@@ -46,7 +57,11 @@ export class TxFiles {
     return fd;
   }
 
-  /** The verified record and undo extent lists of a committed transaction. */
+  /**
+   * The verified record and undo extent lists of a committed transaction: from the cache, else from
+   * its index file when that is intact and bound to the current redo and undo files, else from a
+   * full parse of both files (which then writes the index file).
+   */
   async index(idx: number): Promise<TxIndex> {
     const cached = this.cache.get(idx);
     if (cached) {
@@ -56,14 +71,26 @@ export class TxFiles {
     }
     const redoFile = this.redoPath(idx);
     const undoFile = this.undoPath(idx);
+    const indexFile = this.indexPath(idx);
+    let binding: Buffer | undefined;
+    try {
+      binding = readBinding(redoFile, undoFile);
+      const stored = TxIndex.decode(await fsp.readFile(indexFile), indexFile, idx, binding, this.volumeCount());
+      this.cacheEntry(idx, stored);
+      return stored;
+    } catch {
+      // Missing, damaged or stale: the full parse below verifies everything and says what is wrong.
+    }
     const [redoBuf, undoBuf] = await Promise.all([fsp.readFile(redoFile), fsp.readFile(undoFile)]);
     const redo = parseSealedRedo(redoBuf, redoFile, this.volumeCount());
     const undo = parseUndo(undoBuf, undoFile, this.volumeCount());
     if (undo.header.segmentIndex !== idx) {
       throw new RewindError('REWIND_SEGMENT_CORRUPT', `${undoFile} belongs to transaction ${undo.header.segmentIndex}, expected ${idx}`);
     }
-    const entry = { records: redo.records, undo: undo.extents };
-    this.remember(idx, entry);
+    const entry = TxIndex.fromLists(redo.records, undo.extents);
+    // The binding of the buffers just verified, not of a second read of the files.
+    this.store(idx, entry, Buffer.concat([bindingOf(redoBuf), bindingOf(undoBuf)]));
+    this.cacheEntry(idx, entry);
     return entry;
   }
 
@@ -71,18 +98,84 @@ export class TxFiles {
     return this.cache.get(idx);
   }
 
-  remember(idx: number, entry: TxIndex): void {
+  /**
+   * Caches the verified lists of a transaction whose redo and undo files are in place (the apply
+   * path calls this once the undo is durable) and writes its index file.
+   */
+  remember(idx: number, entry: { records: readonly RedoRecord[]; undo: readonly UndoExtent[] } | TxIndex): void {
+    const index = entry instanceof TxIndex ? entry : TxIndex.fromLists(entry.records, entry.undo);
+    try {
+      this.store(idx, index, readBinding(this.redoPath(idx), this.undoPath(idx)));
+    } catch {
+      // Best-effort: without an index file the next cold load parses the files in full.
+    }
+    this.cacheEntry(idx, index);
+  }
+
+  private cacheEntry(idx: number, entry: TxIndex): void {
+    const old = this.cache.get(idx);
+    if (old) {
+      this.cache.delete(idx);
+      this.cachedItems -= old.items;
+    }
     this.cache.set(idx, entry);
-    this.cachedItems += entry.records.length + entry.undo.length;
-    for (const [oldIdx, old] of this.cache) {
+    this.cachedItems += entry.items;
+    for (const [oldIdx, oldEntry] of this.cache) {
       if (this.cachedItems <= CACHE_ITEMS_MAX || oldIdx === idx) break;
       this.cache.delete(oldIdx);
-      this.cachedItems -= old.records.length + old.undo.length;
+      this.cachedItems -= oldEntry.items;
+    }
+  }
+
+  /** Writes the index file (synchronously: a few bytes per record; a failure only costs speed later). */
+  private store(idx: number, index: TxIndex, binding: Buffer): void {
+    const file = this.indexPath(idx);
+    try {
+      if (!this.indexDirMade) {
+        fs.mkdirSync(this.indexDir, { recursive: true });
+        this.indexDirMade = true;
+      }
+      fs.writeFileSync(file, index.encode(idx, binding));
+    } catch {
+      fs.rmSync(file, { force: true }); // a torn file would be refused anyway; do not keep its space
     }
   }
 
   close(): void {
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
+  }
+}
+
+/** Header and trailer of a whole segment file in memory (redo and undo share both sizes). */
+function bindingOf(buf: Buffer): Buffer {
+  return Buffer.concat([buf.subarray(0, REDO_HEADER_BYTES), buf.subarray(buf.length - TRAILER_BYTES)]);
+}
+
+/** Header and trailer of the redo file, then of the undo file, as they are on disk now. */
+function readBinding(redoFile: string, undoFile: string): Buffer {
+  const binding = Buffer.alloc(TX_INDEX_BINDING_BYTES);
+  let at = 0;
+  for (const file of [redoFile, undoFile]) {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < UNDO_HEADER_BYTES + TRAILER_BYTES) throw new RewindError('REWIND_SEGMENT_TRUNCATED', `${file} is too short to be a sealed segment`);
+      readExactly(fd, binding, at, REDO_HEADER_BYTES, 0);
+      readExactly(fd, binding, at + REDO_HEADER_BYTES, TRAILER_BYTES, size - TRAILER_BYTES);
+    } finally {
+      fs.closeSync(fd);
+    }
+    at += REDO_HEADER_BYTES + TRAILER_BYTES;
+  }
+  return binding;
+}
+
+function readExactly(fd: number, target: Buffer, targetOffset: number, length: number, position: number): void {
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, target, targetOffset + done, length - done, position + done);
+    if (n === 0) throw new RewindError('REWIND_SEGMENT_TRUNCATED', 'segment file ended early');
+    done += n;
   }
 }

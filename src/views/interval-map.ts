@@ -28,6 +28,9 @@ export interface Gap {
 
 export type Piece<T> = Mapped<T> | Gap;
 
+/** Receives one piece of `forEachPiece`: a gap has value undefined and valueOffset 0. */
+export type PieceVisitor<T> = (start: number, end: number, value: T | undefined, valueOffset: number) => void;
+
 export interface IntervalMapOptions {
   /** Most entries per leaf and children per branch; small values make tests exercise splits and merges. */
   nodeSizeMax?: number;
@@ -96,6 +99,75 @@ export class IntervalMap<T> {
     }
     if (position < end) pieces.push(gapPiece(position, end));
     return pieces;
+  }
+
+  /**
+   * Visits the pieces covering exactly [start, end) in order, gaps included (value undefined), clipped
+   * to the range, like `query` but without allocating a piece per entry. `visit` must not change the map.
+   */
+  forEachPiece(start: number, end: number, visit: PieceVisitor<T>): void {
+    assertRange(start, end);
+    let position = start;
+    this.tree.visitOverlapping(start, end, (entryStart, entryEnd, value, valueOffset) => {
+      if (entryStart > position) visit(position, entryStart, undefined, 0);
+      const pieceStart = entryStart > start ? entryStart : start;
+      const pieceEnd = entryEnd < end ? entryEnd : end;
+      visit(pieceStart, pieceEnd, value, valueOffset + (pieceStart - entryStart));
+      position = pieceEnd;
+    });
+    if (position < end) visit(position, end, undefined, 0);
+  }
+
+  /**
+   * Fills an empty map with `count` entries given in ascending order without overlap, in O(n): the
+   * leaves are filled in order and the branches built above them, instead of one descent per entry.
+   * Touching entries that `set` would join (same value, continuing offsets) are joined here too.
+   */
+  load(count: number, starts: ArrayLike<number>, ends: ArrayLike<number>, valueOffsets: ArrayLike<number>, valueAt: (index: number) => T): void {
+    assert(this.tree.size === 0, 'interval map: load into a map that is not empty');
+    const leaves: Array<Leaf<T>> = [];
+    let leaf = new Leaf<T>(this.nodeSizeMax + 1);
+    let entries = 0;
+    let bytes = 0;
+    let pending = false;
+    let pendingStart = 0;
+    let pendingEnd = 0;
+    let pendingValue: T | undefined;
+    let pendingOffset = 0;
+    const flush = (): void => {
+      if (leaf.count === this.nodeSizeMax) {
+        leaves.push(leaf);
+        leaf = new Leaf<T>(this.nodeSizeMax + 1);
+      }
+      leaf.push(pendingStart, pendingEnd, pendingValue as T, pendingOffset);
+      entries += 1;
+      bytes += pendingEnd - pendingStart;
+    };
+    for (let index = 0; index < count; index += 1) {
+      const start = starts[index] as number;
+      const end = ends[index] as number;
+      const valueOffset = valueOffsets[index] as number;
+      const value = valueAt(index);
+      assertRange(start, end);
+      assertValueOffset(valueOffset, end - start);
+      if (pending) {
+        assert(pendingEnd <= start, 'interval map: load entries overlap or are out of order');
+        if (pendingEnd === start && pendingValue === value && pendingOffset + (pendingEnd - pendingStart) === valueOffset) {
+          pendingEnd = end;
+          continue;
+        }
+        flush();
+      }
+      pending = true;
+      pendingStart = start;
+      pendingEnd = end;
+      pendingValue = value;
+      pendingOffset = valueOffset;
+    }
+    if (pending) flush();
+    leaves.push(leaf);
+    this.tree = EntryTree.fromLeaves(this.nodeSizeMax, leaves, entries);
+    this.bytes = bytes;
   }
 
   /** Every entry in order, as copies: changing one does not change the map. */
@@ -264,6 +336,18 @@ class Leaf<T> {
     this.count += 1;
   }
 
+  /** Appends an entry after the last one; the caller keeps the order. */
+  push(start: number, end: number, value: T, valueOffset: number): void {
+    assert(this.count < this.capacity, 'interval map: leaf full');
+    this.write(this.count, start, end, value, valueOffset);
+    this.count += 1;
+  }
+
+  /** Calls `visit` with the raw fields of entry `index` (no copy). */
+  visit(index: number, visit: PieceVisitor<T>): void {
+    visit(this.start(index), this.end(index), this.values[index] as T, this.numbers[2 * this.capacity + index] as number);
+  }
+
   remove(index: number): void {
     for (let position = index + 1; position < this.count; position += 1) this.copyEntry(this, position, position - 1);
     this.truncate(this.count - 1);
@@ -331,6 +415,64 @@ class EntryTree<T> {
 
   get size(): number {
     return this.count;
+  }
+
+  /**
+   * A tree over `leaves` (in order, each holding at most sizeMax entries; only the last may hold
+   * fewer than half): the leaves are chained, the last two evened out when needed, and branch
+   * levels built above them the same way.
+   */
+  static fromLeaves<T>(sizeMax: number, leaves: Array<Leaf<T>>, count: number): EntryTree<T> {
+    const tree = new EntryTree<T>(sizeMax);
+    assert(leaves.length > 0, 'interval map: a tree has at least one leaf');
+    const last = leaves.length - 1;
+    if (last > 0 && (leaves[last] as Leaf<T>).count < tree.sizeMin) {
+      // The full leaf before it has sizeMax entries: the two share them, each at least half full.
+      const left = leaves[last - 1] as Leaf<T>;
+      const right = leaves[last] as Leaf<T>;
+      const evened = left.splitOff((left.count + right.count) >>> 1);
+      evened.appendFrom(right, 0, right.count);
+      leaves[last] = evened;
+    }
+    for (let index = 0; index < last; index += 1) (leaves[index] as Leaf<T>).next = leaves[index + 1];
+    let level: Array<TreeNode<T>> = leaves;
+    while (level.length > 1) {
+      const parents: Array<Branch<T>> = [];
+      for (let from = 0; from < level.length; from += sizeMax) {
+        const children = level.slice(from, from + sizeMax);
+        parents.push({ isLeaf: false, keys: children.map((child) => minKey(child)), children });
+      }
+      const lastParent = parents[parents.length - 1] as Branch<T>;
+      if (parents.length > 1 && lastParent.children.length < tree.sizeMin) {
+        const before = parents[parents.length - 2] as Branch<T>;
+        const children = before.children.concat(lastParent.children);
+        const half = children.length >>> 1;
+        before.children = children.slice(0, half);
+        before.keys = before.children.map((child) => minKey(child));
+        lastParent.children = children.slice(half);
+        lastParent.keys = lastParent.children.map((child) => minKey(child));
+      }
+      level = parents;
+    }
+    tree.root = level[0] as TreeNode<T>;
+    tree.count = count;
+    return tree;
+  }
+
+  /** Calls `visit` for the entries overlapping [start, end), in order, without copying them: O(log n + k). */
+  visitOverlapping(start: number, end: number, visit: PieceVisitor<T>): void {
+    let leaf: Leaf<T> | undefined = this.descend(start);
+    let index = leaf.countStartsAtMost(start) - 1;
+    if (index < 0 || leaf.end(index) <= start) index += 1;
+    for (let leavesLeft = this.count + 1; leaf !== undefined; leavesLeft -= 1) {
+      assert(leavesLeft > 0, 'interval map: leaf chain longer than the entry count');
+      for (; index < leaf.count; index += 1) {
+        if (leaf.start(index) >= end) return;
+        leaf.visit(index, visit);
+      }
+      leaf = leaf.next;
+      index = 0;
+    }
   }
 
   insert(entry: Mapped<T>): void {

@@ -387,3 +387,80 @@ describe('IntervalMap edge cases', () => {
     assert.equal(bytes, map.mappedBytes);
   });
 });
+
+describe('IntervalMap bulk load and forEachPiece', () => {
+  /** The entries of a map built with random operations: a sorted, disjoint input for load. */
+  function entriesOf(random: Rng, space: number, ops: number): Mapped<string>[] {
+    const built = new IntervalMap<string>();
+    const model = new ByteModel(space);
+    for (let i = 0; i < ops; i += 1) runOp(built, model, randomOp(random, space, 40));
+    return [...built.entries()];
+  }
+
+  function loaded(entries: readonly Mapped<string>[], nodeSizeMax: number): IntervalMap<string> {
+    const map = new IntervalMap<string>({ nodeSizeMax });
+    map.load(
+      entries.length,
+      entries.map((e) => e.start),
+      entries.map((e) => e.end),
+      entries.map((e) => e.valueOffset),
+      (i) => (entries[i] as Mapped<string>).value,
+    );
+    return map;
+  }
+
+  for (const nodeSizeMax of [4, 5, 8, 64]) {
+    it(`load gives a valid tree equal to its input for 0..600 entries (nodeSizeMax ${nodeSizeMax})`, () => {
+      const random = rng(nodeSizeMax);
+      for (let round = 0; round < 60; round += 1) {
+        const entries = entriesOf(random, 2000, random.int(round < 10 ? 8 : 600));
+        const map = loaded(entries, nodeSizeMax);
+        map.checkInvariants();
+        assert.deepEqual([...map.entries()], entries);
+        assert.equal(map.mappedBytes, entries.reduce((sum, e) => sum + e.end - e.start, 0));
+        // The loaded tree keeps working like any other: more operations against the model.
+        const model = new ByteModel(2000);
+        for (const e of entries) model.set(e.start, e.end, e.value, e.valueOffset);
+        for (let i = 0; i < 200; i += 1) runOp(map, model, randomOp(random, 2000, 60));
+        checkAgainstModel(map, model);
+      }
+    });
+  }
+
+  it('load joins touching entries that set would join, and keeps the others apart', () => {
+    const map = new IntervalMap<string>({ nodeSizeMax: 4 });
+    map.load(4, [0, 10, 20, 30], [10, 20, 30, 40], [100, 110, 0, 5], (i) => ['a', 'a', 'a', 'b'][i] as string);
+    assert.deepEqual([...map.entries()], [
+      { start: 0, end: 20, value: 'a', valueOffset: 100 },
+      { start: 20, end: 30, value: 'a', valueOffset: 0 },
+      { start: 30, end: 40, value: 'b', valueOffset: 5 },
+    ]);
+    map.checkInvariants();
+  });
+
+  it('load refuses overlapping or unsorted input and a map that is not empty', () => {
+    const value = (): string => 'a';
+    assert.throws(() => new IntervalMap<string>().load(2, [0, 5], [10, 20], [0, 0], value), AssertionError);
+    assert.throws(() => new IntervalMap<string>().load(2, [20, 0], [30, 10], [0, 0], value), AssertionError);
+    assert.throws(() => new IntervalMap<string>().load(1, [5], [5], [0], value), AssertionError);
+    const full = new IntervalMap<string>();
+    full.set(0, 1, 'a', 0);
+    assert.throws(() => full.load(1, [5], [6], [0], value), AssertionError);
+  });
+
+  it('forEachPiece visits exactly the pieces query returns', () => {
+    const random = rng(77);
+    for (const nodeSizeMax of [4, 64]) {
+      const map = new IntervalMap<string>({ nodeSizeMax });
+      const model = new ByteModel(3000);
+      for (let i = 0; i < 400; i += 1) runOp(map, model, randomOp(random, 3000, 50));
+      for (let i = 0; i < 300; i += 1) {
+        const start = random.int(3000);
+        const end = Math.min(3000, start + 1 + random.int(random.bool() ? 30 : 3000));
+        const visited: Piece<string>[] = [];
+        map.forEachPiece(start, end, (s, e, value, valueOffset) => visited.push(value === undefined ? { start: s, end: e, value, valueOffset: 0 } : { start: s, end: e, value, valueOffset }));
+        assert.deepEqual(visited, map.query(start, end));
+      }
+    }
+  });
+});
