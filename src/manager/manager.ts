@@ -137,11 +137,13 @@ export class Manager implements History {
       await this.runTx(tx, parsed);
     }
     const known = new Set(this.catalog.committedTxs().map((t) => t.idx));
-    for (const dir of [this.txFiles.redoDir, this.txFiles.undoDir]) {
+    for (const dir of [this.txFiles.redoDir, this.txFiles.undoDir, this.txFiles.indexDir]) {
+      if (!fs.existsSync(dir)) continue; // the index dir is made on first use
       for (const name of await fsp.readdir(dir)) {
         const idx = Number(name.split('.')[0]);
         if (name.includes('.tmp') || !known.has(idx)) {
-          // Received but never cataloged: the agent still holds it and will resend.
+          // Received but never cataloged: the agent still holds it and will resend (an index
+          // file of such a transaction is a stale cache entry).
           await fsp.rm(path.join(dir, name), { force: true });
         }
       }
