@@ -533,19 +533,7 @@ class EntryTree<T> {
   /** Copies of the entries that overlap [start, end), in order: O(log n + k). */
   overlapping(start: number, end: number): Array<Mapped<T>> {
     const found: Array<Mapped<T>> = [];
-    let leaf: Leaf<T> | undefined = this.descend(start);
-    let index = leaf.countStartsAtMost(start) - 1;
-    // The floor entry counts only if it reaches past start.
-    if (index < 0 || leaf.end(index) <= start) index += 1;
-    for (let leavesLeft = this.count + 1; leaf !== undefined; leavesLeft -= 1) {
-      assert(leavesLeft > 0, 'interval map: leaf chain longer than the entry count');
-      for (; index < leaf.count; index += 1) {
-        if (leaf.start(index) >= end) return found;
-        found.push(leaf.entry(index));
-      }
-      leaf = leaf.next;
-      index = 0;
-    }
+    this.visitOverlapping(start, end, (s, e, value, valueOffset) => found.push({ start: s, end: e, value: value as T, valueOffset }));
     return found;
   }
 
