@@ -11,6 +11,7 @@ import {
   encodeRedoTrailer,
   parseSealedRedo,
   REDO_HEADER_BYTES,
+  REDO_VERSION,
   scanRedo,
   SEGMENT_FLAG_RESYNC,
 } from '../log/index.js';
@@ -40,6 +41,8 @@ interface ActiveSegment {
   timeLastNs: bigint;
   createdMs: number;
   flags: number;
+  /** Format version of the header: a version 1 segment recovered after an upgrade is sealed as one. */
+  version: number;
 }
 
 export interface SpoolRecovery {
@@ -156,6 +159,7 @@ export class Spool {
       timeLastNs: last?.timeNs ?? 0n,
       createdMs: Date.now(),
       flags: scan.header.flags,
+      version: buf.readUInt16LE(8),
     };
     this.seqNext = scan.header.seqFirst + scan.records.length;
     this.nextIndex = scan.header.segmentIndex + 1;
@@ -208,6 +212,7 @@ export class Spool {
     assert(seqFirst === this.seqNext, `append at seq ${seqFirst}, spool expects ${this.seqNext}`);
     const active = this.active ?? (await this.startSegment(flags, createdNs));
     assert(active.flags === flags, 'a segment holds records of one kind');
+    assert(active.version === REDO_VERSION, 'only current-version segments are appended to');
     const before = { seqNext: this.seqNext, crc: active.crc, positionBytes: active.positionBytes, recordCount: active.recordCount, timeFirstNs: active.timeFirstNs, timeLastNs: active.timeLastNs };
     this.seqNext += recordCount;
     assert(recordHeaders.length === recordCount, 'one header per record');
@@ -260,6 +265,7 @@ export class Spool {
       timeLastNs: 0n,
       createdMs: Date.now(),
       flags,
+      version: REDO_VERSION,
     };
     this.active = active;
     await fsyncDir(this.dir); // the new file's name must survive a crash once a FLUSH covers it
@@ -284,7 +290,7 @@ export class Spool {
       timeLastNs: active.timeLastNs,
       bodyBytes: active.positionBytes,
       bodyCrc: active.crc,
-    });
+    }, active.version);
     await writevAsync(active.fd, [trailer], active.positionBytes);
     await fdatasyncAsync(active.fd);
     crashPoint('seal'); // trailer durable, not yet renamed

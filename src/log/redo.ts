@@ -6,6 +6,8 @@ export const REDO_MAGIC = Buffer.from('RWNDREDO', 'latin1');
 /** 2: the body CRC chains only what no block checks itself (version 1 summed every byte, and a
  * block that ends in its own CRC-32C adds a constant to a running CRC whatever it holds). */
 export const REDO_VERSION = 2;
+/** Version 1 segments are still read (history written before version 2), never written. */
+export const REDO_VERSION_V1 = 1;
 export const REDO_HEADER_BYTES = 64;
 export const RECORD_HEADER_BYTES = 48;
 export const RECORD_MAGIC = 0x52575243; // "RWRC"
@@ -107,10 +109,11 @@ export function encodeRecordHeader(record: RecordMeta, payloadCrc: number, targe
   return buf;
 }
 
-export function encodeRedoTrailer(trailer: RedoTrailer): Buffer {
+/** `version` is the segment header's: a recovered version 1 active segment is sealed as version 1. */
+export function encodeRedoTrailer(trailer: RedoTrailer, version = REDO_VERSION): Buffer {
   const buf = Buffer.alloc(TRAILER_BYTES);
   buf.writeUInt32LE(REDO_TRAILER_MAGIC, 0);
-  buf.writeUInt32LE(REDO_VERSION, 4);
+  buf.writeUInt32LE(version, 4);
   buf.writeBigUInt64LE(BigInt(trailer.recordCount), 8);
   buf.writeBigUInt64LE(BigInt(trailer.seqFirst), 16);
   buf.writeBigUInt64LE(BigInt(trailer.seqLast), 24);
@@ -143,8 +146,8 @@ export function decodeRedoHeader(buf: Buffer, file: string): RedoHeader {
     throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 60, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   }
   const version = buf.readUInt16LE(8);
-  if (version !== REDO_VERSION) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${REDO_VERSION}`);
+  if (version !== REDO_VERSION && version !== REDO_VERSION_V1) {
+    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${REDO_VERSION} (or ${REDO_VERSION_V1})`);
   }
   // Fixed and reserved fields must hold what this version writes: a later format that uses them is
   // refused, never misread.
@@ -186,14 +189,16 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
   const header = decodeRedoHeader(buf, file);
   const records: RedoRecord[] = [];
   let at = REDO_HEADER_BYTES;
-  let crc = chainRedoHeader(buf);
+  // Version 1 ran its body CRC over every byte; version 2 chains the header fields only.
+  const v1 = buf.readUInt16LE(8) === REDO_VERSION_V1;
+  let crc = v1 ? crc32c(buf.subarray(0, REDO_HEADER_BYTES)) : chainRedoHeader(buf);
   let seqExpected = header.seqFirst;
   let stopReason: SegmentError | undefined;
   let trailer: RedoTrailer | undefined;
   const guardMax = buf.length; // every iteration consumes at least one header
   for (let guard = 0; at < buf.length && guard <= guardMax; guard++) {
     if (buf.length - at >= 4 && buf.readUInt32LE(at) === REDO_TRAILER_MAGIC) {
-      const result = decodeTrailerAt(buf, at, file, crc);
+      const result = decodeTrailerAt(buf, at, file, crc, v1 ? REDO_VERSION_V1 : REDO_VERSION);
       if (result instanceof SegmentError) stopReason = result;
       else trailer = result;
       break;
@@ -205,7 +210,7 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
     }
     records.push(parsed);
     const end = parsed.payloadOffsetBytes + (parsed.kind === 'write' ? parsed.lengthBytes : 0);
-    crc = chainRecordHeader(buf.subarray(at, at + RECORD_HEADER_BYTES), crc);
+    crc = v1 ? crc32c(buf.subarray(at, end), crc) : chainRecordHeader(buf.subarray(at, at + RECORD_HEADER_BYTES), crc);
     at = end;
     seqExpected += 1;
   }
@@ -274,7 +279,7 @@ function decodeRecordAt(
   };
 }
 
-function decodeTrailerAt(buf: Buffer, at: number, file: string, bodyCrc: number): RedoTrailer | SegmentError {
+function decodeTrailerAt(buf: Buffer, at: number, file: string, bodyCrc: number, versionExpected: number): RedoTrailer | SegmentError {
   if (buf.length - at < TRAILER_BYTES) {
     return new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, `trailer cut short (${buf.length - at} of ${TRAILER_BYTES} bytes)`);
   }
@@ -284,7 +289,7 @@ function decodeTrailerAt(buf: Buffer, at: number, file: string, bodyCrc: number)
     return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 60, `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   }
   const version = buf.readUInt32LE(at + 4);
-  if (version !== REDO_VERSION) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `trailer version ${version}, expected ${REDO_VERSION}`);
+  if (version !== versionExpected) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `trailer version ${version}, expected ${versionExpected} (the header's)`);
   const trailer: RedoTrailer = {
     recordCount: Number(buf.readBigUInt64LE(at + 8)),
     seqFirst: Number(buf.readBigUInt64LE(at + 16)),

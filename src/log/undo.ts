@@ -6,6 +6,8 @@ import { hex, TRAILER_BYTES } from './redo.js';
 export const UNDO_MAGIC = Buffer.from('RWNDUNDO', 'latin1');
 /** 2: the body CRC chains header fields only, as in redo version 2 (see chainRedoHeader). */
 export const UNDO_VERSION = 2;
+/** Version 1 undo segments are still read, never written. */
+export const UNDO_VERSION_V1 = 1;
 export const UNDO_HEADER_BYTES = 64;
 export const EXTENT_HEADER_BYTES = 32;
 export const EXTENT_MAGIC = 0x52575558; // "RWUX"
@@ -149,7 +151,10 @@ export function parseUndo(buf: Buffer, file: string, volumeCount: number): Parse
   const header = decodeUndoHeader(buf, file);
   const extents: UndoExtent[] = [];
   let at = UNDO_HEADER_BYTES;
-  let crc = crc32c(buf.subarray(0, 60));
+  // Version 1 ran its body CRC over every byte; version 2 chains the header fields only.
+  const version = buf.readUInt16LE(8);
+  const v1 = version === UNDO_VERSION_V1;
+  let crc = v1 ? crc32c(buf.subarray(0, UNDO_HEADER_BYTES)) : crc32c(buf.subarray(0, 60));
   let dataBytes = 0;
   let zeroBytes = 0;
   let lastVolume = -1;
@@ -163,14 +168,14 @@ export function parseUndo(buf: Buffer, file: string, volumeCount: number): Parse
     }
     extents.push(extent);
     const end = extent.payloadOffsetBytes + (extent.kind === 'data' ? extent.lengthBytes : 0);
-    crc = chainExtentHeader(buf.subarray(at, at + EXTENT_HEADER_BYTES), crc);
+    crc = v1 ? crc32c(buf.subarray(at, end), crc) : chainExtentHeader(buf.subarray(at, at + EXTENT_HEADER_BYTES), crc);
     if (extent.kind === 'data') dataBytes += extent.lengthBytes;
     else zeroBytes += extent.lengthBytes;
     lastVolume = extent.volume;
     lastEnd = extent.offsetBytes + extent.lengthBytes;
     at = end;
   }
-  verifyUndoTrailer(buf, at, file, { count: extents.length, dataBytes, zeroBytes, crc });
+  verifyUndoTrailer(buf, at, file, { version, count: extents.length, dataBytes, zeroBytes, crc });
   return { header, extents, dataBytes, zeroBytes, fileCrc: crc32c(buf) };
 }
 
@@ -181,7 +186,7 @@ function decodeUndoHeader(buf: Buffer, file: string): UndoHeader {
   const crcActual = crc32c(buf.subarray(0, 60));
   if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 60, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   const version = buf.readUInt16LE(8);
-  if (version !== UNDO_VERSION) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${UNDO_VERSION}`);
+  if (version !== UNDO_VERSION && version !== UNDO_VERSION_V1) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${UNDO_VERSION} (or ${UNDO_VERSION_V1})`);
   if (buf.readUInt16LE(10) !== UNDO_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 10, `header bytes ${buf.readUInt16LE(10)}, expected ${UNDO_HEADER_BYTES}`);
   if (buf.readUInt32LE(12) !== 0 || buf.readUInt32LE(56) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 12, 'header flags or reserved field is not zero');
   return {
@@ -220,14 +225,14 @@ function decodeExtentAt(buf: Buffer, at: number, file: string, volumeCount: numb
   return { kind: kindCode === 1 ? 'data' : 'zero', volume, offsetBytes: Number(offsetBig), lengthBytes, payloadOffsetBytes };
 }
 
-function verifyUndoTrailer(buf: Buffer, at: number, file: string, seen: { count: number; dataBytes: number; zeroBytes: number; crc: number }): void {
+function verifyUndoTrailer(buf: Buffer, at: number, file: string, seen: { version: number; count: number; dataBytes: number; zeroBytes: number; crc: number }): void {
   if (buf.length - at < TRAILER_BYTES) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, 'trailer cut short');
   if (buf.length - at > TRAILER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + TRAILER_BYTES, 'bytes after the trailer');
   const crcExpected = buf.readUInt32LE(at + 60);
   const crcActual = crc32c(buf.subarray(at, at + 60));
   if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 60, `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   const checks: [number, number, number, string][] = [
-    [4, buf.readUInt32LE(at + 4), UNDO_VERSION, 'version'],
+    [4, buf.readUInt32LE(at + 4), seen.version, 'version'],
     [32, Number(buf.readBigUInt64LE(at + 32) | buf.readBigUInt64LE(at + 40)), 0, 'reserved bytes'],
     [8, Number(buf.readBigUInt64LE(at + 8)), seen.count, 'extent count'],
     [16, Number(buf.readBigUInt64LE(at + 16)), seen.dataBytes, 'data bytes'],

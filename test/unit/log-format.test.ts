@@ -117,6 +117,46 @@ function assertEveryResealedFlipRefused(buf: Buffer, blocks: readonly Block[], p
   return tried;
 }
 
+/**
+ * The same segment as written by format version 1: version fields 1, and the body CRC run over
+ * every byte before the trailer (what version 1 did), all block CRCs fixed up.
+ */
+function asVersion1(v2: Buffer): Buffer {
+  const buf = Buffer.from(v2);
+  const trailerAt = buf.length - TRAILER_BYTES;
+  buf.writeUInt16LE(1, 8);
+  buf.writeUInt32LE(crc32c(buf.subarray(0, 60)), 60);
+  buf.writeUInt32LE(1, trailerAt + 4);
+  buf.writeUInt32LE(crc32c(buf.subarray(0, trailerAt)), trailerAt + 56);
+  buf.writeUInt32LE(crc32c(buf.subarray(trailerAt, trailerAt + 60)), trailerAt + 60);
+  return buf;
+}
+
+describe('format version 1 (history written before version 2)', () => {
+  it('is still read, with the same content, and version fields must agree', () => {
+    const redo = smallRedo();
+    const redoV1 = asVersion1(redo);
+    const strip = (records: readonly object[]): unknown[] => records.map((r) => ({ ...r }));
+    assert.deepEqual(strip(parseSealedRedo(redoV1, FILE, VOLUMES).records), strip(parseSealedRedo(redo, FILE, VOLUMES).records));
+    const undo = smallUndo();
+    const undoV1 = asVersion1(undo);
+    assert.deepEqual(parseUndo(undoV1, FILE, VOLUMES).extents, parseUndo(undo, FILE, VOLUMES).extents);
+    // A version 1 header with a version 2 trailer (or the reverse) is refused.
+    for (const [mixed, parse] of [
+      [Buffer.concat([redoV1.subarray(0, redoV1.length - TRAILER_BYTES), redo.subarray(redo.length - TRAILER_BYTES)]), (b: Buffer) => parseSealedRedo(b, FILE, VOLUMES)],
+      [Buffer.concat([undoV1.subarray(0, undoV1.length - TRAILER_BYTES), undo.subarray(undo.length - TRAILER_BYTES)]), (b: Buffer) => parseUndo(b, FILE, VOLUMES)],
+    ] as const) {
+      assertRefused(() => parse(mixed), ['REWIND_SEGMENT_CORRUPT'], 'mixed versions');
+    }
+    // Every truncation and bit flip of a version 1 segment is still refused.
+    for (let bit = 0; bit < redoV1.length * 8; bit++) {
+      const flipped = Buffer.from(redoV1);
+      flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
+      assertRefused(() => parseSealedRedo(flipped, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `v1 bit ${bit}`);
+    }
+  });
+});
+
 describe('redo segment codec', () => {
   it('refuses a rewrite of any header, record or trailer field even with that block\'s own CRC recomputed', () => {
     const buf = smallRedo();

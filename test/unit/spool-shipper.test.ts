@@ -83,6 +83,32 @@ describe('spool recovery', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('an active segment of format version 1 (written before an upgrade) is recovered and sealed as version 1', async () => {
+    const dir = tmpDir();
+    try {
+      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      await spool.append(...records(1, 3), 1, 3, 1n, 3n);
+      spool.close();
+      const active = path.join(dir, '0000000000000001.redo.active');
+      const buf = fs.readFileSync(active);
+      buf.writeUInt16LE(1, 8); // what a version 1 agent wrote: the records are the same
+      buf.writeUInt32LE(crc32c(buf.subarray(0, 60)), 60);
+      fs.writeFileSync(active, buf);
+      const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      assert.equal(reopened.recovery.recoveredRecords, 3);
+      const sealed = fs.readFileSync(path.join(dir, '0000000000000001.redo'));
+      assert.equal(sealed.readUInt32LE(sealed.length - 64 + 4), 1, 'trailer version 1');
+      assert.equal(parseSealedRedo(sealed, 'sealed', 1).records.length, 3);
+      // New records go to a new, current-version segment.
+      await reopened.spool.append(...records(4, 1), 4, 1, 4n, 4n);
+      const next = await reopened.spool.seal();
+      assert.equal(fs.readFileSync(next?.file as string).readUInt16LE(8), 2);
+      reopened.spool.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('shipper', () => {
