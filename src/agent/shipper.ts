@@ -13,6 +13,8 @@ export interface ShipperTarget {
   port: number;
   token: string;
   tls?: { ca?: string; rejectUnauthorized?: boolean; servername?: string };
+  /** Opens the connection instead of TCP/TLS to host:port (the deterministic simulation's link). */
+  connect?: (onConnected: () => void) => net.Socket;
 }
 
 const WINDOW_SEGMENTS_MAX = 4;
@@ -66,7 +68,9 @@ export class Shipper {
       };
       sendFrame(socket, hello);
     };
-    const socket = this.target.tls
+    const socket = this.target.connect
+      ? this.target.connect(onConnected)
+      : this.target.tls
       ? tls.connect({ host: this.target.host, port: this.target.port, ...this.target.tls }, onConnected)
       : net.connect({ host: this.target.host, port: this.target.port }, onConnected);
     socket.setNoDelay(true);

@@ -5,6 +5,7 @@ import { Worker } from 'node:worker_threads';
 import { RewindError } from '../core/index.js';
 import type { RedoRecord, UndoHeader } from '../log/index.js';
 import type { UndoResult } from './apply.js';
+import { ApplyHandler } from './apply-handler.js';
 import type { ReplicaVolume } from './replica.js';
 
 export interface ReplicaRef {
@@ -33,19 +34,49 @@ export type ApplyResponse = { id: number; undo?: UndoResult; error?: WorkerError
 
 type Pending = { resolve: (response: ApplyResponse) => void; reject: (error: Error) => void };
 
-export class ApplyWorker {
+/** Where the manager's undo building and replica writes run. */
+export interface Applier {
+  /** Builds and durably saves the undo segment of `records` (see saveUndo). */
+  saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult>;
+  /** Writes the redo segment in `redoFile` to the replicas and makes them durable (see writeRedo). */
+  writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * The same work on the calling thread. The deterministic simulation uses it: its disk, clock and
+ * scheduler live on the main thread, and a worker would escape all three.
+ */
+export class InThreadApply implements Applier {
+  private readonly handler = new ApplyHandler();
+  private nextId = 1;
+
+  async saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult> {
+    const response = await this.handler.handle({ id: this.nextId++, type: 'undo', file, header, records, replicas: replicas.map(refOf) });
+    if (!response.undo) throw new Error('the apply handler answered an undo request without a result');
+    return response.undo;
+  }
+
+  async writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+    await this.handler.handle({ id: this.nextId++, type: 'apply', redoFile, records, replicas: replicas.map(refOf) });
+  }
+
+  async close(): Promise<void> {
+    await this.handler.handle({ id: this.nextId++, type: 'close' });
+  }
+}
+
+export class ApplyWorker implements Applier {
   private worker: Worker | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
 
-  /** Builds and durably saves the undo segment of `records` (see saveUndo). */
   async saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult> {
     const response = await this.request({ type: 'undo', file, header, records, replicas: replicas.map(refOf) });
     if (!response.undo) throw new Error('apply worker answered an undo request without a result');
     return response.undo;
   }
 
-  /** Writes the redo segment in `redoFile` to the replicas and makes them durable (see writeRedo). */
   async writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
     await this.request({ type: 'apply', redoFile, records, replicas: replicas.map(refOf) });
   }

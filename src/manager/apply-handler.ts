@@ -1,0 +1,49 @@
+// What the apply worker does with one request, apart from the thread it runs on: the worker thread
+// (apply-worker.ts) calls it for the manager, and the deterministic simulation calls it on the
+// main thread (InThreadApply in apply-pool.ts), where the simulated disk and clock live.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import { assert } from '../core/index.js';
+import { saveUndo, writeRedo, type ReplicaTarget } from './apply.js';
+import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-pool.js';
+
+export class ApplyHandler {
+  /** Own handles of the replica files, by path; reopened when the file at the path is another one. */
+  private readonly handles = new Map<string, { fd: number; ino: number }>();
+
+  private target(ref: ReplicaRef): ReplicaTarget {
+    let handle = this.handles.get(ref.file);
+    if (handle && handle.ino !== ref.ino) {
+      fs.closeSync(handle.fd);
+      handle = undefined;
+    }
+    if (!handle) {
+      const fd = fs.openSync(ref.file, 'r+');
+      handle = { fd, ino: fs.fstatSync(fd).ino };
+      assert(handle.ino === ref.ino, `replica ${ref.file} is the file the manager opened`);
+      this.handles.set(ref.file, handle);
+    }
+    const bits = new Uint8Array(ref.alloc);
+    return { index: ref.index, file: ref.file, fd: handle.fd, chunkMayHoldData: (chunk) => ((bits[chunk >> 3] ?? 0) & (1 << (chunk & 7))) !== 0 };
+  }
+
+  async handle(request: ApplyRequest): Promise<ApplyResponse> {
+    switch (request.type) {
+      case 'undo': {
+        // Buffers arrive as plain Uint8Arrays (structured clone).
+        const header = { ...request.header, volumeSetId: Buffer.from(request.header.volumeSetId) };
+        const result = await saveUndo(request.file, header, request.records, request.replicas.map((ref) => this.target(ref)));
+        return { id: request.id, undo: result };
+      }
+      case 'apply': {
+        const buf = await fsp.readFile(request.redoFile);
+        await writeRedo(buf, request.records, request.replicas.map((ref) => this.target(ref)));
+        return { id: request.id };
+      }
+      case 'close':
+        for (const { fd } of this.handles.values()) fs.closeSync(fd);
+        this.handles.clear();
+        return { id: request.id };
+    }
+  }
+}
