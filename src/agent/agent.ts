@@ -7,7 +7,7 @@ import path from 'node:path';
 import { assert, errorMessage, RewindError } from '../core/index.js';
 import type { BlockStatusCallback, DoneCallback, ExportBackend, ReadCallback } from '../nbd/backend.js';
 import { NbdErrno } from '../nbd/backend.js';
-import { ensureDir, isBlockDevice, sizeOf, writeFileDurable } from '../platform/index.js';
+import { ensureDir, fdatasyncAsync, isBlockDevice, sizeOf, writeFileDurable } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
 import { Spool, type SpoolRecovery } from './spool.js';
@@ -51,6 +51,9 @@ interface AgentState {
 }
 
 const SPOOL_BYTES_DEFAULT = 16 * 1024 ** 3;
+/** A committed dirty region is cleared once quiet this long, or at once past this many hot ones. */
+const DIRTY_QUIET_MS = 2000;
+const DIRTY_HOT_MAX = 4096;
 /** While the manager is idle, the active segment is sealed at this age (see sealIfOld). */
 const SEAL_IDLE_MS = 100;
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -114,7 +117,7 @@ export class Agent {
       // Writes may have reached production without reaching the log (or without a reply): log the
       // current content of every region marked dirty, so the replica converges on production.
       this.options.log('warn', `unclean stop: resyncing ${this.dirtyAtStart} dirty regions`);
-      await this.resyncMarked('unclean stop', this.volumes, false);
+      await this.resyncMarked('unclean stop', this.volumes, false, false, true);
     } else if (preexisting.length > 0) {
       const volumes = this.volumes.filter((v) => preexisting.some((p) => p.name === v.name));
       this.options.log('info', `first protection of ${volumes.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`);
@@ -126,13 +129,14 @@ export class Agent {
   }
 
   /** Logs every marked region of `volumes` as one resync, with progress, before any client writes. */
-  private async resyncMarked(reason: string, volumes: readonly ProductionVolume[], skipZero: boolean, endsDegraded = false): Promise<void> {
+  private async resyncMarked(reason: string, volumes: readonly ProductionVolume[], skipZero: boolean, endsDegraded = false, rewrite = false): Promise<void> {
     const targets = volumes.map((volume) => ({ volume, regions: volume.dirty.markedRegions() })).filter((t) => t.regions.length > 0);
     let lastReportMs = Date.now();
     const result = await this.pipeline.resync(targets, {
       reason,
       skipZero,
       endsDegraded,
+      rewrite,
       onProgress: (done, total) => {
         const nowMs = Date.now();
         if (nowMs - lastReportMs < 2000) return;
@@ -332,9 +336,32 @@ export class Agent {
     return this.state.seqAcked;
   }
 
+  private cleaning = false;
+
+  /**
+   * Clears dirty regions whose writes are committed at the manager AND durable in production: a
+   * region is only clean when a power loss can no longer take production away from the history.
+   * So production is fdatasynced first, and only writes answered before that sync started count.
+   * A failed fdatasync stops the write path (the restart resyncs and rewrites the dirty regions).
+   */
   private cleanDirty(): void {
+    const seqLimit = Math.min(this.state.seqAcked, this.pipeline.seqCaptured);
     const nowMs = Date.now();
-    for (const volume of this.volumes) volume.dirty.clean(this.state.seqAcked, nowMs, 2000, 4096);
+    const volumes = this.volumes.filter((v) => v.dirty.cleanable(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX));
+    if (this.cleaning || volumes.length === 0 || this.pipeline.failure !== undefined) return;
+    this.cleaning = true;
+    Promise.all(volumes.map((v) => fdatasyncAsync(v.fd)))
+      .then(
+        () => {
+          for (const volume of volumes) volume.dirty.clean(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX);
+        },
+        (error: unknown) => {
+          if (!this.closing) this.pipeline.fatal(error);
+        },
+      )
+      .finally(() => {
+        this.cleaning = false;
+      });
   }
 
   /**
@@ -366,7 +393,10 @@ export class Agent {
     };
   }
 
+  private closing = false;
+
   async close(): Promise<void> {
+    this.closing = true;
     clearInterval(this.sealTimer);
     clearInterval(this.cleanTimer);
     await this.pipeline.close();

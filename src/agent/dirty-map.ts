@@ -99,6 +99,17 @@ export class DirtyMap {
     await fdatasyncAsync(this.fd);
   }
 
+  /** True when clean() with the same arguments would clear a region. */
+  cleanable(seqCommitted: number, nowMs: number, quietMs: number, hotMax: number): boolean {
+    const pressure = this.lastSeq.size > hotMax;
+    for (const [region, seq] of this.lastSeq) if (this.clearable(region, seq, seqCommitted, nowMs, quietMs, pressure)) return true;
+    return false;
+  }
+
+  private clearable(region: number, seq: number, seqCommitted: number, nowMs: number, quietMs: number, pressure: boolean): boolean {
+    return seq <= seqCommitted && (pressure || nowMs - (this.lastTouchMs.get(region) ?? 0) >= quietMs);
+  }
+
   /**
    * Clears regions whose newest write is committed and that have been quiet for `quietMs`, or all
    * committed ones when more than `hotMax` are marked. Clearing needs no fsync: a lost clear only
@@ -108,8 +119,7 @@ export class DirtyMap {
     let cleared = 0;
     const pressure = this.lastSeq.size > hotMax;
     for (const [region, seq] of this.lastSeq) {
-      if (seq > seqCommitted) continue;
-      if (!pressure && nowMs - (this.lastTouchMs.get(region) ?? 0) < quietMs) continue;
+      if (!this.clearable(region, seq, seqCommitted, nowMs, quietMs, pressure)) continue;
       this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) & ~(1 << (region & 7));
       this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
       this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);

@@ -58,6 +58,13 @@ export interface ResyncOptions {
   reason: string;
   /** Skip all-zero regions (only when the replica is known to be zero there: a new volume). */
   skipZero: boolean;
+  /**
+   * Write each region back to production as read, then fdatasync, before logging it. After an
+   * unclean stop, production may hold bytes that were never made durable (a failed fsync drops
+   * them from the way to the disk while reads still see them), and a FLUSH after the restart
+   * would otherwise claim them durable.
+   */
+  rewrite?: boolean;
   /** This resync ends degraded mode: operations queued behind it are logged again. */
   endsDegraded?: boolean;
   /**
@@ -256,6 +263,7 @@ export class WritePipeline {
     // One segment per chunk of regions, so segments stay bounded; the last is flagged END, which
     // tells the manager where the consistent point after the resync is.
     const regionBytesMax = Math.max(...targets.map((t) => t.volume.dirty.regionBytes));
+    const rewritten = new Set<ProductionVolume>();
     const chunkRegions = Math.max(1, Math.floor(this.options.sealBytes / regionBytesMax));
     for (let chunkStart = 0; chunkStart < regions.length; chunkStart += chunkRegions) {
       const chunk = regions.slice(chunkStart, chunkStart + chunkRegions);
@@ -279,6 +287,10 @@ export class WritePipeline {
         const lengthBytes = Math.min(volume.dirty.regionBytes, volume.sizeBytes - offsetBytes);
         const data = Buffer.allocUnsafe(lengthBytes);
         await readFullyAsync(volume.fd, data, offsetBytes);
+        if (options.rewrite) {
+          await writeAsync(volume.fd, data, offsetBytes);
+          rewritten.add(volume);
+        }
         result.bytesRead += lengthBytes;
         options.onProgress?.(chunkStart + i + 1, regions.length);
         const zero = isZero(data);
@@ -303,6 +315,7 @@ export class WritePipeline {
       await appendPending();
       await this.sealNow();
     }
+    for (const volume of rewritten) await fdatasyncAsync(volume.fd);
     // Everything queued (including what arrived while this ran) moves up past the resync records.
     for (const op of this.queue) {
       if (op.type !== 'write' && op.type !== 'zero' && op.type !== 'trim') continue;
@@ -504,6 +517,11 @@ export class WritePipeline {
       this.fail(error);
       return NbdErrno.EIO;
     }
+  }
+
+  /** Stops the write path for good (until a restart): an fsync of a file it depends on failed. */
+  fatal(error: unknown): void {
+    this.fail(error);
   }
 
   private fail(error: unknown): void {

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { assert, crashPoint, nowNs, RewindError, type SegmentError } from '../core/index.js';
+import { assert, crashPoint, crc32c, nowNs, RewindError, SegmentError } from '../core/index.js';
 import {
   chainRecordHeader,
   chainRedoHeader,
@@ -11,6 +11,7 @@ import {
   encodeRedoTrailer,
   parseSealedRedo,
   REDO_HEADER_BYTES,
+  REDO_HEADER_CRC_OFFSET,
   REDO_VERSION,
   scanRedo,
   SEGMENT_FLAG_RESYNC,
@@ -131,9 +132,20 @@ export class Spool {
       await fsp.rm(file, { force: true }); // created but header never written: holds no record
       return { tornBytes: buf.length, tornReason: undefined, recoveredRecords: 0 };
     }
+    if (crc32c(buf.subarray(0, REDO_HEADER_CRC_OFFSET)) !== buf.readUInt32LE(REDO_HEADER_CRC_OFFSET)) {
+      // The header is the first thing written and every fdatasync of the segment covers it, so a
+      // header that fails its own CRC was never made durable, and neither was any record after it
+      // (a power loss kept some later sectors but not the first). The valid prefix is empty; the
+      // dirty map's resync logs what the lost records wrote. (A whole header of another format
+      // version is not torn: scanRedo refuses it below.)
+      await fsp.rm(file, { force: true });
+      const reason = new SegmentError('REWIND_SEGMENT_TRUNCATED', file, 0, 'the header never reached the disk whole');
+      return { tornBytes: buf.length, tornReason: reason, recoveredRecords: 0 };
+    }
     const scan = scanRedo(buf, file, this.volumeCount);
     if (scan.trailer !== undefined) {
       // The crash came after the trailer was written but before the rename: finish the seal.
+      rewriteDurably(file, buf, buf.length);
       const sealedFile = path.join(this.dir, segmentName(scan.header.segmentIndex, SEALED_SUFFIX));
       await fsp.rename(file, sealedFile);
       await fsyncDir(this.dir);
@@ -145,6 +157,7 @@ export class Spool {
     }
     const fd = fs.openSync(file, 'r+');
     fs.ftruncateSync(fd, scan.validBytes);
+    if (scan.records.length > 0) rewriteDurably(file, buf, scan.validBytes, fd);
     const first = scan.records[0];
     const last = scan.records[scan.records.length - 1];
     this.active = {
@@ -340,4 +353,20 @@ function sliceFrom(pieces: readonly Buffer[], skipBytes: number): Buffer[] {
     skip = 0;
   }
   return out;
+}
+
+/**
+ * Writes `buf[0, length)` back over the same bytes of `file` and fdatasyncs it. What a crashed
+ * agent left in the page cache is readable but not necessarily durable (never synced, or dropped
+ * from the way to the disk by a failed fsync, which a later fsync does not report again); writing
+ * it again makes the sync that follows cover it.
+ */
+function rewriteDurably(file: string, buf: Buffer, length: number, openFd?: number): void {
+  const fd = openFd ?? fs.openSync(file, 'r+');
+  try {
+    for (let done = 0; done < length; ) done += fs.writeSync(fd, buf, done, length - done, done);
+    fs.fdatasyncSync(fd);
+  } finally {
+    if (openFd === undefined) fs.closeSync(fd);
+  }
 }

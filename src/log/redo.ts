@@ -9,6 +9,8 @@ export const REDO_VERSION = 2;
 /** Version 1 segments are still read (history written before version 2), never written. */
 export const REDO_VERSION_V1 = 1;
 export const REDO_HEADER_BYTES = 64;
+/** Where the header's own CRC-32C (over the bytes before it) is kept. */
+export const REDO_HEADER_CRC_OFFSET = 60;
 export const RECORD_HEADER_BYTES = 48;
 export const RECORD_MAGIC = 0x52575243; // "RWRC"
 export const TRAILER_BYTES = 64;
@@ -140,10 +142,10 @@ export function decodeRedoHeader(buf: Buffer, file: string): RedoHeader {
   if (!buf.subarray(0, 8).equals(REDO_MAGIC)) {
     throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 0, `expected magic RWNDREDO`);
   }
-  const crcExpected = buf.readUInt32LE(60);
-  const crcActual = crc32c(buf.subarray(0, 60));
+  const crcExpected = buf.readUInt32LE(REDO_HEADER_CRC_OFFSET);
+  const crcActual = crc32c(buf.subarray(0, REDO_HEADER_CRC_OFFSET));
   if (crcExpected !== crcActual) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 60, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, REDO_HEADER_CRC_OFFSET, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
   }
   const version = buf.readUInt16LE(8);
   if (version !== REDO_VERSION && version !== REDO_VERSION_V1) {
