@@ -90,8 +90,9 @@ const TX_COLUMNS = `idx, kind, seq_first AS seqFirst, seq_last AS seqLast, time_
 export class Catalog {
   private readonly db: Database.Database;
 
-  constructor(file: string) {
-    this.db = new Database(file);
+  /** Opens the catalog in `file`, or in an open database (the simulation's in-memory one). */
+  constructor(file: string | Database.Database) {
+    this.db = typeof file === 'string' ? new Database(file) : file;
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL'); // a commit is the durable point of a transaction
     this.db.exec(SCHEMA);
@@ -121,6 +122,16 @@ export class Catalog {
            redo_bytes, redo_crc, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(row.idx, row.kind, row.seqFirst, row.seqLast, row.timeFirstUs, row.timeLastUs, row.recordCount, row.redoBytes, row.redoCrc, row.state, row.receivedAt);
+  }
+
+  /**
+   * Forgets transaction `idx` and every later one, all still 'received' (nothing of them reached
+   * the replica, and the agent keeps their segments until they commit). Returns how many.
+   */
+  forgetReceivedFrom(idx: number): number {
+    const later = this.db.prepare(`SELECT COUNT(*) AS n FROM transactions WHERE idx >= ? AND state != 'received'`).get(idx) as { n: number };
+    if (later.n > 0) throw new Error(`transactions from ${idx} on are not all in state received`);
+    return this.db.prepare('DELETE FROM transactions WHERE idx >= ?').run(idx).changes;
   }
 
   setUndoSaved(idx: number, undoBytes: number, undoCrc: number): void {

@@ -14,7 +14,7 @@ import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, ty
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
 import { markApplied } from './apply.js';
-import { ApplyWorker } from './apply-pool.js';
+import { ApplyWorker, type Applier } from './apply-pool.js';
 import { Catalog, type TxKind, type TxRow } from './catalog.js';
 import { parsePoint } from './points.js';
 import { ReplicaVolume } from './replica.js';
@@ -30,6 +30,12 @@ export interface ManagerOptions {
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
   /** Called when exports appear or disappear (views created or removed). */
   onExportsChanged?: (removed: string[]) => void;
+  /**
+   * The deterministic simulation's hooks: where undo building and replica writes run (default: a
+   * worker thread) and how the catalog's SQLite database is opened (default: the file).
+   */
+  applier?: Applier;
+  openCatalog?: (file: string) => Catalog;
 }
 
 export interface AgentStatus {
@@ -62,7 +68,7 @@ export class Manager implements History {
   catalog!: Catalog;
   replicas: ReplicaVolume[] = [];
   /** Undo building and replica writes run on this worker thread, off the event loop. */
-  private readonly applyWorker = new ApplyWorker();
+  private readonly applyWorker: Applier;
   private txFiles!: TxFiles;
   readonly views = new Map<string, View>();
   /** Views used by restores and image exports: not exported, but they take undo like any view. */
@@ -85,6 +91,7 @@ export class Manager implements History {
 
   constructor(options: ManagerOptions) {
     this.options = options;
+    this.applyWorker = options.applier ?? new ApplyWorker();
   }
 
   note(level: 'info' | 'warn' | 'error', message: string): void {
@@ -109,7 +116,8 @@ export class Manager implements History {
 
   async open(): Promise<void> {
     await ensureDir(this.root);
-    this.catalog = new Catalog(path.join(this.root, 'catalog.sqlite'));
+    const catalogFile = path.join(this.root, 'catalog.sqlite');
+    this.catalog = this.options.openCatalog ? this.options.openCatalog(catalogFile) : new Catalog(catalogFile);
     this.txFiles = new TxFiles(this.root, () => this.replicas.length);
     await ensureDir(this.txFiles.redoDir);
     await ensureDir(this.txFiles.undoDir);
@@ -134,7 +142,17 @@ export class Manager implements History {
       const file = this.txFiles.redoPath(tx.idx);
       const buf = await fsp.readFile(file);
       const parsed = parseSealedRedo(buf, file, this.replicas.length);
-      await this.runTx(tx, parsed);
+      try {
+        await this.runTx(tx, parsed);
+      } catch (error) {
+        // A full disk must not keep the manager down (views, restores and the status still work):
+        // a transaction still in 'received' has changed nothing yet and the agent keeps its
+        // segment until it commits, so it is forgotten here and applied when the agent resends it.
+        if ((error as { code?: string }).code !== 'ENOSPC' || tx.state !== 'received') throw error;
+        const forgotten = this.catalog.forgetReceivedFrom(tx.idx);
+        this.options.log('warn', `disk full: ${forgotten} received transaction(s) from ${tx.idx} on are left to the agent to resend (${errorMessage(error)})`);
+        break;
+      }
     }
     const known = new Set(this.catalog.committedTxs().map((t) => t.idx));
     for (const dir of [this.txFiles.redoDir, this.txFiles.undoDir, this.txFiles.indexDir]) {
@@ -200,6 +218,11 @@ export class Manager implements History {
 
   /** Every agent connection, authenticated or not (closed on shutdown). */
   private readonly sockets = new Set<net.Socket>();
+
+  /** Serves one agent connection (from listen(), or a simulated link in the simulation). */
+  acceptAgent(socket: net.Socket): void {
+    this.onAgentSocket(socket);
+  }
 
   private onAgentSocket(socket: net.Socket): void {
     this.sockets.add(socket);
