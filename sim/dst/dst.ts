@@ -1,0 +1,685 @@
+// Deterministic simulation of the agent and the manager (issue 4). Both run in this one process
+// over a simulated disk (sim-fs.ts: lost and torn unsynced writes, lost directory operations,
+// EIO, ENOSPC), a simulated network (link.ts: delays, splits, cuts mid-frame, partitions) and a
+// fake clock (world.ts). One seed derives the workload and every fault, so a failure replays
+// exactly from its seed.
+//
+// A run: a fault phase (writes, flushes, crashes and power losses of either side, link faults,
+// disk faults), then a healing phase (faults off, both sides up, the agent drained), then checks
+// against an independent model:
+// - durability: every write acknowledged durable (FUA, or before a completed FLUSH, or any reply
+//   when the machine kept its page cache) is in production, or a later write to its sectors is;
+// - the history at its last seq equals production, byte for byte, on every volume;
+// - every write record in the history carries exactly the bytes the client wrote (each sector is
+//   stamped with the write's id), in an order consistent with the client's;
+// - views at sampled seqs equal a plain in-memory replay of the history's records 1..N.
+//
+// Usage: node dist/sim/dst/dst.js [--seed S | --seeds A..B] [--minutes M] [--ops N] [--verbose]
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { Agent } from '../../src/agent/agent.js';
+import { parseSealedRedo, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type SealedRedo } from '../../src/log/index.js';
+import { InThreadApply } from '../../src/manager/apply-pool.js';
+import { Catalog } from '../../src/manager/catalog.js';
+import { Manager } from '../../src/manager/manager.js';
+import type { ExportBackend } from '../../src/nbd/backend.js';
+import { SimNetwork } from './link.js';
+import { SimFs, type Faults } from './sim-fs.js';
+import { World, type SimProcess } from './world.js';
+
+const SECTOR = 512;
+const VOLUMES = [
+  { name: 'a', sizeBytes: 2 * 1024 * 1024 },
+  { name: 'b', sizeBytes: 1024 * 1024 },
+];
+const AGENT_DIR = '/sim/agent';
+const MANAGER_DIR = '/sim/manager';
+const TOKEN = 'simulated-token';
+
+export interface RunOptions {
+  seed: number;
+  /** Client operations in the fault phase. */
+  ops: number;
+  verbose?: boolean;
+}
+
+export interface RunReport {
+  seed: number;
+  ops: { writes: number; zeroes: number; flushes: number; failed: number; unknown: number };
+  crashes: { agentKill: number; agentPowerLoss: number; managerKill: number; managerPowerLoss: number };
+  link: { cuts: number; partitions: number; connections: number };
+  disk: { injectedEio: number; injectedEnospc: number };
+  seqLast: number;
+  transactions: number;
+  resyncRecords: number;
+  viewsChecked: number;
+  simulatedSeconds: number;
+  /** Digest of the run's event trace and final state: equal for equal seeds (determinism). */
+  digest: string;
+}
+
+type OpKind = 'write' | 'zero';
+interface Op {
+  id: number;
+  volume: number;
+  kind: OpKind;
+  offset: number;
+  length: number;
+  data?: Buffer;
+  fua: boolean;
+  state: 'pending' | 'ok' | 'failed' | 'unknown';
+}
+
+/** The bytes write `id` puts at (volume, offset): each sector starts with a stamp naming it. */
+function payload(id: number, volume: number, offset: number, length: number): Buffer {
+  const data = Buffer.alloc(length);
+  let x = (id * 2654435761) >>> 0;
+  for (let at = 0; at < length; at += 4) {
+    x = (x ^ (x << 13)) >>> 0;
+    x = (x ^ (x >>> 17)) >>> 0;
+    x = (x ^ (x << 5)) >>> 0;
+    data.writeUInt32LE(x, at);
+  }
+  for (let at = 0; at < length; at += SECTOR) {
+    data.writeUInt32LE(0x52574e44, at); // 'RWND'
+    data.writeUInt32LE(id, at + 4);
+    data.writeUInt32LE(volume, at + 8);
+    data.writeUInt32LE((offset + at) / SECTOR, at + 12);
+  }
+  return data;
+}
+
+function stampOf(sector: Buffer): number | undefined {
+  return sector.readUInt32LE(0) === 0x52574e44 ? sector.readUInt32LE(4) : undefined;
+}
+
+/** What the client did, sector by sector: the independent model of durability. */
+class ClientModel {
+  readonly ops: Op[] = [undefined as unknown as Op];
+  /** Per volume and sector: ids of the operations issued to it, in issue order. */
+  private readonly touched: number[][][];
+  /** Per volume and sector: the latest operation known durable (0: the initial zeroes). */
+  private readonly floor: Uint32Array[];
+  private ackedSinceFlush = new Set<number>();
+  /** Sectors with an operation in flight: the workload never overlaps two. */
+  private readonly busy: Uint8Array[];
+
+  constructor() {
+    this.touched = VOLUMES.map((v) => Array.from({ length: v.sizeBytes / SECTOR }, () => []));
+    this.floor = VOLUMES.map((v) => new Uint32Array(v.sizeBytes / SECTOR));
+    this.busy = VOLUMES.map((v) => new Uint8Array(v.sizeBytes / SECTOR));
+  }
+
+  free(volume: number, offset: number, length: number): boolean {
+    const busy = this.busy[volume] as Uint8Array;
+    for (let s = offset / SECTOR; s < (offset + length) / SECTOR; s++) if (busy[s]) return false;
+    return true;
+  }
+
+  issue(op: Op): void {
+    this.ops.push(op);
+    const busy = this.busy[op.volume] as Uint8Array;
+    const touched = this.touched[op.volume] as number[][];
+    for (let s = op.offset / SECTOR; s < (op.offset + op.length) / SECTOR; s++) {
+      busy[s] = 1;
+      (touched[s] as number[]).push(op.id);
+    }
+  }
+
+  replied(op: Op, ok: boolean): void {
+    op.state = ok ? 'ok' : 'failed';
+    this.release(op);
+    if (!ok) return;
+    if (op.fua) this.promote([op.id]);
+    else this.ackedSinceFlush.add(op.id);
+  }
+
+  private release(op: Op): void {
+    const busy = this.busy[op.volume] as Uint8Array;
+    for (let s = op.offset / SECTOR; s < (op.offset + op.length) / SECTOR; s++) busy[s] = 0;
+  }
+
+  /** A FLUSH was issued on `volume`'s export: returns what its success makes durable there. */
+  flushIssued(volume: number): number[] {
+    return [...this.ackedSinceFlush].filter((id) => (this.ops[id] as Op).volume === volume);
+  }
+
+  promote(ids: Iterable<number>): void {
+    for (const id of ids) {
+      const op = this.ops[id] as Op;
+      this.ackedSinceFlush.delete(id);
+      const floor = this.floor[op.volume] as Uint32Array;
+      for (let s = op.offset / SECTOR; s < (op.offset + op.length) / SECTOR; s++) floor[s] = Math.max(floor[s] as number, id);
+    }
+  }
+
+  /**
+   * The agent's process died: its in-flight requests have no answer. Acknowledged writes are still
+   * in the page cache but no more durable than before: the next successful FLUSH covers them (it
+   * covers every write completed before it), a power loss before it may lose them.
+   */
+  agentKilled(inFlight: Op[]): void {
+    for (const op of inFlight) {
+      op.state = 'unknown';
+      this.release(op);
+    }
+  }
+
+  /** The agent's machine lost power: acknowledged writes not yet flushed may be gone. */
+  agentPowerLost(inFlight: Op[]): void {
+    for (const op of inFlight) {
+      op.state = 'unknown';
+      this.release(op);
+    }
+    this.ackedSinceFlush.clear();
+  }
+
+  /** Checks one volume's production bytes: each sector holds a durable write or a later one. */
+  checkDurable(volume: number, image: Buffer): void {
+    const floor = this.floor[volume] as Uint32Array;
+    const touched = this.touched[volume] as number[][];
+    for (let s = 0; s < floor.length; s++) {
+      const sector = image.subarray(s * SECTOR, (s + 1) * SECTOR);
+      const allowed = (touched[s] as number[]).filter((id) => id >= (floor[s] as number));
+      const matches = (id: number): boolean => sector.equals(this.sectorOf(id, s));
+      const zeroAllowed = (floor[s] as number) === 0;
+      if (zeroAllowed && sector.every((b) => b === 0)) continue;
+      if (allowed.some(matches)) continue;
+      const stamp = stampOf(sector);
+      throw new Error(`volume ${VOLUMES[volume]?.name} sector ${s}: holds ${stamp !== undefined ? `bytes of write ${stamp}` : 'bytes no write put there'}, but write ${floor[s]} was acknowledged durable there and only writes ${allowed.join(', ') || '(none)'} came after it`);
+    }
+  }
+
+  /** The bytes operation `id` puts in sector `s` of its volume. */
+  sectorOf(id: number, s: number): Buffer {
+    const op = this.ops[id] as Op;
+    if (op.kind === 'zero') return Buffer.alloc(SECTOR);
+    const at = s * SECTOR - op.offset;
+    return (op.data as Buffer).subarray(at, at + SECTOR);
+  }
+}
+
+class Simulation {
+  readonly world: World;
+  readonly disk: SimFs;
+  readonly net: SimNetwork;
+  readonly model = new ClientModel();
+  readonly trace = createHash('sha256');
+  readonly logLines: string[] = [];
+  agentProc: SimProcess | undefined;
+  agent: Agent | undefined;
+  backends: ExportBackend[] = [];
+  managerProc: SimProcess | undefined;
+  manager: Manager | undefined;
+  catalogDb: Database.Database | undefined;
+  catalogImage: Buffer | undefined;
+  inFlight = new Set<Op>();
+  report: RunReport;
+  agentGeneration = 0;
+  managerGeneration = 0;
+  /** Share of client operations that are FLUSH: some seeds never flush (nothing is promised). */
+  flushRate = 0.06;
+
+  constructor(readonly options: RunOptions) {
+    this.world = new World(options.seed);
+    const random = this.world.random;
+    this.disk = new SimFs(
+      { random: () => random.next(), caller: () => this.world.caller(), schedule: (ms, fn) => this.world.schedule(ms, fn) },
+      [
+        { prefix: AGENT_DIR, capacityBytes: 64 * 1024 * 1024 },
+        // Some seeds run the manager on a disk that fills: it must push back, not fail.
+        { prefix: MANAGER_DIR, capacityBytes: random.chance(0.3) ? 12 * 1024 * 1024 : 256 * 1024 * 1024 },
+      ],
+    );
+    this.net = new SimNetwork(this.world);
+    this.report = {
+      seed: options.seed,
+      ops: { writes: 0, zeroes: 0, flushes: 0, failed: 0, unknown: 0 },
+      crashes: { agentKill: 0, agentPowerLoss: 0, managerKill: 0, managerPowerLoss: 0 },
+      link: { cuts: 0, partitions: 0, connections: 0 },
+      disk: { injectedEio: 0, injectedEnospc: 0 },
+      seqLast: 0,
+      transactions: 0,
+      resyncRecords: 0,
+      viewsChecked: 0,
+      simulatedSeconds: 0,
+      digest: '',
+    };
+  }
+
+  event(text: string): void {
+    const line = `${(Date.now() - Date.UTC(2026, 0, 1)).toString().padStart(7)} ms  ${text}`;
+    this.trace.update(line + '\n');
+    this.logLines.push(line);
+    if (this.logLines.length > 400) this.logLines.shift();
+    if (this.options.verbose) console.error(line);
+  }
+
+  log(who: string): (level: 'info' | 'warn' | 'error', message: string) => void {
+    return (level, message) => this.event(`${who} ${level}: ${message}`);
+  }
+
+  // ---- processes ----
+
+  async startManager(): Promise<void> {
+    const proc = this.world.spawn(`manager#${++this.managerGeneration}`);
+    const manager = new Manager({
+      dataDir: MANAGER_DIR,
+      token: TOKEN,
+      log: this.log(proc.name),
+      applier: new InThreadApply(),
+      openCatalog: () => {
+        // The catalog is SQLite with synchronous=FULL: a commit is durable, nothing else is. A
+        // crash keeps exactly the committed state, which serialize() captures.
+        this.catalogDb = this.catalogImage ? new Database(this.catalogImage) : new Database(':memory:');
+        return new Catalog(this.catalogDb);
+      },
+    });
+    this.managerProc = proc;
+    try {
+      await this.world.settle(proc.run(() => manager.open()), 60_000, `${proc.name} open`);
+    } catch (error) {
+      // A failing disk may keep the manager down; a full one must not (it pushes back instead).
+      if (!isInjected(error) || (error as { code?: string }).code === 'ENOSPC') throw error;
+      this.event(`${proc.name} failed to start: ${(error as Error).message}`);
+      this.crashManager(false);
+      return;
+    }
+    this.manager = manager;
+    this.event(`${proc.name} up, committed seq ${manager.seqCommitted()}`);
+  }
+
+  async startAgent(): Promise<void> {
+    const proc = this.world.spawn(`agent#${++this.agentGeneration}`);
+    const agent = new Agent({
+      dataDir: AGENT_DIR,
+      volumes: VOLUMES,
+      sealBytes: 64 * 1024,
+      sealMs: 300,
+      spoolBytes: 1024 * 1024,
+      manager: {
+        host: 'manager.sim',
+        port: 0,
+        token: TOKEN,
+        connect: (onConnected) =>
+          this.net.connect(proc, () => (this.manager && this.managerProc?.alive ? { proc: this.managerProc, accept: (socket) => this.manager?.acceptAgent(socket) } : undefined), onConnected),
+      },
+      log: this.log(proc.name),
+    });
+    this.agentProc = proc;
+    try {
+      await this.world.settle(proc.run(() => agent.open()), 60_000, `${proc.name} open`);
+    } catch (error) {
+      if (!isInjected(error)) throw error;
+      this.event(`${proc.name} failed to start: ${(error as Error).message}`);
+      this.agent = agent;
+      this.crashAgent(false);
+      return;
+    }
+    this.agent = agent;
+    this.backends = proc.run(() => agent.exports());
+    this.event(`${proc.name} up, captured seq ${agent.status().seqCaptured}`);
+  }
+
+  crashAgent(powerLoss: boolean): void {
+    const proc = this.agentProc;
+    if (!proc?.alive) return;
+    proc.alive = false;
+    this.agent = undefined;
+    this.net.cutAll(proc);
+    const inFlight = [...this.inFlight];
+    this.inFlight.clear();
+    if (powerLoss) {
+      const lost = this.disk.powerLoss(AGENT_DIR);
+      this.model.agentPowerLost(inFlight);
+      this.report.crashes.agentPowerLoss += 1;
+      this.event(`${proc.name} power loss: ${inFlight.length} requests unanswered, ${lost.sectorsLost} sectors and ${lost.metadataOpsLost} directory operations lost`);
+    } else {
+      this.disk.processCrash(proc);
+      this.model.agentKilled(inFlight);
+      this.report.crashes.agentKill += 1;
+      this.event(`${proc.name} killed: ${inFlight.length} requests unanswered`);
+    }
+    this.report.ops.unknown += inFlight.length;
+  }
+
+  crashManager(powerLoss: boolean): void {
+    const proc = this.managerProc;
+    if (!proc?.alive) return;
+    proc.alive = false;
+    this.manager = undefined;
+    this.net.cutAll(proc);
+    this.catalogImage = this.catalogDb?.serialize();
+    this.catalogDb?.close();
+    this.catalogDb = undefined;
+    if (powerLoss) {
+      const lost = this.disk.powerLoss(MANAGER_DIR);
+      this.report.crashes.managerPowerLoss += 1;
+      this.event(`${proc.name} power loss: ${lost.sectorsLost} sectors and ${lost.metadataOpsLost} directory operations lost`);
+    } else {
+      this.disk.processCrash(proc);
+      this.report.crashes.managerKill += 1;
+      this.event(`${proc.name} killed`);
+    }
+  }
+
+  // ---- workload ----
+
+  issueOne(): void {
+    const random = this.world.random;
+    const proc = this.agentProc;
+    if (!proc?.alive || !this.agent) return;
+    if (random.chance(this.flushRate)) {
+      const volume = random.int(this.backends.length);
+      const covers = this.model.flushIssued(volume);
+      this.report.ops.flushes += 1;
+      const backend = this.backends[volume] as ExportBackend;
+      proc.run(() =>
+        backend.flush((errno) => {
+          this.event(`flush of ${VOLUMES[volume]?.name} (${covers.length} writes) -> ${errno}`);
+          if (this.options.verbose) console.error(`      flush covered ${covers.join(',')}`);
+          if (errno === 0) this.model.promote(covers);
+        }),
+      );
+      return;
+    }
+    const volume = random.int(VOLUMES.length);
+    const size = (VOLUMES[volume] as { sizeBytes: number }).sizeBytes;
+    const sectors = random.chance(0.8) ? 1 + random.int(8) : 1 + random.int(128);
+    const length = sectors * SECTOR;
+    const offset = random.int((size - length) / SECTOR + 1) * SECTOR;
+    if (!this.model.free(volume, offset, length)) return;
+    const kind: OpKind = random.chance(0.1) ? 'zero' : 'write';
+    const id = this.model.ops.length;
+    const op: Op = { id, volume, kind, offset, length, fua: random.chance(0.1), state: 'pending' };
+    if (kind === 'write') op.data = payload(id, volume, offset, length);
+    this.model.issue(op);
+    this.inFlight.add(op);
+    if (kind === 'write') this.report.ops.writes += 1;
+    else this.report.ops.zeroes += 1;
+    const backend = this.backends[volume] as ExportBackend;
+    if (this.options.verbose) console.error(`      op ${id} ${kind} ${VOLUMES[volume]?.name} ${offset}+${length}${op.fua ? ' fua' : ''}`);
+    const done = (errno: number): void => {
+      if (this.options.verbose) console.error(`      op ${id} -> ${errno}`);
+      if (!this.inFlight.delete(op)) return;
+      this.model.replied(op, errno === 0);
+      if (errno !== 0) this.report.ops.failed += 1;
+      this.trace.update(`${op.id}:${errno};`);
+    };
+    proc.run(() => (kind === 'write' ? backend.write(offset, op.data as Buffer, op.fua, done) : backend.writeZeroes(offset, length, op.fua, done)));
+  }
+
+  // ---- phases ----
+
+  async faultPhase(): Promise<void> {
+    const random = this.world.random;
+    const eio = random.chance(0.5) ? { readEio: 0, writeEio: 0.0005, fsyncEio: 0.002, maxLatencyMs: 3 } : { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 };
+    this.disk.setFaults(eio);
+    this.net.faults = { maxDelayMs: 5, cutPerChunk: random.chance(0.5) ? 0.002 : 0 };
+    this.flushRate = random.pick([0, 0.005, 0.03, 0.08]);
+    const downUntil = { agent: 0, manager: 0 };
+    let issued = 0;
+    while (issued < this.options.ops) {
+      const now = Date.now();
+      // Restart what is down once its downtime is over; an agent whose write path stopped (an
+      // fsync failed) is restarted as an operator would.
+      if (!this.managerProc?.alive && now >= downUntil.manager) await this.startManager();
+      if (!this.agentProc?.alive && now >= downUntil.agent) await this.startAgent();
+      if (this.agent && this.agent.status().mode === 'failed' && random.chance(0.2)) {
+        this.event(`agent write path failed (${this.agent.status().failure}): restarting it`);
+        this.crashAgent(false);
+        downUntil.agent = now + 50;
+      }
+      const roll = random.next();
+      if (roll < 0.004) {
+        this.crashAgent(random.chance(0.5));
+        downUntil.agent = now + random.int(3000);
+      } else if (roll < 0.008) {
+        this.crashManager(random.chance(0.5));
+        downUntil.manager = now + random.int(3000);
+      } else if (roll < 0.010) {
+        const ms = 100 + random.int(8000);
+        this.net.partition(ms);
+        this.report.link.partitions += 1;
+        this.event(`partition for ${ms} ms`);
+      }
+      const burst = 1 + random.int(4);
+      for (let i = 0; i < burst && this.inFlight.size < 8; i++) {
+        this.issueOne();
+        issued += 1;
+      }
+      // Now and then the client pauses long enough for regions to go quiet and the dirty map to
+      // clear them; a power loss right after such a pause tests what a clear may rely on.
+      if (random.chance(0.005)) {
+        await this.world.advance(2000 + random.int(4000));
+        if (random.chance(0.3)) {
+          this.crashAgent(true);
+          downUntil.agent = Date.now() + random.int(1000);
+        }
+      } else {
+        await this.world.advance(1 + random.int(20));
+      }
+      if (this.world.failures.length > 0) throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
+    }
+  }
+
+  async healingPhase(): Promise<void> {
+    this.disk.setFaults({ readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 });
+    this.net.faults = { maxDelayMs: 5, cutPerChunk: 0 };
+    // An operator facing a full manager disk adds space (the manager pushed back until then).
+    this.disk.setCapacity(MANAGER_DIR, 256 * 1024 * 1024);
+    this.event('healing: faults off, disks large enough');
+    await this.world.advance(10_000); // any partition ends
+    for (let round = 0; round < 5; round++) {
+      if (!this.managerProc?.alive) await this.startManager();
+      if (!this.agentProc?.alive) await this.startAgent();
+      if (this.agent?.status().mode === 'failed') {
+        this.crashAgent(false);
+        continue;
+      }
+      // Let every request answer, then wait for the history to catch up with production.
+      await this.world.until(() => this.inFlight.size === 0, 30_000);
+      const caughtUp = (): boolean => {
+        const status = this.agent?.status();
+        return status !== undefined && status.mode === 'logging' && status.sealedPending === 0 && this.manager !== undefined && this.manager.seqCommitted() === status.seqCaptured;
+      };
+      if (await this.world.until(caughtUp, 120_000, 50)) {
+        // A seal of the idle active segment may still be on its way; wait for a quiet moment.
+        await this.world.advance(2000);
+        if (caughtUp()) return;
+      }
+    }
+    const status = this.agent?.status();
+    throw new Error(`healing: the history did not catch up (agent ${JSON.stringify(status, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}, manager committed ${this.manager?.seqCommitted()})`);
+  }
+
+  productionImage(volume: number): Buffer {
+    const name = (VOLUMES[volume] as { name: string }).name;
+    const bytes = this.disk.peek(path.join(AGENT_DIR, 'production', `${name}.img`));
+    if (!bytes) throw new Error(`production image of ${name} is missing`);
+    const image = Buffer.alloc((VOLUMES[volume] as { sizeBytes: number }).sizeBytes);
+    bytes.copy(image, 0, 0, Math.min(bytes.length, image.length));
+    return image;
+  }
+
+  async viewImages(seq: number): Promise<Buffer[]> {
+    const manager = this.manager as Manager;
+    const proc = this.managerProc as SimProcess;
+    const name = `check-${seq}`;
+    const view = await this.world.settle(proc.run(() => manager.createView(name, 'snapshot', String(seq))), 60_000, `view at ${seq}`);
+    const images = VOLUMES.map((v, i) => proc.run(() => view.read(i, 0, v.sizeBytes)));
+    await this.world.settle(proc.run(() => manager.removeView(name)), 60_000, `remove view ${name}`);
+    this.report.viewsChecked += 1;
+    return images;
+  }
+
+  /** Every committed transaction's records, with their payloads, in seq order. */
+  history(): { seq: number; volume: number; kind: string; offset: number; length: number; data: Buffer | undefined; resync: boolean; resyncEnd: boolean; tx: number }[] {
+    const manager = this.manager as Manager;
+    const out = [];
+    const txs = manager.txsAfter(0);
+    this.report.transactions = txs.length;
+    let expected = txs[0]?.seqFirst ?? 1;
+    for (const tx of txs) {
+      const fd = manager.redoFd(tx.idx);
+      const bytes = Buffer.alloc(fs.fstatSync(fd).size);
+      fs.readSync(fd, bytes, 0, bytes.length, 0);
+      const parsed: SealedRedo = parseSealedRedo(bytes, `redo ${tx.idx}`, VOLUMES.length);
+      const resync = (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0;
+      const resyncEnd = (parsed.header.flags & SEGMENT_FLAG_RESYNC_END) !== 0;
+      for (const r of parsed.records) {
+        if (r.seq !== expected) throw new Error(`history: seq ${r.seq} follows seq ${expected - 1} (transaction ${tx.idx})`);
+        expected += 1;
+        out.push({ seq: r.seq, volume: r.volume, kind: r.kind, offset: r.offsetBytes, length: r.lengthBytes, data: r.kind === 'write' ? bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes) : undefined, resync, resyncEnd, tx: tx.idx });
+      }
+    }
+    return out;
+  }
+
+  async check(): Promise<void> {
+    const manager = this.manager as Manager;
+    const seqLast = manager.seqCommitted();
+    this.report.seqLast = seqLast;
+    // 1. Durability of what the client was told, against production.
+    const production = VOLUMES.map((_v, i) => this.productionImage(i));
+    production.forEach((image, i) => this.model.checkDurable(i, image));
+    // 2. The history at its last seq is production.
+    if (seqLast > 0) {
+      const last = await this.viewImages(seqLast);
+      last.forEach((image, i) => {
+        if (!image.equals(production[i] as Buffer)) throw new Error(`volume ${VOLUMES[i]?.name}: the history at its last seq ${seqLast} differs from production at byte ${firstDifference(image, production[i] as Buffer)}`);
+      });
+    }
+    // 3. Every client write in the history is exactly what the client wrote, in client order.
+    const records = this.history();
+    const lastWriter = VOLUMES.map((v) => new Uint32Array(v.sizeBytes / SECTOR));
+    for (const r of records) {
+      if (r.resync) {
+        this.report.resyncRecords += 1;
+        continue;
+      }
+      if (r.kind !== 'write') continue; // zeroes carry no stamp; the replay below checks them
+      const id = stampOf(r.data as Buffer);
+      const op = id === undefined ? undefined : this.model.ops[id];
+      if (!op || op.kind !== 'write' || op.volume !== r.volume || op.offset !== r.offset || op.length !== r.length || !(op.data as Buffer).equals(r.data as Buffer)) {
+        throw new Error(`seq ${r.seq}: a write record of ${r.length} bytes at ${r.offset} on volume ${r.volume} is not the bytes any client write put there`);
+      }
+      const writers = lastWriter[r.volume] as Uint32Array;
+      for (let s = r.offset / SECTOR; s < (r.offset + r.length) / SECTOR; s++) {
+        if ((writers[s] as number) > op.id) throw new Error(`seq ${r.seq}: write ${op.id} logged after write ${writers[s]} to the same sector, which the client issued later`);
+        writers[s] = op.id;
+      }
+    }
+    // 4. Views at sampled seqs equal a plain replay of records 1..N.
+    const first = records[0]?.seq ?? 1;
+    const samples = new Set<number>();
+    // A point inside a resync has no per-write history (views refuse it); its last seq is a point.
+    const points = records.filter((r, i) => !r.resync || (r.resyncEnd && records[i + 1]?.tx !== r.tx)).map((r) => r.seq);
+    for (let i = 0; i < 6 && points.length > 0; i++) samples.add(this.world.random.pick(points));
+    const model = VOLUMES.map((v) => Buffer.alloc(v.sizeBytes));
+    let applied = 0;
+    for (const seq of [...samples].sort((a, b) => a - b)) {
+      while (applied < records.length && (records[applied] as { seq: number }).seq <= seq) {
+        const r = records[applied++] as (typeof records)[number];
+        const image = model[r.volume] as Buffer;
+        if (r.data) r.data.copy(image, r.offset);
+        else image.fill(0, r.offset, r.offset + r.length);
+      }
+      const images = await this.viewImages(seq);
+      images.forEach((image, i) => {
+        if (!image.equals(model[i] as Buffer)) throw new Error(`volume ${VOLUMES[i]?.name}: the view at seq ${seq} differs from the replay of records ${first}..${seq} at byte ${firstDifference(image, model[i] as Buffer)}`);
+      });
+    }
+    for (const image of production) this.trace.update(createHash('sha256').update(image).digest());
+  }
+
+  async run(): Promise<RunReport> {
+    this.disk.install();
+    try {
+      await this.startManager();
+      await this.startAgent();
+      await this.faultPhase();
+      await this.healingPhase();
+      await this.check();
+      if (this.world.failures.length > 0) throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
+      const stats = this.disk.stats();
+      this.report.disk = { injectedEio: stats.injectedEio, injectedEnospc: stats.injectedEnospc };
+      this.report.link = { ...this.report.link, cuts: this.net.cuts, connections: this.net.connections };
+      this.report.simulatedSeconds = Math.round((Date.now() - Date.UTC(2026, 0, 1)) / 1000);
+      this.report.digest = this.trace.digest('hex').slice(0, 16);
+      return this.report;
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      throw new Error(`simulation failed, seed ${this.options.seed}: ${message}\n--- last events ---\n${this.logLines.slice(-60).join('\n')}`);
+    } finally {
+      // Stop what is still running (as a crash: nothing is waited for), then restore the real world.
+      if (this.agentProc) this.agentProc.alive = false;
+      if (this.managerProc) this.managerProc.alive = false;
+      this.catalogDb?.close();
+      this.disk.uninstall();
+      this.world.uninstall();
+    }
+  }
+}
+
+/** An injected disk fault (or one a restart reports about it): a process may refuse to start. */
+function isInjected(error: unknown): boolean {
+  const text = `${(error as { code?: string }).code ?? ''} ${(error as Error).message ?? ''}`;
+  return /EIO|ENOSPC|REWIND_IO/.test(text);
+}
+
+function firstDifference(a: Buffer, b: Buffer): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return i;
+  return Math.min(a.length, b.length);
+}
+
+export async function runSimulation(options: RunOptions): Promise<RunReport> {
+  return new Simulation(options).run();
+}
+
+function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefined; ops: number; verbose: boolean; json: boolean } {
+  const get = (name: string): string | undefined => {
+    const at = argv.indexOf(name);
+    return at >= 0 ? argv[at + 1] : undefined;
+  };
+  let seeds: number[] = [];
+  const range = get('--seeds');
+  if (range) {
+    const [a, b] = range.split('..').map(Number) as [number, number];
+    for (let s = a; s <= (b ?? a); s++) seeds.push(s);
+  }
+  if (get('--seed')) seeds = [Number(get('--seed'))];
+  const minutes = get('--minutes') === undefined ? undefined : Number(get('--minutes'));
+  if (seeds.length === 0 && minutes === undefined) seeds = [1];
+  return { seeds, minutes, ops: Number(get('--ops') ?? 3000), verbose: argv.includes('--verbose'), json: argv.includes('--json') };
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const args = parseArgs(process.argv.slice(2));
+  const started = performance.now();
+  const deadline = args.minutes === undefined ? Infinity : started + args.minutes * 60_000;
+  const seeds = args.seeds.length > 0 ? args.seeds : [];
+  let next = seeds.length > 0 ? undefined : Math.floor(Math.random() * 2 ** 31);
+  const totals = { runs: 0, ops: 0, crashes: 0, cuts: 0, eio: 0 };
+  (async () => {
+    for (let i = 0; ; i++) {
+      const seed = next === undefined ? seeds[i] : next++;
+      if (seed === undefined || performance.now() > deadline) break;
+      const report = await runSimulation({ seed, ops: args.ops, verbose: args.verbose });
+      totals.runs += 1;
+      totals.ops += report.ops.writes + report.ops.zeroes + report.ops.flushes;
+      totals.crashes += report.crashes.agentKill + report.crashes.agentPowerLoss + report.crashes.managerKill + report.crashes.managerPowerLoss;
+      totals.cuts += report.link.cuts;
+      totals.eio += report.disk.injectedEio;
+      if (args.json) console.log(JSON.stringify(report));
+      else console.log(`seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  ${report.simulatedSeconds} s simulated  digest ${report.digest}`);
+    }
+    console.log(`simulation passed: ${totals.runs} seeds, ${totals.ops} client operations, ${totals.crashes} crashes, ${totals.cuts} link cuts, ${totals.eio} injected EIO, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  })().catch((error: unknown) => {
+    console.error(error instanceof Error ? error.message : String(error));
+    process.exit(1);
+  });
+}
