@@ -12,9 +12,11 @@
 // - the history at its last seq equals production, byte for byte, on every volume;
 // - every write record in the history carries exactly the bytes the client wrote (each sector is
 //   stamped with the write's id), in an order consistent with the client's;
-// - views at sampled seqs equal a plain in-memory replay of the history's records 1..N.
+// - views at sampled seqs (--every-seq: at every point) equal a plain in-memory replay of the
+//   history's records 1..N.
 //
-// Usage: node dist/sim/dst/dst.js [--seed S | --seeds A..B] [--minutes M] [--ops N] [--verbose]
+// Usage: node dist/sim/dst/dst.js [--seed S | --seeds A..B] [--minutes M] [--ops N] [--every-seq]
+//        [--verbose] [--json]
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -44,6 +46,8 @@ export interface RunOptions {
   /** Client operations in the fault phase. */
   ops: number;
   verbose?: boolean;
+  /** Check a view at every point of the history, not only at six sampled seqs and the last. */
+  everySeq?: boolean;
 }
 
 export interface RunReport {
@@ -579,6 +583,7 @@ class Simulation {
     // A point inside a resync has no per-write history (views refuse it); its last seq is a point.
     const points = records.filter((r, i) => !r.resync || (r.resyncEnd && records[i + 1]?.tx !== r.tx)).map((r) => r.seq);
     for (let i = 0; i < 6 && points.length > 0; i++) samples.add(this.world.random.pick(points));
+    if (this.options.everySeq) for (const seq of points) samples.add(seq);
     const model = VOLUMES.map((v) => Buffer.alloc(v.sizeBytes));
     let applied = 0;
     for (const seq of [...samples].sort((a, b) => a - b)) {
@@ -640,7 +645,7 @@ export async function runSimulation(options: RunOptions): Promise<RunReport> {
   return new Simulation(options).run();
 }
 
-function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefined; ops: number; verbose: boolean; json: boolean } {
+function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefined; ops: number; verbose: boolean; json: boolean; everySeq: boolean } {
   const get = (name: string): string | undefined => {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
@@ -654,7 +659,7 @@ function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefin
   if (get('--seed')) seeds = [Number(get('--seed'))];
   const minutes = get('--minutes') === undefined ? undefined : Number(get('--minutes'));
   if (seeds.length === 0 && minutes === undefined) seeds = [1];
-  return { seeds, minutes, ops: Number(get('--ops') ?? 3000), verbose: argv.includes('--verbose'), json: argv.includes('--json') };
+  return { seeds, minutes, ops: Number(get('--ops') ?? 3000), verbose: argv.includes('--verbose'), json: argv.includes('--json'), everySeq: argv.includes('--every-seq') };
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
@@ -668,7 +673,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     for (let i = 0; ; i++) {
       const seed = next === undefined ? seeds[i] : next++;
       if (seed === undefined || performance.now() > deadline) break;
-      const report = await runSimulation({ seed, ops: args.ops, verbose: args.verbose });
+      const report = await runSimulation({ seed, ops: args.ops, verbose: args.verbose, everySeq: args.everySeq });
       totals.runs += 1;
       totals.ops += report.ops.writes + report.ops.zeroes + report.ops.flushes;
       totals.crashes += report.crashes.agentKill + report.crashes.agentPowerLoss + report.crashes.managerKill + report.crashes.managerPowerLoss;
