@@ -65,6 +65,16 @@ export function isZero(data: Buffer): boolean {
 export const PUNCH_THRESHOLD_BYTES = 1024 * 1024;
 
 /**
+ * How zeroRange runs util-linux (`fallocate`, `blkdiscard`); the deterministic simulation, whose
+ * files exist only in memory, replaces it.
+ */
+export const zeroTools = {
+  run: async (command: 'fallocate' | 'blkdiscard', args: string[]): Promise<void> => {
+    await execFileAsync(command, args, { timeout: 120_000 });
+  },
+};
+
+/**
  * Makes [offset, offset + length) read as zeroes. Short ranges are written with zeroes on the
  * calling thread; long ones become a hole (files, util-linux fallocate --punch-hole) or a zeroout
  * (block devices, blkdiscard --zeroout), so a discard of a terabyte writes nothing.
@@ -78,7 +88,7 @@ export async function zeroRange(fd: number, file: string, blockDevice: boolean, 
     ? ['--zeroout', '--offset', String(offsetBytes), '--length', String(lengthBytes), file]
     : ['--punch-hole', '--keep-size', '--offset', String(offsetBytes), '--length', String(lengthBytes), file];
   try {
-    await execFileAsync(blockDevice ? 'blkdiscard' : 'fallocate', args, { timeout: 120_000 });
+    await zeroTools.run(blockDevice ? 'blkdiscard' : 'fallocate', args);
   } catch (error) {
     throw new RewindError('REWIND_IO', `zeroing ${lengthBytes} bytes at ${offsetBytes} of ${file} failed`, { cause: error, hint: 'is util-linux installed (fallocate, blkdiscard)?' });
   }
