@@ -67,8 +67,8 @@ export class Manager implements History {
   readonly options: ManagerOptions;
   catalog!: Catalog;
   replicas: ReplicaVolume[] = [];
-  /** Undo building and replica writes run on this worker thread, off the event loop. */
-  private readonly applyWorker: Applier;
+  /** Where undo building and replica writes run: a worker thread, off the event loop (or in-thread in the simulation). */
+  private readonly applier: Applier;
   private txFiles!: TxFiles;
   readonly views = new Map<string, View>();
   /** Views used by restores and image exports: not exported, but they take undo like any view. */
@@ -91,7 +91,7 @@ export class Manager implements History {
 
   constructor(options: ManagerOptions) {
     this.options = options;
-    this.applyWorker = options.applier ?? new ApplyWorker();
+    this.applier = options.applier ?? new ApplyWorker();
   }
 
   note(level: 'info' | 'warn' | 'error', message: string): void {
@@ -465,7 +465,7 @@ export class Manager implements History {
     let extents;
     if (row.state === 'received') {
       // The replica is untouched in this state, so the undo built now is the true before-image.
-      const undo = await this.applyWorker.saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
+      const undo = await this.applier.saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
       crashPoint('undo'); // undo durable, state still received
       this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
       extents = undo.extents;
@@ -478,7 +478,7 @@ export class Manager implements History {
     for (const view of this.internalViews) view.addUndo(row.idx, extents);
     if (row.state !== 'applied') {
       await markApplied(parsed.records, this.replicas);
-      await this.applyWorker.writeRedo(this.txFiles.redoPath(row.idx), parsed.records, this.replicas);
+      await this.applier.writeRedo(this.txFiles.redoPath(row.idx), parsed.records, this.replicas);
       crashPoint('apply'); // replica written, state still undo-saved
       this.catalog.setState(row.idx, 'applied');
     }
@@ -843,7 +843,7 @@ export class Manager implements History {
     await closed;
     await this.queue.catch(() => undefined);
     for (const view of this.views.values()) for (const overlay of view.overlays ?? []) overlay.close();
-    await this.applyWorker.close();
+    await this.applier.close();
     for (const replica of this.replicas) replica.close();
     this.txFiles.close();
     this.catalog.close();
