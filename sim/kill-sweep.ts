@@ -1,9 +1,15 @@
-// kill -9 sweep: a real `rewind manager` and `rewind agent` (separate processes) under a write load
-// from a libnbd client; in each iteration one of them dies by SIGKILL, either at a named crash point
-// (REWIND_CRASH_AT, src/core/crash.ts: append, fsync, seal, ship on the agent; undo, apply, commit
-// on the manager) or at a random time. Both are restarted and checked:
-// - seqs are gap-free and every write the client saw answered is in the history;
-// - the history at the last seq equals production byte for byte;
+// kill -9 sweep: a real `rewind manager` and `rewind agent` (separate processes) under two write
+// loads at once: fio (nbd engine, queue depth 16, mixed sizes, FLUSH every 16 writes) on the upper
+// half of the volume and a libnbd client stamping 4 KiB blocks with their ids on the lower half. In
+// each iteration one process dies by SIGKILL, either at a named crash point (REWIND_CRASH_AT,
+// src/core/crash.ts: append, fsync, seal, ship on the agent; undo, apply, commit on the manager) or
+// at a random time. Both are restarted and checked:
+// - seqs are gap-free and the history at the last seq equals production byte for byte;
+// - every write the stamping client saw answered is in the history;
+// - every write fio saw answered is in the history: fio logs each completed write (its latency log,
+//   with offsets), and a verify-only fio pass over the history at the last seq reads every block of
+//   the pass back; none of the answered ones may fail (each block is written once per iteration,
+//   with a seed of its own, so a lost or stale block fails the header's seed, offset or CRC check);
 // - at sampled seqs a snapshot holds exactly that write's bytes and not the next one's.
 // Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--json]
 import assert from 'node:assert/strict';
@@ -18,7 +24,9 @@ const BIN = path.resolve('bin/rewind.js');
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const BLOCK = 4096;
 const VOLUME_BYTES = 64 * 1024 * 1024;
-const BLOCKS = VOLUME_BYTES / BLOCK;
+/** The stamping client's blocks: the lower half of the volume. fio has the upper half. */
+const BLOCKS = VOLUME_BYTES / 2 / BLOCK;
+const FIO_OFFSET = VOLUME_BYTES / 2;
 const AGENT_POINTS = ['append', 'fsync', 'seal', 'ship'] as const;
 const MANAGER_POINTS = ['undo', 'apply', 'commit'] as const;
 
@@ -162,8 +170,74 @@ interface Iteration {
   point: string;
   crashedAtPoint: boolean;
   replied: number;
+  /** Writes fio saw answered, each checked in the history by fio's verify pass. */
+  fioVerified: number;
   seqLast: number;
   resyncRecords: number;
+}
+
+/**
+ * fio's job: every block of the upper half written once in a seeded random order (randommap).
+ * `randrw` with no reads rather than `randwrite`: fio checks each header's random seed only when a
+ * job has both directions, and that check is what tells a block of this pass from a stale one.
+ */
+function fioJob(uri: string, seed: number): string[] {
+  return ['--name=k', '--ioengine=nbd', `--uri=${uri}`, '--rw=randrw', '--rwmixread=0', '--bssplit=4k/60:16k/25:64k/15', `--offset=${FIO_OFFSET}`, `--size=${VOLUME_BYTES - FIO_OFFSET}`, `--randseed=${seed}`, '--verify=crc32c', '--output-format=json'];
+}
+
+const FIO_HEAD_START_MS = 300;
+
+/**
+ * Starts fio's write phase in `dir`. Its completion latency log (`fio_clat.1.log`, with offsets)
+ * lists every write fio saw answered without error; fio writes it when it exits, which it does
+ * when the connection dies.
+ */
+export function startFio(dir: string, uri: string, seed: number): ChildProcess {
+  for (const f of fs.readdirSync(dir)) if (f.startsWith('fio')) fs.rmSync(path.join(dir, f));
+  const job = [...fioJob(uri, seed), '--iodepth=16', '--fsync=16', '--do_verify=0', '--verify_state_save=0', `--write_lat_log=${path.join(dir, 'fio')}`, '--log_offset=1', `--output=${path.join(dir, 'fio-write.json')}`];
+  return spawn('fio', job, { cwd: dir, stdio: 'ignore' });
+}
+
+/**
+ * Checks that every write fio saw answered is in the image at `uri`: a verify-only fio pass with
+ * the same seed regenerates the whole write pass and reads every block back. Blocks fio never got
+ * an answer for may fail (never written, or left from an earlier pass with another seed); a block
+ * whose write was answered must not. Returns how many answered writes were checked.
+ */
+export function checkFioWrites(dir: string, uri: string, seed: number): number {
+  const written = readFioReport(path.join(dir, 'fio-write.json'));
+  const clat = path.join(dir, 'fio_clat.1.log');
+  if (!fs.existsSync(clat)) {
+    assert.equal(written.write.total_ios, 0, `fio completed ${written.write.total_ios} writes but left no completion log`);
+    return 0; // killed before it connected
+  }
+  const lines = fs.readFileSync(clat, 'utf8').split('\n').map((line) => line.split(',').map((f) => f.trim())).filter((fields) => fields[2] === '1');
+  const answered = new Set(lines.map((fields) => Number(fields[4])));
+  assert.equal(answered.size, lines.length, 'each block is written once in a pass');
+  assert.ok(answered.size <= written.write.total_ios, `the completion log lists ${answered.size} writes, fio issued ${written.write.total_ios}`);
+  const out = path.join(dir, 'fio-verify.json');
+  const run = spawnSync('fio', [...fioJob(uri, seed), '--iodepth=8', '--do_verify=1', '--verify_only=1', '--continue_on_error=verify', `--output=${out}`], { cwd: dir, timeout: 120_000 });
+  const text = `${run.stderr}\n${fs.existsSync(out) ? fs.readFileSync(out, 'utf8') : ''}`;
+  const verify = readFioReport(out);
+  assert.equal(verify.read.total_ios, verify.write.total_ios, `fio's verify pass read ${verify.read.total_ios} of the ${verify.write.total_ios} writes of the pass: ${text.slice(0, 2000)}`);
+  const failed = new Set([...text.matchAll(/requested block: offset=(\d+)/g)].map((m) => Number(m[1])));
+  const missing = [...answered].filter((offset) => failed.has(offset));
+  assert.equal(missing.length, 0, `${missing.length} writes fio saw answered are missing or wrong in the image, first at offsets ${missing.slice(0, 5).join(', ')}: ${text.split('\n').filter((l) => l.startsWith('verify:')).slice(0, 5).join('\n')}`);
+  return answered.size;
+}
+
+interface FioJobReport {
+  error: number;
+  read: { total_ios: number };
+  write: { total_ios: number; io_bytes: number };
+}
+
+function readFioReport(file: string): FioJobReport {
+  assert.ok(fs.existsSync(file), `fio wrote no report (${file})`);
+  const text = fs.readFileSync(file, 'utf8');
+  const job = (JSON.parse(text.slice(text.indexOf('{'))) as { jobs: FioJobReport[] }).jobs[0];
+  assert.ok(job, `fio report without a job: ${text.slice(0, 500)}`);
+  return job;
 }
 
 async function iterate(cluster: Cluster, random: (max: number) => number, firstId: number): Promise<{ result: Iteration; nextId: number }> {
@@ -172,11 +246,22 @@ async function iterate(cluster: Cluster, random: (max: number) => number, firstI
   const named = random(4) !== 0; // three in four at a named point, the rest at a random time
   const point = named ? (points[random(points.length)] as string) : 'random';
   const crashAt = named ? `${point}:${1 + random(point === 'append' ? 200 : 8)}` : undefined;
-  const manager = cluster.startManager(victim === 'manager' ? crashAt : undefined);
-  await manager.ready('API:');
+  // The manager keeps running across agent kills; it is restarted (with its crash point) when it
+  // is the victim.
+  let manager = cluster.manager;
+  if (victim === 'manager' || !manager?.alive) {
+    await manager?.kill('SIGTERM');
+    manager = cluster.startManager(victim === 'manager' ? crashAt : undefined);
+    await manager.ready('API:');
+  }
   const agent = cluster.startAgent(victim === 'agent' ? crashAt : undefined);
   await agent.ready('volume v:');
   // Load until the victim dies (or a random moment, when it is killed from outside).
+  // fio first: it takes a few hundred ms to connect, and the agent's crash points count from its
+  // first write, so the stamping client starts once fio is under way.
+  const fioSeed = 1 + random(2 ** 30);
+  const fio = startFio(cluster.dir, `nbd://127.0.0.1:${cluster.ports.agentNbd}/v`, fioSeed);
+  await sleep(FIO_HEAD_START_MS + random(600));
   let replied = firstId - 1;
   const load = spawn(PYTHON, ['-c', LOAD, `nbd://127.0.0.1:${cluster.ports.agentNbd}/v`, String(firstId), String(BLOCKS)], { stdio: ['ignore', 'pipe', 'ignore'] });
   let pending = '';
@@ -196,9 +281,12 @@ async function iterate(cluster: Cluster, random: (max: number) => number, firstI
   // The client sees the agent die (or is stopped); what it saw answered is final.
   await agent.kill('SIGKILL');
   await new Promise((r) => (load.exitCode === null ? load.once('exit', r) : r(null)));
-  await manager.kill('SIGKILL');
-  // Restart both without crash points and check.
-  await cluster.startManager().ready('API:');
+  await new Promise((r) => (fio.exitCode === null && fio.signalCode === null ? fio.once('exit', r) : r(null)));
+  // Restart without crash points and check.
+  if (victim === 'manager') {
+    await manager.kill('SIGKILL');
+    await cluster.startManager().ready('API:');
+  }
   await cluster.startAgent().ready('volume v:');
   for (let waited = 0; !(await cluster.api<{ agentConnected: boolean }>('GET', '/api/status')).agentConnected; waited += 50) {
     assert.ok(waited < 30_000, 'the agent reconnects after the restart');
@@ -209,10 +297,9 @@ async function iterate(cluster: Cluster, random: (max: number) => number, firstI
   log.forEach((e, i) => assert.equal(e.seq, i + 1, `seq gap at ${i + 1}`));
   const seqLast = log.length;
   assert.equal(sealed.committed, seqLast, 'everything captured is committed');
-  const checked = await checkHistory(cluster, log, firstId, replied, random);
+  const checked = await checkHistory(cluster, log, firstId, replied, random, fioSeed);
   await cluster.agent?.kill('SIGTERM');
-  await cluster.manager?.kill('SIGTERM');
-  return { result: { victim, point, crashedAtPoint: crashed, replied: replied - firstId + 1, seqLast, resyncRecords: checked.resync }, nextId: replied + 2 };
+  return { result: { victim, point, crashedAtPoint: crashed, replied: replied - firstId + 1, fioVerified: checked.fioVerified, seqLast, resyncRecords: checked.resync }, nextId: replied + 2 };
 }
 
 function probe(uri: string, offsets: number[]): Map<number, number> {
@@ -226,7 +313,7 @@ function probe(uri: string, offsets: number[]): Map<number, number> {
   return ids;
 }
 
-async function checkHistory(cluster: Cluster, log: { seq: number; offset: number; length: number; resync: boolean }[], firstId: number, replied: number, random: (max: number) => number): Promise<{ resync: number }> {
+async function checkHistory(cluster: Cluster, log: { seq: number; offset: number; length: number; resync: boolean }[], firstId: number, replied: number, random: (max: number) => number, fioSeed: number): Promise<{ resync: number; fioVerified: number }> {
   const seqLast = log.length;
   const uri = (view: string): string => `nbd://127.0.0.1:${cluster.ports.managerNbd}/v@${view}`;
   await cluster.api('POST', '/api/views', { name: 'last', kind: 'snapshot', at: String(seqLast) });
@@ -243,9 +330,10 @@ async function checkHistory(cluster: Cluster, log: { seq: number; offset: number
   const sample = [...offsets.entries()].filter(() => random(4) === 0 || offsets.size < 200).slice(0, 400);
   const seen = probe(uri('last'), sample.map(([offset]) => offset));
   for (const [offset, id] of sample) assert.equal(seen.get(offset), id, `answered write ${id} at ${offset} is missing from the history`);
+  const fioVerified = checkFioWrites(cluster.dir, uri('last'), fioSeed);
   await cluster.api('DELETE', '/api/views/last');
   // Sampled seqs: the block of the write at seq s holds its bytes at s and something else before.
-  const writes = log.filter((e) => !e.resync && e.length === BLOCK);
+  const writes = log.filter((e) => !e.resync && e.length === BLOCK && e.offset < FIO_OFFSET);
   for (let i = 0; i < 3 && writes.length > 1; i++) {
     const e = writes[1 + random(writes.length - 1)] as { seq: number; offset: number };
     await cluster.api('POST', '/api/views', { name: 'at', kind: 'snapshot', at: String(e.seq) });
@@ -256,7 +344,7 @@ async function checkHistory(cluster: Cluster, log: { seq: number; offset: number
     assert.ok(after !== undefined && after !== before, `seq ${e.seq}: the snapshot at it differs from the one before it in its own block`);
     assert.equal(((after as number) % BLOCKS) * BLOCK, e.offset, `seq ${e.seq}: its block holds a write addressed to it`);
   }
-  return { resync: log.filter((e) => e.resync).length };
+  return { resync: log.filter((e) => e.resync).length, fioVerified };
 }
 
 export async function runSweep(options: Options, onProgress?: (i: number, it: Iteration) => void): Promise<Iteration[]> {
@@ -282,14 +370,15 @@ export async function runSweep(options: Options, onProgress?: (i: number, it: It
   }
 }
 
-function summarize(results: Iteration[]): Record<string, { kills: number; atPoint: number; writesAnswered: number }> {
-  const table: Record<string, { kills: number; atPoint: number; writesAnswered: number }> = {};
+function summarize(results: Iteration[]): Record<string, { kills: number; atPoint: number; writesAnswered: number; fioVerified: number }> {
+  const table: Record<string, { kills: number; atPoint: number; writesAnswered: number; fioVerified: number }> = {};
   for (const r of results) {
     const key = `${r.victim}:${r.point}`;
-    const row = (table[key] ??= { kills: 0, atPoint: 0, writesAnswered: 0 });
+    const row = (table[key] ??= { kills: 0, atPoint: 0, writesAnswered: 0, fioVerified: 0 });
     row.kills += 1;
     row.atPoint += r.crashedAtPoint ? 1 : 0;
     row.writesAnswered += r.replied;
+    row.fioVerified += r.fioVerified;
   }
   return table;
 }
@@ -298,14 +387,14 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const options = parseArgs(process.argv.slice(2));
   const started = Date.now();
   console.error(`kill sweep: ${options.iterations} iterations, seed ${options.seed}`);
-  runSweep(options, (i, it) => console.error(`${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} writes answered, history to seq ${it.seqLast} checked`))
+  runSweep(options, (i, it) => console.error(`${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} stamped and ${it.fioVerified} fio writes answered and found, history to seq ${it.seqLast} checked`))
     .then((results) => {
       const table = summarize(results);
       const summary = { seed: options.seed, iterations: results.length, seconds: Math.round((Date.now() - started) / 1000), byPoint: table };
       if (options.json) console.log(JSON.stringify(summary));
       else {
         console.log(`kill sweep passed: ${results.length} kills, seed ${options.seed}, ${summary.seconds} s`);
-        for (const [key, row] of Object.entries(table).sort()) console.log(`  ${key.padEnd(18)} kills ${String(row.kills).padStart(5)}  at the named point ${String(row.atPoint).padStart(5)}  writes answered ${row.writesAnswered}`);
+        for (const [key, row] of Object.entries(table).sort()) console.log(`  ${key.padEnd(18)} kills ${String(row.kills).padStart(5)}  at the named point ${String(row.atPoint).padStart(5)}  stamped writes answered ${String(row.writesAnswered).padStart(8)}  fio writes verified ${row.fioVerified}`);
       }
     })
     .catch((error: unknown) => {
