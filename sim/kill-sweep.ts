@@ -1,6 +1,6 @@
 // kill -9 sweep: a real `rewind manager` and `rewind agent` (separate processes) under two write
-// loads at once: fio (nbd engine, queue depth 16, mixed sizes, FLUSH every 16 writes) on the upper
-// half of the volume and a libnbd client stamping 4 KiB blocks with their ids on the lower half. In
+// loads at once: fio (nbd engine, queue depth 16, mixed sizes, FLUSH every 16 writes) on the last
+// 16 MiB of the volume and a libnbd client stamping 4 KiB blocks with their ids on the first 32 MiB. In
 // each iteration one process dies by SIGKILL, either at a named crash point (REWIND_CRASH_AT,
 // src/core/crash.ts: append, fsync, seal, ship on the agent; undo, apply, commit on the manager) or
 // at a random time. Both are restarted and checked:
@@ -23,10 +23,10 @@ import { fileURLToPath } from 'node:url';
 const BIN = path.resolve('bin/rewind.js');
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const BLOCK = 4096;
-const VOLUME_BYTES = 64 * 1024 * 1024;
-/** The stamping client's blocks: the lower half of the volume. fio has the upper half. */
-const BLOCKS = VOLUME_BYTES / 2 / BLOCK;
-const FIO_OFFSET = VOLUME_BYTES / 2;
+const VOLUME_BYTES = 48 * 1024 * 1024;
+/** The stamping client's blocks: the first 32 MiB. fio has the last 16 MiB. */
+const FIO_OFFSET = 32 * 1024 * 1024;
+const BLOCKS = FIO_OFFSET / BLOCK;
 const AGENT_POINTS = ['append', 'fsync', 'seal', 'ship'] as const;
 const MANAGER_POINTS = ['undo', 'apply', 'commit'] as const;
 
@@ -177,7 +177,7 @@ interface Iteration {
 }
 
 /**
- * fio's job: every block of the upper half written once in a seeded random order (randommap).
+ * fio's job: every block of its 16 MiB written once in a seeded random order (randommap).
  * `randrw` with no reads rather than `randwrite`: fio checks each header's random seed only when a
  * job has both directions, and that check is what tells a block of this pass from a stale one.
  */
