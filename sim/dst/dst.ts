@@ -15,8 +15,12 @@
 // - views at sampled seqs (--every-seq: at every point) equal a plain in-memory replay of the
 //   history's records 1..N.
 //
+// Crash at every step (--crash-steps): for each seed, each side dies right after each of its disk
+// calls in turn (a kill, then a power loss), with no other faults; every run heals and is checked.
+//
 // Usage: node dist/sim/dst/dst.js [--seed S | --seeds A..B] [--minutes M] [--ops N] [--every-seq]
 //        [--verbose] [--json]
+//        node dist/sim/dst/dst.js --crash-steps --seed S [--ops N (200)] [--stride K (1)] [--json]
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -49,6 +53,12 @@ export interface RunOptions {
   verbose?: boolean;
   /** Check a view at every point of the history, not only at six sampled seqs and the last. */
   everySeq?: boolean;
+  /**
+   * Crash-at-every-step mode: no random crashes, partitions, link cuts or EIO; instead `who` (its
+   * first process) dies right after its `step`-th disk call of the fault phase, by a kill or a
+   * power loss, and is restarted. `step: 0` crashes nothing and only counts the steps.
+   */
+  crashAt?: { who: 'agent' | 'manager'; step: number; powerLoss: boolean };
 }
 
 export interface RunReport {
@@ -57,6 +67,10 @@ export interface RunReport {
   crashes: { agentKill: number; agentPowerLoss: number; managerKill: number; managerPowerLoss: number };
   link: { cuts: number; partitions: number; connections: number };
   disk: { injectedEio: number; injectedEnospc: number };
+  /** Disk calls of the first agent and the first manager process during the fault phase. */
+  steps: { agent: number; manager: number };
+  /** In crash-at-every-step mode: whether the crash happened (the step was reached). */
+  crashedAtStep: boolean;
   seqLast: number;
   transactions: number;
   resyncRecords: number;
@@ -227,12 +241,16 @@ class Simulation {
   managerGeneration = 0;
   /** Share of client operations that are FLUSH: some seeds never flush (nothing is promised). */
   flushRate = 0.06;
+  /** When each side may restart after a crash (simulated ms). */
+  downUntil = { agent: 0, manager: 0 };
+  /** Disk calls are counted (and a crash-at-step may fire) during the fault phase only. */
+  counting = false;
 
   constructor(readonly options: RunOptions) {
     this.world = new World(options.seed);
     const random = this.world.random;
     this.disk = new SimFs(
-      { random: () => random.next(), caller: () => this.world.caller(), schedule: (ms, fn) => this.world.schedule(ms, fn) },
+      { random: () => random.next(), caller: () => this.world.caller(), schedule: (ms, fn) => this.world.schedule(ms, fn), afterOp: (proc) => this.afterDiskOp(proc) },
       [
         { prefix: AGENT_DIR, capacityBytes: 64 * 1024 * 1024 },
         // Some seeds run the manager on a disk that fills: it must push back, not fail.
@@ -246,6 +264,8 @@ class Simulation {
       crashes: { agentKill: 0, agentPowerLoss: 0, managerKill: 0, managerPowerLoss: 0 },
       link: { cuts: 0, partitions: 0, connections: 0 },
       disk: { injectedEio: 0, injectedEnospc: 0 },
+      steps: { agent: 0, manager: 0 },
+      crashedAtStep: false,
       seqLast: 0,
       transactions: 0,
       resyncRecords: 0,
@@ -253,6 +273,21 @@ class Simulation {
       simulatedSeconds: 0,
       digest: '',
     };
+  }
+
+  /** Counts the first processes' disk calls in the fault phase; crashes one at its step. */
+  afterDiskOp(proc: { name: string }): void {
+    if (!this.counting) return;
+    const who = proc.name === 'agent#1' ? 'agent' : proc.name === 'manager#1' ? 'manager' : undefined;
+    if (!who) return;
+    const step = ++this.report.steps[who];
+    const crashAt = this.options.crashAt;
+    if (crashAt?.who !== who || crashAt.step !== step) return;
+    this.report.crashedAtStep = true;
+    this.event(`${proc.name}: crash right after its disk call ${step}`);
+    if (who === 'agent') this.crashAgent(crashAt.powerLoss);
+    else this.crashManager(crashAt.powerLoss);
+    this.downUntil[who] = Date.now() + this.world.random.int(1000);
   }
 
   event(text: string): void {
@@ -285,8 +320,9 @@ class Simulation {
     });
     this.managerProc = proc;
     try {
-      await this.world.settle(proc.run(() => manager.open()), 60_000, `${proc.name} open`);
+      await this.world.settle(proc.run(() => manager.open()), 60_000, `${proc.name} open`, proc);
     } catch (error) {
+      if (!proc.alive) return; // crashed while starting (crash-at-every-step)
       // A failing disk may keep the manager down; a full one must not (it pushes back instead).
       if (!isInjected(error) || (error as { code?: string }).code === 'ENOSPC') throw error;
       this.event(`${proc.name} failed to start: ${(error as Error).message}`);
@@ -316,8 +352,9 @@ class Simulation {
     });
     this.agentProc = proc;
     try {
-      await this.world.settle(proc.run(() => agent.open()), 60_000, `${proc.name} open`);
+      await this.world.settle(proc.run(() => agent.open()), 60_000, `${proc.name} open`, proc);
     } catch (error) {
+      if (!proc.alive) return; // crashed while starting (crash-at-every-step)
       if (!isInjected(error)) throw error;
       this.event(`${proc.name} failed to start: ${(error as Error).message}`);
       this.agent = agent;
@@ -422,10 +459,13 @@ class Simulation {
   async faultPhase(): Promise<void> {
     const random = this.world.random;
     const eio = random.chance(0.5) ? { readEio: 0, writeEio: 0.0005, fsyncEio: 0.002, maxLatencyMs: 3 } : { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 };
-    this.disk.setFaults(eio);
-    this.net.faults = { maxDelayMs: 5, cutPerChunk: random.chance(0.5) ? 0.002 : 0 };
+    const calm = this.options.crashAt !== undefined; // the one crash is the step's
+    this.disk.setFaults(calm ? { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 } : eio);
+    const cuts = random.chance(0.5) ? 0.002 : 0;
+    this.net.faults = { maxDelayMs: 5, cutPerChunk: calm ? 0 : cuts };
     this.flushRate = random.pick([0, 0.005, 0.03, 0.08]);
-    const downUntil = { agent: 0, manager: 0 };
+    const downUntil = this.downUntil;
+    this.counting = true;
     let issued = 0;
     while (issued < this.options.ops) {
       const now = Date.now();
@@ -438,7 +478,7 @@ class Simulation {
         this.crashAgent(false);
         downUntil.agent = now + 50;
       }
-      const roll = random.next();
+      const roll = calm ? 1 : random.next();
       if (roll < 0.004) {
         this.crashAgent(random.chance(0.5));
         downUntil.agent = now + random.int(3000);
@@ -460,7 +500,7 @@ class Simulation {
       // clear them; a power loss right after such a pause tests what a clear may rely on.
       if (random.chance(0.005)) {
         await this.world.advance(2000 + random.int(4000));
-        if (random.chance(0.3)) {
+        if (random.chance(0.3) && !calm) {
           this.crashAgent(true);
           downUntil.agent = Date.now() + random.int(1000);
         }
@@ -469,6 +509,7 @@ class Simulation {
       }
       if (this.world.failures.length > 0) throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
     }
+    this.counting = false;
   }
 
   async healingPhase(): Promise<void> {
@@ -670,7 +711,48 @@ export async function runSimulation(options: RunOptions): Promise<RunReport> {
   return new Simulation(options).run();
 }
 
-function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefined; ops: number; verbose: boolean; json: boolean; everySeq: boolean } {
+export interface CrashStepsOptions {
+  seed: number;
+  ops: number;
+  /** Every `stride`-th step (1: every step). */
+  stride: number;
+  sides: ('agent' | 'manager')[];
+  modes: ('kill' | 'power')[];
+}
+
+export interface CrashStepsReport {
+  seed: number;
+  steps: { agent: number; manager: number };
+  runs: number;
+  crashed: number;
+  byCase: Record<string, number>;
+}
+
+/**
+ * Crash at every step: one seed's workload, run once to count each side's disk calls in the fault
+ * phase, then once per (side, step, kill or power loss) with the crash right after that call. Every
+ * run goes through healing and all the checks. Steps past a run's own count (a crash changes what
+ * follows) are reported as not reached.
+ */
+export async function runCrashSteps(options: CrashStepsOptions, onRun?: (done: number, total: number, last: RunReport) => void): Promise<CrashStepsReport> {
+  const probe = await runSimulation({ seed: options.seed, ops: options.ops, crashAt: { who: 'agent', step: 0, powerLoss: false } });
+  const cases: NonNullable<RunOptions['crashAt']>[] = [];
+  for (const who of options.sides) for (let step = 1; step <= probe.steps[who]; step += options.stride) for (const mode of options.modes) cases.push({ who, step, powerLoss: mode === 'power' });
+  const report: CrashStepsReport = { seed: options.seed, steps: probe.steps, runs: 0, crashed: 0, byCase: {} };
+  for (const crashAt of cases) {
+    const run = await runSimulation({ seed: options.seed, ops: options.ops, crashAt });
+    report.runs += 1;
+    if (run.crashedAtStep) {
+      report.crashed += 1;
+      const key = `${crashAt.who} ${crashAt.powerLoss ? 'power loss' : 'kill'}`;
+      report.byCase[key] = (report.byCase[key] ?? 0) + 1;
+    }
+    onRun?.(report.runs, cases.length, run);
+  }
+  return report;
+}
+
+function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefined; ops: number; verbose: boolean; json: boolean; everySeq: boolean; crashSteps: boolean; stride: number } {
   const get = (name: string): string | undefined => {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
@@ -684,17 +766,41 @@ function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefin
   if (get('--seed')) seeds = [Number(get('--seed'))];
   const minutes = get('--minutes') === undefined ? undefined : Number(get('--minutes'));
   if (seeds.length === 0 && minutes === undefined) seeds = [1];
-  return { seeds, minutes, ops: Number(get('--ops') ?? 3000), verbose: argv.includes('--verbose'), json: argv.includes('--json'), everySeq: argv.includes('--every-seq') };
+  const crashSteps = argv.includes('--crash-steps');
+  return { seeds, minutes, ops: Number(get('--ops') ?? (crashSteps ? 200 : 3000)), verbose: argv.includes('--verbose'), json: argv.includes('--json'), everySeq: argv.includes('--every-seq'), crashSteps, stride: Number(get('--stride') ?? 1) };
+}
+
+async function crashStepsMain(args: ReturnType<typeof parseArgs>): Promise<void> {
+  const started = performance.now();
+  let runs = 0;
+  let crashed = 0;
+  for (const seed of args.seeds) {
+    const report = await runCrashSteps({ seed, ops: args.ops, stride: args.stride, sides: ['agent', 'manager'], modes: ['kill', 'power'] }, (done, total, last) => {
+      if (done % 50 === 0 || done === total) console.error(`seed ${seed}: ${done}/${total} runs, last ${last.crashedAtStep ? 'crashed at its step' : 'ended before its step'}, ${((performance.now() - started) / 1000).toFixed(0)} s`);
+    });
+    runs += report.runs;
+    crashed += report.crashed;
+    if (args.json) console.log(JSON.stringify(report));
+    else console.log(`seed ${seed}: ok  ${args.ops} client operations; disk calls in the fault phase: agent ${report.steps.agent}, manager ${report.steps.manager}; ${report.runs} runs, ${report.crashed} crashed at their step (${Object.entries(report.byCase).map(([k, v]) => `${k} ${v}`).join(', ')})`);
+  }
+  console.log(`crash at every step passed: ${args.seeds.length} seeds, ${runs} runs, ${crashed} crashes at their step, every run healed and checked, ${((performance.now() - started) / 1000).toFixed(1)} s`);
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const args = parseArgs(process.argv.slice(2));
+  if (args.crashSteps) {
+    crashStepsMain(args).catch((error: unknown) => {
+      console.error(error instanceof Error ? error.message : String(error));
+      process.exit(1);
+    });
+  }
   const started = performance.now();
   const deadline = args.minutes === undefined ? Infinity : started + args.minutes * 60_000;
   const seeds = args.seeds.length > 0 ? args.seeds : [];
   let next = seeds.length > 0 ? undefined : Math.floor(Math.random() * 2 ** 31);
   const totals = { runs: 0, ops: 0, crashes: 0, cuts: 0, eio: 0 };
   (async () => {
+    if (args.crashSteps) return;
     for (let i = 0; ; i++) {
       const seed = next === undefined ? seeds[i] : next++;
       if (seed === undefined || performance.now() > deadline) break;

@@ -51,6 +51,11 @@ export interface SimFsHooks {
   caller(): SimProcess;
   /** Runs fn after delayMs of simulated time, in the caller's context (the driver implements it). */
   schedule(delayMs: number, fn: () => void): void;
+  /**
+   * Called after each call of `proc` took effect (or failed), before the caller sees the result:
+   * the driver may crash `proc` here, which is a crash right after that step.
+   */
+  afterOp?(proc: SimProcess): void;
 }
 
 export interface DiskSpec {
@@ -456,7 +461,11 @@ export class SimFs {
     const proc = this.hooks.caller();
     if (!proc.alive) throw new SimCrashed(`${proc.name} is dead`);
     this.counters.ops += 1;
-    return this.as(proc, fn);
+    try {
+      return this.as(proc, fn);
+    } finally {
+      this.hooks.afterOp?.(proc);
+    }
   }
 
   private as<T>(proc: SimProcess, fn: () => T): T {
@@ -486,10 +495,12 @@ export class SimFs {
         if (disk && disk.epoch !== epoch) throw fsError('EIO', 'io'); // the disk lost power meanwhile
         value = this.as(proc, fn);
       } catch (error) {
-        settle(error);
+        this.hooks.afterOp?.(proc);
+        if (proc.alive) settle(error);
         return;
       }
-      settle(null, value);
+      this.hooks.afterOp?.(proc);
+      if (proc.alive) settle(null, value);
     });
   }
 

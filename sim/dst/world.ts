@@ -98,14 +98,18 @@ export class World {
     return done();
   }
 
-  /** Awaits `promise` while advancing simulated time; throws after `limitMs`. */
-  async settle<T>(promise: Promise<T>, limitMs: number, what: string): Promise<T> {
+  /**
+   * Awaits `promise` while advancing simulated time; throws after `limitMs`, or with SimCrashed as
+   * soon as `proc` (the process the promise belongs to) is dead: its promise will never settle.
+   */
+  async settle<T>(promise: Promise<T>, limitMs: number, what: string, proc?: SimProcess): Promise<T> {
     let result: { value: T } | { error: unknown } | undefined;
     promise.then(
       (value) => (result = { value }),
       (error: unknown) => (result = { error }),
     );
-    await this.until(() => result !== undefined, limitMs, 5);
+    await this.until(() => result !== undefined || proc?.alive === false, limitMs, 5);
+    if (!result && proc?.alive === false) throw new SimCrashed(`${what}: ${proc.name} died`);
     if (!result) throw new Error(`${what}: still pending after ${limitMs} ms of simulated time`);
     if ('error' in result) throw result.error;
     return result.value;

@@ -5,7 +5,7 @@
 // Longer runs: node dist/sim/dst/dst.js --minutes 30 (docs/RESILIENCE.md).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { runSimulation, type RunReport } from '../../sim/dst/dst.js';
+import { runCrashSteps, runSimulation, type RunReport } from '../../sim/dst/dst.js';
 
 // 7, 9, 46, 48 and 105 each caught one of the bugs listed in docs/RESILIENCE.md when its fix was
 // reverted (with this workload generator and product code; a change to either moves seeds).
@@ -41,6 +41,15 @@ test('a seed replays exactly (the same trace and final state)', async () => {
   assert.deepEqual(a, b);
   const c = await runSimulation({ seed: 43, ops: 800 });
   assert.notEqual(c.digest, a.digest, 'another seed is another run');
+});
+
+// The long form walks every step: node dist/sim/dst/dst.js --crash-steps --seeds 1..5 (RESILIENCE.md).
+test('crash right after every 9th disk call of either side, killed or powered off', async () => {
+  const report = await runCrashSteps({ seed: 1, ops: 40, stride: 9, sides: ['agent', 'manager'], modes: ['kill', 'power'] });
+  console.log(`crash steps: seed 1, disk calls agent ${report.steps.agent} manager ${report.steps.manager}, ${report.runs} runs, ${report.crashed} crashed at their step ${JSON.stringify(report.byCase)}`);
+  assert.ok(report.steps.agent > 50 && report.steps.manager > 50, 'both sides made disk calls in the fault phase');
+  assert.ok(report.crashed >= report.runs * 0.9, 'nearly every run reached its step');
+  for (const key of ['agent kill', 'agent power loss', 'manager kill', 'manager power loss']) assert.ok((report.byCase[key] ?? 0) > 0, `${key} happened`);
 });
 
 test('time-boxed batch of random seeds', async () => {
