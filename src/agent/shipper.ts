@@ -41,6 +41,8 @@ export class Shipper {
   /** A segment the manager refused: kept in the spool, shipping paused, reported in status. */
   refusal: string | undefined;
   connected = false;
+  /** Why the last attempt to reach the manager failed (TLS, refused, reset), until one succeeds. */
+  linkError: string | undefined;
 
   constructor(agent: Agent, spool: Spool, target: ShipperTarget, log: Shipper['log']) {
     this.agent = agent;
@@ -85,7 +87,14 @@ export class Shipper {
       }
     });
     socket.on('error', (error) => {
-      if (this.connected) this.log('warn', `manager connection lost: ${error.message}`);
+      if (this.connected) {
+        this.log('warn', `manager connection lost: ${error.message}`);
+        return;
+      }
+      // Failing to get in at all (wrong certificate, nothing listening, a reset during the TLS
+      // handshake) is logged once per distinct reason, not once per retry.
+      if (error.message !== this.linkError) this.log('warn', `cannot reach the manager at ${this.target.host}:${this.target.port}: ${error.message} (retrying)`);
+      this.linkError = error.message;
     });
     socket.on('close', () => this.onClose(socket));
   }
@@ -112,6 +121,7 @@ export class Shipper {
         this.connected = true;
         this.welcomed = true;
         this.refusal = undefined;
+        this.linkError = undefined;
         this.log('info', `connected to manager ${this.target.host}:${this.target.port}; committed seq ${message.seqCommitted}`);
         void this.acked(message.segmentCommitted, message.seqCommitted).then(() => this.kick());
         this.sendStatus();

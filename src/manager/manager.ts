@@ -10,7 +10,7 @@ import { assert, crashPoint, errorMessage, formatTimeNs, RewindError, SegmentErr
 import { decodeRedoHeader, parseSealedRedo, parseUndo, REDO_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, preadFully, writeFileDurable } from '../platform/index.js';
-import { FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
+import { FRAME_BYTES_MAX_UNAUTHENTICATED, FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
 import { markApplied } from './apply.js';
@@ -228,7 +228,7 @@ export class Manager implements History {
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
     socket.setNoDelay(true);
-    const reader = new FrameReader();
+    const reader = new FrameReader(FRAME_BYTES_MAX_UNAUTHENTICATED);
     let authenticated = false;
     const helloTimer = setTimeout(() => socket.destroy(), HELLO_TIMEOUT_MS);
     socket.on('error', (error) => this.options.log('info', `agent connection: ${error.message}`));
@@ -253,6 +253,7 @@ export class Manager implements History {
           clearTimeout(helloTimer);
           authenticated = this.onHello(socket, message);
           if (!authenticated) return;
+          reader.raise();
           continue;
         }
         this.onAgentMessage(socket, message, payload);

@@ -57,10 +57,24 @@ export function sendFrame(stream: Duplex, message: Message, payload?: Buffer): b
   return ok;
 }
 
+/**
+ * The largest frame accepted before a connection has authenticated: a hello is a few KiB, so an
+ * unauthenticated peer cannot make the manager buffer a segment-sized frame.
+ */
+export const FRAME_BYTES_MAX_UNAUTHENTICATED = FRAME_JSON_BYTES_MAX;
+
 /** Incremental frame parser: feed chunks, get whole frames; throws RewindError on a bad frame. */
 export class FrameReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
+
+  /** `maxBytes`: the largest frame (after its 8-byte prefix) accepted; see raise(). */
+  constructor(private maxBytes = FRAME_BYTES_MAX) {}
+
+  /** Accepts frames up to FRAME_BYTES_MAX from now on (once the peer has authenticated). */
+  raise(): void {
+    this.maxBytes = FRAME_BYTES_MAX;
+  }
 
   push(chunk: Buffer): { message: Message; payload: Buffer }[] {
     this.chunks.push(chunk);
@@ -70,8 +84,8 @@ export class FrameReader {
       const prefix = this.peek(FRAME_PREFIX_BYTES);
       const total = prefix.readUInt32LE(0);
       const jsonBytes = prefix.readUInt32LE(4);
-      if (jsonBytes > FRAME_JSON_BYTES_MAX || jsonBytes > total || total > FRAME_BYTES_MAX) {
-        throw new RewindError('REWIND_PROTOCOL', `bad frame: ${total} bytes with ${jsonBytes} bytes of header`);
+      if (jsonBytes > FRAME_JSON_BYTES_MAX || jsonBytes > total || total > this.maxBytes) {
+        throw new RewindError('REWIND_PROTOCOL', `bad frame: ${total} bytes with ${jsonBytes} bytes of header${total > this.maxBytes ? ` (at most ${this.maxBytes} accepted here)` : ''}`);
       }
       if (this.buffered < FRAME_PREFIX_BYTES + total) break;
       const frame = this.take(FRAME_PREFIX_BYTES + total);
