@@ -11,7 +11,9 @@
 //   the pass back; none of the answered ones may fail (each block is written once per iteration,
 //   with a seed of its own, so a lost or stale block fails the header's seed, offset or CRC check);
 // - at sampled seqs a snapshot holds exactly that write's bytes and not the next one's.
-// Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--json]
+// When the manager is the victim, the agent is killed too (0.1 to 0.5 s later, under load), so
+// that what the clients saw answered is final before the checks.
+// Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--manager-share P (0.5)] [--json]
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -60,6 +62,8 @@ interface Options {
   iterations: number;
   seed: number;
   json: boolean;
+  /** Share of iterations whose victim is the manager (0.5 unless --manager-share P). */
+  managerShare?: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -67,7 +71,7 @@ function parseArgs(argv: string[]): Options {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
   };
-  return { iterations: Number(get('--iterations') ?? 20), seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)), json: argv.includes('--json') };
+  return { iterations: Number(get('--iterations') ?? 20), seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)), json: argv.includes('--json'), managerShare: Number(get('--manager-share') ?? 0.5) };
 }
 
 function prng(seed: number): (max: number) => number {
@@ -240,8 +244,8 @@ function readFioReport(file: string): FioJobReport {
   return job;
 }
 
-async function iterate(cluster: Cluster, random: (max: number) => number, firstId: number): Promise<{ result: Iteration; nextId: number }> {
-  const victim = random(2) === 0 ? 'agent' : 'manager';
+async function iterate(cluster: Cluster, random: (max: number) => number, firstId: number, managerShare: number): Promise<{ result: Iteration; nextId: number }> {
+  const victim = random(1000) < 1000 * managerShare ? 'manager' : 'agent';
   const points = victim === 'agent' ? AGENT_POINTS : MANAGER_POINTS;
   const named = random(4) !== 0; // three in four at a named point, the rest at a random time
   const point = named ? (points[random(points.length)] as string) : 'random';
@@ -356,7 +360,7 @@ export async function runSweep(options: Options, onProgress?: (i: number, it: It
   let nextId = 1;
   try {
     for (let i = 0; i < options.iterations; i++) {
-      const { result, nextId: next } = await iterate(cluster, random, nextId);
+      const { result, nextId: next } = await iterate(cluster, random, nextId, options.managerShare ?? 0.5);
       nextId = next;
       results.push(result);
       onProgress?.(i, result);
