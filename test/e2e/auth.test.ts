@@ -38,15 +38,15 @@ function certificate(dir: string, name: string): { cert: string; key: string } {
   return { cert, key };
 }
 
-/** One raw exchange over TLS: sends `frames`, returns the frames answered and when the peer closed. */
+/** One raw exchange over TLS: sends `frames`, returns the frames answered and how long after them the peer closed. */
 async function raw(port: number, ca: string, frames: Buffer[]): Promise<{ answers: Message[]; closedAfterMs: number }> {
-  const started = Date.now();
   const socket = tls.connect({ host: '127.0.0.1', port, ca: fs.readFileSync(ca) });
   const reader = new FrameReader();
   const answers: Message[] = [];
   socket.on('data', (chunk: Buffer) => answers.push(...reader.push(chunk).map((f) => f.message)));
   socket.on('error', () => undefined);
   await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()));
+  const started = Date.now(); // from the request, not the TLS handshake
   for (const frame of frames) socket.write(frame);
   await new Promise<void>((resolve) => {
     const timer = setTimeout(() => {
@@ -116,6 +116,7 @@ test('the agent link refuses wrong tokens, certificates, plaintext, other volume
     procs.push(intruder);
     await until('the wrong token is refused', () => intruder.out().includes('REWIND_AUTH'));
     await until('the manager logs the failure', () => /refused agent .*wrong token/.test(manager.out()));
+    intruder.child.kill('SIGKILL'); // its retries would add failures (and delay) of their own
 
     // 2. Repeated wrong tokens are answered more and more slowly (rate limit).
     const hello = (token: string, volumeSetId = '00000000-0000-4000-8000-000000000000'): Buffer => Buffer.concat(encodeFrame({ type: 'hello', protocol: PROTOCOL_VERSION, token, volumeSetId, volumeSetName: 'x', volumes: [], seqNext: 1 }));
