@@ -17,13 +17,11 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BIN, freePort, prng, PYTHON, sleep } from './process-support.js';
 
-const BIN = path.resolve('bin/rewind.js');
-const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const BLOCK = 4096;
 const VOLUME_BYTES = 48 * 1024 * 1024;
 /** The stamping client's blocks: the first 32 MiB. fio has the last 16 MiB. */
@@ -74,26 +72,6 @@ function parseArgs(argv: string[]): Options {
   return { iterations: Number(get('--iterations') ?? 20), seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)), json: argv.includes('--json'), managerShare: Number(get('--manager-share') ?? 0.5) };
 }
 
-function prng(seed: number): (max: number) => number {
-  let state = seed >>> 0;
-  return (max) => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * max);
-  };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 class Proc {
   out = '';
   readonly child: ChildProcess;
@@ -122,8 +100,6 @@ class Proc {
     return Promise.race([new Promise<boolean>((r) => this.child.once('exit', () => r(true))), sleep(timeoutMs).then(() => false)]);
   }
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Ports {
   link: number;

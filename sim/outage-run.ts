@@ -17,9 +17,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BIN, freePort, prng, PYTHON, sleep } from './process-support.js';
 
-const BIN = path.resolve('bin/rewind.js');
-const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const BLOCK = 4096;
 const VOLUME_BYTES = 64 * 1024 * 1024;
 const BLOCKS = VOLUME_BYTES / BLOCK;
@@ -54,28 +53,6 @@ for off in sys.stdin.read().split():
     b = h.pread(8, int(off))
     print(off, int.from_bytes(b, 'little'), flush=True)
 `;
-
-function prng(seed: number): (max: number) => number {
-  let state = seed >>> 0;
-  return (max) => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * max);
-  };
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * A TCP proxy between agent and manager: each chunk is delayed (order kept), some connections are
