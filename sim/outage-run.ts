@@ -145,11 +145,19 @@ export class ChaosProxy {
 
 class Proc {
   out = '';
+  /** Times the agent logged that it entered degraded mode. */
+  degradedEntered = 0;
+  private line = '';
   readonly child: ChildProcess;
   constructor(args: string[]) {
     this.child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child.stdout?.on('data', (c: Buffer) => (this.out = (this.out + c.toString()).slice(-50_000)));
-    this.child.stderr?.on('data', (c: Buffer) => (this.out = (this.out + c.toString()).slice(-50_000)));
+    this.child.stderr?.on('data', (c: Buffer) => {
+      this.out = (this.out + c.toString()).slice(-50_000);
+      const lines = (this.line + c.toString()).split('\n');
+      this.line = lines.pop() ?? '';
+      for (const l of lines) if (l.includes('"degraded mode: ')) this.degradedEntered += 1;
+    });
   }
   async ready(marker: string): Promise<void> {
     for (let waited = 0; !this.out.includes(marker); waited += 25) {
@@ -228,7 +236,6 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
     });
     const writerExited = new Promise((r) => writer?.once('exit', r));
 
-    let degradedEntered = 0;
     for (const seconds of options.outagesSeconds) {
       // A stretch of bad link: delays up to 30 ms, and some connections cut mid-frame.
       proxy.delayMsMax = 30;
@@ -236,9 +243,7 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
       await sleep(2000 + random(2000));
       proxy.cutPerChunk = 0;
       progress(`outage of ${seconds} s (${answered.length} writes answered so far)`);
-      const before = (agent.out.match(/degraded/g) ?? []).length;
       await proxy.outage(seconds * 1000);
-      if ((agent.out.match(/degraded/g) ?? []).length > before) degradedEntered += 1;
       // Link back: wait for the backlog, and the resync if the spool overflowed, to be committed.
       for (let waited = 0; ; waited += 200) {
         const s = await status();
@@ -331,7 +336,7 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
       resyncRecords: log.length - perWrite,
       writesInWindows: unlogged.length,
       midFrameCuts: proxy.cuts,
-      degradedEntered,
+      degradedEntered: agent.degradedEntered,
       seqLast,
       viewsChecked,
       seconds: Math.round((Date.now() - started) / 1000),
