@@ -4,32 +4,19 @@
 // peer announcing a huge frame. Each is refused, and the manager's volume set, log and committed
 // seq stay exactly as they were; the legitimate agent keeps shipping afterwards.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { encodeFrame, FrameReader, PROTOCOL_VERSION, type Message } from '../../src/ship/protocol.js';
-import { BIN, freePort, until } from '../support/process.js';
+import { BIN, freePort, startRewind, until, type RewindProcess } from '../support/process.js';
 
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const missing = ['openssl'].filter((t) => spawnSync('which', [t]).status !== 0);
 const hasLibnbd = spawnSync(PYTHON, ['-c', 'import nbd'], { timeout: 10_000 }).status === 0;
 const skip = missing.length > 0 ? `missing ${missing.join(', ')}` : !hasLibnbd ? 'missing python3-libnbd' : false;
-
-interface Proc {
-  child: ChildProcess;
-  out: () => string;
-}
-
-function start(args: string[]): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
-  return { child, out: () => out };
-}
 
 function certificate(dir: string, name: string): { cert: string; key: string } {
   const cert = path.join(dir, `${name}.pem`);
@@ -63,12 +50,12 @@ async function raw(port: number, ca: string, frames: Buffer[]): Promise<{ answer
 
 test('the agent link refuses wrong tokens, certificates, plaintext, other volume sets and oversized unauthenticated frames, changing nothing', { skip, timeout: 180_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-auth-'));
-  const procs: Proc[] = [];
+  const procs: RewindProcess[] = [];
   try {
     const mine = certificate(dir, 'manager');
     const other = certificate(dir, 'other');
     const [link, nbd, http, agentNbd] = [await freePort(), await freePort(), await freePort(), await freePort()];
-    const manager = start(['manager', '--data', path.join(dir, 'm'), '--listen', `127.0.0.1:${link}`, '--nbd', `127.0.0.1:${nbd}`, '--http', `127.0.0.1:${http}`, '--token', 'right-token', '--tls-cert', mine.cert, '--tls-key', mine.key]);
+    const manager = startRewind(['manager', '--data', path.join(dir, 'm'), '--listen', `127.0.0.1:${link}`, '--nbd', `127.0.0.1:${nbd}`, '--http', `127.0.0.1:${http}`, '--token', 'right-token', '--tls-cert', mine.cert, '--tls-key', mine.key]);
     procs.push(manager);
     await until('manager up', () => manager.out().includes('API:'));
     const cli = (...args: string[]): string => {
@@ -94,7 +81,7 @@ test('the agent link refuses wrong tokens, certificates, plaintext, other volume
     ];
 
     // The legitimate agent: a volume set and a little history.
-    const agent = start(agentArgs('a', 'right-token', mine.cert));
+    const agent = startRewind(agentArgs('a', 'right-token', mine.cert));
     procs.push(agent);
     await until('agent connected', () => agent.out().includes('connected to manager'));
     const write = (offset: number, byte: number): void => {
@@ -112,7 +99,7 @@ test('the agent link refuses wrong tokens, certificates, plaintext, other volume
     assert.equal(before.log.trim().split('\n').length, 2, 'two writes in the history');
 
     // 1. A wrong token, from a real agent: refused, and the agent says so.
-    const intruder = start(agentArgs('wrong-token', 'not-the-token', mine.cert));
+    const intruder = startRewind(agentArgs('wrong-token', 'not-the-token', mine.cert));
     procs.push(intruder);
     await until('the wrong token is refused', () => intruder.out().includes('REWIND_AUTH'));
     await until('the manager logs the failure', () => /refused agent .*wrong token/.test(manager.out()));
@@ -130,17 +117,17 @@ test('the agent link refuses wrong tokens, certificates, plaintext, other volume
     assert.ok(delays[2]! > delays[0]! + 100, `refusals slow down: ${delays.join(', ')} ms`);
 
     // 3. A certificate the agent does not trust: no connection, and the agent logs why.
-    const wrongCa = start(agentArgs('wrong-ca', 'right-token', other.cert));
+    const wrongCa = startRewind(agentArgs('wrong-ca', 'right-token', other.cert));
     procs.push(wrongCa);
     await until('the agent reports the certificate failure', () => /cannot reach the manager at .*certificate/i.test(wrongCa.out()));
 
     // 4. A plaintext agent against the TLS link: no session.
-    const plain = start(agentArgs('plain', 'right-token', undefined));
+    const plain = startRewind(agentArgs('plain', 'right-token', undefined));
     procs.push(plain);
     await until('the plaintext agent reports the failure', () => /cannot reach the manager at /.test(plain.out()));
 
     // 5. The right token, but another volume set (another data directory): refused.
-    const stranger = start(agentArgs('stranger', 'right-token', mine.cert));
+    const stranger = startRewind(agentArgs('stranger', 'right-token', mine.cert));
     procs.push(stranger);
     await until('another volume set is refused', () => /REWIND_CONFIG: this manager protects volume set/.test(stranger.out()));
 

@@ -4,44 +4,29 @@
 // committed part of the resync and nothing else; after a restart the resync completes and the
 // history starts at its end, equal to the image.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { BIN, freePort, until } from '../support/process.js';
+import { BIN, exited, freePort, startRewind, until, type RewindProcess } from '../support/process.js';
 import { rng } from '../support/model.js';
 
 const MiB = 1024 * 1024;
 
-interface Proc {
-  child: ChildProcess;
-  out: () => string;
-}
-
-function start(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
-  return { child, out: () => out };
-}
-
-const exited = (p: Proc): Promise<unknown> => (p.child.exitCode !== null || p.child.signalCode !== null ? Promise.resolve() : new Promise((r) => p.child.once('exit', r)));
-
 test('views refuse every point until the first protection resync has arrived, then the history starts at its end', { timeout: 120_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-histstart-'));
-  const procs: Proc[] = [];
+  const procs: RewindProcess[] = [];
   try {
     const image = path.join(dir, 'existing.img');
     const original = rng(7).bytes(8 * MiB); // every 1 MiB region holds data
     fs.writeFileSync(image, original);
     const [link, nbd, http, agentNbd] = [await freePort(), await freePort(), await freePort(), await freePort()];
-    const manager = start(['manager', '--data', path.join(dir, 'm'), '--listen', `127.0.0.1:${link}`, '--nbd', `127.0.0.1:${nbd}`, '--http', `127.0.0.1:${http}`, '--token', 't']);
+    const manager = startRewind(['manager', '--data', path.join(dir, 'm'), '--listen', `127.0.0.1:${link}`, '--nbd', `127.0.0.1:${nbd}`, '--http', `127.0.0.1:${http}`, '--token', 't']);
     procs.push(manager);
     await until('manager up', () => manager.out().includes('API:'));
     const agentArgs = ['agent', '--manager', `127.0.0.1:${link}`, '--data', path.join(dir, 'a'), '--nbd', `127.0.0.1:${agentNbd}`, '--token', 't', '--volume', `v:${image}`, '--seal-bytes', '1M'];
-    const agent = start(agentArgs, { REWIND_CRASH_AT: 'ship:2' });
+    const agent = startRewind(agentArgs, { REWIND_CRASH_AT: 'ship:2' });
     procs.push(agent);
     await exited(agent);
     assert.equal(agent.child.signalCode ?? agent.child.exitCode, 'SIGKILL', `the agent died at its crash point: ${agent.out().slice(-2000)}`);
@@ -66,7 +51,7 @@ test('views refuse every point until the first protection resync has arrived, th
     }
 
     // The agent comes back: the resync completes and the history starts at its end.
-    const again = start(agentArgs);
+    const again = startRewind(agentArgs);
     procs.push(again);
     await until('agent up again', () => again.out().includes('volume v:'));
     const sealed = cli('seal', '--wait');

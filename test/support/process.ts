@@ -38,3 +38,23 @@ export async function until(what: string, check: () => boolean, timeoutMs = 30_0
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** A `rewind` child process (any subcommand) with its combined output kept. */
+export interface RewindProcess {
+  child: ChildProcess;
+  out: () => string;
+}
+
+/** Starts `rewind ARGS` (e.g. `manager ...`, `agent ...`) with extra environment variables. */
+export function startRewind(args: string[], env: NodeJS.ProcessEnv = {}): RewindProcess {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
+  return { child, out: () => out };
+}
+
+/** Resolves once `p` has exited (at once if it already has). */
+export function exited(p: RewindProcess): Promise<unknown> {
+  return p.child.exitCode !== null || p.child.signalCode !== null ? Promise.resolve() : new Promise((r) => p.child.once('exit', r));
+}
