@@ -42,7 +42,7 @@ export class Shipper {
   refusal: string | undefined;
   connected = false;
   /** Why the last attempt to reach the manager failed (TLS, refused, reset), until one succeeds. */
-  linkError: string | undefined;
+  private linkError: string | undefined;
 
   constructor(agent: Agent, spool: Spool, target: ShipperTarget, log: Shipper['log']) {
     this.agent = agent;
@@ -86,17 +86,27 @@ export class Shipper {
         socket.destroy();
       }
     });
+    let errored = false;
     socket.on('error', (error) => {
+      errored = true;
       if (this.connected) {
         this.log('warn', `manager connection lost: ${error.message}`);
         return;
       }
-      // Failing to get in at all (wrong certificate, nothing listening, a reset during the TLS
-      // handshake) is logged once per distinct reason, not once per retry.
-      if (error.message !== this.linkError) this.log('warn', `cannot reach the manager at ${this.target.host}:${this.target.port}: ${error.message} (retrying)`);
-      this.linkError = error.message;
+      this.linkFailed(error.message);
     });
-    socket.on('close', () => this.onClose(socket));
+    socket.on('close', () => {
+      // A peer that closes before its welcome without an error (a TLS manager answering a
+      // plaintext hello, say) is a failure to get in too; a refusal was logged already.
+      if (!errored && !this.welcomed && !this.refusal && !this.stopped) this.linkFailed('the connection closed before the manager welcomed the agent');
+      this.onClose(socket);
+    });
+  }
+
+  /** Failing to get in at all (wrong certificate, nothing listening, a reset during the TLS handshake) is logged once per distinct reason, not once per retry. */
+  private linkFailed(reason: string): void {
+    if (reason !== this.linkError) this.log('warn', `cannot reach the manager at ${this.target.host}:${this.target.port}: ${reason} (retrying)`);
+    this.linkError = reason;
   }
 
   private onClose(socket: net.Socket): void {
