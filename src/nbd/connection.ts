@@ -415,7 +415,7 @@ export class Connection {
 
   /** Marks a request complete; a second call is a backend bug. */
   private complete(pending: Pending): void {
-    assert(!pending.completed, `backend completed ${commandName(pending.request.type)} twice`);
+    if (pending.completed) assert(false, `backend completed ${commandName(pending.request.type)} twice`);
     pending.completed = true;
     this.inflightCount -= 1;
     this.inflightBytes -= pending.costBytes;

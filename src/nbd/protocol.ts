@@ -124,9 +124,10 @@ export const PAYLOAD_BYTES_NOT_DOS = 1 << 25;
 
 const U32_MAX = 0xffffffff;
 
+const COMMAND_NAMES = new Map<number, string>(Object.entries(Command).map(([name, value]) => [value, name]));
+
 export function commandName(type: number): string {
-  for (const [name, value] of Object.entries(Command)) if (value === type) return name;
-  return `UNKNOWN(${type})`;
+  return COMMAND_NAMES.get(type) ?? `UNKNOWN(${type})`;
 }
 
 export function optionName(option: number): string {
