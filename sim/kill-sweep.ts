@@ -220,8 +220,8 @@ function readFioReport(file: string): FioJobReport {
   return job;
 }
 
-async function iterate(cluster: Cluster, random: (max: number) => number, firstId: number, managerShare: number): Promise<{ result: Iteration; nextId: number }> {
-  const victim = random(1000) < 1000 * managerShare ? 'manager' : 'agent';
+async function iterate(cluster: Cluster, random: (max: number) => number, victimDraw: number, firstId: number, managerShare: number): Promise<{ result: Iteration; nextId: number }> {
+  const victim = victimDraw < 1000 * managerShare ? 'manager' : 'agent';
   const points = victim === 'agent' ? AGENT_POINTS : MANAGER_POINTS;
   const named = random(4) !== 0; // three in four at a named point, the rest at a random time
   const point = named ? (points[random(points.length)] as string) : 'random';
@@ -339,11 +339,14 @@ export async function runSweep(options: Options, onProgress?: (i: number, it: It
   const ports: Ports = { link: await freePort(), managerNbd: await freePort(), http: await freePort(), agentNbd: await freePort() };
   const cluster = new Cluster(dir, ports);
   const random = prng(options.seed);
+  // Victims come from their own stream: `random` is also drawn from by the checks, as many times
+  // as the history is long, so the victims of a seed would otherwise depend on timing.
+  const victims = prng(options.seed + 1);
   const results: Iteration[] = [];
   let nextId = 1;
   try {
     for (let i = 0; i < options.iterations; i++) {
-      const { result, nextId: next } = await iterate(cluster, random, nextId, options.managerShare ?? 0.5);
+      const { result, nextId: next } = await iterate(cluster, random, victims(1000), nextId, options.managerShare ?? 0.5);
       nextId = next;
       results.push(result);
       onProgress?.(i, result);
