@@ -115,13 +115,13 @@ export class Catalog {
     this.db.prepare('INSERT INTO volumes (idx, name, size_bytes, created_at) VALUES (?, ?, ?, ?)').run(idx, name, sizeBytes, new Date().toISOString());
   }
 
-  insertTx(row: Omit<TxRow, 'undoBytes' | 'undoCrc' | 'committedAt'>): void {
+  insertTx(row: Omit<TxRow, 'committedAt'>): void {
     this.db
       .prepare(
         `INSERT INTO transactions (idx, kind, seq_first, seq_last, time_first_us, time_last_us, record_count,
-           redo_bytes, redo_crc, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           redo_bytes, redo_crc, undo_bytes, undo_crc, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(row.idx, row.kind, row.seqFirst, row.seqLast, row.timeFirstUs, row.timeLastUs, row.recordCount, row.redoBytes, row.redoCrc, row.state, row.receivedAt);
+      .run(row.idx, row.kind, row.seqFirst, row.seqLast, row.timeFirstUs, row.timeLastUs, row.recordCount, row.redoBytes, row.redoCrc, row.undoBytes, row.undoCrc, row.state, row.receivedAt);
   }
 
   /**

@@ -1,5 +1,5 @@
 // The manager of one volume set: receives sealed segments from the agent, takes each transaction
-// through received -> undo-saved -> applied -> committed, recovers any state after a crash, and
+// through undo-saved -> committed, recovers any state after a crash, and
 // serves views and clones of any committed seq.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -318,9 +318,13 @@ export class Manager implements History {
 
   private onAgentMessage(socket: net.Socket, message: Message, payload: Buffer): void {
     switch (message.type) {
-      case 'segment':
-        this.enqueue(() => this.receiveSegment(socket, message, payload));
+      case 'segment': {
+        // Parsed (and checksummed) on arrival, so it overlaps the transaction still being applied
+        // on the apply worker; everything that depends on the committed state waits in the queue.
+        const parsed = parseSegment(payload, message.index, this.replicas.length);
+        this.enqueue(() => this.receiveSegment(socket, message, payload, parsed));
         return;
+      }
       case 'status':
         this.agentStatus = {
           seqCaptured: message.seqCaptured,
@@ -354,7 +358,7 @@ export class Manager implements History {
     return next;
   }
 
-  private async receiveSegment(socket: net.Socket, message: Extract<Message, { type: 'segment' }>, payload: Buffer): Promise<void> {
+  private async receiveSegment(socket: net.Socket, message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsing: ReturnType<typeof parseSegment>): Promise<void> {
     const refuse = (code: string, text: string): void => {
       this.options.log('error', `refused segment ${message.index}: ${text}`);
       if (!socket.destroyed) sendFrame(socket, { type: 'refused', index: message.index, code, message: text });
@@ -378,7 +382,8 @@ export class Manager implements History {
     }
     let parsed: SealedRedo;
     try {
-      parsed = parseSealedRedo(payload, `segment ${message.index} from agent`, this.replicas.length);
+      if ('error' in parsing) throw parsing.error;
+      parsed = parsing.parsed;
       this.checkSegment(parsed, message);
     } catch (error) {
       if (error instanceof RewindError) return refuse(error.code, error.message);
@@ -417,7 +422,19 @@ export class Manager implements History {
       await this.runTx(existing, parsed);
       return;
     }
-    await writeFileDurable(this.txFiles.redoPath(message.index), payload);
+    // The redo copy and the undo are independent of each other (the replica is untouched until
+    // the transaction is cataloged), so both are written at once; the row goes in only when both
+    // are durable, straight as undo-saved. Files left by a crash before that have no row and are
+    // removed at start (the agent keeps the segment and resends it).
+    const undoFile = this.txFiles.undoPath(message.index);
+    const header = { volumeSetId: parsed.header.volumeSetId, segmentIndex: message.index, seqFirst: parsed.header.seqFirst, seqLast: parsed.trailer.seqLast };
+    const [redoDone, undoDone] = await Promise.allSettled([
+      writeFileDurable(this.txFiles.redoPath(message.index), payload),
+      this.applier.saveUndo(undoFile, header, parsed.records, this.replicas),
+    ]);
+    if (redoDone.status === 'rejected') throw redoDone.reason;
+    if (undoDone.status === 'rejected') throw undoDone.reason;
+    crashPoint('undo'); // redo and undo durable, no catalog row yet
     const first = parsed.records[0];
     const last = parsed.records[parsed.records.length - 1];
     const row: TxRow = {
@@ -430,14 +447,14 @@ export class Manager implements History {
       recordCount: parsed.records.length,
       redoBytes: payload.length,
       redoCrc: parsed.fileCrc,
-      undoBytes: 0,
-      undoCrc: 0,
-      state: 'received',
+      undoBytes: undoDone.value.bytes,
+      undoCrc: undoDone.value.fileCrc,
+      state: 'undo-saved',
       receivedAt: new Date().toISOString(),
       committedAt: null,
     };
     this.catalog.insertTx(row);
-    await this.runTx(row, parsed);
+    await this.runTx(row, parsed, undoDone.value.extents);
   }
 
   private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>): void {
@@ -460,18 +477,21 @@ export class Manager implements History {
     }
   }
 
-  /** Takes a transaction from its durable state to committed. */
-  private async runTx(row: TxRow, parsed: SealedRedo): Promise<void> {
+  /**
+   * Takes a transaction from its durable state to committed. `savedExtents` are the undo extents
+   * when the caller has just written the undo (state undo-saved).
+   */
+  private async runTx(row: TxRow, parsed: SealedRedo, savedExtents?: UndoExtent[]): Promise<void> {
     const undoFile = this.txFiles.undoPath(row.idx);
     let extents;
     if (row.state === 'received') {
-      // The replica is untouched in this state, so the undo built now is the true before-image.
+      // Only catalogs written before redo and undo were saved together have this state. The
+      // replica is untouched in it, so the undo built now is the true before-image.
       const undo = await this.applier.saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
-      crashPoint('undo'); // undo durable, state still received
       this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
       extents = undo.extents;
     } else {
-      extents = parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
+      extents = savedExtents ?? parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
     }
     this.txFiles.remember(row.idx, { records: parsed.records, undo: extents });
     // Open views take the before-image now, before the replica changes under them.
@@ -480,8 +500,7 @@ export class Manager implements History {
     if (row.state !== 'applied') {
       await markApplied(parsed.records, this.replicas);
       await this.applier.writeRedo(this.txFiles.redoPath(row.idx), parsed.records, this.replicas);
-      crashPoint('apply'); // replica written, state still undo-saved
-      this.catalog.setState(row.idx, 'applied');
+      crashPoint('apply'); // replica written, state still undo-saved (a restart applies it again)
     }
     this.catalog.setState(row.idx, 'committed');
     crashPoint('commit'); // committed, not yet acknowledged
@@ -848,6 +867,15 @@ export class Manager implements History {
     for (const replica of this.replicas) replica.close();
     this.txFiles.close();
     this.catalog.close();
+  }
+}
+
+/** Parses a segment from the agent; what it throws is handled in the queue, in segment order. */
+function parseSegment(payload: Buffer, index: number, volumeCount: number): { parsed: SealedRedo } | { error: unknown } {
+  try {
+    return { parsed: parseSealedRedo(payload, `segment ${index} from agent`, volumeCount) };
+  } catch (error) {
+    return { error };
   }
 }
 
