@@ -337,6 +337,8 @@ export class Agent {
   }
 
   private cleaning = false;
+  /** The cleaning under way (close() waits for it before it closes the files it uses). */
+  private cleaningDone: Promise<void> = Promise.resolve();
 
   /**
    * Clears dirty regions whose writes are committed at the manager AND durable in production: a
@@ -348,17 +350,15 @@ export class Agent {
     const seqLimit = Math.min(this.state.seqAcked, this.pipeline.seqCaptured);
     const nowMs = Date.now();
     const volumes = this.volumes.filter((v) => v.dirty.cleanable(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX));
-    if (this.cleaning || volumes.length === 0 || this.pipeline.failure !== undefined) return;
+    if (this.closing || this.cleaning || volumes.length === 0 || this.pipeline.failure !== undefined) return;
     this.cleaning = true;
-    Promise.all(volumes.map((v) => fdatasyncAsync(v.fd)))
-      .then(
-        () => {
-          for (const volume of volumes) volume.dirty.clean(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX);
-        },
-        (error: unknown) => {
-          if (!this.closing) this.pipeline.fatal(error);
-        },
-      )
+    this.cleaningDone = Promise.all(volumes.map((v) => fdatasyncAsync(v.fd)))
+      .then(() => {
+        for (const volume of volumes) volume.dirty.clean(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX);
+      })
+      .catch((error: unknown) => {
+        if (!this.closing) this.pipeline.fatal(error);
+      })
       .finally(() => {
         this.cleaning = false;
       });
@@ -402,6 +402,9 @@ export class Agent {
     await this.pipeline.close();
     await this.spool.seal();
     await this.shipper.stop();
+    // A cleaning started before close() still writes the dirty maps: their descriptors stay open
+    // until it is done (a closed number could by then name another file).
+    await this.cleaningDone;
     this.spool.close();
     for (const volume of this.volumes) {
       fs.fsyncSync(volume.fd);
