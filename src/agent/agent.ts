@@ -80,7 +80,7 @@ export class Agent {
   }
 
   get stateDir(): string {
-    return path.join(this.options.dataDir, 'agent');
+    return agentStateDir(this.options.dataDir);
   }
 
   async open(): Promise<void> {
@@ -97,7 +97,7 @@ export class Agent {
     for (const volume of this.volumes.filter((v) => preexisting.some((p) => p.name === v.name))) await volume.dirty.markAll();
     this.state.cleanShutdown = false;
     await this.saveState();
-    const opened = await Spool.open(path.join(this.stateDir, 'spool'), uuidBytes(this.state.volumeSetId), this.volumes.length, this.state.seqAcked, this.state.segmentAcked);
+    const opened = await Spool.open(agentSpoolDir(this.options.dataDir), uuidBytes(this.state.volumeSetId), this.volumes.length, this.state.seqAcked, this.state.segmentAcked);
     this.spool = opened.spool;
     this.recovery = opened.recovery;
     if (opened.recovery.tornBytes > 0) {
@@ -483,4 +483,13 @@ class ProductionExport implements ExportBackend {
   blockStatus(offsetBytes: number, lengthBytes: number, done: BlockStatusCallback): void {
     done(0, [{ lengthBytes, flags: 0 }]); // production may hold data anywhere; say so honestly
   }
+}
+
+function agentStateDir(dataDir: string): string {
+  return path.join(dataDir, 'agent');
+}
+
+/** Where the agent of data directory `dataDir` keeps its redo segments. */
+export function agentSpoolDir(dataDir: string): string {
+  return path.join(agentStateDir(dataDir), 'spool');
 }

@@ -2,6 +2,7 @@
 // window ahead of the acknowledgements; reconnects with backoff and resends whatever is unacked.
 import fsp from 'node:fs/promises';
 import net from 'node:net';
+import path from 'node:path';
 import tls from 'node:tls';
 import { crashPoint, crc32c, errorMessage } from '../core/index.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../ship/protocol.js';
@@ -15,6 +16,11 @@ export interface ShipperTarget {
   tls?: { ca?: string; rejectUnauthorized?: boolean; servername?: string };
   /** Opens the connection instead of TCP/TLS to host:port (the deterministic simulation's link). */
   connect?: (onConnected: () => void) => net.Socket;
+  /**
+   * The manager runs in this process and reads sealed segments from the spool itself, so only
+   * their names cross the link (`rewind up`).
+   */
+  localFiles?: boolean;
 }
 
 const WINDOW_SEGMENTS_MAX = 4;
@@ -223,6 +229,11 @@ export class Shipper {
   }
 
   private async send(socket: net.Socket, segment: SealedSegment): Promise<void> {
+    if (this.target.localFiles) {
+      sendFrame(socket, { type: 'segment-file', index: segment.index, seqFirst: segment.seqFirst, seqLast: segment.seqLast, bytes: segment.bytes, name: path.basename(segment.file) });
+      crashPoint('ship');
+      return;
+    }
     try {
       const bytes = await fsp.readFile(segment.file);
       if (socket.destroyed) return;

@@ -9,7 +9,7 @@ import tls from 'node:tls';
 import { assert, crashPoint, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
 import { decodeRedoHeader, parseSealedRedo, parseUndo, REDO_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
-import { ensureDir, preadFully, writeFileDurable } from '../platform/index.js';
+import { ensureDir, linkFileDurable, preadFully, writeFileDurable } from '../platform/index.js';
 import { FRAME_BYTES_MAX_UNAUTHENTICATED, FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
@@ -36,7 +36,15 @@ export interface ManagerOptions {
    */
   applier?: Applier;
   openCatalog?: (file: string) => Catalog;
+  /**
+   * `rewind up`: the spool directory of the agent in this process. Segments it names are read
+   * from there and linked into the redo directory rather than sent over the link and copied.
+   */
+  localSpoolDir?: string;
 }
+
+/** A sealed segment's file name in an agent's spool (spool.ts). */
+const SPOOL_SEGMENT_NAME = /^[0-9]{16}\.redo$/;
 
 export interface AgentStatus {
   seqCaptured: number;
@@ -325,6 +333,9 @@ export class Manager implements History {
         this.enqueue(() => this.receiveSegment(socket, message, payload, parsed));
         return;
       }
+      case 'segment-file':
+        this.receiveSegmentFile(socket, message);
+        return;
       case 'status':
         this.agentStatus = {
           seqCaptured: message.seqCaptured,
@@ -358,7 +369,7 @@ export class Manager implements History {
     return next;
   }
 
-  private async receiveSegment(socket: net.Socket, message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsing: ReturnType<typeof parseSegment>): Promise<void> {
+  private async receiveSegment(socket: net.Socket, message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsing: ReturnType<typeof parseSegment>, linkFrom?: string): Promise<void> {
     const refuse = (code: string, text: string): void => {
       this.options.log('error', `refused segment ${message.index}: ${text}`);
       if (!socket.destroyed) sendFrame(socket, { type: 'refused', index: message.index, code, message: text });
@@ -392,7 +403,7 @@ export class Manager implements History {
     // A full or failing disk is backpressure, not a failure: the agent keeps the segment and
     // resends it later; a transaction stopped half-way resumes from its durable state.
     try {
-      await this.storeAndRun(message, payload, parsed);
+      await this.storeAndRun(message, payload, parsed, linkFrom);
     } catch (error) {
       if (!isDiskError(error)) throw error;
       this.busyFrom = message.index;
@@ -400,6 +411,35 @@ export class Manager implements History {
     }
     this.busyFrom = undefined;
     if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: message.index, seqLast: parsed.trailer.seqLast });
+  }
+
+  /**
+   * `rewind up`: the agent in this process names a sealed segment in its spool; it is read (and
+   * parsed) at once, then takes its turn like a segment sent over the link, except that the redo
+   * copy is a hard link to the agent's file. Only a manager given the spool directory takes this.
+   */
+  private receiveSegmentFile(socket: net.Socket, message: Extract<Message, { type: 'segment-file' }>): void {
+    const spoolDir = this.options.localSpoolDir;
+    const name = String(message.name);
+    if (spoolDir === undefined || !SPOOL_SEGMENT_NAME.test(name)) {
+      const text = spoolDir === undefined ? 'this manager takes segments over the link only' : `bad segment file name ${JSON.stringify(name.slice(0, 100))}`;
+      this.options.log('error', `refused segment ${message.index}: ${text}`);
+      sendFrame(socket, { type: 'refused', index: message.index, code: 'REWIND_PROTOCOL', message: text });
+      return;
+    }
+    const file = path.join(spoolDir, name);
+    const loading = fsp.readFile(file).then(
+      (payload) => ({ payload, parsing: parseSegment(payload, message.index, this.replicas.length) }),
+      (error: unknown) => ({ payload: Buffer.alloc(0), parsing: { error: new RewindError('REWIND_IO', `segment ${message.index}: cannot read ${file}: ${errorMessage(error)}`) } }),
+    );
+    this.enqueue(async () => {
+      const { payload, parsing } = await loading;
+      // Nothing crossed a wire, so the file's checksum is compared with itself; every record's
+      // checksum and the trailer are still verified by the parse.
+      const fileCrc = 'parsed' in parsing ? parsing.parsed.fileCrc : 0;
+      const asSegment = { type: 'segment' as const, index: message.index, seqFirst: message.seqFirst, seqLast: message.seqLast, fileCrc, bytes: payload.length };
+      await this.receiveSegment(socket, asSegment, payload, parsing, file);
+    });
   }
 
   private async sameAsStored(idx: number, payload: Buffer): Promise<boolean> {
@@ -413,7 +453,8 @@ export class Manager implements History {
   /** Index of a segment refused for lack of space; later ones wait behind it. */
   private busyFrom: number | undefined;
 
-  private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo): Promise<void> {
+  /** `linkFrom`: the agent's sealed file holding `payload`, linked rather than copied. */
+  private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo, linkFrom?: string): Promise<void> {
     const existing = this.catalog.tx(message.index);
     if (existing) {
       if (existing.redoCrc !== parsed.fileCrc || !(await this.sameAsStored(existing.idx, payload))) {
@@ -429,7 +470,7 @@ export class Manager implements History {
     const undoFile = this.txFiles.undoPath(message.index);
     const header = { volumeSetId: parsed.header.volumeSetId, segmentIndex: message.index, seqFirst: parsed.header.seqFirst, seqLast: parsed.trailer.seqLast };
     const [redoDone, undoDone] = await Promise.allSettled([
-      writeFileDurable(this.txFiles.redoPath(message.index), payload),
+      linkFrom ? linkFileDurable(linkFrom, this.txFiles.redoPath(message.index), payload) : writeFileDurable(this.txFiles.redoPath(message.index), payload),
       this.applier.saveUndo(undoFile, header, parsed.records, this.replicas),
     ]);
     if (redoDone.status === 'rejected') throw redoDone.reason;

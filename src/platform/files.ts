@@ -33,6 +33,25 @@ export async function writeFileDurable(file: string, data: Buffer | string | rea
   await fsyncDir(path.dirname(file));
 }
 
+/**
+ * Makes `file` a durable hard link to `source`, a durable file that is never written again; where
+ * the file system cannot link the two, `file` becomes a durable copy of `data` (source's bytes).
+ */
+export async function linkFileDurable(source: string, file: string, data: Buffer): Promise<void> {
+  const temp = `${file}.tmp-${process.pid}`;
+  await fsp.rm(temp, { force: true });
+  try {
+    await fsp.link(source, temp);
+  } catch (error) {
+    if (!LINK_UNSUPPORTED.has((error as { code?: string }).code ?? '')) throw error;
+    await writeFileDurable(file, data);
+    return;
+  }
+  await fsp.rename(temp, file);
+  await fsyncDir(path.dirname(file));
+}
+const LINK_UNSUPPORTED = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP']);
+
 export async function unlinkDurable(file: string): Promise<void> {
   await fsp.rm(file, { force: true });
   await fsyncDir(path.dirname(file));

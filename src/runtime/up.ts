@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { Agent, type VolumeSpec } from '../agent/agent.js';
+import { Agent, agentSpoolDir, type VolumeSpec } from '../agent/agent.js';
 import { startApi } from '../api/server.js';
 import { Manager } from '../manager/manager.js';
 import { NbdServer } from '../nbd/index.js';
@@ -48,9 +48,11 @@ export async function startUp(options: UpOptions): Promise<Running> {
   await ensureDir(options.dataDir);
   const token = await localToken(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
-  const manager = await openManager(options.dataDir, token, undefined, log, nbdRef);
+  // Agent and manager share the process and the data directory: sealed segments are handed over
+  // by name (the manager reads and links the agent's file) rather than sent over the link.
+  const manager = await openManager(options.dataDir, token, undefined, log, nbdRef, agentSpoolDir(options.dataDir));
   const link = await manager.listen('127.0.0.1', 0);
-  const { agent, nbd, nbdAddress } = await openAgent(options, { host: '127.0.0.1', port: link.port, token }, log, [() => manager.exports()]);
+  const { agent, nbd, nbdAddress } = await openAgent(options, { host: '127.0.0.1', port: link.port, token, localFiles: true }, log, [() => manager.exports()]);
   nbdRef.server = nbd;
   // On loopback the API is as open as the machine; anywhere else it needs the token.
   const apiToken = isLoopback(options.http.host) ? undefined : await loadOrCreateSecret(apiTokenFile(options.dataDir));
@@ -104,11 +106,13 @@ async function openManager(
   tlsOptions: { cert: Buffer; key: Buffer } | undefined,
   log: ReturnType<typeof makeLog>,
   nbdRef: { server?: NbdServer },
+  localSpoolDir?: string,
 ): Promise<Manager> {
   const manager = new Manager({
     dataDir,
     token,
     log,
+    ...(localSpoolDir !== undefined ? { localSpoolDir } : {}),
     ...(tlsOptions ? { tls: tlsOptions } : {}),
     onExportsChanged: (removed) => {
       for (const name of removed) nbdRef.server?.disconnectExport(name);

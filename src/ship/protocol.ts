@@ -21,6 +21,9 @@ export type Message =
   | { type: 'welcome'; seqCommitted: number; segmentCommitted: number }
   | { type: 'error'; code: string; message: string }
   | { type: 'segment'; index: number; seqFirst: number; seqLast: number; fileCrc: number; bytes: number }
+  // A sealed segment the manager reads from the agent's spool itself (`rewind up` only: same
+  // process, same file system); `name` is the file's name in the spool directory.
+  | { type: 'segment-file'; index: number; seqFirst: number; seqLast: number; bytes: number; name: string }
   | { type: 'ack'; index: number; seqLast: number }
   | { type: 'refused'; index: number; code: string; message: string }
   | { type: 'seal'; id: number }
