@@ -455,6 +455,8 @@ export class Manager implements History {
 
   /** `linkFrom`: the agent's sealed file holding `payload`, linked rather than copied. */
   private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo, linkFrom?: string): Promise<void> {
+    // When the segment's turn came (the row is written later, once redo and undo are durable).
+    const receivedAt = new Date().toISOString();
     const existing = this.catalog.tx(message.index);
     if (existing) {
       if (existing.redoCrc !== parsed.fileCrc || !(await this.sameAsStored(existing.idx, payload))) {
@@ -491,7 +493,7 @@ export class Manager implements History {
       undoBytes: undoDone.value.bytes,
       undoCrc: undoDone.value.fileCrc,
       state: 'undo-saved',
-      receivedAt: new Date().toISOString(),
+      receivedAt,
       committedAt: null,
     };
     this.catalog.insertTx(row);
