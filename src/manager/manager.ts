@@ -206,6 +206,9 @@ export class Manager implements History {
   undoFd(idx: number): number {
     return this.txFiles.fd(this.txFiles.undoPath(idx));
   }
+  mappedFile(idx: number, kind: 'redo' | 'undo'): Buffer | undefined {
+    return this.txFiles.mapped(idx, kind);
+  }
   replicaFd(volume: number): number {
     return (this.replicas[volume] as ReplicaVolume).fd;
   }

@@ -10,10 +10,17 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { RewindError } from '../core/index.js';
+import { mapReadOnly } from '../platform/index.js';
 import { parseSealedRedo, parseUndo, REDO_HEADER_BYTES, TRAILER_BYTES, UNDO_HEADER_BYTES, type RedoRecord, type UndoExtent } from '../log/index.js';
 import { TX_INDEX_BINDING_BYTES, TxIndex } from '../views/tx-index.js';
 
 export { TxIndex };
+
+/**
+ * Transaction files kept mapped (each is one kernel mapping; Linux allows 65,530 per process by
+ * default). A file dropped from this set is unmapped when its Buffer is garbage-collected.
+ */
+const MAPPED_FILES_MAX = 4096;
 
 /** Parsed transactions kept in memory, counted in records plus extents (about 30 bytes each). */
 const CACHE_ITEMS_MAX = 4_000_000;
@@ -24,6 +31,8 @@ export class TxFiles {
   readonly indexDir: string;
   private readonly volumeCount: () => number;
   private readonly fds = new Map<string, number>();
+  /** Mapped files by `2 * idx` (redo) and `2 * idx + 1` (undo), least recently used first; null: pread it. */
+  private readonly maps = new Map<number, Buffer | null>();
   private readonly cache = new Map<number, TxIndex>();
   private cachedItems = 0;
   private indexDirMade = false;
@@ -55,6 +64,24 @@ export class TxFiles {
       this.fds.set(file, fd);
     }
     return fd;
+  }
+
+  /**
+   * A committed transaction's redo or undo file mapped read-only (see mapReadOnly), or undefined
+   * when it cannot be mapped: then read it through fd(). Committed transaction files never change,
+   * so a mapping stays valid for as long as anyone holds it.
+   */
+  mapped(idx: number, kind: 'redo' | 'undo'): Buffer | undefined {
+    const key = kind === 'redo' ? 2 * idx : 2 * idx + 1;
+    let map = this.maps.get(key);
+    if (map !== undefined) {
+      this.maps.delete(key); // refresh LRU position
+    } else {
+      map = mapReadOnly(this.fd(kind === 'redo' ? this.redoPath(idx) : this.undoPath(idx))) ?? null;
+      if (this.maps.size >= MAPPED_FILES_MAX) this.maps.delete(this.maps.keys().next().value as number);
+    }
+    this.maps.set(key, map);
+    return map ?? undefined;
   }
 
   /**
@@ -144,6 +171,7 @@ export class TxFiles {
   close(): void {
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
+    this.maps.clear();
   }
 }
 

@@ -1,13 +1,17 @@
 // Durable file operations: the only place that knows how to make creates, renames and unlinks
 // survive a crash (fsync of the directory), and how to zero a range without writing it.
+import type MmapIo from '@riaskov/mmap-io';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { RewindError } from '../core/index.js';
 
 const execFileAsync = promisify(execFile);
+// CommonJS whose types declare a default export it does not have at run time: required as it is.
+const mmap = createRequire(import.meta.url)('@riaskov/mmap-io') as typeof MmapIo.default;
 
 export async function fsyncDir(dir: string): Promise<void> {
   const handle = await fsp.open(dir, 'r');
@@ -131,6 +135,32 @@ export function preadFully(fd: number, target: Buffer, targetOffset: number, len
       return;
     }
     done += n;
+  }
+}
+
+/**
+ * Files larger than this are not mapped (the mapping library takes the size as a 32-bit int), nor
+ * are empty ones: their readers pread instead.
+ */
+export const MAP_BYTES_MAX = 1024 ** 3;
+
+/**
+ * The whole of an open file that never changes again, mapped read-only (MAP_SHARED: the page cache
+ * itself, no copy), or undefined when it cannot be mapped (empty, too large, no address space or
+ * map count left): the caller then preads. Reading it costs no system call once its pages are
+ * mapped, which is what makes a view read of many small pieces of many files cheap. The mapping is
+ * released when the Buffer is garbage-collected; an unlinked file keeps its blocks until then.
+ *
+ * Only for files that are never truncated or rewritten while mapped (committed transaction
+ * files): a read of a page past a file's end, or one the disk cannot read, is SIGBUS, not an error.
+ */
+export function mapReadOnly(fd: number): Buffer | undefined {
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size === 0 || size > MAP_BYTES_MAX) return undefined;
+    return mmap.map(size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0, mmap.MADV_NORMAL);
+  } catch {
+    return undefined;
   }
 }
 

@@ -1,9 +1,10 @@
 // Reading the pieces of a view read that lie in transaction files (redo payloads, undo extents),
-// which never change once committed: a plan of groups (pieces of one file close together in it,
-// read with one pread), with read-ahead windows for files read sequentially.
+// which never change once committed: a plan of groups (pieces of one file close together in it).
+// A group of a mapped file is copied from the mapping; otherwise it is read with one pread, with
+// read-ahead windows for files read sequentially.
 import { preadFully } from '../platform/index.js';
 
-/** A group: window key, fd, file span start and end, first piece, piece count. */
+/** A group: window key, fd (-1 when mapped), file span start and end, first piece, piece count. */
 export const GROUP_FIELDS = 6;
 /** A piece: file offset, length, offset in the target. */
 export const PIECE_FIELDS = 3;
@@ -11,6 +12,8 @@ export const PIECE_FIELDS = 3;
 export interface FileReadPlan {
   groupCount: number;
   groups: Float64Array;
+  /** Per group: the mapped file to copy from, or undefined: read it from the group's fd. */
+  mapped: (Buffer | undefined)[];
   pieceCount: number;
   pieces: Float64Array;
 }
@@ -21,6 +24,7 @@ export class PlanBuffer implements FileReadPlan {
   pieceCount = 0;
   groups: Float64Array;
   pieces: Float64Array;
+  readonly mapped: (Buffer | undefined)[] = [];
 
   constructor(pieces: number) {
     this.groups = new Float64Array(Math.max(1, pieces) * GROUP_FIELDS);
@@ -184,6 +188,16 @@ export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: Read
     const spanEnd = groups[at + 3] as number;
     const first = groups[at + 4] as number;
     const stop = first + (groups[at + 5] as number);
+    const mapped = plan.mapped[g];
+    if (mapped !== undefined) {
+      plan.mapped[g] = undefined; // the plan is reused: hold no mapping past this read
+      const buffer = mapped.buffer;
+      const base = mapped.byteOffset;
+      for (let p = first; p < stop; p++) {
+        target.set(new Uint8Array(buffer, base + (pieces[p * PIECE_FIELDS] as number), pieces[p * PIECE_FIELDS + 1] as number), pieces[p * PIECE_FIELDS + 2] as number);
+      }
+      continue;
+    }
     const window = readAhead.fetch(key, fd, spanStart, spanEnd);
     if (window !== undefined) {
       // A typed-array set from a view is the cheapest copy Node offers for many small pieces.

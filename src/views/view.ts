@@ -44,6 +44,8 @@ export interface History {
   txIndex(idx: number): Promise<{ records: RedoRecord[]; undo: UndoExtent[] }>;
   redoFd(idx: number): number;
   undoFd(idx: number): number;
+  /** The transaction's file mapped read-only, or undefined: read it through redoFd/undoFd. */
+  mappedFile(idx: number, kind: 'redo' | 'undo'): Buffer | undefined;
   replicaFd(volume: number): number;
   /** Per volume, where the replica may hold data (block status reports the rest as holes). */
   readonly replicas: readonly ReplicaAllocation[];
@@ -341,9 +343,11 @@ export class View {
       const planPieces = plan.pieces;
       let groupCount = 0;
       let pieceCount = 0;
+      const mapped = plan.mapped;
       for (let c = 0; c < chains.touchedCount; c++) {
         const id = chains.touched[c] as number;
-        const fd = this.fdOf(this.sourceById[id] as ViewSource);
+        const source = this.sourceById[id] as ViewSource;
+        const mapping = this.history.mappedFile(source.idx, source.kind as 'redo' | 'undo');
         let first = chains.head[id] as number;
         while (first >= 0) {
           const groupFirst = pieceCount;
@@ -361,7 +365,16 @@ export class View {
           }
           const at = groupCount * GROUP_FIELDS;
           groups[at] = id; // the read-ahead key: one file of this view
-          groups[at + 1] = fd;
+          if (mapping === undefined) {
+            groups[at + 1] = this.fdOf(source);
+            mapped[groupCount] = undefined;
+          } else {
+            if (spanEnd > mapping.length) {
+              throw new RewindError('REWIND_SEGMENT_CORRUPT', `the ${source.kind} file of transaction ${source.idx} holds ${mapping.length} bytes, but its index places data up to byte ${spanEnd}`);
+            }
+            groups[at + 1] = -1;
+            mapped[groupCount] = mapping;
+          }
           groups[at + 2] = offsets[first] as number;
           groups[at + 3] = spanEnd;
           groups[at + 4] = groupFirst;

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { RewindError } from '../../src/core/index.js';
 import { buildSealedRedo, parseSealedRedo } from '../../src/log/index.js';
 import { applyRedo, saveUndo } from '../../src/manager/apply.js';
 import { ReplicaVolume } from '../../src/manager/replica.js';
@@ -29,6 +30,8 @@ class MiniHistory implements History {
   readonly views: View[] = [];
   readonly sizes: number[];
   readonly writes: ModelWrite[] = [];
+  /** Whether views get the transaction files mapped (false: they pread them, as when mapping fails). */
+  mapFiles = true;
 
   constructor(readonly dir: string, sizes: number[]) {
     this.sizes = sizes;
@@ -66,6 +69,9 @@ class MiniHistory implements History {
   }
   undoFd(idx: number): number {
     return this.files.fd(this.files.undoPath(idx));
+  }
+  mappedFile(idx: number, kind: 'redo' | 'undo'): Buffer | undefined {
+    return this.mapFiles ? this.files.mapped(idx, kind) : undefined;
   }
   replicaFd(volume: number): number {
     return (this.replicas[volume] as ReplicaVolume).fd;
@@ -194,9 +200,12 @@ describe('views over a history of transactions', () => {
     reopened.close();
   });
 
-  it('reads of any range equal the model, across piece boundaries and file gaps', async () => {
+  for (const mapFiles of [true, false]) {
+  const how = mapFiles ? 'mapped files' : 'preads';
+  it(`reads of any range equal the model, across piece boundaries and file gaps (${how})`, async () => {
     const sizes = [2 * MiB];
     const history = newHistory('ranges', sizes);
+    history.mapFiles = mapFiles;
     const random = rng(9);
     const base = random.bytes(2 * MiB);
     await history.commit([{ seq: 1, volume: 0, kind: 'write', offset: 0, length: 2 * MiB, data: base }]);
@@ -220,9 +229,10 @@ describe('views over a history of transactions', () => {
     }
   });
 
-  it('sequential reads (read-ahead windows), backwards and interleaved streams equal the model', async () => {
+  it(`sequential reads (read-ahead windows), backwards and interleaved streams equal the model (${how})`, async () => {
     const sizes = [4 * MiB];
     const history = newHistory('sequential', sizes);
+    history.mapFiles = mapFiles;
     const random = rng(21);
     await history.commit([{ seq: 1, volume: 0, kind: 'write', offset: 0, length: 4 * MiB, data: random.bytes(4 * MiB) }]);
     for (let t = 0; t < 40; t++) {
@@ -255,6 +265,26 @@ describe('views over a history of transactions', () => {
       assert.ok(view.read(0, offset, 8 * KiB).equals(image.subarray(offset, offset + 8 * KiB)), `random at ${offset}`);
     }
   });
+  }
+
+  it('committed transaction files are mapped whole, and one shorter than its index fails the read with a typed error', async () => {
+    const sizes = [2 * MiB];
+    const history = newHistory('mapped', sizes);
+    const random = rng(31);
+    await history.commit([{ seq: 1, volume: 0, kind: 'write', offset: 0, length: 2 * MiB, data: random.bytes(2 * MiB) }]);
+    await history.commit(renumber([{ seq: 0, volume: 0, kind: 'write', offset: 4096, length: MiB, data: random.bytes(MiB) }], 1));
+    await history.commit(renumber([{ seq: 0, volume: 0, kind: 'write', offset: 1536 * KiB, length: 4096, data: random.bytes(4096) }], 2));
+    const undo2 = history.files.mapped(2, 'undo');
+    assert.ok(undo2 !== undefined && undo2.equals(fs.readFileSync(history.files.undoPath(2))), 'the undo file mapped whole');
+    assert.ok(history.files.mapped(2, 'redo')?.equals(fs.readFileSync(history.files.redoPath(2))), 'the redo file mapped whole');
+    // Transaction 3's undo cut short on disk before anyone mapped it (its index is cached).
+    const undo3 = history.files.undoPath(3);
+    fs.truncateSync(undo3, 64);
+    const view = await View.build('short', 'snapshot', 1, history);
+    assert.throws(() => view.read(0, 1536 * KiB, 4096), (error: unknown) => error instanceof RewindError && error.code === 'REWIND_SEGMENT_CORRUPT' && /transaction 3/.test(error.message));
+    const image = history.images(1)[0] as Buffer;
+    assert.ok(view.read(0, 16 * KiB, 64 * KiB).equals(image.subarray(16 * KiB, 80 * KiB)), 'pieces from other files still read');
+  });
 
   it('a transaction file that cannot be read fails the read, and the view reads again once it can', async () => {
     const sizes = [2 * MiB];
@@ -265,7 +295,7 @@ describe('views over a history of transactions', () => {
     // Undo files that cannot be read: a directory's handle (read fails with EISDIR).
     const directory = fs.openSync(history.dir, 'r');
     try {
-      const broken = Object.assign(Object.create(history) as MiniHistory, { undoFd: (): number => directory });
+      const broken = Object.assign(Object.create(history) as MiniHistory, { undoFd: (): number => directory, mappedFile: (): undefined => undefined });
       const view = await View.build('f', 'snapshot', 1, broken);
       const image = history.images(1)[0] as Buffer;
       assert.ok(view.read(0, 0, 4096).equals(image.subarray(0, 4096)), 'replica only');
