@@ -75,6 +75,8 @@ export interface RunReport {
   transactions: number;
   resyncRecords: number;
   viewsChecked: number;
+  /** Segments whose redo copy and undo the managers began while the previous one was being made durable. */
+  earlyStores: number;
   simulatedSeconds: number;
   /** Digest of the run's event trace and final state: equal for equal seeds (determinism). */
   digest: string;
@@ -270,6 +272,7 @@ class Simulation {
       transactions: 0,
       resyncRecords: 0,
       viewsChecked: 0,
+      earlyStores: 0,
       simulatedSeconds: 0,
       digest: '',
     };
@@ -392,6 +395,7 @@ class Simulation {
     const proc = this.managerProc;
     if (!proc?.alive) return;
     proc.alive = false;
+    this.report.earlyStores += this.manager?.earlyStores ?? 0;
     this.manager = undefined;
     this.net.cutAll(proc);
     this.catalogImage = this.catalogDb?.serialize();
@@ -673,6 +677,7 @@ class Simulation {
       await this.healingPhase();
       await this.check();
       if (this.world.failures.length > 0) throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
+      this.report.earlyStores += this.manager?.earlyStores ?? 0;
       const stats = this.disk.stats();
       this.report.disk = { injectedEio: stats.injectedEio, injectedEnospc: stats.injectedEnospc };
       this.report.link = { ...this.report.link, cuts: this.net.cuts, connections: this.net.connections };

@@ -1,6 +1,7 @@
 // The main thread's side of the apply worker (apply-worker.ts): one worker thread, requests
-// answered in order, errors carried back with their codes (ENOSPC stays ENOSPC, so a full disk is
-// still backpressure). A worker that dies is replaced on the next request.
+// answered as they finish (a sync waiting for its fdatasync lets the next undo run), errors
+// carried back with their codes (ENOSPC stays ENOSPC, so a full disk is still backpressure). A
+// worker that dies is replaced on the next request.
 import { Worker } from 'node:worker_threads';
 import { RewindError } from '../core/index.js';
 import type { RedoRecord, UndoHeader } from '../log/index.js';
@@ -18,7 +19,8 @@ export interface ReplicaRef {
 
 export type ApplyRequest =
   | { id: number; type: 'undo'; file: string; header: UndoHeader; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
-  | { id: number; type: 'apply'; redoFile: string; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
+  | { id: number; type: 'apply'; redoFile: string; redoBytes: number; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
+  | { id: number; type: 'sync'; replicas: ReplicaRef[] }
   | { id: number; type: 'close' };
 
 export interface WorkerError {
@@ -38,8 +40,10 @@ type Pending = { resolve: (response: ApplyResponse) => void; reject: (error: Err
 export interface Applier {
   /** Builds and durably saves the undo segment of `records` (see saveUndo). */
   saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult>;
-  /** Writes the redo segment in `redoFile` to the replicas and makes them durable (see writeRedo). */
-  writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void>;
+  /** Writes the redo segment in `redoFile` (`redoBytes` long) to the replicas, not yet durably (see writeRedo). */
+  writeRedo(redoFile: string, redoBytes: number, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void>;
+  /** Makes the replicas durable (fdatasync); another request may run meanwhile. */
+  syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -57,8 +61,12 @@ export class InThreadApply implements Applier {
     return response.undo;
   }
 
-  async writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
-    await this.handler.handle({ id: this.nextId++, type: 'apply', redoFile, records, replicas: replicas.map(refOf) });
+  async writeRedo(redoFile: string, redoBytes: number, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+    await this.handler.handle({ id: this.nextId++, type: 'apply', redoFile, redoBytes, records, replicas: replicas.map(refOf) });
+  }
+
+  async syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void> {
+    await this.handler.handle({ id: this.nextId++, type: 'sync', replicas: replicas.map(refOf) });
   }
 
   async close(): Promise<void> {
@@ -77,8 +85,12 @@ export class ApplyWorker implements Applier {
     return response.undo;
   }
 
-  async writeRedo(redoFile: string, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
-    await this.request({ type: 'apply', redoFile, records, replicas: replicas.map(refOf) });
+  async writeRedo(redoFile: string, redoBytes: number, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+    await this.request({ type: 'apply', redoFile, redoBytes, records, replicas: replicas.map(refOf) });
+  }
+
+  async syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void> {
+    await this.request({ type: 'sync', replicas: replicas.map(refOf) });
   }
 
   async close(): Promise<void> {

@@ -155,8 +155,8 @@ export async function markApplied(records: readonly RedoRecord[], replicas: read
 
 /**
  * Second half: writes a verified redo segment held in `buf` to the replicas: per volume, the
- * newest record of each byte range, in offset order; then fdatasync. Idempotent, so a crash
- * mid-apply re-applies.
+ * newest record of each byte range, in offset order. Not durable until syncReplicas. Idempotent,
+ * so a crash mid-apply re-applies.
  */
 export async function writeRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaTarget[]): Promise<void> {
   for (const replica of replicas) {
@@ -165,14 +165,25 @@ export async function writeRedo(buf: Buffer, records: readonly RedoRecord[], rep
     const map = new IntervalMap<ApplySource>();
     for (const r of own) map.set(r.offsetBytes, r.offsetBytes + r.lengthBytes, r.kind === 'write' ? 'data' : 'zero', r.kind === 'write' ? r.payloadOffsetBytes : 0);
     for (const piece of map.entries()) await applyPiece(buf, replica, piece.start, piece.end, piece.value, piece.valueOffset);
-    await fdatasyncAsync(replica.fd);
   }
 }
 
-/** Both halves on this thread (recovery and tests; the manager runs writeRedo in its worker). */
+/** Makes what writeRedo wrote to `replicas` durable. */
+export async function syncReplicas(replicas: readonly ReplicaTarget[]): Promise<void> {
+  for (const replica of replicas) await fdatasyncAsync(replica.fd);
+}
+
+/** The replicas that `records` write to. */
+export function replicasOf<T extends { index: number }>(records: readonly RedoRecord[], replicas: readonly T[]): T[] {
+  const touched = new Set(records.map((r) => r.volume));
+  return replicas.filter((replica) => touched.has(replica.index));
+}
+
+/** All of it on this thread (recovery and tests; the manager runs writeRedo in its worker). */
 export async function applyRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
   await markApplied(records, replicas);
   await writeRedo(buf, records, replicas);
+  await syncReplicas(replicasOf(records, replicas));
 }
 
 async function applyPiece(buf: Buffer, replica: ReplicaTarget, start: number, end: number, source: ApplySource, sourceOffset: number): Promise<void> {

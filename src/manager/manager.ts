@@ -13,7 +13,7 @@ import { ensureDir, linkFileDurable, preadFully, writeFileDurable } from '../pla
 import { FRAME_BYTES_MAX_UNAUTHENTICATED, FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
-import { markApplied } from './apply.js';
+import { markApplied, replicasOf } from './apply.js';
 import { ApplyWorker, type Applier } from './apply-pool.js';
 import { Catalog, type TxKind, type TxRow } from './catalog.js';
 import { parsePoint } from './points.js';
@@ -93,6 +93,22 @@ export class Manager implements History {
   private committedSeq = 0;
   private committedIdx = 0;
   private committedTimeNs = 0n;
+  /**
+   * The last transaction whose replica writes are issued (in the page cache; its fdatasync and
+   * commit may still be running), and its last seq. The next segment's redo copy and undo can
+   * start from then on, outside the queue (see storeEarly).
+   */
+  private writtenIdx = 0;
+  private writtenSeq = 0;
+  /** Redo copy and undo begun early, by the message they were begun for. */
+  private readonly early = new WeakMap<object, Promise<StoreResult>>();
+  /** Segments waiting for their predecessor's replica writes before their early start, by index. */
+  private readonly earlyWaiting = new Map<number, () => void>();
+  /** Early stores running, by index (another store of the same files waits for it). */
+  private readonly earlyRunning = new Map<number, Promise<unknown>>();
+  private closing = false;
+  /** Segments whose redo copy and undo were begun early and used (the simulation checks it happens). */
+  earlyStores = 0;
 
   readonly restorer = new Restorer(this);
   readonly exporter = new ImageExporter(this);
@@ -141,6 +157,8 @@ export class Manager implements History {
     this.committedSeq = last?.seqLast ?? 0;
     this.committedIdx = last?.idx ?? 0;
     this.committedTimeNs = BigInt(last?.timeLastUs ?? 0) * 1000n;
+    this.writtenIdx = this.committedIdx;
+    this.writtenSeq = this.committedSeq;
   }
 
   /** Finishes any transaction a crash interrupted, from its durable state (DESIGN.md). */
@@ -333,6 +351,7 @@ export class Manager implements History {
         // Parsed (and checksummed) on arrival, so it overlaps the transaction still being applied
         // on the apply worker; everything that depends on the committed state waits in the queue.
         const parsed = parseSegment(payload, message.index, this.replicas.length);
+        this.storeEarly(message, payload, parsed);
         this.enqueue(() => this.receiveSegment(socket, message, payload, parsed));
         return;
       }
@@ -435,12 +454,16 @@ export class Manager implements History {
       (payload) => ({ payload, parsing: parseSegment(payload, message.index, this.replicas.length) }),
       (error: unknown) => ({ payload: Buffer.alloc(0), parsing: { error: new RewindError('REWIND_IO', `segment ${message.index}: cannot read ${file}: ${errorMessage(error)}`) } }),
     );
-    this.enqueue(async () => {
-      const { payload, parsing } = await loading;
-      // Nothing crossed a wire, so the file's checksum is compared with itself; every record's
-      // checksum and the trailer are still verified by the parse.
+    // Nothing crossed a wire, so the file's checksum is compared with itself; every record's
+    // checksum and the trailer are still verified by the parse.
+    const loaded = loading.then(({ payload, parsing }) => {
       const fileCrc = 'parsed' in parsing ? parsing.parsed.fileCrc : 0;
       const asSegment = { type: 'segment' as const, index: message.index, seqFirst: message.seqFirst, seqLast: message.seqLast, fileCrc, bytes: payload.length };
+      this.storeEarly(asSegment, payload, parsing, file);
+      return { asSegment, payload, parsing };
+    });
+    this.enqueue(async () => {
+      const { asSegment, payload, parsing } = await loaded;
       await this.receiveSegment(socket, asSegment, payload, parsing, file);
     });
   }
@@ -456,6 +479,70 @@ export class Manager implements History {
   /** Index of a segment refused for lack of space; later ones wait behind it. */
   private busyFrom: number | undefined;
 
+  /**
+   * Starts a segment's redo copy and undo before its turn in the queue, once the transaction before
+   * it has its replica writes issued: the undo reads the replica as that transaction left it
+   * (the page cache holds its writes), so it can be built while that transaction's fdatasync and
+   * commit run. Nothing here touches the replica or the catalog; the segment's turn in the queue
+   * then takes the result, checks everything as before, and writes the row. Only a segment that
+   * continues the written transactions, passes every check, and has no row is started early. Its
+   * turn may still refuse it when the transaction before it failed to commit (a full or failing
+   * disk): then its files have no row; the agent resends the same bytes, which are stored again
+   * over them, and a restart removes files without a row, like files left by a crash.
+   */
+  private storeEarly(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsing: ReturnType<typeof parseSegment>, linkFrom?: string): void {
+    if (!('parsed' in parsing) || this.closing) return;
+    const parsed = parsing.parsed;
+    const idx = message.index;
+    const start = (): void => {
+      if (this.closing || idx !== this.writtenIdx + 1 || message.seqFirst !== this.writtenSeq + 1) return;
+      if (this.busyFrom !== undefined || this.earlyRunning.has(idx) || this.catalog.tx(idx) !== undefined) return;
+      try {
+        // Every check its turn in the queue makes, so that nothing is stored for a segment that
+        // will be refused (the queue makes them again and answers the agent).
+        this.checkSegment(parsed, message, this.writtenSeq + 1);
+      } catch {
+        return;
+      }
+      const stored = this.store(idx, payload, parsed, linkFrom);
+      this.early.set(message, stored);
+      const settled = stored.then(
+        () => undefined,
+        () => undefined,
+      );
+      this.earlyRunning.set(idx, settled);
+      void settled.then(() => this.earlyRunning.delete(idx));
+    };
+    if (idx === this.writtenIdx + 1) start();
+    else if (idx > this.writtenIdx + 1 && !this.earlyWaiting.has(idx)) this.earlyWaiting.set(idx, start);
+  }
+
+  /** The transaction `idx` has its replica writes issued: the next segment may start early. */
+  private written(idx: number, seqLast: number): void {
+    this.writtenIdx = idx;
+    this.writtenSeq = seqLast;
+    for (const waiting of this.earlyWaiting.keys()) if (waiting <= idx) this.earlyWaiting.delete(waiting);
+    const next = this.earlyWaiting.get(idx + 1);
+    this.earlyWaiting.delete(idx + 1);
+    next?.();
+  }
+
+  /**
+   * The redo copy and the undo of a segment, at once: they are independent of each other, and the
+   * replica is untouched until the transaction is cataloged.
+   */
+  private async store(idx: number, payload: Buffer, parsed: SealedRedo, linkFrom?: string): Promise<StoreResult> {
+    const undoFile = this.txFiles.undoPath(idx);
+    const header = { volumeSetId: parsed.header.volumeSetId, segmentIndex: idx, seqFirst: parsed.header.seqFirst, seqLast: parsed.trailer.seqLast };
+    const [redoDone, undoDone] = await Promise.allSettled([
+      linkFrom ? linkFileDurable(linkFrom, this.txFiles.redoPath(idx), payload) : writeFileDurable(this.txFiles.redoPath(idx), payload),
+      this.applier.saveUndo(undoFile, header, parsed.records, this.replicas),
+    ]);
+    if (redoDone.status === 'rejected') throw redoDone.reason;
+    if (undoDone.status === 'rejected') throw undoDone.reason;
+    return undoDone.value;
+  }
+
   /** `linkFrom`: the agent's sealed file holding `payload`, linked rather than copied. */
   private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo, linkFrom?: string): Promise<void> {
     // When the segment's turn came (the row is written later, once redo and undo are durable).
@@ -468,18 +555,17 @@ export class Manager implements History {
       await this.runTx(existing, parsed);
       return;
     }
-    // The redo copy and the undo are independent of each other (the replica is untouched until
-    // the transaction is cataloged), so both are written at once; the row goes in only when both
-    // are durable, straight as undo-saved. Files left by a crash before that have no row and are
-    // removed at start (the agent keeps the segment and resends it).
-    const undoFile = this.txFiles.undoPath(message.index);
-    const header = { volumeSetId: parsed.header.volumeSetId, segmentIndex: message.index, seqFirst: parsed.header.seqFirst, seqLast: parsed.trailer.seqLast };
-    const [redoDone, undoDone] = await Promise.allSettled([
-      linkFrom ? linkFileDurable(linkFrom, this.txFiles.redoPath(message.index), payload) : writeFileDurable(this.txFiles.redoPath(message.index), payload),
-      this.applier.saveUndo(undoFile, header, parsed.records, this.replicas),
-    ]);
-    if (redoDone.status === 'rejected') throw redoDone.reason;
-    if (undoDone.status === 'rejected') throw undoDone.reason;
+    // The redo copy and the undo (begun early when they could be, see storeEarly); the row goes in
+    // only when both are durable, straight as undo-saved. Files left by a crash before that have
+    // no row and are removed at start (the agent keeps the segment and resends it).
+    const began = this.early.get(message);
+    this.early.delete(message);
+    // An early store is only used while the replica is as it was built on: this transaction's
+    // predecessor committed, nothing written since (checked by receiveSegment's continuity checks).
+    assert(this.writtenIdx === message.index - 1, 'no replica writes since the early store');
+    if (began === undefined) await this.earlyRunning.get(message.index); // one begun for an earlier copy of this segment
+    if (began !== undefined) this.earlyStores += 1;
+    const undo = await (began ?? this.store(message.index, payload, parsed, linkFrom));
     crashPoint('undo'); // redo and undo durable, no catalog row yet
     const first = parsed.records[0];
     const last = parsed.records[parsed.records.length - 1];
@@ -493,17 +579,18 @@ export class Manager implements History {
       recordCount: parsed.records.length,
       redoBytes: payload.length,
       redoCrc: parsed.fileCrc,
-      undoBytes: undoDone.value.bytes,
-      undoCrc: undoDone.value.fileCrc,
+      undoBytes: undo.bytes,
+      undoCrc: undo.fileCrc,
       state: 'undo-saved',
       receivedAt,
       committedAt: null,
     };
     this.catalog.insertTx(row);
-    await this.runTx(row, parsed, undoDone.value.extents);
+    await this.runTx(row, parsed, undo.extents);
   }
 
-  private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>): void {
+  /** `seqNext`: the seq the segment must start at (the committed one's successor, in the queue). */
+  private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>, seqNext = this.committedSeq + 1): void {
     const known = this.catalog.getMeta('volumeSetId') ?? '';
     if (parsed.header.volumeSetId.toString('hex') !== known.replace(/-/g, '')) {
       throw new RewindError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} belongs to another volume set`);
@@ -512,8 +599,8 @@ export class Manager implements History {
       throw new SegmentError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} from agent`, 0, 'header, seq range or checksum differ from what the agent announced');
     }
     // Continuity is checked on the segment's own header, not only on the announcement.
-    if (parsed.header.seqFirst !== this.committedSeq + 1) {
-      throw new SegmentError('REWIND_SEQ_GAP', `segment ${message.index} from agent`, 40, `segment starts at seq ${parsed.header.seqFirst}; expected seq ${this.committedSeq + 1}`);
+    if (parsed.header.seqFirst !== seqNext) {
+      throw new SegmentError('REWIND_SEQ_GAP', `segment ${message.index} from agent`, 40, `segment starts at seq ${parsed.header.seqFirst}; expected seq ${seqNext}`);
     }
     for (const record of parsed.records) {
       const size = (this.replicas[record.volume] as ReplicaVolume).sizeBytes;
@@ -545,8 +632,14 @@ export class Manager implements History {
     for (const view of this.internalViews) view.addUndo(row.idx, extents);
     if (row.state !== 'applied') {
       await markApplied(parsed.records, this.replicas);
-      await this.applier.writeRedo(this.txFiles.redoPath(row.idx), parsed.records, this.replicas);
+      await this.applier.writeRedo(this.txFiles.redoPath(row.idx), row.redoBytes, parsed.records, this.replicas);
+      // The next segment's undo may now be built from the replica (storeEarly) while this one's
+      // writes are made durable.
+      this.written(row.idx, row.seqLast);
+      await this.applier.syncReplicas(replicasOf(parsed.records, this.replicas));
       crashPoint('apply'); // replica written, state still undo-saved (a restart applies it again)
+    } else {
+      this.written(row.idx, row.seqLast);
     }
     this.catalog.setState(row.idx, 'committed');
     crashPoint('commit'); // committed, not yet acknowledged
@@ -908,6 +1001,8 @@ export class Manager implements History {
     this.session?.destroy();
     await closed;
     await this.queue.catch(() => undefined);
+    this.closing = true; // no early store starts now; wait for those running
+    await Promise.all(this.earlyRunning.values());
     for (const view of this.views.values()) for (const overlay of view.overlays ?? []) overlay.close();
     await this.applier.close();
     for (const replica of this.replicas) replica.close();
@@ -915,6 +1010,8 @@ export class Manager implements History {
     this.catalog.close();
   }
 }
+
+type StoreResult = Awaited<ReturnType<Applier['saveUndo']>>;
 
 /** Parses a segment from the agent; what it throws is handled in the queue, in segment order. */
 function parseSegment(payload: Buffer, index: number, volumeCount: number): { parsed: SealedRedo } | { error: unknown } {

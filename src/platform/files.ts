@@ -164,6 +164,21 @@ export function mapReadOnly(fd: number): Buffer | undefined {
   }
 }
 
+/** A whole file that never changes again, mapped read-only (see mapReadOnly), or undefined. */
+export function mapFile(file: string): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    return mapReadOnly(fd); // the mapping outlives the descriptor
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export async function preadFullyAsync(handle: fsp.FileHandle, target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<void> {
   let done = 0;
   while (done < lengthBytes) {

@@ -1,5 +1,6 @@
 // The apply worker (src/manager/apply-worker.ts) against the same steps run on this thread: the
-// undo segment and the replica it writes are byte-identical; errors keep their codes (a full disk
+// undo segment and the replica it writes (from the redo file mapped) are byte-identical; a redo
+// file of the wrong size is refused; errors keep their codes (a full disk
 // must stay ENOSPC to be backpressure); a worker that died is replaced by the next request.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -48,7 +49,8 @@ describe('apply worker', () => {
       const baseParsed = parseSealedRedo(fs.readFileSync(baseFile), baseFile, 1);
       await applyRedo(fs.readFileSync(baseFile), baseParsed.records, [here]);
       await markApplied(baseParsed.records, [there]);
-      await worker.writeRedo(baseFile, baseParsed.records, [there]);
+      await worker.writeRedo(baseFile, fs.statSync(baseFile).size, baseParsed.records, [there]);
+      await worker.syncReplicas([there]);
       assert.deepEqual(fs.readFileSync(there.file), fs.readFileSync(here.file), 'base layer');
 
       const undoHere = await saveUndo(path.join(dir, 'here.undo'), header, parsed.records, [here]);
@@ -59,7 +61,12 @@ describe('apply worker', () => {
 
       await applyRedo(fs.readFileSync(redoFile), parsed.records, [here]);
       await markApplied(parsed.records, [there]);
-      await worker.writeRedo(redoFile, parsed.records, [there]);
+      const before = fs.readFileSync(there.file);
+      // A redo file that is not the size its transaction was stored with is refused, nothing written.
+      await assert.rejects(worker.writeRedo(redoFile, fs.statSync(redoFile).size + 512, parsed.records, [there]), (error: Error & { code?: string }) => error.code === 'REWIND_SEGMENT_CORRUPT' && /holds \d+ bytes/.test(error.message));
+      assert.deepEqual(fs.readFileSync(there.file), before, 'nothing written from a file of the wrong size');
+      await worker.writeRedo(redoFile, fs.statSync(redoFile).size, parsed.records, [there]);
+      await worker.syncReplicas([there]);
       assert.deepEqual(fs.readFileSync(there.file), fs.readFileSync(here.file), 'after the segment');
       here.close();
       there.close();
@@ -74,7 +81,7 @@ describe('apply worker', () => {
     const worker = new ApplyWorker();
     try {
       const replica = ReplicaVolume.open(dir, 0, 'v', SIZE);
-      await assert.rejects(worker.writeRedo(path.join(dir, 'missing.redo'), [], [replica]), (error: NodeJS.ErrnoException) => error.code === 'ENOENT' && error.syscall === 'open');
+      await assert.rejects(worker.writeRedo(path.join(dir, 'missing.redo'), 0, [], [replica]), (error: NodeJS.ErrnoException) => error.code === 'ENOENT' && error.syscall === 'open');
       // Kill the thread under it: the next request gets a new one.
       await (worker as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
       const undo = await worker.saveUndo(path.join(dir, 'x.undo'), { volumeSetId: ID, segmentIndex: 1, seqFirst: 1, seqLast: 1 }, [], [replica]);

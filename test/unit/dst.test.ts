@@ -15,11 +15,11 @@ const RANDOM_BATCH_MS = Number(process.env.REWIND_DST_MS ?? 45_000);
 
 function line(r: RunReport): string {
   const crashes = r.crashes.agentKill + r.crashes.agentPowerLoss + r.crashes.managerKill + r.crashes.managerPowerLoss;
-  return `seed ${r.seed}: ${r.ops.writes} writes, ${r.ops.flushes} flushes, ${r.ops.failed} failed, ${r.ops.unknown} unanswered; ${crashes} crashes, ${r.link.cuts} cuts, ${r.link.partitions} partitions, ${r.disk.injectedEio} EIO, ${r.disk.injectedEnospc} ENOSPC; seq ${r.seqLast} in ${r.transactions} tx, ${r.viewsChecked} views checked`;
+  return `seed ${r.seed}: ${r.ops.writes} writes, ${r.ops.flushes} flushes, ${r.ops.failed} failed, ${r.ops.unknown} unanswered; ${crashes} crashes, ${r.link.cuts} cuts, ${r.link.partitions} partitions, ${r.disk.injectedEio} EIO, ${r.disk.injectedEnospc} ENOSPC; seq ${r.seqLast} in ${r.transactions} tx (${r.earlyStores} stored early), ${r.viewsChecked} views checked`;
 }
 
 test('fixed seeds survive crashes, power loss, link and disk faults', async () => {
-  const totals = { crashes: 0, powerLoss: 0, cuts: 0, eio: 0, views: 0 };
+  const totals = { crashes: 0, powerLoss: 0, cuts: 0, eio: 0, views: 0, earlyStores: 0 };
   for (const seed of FIXED_SEEDS) {
     const report = await runSimulation({ seed, ops: OPS });
     console.log(line(report));
@@ -28,10 +28,13 @@ test('fixed seeds survive crashes, power loss, link and disk faults', async () =
     totals.cuts += report.link.cuts + report.link.partitions;
     totals.eio += report.disk.injectedEio;
     totals.views += report.viewsChecked;
+    totals.earlyStores += report.earlyStores;
     assert.ok(report.seqLast > 0, `seed ${seed}: a history was written`);
   }
   // The fixed set must actually exercise the faults it claims to survive.
   assert.ok(totals.crashes > 0 && totals.powerLoss > 0 && totals.cuts > 0 && totals.eio > 0, `faults exercised: ${JSON.stringify(totals)}`);
+  // And the manager's overlap: a segment's undo built while the one before it is made durable.
+  assert.ok(totals.earlyStores > 0, `segments stored early: ${JSON.stringify(totals)}`);
 });
 
 test('a seed replays exactly (the same trace and final state)', async () => {
