@@ -636,7 +636,15 @@ export class Manager implements History {
       // The next segment's undo may now be built from the replica (storeEarly) while this one's
       // writes are made durable.
       this.written(row.idx, row.seqLast);
-      await this.applier.syncReplicas(replicasOf(parsed.records, this.replicas));
+      try {
+        await this.applier.syncReplicas(replicasOf(parsed.records, this.replicas));
+      } catch (error) {
+        // After a failed fdatasync the page cache may no longer hold these writes: no early
+        // store may read the replica until this transaction's writes are issued again.
+        this.writtenIdx = this.committedIdx;
+        this.writtenSeq = this.committedSeq;
+        throw error;
+      }
       crashPoint('apply'); // replica written, state still undo-saved (a restart applies it again)
     } else {
       this.written(row.idx, row.seqLast);
