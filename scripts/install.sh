@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Rewind and its tests need on Debian 12 with Node 20: the Debian packages of the
-# real NBD clients (when missing, as root), then the npm packages, then builds. Idempotent.
+# real NBD clients and of the native addons' build (when missing, as root), then the npm packages,
+# then builds. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux; do
+# g++, make and python3 build the native npm addons (better-sqlite3, the mmap addon) from source.
+for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux g++:g++ make:make python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

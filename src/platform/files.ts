@@ -142,7 +142,7 @@ export function preadFully(fd: number, target: Buffer, targetOffset: number, len
  * Files larger than this are not mapped (the mapping library takes the size as a 32-bit int), nor
  * are empty ones: their readers pread instead.
  */
-export const MAP_BYTES_MAX = 1024 ** 3;
+const MAP_BYTES_MAX = 1024 ** 3;
 
 /**
  * The whole of an open file that never changes again, mapped read-only (MAP_SHARED: the page cache

@@ -370,6 +370,7 @@ export class View {
             mapped[groupCount] = undefined;
           } else {
             if (spanEnd > mapping.length) {
+              mapped.length = 0; // the plan is reused: hold no mapping past this read
               throw new RewindError('REWIND_SEGMENT_CORRUPT', `the ${source.kind} file of transaction ${source.idx} holds ${mapping.length} bytes, but its index places data up to byte ${spanEnd}`);
             }
             groups[at + 1] = -1;
