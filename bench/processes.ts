@@ -66,6 +66,22 @@ export class Managed {
     return this.text;
   }
 
+  /** The last warnings and errors among the recent output (pino lines at level warn or above, `rewind:` lines). */
+  complaints(max = 5): string[] {
+    const found: string[] = [];
+    for (const line of this.text.split('\n')) {
+      if (line.startsWith('rewind:')) found.push(line);
+      else if (/^\{"level":(4|5|6)0,/.test(line)) {
+        try {
+          found.push(String((JSON.parse(line) as { msg?: unknown }).msg));
+        } catch {
+          found.push(line); // cut short at the start of the kept output
+        }
+      }
+    }
+    return found.slice(-max);
+  }
+
   get running(): boolean {
     return this.child.exitCode === null && this.child.signalCode === null && this.child.pid !== undefined;
   }
@@ -127,6 +143,11 @@ export class Scope {
     return managed;
   }
 
+  /** What the processes of this scope logged as warnings or errors, one line each. */
+  complaints(): string[] {
+    return this.processes.flatMap((managed) => managed.complaints().map((line) => `${managed.name}: ${line}`));
+  }
+
   /** Stops processes in reverse start order, then removes the directories. */
   async close(): Promise<void> {
     for (const managed of [...this.processes].reverse()) await managed.stop(this.graceMs);
@@ -142,6 +163,11 @@ export async function withScope<T>(graceMs: number, work: (scope: Scope) => Prom
   const scope = new Scope(graceMs);
   try {
     return await work(scope);
+  } catch (error) {
+    // A failed measurement says what the servers complained about (a full disk, a stopped write path).
+    const said = scope.complaints();
+    if (said.length === 0 || !(error instanceof Error)) throw error;
+    throw new Error(`${error.message}\nthe servers logged:\n${said.map((line) => `  ${line}`).join('\n')}`, { cause: error });
   } finally {
     await scope.close();
   }

@@ -34,6 +34,8 @@ interface Report {
   machine: Machine;
   seconds: number;
   rows: Row[];
+  /** Sections that could not be measured (the process exits 1 when there is any). */
+  failures: Failure[];
 }
 
 async function firstLine(command: string, args: string[]): Promise<string> {
@@ -70,13 +72,27 @@ const SECTIONS: Record<string, Section> = {
   memory: async (mode, memory, progress) => [await measureSparseAgent(mode, memory, progress)],
 };
 
-async function measureAll(mode: Mode, only: readonly string[], progress: (text: string) => void): Promise<Row[]> {
+/** A section that could not be measured; the others still run and are reported. */
+interface Failure {
+  section: string;
+  message: string;
+}
+
+async function measureAll(mode: Mode, only: readonly string[], progress: (text: string) => void): Promise<{ rows: Row[]; failures: Failure[] }> {
   const memory = new PeakMemory();
   const rows: Row[] = [];
+  const failures: Failure[] = [];
   for (const [name, section] of Object.entries(SECTIONS)) {
-    if (only.length === 0 || only.includes(name)) rows.push(...(await section(mode, memory, progress)));
+    if (only.length > 0 && !only.includes(name)) continue;
+    try {
+      rows.push(...(await section(mode, memory, progress)));
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      failures.push({ section: name, message });
+      progress(`${name}: FAILED, going on with the other sections: ${message}`);
+    }
   }
-  return [...rows, ...peakRows(memory)];
+  return { rows: [...rows, ...peakRows(memory)], failures };
 }
 
 function parseOnly(text: string | undefined): string[] {
@@ -96,6 +112,10 @@ function printText(report: Report): void {
   const missed = report.rows.filter((r) => r.result === 'MISS');
   console.log('');
   console.log(`targets: ${report.rows.filter((r) => r.result === 'PASS').length} PASS, ${missed.length} MISS${missed.length ? ` (${missed.map((r) => r.id).join(', ')})` : ''}`);
+  for (const failure of report.failures) {
+    console.log('');
+    console.log(`section ${failure.section} FAILED (no rows): ${failure.message.slice(0, 3000)}`);
+  }
 }
 
 async function main(): Promise<void> {
@@ -109,7 +129,7 @@ async function main(): Promise<void> {
     process.stderr.write(`[bench ${((performance.now() - began) / 1000).toFixed(0).padStart(4)} s] ${text}\n`);
   };
   const machine = await describeMachine();
-  const rows = await measureAll(mode, only, progress);
+  const { rows, failures } = await measureAll(mode, only, progress);
   const report: Report = {
     date: new Date().toISOString(),
     command: ['node', ...process.argv.slice(1)].join(' '),
@@ -117,9 +137,11 @@ async function main(): Promise<void> {
     machine,
     seconds: (performance.now() - began) / 1000,
     rows,
+    failures,
   };
   if (values.json) console.log(JSON.stringify(report, null, 2));
   else printText(report);
+  if (failures.length > 0) process.exitCode = 1;
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

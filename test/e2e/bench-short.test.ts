@@ -81,8 +81,9 @@ async function runShortBench(): Promise<{ status: number | null; stdout: string;
 test('npm run bench --short --json: every row, finite positive figures, PASS/MISS on every target', { skip: missing.length ? `missing ${missing.join(', ')}` : false, timeout: TIMEOUT_MS + 2 * KILL_GRACE_MS }, async () => {
   const { status, stdout, stderr } = await runShortBench();
   assert.equal(status, 0, `bench failed:\n${stderr.slice(-4000)}`);
-  const report = JSON.parse(stdout) as { mode: string; rows: BenchRow[]; machine: { cpus: number } };
+  const report = JSON.parse(stdout) as { mode: string; rows: BenchRow[]; failures: unknown[]; machine: { cpus: number } };
   assert.equal(report.mode, 'short');
+  assert.deepEqual(report.failures, [], 'no section failed');
   assert.ok(report.machine.cpus > 0);
   const byId = new Map(report.rows.map((row) => [row.id, row]));
   assert.equal(byId.size, report.rows.length, 'row ids are unique');
