@@ -462,7 +462,9 @@ class Simulation {
 
   async faultPhase(): Promise<void> {
     const random = this.world.random;
-    const eio = random.chance(0.5) ? { readEio: 0, writeEio: 0.0005, fsyncEio: 0.002, maxLatencyMs: 3 } : { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 };
+    // After an fsync EIO the manager's disk also evicts the dropped writes from the cache (the
+    // worst case: a replica read then sees the bytes from before the failed transaction).
+    const eio = random.chance(0.5) ? { readEio: 0, writeEio: 0.0005, fsyncEio: 0.002, maxLatencyMs: 3, fsyncEioEvicts: [MANAGER_DIR] } : { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 };
     const calm = this.options.crashAt !== undefined; // the one crash is the step's
     this.disk.setFaults(calm ? { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 } : eio);
     const cuts = random.chance(0.5) ? 0.002 : 0;

@@ -13,7 +13,9 @@
 //   A lost sector at the end of an extending write leaves the file shorter; a lost one inside it
 //   leaves a hole (zeroes) or the old bytes.
 // - fsync EIO (Linux semantics): the pending operations are dropped from the durable path; the
-//   cache keeps them, so reads still see them, but no later fsync will ever persist them.
+//   cache keeps them, so reads still see them, but no later fsync will ever persist them. On the
+//   disks named in `Faults.fsyncEioEvicts` the cache drops them too, as when the kernel evicts
+//   those (now clean) pages right after the error: reads see the durable bytes again.
 // - Metadata. Each disk has an ordered journal of directory operations (create, mkdir, unlink,
 //   rename, each atomic). Calls see the cached tree. fsync of a DIRECTORY fd commits the whole
 //   journal (a prefix, ext4's ordered commit). fsync of a regular file commits nothing (POSIX only
@@ -69,6 +71,8 @@ export interface Faults {
   writeEio: number;
   fsyncEio: number;
   maxLatencyMs: number;
+  /** Prefixes of the disks whose cache also loses the writes an fsync EIO dropped (see above). */
+  fsyncEioEvicts?: readonly string[];
 }
 
 const FD_BASE = 1_000_000;
@@ -785,7 +789,14 @@ export class SimFs {
   private fsync(fd: number, syscall: string): void {
     const { disk, inode } = this.file(fd, syscall);
     if (this.fault('fsyncEio')) {
-      if (!inode.dir) inode.pending = [];
+      if (!inode.dir) {
+        inode.pending = [];
+        if (this.faults.fsyncEioEvicts?.includes(disk.prefix)) {
+          disk.used -= inode.cached.size;
+          inode.cached = inode.durable.clone();
+          disk.used += inode.cached.size;
+        }
+      }
       throw fsError('EIO', syscall);
     }
     if (inode.dir) {
