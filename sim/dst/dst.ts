@@ -65,6 +65,8 @@ export interface RunReport {
   seed: number;
   ops: { writes: number; zeroes: number; flushes: number; failed: number; unknown: number };
   crashes: { agentKill: number; agentPowerLoss: number; managerKill: number; managerPowerLoss: number };
+  /** Agents whose write path stopped and that an operator then stopped cleanly (SIGTERM) and restarted. */
+  agentCleanStops: number;
   link: { cuts: number; partitions: number; connections: number };
   disk: { injectedEio: number; injectedEnospc: number };
   /** Disk calls of the first agent and the first manager process during the fault phase. */
@@ -264,6 +266,7 @@ class Simulation {
       seed: options.seed,
       ops: { writes: 0, zeroes: 0, flushes: 0, failed: 0, unknown: 0 },
       crashes: { agentKill: 0, agentPowerLoss: 0, managerKill: 0, managerPowerLoss: 0 },
+      agentCleanStops: 0,
       link: { cuts: 0, partitions: 0, connections: 0 },
       disk: { injectedEio: 0, injectedEnospc: 0 },
       steps: { agent: 0, manager: 0 },
@@ -367,6 +370,40 @@ class Simulation {
     this.agent = agent;
     this.backends = proc.run(() => agent.exports());
     this.event(`${proc.name} up, captured seq ${agent.status().seqCaptured}`);
+  }
+
+  /**
+   * An agent whose write path stopped is restarted as an operator would: every other time with a
+   * clean stop (SIGTERM: close() drains, seals, saves its state), otherwise killed. A close that
+   * fails on an injected fault ends as a kill.
+   */
+  async restartFailedAgent(): Promise<void> {
+    const proc = this.agentProc;
+    const agent = this.agent;
+    if (!proc?.alive || !agent) return;
+    if (this.agentGeneration % 2 === 0) {
+      this.crashAgent(false);
+      return;
+    }
+    try {
+      await this.world.settle(proc.run(() => agent.close()), 60_000, `${proc.name} close`, proc);
+    } catch (error) {
+      if (!proc.alive) return;
+      if (!isInjected(error)) throw error;
+      this.event(`${proc.name} failed to stop cleanly: ${(error as Error).message}`);
+      this.crashAgent(false);
+      return;
+    }
+    proc.alive = false;
+    this.agent = undefined;
+    this.net.cutAll(proc);
+    const inFlight = [...this.inFlight];
+    this.inFlight.clear();
+    this.disk.processCrash(proc);
+    this.model.agentKilled(inFlight);
+    this.report.ops.unknown += inFlight.length;
+    this.report.agentCleanStops += 1;
+    this.event(`${proc.name} stopped cleanly: ${inFlight.length} requests unanswered`);
   }
 
   crashAgent(powerLoss: boolean): void {
@@ -481,7 +518,7 @@ class Simulation {
       if (!this.agentProc?.alive && now >= downUntil.agent) await this.startAgent();
       if (this.agent && this.agent.status().mode === 'failed' && random.chance(0.2)) {
         this.event(`agent write path failed (${this.agent.status().failure}): restarting it`);
-        this.crashAgent(false);
+        await this.restartFailedAgent();
         downUntil.agent = now + 50;
       }
       const roll = calm ? 1 : random.next();
@@ -529,7 +566,7 @@ class Simulation {
       if (!this.managerProc?.alive) await this.startManager();
       if (!this.agentProc?.alive) await this.startAgent();
       if (this.agent?.status().mode === 'failed') {
-        this.crashAgent(false);
+        await this.restartFailedAgent();
         continue;
       }
       // Let every request answer, then wait for the history to catch up with production.
@@ -818,7 +855,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       totals.cuts += report.link.cuts;
       totals.eio += report.disk.injectedEio;
       if (args.json) console.log(JSON.stringify(report));
-      else console.log(`seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  ${report.simulatedSeconds} s simulated  digest ${report.digest}`);
+      else console.log(`seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  clean stops ${report.agentCleanStops}  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  ${report.simulatedSeconds} s simulated  digest ${report.digest}`);
     }
     console.log(`simulation passed: ${totals.runs} seeds, ${totals.ops} client operations, ${totals.crashes} crashes, ${totals.cuts} link cuts, ${totals.eio} injected EIO, ${((performance.now() - started) / 1000).toFixed(1)} s`);
   })().catch((error: unknown) => {

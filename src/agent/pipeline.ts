@@ -194,7 +194,15 @@ export class WritePipeline {
       for (let guard = 0; this.queue.length > 0; guard++) {
         assert(guard < Number.MAX_SAFE_INTEGER, 'run loop bounded');
         const { ops, barrier } = this.takeBatch();
-        if (ops.length > 0) await this.process(ops);
+        if (ops.length > 0) {
+          try {
+            await this.process(ops);
+          } catch (error) {
+            // process() answers a batch only once nothing more can throw: none of these was answered.
+            for (const op of ops) op.done(NbdErrno.EIO);
+            throw error;
+          }
+        }
         if (barrier?.type === 'seal') {
           await this.sealNow();
           barrier.done(this.seqCaptured);
@@ -219,8 +227,22 @@ export class WritePipeline {
       }
     } catch (error) {
       this.fail(error);
+      this.answerQueued();
     } finally {
       this.running = false;
+    }
+  }
+
+  /**
+   * The write path stopped: everything still queued is answered now (requests get EIO, a seal
+   * resolves where capture stopped, a resync fails), or its clients would wait forever and close()
+   * would never drain.
+   */
+  private answerQueued(): void {
+    for (const op of this.queue.splice(0)) {
+      if (op.type === 'seal') op.done(this.seqCaptured);
+      else if (op.type === 'resync') op.done(this.failed ?? new Error('the write path is stopped'));
+      else op.done(NbdErrno.EIO);
     }
   }
 
