@@ -412,8 +412,10 @@ export class Agent {
       volume.dirty.close();
     }
     // Writes made in degraded mode are only in the dirty map: an unclean mark makes the next start
-    // resync them.
-    this.state.cleanShutdown = this.pipeline.degraded === undefined;
+    // resync them. So after a failed write path: an fsync that failed may have dropped writes
+    // the log holds, and the fsync above then succeeds without having written them (Linux reports
+    // the error once); only the unclean start's resync writes the dirty regions back.
+    this.state.cleanShutdown = this.pipeline.degraded === undefined && this.pipeline.failure === undefined;
     await this.saveState();
   }
 

@@ -66,3 +66,36 @@ test('closing the agent while it cleans its dirty map waits for the cleaning; th
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// An fsync that failed may have dropped writes the log holds, and Linux reports it once: the fsync
+// close() makes afterwards succeeds without having written them. So a clean stop after the write
+// path stopped must still leave the agent unclean, or the next start skips the resync that writes
+// the dirty regions back (and a FLUSH after the restart would claim them durable).
+test('a clean stop after the write path stopped leaves the state unclean: the next start resyncs', { timeout: 60_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-agent-failed-close-'));
+  let running: Running | undefined;
+  try {
+    const dataDir = path.join(dir, 'data');
+    running = await start(dataDir);
+    const e = running.agent!.exports()[0] as ExportBackend;
+    for (const region of [2, 7]) assert.equal(await write(e, region * MiB, Buffer.alloc(4096, region)), 0);
+    // As the cleaning's fdatasync does when production's fsync fails.
+    (running.agent as unknown as { pipeline: { fatal(error: unknown): void } }).pipeline.fatal(Object.assign(new Error('EIO: i/o error, fsync (injected)'), { code: 'EIO' }));
+    assert.equal(running.agent!.status().mode, 'failed');
+    assert.equal(await write(e, 3 * MiB, Buffer.alloc(4096, 3)), 5, 'a write after the failure gets EIO'); // NBD EIO = 5
+    await running.close();
+    running = undefined;
+    const state = JSON.parse(fs.readFileSync(path.join(dataDir, 'agent', 'state.json'), 'utf8')) as { cleanShutdown: boolean };
+    assert.equal(state.cleanShutdown, false, 'the stop after a failure is recorded as unclean');
+    running = await start(dataDir);
+    const resync = running.agent!.lastResync;
+    assert.equal(resync?.reason, 'unclean stop', 'the restart resyncs');
+    assert.ok((resync?.records ?? 0) >= 2, `the dirty regions are logged again (${resync?.records} records)`);
+    assert.equal(running.agent!.status().mode, 'logging');
+    const e2 = running.agent!.exports()[0] as ExportBackend;
+    assert.equal(await write(e2, 4 * MiB, Buffer.alloc(4096, 4)), 0, 'the restarted agent takes writes');
+  } finally {
+    await running?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
