@@ -400,7 +400,11 @@ export class Agent {
     clearInterval(this.sealTimer);
     clearInterval(this.cleanTimer);
     await this.pipeline.close();
-    await this.spool.seal();
+    // After a failure the active segment is left as it is: a failed fsync may have dropped some of
+    // its records from the way to the disk while the cache still shows them, and sealing would
+    // make a segment look durable that is not. The next start's recovery writes its valid prefix
+    // back and seals it (Spool.open).
+    if (this.pipeline.failure === undefined) await this.spool.seal();
     await this.shipper.stop();
     // A cleaning started before close() still writes the dirty maps: their descriptors stay open
     // until it is done (a closed number could by then name another file).
