@@ -106,6 +106,13 @@ export class Manager implements History {
   private readonly earlyWaiting = new Map<number, () => void>();
   /** Early stores running, by index (another store of the same files waits for it). */
   private readonly earlyRunning = new Map<number, Promise<unknown>>();
+  /**
+   * Segments whose turn in the queue is writing their redo copy and undo, until the row is in the
+   * catalog. No early store may begin for them: one begun for another copy of the segment (the
+   * agent resends) would build an undo from a replica the turn is about to change, and write it
+   * over the good one.
+   */
+  private readonly turnStoring = new Set<number>();
   private closing = false;
   /** Segments whose redo copy and undo were begun early and used (the simulation checks it happens). */
   earlyStores = 0;
@@ -496,7 +503,7 @@ export class Manager implements History {
     const idx = message.index;
     const start = (): void => {
       if (this.closing || idx !== this.writtenIdx + 1 || message.seqFirst !== this.writtenSeq + 1) return;
-      if (this.busyFrom !== undefined || this.earlyRunning.has(idx) || this.catalog.tx(idx) !== undefined) return;
+      if (this.busyFrom !== undefined || this.earlyRunning.has(idx) || this.turnStoring.has(idx) || this.catalog.tx(idx) !== undefined) return;
       try {
         // Every check its turn in the queue makes, so that nothing is stored for a segment that
         // will be refused (the queue makes them again and answers the agent).
@@ -563,29 +570,36 @@ export class Manager implements History {
     // An early store is only used while the replica is as it was built on: this transaction's
     // predecessor committed, nothing written since (checked by receiveSegment's continuity checks).
     assert(this.writtenIdx === message.index - 1, 'no replica writes since the early store');
-    if (began === undefined) await this.earlyRunning.get(message.index); // one begun for an earlier copy of this segment
     if (began !== undefined) this.earlyStores += 1;
-    const undo = await (began ?? this.store(message.index, payload, parsed, linkFrom));
-    crashPoint('undo'); // redo and undo durable, no catalog row yet
-    const first = parsed.records[0];
-    const last = parsed.records[parsed.records.length - 1];
-    const row: TxRow = {
-      idx: message.index,
-      kind: txKind(parsed.header.flags),
-      seqFirst: parsed.header.seqFirst,
-      seqLast: parsed.trailer.seqLast,
-      timeFirstUs: Number((first?.timeNs ?? 0n) / 1000n),
-      timeLastUs: Number((last?.timeNs ?? 0n) / 1000n),
-      recordCount: parsed.records.length,
-      redoBytes: payload.length,
-      redoCrc: parsed.fileCrc,
-      undoBytes: undo.bytes,
-      undoCrc: undo.fileCrc,
-      state: 'undo-saved',
-      receivedAt,
-      committedAt: null,
-    };
-    this.catalog.insertTx(row);
+    let undo: StoreResult;
+    let row: TxRow;
+    this.turnStoring.add(message.index);
+    try {
+      if (began === undefined) await this.earlyRunning.get(message.index); // one begun for an earlier copy of this segment
+      undo = await (began ?? this.store(message.index, payload, parsed, linkFrom));
+      crashPoint('undo'); // redo and undo durable, no catalog row yet
+      const first = parsed.records[0];
+      const last = parsed.records[parsed.records.length - 1];
+      row = {
+        idx: message.index,
+        kind: txKind(parsed.header.flags),
+        seqFirst: parsed.header.seqFirst,
+        seqLast: parsed.trailer.seqLast,
+        timeFirstUs: Number((first?.timeNs ?? 0n) / 1000n),
+        timeLastUs: Number((last?.timeNs ?? 0n) / 1000n),
+        recordCount: parsed.records.length,
+        redoBytes: payload.length,
+        redoCrc: parsed.fileCrc,
+        undoBytes: undo.bytes,
+        undoCrc: undo.fileCrc,
+        state: 'undo-saved',
+        receivedAt,
+        committedAt: null,
+      };
+      this.catalog.insertTx(row);
+    } finally {
+      this.turnStoring.delete(message.index);
+    }
     await this.runTx(row, parsed, undo.extents);
   }
 

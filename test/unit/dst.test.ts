@@ -13,7 +13,9 @@ import { runCrashSteps, runSimulation, type RunReport } from '../../sim/dst/dst.
 // the requests still queued at the failure, that stop never ends. 425416 (found by the random
 // batch) stops one cleanly after a failed spool fdatasync and then loses power: if that stop
 // seals the active segment, the sealed file lacks the records the failed fdatasync dropped.
-const FIXED_SEEDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 36, 46, 48, 105, 425416];
+// 425075: a resent segment's early store began while its turn was storing it, read the replica
+// the turn then changed, and wrote a wrong undo over the good one (views wrong after a restart).
+const FIXED_SEEDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 36, 46, 48, 105, 425075, 425416];
 const OPS = 1500;
 const RANDOM_BATCH_MS = Number(process.env.REWIND_DST_MS ?? 45_000);
 
