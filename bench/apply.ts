@@ -23,8 +23,23 @@ interface ApplyCase {
 }
 
 const CASES: readonly ApplyCase[] = [
-  { id: 'random-4k', label: '4 KiB random writes', rw: 'randwrite', blockBytes: 4096, iodepth: 32, writes: (mode) => mode.applyRandomWrites, targetRatio: TARGETS.applyRatioRandom4k },
-  { id: 'sequential-1m', label: '1 MiB sequential writes', rw: 'write', blockBytes: MiB, iodepth: 8, writes: (mode) => mode.applySequentialBytes / MiB },
+  {
+    id: 'random-4k',
+    label: '4 KiB random writes',
+    rw: 'randwrite',
+    blockBytes: 4096,
+    iodepth: 32,
+    writes: (mode) => mode.applyRandomWrites,
+    targetRatio: TARGETS.applyRatioRandom4k,
+  },
+  {
+    id: 'sequential-1m',
+    label: '1 MiB sequential writes',
+    rw: 'write',
+    blockBytes: MiB,
+    iodepth: 8,
+    writes: (mode) => mode.applySequentialBytes / MiB,
+  },
 ];
 
 interface ApplyResult {
@@ -39,7 +54,8 @@ interface ApplyResult {
 async function waitSealed(agentDataDir: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (hasActiveSegment(agentDataDir)) {
-    if (Date.now() > deadline) throw new Error(`the agent did not seal its active segment within ${timeoutMs} ms`);
+    if (Date.now() > deadline)
+      throw new Error(`the agent did not seal its active segment within ${timeoutMs} ms`);
     await sleep(100);
   }
 }
@@ -49,7 +65,16 @@ async function measureCase(mode: Mode, apply: ApplyCase, memory: PeakMemory): Pr
     const link = await splitLink();
     const agent = await startRewindAgent(scope, link, [{ name: 'v', sizeBytes: mode.fileBytes }]);
     const fio = await runFio(
-      [{ uri: agent.uri('v'), rw: apply.rw, blockBytes: apply.blockBytes, iodepth: apply.iodepth, sizeBytes: mode.fileBytes, length: { ios: apply.writes(mode) } }],
+      [
+        {
+          uri: agent.uri('v'),
+          rw: apply.rw,
+          blockBytes: apply.blockBytes,
+          iodepth: apply.iodepth,
+          sizeBytes: mode.fileBytes,
+          length: { ios: apply.writes(mode) },
+        },
+      ],
       scope.dir('fio'),
       mode.stepTimeoutMs,
     );
@@ -68,22 +93,43 @@ async function measureCase(mode: Mode, apply: ApplyCase, memory: PeakMemory): Pr
     if (txs.length < 3) {
       // Too few to leave one out (the short mode): all of them, from the first's received_at.
       const writes = txs.reduce((sum, tx) => sum + tx.recordCount, 0);
-      return { writes, ingestIops: fio.write.iops, applySeconds: (last.committedAtMs - first.receivedAtMs) / 1000, transactions: txs.length, firstLeftOut: false };
+      return {
+        writes,
+        ingestIops: fio.write.iops,
+        applySeconds: (last.committedAtMs - first.receivedAtMs) / 1000,
+        transactions: txs.length,
+        firstLeftOut: false,
+      };
     }
     const writes = txs.slice(1).reduce((sum, tx) => sum + tx.recordCount, 0);
-    return { writes, ingestIops: fio.write.iops, applySeconds: (last.committedAtMs - first.committedAtMs) / 1000, transactions: txs.length - 1, firstLeftOut: true };
+    return {
+      writes,
+      ingestIops: fio.write.iops,
+      applySeconds: (last.committedAtMs - first.committedAtMs) / 1000,
+      transactions: txs.length - 1,
+      firstLeftOut: true,
+    };
   });
 }
 
-export async function measureApply(mode: Mode, memory: PeakMemory, progress: (text: string) => void): Promise<Row[]> {
+export async function measureApply(
+  mode: Mode,
+  memory: PeakMemory,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   const rows: Row[] = [];
   for (const apply of CASES) {
     const result = await measureCase(mode, apply, memory);
     const applyIops = result.writes / result.applySeconds;
     const ratio = applyIops / result.ingestIops;
     const megabytes = (iops: number): string => ((iops * apply.blockBytes) / 1e6).toFixed(1);
-    progress(`apply ${apply.id}: ${Math.round(applyIops)} writes/s vs ingest ${Math.round(result.ingestIops)} writes/s`);
-    const target = apply.targetRatio === undefined ? undefined : atLeast(ratio, apply.targetRatio, `>= ${apply.targetRatio}x ingest`);
+    progress(
+      `apply ${apply.id}: ${Math.round(applyIops)} writes/s vs ingest ${Math.round(result.ingestIops)} writes/s`,
+    );
+    const target =
+      apply.targetRatio === undefined
+        ? undefined
+        : atLeast(ratio, apply.targetRatio, `>= ${apply.targetRatio}x ingest`);
     rows.push(
       row(
         {

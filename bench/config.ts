@@ -20,10 +20,41 @@ export interface Workload {
 }
 
 export const WORKLOADS: readonly Workload[] = [
-  { id: 'randwrite-4k-qd32', label: '4 KiB random write, QD32', rw: 'randwrite', blockBytes: 4 * KiB, iodepth: 32, metric: 'iops', targetRatio: 0.85 },
-  { id: 'randwrite-4k-qd1', label: '4 KiB random write, QD1', rw: 'randwrite', blockBytes: 4 * KiB, iodepth: 1, metric: 'iops' },
-  { id: 'write-1m-qd8', label: '1 MiB sequential write, QD8', rw: 'write', blockBytes: MiB, iodepth: 8, metric: 'mbps', targetRatio: 0.45 },
-  { id: 'randrw-4k-70r-qd32', label: '4 KiB random 70% read / 30% write, QD32', rw: 'randrw', readPercent: 70, blockBytes: 4 * KiB, iodepth: 32, metric: 'iops' },
+  {
+    id: 'randwrite-4k-qd32',
+    label: '4 KiB random write, QD32',
+    rw: 'randwrite',
+    blockBytes: 4 * KiB,
+    iodepth: 32,
+    metric: 'iops',
+    targetRatio: 0.85,
+  },
+  {
+    id: 'randwrite-4k-qd1',
+    label: '4 KiB random write, QD1',
+    rw: 'randwrite',
+    blockBytes: 4 * KiB,
+    iodepth: 1,
+    metric: 'iops',
+  },
+  {
+    id: 'write-1m-qd8',
+    label: '1 MiB sequential write, QD8',
+    rw: 'write',
+    blockBytes: MiB,
+    iodepth: 8,
+    metric: 'mbps',
+    targetRatio: 0.45,
+  },
+  {
+    id: 'randrw-4k-70r-qd32',
+    label: '4 KiB random 70% read / 30% write, QD32',
+    rw: 'randrw',
+    readPercent: 70,
+    blockBytes: 4 * KiB,
+    iodepth: 32,
+    metric: 'iops',
+  },
 ];
 
 export const TARGETS = {

@@ -61,15 +61,29 @@ function jobArgs(name: string, job: FioJob): string[] {
   ];
   if (job.readPercent !== undefined) args.push(`--rwmixread=${job.readPercent}`);
   if (job.rateIops !== undefined) args.push(`--rate_iops=${job.rateIops}`);
-  if ('ios' in job.length) args.push(`--io_size=${job.length.ios * job.blockBytes}`, `--number_ios=${job.length.ios}`);
-  else args.push('--time_based', `--ramp_time=${milliseconds(job.length.rampSeconds)}`, `--runtime=${milliseconds(job.length.runSeconds)}`);
+  if ('ios' in job.length)
+    args.push(`--io_size=${job.length.ios * job.blockBytes}`, `--number_ios=${job.length.ios}`);
+  else
+    args.push(
+      '--time_based',
+      `--ramp_time=${milliseconds(job.length.rampSeconds)}`,
+      `--runtime=${milliseconds(job.length.runSeconds)}`,
+    );
   return args;
 }
 
 /** Runs the jobs side by side in one fio process; their figures are summed. */
-export async function runFio(jobs: readonly FioJob[], workDir: string, timeoutMs: number): Promise<FioResult> {
+export async function runFio(
+  jobs: readonly FioJob[],
+  workDir: string,
+  timeoutMs: number,
+): Promise<FioResult> {
   const output = path.join(workDir, `fio-${process.pid}-${Date.now()}.json`);
-  const args = ['--output-format=json', `--output=${output}`, ...jobs.flatMap((job, index) => jobArgs(`job${index}`, job))];
+  const args = [
+    '--output-format=json',
+    `--output=${output}`,
+    ...jobs.flatMap((job, index) => jobArgs(`job${index}`, job)),
+  ];
   try {
     await runToolOrThrow('fio', args, timeoutMs);
     return summarize(JSON.parse(fs.readFileSync(output, 'utf8')) as FioJson);
@@ -83,7 +97,12 @@ function summarize(report: FioJson): FioResult {
   if (failed) throw new Error(`fio job ${failed.jobname} reported error ${failed.error}`);
   const read = sumDirections(report.jobs.map((job) => job.read));
   const write = sumDirections(report.jobs.map((job) => job.write));
-  return { read, write, iops: read.iops + write.iops, bytesPerSecond: read.bytesPerSecond + write.bytesPerSecond };
+  return {
+    read,
+    write,
+    iops: read.iops + write.iops,
+    bytesPerSecond: read.bytesPerSecond + write.bytesPerSecond,
+  };
 }
 
 /** Sums rates and counts; latency percentiles are taken from the busiest job. */

@@ -7,7 +7,12 @@ import { withScope } from './processes.js';
 import { atLeast, median, row, type PeakMemory, type Row } from './report.js';
 import { INGEST_RUNNERS, SERVER_KINDS, type ServerKind } from './servers.js';
 
-async function runOnce(mode: Mode, workload: Workload, server: ServerKind, memory: PeakMemory): Promise<FioResult> {
+async function runOnce(
+  mode: Mode,
+  workload: Workload,
+  server: ServerKind,
+  memory: PeakMemory,
+): Promise<FioResult> {
   return withScope(mode.graceMs, async (scope) => {
     const endpoint = await INGEST_RUNNERS[server](scope, mode.fileBytes);
     const fio = await runFio(
@@ -30,23 +35,34 @@ async function runOnce(mode: Mode, workload: Workload, server: ServerKind, memor
   });
 }
 
-const figure = (workload: Workload, fio: FioResult): number => (workload.metric === 'iops' ? fio.iops : fio.bytesPerSecond / 1e6);
+const figure = (workload: Workload, fio: FioResult): number =>
+  workload.metric === 'iops' ? fio.iops : fio.bytesPerSecond / 1e6;
 
 /** The run whose figure is the median (for its secondary figures). */
 function medianRun(workload: Workload, runs: FioResult[]): FioResult {
   const middle = median(runs.map((run) => figure(workload, run)));
-  return [...runs].sort((a, b) => Math.abs(figure(workload, a) - middle) - Math.abs(figure(workload, b) - middle))[0] as FioResult;
+  return [...runs].sort(
+    (a, b) => Math.abs(figure(workload, a) - middle) - Math.abs(figure(workload, b) - middle),
+  )[0] as FioResult;
 }
 
 function detail(workload: Workload, runs: FioResult[]): string {
   const run = medianRun(workload, runs);
-  const other = workload.metric === 'iops' ? `${(run.bytesPerSecond / 1e6).toFixed(1)} MB/s` : `${Math.round(run.iops)} IOPS`;
+  const other =
+    workload.metric === 'iops'
+      ? `${(run.bytesPerSecond / 1e6).toFixed(1)} MB/s`
+      : `${Math.round(run.iops)} IOPS`;
   const latency = `write p50/p99 ${run.write.p50Ms.toFixed(2)}/${run.write.p99Ms.toFixed(2)} ms`;
   return `${other}, ${latency}, ${runs.length} run(s): ${runs.map((r) => Math.round(figure(workload, r))).join(' ')}`;
 }
 
 function workloadRows(mode: Mode, workload: Workload, runs: Map<ServerKind, FioResult[]>): Row[] {
-  const medians = new Map(SERVER_KINDS.map((server) => [server, median((runs.get(server) ?? []).map((run) => figure(workload, run)))]));
+  const medians = new Map(
+    SERVER_KINDS.map((server) => [
+      server,
+      median((runs.get(server) ?? []).map((run) => figure(workload, run))),
+    ]),
+  );
   const nbdkit = medians.get('nbdkit') ?? 0;
   return SERVER_KINDS.map((server) => {
     const value = medians.get(server) ?? 0;
@@ -60,12 +76,19 @@ function workloadRows(mode: Mode, workload: Workload, runs: Map<ServerKind, FioR
       detail: detail(workload, runs.get(server) ?? []),
       ...(server === 'nbdkit' ? {} : { ratio, ratioTo: 'nbdkit' }),
     };
-    const target = server === 'rewind' && workload.targetRatio !== undefined ? atLeast(ratio, workload.targetRatio, `>= ${workload.targetRatio}x nbdkit`) : undefined;
+    const target =
+      server === 'rewind' && workload.targetRatio !== undefined
+        ? atLeast(ratio, workload.targetRatio, `>= ${workload.targetRatio}x nbdkit`)
+        : undefined;
     return row(fields, target);
   });
 }
 
-export async function measureIngest(mode: Mode, memory: PeakMemory, progress: (text: string) => void): Promise<Row[]> {
+export async function measureIngest(
+  mode: Mode,
+  memory: PeakMemory,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   const rows: Row[] = [];
   for (const workload of WORKLOADS) {
     const runs = new Map<ServerKind, FioResult[]>(SERVER_KINDS.map((server) => [server, []]));
@@ -73,7 +96,9 @@ export async function measureIngest(mode: Mode, memory: PeakMemory, progress: (t
       for (const server of SERVER_KINDS) {
         const fio = await runOnce(mode, workload, server, memory);
         runs.get(server)?.push(fio);
-        progress(`ingest ${workload.id} ${server} #${repetition}: ${Math.round(fio.iops)} IOPS, ${(fio.bytesPerSecond / 1e6).toFixed(1)} MB/s`);
+        progress(
+          `ingest ${workload.id} ${server} #${repetition}: ${Math.round(fio.iops)} IOPS, ${(fio.bytesPerSecond / 1e6).toFixed(1)} MB/s`,
+        );
       }
     }
     rows.push(...workloadRows(mode, workload, runs));

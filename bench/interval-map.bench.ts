@@ -19,7 +19,12 @@ interface Ranges {
 }
 
 /** Random 4 KiB-aligned ranges of 1..lengthPagesMax pages anywhere in the first `spacePages` pages. */
-function randomRanges(random: Rng, count: number, lengthPagesMax: number, spacePages = SPACE_PAGES): Ranges {
+function randomRanges(
+  random: Rng,
+  count: number,
+  lengthPagesMax: number,
+  spacePages = SPACE_PAGES,
+): Ranges {
   const starts = new Float64Array(count);
   const ends = new Float64Array(count);
   for (let index = 0; index < count; index += 1) {
@@ -31,7 +36,10 @@ function randomRanges(random: Rng, count: number, lengthPagesMax: number, spaceP
 }
 
 /** Runs `operation` over every range and returns the seconds taken. */
-function time(ranges: Ranges, operation: (start: number, end: number, index: number) => void): number {
+function time(
+  ranges: Ranges,
+  operation: (start: number, end: number, index: number) => void,
+): number {
   const began = performance.now();
   for (let index = 0; index < ranges.starts.length; index += 1) {
     operation(ranges.starts[index] ?? 0, ranges.ends[index] ?? 0, index);
@@ -53,19 +61,34 @@ function benchAt(entriesTarget: number, seed: number): void {
 
   const setSeconds = time(sets, (start, end, index) => map.set(start, end, index, 0));
   const setLimit = (SET_SECONDS_MAX_PER_MILLION * entriesTarget) / 1_000_000;
-  report(`set x${entriesTarget}`, entriesTarget, setSeconds, `  (target < ${setLimit.toFixed(1)} s; ${map.size} entries)`);
+  report(
+    `set x${entriesTarget}`,
+    entriesTarget,
+    setSeconds,
+    `  (target < ${setLimit.toFixed(1)} s; ${map.size} entries)`,
+  );
 
   let pieces = 0;
   const querySeconds = time(queries, (start) => {
     pieces += map.query(start, start + QUERY_BYTES).length;
   });
-  report(`query 64 KiB x${QUERY_OPS} @ ${map.size}`, QUERY_OPS, querySeconds, `  (${(pieces / QUERY_OPS).toFixed(2)} pieces each)`);
+  report(
+    `query 64 KiB x${QUERY_OPS} @ ${map.size}`,
+    QUERY_OPS,
+    querySeconds,
+    `  (${(pieces / QUERY_OPS).toFixed(2)} pieces each)`,
+  );
 
   let added = 0;
   const fillSeconds = time(fills, (start, end, index) => {
     added += map.fillGaps(start, end, -index, 0);
   });
-  report(`fillGaps x${FILL_OPS} @ ${map.size - added}`, FILL_OPS, fillSeconds, `  (target < ${FILL_SECONDS_MAX_PER_100K} s; ${added} pieces added)`);
+  report(
+    `fillGaps x${FILL_OPS} @ ${map.size - added}`,
+    FILL_OPS,
+    fillSeconds,
+    `  (target < ${FILL_SECONDS_MAX_PER_100K} s; ${added} pieces added)`,
+  );
 
   const emptyMap = new IntervalMap<number>();
   const emptyFillSeconds = time(fills, (start, end, index) => {
@@ -80,20 +103,28 @@ function benchOverwrites(count: number, spacePages: number, seed: number): void 
   const map = new IntervalMap<number>();
   const seconds = time(sets, (start, end, index) => map.set(start, end, index, 0));
   const spaceGiB = (spacePages * PAGE_BYTES) / 2 ** 30;
-  report(`set x${count} in ${spaceGiB} GiB (overwrites)`, count, seconds, `  (${map.size} entries left)`);
+  report(
+    `set x${count} in ${spaceGiB} GiB (overwrites)`,
+    count,
+    seconds,
+    `  (${map.size} entries left)`,
+  );
 }
 
 /** Sequential writes of one source join into a single entry. */
 function benchSequential(count: number): void {
   const map = new IntervalMap<number>();
   const began = performance.now();
-  for (let index = 0; index < count; index += 1) map.set(index * PAGE_BYTES, (index + 1) * PAGE_BYTES, 0, index * PAGE_BYTES);
+  for (let index = 0; index < count; index += 1)
+    map.set(index * PAGE_BYTES, (index + 1) * PAGE_BYTES, 0, index * PAGE_BYTES);
   const seconds = (performance.now() - began) / 1000;
   report(`set x${count} sequential, one source`, count, seconds, `  (${map.size} entry)`);
 }
 
 function main(): void {
-  console.log(`interval map benchmark (node ${process.version}, ${PAGE_BYTES} B pages in a 1 TiB space)`);
+  console.log(
+    `interval map benchmark (node ${process.version}, ${PAGE_BYTES} B pages in a 1 TiB space)`,
+  );
   // A short warm-up so the first measured run is not the one that pays for JIT compilation.
   benchAt(20_000, 1);
   console.log('---');

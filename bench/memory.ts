@@ -9,7 +9,11 @@ import { splitLink, startRewindAgent, startRewindManager } from './servers.js';
 
 const SECTION = 'peak memory (VmHWM)';
 
-export async function measureSparseAgent(mode: Mode, memory: PeakMemory, progress: (text: string) => void): Promise<Row> {
+export async function measureSparseAgent(
+  mode: Mode,
+  memory: PeakMemory,
+  progress: (text: string) => void,
+): Promise<Row> {
   return withScope(mode.graceMs, async (scope) => {
     const volumes = [
       { name: 'a', sizeBytes: mode.sparseVolumeBytes },
@@ -31,7 +35,9 @@ export async function measureSparseAgent(mode: Mode, memory: PeakMemory, progres
     memory.record('agent', rssBytes);
     memory.record('manager', manager.process.peakRssBytes());
     const total = formatSize(mode.sparseVolumeBytes * volumes.length);
-    progress(`memory: agent ${(rssBytes / MiB).toFixed(0)} MiB with ${total} sparse after ${fio.write.ios} writes`);
+    progress(
+      `memory: agent ${(rssBytes / MiB).toFixed(0)} MiB with ${total} sparse after ${fio.write.ios} writes`,
+    );
     return row(
       {
         id: 'memory.agent-sparse',
@@ -56,6 +62,15 @@ export function peakRows(memory: PeakMemory): Row[] {
   return roles.flatMap(({ role, label }) => {
     const bytes = memory.get(role);
     if (bytes === undefined) return [];
-    return [row({ id: `memory.${role.replace(' ', '-')}`, section: SECTION, label, value: bytes / MiB, unit: 'MiB', detail: 'highest VmHWM seen, read just before stopping' })];
+    return [
+      row({
+        id: `memory.${role.replace(' ', '-')}`,
+        section: SECTION,
+        label,
+        value: bytes / MiB,
+        unit: 'MiB',
+        detail: 'highest VmHWM seen, read just before stopping',
+      }),
+    ];
   });
 }

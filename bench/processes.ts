@@ -58,7 +58,8 @@ export class Managed {
   }
 
   get pid(): number {
-    if (this.child.pid === undefined) throw new Error(`${this.name} has no pid (spawn failed): ${this.output}`);
+    if (this.child.pid === undefined)
+      throw new Error(`${this.name} has no pid (spawn failed): ${this.output}`);
     return this.child.pid;
   }
 
@@ -83,7 +84,9 @@ export class Managed {
   }
 
   get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null && this.child.pid !== undefined;
+    return (
+      this.child.exitCode === null && this.child.signalCode === null && this.child.pid !== undefined
+    );
   }
 
   private append(chunk: string): void {
@@ -91,12 +94,20 @@ export class Managed {
   }
 
   /** Resolves once `ready()` holds; throws if the process exits or `timeoutMs` passes first. */
-  async waitUntil(what: string, ready: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  async waitUntil(
+    what: string,
+    ready: () => boolean | Promise<boolean>,
+    timeoutMs: number,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      if (!this.running) throw new Error(`${this.name} exited before ${what}: ${this.output.slice(-2000)}`);
+      if (!this.running)
+        throw new Error(`${this.name} exited before ${what}: ${this.output.slice(-2000)}`);
       if (await ready()) return;
-      if (Date.now() > deadline) throw new Error(`${this.name}: no ${what} within ${timeoutMs} ms: ${this.output.slice(-2000)}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `${this.name}: no ${what} within ${timeoutMs} ms: ${this.output.slice(-2000)}`,
+        );
       await sleep(READY_POLL_MS);
     }
   }
@@ -145,7 +156,9 @@ export class Scope {
 
   /** What the processes of this scope logged as warnings or errors, one line each. */
   complaints(): string[] {
-    return this.processes.flatMap((managed) => managed.complaints().map((line) => `${managed.name}: ${line}`));
+    return this.processes.flatMap((managed) =>
+      managed.complaints().map((line) => `${managed.name}: ${line}`),
+    );
   }
 
   /** Stops processes in reverse start order, then removes the directories. */
@@ -159,7 +172,10 @@ export class Scope {
 }
 
 /** Runs `work` with a new scope and closes the scope afterwards, whatever happened. */
-export async function withScope<T>(graceMs: number, work: (scope: Scope) => Promise<T>): Promise<T> {
+export async function withScope<T>(
+  graceMs: number,
+  work: (scope: Scope) => Promise<T>,
+): Promise<T> {
   const scope = new Scope(graceMs);
   try {
     return await work(scope);
@@ -167,7 +183,10 @@ export async function withScope<T>(graceMs: number, work: (scope: Scope) => Prom
     // A failed measurement says what the servers complained about (a full disk, a stopped write path).
     const said = scope.complaints();
     if (said.length === 0 || !(error instanceof Error)) throw error;
-    throw new Error(`${error.message}\nthe servers logged:\n${said.map((line) => `  ${line}`).join('\n')}`, { cause: error });
+    throw new Error(
+      `${error.message}\nthe servers logged:\n${said.map((line) => `  ${line}`).join('\n')}`,
+      { cause: error },
+    );
   } finally {
     await scope.close();
   }
@@ -184,12 +203,22 @@ export interface ToolResult {
 export function runTool(command: string, args: string[], timeoutMs: number): Promise<ToolResult> {
   const began = performance.now();
   return new Promise((resolve) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, killSignal: 'SIGKILL' });
+    const child = spawn(command, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: timeoutMs,
+      killSignal: 'SIGKILL',
+    });
     alive.add(child);
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout = (stdout + chunk.toString()).slice(-OUTPUT_KEPT_CHARS)));
-    child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-OUTPUT_KEPT_CHARS)));
+    child.stdout.on(
+      'data',
+      (chunk: Buffer) => (stdout = (stdout + chunk.toString()).slice(-OUTPUT_KEPT_CHARS)),
+    );
+    child.stderr.on(
+      'data',
+      (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-OUTPUT_KEPT_CHARS)),
+    );
     child.once('error', (error) => {
       alive.delete(child);
       resolve({ status: null, stdout, stderr: `${stderr}${error.message}`, seconds: 0 });
@@ -202,9 +231,16 @@ export function runTool(command: string, args: string[], timeoutMs: number): Pro
 }
 
 /** Like runTool, but throws with the tool's output when it fails. */
-export async function runToolOrThrow(command: string, args: string[], timeoutMs: number): Promise<ToolResult> {
+export async function runToolOrThrow(
+  command: string,
+  args: string[],
+  timeoutMs: number,
+): Promise<ToolResult> {
   const result = await runTool(command, args, timeoutMs);
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} exited with ${result.status}: ${result.stderr.slice(-2000)} ${result.stdout.slice(-1000)}`);
+  if (result.status !== 0)
+    throw new Error(
+      `${command} ${args.join(' ')} exited with ${result.status}: ${result.stderr.slice(-2000)} ${result.stdout.slice(-1000)}`,
+    );
   return result;
 }
 
@@ -216,7 +252,8 @@ export async function nbdReachable(uri: string): Promise<boolean> {
 /** The commands of `commands` that are not on the PATH. */
 export async function missingTools(commands: readonly string[]): Promise<string[]> {
   const missing: string[] = [];
-  for (const command of commands) if ((await runTool('which', [command], 5000)).status !== 0) missing.push(command);
+  for (const command of commands)
+    if ((await runTool('which', [command], 5000)).status !== 0) missing.push(command);
   return missing;
 }
 

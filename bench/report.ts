@@ -41,7 +41,9 @@ export function median(values: readonly number[]): number {
   if (values.length === 0) throw new Error('median of nothing');
   const sorted = [...values].sort((a, b) => a - b);
   const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? (sorted[middle] as number) : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
+  return sorted.length % 2 === 1
+    ? (sorted[middle] as number)
+    : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
 }
 
 /** The nearest-rank percentile `p` (0..100) of `values`. */
@@ -84,10 +86,14 @@ function cells(r: Row): string[] {
 export function formatTable(rows: readonly Row[]): string {
   const header = ['measure', 'value', 'unit', 'ratio', 'target', 'result', 'detail'];
   const body = rows.map(cells);
-  const widths = header.map((h, column) => Math.max(h.length, ...body.map((line) => (line[column] ?? '').length)));
+  const widths = header.map((h, column) =>
+    Math.max(h.length, ...body.map((line) => (line[column] ?? '').length)),
+  );
   const line = (values: string[]): string =>
     values
-      .map((v, column) => (column === 1 ? v.padStart(widths[column] ?? 0) : v.padEnd(widths[column] ?? 0)))
+      .map((v, column) =>
+        column === 1 ? v.padStart(widths[column] ?? 0) : v.padEnd(widths[column] ?? 0),
+      )
       .join('  ')
       .trimEnd();
   const out = [line(header), line(widths.map((w) => '-'.repeat(w)))];

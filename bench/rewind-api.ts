@@ -54,8 +54,13 @@ export class RewindApi {
       ...(body ? { 'content-type': 'application/json' } : {}),
       ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
     };
-    const response = await fetch(`${this.base}${route}`, { method, headers, ...(body ? { body: JSON.stringify(body) } : {}) });
-    if (!response.ok) throw new Error(`${method} ${route}: HTTP ${response.status} ${await response.text()}`);
+    const response = await fetch(`${this.base}${route}`, {
+      method,
+      headers,
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    if (!response.ok)
+      throw new Error(`${method} ${route}: HTTP ${response.status} ${await response.text()}`);
     return response;
   }
 
@@ -93,7 +98,10 @@ export class RewindApi {
     for (;;) {
       const status = await this.status();
       if (status.seqCaptured >= seq && status.seqCommitted === status.seqCaptured) return status;
-      if (Date.now() > deadline) throw new Error(`Rewind did not commit seq ${seq} within ${timeoutMs} ms: ${JSON.stringify(status)}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `Rewind did not commit seq ${seq} within ${timeoutMs} ms: ${JSON.stringify(status)}`,
+        );
       await sleep(POLL_MS);
     }
   }
@@ -109,7 +117,10 @@ export function captureTimeMs(iso: string): number {
 
 /** The committed transactions of a manager data directory (the process must have stopped). */
 export function readTransactions(dataDir: string): Transaction[] {
-  const db = new Database(path.join(dataDir, 'manager', 'catalog.sqlite'), { readonly: true, fileMustExist: true });
+  const db = new Database(path.join(dataDir, 'manager', 'catalog.sqlite'), {
+    readonly: true,
+    fileMustExist: true,
+  });
   try {
     const rows = db
       .prepare(
@@ -117,8 +128,15 @@ export function readTransactions(dataDir: string): Transaction[] {
            received_at AS receivedAt, committed_at AS committedAt
          FROM transactions WHERE state = 'committed' ORDER BY idx`,
       )
-      .all() as (Omit<Transaction, 'receivedAtMs' | 'committedAtMs'> & { receivedAt: string; committedAt: string })[];
-    return rows.map(({ receivedAt, committedAt, ...rest }) => ({ ...rest, receivedAtMs: Date.parse(receivedAt), committedAtMs: Date.parse(committedAt) }));
+      .all() as (Omit<Transaction, 'receivedAtMs' | 'committedAtMs'> & {
+      receivedAt: string;
+      committedAt: string;
+    })[];
+    return rows.map(({ receivedAt, committedAt, ...rest }) => ({
+      ...rest,
+      receivedAtMs: Date.parse(receivedAt),
+      committedAtMs: Date.parse(committedAt),
+    }));
   } finally {
     db.close();
   }
@@ -141,5 +159,7 @@ export function commitTimeOf(txs: readonly Transaction[], seq: number): number |
 /** True while the agent's spool still has an active (unsealed) segment. */
 export function hasActiveSegment(agentDataDir: string): boolean {
   const spool = path.join(agentDataDir, 'agent', 'spool');
-  return fs.existsSync(spool) && fs.readdirSync(spool).some((name) => name.endsWith('.redo.active'));
+  return (
+    fs.existsSync(spool) && fs.readdirSync(spool).some((name) => name.endsWith('.redo.active'))
+  );
 }

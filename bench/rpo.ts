@@ -48,10 +48,14 @@ async function measureLags(mode: Mode, load: Load, memory: PeakMemory): Promise<
     const txs = readTransactions(up.dataDir);
     const lagsMs = log
       .filter((entry) => !entry.resync)
-      .map((entry) => ({ captured: captureTimeMs(entry.time), committed: commitTimeOf(txs, entry.seq) }))
+      .map((entry) => ({
+        captured: captureTimeMs(entry.time),
+        committed: commitTimeOf(txs, entry.seq),
+      }))
       .filter((write) => write.captured >= measuredFromMs)
       .map((write) => {
-        if (write.committed === undefined) throw new Error('a logged write has no committed transaction');
+        if (write.committed === undefined)
+          throw new Error('a logged write has no committed transaction');
         return write.committed - write.captured;
       });
     if (lagsMs.length === 0) throw new Error(`RPO ${load.id}: no writes after the warm-up`);
@@ -59,11 +63,19 @@ async function measureLags(mode: Mode, load: Load, memory: PeakMemory): Promise<
   });
 }
 
-export async function measureRpo(mode: Mode, memory: PeakMemory, progress: (text: string) => void): Promise<Row[]> {
+export async function measureRpo(
+  mode: Mode,
+  memory: PeakMemory,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   // Peak first: the rate it reaches without a limit is the peak that "half peak" halves.
   const peakLoad: Load = { id: 'peak', label: 'peak', rateIops: undefined };
   const peak = await measureLags(mode, peakLoad, memory);
-  const halfLoad: Load = { id: 'half-peak', label: 'half peak', rateIops: Math.max(1, Math.round(peak.achievedIops / 2)) };
+  const halfLoad: Load = {
+    id: 'half-peak',
+    label: 'half peak',
+    rateIops: Math.max(1, Math.round(peak.achievedIops / 2)),
+  };
   const half = await measureLags(mode, halfLoad, memory);
   const rows: Row[] = [];
   for (const [load, { lagsMs, achievedIops }] of [
@@ -72,12 +84,38 @@ export async function measureRpo(mode: Mode, memory: PeakMemory, progress: (text
   ] as const) {
     const p50 = percentile(lagsMs, 50);
     const p99 = percentile(lagsMs, 99);
-    progress(`rpo ${load.id}: p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms over ${lagsMs.length} writes at ${Math.round(achievedIops)} IOPS`);
+    progress(
+      `rpo ${load.id}: p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms over ${lagsMs.length} writes at ${Math.round(achievedIops)} IOPS`,
+    );
     const section = 'RPO lag: 4 KiB random write QD32, capture -> commit at the manager';
     const detail = `${lagsMs.length} writes at ${Math.round(achievedIops)} IOPS${load.rateIops === undefined ? ' (unlimited)' : ` (rate_iops ${load.rateIops})`}, max ${percentile(lagsMs, 100).toFixed(0)} ms`;
-    rows.push(row({ id: `rpo.${load.id}.p50`, section, label: `p50 at ${load.label}`, value: p50, unit: 'ms', detail }));
-    const target = load.id === 'half-peak' ? atMost(p99, TARGETS.rpoP99HalfPeakMs, `<= ${TARGETS.rpoP99HalfPeakMs} ms`) : undefined;
-    rows.push(row({ id: `rpo.${load.id}.p99`, section, label: `p99 at ${load.label}`, value: p99, unit: 'ms', detail }, target));
+    rows.push(
+      row({
+        id: `rpo.${load.id}.p50`,
+        section,
+        label: `p50 at ${load.label}`,
+        value: p50,
+        unit: 'ms',
+        detail,
+      }),
+    );
+    const target =
+      load.id === 'half-peak'
+        ? atMost(p99, TARGETS.rpoP99HalfPeakMs, `<= ${TARGETS.rpoP99HalfPeakMs} ms`)
+        : undefined;
+    rows.push(
+      row(
+        {
+          id: `rpo.${load.id}.p99`,
+          section,
+          label: `p99 at ${load.label}`,
+          value: p99,
+          unit: 'ms',
+          detail,
+        },
+        target,
+      ),
+    );
   }
   return rows;
 }

@@ -40,11 +40,20 @@ interface Report {
 
 async function firstLine(command: string, args: string[]): Promise<string> {
   const result = await runTool(command, args, 10_000);
-  return `${result.stdout}${result.stderr}`.split('\n').find((line) => line.trim().length > 0)?.trim() ?? 'unknown';
+  return (
+    `${result.stdout}${result.stderr}`
+      .split('\n')
+      .find((line) => line.trim().length > 0)
+      ?.trim() ?? 'unknown'
+  );
 }
 
 async function describeMachine(): Promise<Machine> {
-  const df = (await runTool('df', ['-h', '--output=source,fstype,size,avail', os.tmpdir()], 10_000)).stdout.trim().split('\n');
+  const df = (
+    await runTool('df', ['-h', '--output=source,fstype,size,avail', os.tmpdir()], 10_000)
+  ).stdout
+    .trim()
+    .split('\n');
   return {
     cpus: os.availableParallelism(),
     cpuModel: os.cpus()[0]?.model ?? 'unknown',
@@ -78,7 +87,11 @@ interface Failure {
   message: string;
 }
 
-async function measureAll(mode: Mode, only: readonly string[], progress: (text: string) => void): Promise<{ rows: Row[]; failures: Failure[] }> {
+async function measureAll(
+  mode: Mode,
+  only: readonly string[],
+  progress: (text: string) => void,
+): Promise<{ rows: Row[]; failures: Failure[] }> {
   const memory = new PeakMemory();
   const rows: Row[] = [];
   const failures: Failure[] = [];
@@ -98,20 +111,29 @@ async function measureAll(mode: Mode, only: readonly string[], progress: (text: 
 function parseOnly(text: string | undefined): string[] {
   const names = (text ?? '').split(',').filter((name) => name.length > 0);
   const unknown = names.filter((name) => !(name in SECTIONS));
-  if (unknown.length > 0) throw new Error(`--only: unknown section ${unknown.join(', ')} (sections: ${Object.keys(SECTIONS).join(', ')})`);
+  if (unknown.length > 0)
+    throw new Error(
+      `--only: unknown section ${unknown.join(', ')} (sections: ${Object.keys(SECTIONS).join(', ')})`,
+    );
   return names;
 }
 
 function printText(report: Report): void {
   const m = report.machine;
-  console.log(`Rewind benchmark, ${report.mode} mode, ${report.date}, ${report.seconds.toFixed(0)} s`);
-  console.log(`machine: ${m.cpus} cores (${m.cpuModel}), ${m.memoryGiB} GiB RAM, Linux ${m.kernel}, disk ${m.disk}`);
+  console.log(
+    `Rewind benchmark, ${report.mode} mode, ${report.date}, ${report.seconds.toFixed(0)} s`,
+  );
+  console.log(
+    `machine: ${m.cpus} cores (${m.cpuModel}), ${m.memoryGiB} GiB RAM, Linux ${m.kernel}, disk ${m.disk}`,
+  );
   console.log(`node ${m.node}; ${Object.values(m.tools).join('; ')}`);
   console.log('');
   console.log(formatTable(report.rows));
   const missed = report.rows.filter((r) => r.result === 'MISS');
   console.log('');
-  console.log(`targets: ${report.rows.filter((r) => r.result === 'PASS').length} PASS, ${missed.length} MISS${missed.length ? ` (${missed.map((r) => r.id).join(', ')})` : ''}`);
+  console.log(
+    `targets: ${report.rows.filter((r) => r.result === 'PASS').length} PASS, ${missed.length} MISS${missed.length ? ` (${missed.map((r) => r.id).join(', ')})` : ''}`,
+  );
   for (const failure of report.failures) {
     console.log('');
     console.log(`section ${failure.section} FAILED (no rows): ${failure.message.slice(0, 3000)}`);
@@ -119,14 +141,25 @@ function printText(report: Report): void {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { short: { type: 'boolean', default: false }, json: { type: 'boolean', default: false }, only: { type: 'string' } } });
+  const { values } = parseArgs({
+    options: {
+      short: { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
+      only: { type: 'string' },
+    },
+  });
   const mode = values.short ? SHORT : FULL;
   const only = parseOnly(values.only);
   const missing = await missingTools(TOOLS);
-  if (missing.length > 0) throw new Error(`missing tools: ${missing.join(', ')} (install fio, nbdkit, qemu-utils, libnbd-bin)`);
+  if (missing.length > 0)
+    throw new Error(
+      `missing tools: ${missing.join(', ')} (install fio, nbdkit, qemu-utils, libnbd-bin)`,
+    );
   const began = performance.now();
   const progress = (text: string): void => {
-    process.stderr.write(`[bench ${((performance.now() - began) / 1000).toFixed(0).padStart(4)} s] ${text}\n`);
+    process.stderr.write(
+      `[bench ${((performance.now() - began) / 1000).toFixed(0).padStart(4)} s] ${text}\n`,
+    );
   };
   const machine = await describeMachine();
   const { rows, failures } = await measureAll(mode, only, progress);
@@ -152,6 +185,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 main().catch((error: unknown) => {
-  console.error(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  console.error(
+    `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+  );
   process.exitCode = 1;
 });

@@ -41,7 +41,14 @@ async function waitNbd(server: Managed, uri: string): Promise<void> {
 export async function startNbdkit(scope: Scope, sizeBytes: number): Promise<NbdEndpoint> {
   const file = sparseFile(scope, 'nbdkit', sizeBytes);
   const port = await freePort();
-  const server = scope.start('nbdkit', 'nbdkit', ['--foreground', '--exit-with-parent', '--ipaddr=127.0.0.1', `--port=${port}`, 'file', file]);
+  const server = scope.start('nbdkit', 'nbdkit', [
+    '--foreground',
+    '--exit-with-parent',
+    '--ipaddr=127.0.0.1',
+    `--port=${port}`,
+    'file',
+    file,
+  ]);
   const uri = `nbd://127.0.0.1:${port}`;
   await waitNbd(server, uri);
   return { uri, process: server };
@@ -51,7 +58,16 @@ export async function startNbdkit(scope: Scope, sizeBytes: number): Promise<NbdE
 export async function startQemuNbd(scope: Scope, sizeBytes: number): Promise<NbdEndpoint> {
   const file = sparseFile(scope, 'qemu-nbd', sizeBytes);
   const port = await freePort();
-  const server = scope.start('qemu-nbd', 'qemu-nbd', ['--format=raw', '--bind=127.0.0.1', `--port=${port}`, '--persistent', '--shared=8', '--cache=writeback', '--aio=threads', file]);
+  const server = scope.start('qemu-nbd', 'qemu-nbd', [
+    '--format=raw',
+    '--bind=127.0.0.1',
+    `--port=${port}`,
+    '--persistent',
+    '--shared=8',
+    '--cache=writeback',
+    '--aio=threads',
+    file,
+  ]);
   const uri = `nbd://127.0.0.1:${port}`;
   await waitNbd(server, uri);
   return { uri, process: server };
@@ -64,16 +80,35 @@ export interface RewindUp {
   uri(exportName: string): string;
 }
 
-const volumeArgs = (volumes: readonly VolumeSize[]): string[] => volumes.flatMap((v) => ['--volume', `${v.name}:${v.sizeBytes}`]);
+const volumeArgs = (volumes: readonly VolumeSize[]): string[] =>
+  volumes.flatMap((v) => ['--volume', `${v.name}:${v.sizeBytes}`]);
 
 /** `rewind up` with default seal size and age, on a fresh data dir. */
-export async function startRewindUp(scope: Scope, volumes: readonly VolumeSize[]): Promise<RewindUp> {
+export async function startRewindUp(
+  scope: Scope,
+  volumes: readonly VolumeSize[],
+): Promise<RewindUp> {
   const dataDir = scope.dir('rewind');
   const [nbdPort, httpPort] = [await freePort(), await freePort()];
-  const args = [REWIND_BIN, 'up', '--data', dataDir, '--nbd', `127.0.0.1:${nbdPort}`, '--http', `127.0.0.1:${httpPort}`, ...volumeArgs(volumes)];
+  const args = [
+    REWIND_BIN,
+    'up',
+    '--data',
+    dataDir,
+    '--nbd',
+    `127.0.0.1:${nbdPort}`,
+    '--http',
+    `127.0.0.1:${httpPort}`,
+    ...volumeArgs(volumes),
+  ];
   const server = scope.start('rewind up', process.execPath, args);
   await server.waitUntil('its API line', () => server.output.includes('API: '), READY_TIMEOUT_MS);
-  return { process: server, dataDir, api: new RewindApi(`http://127.0.0.1:${httpPort}`, dataDir), uri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}` };
+  return {
+    process: server,
+    dataDir,
+    api: new RewindApi(`http://127.0.0.1:${httpPort}`, dataDir),
+    uri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}`,
+  };
 }
 
 export interface SplitLink {
@@ -90,10 +125,28 @@ export async function splitLink(): Promise<SplitLink> {
 export async function startRewindManager(scope: Scope, link: SplitLink): Promise<RewindUp> {
   const dataDir = scope.dir('manager');
   const [nbdPort, httpPort] = [await freePort(), await freePort()];
-  const args = [REWIND_BIN, 'manager', '--data', dataDir, '--listen', `127.0.0.1:${link.linkPort}`, '--nbd', `127.0.0.1:${nbdPort}`, '--http', `127.0.0.1:${httpPort}`, '--token', link.token];
+  const args = [
+    REWIND_BIN,
+    'manager',
+    '--data',
+    dataDir,
+    '--listen',
+    `127.0.0.1:${link.linkPort}`,
+    '--nbd',
+    `127.0.0.1:${nbdPort}`,
+    '--http',
+    `127.0.0.1:${httpPort}`,
+    '--token',
+    link.token,
+  ];
   const server = scope.start('rewind manager', process.execPath, args);
   await server.waitUntil('its API line', () => server.output.includes('API: '), READY_TIMEOUT_MS);
-  return { process: server, dataDir, api: new RewindApi(`http://127.0.0.1:${httpPort}`, dataDir), uri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}` };
+  return {
+    process: server,
+    dataDir,
+    api: new RewindApi(`http://127.0.0.1:${httpPort}`, dataDir),
+    uri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}`,
+  };
 }
 
 export interface RewindAgent {
@@ -103,18 +156,41 @@ export interface RewindAgent {
 }
 
 /** `rewind agent` shipping to `link.linkPort` (which may have no manager yet: it retries). */
-export async function startRewindAgent(scope: Scope, link: SplitLink, volumes: readonly VolumeSize[]): Promise<RewindAgent> {
+export async function startRewindAgent(
+  scope: Scope,
+  link: SplitLink,
+  volumes: readonly VolumeSize[],
+): Promise<RewindAgent> {
   const dataDir = scope.dir('agent');
   const nbdPort = await freePort();
-  const args = [REWIND_BIN, 'agent', '--manager', `127.0.0.1:${link.linkPort}`, '--data', dataDir, '--nbd', `127.0.0.1:${nbdPort}`, '--token', link.token, ...volumeArgs(volumes)];
+  const args = [
+    REWIND_BIN,
+    'agent',
+    '--manager',
+    `127.0.0.1:${link.linkPort}`,
+    '--data',
+    dataDir,
+    '--nbd',
+    `127.0.0.1:${nbdPort}`,
+    '--token',
+    link.token,
+    ...volumeArgs(volumes),
+  ];
   const server = scope.start('rewind agent', process.execPath, args);
   const last = volumes[volumes.length - 1];
-  await server.waitUntil('its volume lines', () => last !== undefined && server.output.includes(`volume ${last.name}: nbd://`), READY_TIMEOUT_MS);
+  await server.waitUntil(
+    'its volume lines',
+    () => last !== undefined && server.output.includes(`volume ${last.name}: nbd://`),
+    READY_TIMEOUT_MS,
+  );
   return { process: server, dataDir, uri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}` };
 }
 
 /** The ingest runner of each server: a fresh one serving one volume of `sizeBytes`. */
-export const INGEST_RUNNERS: Record<ServerKind, (scope: Scope, sizeBytes: number) => Promise<NbdEndpoint>> = {
+export const INGEST_RUNNERS: Record<
+  ServerKind,
+  (scope: Scope, sizeBytes: number) => Promise<NbdEndpoint>
+> = {
   nbdkit: startNbdkit,
   'qemu-nbd': startQemuNbd,
   rewind: async (scope, sizeBytes) => {

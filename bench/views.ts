@@ -26,8 +26,22 @@ interface ReadWorkload {
 }
 
 const READS: readonly ReadWorkload[] = [
-  { id: 'randread-4k-qd32', label: '4 KiB random read, QD32', rw: 'randread', blockBytes: 4096, iodepth: 32, metric: 'iops' },
-  { id: 'read-1m-qd8', label: '1 MiB sequential read, QD8', rw: 'read', blockBytes: MiB, iodepth: 8, metric: 'mbps' },
+  {
+    id: 'randread-4k-qd32',
+    label: '4 KiB random read, QD32',
+    rw: 'randread',
+    blockBytes: 4096,
+    iodepth: 32,
+    metric: 'iops',
+  },
+  {
+    id: 'read-1m-qd8',
+    label: '1 MiB sequential read, QD8',
+    rw: 'read',
+    blockBytes: MiB,
+    iodepth: 8,
+    metric: 'mbps',
+  },
 ];
 
 interface History {
@@ -36,26 +50,60 @@ interface History {
 }
 
 /** Writes the base layer and the history; returns the seqs at the end of each. */
-async function makeHistory(mode: Mode, up: RewindUp, scope: Scope, progress: (text: string) => void): Promise<History> {
+async function makeHistory(
+  mode: Mode,
+  up: RewindUp,
+  scope: Scope,
+  progress: (text: string) => void,
+): Promise<History> {
   const fioDir = scope.dir('fio');
   const uri = up.uri(VOLUME);
-  await runFio([{ uri, rw: 'write', blockBytes: MiB, iodepth: 8, sizeBytes: mode.viewDataBytes, length: { ios: mode.viewDataBytes / MiB } }], fioDir, mode.stepTimeoutMs);
+  await runFio(
+    [
+      {
+        uri,
+        rw: 'write',
+        blockBytes: MiB,
+        iodepth: 8,
+        sizeBytes: mode.viewDataBytes,
+        length: { ios: mode.viewDataBytes / MiB },
+      },
+    ],
+    fioDir,
+    mode.stepTimeoutMs,
+  );
   await up.api.sealAndWait();
   const seqBase = (await up.api.status()).seqCommitted;
   const writes = Math.max(...mode.historyWrites);
   const began = performance.now();
   const fio = await runFio(
-    [{ uri, rw: 'randwrite', blockBytes: mode.historyBlockBytes, iodepth: 32, sizeBytes: mode.viewDataBytes, length: { ios: writes } }],
+    [
+      {
+        uri,
+        rw: 'randwrite',
+        blockBytes: mode.historyBlockBytes,
+        iodepth: 32,
+        sizeBytes: mode.viewDataBytes,
+        length: { ios: writes },
+      },
+    ],
     fioDir,
     mode.stepTimeoutMs,
   );
   await up.api.sealAndWait();
   const seqLast = (await up.api.status()).seqCommitted;
-  progress(`views: history of ${fio.write.ios} writes in ${((performance.now() - began) / 1000).toFixed(1)} s, seqs ${seqBase}..${seqLast}`);
+  progress(
+    `views: history of ${fio.write.ios} writes in ${((performance.now() - began) / 1000).toFixed(1)} s, seqs ${seqBase}..${seqLast}`,
+  );
   return { seqBase, seqLast };
 }
 
-async function creationRows(mode: Mode, up: RewindUp, history: History, progress: (text: string) => void): Promise<Row[]> {
+async function creationRows(
+  mode: Mode,
+  up: RewindUp,
+  history: History,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   const largest = Math.max(...mode.historyWrites);
   const rows: Row[] = [];
   // Untimed warm-up: the first view after start also pays for compiling the code paths.
@@ -68,7 +116,14 @@ async function creationRows(mode: Mode, up: RewindUp, history: History, progress
     const ms = seconds * 1000;
     const msPer100k = ms / (writes / 100_000);
     progress(`views: creation with ${writes} writes after the point: ${ms.toFixed(1)} ms`);
-    const target = writes === largest ? atMost(msPer100k, TARGETS.viewCreationMsPer100k, `<= ${TARGETS.viewCreationMsPer100k} ms per 100k writes`) : undefined;
+    const target =
+      writes === largest
+        ? atMost(
+            msPer100k,
+            TARGETS.viewCreationMsPer100k,
+            `<= ${TARGETS.viewCreationMsPer100k} ms per 100k writes`,
+          )
+        : undefined;
     rows.push(
       row(
         {
@@ -86,30 +141,67 @@ async function creationRows(mode: Mode, up: RewindUp, history: History, progress
   return rows;
 }
 
-const figure = (read: ReadWorkload, fio: FioResult): number => (read.metric === 'iops' ? fio.iops : fio.bytesPerSecond / 1e6);
+const figure = (read: ReadWorkload, fio: FioResult): number =>
+  read.metric === 'iops' ? fio.iops : fio.bytesPerSecond / 1e6;
 
-async function readRows(mode: Mode, up: RewindUp, scope: Scope, progress: (text: string) => void): Promise<Row[]> {
+async function readRows(
+  mode: Mode,
+  up: RewindUp,
+  scope: Scope,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   const fioDir = scope.dir('fio');
   const rows: Row[] = [];
   for (const read of READS) {
-    const figures = new Map<string, number[]>([[LATEST, []], [PAST, []]]);
+    const figures = new Map<string, number[]>([
+      [LATEST, []],
+      [PAST, []],
+    ]);
     for (let repetition = 1; repetition <= mode.repetitions; repetition += 1) {
       for (const view of [LATEST, PAST]) {
-        const job: FioJob = { uri: up.uri(`${VOLUME}@${view}`), rw: read.rw, blockBytes: read.blockBytes, iodepth: read.iodepth, sizeBytes: mode.viewDataBytes, length: { rampSeconds: mode.rampSeconds, runSeconds: mode.runSeconds } };
+        const job: FioJob = {
+          uri: up.uri(`${VOLUME}@${view}`),
+          rw: read.rw,
+          blockBytes: read.blockBytes,
+          iodepth: read.iodepth,
+          sizeBytes: mode.viewDataBytes,
+          length: { rampSeconds: mode.rampSeconds, runSeconds: mode.runSeconds },
+        };
         const value = figure(read, await runFio([job], fioDir, mode.stepTimeoutMs));
         figures.get(view)?.push(value);
-        progress(`views: ${read.id} from ${view} #${repetition}: ${value.toFixed(1)} ${read.metric === 'iops' ? 'IOPS' : 'MB/s'}`);
+        progress(
+          `views: ${read.id} from ${view} #${repetition}: ${value.toFixed(1)} ${read.metric === 'iops' ? 'IOPS' : 'MB/s'}`,
+        );
       }
     }
     const latest = median(figures.get(LATEST) ?? []);
     const past = median(figures.get(PAST) ?? []);
     const section = `view reads: ${read.label} over the ${formatSize(mode.viewDataBytes)} written`;
     const unit = read.metric === 'iops' ? 'IOPS' : 'MB/s';
-    const runs = (view: string): string => `runs: ${(figures.get(view) ?? []).map((v) => v.toFixed(0)).join(' ')}`;
-    rows.push(row({ id: `view-read.${read.id}.replica`, section, label: 'snapshot at the last seq (replica)', value: latest, unit, detail: runs(LATEST) }));
+    const runs = (view: string): string =>
+      `runs: ${(figures.get(view) ?? []).map((v) => v.toFixed(0)).join(' ')}`;
+    rows.push(
+      row({
+        id: `view-read.${read.id}.replica`,
+        section,
+        label: 'snapshot at the last seq (replica)',
+        value: latest,
+        unit,
+        detail: runs(LATEST),
+      }),
+    );
     rows.push(
       row(
-        { id: `view-read.${read.id}.history`, section, label: 'snapshot before the history (undo)', value: past, unit, detail: runs(PAST), ratio: past / latest, ratioTo: 'replica' },
+        {
+          id: `view-read.${read.id}.history`,
+          section,
+          label: 'snapshot before the history (undo)',
+          value: past,
+          unit,
+          detail: runs(PAST),
+          ratio: past / latest,
+          ratioTo: 'replica',
+        },
         atLeast(past / latest, TARGETS.viewReadRatio, `>= ${TARGETS.viewReadRatio}x replica`),
       ),
     );
@@ -117,13 +209,21 @@ async function readRows(mode: Mode, up: RewindUp, scope: Scope, progress: (text:
   return rows;
 }
 
-async function exportRows(mode: Mode, up: RewindUp, progress: (text: string) => void): Promise<Row[]> {
+async function exportRows(
+  mode: Mode,
+  up: RewindUp,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   const rows: Row[] = [];
   for (const [view, label] of [
     [LATEST, 'snapshot at the last seq'],
     [PAST, 'snapshot before the history'],
   ] as const) {
-    const { seconds } = await runToolOrThrow('nbdcopy', [up.uri(`${VOLUME}@${view}`), 'null:'], mode.stepTimeoutMs);
+    const { seconds } = await runToolOrThrow(
+      'nbdcopy',
+      [up.uri(`${VOLUME}@${view}`), 'null:'],
+      mode.stepTimeoutMs,
+    );
     const gbps = mode.viewVolumeBytes / seconds / 1e9;
     progress(`export: ${view} in ${seconds.toFixed(2)} s = ${gbps.toFixed(2)} GB/s logical`);
     rows.push(
@@ -143,14 +243,21 @@ async function exportRows(mode: Mode, up: RewindUp, progress: (text: string) => 
   return rows;
 }
 
-export async function measureViews(mode: Mode, memory: PeakMemory, progress: (text: string) => void): Promise<Row[]> {
+export async function measureViews(
+  mode: Mode,
+  memory: PeakMemory,
+  progress: (text: string) => void,
+): Promise<Row[]> {
   return withScope(mode.graceMs, async (scope) => {
     const up = await startRewindUp(scope, [{ name: VOLUME, sizeBytes: mode.viewVolumeBytes }]);
     const history = await makeHistory(mode, up, scope, progress);
     const rows = await creationRows(mode, up, history, progress);
     await up.api.createSnapshot(PAST, history.seqBase);
     await up.api.createSnapshot(LATEST, history.seqLast);
-    rows.push(...(await readRows(mode, up, scope, progress)), ...(await exportRows(mode, up, progress)));
+    rows.push(
+      ...(await readRows(mode, up, scope, progress)),
+      ...(await exportRows(mode, up, progress)),
+    );
     memory.record('rewind up', up.process.peakRssBytes());
     return rows;
   });

@@ -12,7 +12,12 @@ import path from 'node:path';
 import { crc32c } from '../src/core/index.js';
 import { Manager } from '../src/manager/manager.js';
 import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../src/ship/protocol.js';
-import { REDO_ABSURD_LENGTHS, REDO_DAMAGE, type Mutation, type ParserClass } from './corruption-mutations.js';
+import {
+  REDO_ABSURD_LENGTHS,
+  REDO_DAMAGE,
+  type Mutation,
+  type ParserClass,
+} from './corruption-mutations.js';
 import {
   buildRedo,
   DEFAULT_SHAPE,
@@ -53,7 +58,10 @@ export interface ManagerClass {
   next(rng: Rng, bench: ManagerBench): Shipment;
 }
 
-type Reply = { type: 'ack'; index: number; seqLast: number } | { type: 'refused'; code: string; message: string } | { type: 'silent'; reason: string };
+type Reply =
+  | { type: 'ack'; index: number; seqLast: number }
+  | { type: 'refused'; code: string; message: string }
+  | { type: 'silent'; reason: string };
 
 interface HistorySnapshot {
   seqCommitted: number;
@@ -163,13 +171,25 @@ export class ManagerBench {
     const link = await FakeAgentLink.connect(port);
     linkRef.link = link;
     const volumes = set.sizes.map((sizeBytes, i) => ({ name: `vol${i}`, sizeBytes }));
-    const welcome = await link.exchange({ type: 'hello', protocol: PROTOCOL_VERSION, token: TOKEN, volumeSetId: uuidOf(set.id), volumeSetName: 'sweep', volumes, seqNext: 1 });
-    if (typeof welcome === 'string' || welcome.type !== 'welcome') throw new Error(`the manager did not welcome the fake agent: ${JSON.stringify(welcome)}`);
+    const welcome = await link.exchange({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      token: TOKEN,
+      volumeSetId: uuidOf(set.id),
+      volumeSetName: 'sweep',
+      volumes,
+      seqNext: 1,
+    });
+    if (typeof welcome === 'string' || welcome.type !== 'welcome')
+      throw new Error(`the manager did not welcome the fake agent: ${JSON.stringify(welcome)}`);
     const bench = new ManagerBench(dir, manager, link, set);
     for (let i = 0; i < BASELINE_SEGMENTS; i++) {
       const segment = bench.nextSegment(rng);
       const reply = await bench.send(segment);
-      if (reply.type !== 'ack') throw new Error(`baseline segment ${segment.announce.index} not committed: ${JSON.stringify(reply)}`);
+      if (reply.type !== 'ack')
+        throw new Error(
+          `baseline segment ${segment.announce.index} not committed: ${JSON.stringify(reply)}`,
+        );
       bench.committed.push(segment);
     }
     bench.last = bench.snapshot();
@@ -194,11 +214,33 @@ export class ManagerBench {
   }
 
   /** A valid sealed segment with its truthful announcement. */
-  segment(rng: Rng, at: { index: number; seqFirst: number; set?: VolumeSet; count?: number; records?: Rec[] }): Segment {
+  segment(
+    rng: Rng,
+    at: { index: number; seqFirst: number; set?: VolumeSet; count?: number; records?: Rec[] },
+  ): Segment {
     const set = at.set ?? this.set;
-    const records = at.records ?? randomRecords(rng, set, at.seqFirst, at.count === undefined ? DEFAULT_SHAPE : { ...DEFAULT_SHAPE, count: at.count });
-    const bytes = buildRedo(set, { segmentIndex: at.index, seqFirst: at.seqFirst, createdNs: rng.u64(), flags: 0 }, records);
-    return { bytes, announce: { index: at.index, seqFirst: at.seqFirst, seqLast: at.seqFirst + records.length - 1, fileCrc: crc32c(bytes) } };
+    const records =
+      at.records ??
+      randomRecords(
+        rng,
+        set,
+        at.seqFirst,
+        at.count === undefined ? DEFAULT_SHAPE : { ...DEFAULT_SHAPE, count: at.count },
+      );
+    const bytes = buildRedo(
+      set,
+      { segmentIndex: at.index, seqFirst: at.seqFirst, createdNs: rng.u64(), flags: 0 },
+      records,
+    );
+    return {
+      bytes,
+      announce: {
+        index: at.index,
+        seqFirst: at.seqFirst,
+        seqLast: at.seqFirst + records.length - 1,
+        fileCrc: crc32c(bytes),
+      },
+    };
   }
 
   /** The segment the manager expects next, as a correct agent would ship it. */
@@ -208,10 +250,14 @@ export class ManagerBench {
 
   async send(segment: Segment): Promise<Reply> {
     const { announce, bytes } = segment;
-    const reply = await this.link.exchange({ type: 'segment', ...announce, bytes: bytes.length }, bytes);
+    const reply = await this.link.exchange(
+      { type: 'segment', ...announce, bytes: bytes.length },
+      bytes,
+    );
     if (typeof reply === 'string') return { type: 'silent', reason: reply };
     if (reply.type === 'ack') return { type: 'ack', index: reply.index, seqLast: reply.seqLast };
-    if (reply.type === 'refused') return { type: 'refused', code: reply.code, message: reply.message };
+    if (reply.type === 'refused')
+      return { type: 'refused', code: reply.code, message: reply.message };
     return { type: 'silent', reason: `unexpected ${reply.type} frame` };
   }
 
@@ -221,9 +267,15 @@ export class ManagerBench {
     const root = path.join(this.dir, 'manager');
     return {
       seqCommitted: this.manager.seqCommitted(),
-      transactions: this.manager.catalog.committedTxs().length + this.manager.catalog.uncommitted().length,
-      lastTx: last ? `${last.idx}:${last.seqFirst}..${last.seqLast}:${last.redoCrc}:${last.state}` : 'none',
-      files: ['redo', 'undo'].reduce((sum, sub) => sum + fs.readdirSync(path.join(root, sub)).length, 0),
+      transactions:
+        this.manager.catalog.committedTxs().length + this.manager.catalog.uncommitted().length,
+      lastTx: last
+        ? `${last.idx}:${last.seqFirst}..${last.seqLast}:${last.redoCrc}:${last.state}`
+        : 'none',
+      files: ['redo', 'undo'].reduce(
+        (sum, sub) => sum + fs.readdirSync(path.join(root, sub)).length,
+        0,
+      ),
       replicas: this.manager.replicas.map((r) => {
         const bytes = fs.readFileSync(r.file);
         return `${r.name}:${bytes.length}:${crc32c(bytes)}`;
@@ -239,21 +291,45 @@ export class ManagerBench {
     this.last = after;
     const changes = historyChanges(before, after);
     if (reply.type === 'ack' && shipment.expect === 'refusal') this.adoptAccepted(shipment);
-    if (reply.type === 'silent') return { kind: 'violation', detail: `no answer (${reply.reason})${changes}` };
+    if (reply.type === 'silent')
+      return { kind: 'violation', detail: `no answer (${reply.reason})${changes}` };
     if (shipment.expect === 'replay') {
       const { index, seqLast } = shipment.announce;
-      if (reply.type === 'ack' && reply.index === index && reply.seqLast === seqLast && changes === '') return { kind: 'identical' };
-      return { kind: 'violation', detail: `exact replay answered ${describeReply(reply)}${changes}` };
+      if (
+        reply.type === 'ack' &&
+        reply.index === index &&
+        reply.seqLast === seqLast &&
+        changes === ''
+      )
+        return { kind: 'identical' };
+      return {
+        kind: 'violation',
+        detail: `exact replay answered ${describeReply(reply)}${changes}`,
+      };
     }
-    if (reply.type === 'refused' && isNamedCode(reply.code) && changes === '') return { kind: 'refused', code: reply.code };
+    if (reply.type === 'refused' && isNamedCode(reply.code) && changes === '')
+      return { kind: 'refused', code: reply.code };
     return { kind: 'violation', detail: `${describeReply(reply)}${changes}` };
   }
 
   /** A segment the manager committed though it should not have: later segments continue after it. */
   private adoptAccepted(shipment: Shipment): void {
     const row = this.manager.catalog.tx(shipment.announce.index);
-    if (!row || row.redoCrc !== crc32c(shipment.bytes) || this.committed.some((c) => c.announce.index === row.idx)) return;
-    this.committed.push({ bytes: shipment.bytes, announce: { index: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast, fileCrc: row.redoCrc } });
+    if (
+      !row ||
+      row.redoCrc !== crc32c(shipment.bytes) ||
+      this.committed.some((c) => c.announce.index === row.idx)
+    )
+      return;
+    this.committed.push({
+      bytes: shipment.bytes,
+      announce: {
+        index: row.idx,
+        seqFirst: row.seqFirst,
+        seqLast: row.seqLast,
+        fileCrc: row.redoCrc,
+      },
+    });
   }
 
   async close(): Promise<void> {
@@ -271,22 +347,37 @@ function describeReply(reply: Reply): string {
 
 function historyChanges(before: HistorySnapshot, after: HistorySnapshot): string {
   const changes: string[] = [];
-  if (before.seqCommitted !== after.seqCommitted) changes.push(`committed seq ${before.seqCommitted} -> ${after.seqCommitted}`);
-  if (before.transactions !== after.transactions) changes.push(`transactions ${before.transactions} -> ${after.transactions}`);
-  if (before.lastTx !== after.lastTx) changes.push(`last transaction ${before.lastTx} -> ${after.lastTx}`);
-  if (before.files !== after.files) changes.push(`transaction files ${before.files} -> ${after.files}`);
+  if (before.seqCommitted !== after.seqCommitted)
+    changes.push(`committed seq ${before.seqCommitted} -> ${after.seqCommitted}`);
+  if (before.transactions !== after.transactions)
+    changes.push(`transactions ${before.transactions} -> ${after.transactions}`);
+  if (before.lastTx !== after.lastTx)
+    changes.push(`last transaction ${before.lastTx} -> ${after.lastTx}`);
+  if (before.files !== after.files)
+    changes.push(`transaction files ${before.files} -> ${after.files}`);
   before.replicas.forEach((was, i) => {
     const now = after.replicas[i] ?? 'gone';
-    if (now !== was) changes.push(`replica ${was.split(':').slice(0, 2).join(' (')} bytes) -> ${now.split(':')[1] ?? '?'} bytes, content changed`);
+    if (now !== was)
+      changes.push(
+        `replica ${was.split(':').slice(0, 2).join(' (')} bytes) -> ${now.split(':')[1] ?? '?'} bytes, content changed`,
+      );
   });
   return changes.length > 0 ? `; history changed: ${changes.join(', ')}` : '';
 }
 
 /** One raw-damage mutation of `segment` from a random class among `classes`. */
-function damage(rng: Rng, bench: ManagerBench, segment: Segment, classes: readonly ParserClass[]): Mutation {
+function damage(
+  rng: Rng,
+  bench: ManagerBench,
+  segment: Segment,
+  classes: readonly ParserClass[],
+): Mutation {
   const subject = redoSubject(segment.bytes, bench.volumeCount);
   const another = (): ReturnType<typeof redoSubject> => {
-    const following = bench.segment(rng, { index: segment.announce.index + 1, seqFirst: segment.announce.seqLast + 1 });
+    const following = bench.segment(rng, {
+      index: segment.announce.index + 1,
+      seqFirst: segment.announce.seqLast + 1,
+    });
     return redoSubject(following.bytes, bench.volumeCount);
   };
   for (let attempt = 0; attempt < 100; attempt++) {
@@ -316,7 +407,11 @@ const mutated: ManagerClass = {
     const m = damage(rng, bench, base, REDO_DAMAGE);
     const ownCrc = rng.chance(0.5);
     const announce = ownCrc ? { ...base.announce, fileCrc: crc32c(m.bytes) } : base.announce;
-    return refusal(m.label, `${m.detail}; announced with the ${ownCrc ? 'damaged' : 'original'} file's CRC`, { bytes: m.bytes, announce });
+    return refusal(
+      m.label,
+      `${m.detail}; announced with the ${ownCrc ? 'damaged' : 'original'} file's CRC`,
+      { bytes: m.bytes, announce },
+    );
   },
 };
 
@@ -329,26 +424,50 @@ const misdirected: ManagerClass = {
     const variant = rng.below(3);
     if (variant === 0) {
       const following = bench.segment(rng, { index: index + 1, seqFirst: seqLast + 1 });
-      return refusal('the following segment', `segment ${index + 1}'s file announced as segment ${index}`, { bytes: following.bytes, announce: base.announce });
+      return refusal(
+        'the following segment',
+        `segment ${index + 1}'s file announced as segment ${index}`,
+        { bytes: following.bytes, announce: base.announce },
+      );
     }
     if (variant === 1) {
       const twin = bench.segment(rng, { index, seqFirst, count: countOf(base.announce) });
-      return refusal('same index and seqs, other content', `another file for segment ${index} (seq ${seqFirst}..${seqLast})`, { bytes: twin.bytes, announce: base.announce });
+      return refusal(
+        'same index and seqs, other content',
+        `another file for segment ${index} (seq ${seqFirst}..${seqLast})`,
+        { bytes: twin.bytes, announce: base.announce },
+      );
     }
     const old = rng.pick(bench.committed);
-    return refusal('a committed segment', `committed segment ${old.announce.index}'s file announced as segment ${index}`, { bytes: old.bytes, announce: base.announce });
+    return refusal(
+      'a committed segment',
+      `committed segment ${old.announce.index}'s file announced as segment ${index}`,
+      { bytes: old.bytes, announce: base.announce },
+    );
   },
 };
 
 /** A committed segment with other content: a different valid file, or a damaged copy. */
-function staleCopy(rng: Rng, bench: ManagerBench, old: Segment): { label: string; detail: string; bytes: Buffer } {
+function staleCopy(
+  rng: Rng,
+  bench: ManagerBench,
+  old: Segment,
+): { label: string; detail: string; bytes: Buffer } {
   const { index, seqFirst } = old.announce;
   if (rng.chance(0.5)) {
     const other = bench.segment(rng, { index, seqFirst, count: countOf(old.announce) });
-    return { label: 'other valid content', detail: `another valid file for committed segment ${index}`, bytes: other.bytes };
+    return {
+      label: 'other valid content',
+      detail: `another valid file for committed segment ${index}`,
+      bytes: other.bytes,
+    };
   }
   const m = damage(rng, bench, old, REDO_DAMAGE);
-  return { label: `damaged copy (${m.label})`, detail: `committed segment ${index}: ${m.detail}`, bytes: m.bytes };
+  return {
+    label: `damaged copy (${m.label})`,
+    detail: `committed segment ${index}: ${m.detail}`,
+    bytes: m.bytes,
+  };
 }
 
 /** Stale: an already committed index with different bytes, announced with their own CRC. */
@@ -357,7 +476,10 @@ const stale: ManagerClass = {
   next(rng, bench) {
     const old = rng.pick(bench.committed);
     const copy = staleCopy(rng, bench, old);
-    return refusal(copy.label, copy.detail, { bytes: copy.bytes, announce: { ...old.announce, fileCrc: crc32c(copy.bytes) } });
+    return refusal(copy.label, copy.detail, {
+      bytes: copy.bytes,
+      announce: { ...old.announce, fileCrc: crc32c(copy.bytes) },
+    });
   },
 };
 
@@ -367,7 +489,10 @@ const staleCommittedCrc: ManagerClass = {
   next(rng, bench) {
     const old = rng.pick(bench.committed);
     const copy = staleCopy(rng, bench, old);
-    return refusal(copy.label, `${copy.detail}; announced with the committed CRC`, { bytes: copy.bytes, announce: old.announce });
+    return refusal(copy.label, `${copy.detail}; announced with the committed CRC`, {
+      bytes: copy.bytes,
+      announce: old.announce,
+    });
   },
 };
 
@@ -376,7 +501,13 @@ const replay: ManagerClass = {
   name: 'replay',
   next(rng, bench) {
     const old = rng.pick(bench.committed);
-    return { label: 'exact replay', detail: `committed segment ${old.announce.index} resent`, bytes: old.bytes, announce: old.announce, expect: 'replay' };
+    return {
+      label: 'exact replay',
+      detail: `committed segment ${old.announce.index} resent`,
+      bytes: old.bytes,
+      announce: old.announce,
+      expect: 'replay',
+    };
   },
 };
 
@@ -387,15 +518,30 @@ const outOfOrder: ManagerClass = {
     const index = bench.nextIndex;
     const variant = rng.below(3);
     if (variant === 0) {
-      const later = bench.segment(rng, { index: index + ahead, seqFirst: bench.nextSeq + rng.int(ahead, 50 * ahead) });
-      return refusal('a later segment first', `segment ${index + ahead} before segment ${index}`, later);
+      const later = bench.segment(rng, {
+        index: index + ahead,
+        seqFirst: bench.nextSeq + rng.int(ahead, 50 * ahead),
+      });
+      return refusal(
+        'a later segment first',
+        `segment ${index + ahead} before segment ${index}`,
+        later,
+      );
     }
     if (variant === 1) {
       const base = bench.nextSegment(rng);
-      return refusal('announced index ahead', `segment ${index}'s file announced as ${index + ahead}`, { bytes: base.bytes, announce: { ...base.announce, index: index + ahead } });
+      return refusal(
+        'announced index ahead',
+        `segment ${index}'s file announced as ${index + ahead}`,
+        { bytes: base.bytes, announce: { ...base.announce, index: index + ahead } },
+      );
     }
     const later = bench.segment(rng, { index: index + ahead, seqFirst: bench.nextSeq });
-    return refusal('header index ahead', `a file whose header says segment ${index + ahead}, announced as ${index}`, { bytes: later.bytes, announce: { ...later.announce, index } });
+    return refusal(
+      'header index ahead',
+      `a file whose header says segment ${index + ahead}, announced as ${index}`,
+      { bytes: later.bytes, announce: { ...later.announce, index } },
+    );
   },
 };
 
@@ -414,7 +560,11 @@ const seqGap: ManagerClass = {
   next(rng, bench) {
     const { seqFirst, what } = wrongSeqFirst(rng, bench);
     const segment = bench.segment(rng, { index: bench.nextIndex, seqFirst });
-    return refusal(what.startsWith('gap') ? 'gap' : 'overlap', `segment ${segment.announce.index} from seq ${seqFirst} (${what}), announced so`, segment);
+    return refusal(
+      what.startsWith('gap') ? 'gap' : 'overlap',
+      `segment ${segment.announce.index} from seq ${seqFirst} (${what}), announced so`,
+      segment,
+    );
   },
 };
 
@@ -426,10 +576,14 @@ const seqGapInHeader: ManagerClass = {
     const { seqFirst, what } = wrongSeqFirst(rng, bench);
     const segment = bench.segment(rng, { index: bench.nextIndex, seqFirst });
     const label = what.startsWith('gap') ? 'gap in the header' : 'overlap in the header';
-    return refusal(label, `segment ${segment.announce.index}: header from seq ${seqFirst} (${what}), announced from seq ${expected}`, {
-      bytes: segment.bytes,
-      announce: { ...segment.announce, seqFirst: expected },
-    });
+    return refusal(
+      label,
+      `segment ${segment.announce.index}: header from seq ${seqFirst} (${what}), announced from seq ${expected}`,
+      {
+        bytes: segment.bytes,
+        announce: { ...segment.announce, seqFirst: expected },
+      },
+    );
   },
 };
 
@@ -439,13 +593,21 @@ const wrongVolume: ManagerClass = {
     const at = { index: bench.nextIndex, seqFirst: bench.nextSeq };
     if (rng.chance(0.5)) {
       const other = { id: rng.bytes(16), sizes: bench.set.sizes };
-      return refusal('another volume set', `segment ${at.index} of volume set ${uuidOf(other.id)}`, bench.segment(rng, { ...at, set: other }));
+      return refusal(
+        'another volume set',
+        `segment ${at.index} of volume set ${uuidOf(other.id)}`,
+        bench.segment(rng, { ...at, set: other }),
+      );
     }
     const records = randomRecords(rng, bench.set, at.seqFirst, DEFAULT_SHAPE);
     const victim = rng.below(records.length);
     const volume = bench.volumeCount + rng.below(65536 - bench.volumeCount);
     records[victim] = { ...(records[victim] as Rec), volume };
-    return refusal('volume index out of range', `record ${victim} on volume ${volume} of ${bench.volumeCount}, sealed and announced truthfully`, bench.segment(rng, { ...at, records }));
+    return refusal(
+      'volume index out of range',
+      `record ${victim} on volume ${volume} of ${bench.volumeCount}, sealed and announced truthfully`,
+      bench.segment(rng, { ...at, records }),
+    );
   },
 };
 
@@ -456,7 +618,11 @@ const absurdLengths: ManagerClass = {
     const m = damage(rng, bench, base, [REDO_ABSURD_LENGTHS]);
     const ownCrc = rng.chance(0.5);
     const announce = ownCrc ? { ...base.announce, fileCrc: crc32c(m.bytes) } : base.announce;
-    return refusal(m.label, `${m.detail}; announced with the ${ownCrc ? 'mutated' : 'original'} file's CRC`, { bytes: m.bytes, announce });
+    return refusal(
+      m.label,
+      `${m.detail}; announced with the ${ownCrc ? 'mutated' : 'original'} file's CRC`,
+      { bytes: m.bytes, announce },
+    );
   },
 };
 
@@ -465,11 +631,28 @@ function beyondEnd(rng: Rng, record: Rec, sizeBytes: number): Rec {
   const { seq, timeNs, volume } = record;
   if (rng.chance(0.5)) {
     const lengthBytes = rng.int(1, 8192);
-    const offsetBytes = rng.chance(0.8) ? sizeBytes - lengthBytes + rng.int(1, lengthBytes) : sizeBytes + rng.below(1 << 20);
-    return { kind: 'write', volume, seq, timeNs, offsetBytes, lengthBytes, data: rng.bytes(lengthBytes) };
+    const offsetBytes = rng.chance(0.8)
+      ? sizeBytes - lengthBytes + rng.int(1, lengthBytes)
+      : sizeBytes + rng.below(1 << 20);
+    return {
+      kind: 'write',
+      volume,
+      seq,
+      timeNs,
+      offsetBytes,
+      lengthBytes,
+      data: rng.bytes(lengthBytes),
+    };
   }
   const offsetBytes = rng.below(sizeBytes);
-  return { kind: rng.pick(['zero', 'trim'] as const), volume, seq, timeNs, offsetBytes, lengthBytes: sizeBytes - offsetBytes + rng.int(1, 4 << 20) };
+  return {
+    kind: rng.pick(['zero', 'trim'] as const),
+    volume,
+    seq,
+    timeNs,
+    offsetBytes,
+    lengthBytes: sizeBytes - offsetBytes + rng.int(1, 4 << 20),
+  };
 }
 
 const beyondVolume: ManagerClass = {
@@ -483,7 +666,11 @@ const beyondVolume: ManagerClass = {
     const record = beyondEnd(rng, original, sizeBytes);
     records[victim] = record;
     const detail = `record ${victim}: ${record.kind} ${record.offsetBytes}+${record.lengthBytes} on a ${sizeBytes}-byte volume, sealed and announced truthfully`;
-    return refusal(`${record.kind} past the volume end`, detail, bench.segment(rng, { ...at, records }));
+    return refusal(
+      `${record.kind} past the volume end`,
+      detail,
+      bench.segment(rng, { ...at, records }),
+    );
   },
 };
 

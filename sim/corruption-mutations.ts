@@ -85,7 +85,12 @@ const truncation: ParserClass = {
     const out: Mutation[] = [];
     for (let cut = last?.start ?? s.trailerAt; cut < s.bytes.length; cut++) {
       const where = cut < s.trailerAt ? `in the last ${unitWord(s.format)}` : 'in the trailer';
-      out.push({ label: `cut ${where}`, detail: `cut to ${cut} of ${s.bytes.length} bytes`, bytes: s.bytes.subarray(0, cut), allowed: [TRUNCATED] });
+      out.push({
+        label: `cut ${where}`,
+        detail: `cut to ${cut} of ${s.bytes.length} bytes`,
+        bytes: s.bytes.subarray(0, cut),
+        allowed: [TRUNCATED],
+      });
     }
     return out;
   },
@@ -103,8 +108,19 @@ const bitFlips: ParserClass = {
     while (chosen.size < count) chosen.add(burst ? base + rng.below(32) : rng.below(bits));
     const buf = Buffer.from(s.bytes);
     for (const bit of chosen) buf[bit >> 3] = (buf[bit >> 3] as number) ^ (1 << (bit & 7));
-    const label = burst ? 'burst of flipped bits' : count === 1 ? 'one flipped bit' : 'scattered flipped bits';
-    return [{ label, detail: `bits ${[...chosen].sort((a, b) => a - b).join(',')} of ${s.bytes.length} bytes`, bytes: buf, allowed: NAMED_CODES }];
+    const label = burst
+      ? 'burst of flipped bits'
+      : count === 1
+        ? 'one flipped bit'
+        : 'scattered flipped bits';
+    return [
+      {
+        label,
+        detail: `bits ${[...chosen].sort((a, b) => a - b).join(',')} of ${s.bytes.length} bytes`,
+        bytes: buf,
+        allowed: NAMED_CODES,
+      },
+    ];
   },
 };
 
@@ -114,13 +130,27 @@ const zeroedSectors: ParserClass = {
   mutate(rng, s) {
     const sectors = Math.ceil(s.bytes.length / SECTOR_BYTES);
     const candidates: number[] = [];
-    for (let k = 0; k < sectors; k++) if (!isAllZero(s.bytes.subarray(k * SECTOR_BYTES, (k + 1) * SECTOR_BYTES))) candidates.push(k);
+    for (let k = 0; k < sectors; k++)
+      if (!isAllZero(s.bytes.subarray(k * SECTOR_BYTES, (k + 1) * SECTOR_BYTES)))
+        candidates.push(k);
     const chosen = new Set<number>([rng.pick(candidates)]);
     if (candidates.length > 1 && rng.chance(0.3)) chosen.add(rng.pick(candidates));
     const buf = Buffer.from(s.bytes);
-    for (const k of chosen) buf.fill(0, k * SECTOR_BYTES, Math.min(buf.length, (k + 1) * SECTOR_BYTES));
-    const label = chosen.has(sectors - 1) ? 'last (partial) sector zeroed' : chosen.has(0) ? 'first sector zeroed' : 'inner sector zeroed';
-    return [{ label, detail: `4 KiB sectors ${[...chosen].join(',')} of ${sectors} zeroed (${s.bytes.length} bytes)`, bytes: buf, allowed: NAMED_CODES }];
+    for (const k of chosen)
+      buf.fill(0, k * SECTOR_BYTES, Math.min(buf.length, (k + 1) * SECTOR_BYTES));
+    const label = chosen.has(sectors - 1)
+      ? 'last (partial) sector zeroed'
+      : chosen.has(0)
+        ? 'first sector zeroed'
+        : 'inner sector zeroed';
+    return [
+      {
+        label,
+        detail: `4 KiB sectors ${[...chosen].join(',')} of ${sectors} zeroed (${s.bytes.length} bytes)`,
+        bytes: buf,
+        allowed: NAMED_CODES,
+      },
+    ];
   },
 };
 
@@ -134,14 +164,22 @@ const misdirected: ParserClass = {
     const source = fromSelf ? s : another();
     for (let attempt = 0; attempt < 16; attempt++) {
       const dst = rng.below(Math.ceil(s.bytes.length / size));
-      const src = !fromSelf && rng.chance(0.5) ? dst : rng.below(Math.ceil(source.bytes.length / size));
+      const src =
+        !fromSelf && rng.chance(0.5) ? dst : rng.below(Math.ceil(source.bytes.length / size));
       const n = Math.min(size, s.bytes.length - dst * size, source.bytes.length - src * size);
       if (n <= 0 || (fromSelf && src === dst)) continue;
       const buf = Buffer.from(s.bytes);
       source.bytes.copy(buf, dst * size, src * size, src * size + n);
       if (buf.equals(s.bytes)) continue;
       const from = fromSelf ? 'this segment' : 'another segment';
-      return [{ label: `${size}-byte sector from ${from}`, detail: `sector ${dst} <- sector ${src} of ${from} (${n} bytes of ${s.bytes.length})`, bytes: buf, allowed: NAMED_CODES }];
+      return [
+        {
+          label: `${size}-byte sector from ${from}`,
+          detail: `sector ${dst} <- sector ${src} of ${from} (${n} bytes of ${s.bytes.length})`,
+          bytes: buf,
+          allowed: NAMED_CODES,
+        },
+      ];
     }
     return [];
   },
@@ -160,7 +198,14 @@ const reordered: ParserClass = {
     else order.splice(j, 0, ...order.splice(i, 1));
     const buf = rearrange(s, order);
     const resealed = maybeReseal(rng, buf, s.format);
-    return [{ label: swap ? 'two records swapped' : 'a record moved', detail: `order ${order.join(',')}${resealed}`, bytes: buf, allowed: [ORDER] }];
+    return [
+      {
+        label: swap ? 'two records swapped' : 'a record moved',
+        detail: `order ${order.join(',')}${resealed}`,
+        bytes: buf,
+        allowed: [ORDER],
+      },
+    ];
   },
 };
 
@@ -189,7 +234,14 @@ const dropped: ParserClass = {
     const order = [...Array(n).keys()].filter((k) => k !== i);
     const buf = rearrange(s, order);
     const resealed = maybeReseal(rng, buf, s.format);
-    return [{ label: i === n - 1 ? 'last record dropped' : 'inner record dropped', detail: `record ${i} of ${n} dropped${resealed}`, bytes: buf, allowed: [ORDER, CORRUPT] }];
+    return [
+      {
+        label: i === n - 1 ? 'last record dropped' : 'inner record dropped',
+        detail: `record ${i} of ${n} dropped${resealed}`,
+        bytes: buf,
+        allowed: [ORDER, CORRUPT],
+      },
+    ];
   },
 };
 
@@ -201,7 +253,8 @@ function absurdLength(rng: Rng, s: Subject, start: number, carriesData: boolean)
   const small = BigInt(rng.below(65536));
   const values = [0n, U64_MAX, SAFE_MAX - offset + 1n + small];
   if (carriesData) values.push(room + 1n + small);
-  if (carriesData && s.format === 'redo') values.push(BigInt(RECORD_PAYLOAD_BYTES_MAX) + 1n + (rng.u64() % 2n ** 40n));
+  if (carriesData && s.format === 'redo')
+    values.push(BigInt(RECORD_PAYLOAD_BYTES_MAX) + 1n + (rng.u64() % 2n ** 40n));
   return rng.pick(values);
 }
 
@@ -230,21 +283,46 @@ const absurdLengths: ParserClass = {
       fixUnitCrc(buf, s.format, unit.start);
       const resealed = maybeReseal(rng, buf, s.format);
       const label = `${unitWord(s.format)} length`;
-      return [{ label, detail: `${unitWord(s.format)} ${unit.index} length := ${value}${resealed}`, bytes: buf, allowed: [CORRUPT, TRUNCATED] }];
+      return [
+        {
+          label,
+          detail: `${unitWord(s.format)} ${unit.index} length := ${value}${resealed}`,
+          bytes: buf,
+          allowed: [CORRUPT, TRUNCATED],
+        },
+      ];
     }
     const [field, what] = rng.pick(TRAILER_COUNTERS[s.format]);
     const at = s.trailerAt + field;
-    const value = rng.pick([U64_MAX, SAFE_MAX + 1n + BigInt(rng.below(65536)), buf.readBigUInt64LE(at) + 2n ** 32n + BigInt(rng.below(65536))]);
+    const value = rng.pick([
+      U64_MAX,
+      SAFE_MAX + 1n + BigInt(rng.below(65536)),
+      buf.readBigUInt64LE(at) + 2n ** 32n + BigInt(rng.below(65536)),
+    ]);
     buf.writeBigUInt64LE(value, at);
     fixTrailerCrc(buf);
-    return [{ label: `trailer ${what}`, detail: `trailer ${what} := ${value}`, bytes: buf, allowed: [CORRUPT] }];
+    return [
+      {
+        label: `trailer ${what}`,
+        detail: `trailer ${what} := ${value}`,
+        bytes: buf,
+        allowed: [CORRUPT],
+      },
+    ];
   },
 };
 
 /** Another seq: next or previous ones, far ones, 0 and all ones. */
 function otherSeq(rng: Rng, seq: bigint): bigint {
   const small = 1n + BigInt(rng.below(1000));
-  const candidates = [seq + small, seq - small, seq + 2n ** 32n, 0n, U64_MAX, SAFE_MAX + small].filter((v) => v >= 0n && v <= U64_MAX && v !== seq);
+  const candidates = [
+    seq + small,
+    seq - small,
+    seq + 2n ** 32n,
+    0n,
+    U64_MAX,
+    SAFE_MAX + small,
+  ].filter((v) => v >= 0n && v <= U64_MAX && v !== seq);
   return rng.pick(candidates);
 }
 
@@ -260,14 +338,28 @@ const seqGaps: ParserClass = {
       buf.writeBigUInt64LE(value, unit.start + 8);
       fixUnitCrc(buf, 'redo', unit.start);
       const resealed = maybeReseal(rng, buf, s.format);
-      return [{ label: 'record seq', detail: `record ${unit.index} seq := ${value}${resealed}`, bytes: buf, allowed: [ORDER, CORRUPT] }];
+      return [
+        {
+          label: 'record seq',
+          detail: `record ${unit.index} seq := ${value}${resealed}`,
+          bytes: buf,
+          allowed: [ORDER, CORRUPT],
+        },
+      ];
     }
     if (roll < 17) {
       const value = otherSeq(rng, buf.readBigUInt64LE(40));
       buf.writeBigUInt64LE(value, 40);
       fixHeaderCrc(buf);
       const resealed = maybeReseal(rng, buf, s.format);
-      return [{ label: 'header seqFirst', detail: `header seqFirst := ${value}${resealed}`, bytes: buf, allowed: [ORDER, CORRUPT] }];
+      return [
+        {
+          label: 'header seqFirst',
+          detail: `header seqFirst := ${value}${resealed}`,
+          bytes: buf,
+          allowed: [ORDER, CORRUPT],
+        },
+      ];
     }
     const [field, what] = rng.pick([
       [16, 'seqFirst'],
@@ -276,7 +368,14 @@ const seqGaps: ParserClass = {
     const value = otherSeq(rng, buf.readBigUInt64LE(s.trailerAt + field));
     buf.writeBigUInt64LE(value, s.trailerAt + field);
     fixTrailerCrc(buf);
-    return [{ label: `trailer ${what}`, detail: `trailer ${what} := ${value}`, bytes: buf, allowed: [CORRUPT] }];
+    return [
+      {
+        label: `trailer ${what}`,
+        detail: `trailer ${what} := ${value}`,
+        bytes: buf,
+        allowed: [CORRUPT],
+      },
+    ];
   },
 };
 
@@ -290,7 +389,14 @@ const wrongVolume: ParserClass = {
     buf.writeUInt16LE(volume, unit.start + UNIT_LAYOUT.redo.volumeAt);
     fixUnitCrc(buf, 'redo', unit.start);
     const resealed = maybeReseal(rng, buf, s.format);
-    return [{ label: 'record volume index out of range', detail: `record ${unit.index} volume := ${volume} of ${s.volumeCount}${resealed}`, bytes: buf, allowed: [CORRUPT] }];
+    return [
+      {
+        label: 'record volume index out of range',
+        detail: `record ${unit.index} volume := ${volume} of ${s.volumeCount}${resealed}`,
+        bytes: buf,
+        allowed: [CORRUPT],
+      },
+    ];
   },
 };
 
@@ -308,7 +414,12 @@ const FIXED_FIELDS: Record<SegmentFormat, readonly FixedField[]> = {
     { label: 'redo header version', at: () => 8, bytes: 2, covered: 'header' },
     { label: 'redo header header-bytes', at: () => 10, bytes: 2, covered: 'header' },
     { label: 'redo header reserved', at: () => 56, bytes: 4, covered: 'header' },
-    { label: 'redo record reserved byte', at: (_s, u) => u + UNIT_LAYOUT.redo.reservedAt, bytes: 1, covered: 'unit' },
+    {
+      label: 'redo record reserved byte',
+      at: (_s, u) => u + UNIT_LAYOUT.redo.reservedAt,
+      bytes: 1,
+      covered: 'unit',
+    },
     { label: 'redo trailer version', at: (s) => s.trailerAt + 4, bytes: 4, covered: 'trailer' },
   ],
   undo: [
@@ -316,7 +427,12 @@ const FIXED_FIELDS: Record<SegmentFormat, readonly FixedField[]> = {
     { label: 'undo header header-bytes', at: () => 10, bytes: 2, covered: 'header' },
     { label: 'undo header flags', at: () => 12, bytes: 4, covered: 'header' },
     { label: 'undo header reserved', at: () => 56, bytes: 4, covered: 'header' },
-    { label: 'undo extent reserved byte', at: (_s, u) => u + UNIT_LAYOUT.undo.reservedAt, bytes: 1, covered: 'unit' },
+    {
+      label: 'undo extent reserved byte',
+      at: (_s, u) => u + UNIT_LAYOUT.undo.reservedAt,
+      bytes: 1,
+      covered: 'unit',
+    },
     { label: 'undo trailer version', at: (s) => s.trailerAt + 4, bytes: 4, covered: 'trailer' },
     { label: 'undo trailer reserved', at: (s) => s.trailerAt + 32, bytes: 4, covered: 'trailer' },
   ],
@@ -338,7 +454,14 @@ const reservedFields: ParserClass = {
     if (field.covered === 'unit') fixUnitCrc(buf, s.format, unit.start);
     if (field.covered === 'trailer') fixTrailerCrc(buf);
     else resealBody(buf, s.format);
-    return [{ label: field.label, detail: `${field.label} at byte ${at} := ${value} (was ${old}), checksums recomputed`, bytes: buf, allowed: NAMED_CODES }];
+    return [
+      {
+        label: field.label,
+        detail: `${field.label} at byte ${at} := ${value} (was ${old}), checksums recomputed`,
+        bytes: buf,
+        allowed: NAMED_CODES,
+      },
+    ];
   },
 };
 
@@ -357,5 +480,14 @@ export const PARSER_CLASSES: readonly ParserClass[] = [
 ];
 
 /** Raw damage a stored or shipped redo segment may suffer (for the manager-level sweep). */
-export const REDO_DAMAGE: readonly ParserClass[] = [truncation, bitFlips, zeroedSectors, misdirected, reordered, duplicated, dropped, seqGaps];
+export const REDO_DAMAGE: readonly ParserClass[] = [
+  truncation,
+  bitFlips,
+  zeroedSectors,
+  misdirected,
+  reordered,
+  duplicated,
+  dropped,
+  seqGaps,
+];
 export const REDO_ABSURD_LENGTHS = absurdLengths;

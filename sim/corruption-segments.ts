@@ -17,7 +17,12 @@ import {
   type UndoHeader,
 } from '../src/log/index.js';
 
-export const NAMED_CODES = ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER', 'REWIND_SEQ_GAP'] as const;
+export const NAMED_CODES = [
+  'REWIND_SEGMENT_CORRUPT',
+  'REWIND_SEGMENT_TRUNCATED',
+  'REWIND_SEGMENT_ORDER',
+  'REWIND_SEQ_GAP',
+] as const;
 export type NamedCode = (typeof NAMED_CODES)[number];
 export const SECTOR_BYTES = 4096;
 
@@ -30,7 +35,8 @@ export class Rng {
 
   constructor(seed: number, stream: string) {
     let h = seed >>> 0;
-    for (let i = 0; i < stream.length; i++) h = Math.imul(h ^ stream.charCodeAt(i), 0x01000193) >>> 0;
+    for (let i = 0; i < stream.length; i++)
+      h = Math.imul(h ^ stream.charCodeAt(i), 0x01000193) >>> 0;
     const next = (): number => {
       h = (h + 0x9e3779b9) >>> 0;
       let z = h;
@@ -57,7 +63,7 @@ export class Rng {
 
   /** Uniform in [0, n) for n <= 2^53. */
   below(n: number): number {
-    return Math.floor((this.u32() * 2 ** 21 + (this.u32() >>> 11)) / 2 ** 53 * n);
+    return Math.floor(((this.u32() * 2 ** 21 + (this.u32() >>> 11)) / 2 ** 53) * n);
   }
 
   /** Uniform in [lo, hi], both included. */
@@ -95,7 +101,10 @@ export interface VolumeSet {
 
 export function randomVolumeSet(rng: Rng, sizeMin: number, sizeMax: number): VolumeSet {
   const count = rng.int(2, 4);
-  const sizes = Array.from({ length: count }, () => rng.int(sizeMin / SECTOR_BYTES, sizeMax / SECTOR_BYTES) * SECTOR_BYTES);
+  const sizes = Array.from(
+    { length: count },
+    () => rng.int(sizeMin / SECTOR_BYTES, sizeMax / SECTOR_BYTES) * SECTOR_BYTES,
+  );
   return { id: rng.bytes(16), sizes };
 }
 
@@ -119,21 +128,54 @@ export const DEFAULT_SHAPE: RecordShape = { minBytes: 2 * SECTOR_BYTES + 1, last
 const PAYLOAD_MAX = 6000;
 
 /** A random write, zero or trim that lies inside its volume. */
-function randomRecord(rng: Rng, set: VolumeSet, seq: number, timeNs: bigint, payloadMax: number): Rec {
+function randomRecord(
+  rng: Rng,
+  set: VolumeSet,
+  seq: number,
+  timeNs: bigint,
+  payloadMax: number,
+): Rec {
   const volume = rng.below(set.sizes.length);
   const size = set.sizes[volume] as number;
   const roll = rng.below(10);
   if (roll < 6) {
-    const lengthBytes = Math.min(size, rng.chance(0.5) && payloadMax >= 512 ? rng.int(1, Math.floor(payloadMax / 512)) * 512 : rng.int(1, payloadMax));
-    const offsetBytes = rng.chance(0.5) ? rng.below(Math.floor((size - lengthBytes) / 512) + 1) * 512 : rng.below(size - lengthBytes + 1);
-    return { kind: 'write', volume, seq, timeNs, offsetBytes, lengthBytes, data: rng.bytes(lengthBytes) };
+    const lengthBytes = Math.min(
+      size,
+      rng.chance(0.5) && payloadMax >= 512
+        ? rng.int(1, Math.floor(payloadMax / 512)) * 512
+        : rng.int(1, payloadMax),
+    );
+    const offsetBytes = rng.chance(0.5)
+      ? rng.below(Math.floor((size - lengthBytes) / 512) + 1) * 512
+      : rng.below(size - lengthBytes + 1);
+    return {
+      kind: 'write',
+      volume,
+      seq,
+      timeNs,
+      offsetBytes,
+      lengthBytes,
+      data: rng.bytes(lengthBytes),
+    };
   }
   const offsetBytes = rng.below(size);
-  return { kind: roll < 8 ? 'zero' : 'trim', volume, seq, timeNs, offsetBytes, lengthBytes: rng.int(1, size - offsetBytes) };
+  return {
+    kind: roll < 8 ? 'zero' : 'trim',
+    volume,
+    seq,
+    timeNs,
+    offsetBytes,
+    lengthBytes: rng.int(1, size - offsetBytes),
+  };
 }
 
 /** Valid records from `seqFirst`, in seq order with rising capture times, all inside their volumes. */
-export function randomRecords(rng: Rng, set: VolumeSet, seqFirst: number, shape: RecordShape): Rec[] {
+export function randomRecords(
+  rng: Rng,
+  set: VolumeSet,
+  seqFirst: number,
+  shape: RecordShape,
+): Rec[] {
   const count = shape.count ?? rng.int(2, 10);
   const records: Rec[] = [];
   let timeNs = 1_700_000_000_000_000_000n + (rng.u64() % 10n ** 17n);
@@ -144,7 +186,11 @@ export function randomRecords(rng: Rng, set: VolumeSet, seqFirst: number, shape:
     records.push(record);
     bytes += RECORD_HEADER_BYTES + (record.data?.length ?? 0);
   };
-  while (records.length < count - 1 || (shape.count === undefined && bytes + RECORD_HEADER_BYTES < shape.minBytes)) add(PAYLOAD_MAX);
+  while (
+    records.length < count - 1 ||
+    (shape.count === undefined && bytes + RECORD_HEADER_BYTES < shape.minBytes)
+  )
+    add(PAYLOAD_MAX);
   add(shape.lastPayloadMax);
   return records;
 }
@@ -178,8 +224,22 @@ export interface UnitLayout {
 }
 
 export const UNIT_LAYOUT: Record<SegmentFormat, UnitLayout> = {
-  redo: { headerBytes: RECORD_HEADER_BYTES, crcAt: 44, volumeAt: 6, reservedAt: 5, offsetAt: 24, lengthAt: 32 },
-  undo: { headerBytes: EXTENT_HEADER_BYTES, crcAt: 28, volumeAt: 6, reservedAt: 5, offsetAt: 8, lengthAt: 16 },
+  redo: {
+    headerBytes: RECORD_HEADER_BYTES,
+    crcAt: 44,
+    volumeAt: 6,
+    reservedAt: 5,
+    offsetAt: 24,
+    lengthAt: 32,
+  },
+  undo: {
+    headerBytes: EXTENT_HEADER_BYTES,
+    crcAt: 28,
+    volumeAt: 6,
+    reservedAt: 5,
+    offsetAt: 8,
+    lengthAt: 16,
+  },
 };
 
 export const FILE_NAME = 'mutated';
@@ -194,20 +254,45 @@ export function redoSubject(bytes: Buffer, volumeCount: number): Subject {
   return { format: 'redo', bytes, volumeCount, units, trailerAt: bytes.length - TRAILER_BYTES };
 }
 
-export function buildRedo(set: VolumeSet, header: Omit<RedoHeader, 'volumeSetId'>, records: readonly Rec[]): Buffer {
+export function buildRedo(
+  set: VolumeSet,
+  header: Omit<RedoHeader, 'volumeSetId'>,
+  records: readonly Rec[],
+): Buffer {
   return Buffer.concat(buildSealedRedo({ ...header, volumeSetId: set.id }, records));
 }
 
-export function randomRedoSubject(rng: Rng, set: VolumeSet, shape: RecordShape = DEFAULT_SHAPE): Subject {
+export function randomRedoSubject(
+  rng: Rng,
+  set: VolumeSet,
+  shape: RecordShape = DEFAULT_SHAPE,
+): Subject {
   const seqFirst = rng.int(1, 2 ** 40);
-  const header = { segmentIndex: rng.int(1, 2 ** 32), seqFirst, createdNs: rng.u64(), flags: rng.pick([0, 1, 3]) };
-  return redoSubject(buildRedo(set, header, randomRecords(rng, set, seqFirst, shape)), set.sizes.length);
+  const header = {
+    segmentIndex: rng.int(1, 2 ** 32),
+    seqFirst,
+    createdNs: rng.u64(),
+    flags: rng.pick([0, 1, 3]),
+  };
+  return redoSubject(
+    buildRedo(set, header, randomRecords(rng, set, seqFirst, shape)),
+    set.sizes.length,
+  );
 }
 
 /** Ascending, disjoint extents over every volume: data extents (random bytes) and zero runs. */
-export function randomUndoSubject(rng: Rng, set: VolumeSet, shape: RecordShape = DEFAULT_SHAPE): Subject {
+export function randomUndoSubject(
+  rng: Rng,
+  set: VolumeSet,
+  shape: RecordShape = DEFAULT_SHAPE,
+): Subject {
   const seqFirst = rng.int(1, 2 ** 40);
-  const header: UndoHeader = { volumeSetId: set.id, segmentIndex: rng.int(1, 2 ** 32), seqFirst, seqLast: seqFirst + rng.int(0, 1000) };
+  const header: UndoHeader = {
+    volumeSetId: set.id,
+    segmentIndex: rng.int(1, 2 ** 32),
+    seqFirst,
+    seqLast: seqFirst + rng.int(0, 1000),
+  };
   const builder = new UndoBuilder(header);
   let bytes = 2 * TRAILER_BYTES;
   set.sizes.forEach((size, volume) => {
@@ -216,8 +301,17 @@ export function randomUndoSubject(rng: Rng, set: VolumeSet, shape: RecordShape =
     for (let k = rng.int(1, 4); (k > 0 || (last && bytes < shape.minBytes)) && at < size; k--) {
       const offsetBytes = at + rng.below(Math.min(65536, size - at));
       const room = size - offsetBytes;
-      const data = rng.chance(0.6) ? rng.bytes(Math.min(room, rng.int(1, shape.lastPayloadMax))) : undefined;
-      const extent: UndoExtentMeta = data ? { kind: 'data', volume, offsetBytes, lengthBytes: data.length } : { kind: 'zero', volume, offsetBytes, lengthBytes: rng.int(1, rng.chance(0.2) ? room : Math.min(room, 65536)) };
+      const data = rng.chance(0.6)
+        ? rng.bytes(Math.min(room, rng.int(1, shape.lastPayloadMax)))
+        : undefined;
+      const extent: UndoExtentMeta = data
+        ? { kind: 'data', volume, offsetBytes, lengthBytes: data.length }
+        : {
+            kind: 'zero',
+            volume,
+            offsetBytes,
+            lengthBytes: rng.int(1, rng.chance(0.2) ? room : Math.min(room, 65536)),
+          };
       builder.add(extent, data);
       bytes += EXTENT_HEADER_BYTES + (data?.length ?? 0);
       at = offsetBytes + extent.lengthBytes;
@@ -262,7 +356,7 @@ export function resealBody(buf: Buffer, format: SegmentFormat): void {
   const at = buf.length - TRAILER_BYTES;
   const { headerBytes, crcAt, lengthAt } = UNIT_LAYOUT[format];
   let chain = crc32c(buf.subarray(0, 60));
-  for (let unit = 64; unit + headerBytes <= at; ) {
+  for (let unit = 64; unit + headerBytes <= at;) {
     chain = crc32c(buf.subarray(unit, unit + crcAt), chain);
     const carriesData = buf[unit + 4] === 1; // redo: write; undo: data
     const length = buf.readBigUInt64LE(unit + lengthAt);
@@ -276,23 +370,48 @@ export function resealBody(buf: Buffer, format: SegmentFormat): void {
 
 // ---- Judging a parser's answer.
 
-export type Outcome = { kind: 'refused'; code: NamedCode } | { kind: 'identical' } | { kind: 'violation'; detail: string };
+export type Outcome =
+  | { kind: 'refused'; code: NamedCode }
+  | { kind: 'identical' }
+  | { kind: 'violation'; detail: string };
 
 /** The canonical encoding of what a parser read: equal to the original bytes iff the content is. */
 export function reencode(format: SegmentFormat, bytes: Buffer, volumeCount: number): Buffer {
   if (format === 'redo') {
     const parsed = parseSealedRedo(bytes, FILE_NAME, volumeCount);
     const records = parsed.records.map((r): Rec => {
-      const meta: RecordMeta = { kind: r.kind, volume: r.volume, seq: r.seq, timeNs: r.timeNs, offsetBytes: r.offsetBytes, lengthBytes: r.lengthBytes };
-      return r.kind === 'write' ? { ...meta, data: bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes) } : meta;
+      const meta: RecordMeta = {
+        kind: r.kind,
+        volume: r.volume,
+        seq: r.seq,
+        timeNs: r.timeNs,
+        offsetBytes: r.offsetBytes,
+        lengthBytes: r.lengthBytes,
+      };
+      return r.kind === 'write'
+        ? {
+            ...meta,
+            data: bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes),
+          }
+        : meta;
     });
     return Buffer.concat(buildSealedRedo(parsed.header, records));
   }
   const parsed = parseUndo(bytes, FILE_NAME, volumeCount);
   const builder = new UndoBuilder(parsed.header);
   for (const e of parsed.extents) {
-    const meta: UndoExtentMeta = { kind: e.kind, volume: e.volume, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes };
-    builder.add(meta, e.kind === 'data' ? bytes.subarray(e.payloadOffsetBytes, e.payloadOffsetBytes + e.lengthBytes) : undefined);
+    const meta: UndoExtentMeta = {
+      kind: e.kind,
+      volume: e.volume,
+      offsetBytes: e.offsetBytes,
+      lengthBytes: e.lengthBytes,
+    };
+    builder.add(
+      meta,
+      e.kind === 'data'
+        ? bytes.subarray(e.payloadOffsetBytes, e.payloadOffsetBytes + e.lengthBytes)
+        : undefined,
+    );
   }
   return Buffer.concat(builder.finish());
 }
@@ -305,15 +424,30 @@ export function isNamedCode(code: string): code is NamedCode {
  * Parses `mutated` as the original's format: a SegmentError with an allowed code, naming the file
  * and an offset inside it, is a refusal; an acceptance must re-encode to the original bytes.
  */
-export function judgeParse(subject: Subject, mutated: Buffer, allowed: readonly NamedCode[]): Outcome {
+export function judgeParse(
+  subject: Subject,
+  mutated: Buffer,
+  allowed: readonly NamedCode[],
+): Outcome {
   let canonical: Buffer;
   try {
     canonical = reencode(subject.format, mutated, subject.volumeCount);
   } catch (error) {
-    if (!(error instanceof SegmentError)) return { kind: 'violation', detail: `crashed: ${describeError(error)}` };
-    if (!allowed.includes(error.code as NamedCode)) return { kind: 'violation', detail: `refused with ${error.code}, expected ${allowed.join(' or ')}: ${error.message}` };
-    if (error.file !== FILE_NAME || !(error.offsetBytes >= 0 && error.offsetBytes <= mutated.length)) {
-      return { kind: 'violation', detail: `refusal names ${error.file} at byte ${error.offsetBytes}, outside the ${mutated.length}-byte file` };
+    if (!(error instanceof SegmentError))
+      return { kind: 'violation', detail: `crashed: ${describeError(error)}` };
+    if (!allowed.includes(error.code as NamedCode))
+      return {
+        kind: 'violation',
+        detail: `refused with ${error.code}, expected ${allowed.join(' or ')}: ${error.message}`,
+      };
+    if (
+      error.file !== FILE_NAME ||
+      !(error.offsetBytes >= 0 && error.offsetBytes <= mutated.length)
+    ) {
+      return {
+        kind: 'violation',
+        detail: `refusal names ${error.file} at byte ${error.offsetBytes}, outside the ${mutated.length}-byte file`,
+      };
     }
     return { kind: 'refused', code: error.code as NamedCode };
   }

@@ -83,7 +83,10 @@ function sweepClasses(): SweepClass[] {
   for (const format of ['redo', 'undo'] as const) {
     for (const cls of PARSER_CLASSES.filter((c) => c.formats.includes(format))) {
       const name = `${format}/${cls.name}`;
-      classes.push({ name, run: async (seed, perClass) => runParserClass(name, seed, perClass, cls, format) });
+      classes.push({
+        name,
+        run: async (seed, perClass) => runParserClass(name, seed, perClass, cls, format),
+      });
     }
   }
   for (const cls of MANAGER_CLASSES) {
@@ -98,7 +101,15 @@ export function classNames(): string[] {
 }
 
 function emptyResult(name: string): ClassResult {
-  return { name, mutations: 0, refused: {}, identical: 0, identicalLabels: {}, violations: 0, examples: [] };
+  return {
+    name,
+    mutations: 0,
+    refused: {},
+    identical: 0,
+    identicalLabels: {},
+    violations: 0,
+    examples: [],
+  };
 }
 
 function tally(result: ClassResult, label: string, detail: string, outcome: Outcome): void {
@@ -110,25 +121,40 @@ function tally(result: ClassResult, label: string, detail: string, outcome: Outc
     result.identicalLabels[label] = (result.identicalLabels[label] ?? 0) + 1;
   } else {
     result.violations += 1;
-    if (result.examples.length < EXAMPLES_MAX) result.examples.push({ mutation: result.mutations, label, detail, outcome: outcome.detail });
+    if (result.examples.length < EXAMPLES_MAX)
+      result.examples.push({ mutation: result.mutations, label, detail, outcome: outcome.detail });
   }
 }
 
-function runParserClass(name: string, seed: number, perClass: number, cls: ParserClass, format: SegmentFormat): ClassResult {
+function runParserClass(
+  name: string,
+  seed: number,
+  perClass: number,
+  cls: ParserClass,
+  format: SegmentFormat,
+): ClassResult {
   const rng = new Rng(seed, name);
   const set = randomVolumeSet(rng, PARSER_VOLUME_BYTES_MIN, PARSER_VOLUME_BYTES_MAX);
-  const make = (shape = DEFAULT_SHAPE): Subject => (format === 'redo' ? randomRedoSubject(rng, set, shape) : randomUndoSubject(rng, set, shape));
+  const make = (shape = DEFAULT_SHAPE): Subject =>
+    format === 'redo' ? randomRedoSubject(rng, set, shape) : randomUndoSubject(rng, set, shape);
   const result = emptyResult(name);
   // Every segment contributes all its mutations (truncation: every byte of its last record).
   for (let segments = 0; result.mutations < perClass; segments++) {
-    if (segments > 10 * perClass + 100) throw new Error(`${name}: no mutation applies to the segments generated`);
+    if (segments > 10 * perClass + 100)
+      throw new Error(`${name}: no mutation applies to the segments generated`);
     const subject = make(cls.shape);
-    for (const m of cls.mutate(rng, subject, () => make())) tally(result, m.label, m.detail, judgeParse(subject, m.bytes, m.allowed));
+    for (const m of cls.mutate(rng, subject, () => make()))
+      tally(result, m.label, m.detail, judgeParse(subject, m.bytes, m.allowed));
   }
   return result;
 }
 
-async function runManagerClass(name: string, seed: number, perClass: number, cls: ManagerClass): Promise<ClassResult> {
+async function runManagerClass(
+  name: string,
+  seed: number,
+  perClass: number,
+  cls: ManagerClass,
+): Promise<ClassResult> {
   const rng = new Rng(seed, name);
   const bench = await ManagerBench.open(rng);
   const result = emptyResult(name);
@@ -150,7 +176,10 @@ async function runManagerClass(name: string, seed: number, perClass: number, cls
 export async function runSweep(options: SweepOptions): Promise<SweepResult> {
   const all = sweepClasses();
   const unknown = (options.only ?? []).filter((name) => !all.some((c) => c.name === name));
-  if (unknown.length > 0) throw new Error(`unknown class ${unknown.join(', ')}; classes: ${all.map((c) => c.name).join(', ')}`);
+  if (unknown.length > 0)
+    throw new Error(
+      `unknown class ${unknown.join(', ')}; classes: ${all.map((c) => c.name).join(', ')}`,
+    );
   const chosen = options.only ? all.filter((c) => options.only?.includes(c.name)) : all;
   const classes: ClassResult[] = [];
   for (const cls of chosen) {
@@ -158,19 +187,42 @@ export async function runSweep(options: SweepOptions): Promise<SweepResult> {
     classes.push(result);
     options.onClass?.(result);
   }
-  return { seed: options.seed, perClass: options.perClass, classes, violations: classes.reduce((sum, c) => sum + c.violations, 0) };
+  return {
+    seed: options.seed,
+    perClass: options.perClass,
+    classes,
+    violations: classes.reduce((sum, c) => sum + c.violations, 0),
+  };
 }
 
-const SHORT_CODE = (code: string): string => code.replace('REWIND_SEGMENT_', '').replace('REWIND_', '');
+const SHORT_CODE = (code: string): string =>
+  code.replace('REWIND_SEGMENT_', '').replace('REWIND_', '');
 
 export function formatTable(result: SweepResult): string {
-  const header = ['class', 'mutations', 'refused', ...NAMED_CODES.map(SHORT_CODE), 'accepted-identical', 'violations'];
+  const header = [
+    'class',
+    'mutations',
+    'refused',
+    ...NAMED_CODES.map(SHORT_CODE),
+    'accepted-identical',
+    'violations',
+  ];
   const rows = result.classes.map((c) => {
     const refused = Object.values(c.refused).reduce((sum, n) => sum + n, 0);
-    return [c.name, c.mutations, refused, ...NAMED_CODES.map((code) => c.refused[code] ?? 0), c.identical, c.violations].map(String);
+    return [
+      c.name,
+      c.mutations,
+      refused,
+      ...NAMED_CODES.map((code) => c.refused[code] ?? 0),
+      c.identical,
+      c.violations,
+    ].map(String);
   });
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
-  const line = (cells: string[]): string => `| ${cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] as number) : cell.padStart(widths[i] as number))).join(' | ')} |`;
+  const widths = header.map((h, i) =>
+    Math.max(h.length, ...rows.map((r) => (r[i] as string).length)),
+  );
+  const line = (cells: string[]): string =>
+    `| ${cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] as number) : cell.padStart(widths[i] as number))).join(' | ')} |`;
   const rule = `|${widths.map((w, i) => (i === 0 ? `:${'-'.repeat(w + 1)}` : `${'-'.repeat(w + 1)}:`)).join('|')}|`;
   return [line(header), rule, ...rows.map(line)].join('\n');
 }
@@ -179,17 +231,26 @@ export function formatTable(result: SweepResult): string {
 export function formatFindings(result: SweepResult): string {
   const out: string[] = [];
   for (const c of result.classes) {
-    for (const [label, n] of Object.entries(c.identicalLabels)) out.push(`accepted-identical: ${c.name}: ${label} (${n})`);
+    for (const [label, n] of Object.entries(c.identicalLabels))
+      out.push(`accepted-identical: ${c.name}: ${label} (${n})`);
   }
   for (const c of result.classes) {
     if (c.stopped) out.push(`${c.name}: ${c.stopped}`);
     for (const v of c.examples.slice(0, EXAMPLES_PRINTED)) {
-      out.push(`VIOLATION seed ${result.seed} class ${c.name} mutation #${v.mutation} [${v.label}] ${v.detail}\n  -> ${v.outcome}`);
+      out.push(
+        `VIOLATION seed ${result.seed} class ${c.name} mutation #${v.mutation} [${v.label}] ${v.detail}\n  -> ${v.outcome}`,
+      );
     }
     const printed = Math.min(c.examples.length, EXAMPLES_PRINTED);
-    if (c.violations > printed) out.push(`  ... and ${c.violations - printed} more in ${c.name} (--json lists ${EXAMPLES_MAX})`);
+    if (c.violations > printed)
+      out.push(
+        `  ... and ${c.violations - printed} more in ${c.name} (--json lists ${EXAMPLES_MAX})`,
+      );
     const first = c.examples[0];
-    if (first) out.push(`  reproduce: node dist/sim/corruption-sweep.js --seed ${result.seed} --class ${c.name} --per-class ${first.mutation}`);
+    if (first)
+      out.push(
+        `  reproduce: node dist/sim/corruption-sweep.js --seed ${result.seed} --class ${c.name} --per-class ${first.mutation}`,
+      );
   }
   return out.join('\n');
 }
@@ -209,10 +270,13 @@ function parseArgs(argv: readonly string[]): CliOptions {
   const integer = (name: string, fallback: number): number => {
     const text = value(name);
     const n = text === undefined ? fallback : Number(text);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} needs a non-negative integer, not ${text}`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new Error(`${name} needs a non-negative integer, not ${text}`);
     return n;
   };
-  const only = argv.flatMap((arg, i) => (arg === '--class' ? (argv[i + 1] ?? '').split(',') : [])).filter((name) => name !== '');
+  const only = argv
+    .flatMap((arg, i) => (arg === '--class' ? (argv[i + 1] ?? '').split(',') : []))
+    .filter((name) => name !== '');
   return {
     seed: integer('--seed', Math.floor(Math.random() * 2 ** 31)),
     perClass: Math.max(1, integer('--per-class', 1000)),
@@ -223,14 +287,18 @@ function parseArgs(argv: readonly string[]): CliOptions {
 
 async function main(): Promise<number> {
   const options = parseArgs(process.argv.slice(2));
-  if (!options.json) console.log(`corruption sweep: seed ${options.seed}, ${options.perClass} mutations per class`);
+  if (!options.json)
+    console.log(`corruption sweep: seed ${options.seed}, ${options.perClass} mutations per class`);
   const started = Date.now();
   const result = await runSweep({
     seed: options.seed,
     perClass: options.perClass,
     ...(options.only ? { only: options.only } : {}),
     onClass: (c) => {
-      if (!options.json) console.error(`  ${c.name}: ${c.mutations} mutations, ${c.violations} violations (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+      if (!options.json)
+        console.error(
+          `  ${c.name}: ${c.mutations} mutations, ${c.violations} violations (${((Date.now() - started) / 1000).toFixed(1)} s)`,
+        );
     },
   });
   if (options.json) {
@@ -239,7 +307,9 @@ async function main(): Promise<number> {
     console.log(formatTable(result));
     const findings = formatFindings(result);
     if (findings) console.log(findings);
-    console.log(`${result.violations === 0 ? 'OK' : 'FAILED'}: ${result.violations} violations (seed ${result.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    console.log(
+      `${result.violations === 0 ? 'OK' : 'FAILED'}: ${result.violations} violations (seed ${result.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s)`,
+    );
   }
   return result.violations === 0 ? 0 : 1;
 }

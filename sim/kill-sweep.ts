@@ -69,23 +69,35 @@ function parseArgs(argv: string[]): Options {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
   };
-  return { iterations: Number(get('--iterations') ?? 20), seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)), json: argv.includes('--json'), managerShare: Number(get('--manager-share') ?? 0.5) };
+  return {
+    iterations: Number(get('--iterations') ?? 20),
+    seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)),
+    json: argv.includes('--json'),
+    managerShare: Number(get('--manager-share') ?? 0.5),
+  };
 }
 
 class Proc {
   out = '';
   readonly child: ChildProcess;
   constructor(args: string[], env: NodeJS.ProcessEnv) {
-    this.child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     this.child.stdout?.on('data', (c: Buffer) => (this.out += c.toString()));
-    this.child.stderr?.on('data', (c: Buffer) => (this.out = (this.out + c.toString()).slice(-20_000)));
+    this.child.stderr?.on(
+      'data',
+      (c: Buffer) => (this.out = (this.out + c.toString()).slice(-20_000)),
+    );
   }
   get alive(): boolean {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
   async ready(marker: string): Promise<void> {
     for (let waited = 0; !this.out.includes(marker); waited += 25) {
-      if (!this.alive || waited > 30_000) throw new Error(`process did not start: ${this.out.slice(-2000)}`);
+      if (!this.alive || waited > 30_000)
+        throw new Error(`process did not start: ${this.out.slice(-2000)}`);
       await sleep(25);
     }
   }
@@ -97,7 +109,10 @@ class Proc {
   }
   async exited(timeoutMs: number): Promise<boolean> {
     if (!this.alive) return true;
-    return Promise.race([new Promise<boolean>((r) => this.child.once('exit', () => r(true))), sleep(timeoutMs).then(() => false)]);
+    return Promise.race([
+      new Promise<boolean>((r) => this.child.once('exit', () => r(true))),
+      sleep(timeoutMs).then(() => false),
+    ]);
   }
 }
 
@@ -117,12 +132,46 @@ class Cluster {
   ) {}
 
   startManager(crashAt?: string): Proc {
-    this.manager = new Proc(['manager', '--data', path.join(this.dir, 'm'), '--listen', `127.0.0.1:${this.ports.link}`, '--nbd', `127.0.0.1:${this.ports.managerNbd}`, '--http', `127.0.0.1:${this.ports.http}`, '--token', 'sweep'], crashAt ? { REWIND_CRASH_AT: crashAt } : {});
+    this.manager = new Proc(
+      [
+        'manager',
+        '--data',
+        path.join(this.dir, 'm'),
+        '--listen',
+        `127.0.0.1:${this.ports.link}`,
+        '--nbd',
+        `127.0.0.1:${this.ports.managerNbd}`,
+        '--http',
+        `127.0.0.1:${this.ports.http}`,
+        '--token',
+        'sweep',
+      ],
+      crashAt ? { REWIND_CRASH_AT: crashAt } : {},
+    );
     return this.manager;
   }
 
   startAgent(crashAt?: string): Proc {
-    this.agent = new Proc(['agent', '--manager', `127.0.0.1:${this.ports.link}`, '--data', path.join(this.dir, 'a'), '--nbd', `127.0.0.1:${this.ports.agentNbd}`, '--token', 'sweep', '--volume', `v:${VOLUME_BYTES}`, '--seal-ms', '100', '--seal-bytes', '256K'], crashAt ? { REWIND_CRASH_AT: crashAt } : {});
+    this.agent = new Proc(
+      [
+        'agent',
+        '--manager',
+        `127.0.0.1:${this.ports.link}`,
+        '--data',
+        path.join(this.dir, 'a'),
+        '--nbd',
+        `127.0.0.1:${this.ports.agentNbd}`,
+        '--token',
+        'sweep',
+        '--volume',
+        `v:${VOLUME_BYTES}`,
+        '--seal-ms',
+        '100',
+        '--seal-bytes',
+        '256K',
+      ],
+      crashAt ? { REWIND_CRASH_AT: crashAt } : {},
+    );
     return this.agent;
   }
 
@@ -130,7 +179,10 @@ class Cluster {
     const token = fs.readFileSync(path.join(this.dir, 'm', 'api-token'), 'utf8').trim();
     return fetch(`http://127.0.0.1:${this.ports.http}${route}`, {
       method,
-      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body ? { 'content-type': 'application/json' } : {}),
+      },
       ...(body ? { body: JSON.stringify(body) } : {}),
     }).then(async (r) => {
       const text = await r.text();
@@ -162,7 +214,19 @@ interface Iteration {
  * job has both directions, and that check is what tells a block of this pass from a stale one.
  */
 function fioJob(uri: string, seed: number): string[] {
-  return ['--name=k', '--ioengine=nbd', `--uri=${uri}`, '--rw=randrw', '--rwmixread=0', '--bssplit=4k/60:16k/25:64k/15', `--offset=${FIO_OFFSET}`, `--size=${VOLUME_BYTES - FIO_OFFSET}`, `--randseed=${seed}`, '--verify=crc32c', '--output-format=json'];
+  return [
+    '--name=k',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    '--rw=randrw',
+    '--rwmixread=0',
+    '--bssplit=4k/60:16k/25:64k/15',
+    `--offset=${FIO_OFFSET}`,
+    `--size=${VOLUME_BYTES - FIO_OFFSET}`,
+    `--randseed=${seed}`,
+    '--verify=crc32c',
+    '--output-format=json',
+  ];
 }
 
 const FIO_HEAD_START_MS = 300;
@@ -174,7 +238,16 @@ const FIO_HEAD_START_MS = 300;
  */
 export function startFio(dir: string, uri: string, seed: number): ChildProcess {
   for (const f of fs.readdirSync(dir)) if (f.startsWith('fio')) fs.rmSync(path.join(dir, f));
-  const job = [...fioJob(uri, seed), '--iodepth=16', '--fsync=16', '--do_verify=0', '--verify_state_save=0', `--write_lat_log=${path.join(dir, 'fio')}`, '--log_offset=1', `--output=${path.join(dir, 'fio-write.json')}`];
+  const job = [
+    ...fioJob(uri, seed),
+    '--iodepth=16',
+    '--fsync=16',
+    '--do_verify=0',
+    '--verify_state_save=0',
+    `--write_lat_log=${path.join(dir, 'fio')}`,
+    '--log_offset=1',
+    `--output=${path.join(dir, 'fio-write.json')}`,
+  ];
   return spawn('fio', job, { cwd: dir, stdio: 'ignore' });
 }
 
@@ -188,21 +261,57 @@ export function checkFioWrites(dir: string, uri: string, seed: number): number {
   const written = readFioReport(path.join(dir, 'fio-write.json'));
   const clat = path.join(dir, 'fio_clat.1.log');
   if (!fs.existsSync(clat)) {
-    assert.equal(written.write.total_ios, 0, `fio completed ${written.write.total_ios} writes but left no completion log`);
+    assert.equal(
+      written.write.total_ios,
+      0,
+      `fio completed ${written.write.total_ios} writes but left no completion log`,
+    );
     return 0; // killed before it connected
   }
-  const lines = fs.readFileSync(clat, 'utf8').split('\n').map((line) => line.split(',').map((f) => f.trim())).filter((fields) => fields[2] === '1');
+  const lines = fs
+    .readFileSync(clat, 'utf8')
+    .split('\n')
+    .map((line) => line.split(',').map((f) => f.trim()))
+    .filter((fields) => fields[2] === '1');
   const answered = new Set(lines.map((fields) => Number(fields[4])));
   assert.equal(answered.size, lines.length, 'each block is written once in a pass');
-  assert.ok(answered.size <= written.write.total_ios, `the completion log lists ${answered.size} writes, fio issued ${written.write.total_ios}`);
+  assert.ok(
+    answered.size <= written.write.total_ios,
+    `the completion log lists ${answered.size} writes, fio issued ${written.write.total_ios}`,
+  );
   const out = path.join(dir, 'fio-verify.json');
-  const run = spawnSync('fio', [...fioJob(uri, seed), '--iodepth=8', '--do_verify=1', '--verify_only=1', '--continue_on_error=verify', `--output=${out}`], { cwd: dir, timeout: 120_000 });
+  const run = spawnSync(
+    'fio',
+    [
+      ...fioJob(uri, seed),
+      '--iodepth=8',
+      '--do_verify=1',
+      '--verify_only=1',
+      '--continue_on_error=verify',
+      `--output=${out}`,
+    ],
+    { cwd: dir, timeout: 120_000 },
+  );
   const text = `${run.stderr}\n${fs.existsSync(out) ? fs.readFileSync(out, 'utf8') : ''}`;
   const verify = readFioReport(out);
-  assert.equal(verify.read.total_ios, verify.write.total_ios, `fio's verify pass read ${verify.read.total_ios} of the ${verify.write.total_ios} writes of the pass: ${text.slice(0, 2000)}`);
-  const failed = new Set([...text.matchAll(/requested block: offset=(\d+)/g)].map((m) => Number(m[1])));
+  assert.equal(
+    verify.read.total_ios,
+    verify.write.total_ios,
+    `fio's verify pass read ${verify.read.total_ios} of the ${verify.write.total_ios} writes of the pass: ${text.slice(0, 2000)}`,
+  );
+  const failed = new Set(
+    [...text.matchAll(/requested block: offset=(\d+)/g)].map((m) => Number(m[1])),
+  );
   const missing = [...answered].filter((offset) => failed.has(offset));
-  assert.equal(missing.length, 0, `${missing.length} writes fio saw answered are missing or wrong in the image, first at offsets ${missing.slice(0, 5).join(', ')}: ${text.split('\n').filter((l) => l.startsWith('verify:')).slice(0, 5).join('\n')}`);
+  assert.equal(
+    missing.length,
+    0,
+    `${missing.length} writes fio saw answered are missing or wrong in the image, first at offsets ${missing.slice(0, 5).join(', ')}: ${text
+      .split('\n')
+      .filter((l) => l.startsWith('verify:'))
+      .slice(0, 5)
+      .join('\n')}`,
+  );
   return answered.size;
 }
 
@@ -220,7 +329,13 @@ function readFioReport(file: string): FioJobReport {
   return job;
 }
 
-async function iterate(cluster: Cluster, random: (max: number) => number, victimDraw: number, firstId: number, managerShare: number): Promise<{ result: Iteration; nextId: number }> {
+async function iterate(
+  cluster: Cluster,
+  random: (max: number) => number,
+  victimDraw: number,
+  firstId: number,
+  managerShare: number,
+): Promise<{ result: Iteration; nextId: number }> {
   const victim = victimDraw < 1000 * managerShare ? 'manager' : 'agent';
   const points = victim === 'agent' ? AGENT_POINTS : MANAGER_POINTS;
   const named = random(4) !== 0; // three in four at a named point, the rest at a random time
@@ -243,7 +358,11 @@ async function iterate(cluster: Cluster, random: (max: number) => number, victim
   const fio = startFio(cluster.dir, `nbd://127.0.0.1:${cluster.ports.agentNbd}/v`, fioSeed);
   await sleep(FIO_HEAD_START_MS + random(600));
   let replied = firstId - 1;
-  const load = spawn(PYTHON, ['-c', LOAD, `nbd://127.0.0.1:${cluster.ports.agentNbd}/v`, String(firstId), String(BLOCKS)], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const load = spawn(
+    PYTHON,
+    ['-c', LOAD, `nbd://127.0.0.1:${cluster.ports.agentNbd}/v`, String(firstId), String(BLOCKS)],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
   let pending = '';
   load.stdout?.on('data', (c: Buffer) => {
     pending += c.toString();
@@ -264,10 +383,17 @@ async function iterate(cluster: Cluster, random: (max: number) => number, victim
   // fio 3.33's nbd engine can spin on a dead connection, printing "nothing to poll for in state
   // DEAD" into its output for ever (it once filled this machine's disk). Normally it exits at once;
   // one that has not after 5 s is killed, and its writes go unchecked in this iteration (counted).
-  const fioExited = await Promise.race([new Promise<boolean>((r) => (fio.exitCode === null && fio.signalCode === null ? fio.once('exit', () => r(true)) : r(true))), sleep(5000).then(() => false)]);
+  const fioExited = await Promise.race([
+    new Promise<boolean>((r) =>
+      fio.exitCode === null && fio.signalCode === null ? fio.once('exit', () => r(true)) : r(true),
+    ),
+    sleep(5000).then(() => false),
+  ]);
   if (!fioExited) {
     fio.kill('SIGKILL');
-    await new Promise((r) => (fio.exitCode === null && fio.signalCode === null ? fio.once('exit', r) : r(null)));
+    await new Promise((r) =>
+      fio.exitCode === null && fio.signalCode === null ? fio.once('exit', r) : r(null),
+    );
   }
   // Restart without crash points and check.
   if (victim === 'manager') {
@@ -275,18 +401,56 @@ async function iterate(cluster: Cluster, random: (max: number) => number, victim
     await cluster.startManager().ready('API:');
   }
   await cluster.startAgent().ready('volume v:');
-  for (let waited = 0; !(await cluster.api<{ agentConnected: boolean }>('GET', '/api/status')).agentConnected; waited += 50) {
+  for (
+    let waited = 0;
+    !(await cluster.api<{ agentConnected: boolean }>('GET', '/api/status')).agentConnected;
+    waited += 50
+  ) {
     assert.ok(waited < 30_000, 'the agent reconnects after the restart');
     await sleep(50);
   }
-  const sealed = await cluster.api<{ seqLast: number; committed: number }>('POST', '/api/seal', { wait: true, timeoutMs: 60_000 });
-  const log = (await cluster.api<string>('GET', '/api/log')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; kind: string; offset: number; length: number; resync: boolean });
+  const sealed = await cluster.api<{ seqLast: number; committed: number }>('POST', '/api/seal', {
+    wait: true,
+    timeoutMs: 60_000,
+  });
+  const log = (await cluster.api<string>('GET', '/api/log'))
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          seq: number;
+          kind: string;
+          offset: number;
+          length: number;
+          resync: boolean;
+        },
+    );
   log.forEach((e, i) => assert.equal(e.seq, i + 1, `seq gap at ${i + 1}`));
   const seqLast = log.length;
   assert.equal(sealed.committed, seqLast, 'everything captured is committed');
-  const checked = await checkHistory(cluster, log, firstId, replied, random, fioExited ? fioSeed : undefined);
+  const checked = await checkHistory(
+    cluster,
+    log,
+    firstId,
+    replied,
+    random,
+    fioExited ? fioSeed : undefined,
+  );
   await cluster.agent?.kill('SIGTERM');
-  return { result: { victim, point, crashedAtPoint: crashed, replied: replied - firstId + 1, fioVerified: checked.fioVerified, seqLast, resyncRecords: checked.resync }, nextId: replied + 2 };
+  return {
+    result: {
+      victim,
+      point,
+      crashedAtPoint: crashed,
+      replied: replied - firstId + 1,
+      fioVerified: checked.fioVerified,
+      seqLast,
+      resyncRecords: checked.resync,
+    },
+    nextId: replied + 2,
+  };
 }
 
 function probe(uri: string, offsets: number[]): Map<number, number> {
@@ -300,7 +464,14 @@ function probe(uri: string, offsets: number[]): Map<number, number> {
   return ids;
 }
 
-async function checkHistory(cluster: Cluster, log: { seq: number; offset: number; length: number; resync: boolean }[], firstId: number, replied: number, random: (max: number) => number, fioSeed: number | undefined): Promise<{ resync: number; fioVerified: number }> {
+async function checkHistory(
+  cluster: Cluster,
+  log: { seq: number; offset: number; length: number; resync: boolean }[],
+  firstId: number,
+  replied: number,
+  random: (max: number) => number,
+  fioSeed: number | undefined,
+): Promise<{ resync: number; fioVerified: number }> {
   const seqLast = log.length;
   const uri = (view: string): string => `nbd://127.0.0.1:${cluster.ports.managerNbd}/v@${view}`;
   await cluster.api('POST', '/api/views', { name: 'last', kind: 'snapshot', at: String(seqLast) });
@@ -308,16 +479,33 @@ async function checkHistory(cluster: Cluster, log: { seq: number; offset: number
   const image = path.join(cluster.dir, 'last.img');
   const copy = spawnSync('nbdcopy', [uri('last'), image], { timeout: 120_000 });
   assert.equal(copy.status, 0, `nbdcopy: ${copy.stderr}`);
-  assert.ok(fs.readFileSync(image).equals(fs.readFileSync(path.join(cluster.dir, 'a', 'production', 'v.img'))), 'history at the last seq equals production');
+  assert.ok(
+    fs
+      .readFileSync(image)
+      .equals(fs.readFileSync(path.join(cluster.dir, 'a', 'production', 'v.img'))),
+    'history at the last seq equals production',
+  );
   fs.rmSync(image);
   // Every answered write of this iteration is in the history (its block holds its id, unless a
   // later answered write reused the block).
   const offsets = new Map<number, number>();
-  for (let id = Math.max(firstId, replied - BLOCKS + 1); id <= replied; id++) offsets.set((id % BLOCKS) * BLOCK, id);
-  const sample = [...offsets.entries()].filter(() => random(4) === 0 || offsets.size < 200).slice(0, 400);
-  const seen = probe(uri('last'), sample.map(([offset]) => offset));
-  for (const [offset, id] of sample) assert.equal(seen.get(offset), id, `answered write ${id} at ${offset} is missing from the history`);
-  const fioVerified = fioSeed === undefined ? -1 : checkFioWrites(cluster.dir, uri('last'), fioSeed);
+  for (let id = Math.max(firstId, replied - BLOCKS + 1); id <= replied; id++)
+    offsets.set((id % BLOCKS) * BLOCK, id);
+  const sample = [...offsets.entries()]
+    .filter(() => random(4) === 0 || offsets.size < 200)
+    .slice(0, 400);
+  const seen = probe(
+    uri('last'),
+    sample.map(([offset]) => offset),
+  );
+  for (const [offset, id] of sample)
+    assert.equal(
+      seen.get(offset),
+      id,
+      `answered write ${id} at ${offset} is missing from the history`,
+    );
+  const fioVerified =
+    fioSeed === undefined ? -1 : checkFioWrites(cluster.dir, uri('last'), fioSeed);
   await cluster.api('DELETE', '/api/views/last');
   // Sampled seqs: the block of the write at seq s holds its bytes at s and something else before.
   const writes = log.filter((e) => !e.resync && e.length === BLOCK && e.offset < FIO_OFFSET);
@@ -328,15 +516,30 @@ async function checkHistory(cluster: Cluster, log: { seq: number; offset: number
     await cluster.api('POST', `/api/views/at/step`, { back: 1 });
     const before = probe(uri('at'), [e.offset]).get(e.offset);
     await cluster.api('DELETE', '/api/views/at');
-    assert.ok(after !== undefined && after !== before, `seq ${e.seq}: the snapshot at it differs from the one before it in its own block`);
-    assert.equal(((after as number) % BLOCKS) * BLOCK, e.offset, `seq ${e.seq}: its block holds a write addressed to it`);
+    assert.ok(
+      after !== undefined && after !== before,
+      `seq ${e.seq}: the snapshot at it differs from the one before it in its own block`,
+    );
+    assert.equal(
+      ((after as number) % BLOCKS) * BLOCK,
+      e.offset,
+      `seq ${e.seq}: its block holds a write addressed to it`,
+    );
   }
   return { resync: log.filter((e) => e.resync).length, fioVerified };
 }
 
-export async function runSweep(options: Options, onProgress?: (i: number, it: Iteration) => void): Promise<Iteration[]> {
+export async function runSweep(
+  options: Options,
+  onProgress?: (i: number, it: Iteration) => void,
+): Promise<Iteration[]> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-killsweep-'));
-  const ports: Ports = { link: await freePort(), managerNbd: await freePort(), http: await freePort(), agentNbd: await freePort() };
+  const ports: Ports = {
+    link: await freePort(),
+    managerNbd: await freePort(),
+    http: await freePort(),
+    agentNbd: await freePort(),
+  };
   const cluster = new Cluster(dir, ports);
   const random = prng(options.seed);
   // Victims come from their own stream: `random` is also drawn from by the checks, as many times
@@ -346,22 +549,35 @@ export async function runSweep(options: Options, onProgress?: (i: number, it: It
   let nextId = 1;
   try {
     for (let i = 0; i < options.iterations; i++) {
-      const { result, nextId: next } = await iterate(cluster, random, victims(1000), nextId, options.managerShare ?? 0.5);
+      const { result, nextId: next } = await iterate(
+        cluster,
+        random,
+        victims(1000),
+        nextId,
+        options.managerShare ?? 0.5,
+      );
       nextId = next;
       results.push(result);
       onProgress?.(i, result);
     }
     return results;
   } catch (error) {
-    throw new Error(`kill sweep failed at iteration ${results.length + 1} (seed ${options.seed}): ${(error as Error).message}\n--- agent ---\n${cluster.agent?.out.slice(-3000) ?? ''}\n--- manager ---\n${cluster.manager?.out.slice(-3000) ?? ''}`);
+    throw new Error(
+      `kill sweep failed at iteration ${results.length + 1} (seed ${options.seed}): ${(error as Error).message}\n--- agent ---\n${cluster.agent?.out.slice(-3000) ?? ''}\n--- manager ---\n${cluster.manager?.out.slice(-3000) ?? ''}`,
+    );
   } finally {
     await cluster.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-function summarize(results: Iteration[]): Record<string, { kills: number; atPoint: number; writesAnswered: number; fioVerified: number }> {
-  const table: Record<string, { kills: number; atPoint: number; writesAnswered: number; fioVerified: number }> = {};
+function summarize(
+  results: Iteration[],
+): Record<string, { kills: number; atPoint: number; writesAnswered: number; fioVerified: number }> {
+  const table: Record<
+    string,
+    { kills: number; atPoint: number; writesAnswered: number; fioVerified: number }
+  > = {};
   for (const r of results) {
     const key = `${r.victim}:${r.point}`;
     const row = (table[key] ??= { kills: 0, atPoint: 0, writesAnswered: 0, fioVerified: 0 });
@@ -377,14 +593,28 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const options = parseArgs(process.argv.slice(2));
   const started = Date.now();
   console.error(`kill sweep: ${options.iterations} iterations, seed ${options.seed}`);
-  runSweep(options, (i, it) => console.error(`${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} stamped and ${it.fioVerified < 0 ? 'no (fio hung, killed)' : it.fioVerified} fio writes answered and found, history to seq ${it.seqLast} checked`))
+  runSweep(options, (i, it) =>
+    console.error(
+      `${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} stamped and ${it.fioVerified < 0 ? 'no (fio hung, killed)' : it.fioVerified} fio writes answered and found, history to seq ${it.seqLast} checked`,
+    ),
+  )
     .then((results) => {
       const table = summarize(results);
-      const summary = { seed: options.seed, iterations: results.length, seconds: Math.round((Date.now() - started) / 1000), byPoint: table };
+      const summary = {
+        seed: options.seed,
+        iterations: results.length,
+        seconds: Math.round((Date.now() - started) / 1000),
+        byPoint: table,
+      };
       if (options.json) console.log(JSON.stringify(summary));
       else {
-        console.log(`kill sweep passed: ${results.length} kills, seed ${options.seed}, ${summary.seconds} s`);
-        for (const [key, row] of Object.entries(table).sort()) console.log(`  ${key.padEnd(18)} kills ${String(row.kills).padStart(5)}  at the named point ${String(row.atPoint).padStart(5)}  stamped writes answered ${String(row.writesAnswered).padStart(8)}  fio writes verified ${row.fioVerified}`);
+        console.log(
+          `kill sweep passed: ${results.length} kills, seed ${options.seed}, ${summary.seconds} s`,
+        );
+        for (const [key, row] of Object.entries(table).sort())
+          console.log(
+            `  ${key.padEnd(18)} kills ${String(row.kills).padStart(5)}  at the named point ${String(row.atPoint).padStart(5)}  stamped writes answered ${String(row.writesAnswered).padStart(8)}  fio writes verified ${row.fioVerified}`,
+          );
       }
     })
     .catch((error: unknown) => {

@@ -1,10 +1,25 @@
 // A plain, one-request-at-a-time NBD client for the fuzzer's own bookkeeping: writing the canaries,
 // liveness probes (a fresh handshake and READ), and reading whole exports back for the final checks.
 import { newRequest, encodeRequest } from './nbd-fuzz-oracle.js';
-import { HandshakeFuzzer, type ExportInfo, type ServedExports, type Session } from './nbd-fuzz-handshake.js';
+import {
+  HandshakeFuzzer,
+  type ExportInfo,
+  type ServedExports,
+  type Session,
+} from './nbd-fuzz-handshake.js';
 import { Stats, Violation } from './nbd-fuzz-report.js';
 import { Rng } from './nbd-fuzz-rng.js';
-import { CFlag, CHUNK_HEADER_BYTES, Chunk, Cmd, REPLY_FLAG_DONE, SIMPLE_REPLY_BYTES, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, errnoName } from './nbd-fuzz-spec.js';
+import {
+  CFlag,
+  CHUNK_HEADER_BYTES,
+  Chunk,
+  Cmd,
+  REPLY_FLAG_DONE,
+  SIMPLE_REPLY_BYTES,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC,
+  errnoName,
+} from './nbd-fuzz-spec.js';
 import { Wire } from './nbd-fuzz-wire.js';
 
 export interface Endpoint {
@@ -23,7 +38,13 @@ export class PlainClient {
     readonly session: Session,
   ) {}
 
-  static async open(endpoint: Endpoint, timeoutMs: number, exports: ServedExports, exportInfo: ExportInfo, structured: boolean): Promise<PlainClient> {
+  static async open(
+    endpoint: Endpoint,
+    timeoutMs: number,
+    exports: ServedExports,
+    exportInfo: ExportInfo,
+    structured: boolean,
+  ): Promise<PlainClient> {
     const wire = await Wire.connect(endpoint.host, endpoint.port, timeoutMs);
     try {
       const handshake = new HandshakeFuzzer(wire, new Rng(0), exports, new Stats());
@@ -36,14 +57,23 @@ export class PlainClient {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     const parts: Buffer[] = [];
-    for (let done = 0; done < lengthBytes; done += PIECE_BYTES) parts.push(await this.readPiece(offsetBytes + done, Math.min(PIECE_BYTES, lengthBytes - done)));
+    for (let done = 0; done < lengthBytes; done += PIECE_BYTES)
+      parts.push(
+        await this.readPiece(offsetBytes + done, Math.min(PIECE_BYTES, lengthBytes - done)),
+      );
     return Buffer.concat(parts);
   }
 
   async write(offsetBytes: number, data: Buffer): Promise<void> {
     for (let done = 0; done < data.length; done += PIECE_BYTES) {
       const piece = data.subarray(done, done + PIECE_BYTES);
-      const header = newRequest(Cmd.WRITE, this.cookie++, offsetBytes + done, piece.length, CFlag.FUA);
+      const header = newRequest(
+        Cmd.WRITE,
+        this.cookie++,
+        offsetBytes + done,
+        piece.length,
+        CFlag.FUA,
+      );
       this.wire.write(Buffer.concat([encodeRequest(header), piece]));
       await this.expectDone(header.cookie, 'WRITE');
     }
@@ -63,7 +93,8 @@ export class PlainClient {
     } finally {
       this.wire.destroy();
     }
-    if (this.wire.pendingBytes > 0) throw new Violation('reply to unanswerable request', 'server answered DISC');
+    if (this.wire.pendingBytes > 0)
+      throw new Violation('reply to unanswerable request', 'server answered DISC');
   }
 
   destroy(): void {
@@ -82,9 +113,18 @@ export class PlainClient {
       const chunk = await this.wire.read(CHUNK_HEADER_BYTES);
       const payload = await this.wire.read(chunk.readUInt32BE(16));
       const type = chunk.readUInt16BE(6);
-      if (chunk.readUInt32BE(0) !== STRUCTURED_REPLY_MAGIC || chunk.readBigUInt64BE(8) !== header.cookie) throw new Violation('structured reply', 'unexpected chunk for a plain READ');
-      if (type === Chunk.OFFSET_DATA) payload.copy(data, Number(payload.readBigUInt64BE(0)) - offsetBytes, 8);
-      else if (type !== Chunk.OFFSET_HOLE && type !== Chunk.NONE) throw new Violation('plain READ failed', `chunk type ${type} reading ${lengthBytes} bytes at ${offsetBytes}`);
+      if (
+        chunk.readUInt32BE(0) !== STRUCTURED_REPLY_MAGIC ||
+        chunk.readBigUInt64BE(8) !== header.cookie
+      )
+        throw new Violation('structured reply', 'unexpected chunk for a plain READ');
+      if (type === Chunk.OFFSET_DATA)
+        payload.copy(data, Number(payload.readBigUInt64BE(0)) - offsetBytes, 8);
+      else if (type !== Chunk.OFFSET_HOLE && type !== Chunk.NONE)
+        throw new Violation(
+          'plain READ failed',
+          `chunk type ${type} reading ${lengthBytes} bytes at ${offsetBytes}`,
+        );
       if ((chunk.readUInt16BE(4) & REPLY_FLAG_DONE) !== 0) return data;
     }
   }
@@ -92,8 +132,15 @@ export class PlainClient {
   private async expectDone(cookie: bigint, what: string): Promise<void> {
     const reply = await this.wire.read(SIMPLE_REPLY_BYTES);
     const errno = reply.readUInt32BE(4);
-    if (reply.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC || reply.readBigUInt64BE(8) !== cookie || errno !== 0) {
-      throw new Violation(`plain ${what} failed`, `reply magic 0x${reply.readUInt32BE(0).toString(16)}, ${errnoName(errno)}`);
+    if (
+      reply.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC ||
+      reply.readBigUInt64BE(8) !== cookie ||
+      errno !== 0
+    ) {
+      throw new Violation(
+        `plain ${what} failed`,
+        `reply magic 0x${reply.readUInt32BE(0).toString(16)}, ${errnoName(errno)}`,
+      );
     }
   }
 }

@@ -55,7 +55,14 @@ const OPTION_REPLY_BYTES_MAX = 1 << 20;
 /** How long a server that should close by itself gets before the fuzzer half-closes. */
 const CLOSE_GRACE_MS = 250;
 
-const ANY_ERROR: readonly number[] = [Rep.ERR_UNSUP, Rep.ERR_POLICY, Rep.ERR_INVALID, Rep.ERR_PLATFORM, Rep.ERR_UNKNOWN, Rep.ERR_TOO_BIG];
+const ANY_ERROR: readonly number[] = [
+  Rep.ERR_UNSUP,
+  Rep.ERR_POLICY,
+  Rep.ERR_INVALID,
+  Rep.ERR_PLATFORM,
+  Rep.ERR_UNKNOWN,
+  Rep.ERR_TOO_BIG,
+];
 const INTERMEDIATES: ReadonlyMap<number, number> = new Map([
   [Opt.LIST, Rep.SERVER],
   [Opt.INFO, Rep.INFO],
@@ -78,7 +85,12 @@ function u16(value: number): Buffer {
   return buffer;
 }
 
-export function encodeOption(option: number, data: Buffer, lengthBytes = data.length, magic = OPTION_MAGIC): Buffer {
+export function encodeOption(
+  option: number,
+  data: Buffer,
+  lengthBytes = data.length,
+  magic = OPTION_MAGIC,
+): Buffer {
   const header = Buffer.allocUnsafe(16);
   header.writeBigUInt64BE(magic, 0);
   header.writeUInt32BE(option >>> 0, 8);
@@ -117,7 +129,8 @@ function decodeInfo(data: Buffer): InfoRequest | undefined {
   const count = data.readUInt16BE(4 + nameBytes);
   if (data.length !== 4 + nameBytes + 2 + 2 * count) return undefined;
   const infoTypes: number[] = [];
-  for (let index = 0; index < count; index += 1) infoTypes.push(data.readUInt16BE(4 + nameBytes + 2 + 2 * index));
+  for (let index = 0; index < count; index += 1)
+    infoTypes.push(data.readUInt16BE(4 + nameBytes + 2 + 2 * index));
   return { name: data.subarray(4, 4 + nameBytes), infoTypes };
 }
 
@@ -155,7 +168,11 @@ function plainQuery(option: number, query: Buffer): boolean {
 
 /** A string the spec allows: UTF-8, no NUL, at most 4096 bytes. */
 function validString(bytes: Buffer): boolean {
-  return bytes.length <= STRING_BYTES_MAX && !bytes.includes(0) && Buffer.from(bytes.toString('utf8'), 'utf8').equals(bytes);
+  return (
+    bytes.length <= STRING_BYTES_MAX &&
+    !bytes.includes(0) &&
+    Buffer.from(bytes.toString('utf8'), 'utf8').equals(bytes)
+  );
 }
 
 // ---- replies ---------------------------------------------------------------------------------------
@@ -275,7 +292,8 @@ export class HandshakeFuzzer {
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
     if (structured) await this.option(Opt.STRUCTURED_REPLY, Buffer.alloc(0));
     const session = await this.go(infoData(Buffer.from(exportInfo.name), [Info.BLOCK_SIZE]));
-    if (!session) throw new Violation('handshake', `GO for ${exportInfo.name} did not enter transmission`);
+    if (!session)
+      throw new Violation('handshake', `GO for ${exportInfo.name} did not enter transmission`);
     return session;
   }
 
@@ -285,7 +303,9 @@ export class HandshakeFuzzer {
     const flagChoice = this.rng.below(10);
     this.fixed = flagChoice < 9;
     this.noZeroes = flagChoice < 6 || flagChoice === 9;
-    this.sendClientFlags((this.fixed ? CLIENT_FLAG_FIXED_NEWSTYLE : 0) | (this.noZeroes ? CLIENT_FLAG_NO_ZEROES : 0));
+    this.sendClientFlags(
+      (this.fixed ? CLIENT_FLAG_FIXED_NEWSTYLE : 0) | (this.noZeroes ? CLIENT_FLAG_NO_ZEROES : 0),
+    );
     const target = this.pickTarget();
     if (!this.fixed) return this.exportName(target);
     const preludes = this.rng.int(0, 5);
@@ -294,7 +314,9 @@ export class HandshakeFuzzer {
       if (session) return session;
     }
     if (this.rng.chance(0.15)) return this.exportName(target);
-    const infoTypes = this.rng.chance(0.3) ? [Info.BLOCK_SIZE, ...this.randomInfoTypes()] : this.randomInfoTypes();
+    const infoTypes = this.rng.chance(0.3)
+      ? [Info.BLOCK_SIZE, ...this.randomInfoTypes()]
+      : this.randomInfoTypes();
     return this.go(infoData(target, infoTypes));
   }
 
@@ -309,7 +331,11 @@ export class HandshakeFuzzer {
     // The server cannot act on the 16 bytes it reads as a request header: end the stream for it.
     this.wire.end();
     try {
-      await this.replies(Opt.GO, { finals: new Set([Rep.ACK]), intermediate: Rep.INFO, mayClose: true });
+      await this.replies(Opt.GO, {
+        finals: new Set([Rep.ACK]),
+        intermediate: Rep.INFO,
+        mayClose: true,
+      });
     } catch (error) {
       if (!(error instanceof PeerClosed)) throw error;
     }
@@ -317,7 +343,9 @@ export class HandshakeFuzzer {
     return undefined;
   }
 
-  private async hostile(scenario: Exclude<HandshakeScenario, 'valid' | 'pipelinedAfterGo'>): Promise<void> {
+  private async hostile(
+    scenario: Exclude<HandshakeScenario, 'valid' | 'pipelinedAfterGo'>,
+  ): Promise<void> {
     switch (scenario) {
       case 'badClientFlags':
         return this.badClientFlags();
@@ -334,7 +362,9 @@ export class HandshakeFuzzer {
       case 'exportNameUnknown':
         return this.exportNameRefused(Buffer.from(`missing-${this.rng.u32().toString(16)}`));
       case 'exportNameOversized':
-        return this.exportNameRefused(Buffer.alloc(this.rng.int(STRING_BYTES_MAX + 1, 3 * STRING_BYTES_MAX), 'x'));
+        return this.exportNameRefused(
+          Buffer.alloc(this.rng.int(STRING_BYTES_MAX + 1, 3 * STRING_BYTES_MAX), 'x'),
+        );
       case 'abort':
         return this.abort();
       case 'optionFlood':
@@ -365,7 +395,10 @@ export class HandshakeFuzzer {
 
   private async truncatedOption(): Promise<void> {
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
-    const full = encodeOption(this.rng.pick([Opt.GO, Opt.INFO, Opt.LIST, Opt.SET_META_CONTEXT, 0x1234]), infoData(Buffer.from('v'), [1, 2]));
+    const full = encodeOption(
+      this.rng.pick([Opt.GO, Opt.INFO, Opt.LIST, Opt.SET_META_CONTEXT, 0x1234]),
+      infoData(Buffer.from('v'), [1, 2]),
+    );
     const cut = this.rng.int(1, full.length - 1);
     this.wire.write(full.subarray(0, cut));
     this.wire.note(`→ option cut after ${cut} of ${full.length} bytes, then FIN`);
@@ -376,8 +409,17 @@ export class HandshakeFuzzer {
 
   private async absurdOptionLength(): Promise<void> {
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
-    const lengthBytes = this.rng.chance(0.3) ? U32_MAX - this.rng.below(16) : this.rng.logSize(1 << 20, U32_MAX);
-    const option = this.rng.pick([Opt.GO, Opt.INFO, Opt.EXPORT_NAME, Opt.LIST, Opt.STRUCTURED_REPLY, 0xdead]);
+    const lengthBytes = this.rng.chance(0.3)
+      ? U32_MAX - this.rng.below(16)
+      : this.rng.logSize(1 << 20, U32_MAX);
+    const option = this.rng.pick([
+      Opt.GO,
+      Opt.INFO,
+      Opt.EXPORT_NAME,
+      Opt.LIST,
+      Opt.STRUCTURED_REPLY,
+      0xdead,
+    ]);
     this.wire.write(encodeOption(option, this.rng.bytes(this.rng.int(0, 512)), lengthBytes));
     this.wire.note(`→ ${optionName(option)} claiming ${lengthBytes} bytes of data, then FIN`);
     this.stats.options += 1;
@@ -387,7 +429,9 @@ export class HandshakeFuzzer {
 
   /** EXPORT_NAME cannot be refused with an error: the server "MUST terminate the session". */
   private async exportNameRefused(name: Buffer): Promise<void> {
-    this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | (this.rng.chance(0.5) ? CLIENT_FLAG_NO_ZEROES : 0));
+    this.sendClientFlags(
+      CLIENT_FLAG_FIXED_NEWSTYLE | (this.rng.chance(0.5) ? CLIENT_FLAG_NO_ZEROES : 0),
+    );
     this.send(Opt.EXPORT_NAME, name);
     await this.closeWithoutReply(`EXPORT_NAME of ${name.length} bytes that names no export`, false);
   }
@@ -395,7 +439,11 @@ export class HandshakeFuzzer {
   private async abort(): Promise<void> {
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
     const target = this.pickTarget();
-    for (let index = this.rng.int(0, 2); index > 0; index -= 1) await this.prelude(this.rng.pick(['list', 'info', 'structured', 'unknownOption'] as const), target);
+    for (let index = this.rng.int(0, 2); index > 0; index -= 1)
+      await this.prelude(
+        this.rng.pick(['list', 'info', 'structured', 'unknownOption'] as const),
+        target,
+      );
     // "The server MUST reply with NBD_REP_ACK"; data with ABORT SHOULD be ignored.
     this.wire.requestEnd();
     await this.option(Opt.ABORT, this.rng.chance(0.2) ? this.rng.bytes(8) : Buffer.alloc(0));
@@ -425,7 +473,8 @@ export class HandshakeFuzzer {
     let bytes = this.rng.bytes(this.rng.int(1, 300));
     if (this.rng.chance(0.5)) bytes = Buffer.concat([u32(CLIENT_FLAG_FIXED_NEWSTYLE), bytes]);
     // Keep the garbage from being a valid option by accident.
-    if (bytes.length >= 12 && bytes.readBigUInt64BE(4) === OPTION_MAGIC) bytes[4] = (bytes[4] ?? 0) ^ 1;
+    if (bytes.length >= 12 && bytes.readBigUInt64BE(4) === OPTION_MAGIC)
+      bytes[4] = (bytes[4] ?? 0) ^ 1;
     this.wire.write(bytes);
     this.wire.note(`→ random bytes ${hex(bytes)}, then FIN`);
     this.wire.end();
@@ -434,7 +483,10 @@ export class HandshakeFuzzer {
 
   private async hangup(): Promise<void> {
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
-    const message = encodeOption(Opt.GO, infoData(Buffer.from(this.exports.writable.name), [Info.NAME]));
+    const message = encodeOption(
+      Opt.GO,
+      infoData(Buffer.from(this.exports.writable.name), [Info.NAME]),
+    );
     this.wire.write(message.subarray(0, this.rng.int(0, message.length - 1)));
     this.wire.note('→ part of a GO, then hang up');
     this.wire.destroy();
@@ -453,7 +505,10 @@ export class HandshakeFuzzer {
         return undefined;
       case 'infoUnknown':
       case 'goUnknown':
-        await this.option(kind === 'infoUnknown' ? Opt.INFO : Opt.GO, infoData(this.unknownName(), this.randomInfoTypes()));
+        await this.option(
+          kind === 'infoUnknown' ? Opt.INFO : Opt.GO,
+          infoData(this.unknownName(), this.randomInfoTypes()),
+        );
         return undefined;
       case 'goMalformed':
         await this.option(Opt.GO, this.malformedInfo(target));
@@ -465,17 +520,29 @@ export class HandshakeFuzzer {
         await this.option(Opt.STARTTLS, this.rng.chance(0.2) ? this.rng.bytes(3) : Buffer.alloc(0));
         return undefined;
       case 'structured':
-        await this.option(Opt.STRUCTURED_REPLY, this.rng.chance(0.1) ? this.rng.bytes(2) : Buffer.alloc(0));
+        await this.option(
+          Opt.STRUCTURED_REPLY,
+          this.rng.chance(0.1) ? this.rng.bytes(2) : Buffer.alloc(0),
+        );
         return undefined;
       case 'metaList':
       case 'metaSet':
-        await this.option(kind === 'metaList' ? Opt.LIST_META_CONTEXT : Opt.SET_META_CONTEXT, metaData(this.metaName(target), this.randomQueries()));
+        await this.option(
+          kind === 'metaList' ? Opt.LIST_META_CONTEXT : Opt.SET_META_CONTEXT,
+          metaData(this.metaName(target), this.randomQueries()),
+        );
         return undefined;
       case 'oversizedName':
-        await this.option(this.rng.pick([Opt.INFO, Opt.GO, Opt.SET_META_CONTEXT]), infoData(Buffer.alloc(this.rng.int(STRING_BYTES_MAX + 1, 9000), 'n'), []));
+        await this.option(
+          this.rng.pick([Opt.INFO, Opt.GO, Opt.SET_META_CONTEXT]),
+          infoData(Buffer.alloc(this.rng.int(STRING_BYTES_MAX + 1, 9000), 'n'), []),
+        );
         return undefined;
       case 'bigOption':
-        await this.option(this.rng.pick([Opt.INFO, Opt.LIST, Opt.STRUCTURED_REPLY, this.unknownOptionCode()]), this.rng.bytes(this.rng.int(BIG_OPTION_BYTES + 1, 300 * 1024)));
+        await this.option(
+          this.rng.pick([Opt.INFO, Opt.LIST, Opt.STRUCTURED_REPLY, this.unknownOptionCode()]),
+          this.rng.bytes(this.rng.int(BIG_OPTION_BYTES + 1, 300 * 1024)),
+        );
         return undefined;
       case 'mutated':
         return this.mutatedOption(target);
@@ -485,7 +552,10 @@ export class HandshakeFuzzer {
   /** A valid INFO/GO/META request with bits flipped in its data; the framing (length) is kept. */
   private async mutatedOption(target: Buffer): Promise<Session | undefined> {
     const option = this.rng.pick([Opt.INFO, Opt.GO, Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT]);
-    const data = option === Opt.INFO || option === Opt.GO ? infoData(target, this.randomInfoTypes()) : metaData(target, this.randomQueries());
+    const data =
+      option === Opt.INFO || option === Opt.GO
+        ? infoData(target, this.randomInfoTypes())
+        : metaData(target, this.randomQueries());
     this.rng.flipBits(data, 0, data.length, 4);
     if (option === Opt.GO) return this.go(data);
     await this.option(option, data);
@@ -521,8 +591,11 @@ export class HandshakeFuzzer {
     const request = decodeInfo(data);
     if (!request) throw new Violation('option reply', 'GO with malformed data was acknowledged');
     const exportInfo = this.resolve(request.name);
-    if (!exportInfo) throw new Violation('option reply', 'GO for an unknown export was acknowledged');
-    const info = outcome.intermediates.map((reply) => reply.payload).find((payload) => payload.readUInt16BE(0) === Info.EXPORT);
+    if (!exportInfo)
+      throw new Violation('option reply', 'GO for an unknown export was acknowledged');
+    const info = outcome.intermediates
+      .map((reply) => reply.payload)
+      .find((payload) => payload.readUInt16BE(0) === Info.EXPORT);
     if (!info) throw new Violation('option reply', 'GO acknowledged without NBD_INFO_EXPORT');
     return this.session(exportInfo, request.name, info.readUInt16BE(10));
   }
@@ -534,11 +607,19 @@ export class HandshakeFuzzer {
       await this.closeWithoutReply('EXPORT_NAME for an unknown export', false);
       return undefined;
     }
-    const reply = await this.read(10 + (this.noZeroes ? 0 : EXPORT_NAME_ZEROES_BYTES), 'EXPORT_NAME reply');
+    const reply = await this.read(
+      10 + (this.noZeroes ? 0 : EXPORT_NAME_ZEROES_BYTES),
+      'EXPORT_NAME reply',
+    );
     this.wire.note(`← EXPORT_NAME reply ${hex(reply, 10)}`);
     const sizeBytes = reply.readBigUInt64BE(0);
-    if (sizeBytes !== BigInt(exportInfo.sizeBytes)) throw new Violation('export size', `EXPORT_NAME reported ${sizeBytes}, export has ${exportInfo.sizeBytes}`);
-    if (!this.noZeroes && reply.subarray(10).some((byte) => byte !== 0)) throw new Violation('export name reply', 'the 124 reserved bytes are not zero');
+    if (sizeBytes !== BigInt(exportInfo.sizeBytes))
+      throw new Violation(
+        'export size',
+        `EXPORT_NAME reported ${sizeBytes}, export has ${exportInfo.sizeBytes}`,
+      );
+    if (!this.noZeroes && reply.subarray(10).some((byte) => byte !== 0))
+      throw new Violation('export name reply', 'the 124 reserved bytes are not zero');
     return this.session(exportInfo, target, reply.readUInt16BE(8));
   }
 
@@ -546,7 +627,11 @@ export class HandshakeFuzzer {
   private expect(option: number, data: Buffer, flood: boolean): Expectation {
     const finals = new Set<number>(this.finalsFor(option, data));
     if (data.length > BIG_OPTION_BYTES) finals.add(Rep.ERR_TOO_BIG);
-    return { finals, intermediate: INTERMEDIATES.get(option), mayClose: flood || data.length > PAYLOAD_NOT_DOS_BYTES };
+    return {
+      finals,
+      intermediate: INTERMEDIATES.get(option),
+      mayClose: flood || data.length > PAYLOAD_NOT_DOS_BYTES,
+    };
   }
 
   private finalsFor(option: number, data: Buffer): readonly number[] {
@@ -562,7 +647,9 @@ export class HandshakeFuzzer {
         return this.structured ? [Rep.ACK, Rep.ERR_INVALID] : [Rep.ACK];
       case Opt.STARTTLS:
         // "MUST respond with NBD_REP_ERR_POLICY ..., NBD_REP_ERR_UNSUP ... or another error explicitly permitted".
-        return data.length > 0 ? [Rep.ERR_POLICY, Rep.ERR_UNSUP, Rep.ERR_INVALID] : [Rep.ERR_POLICY, Rep.ERR_UNSUP];
+        return data.length > 0
+          ? [Rep.ERR_POLICY, Rep.ERR_UNSUP, Rep.ERR_INVALID]
+          : [Rep.ERR_POLICY, Rep.ERR_UNSUP];
       case Opt.INFO:
       case Opt.GO:
         return this.infoFinals(data);
@@ -589,7 +676,8 @@ export class HandshakeFuzzer {
     if (!request) return [Rep.ERR_INVALID];
     if (!this.resolve(request.name)) return ANY_ERROR;
     // Without structured replies, or with semantically invalid queries, the server MAY fail with ERR_INVALID.
-    const semanticsOpen = !this.structured || request.queries.some((query) => !plainQuery(option, query));
+    const semanticsOpen =
+      !this.structured || request.queries.some((query) => !plainQuery(option, query));
     return semanticsOpen ? [Rep.ACK, Rep.ERR_INVALID] : [Rep.ACK];
   }
 
@@ -603,12 +691,18 @@ export class HandshakeFuzzer {
       }
       if (!expectation.finals.has(reply.type)) {
         const allowed = [...expectation.finals].map(replyName).join(' or ');
-        throw new Violation('option reply', `${optionName(option)} answered ${replyName(reply.type)}, the spec allows ${allowed}`);
+        throw new Violation(
+          'option reply',
+          `${optionName(option)} answered ${replyName(reply.type)}, the spec allows ${allowed}`,
+        );
       }
       if (isErrorReply(reply.type)) {
         this.stats.optionError(replyName(reply.type));
         if (intermediates.length > 0 && reply.type === Rep.ERR_UNKNOWN) {
-          throw new Violation('option reply', `${optionName(option)} sent information before ERR_UNKNOWN`);
+          throw new Violation(
+            'option reply',
+            `${optionName(option)} sent information before ERR_UNKNOWN`,
+          );
         }
       }
       return { final: reply, intermediates };
@@ -620,15 +714,19 @@ export class HandshakeFuzzer {
     try {
       header = await this.read(OPTION_REPLY_HEADER_BYTES, `reply to ${optionName(option)}`);
     } catch (error) {
-      if (error instanceof Violation && expectation.mayClose && this.wire.isClosed) throw new PeerClosed(this.wire.pendingBytes);
+      if (error instanceof Violation && expectation.mayClose && this.wire.isClosed)
+        throw new PeerClosed(this.wire.pendingBytes);
       throw error;
     }
-    if (header.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) throw new Violation('option reply', `bad reply magic ${hex(header)}`);
+    if (header.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC)
+      throw new Violation('option reply', `bad reply magic ${hex(header)}`);
     const echoed = header.readUInt32BE(8);
-    if (echoed !== option >>> 0) throw new Violation('option reply', `reply names option ${echoed}, sent ${option}`);
+    if (echoed !== option >>> 0)
+      throw new Violation('option reply', `reply names option ${echoed}, sent ${option}`);
     const type = header.readUInt32BE(12);
     const lengthBytes = header.readUInt32BE(16);
-    if (lengthBytes > OPTION_REPLY_BYTES_MAX) throw new Violation('option reply', `reply of ${lengthBytes} bytes`);
+    if (lengthBytes > OPTION_REPLY_BYTES_MAX)
+      throw new Violation('option reply', `reply of ${lengthBytes} bytes`);
     const payload = await this.read(lengthBytes, `payload of ${replyName(type)}`);
     this.wire.note(`← ${replyName(type)} for ${optionName(option)} ${hex(payload, 24)}`);
     this.checkReplyPayload(type, payload);
@@ -636,11 +734,16 @@ export class HandshakeFuzzer {
   }
 
   private checkReplyPayload(type: number, payload: Buffer): void {
-    if (isErrorReply(type) && payload.length > STRING_BYTES_MAX) throw new Violation('option reply', 'error message longer than 4096 bytes');
-    const minimum = type === Rep.SERVER || type === Rep.META_CONTEXT ? 4 : type === Rep.INFO ? 2 : 0;
-    if (payload.length < minimum) throw new Violation('option reply', `${replyName(type)} payload of ${payload.length} bytes`);
-    if (type === Rep.SERVER && payload.readUInt32BE(0) > payload.length - 4) throw new Violation('option reply', 'REP_SERVER name length beyond its payload');
-    if (type === Rep.ACK && payload.length !== 0) throw new Violation('option reply', 'ACK with a payload');
+    if (isErrorReply(type) && payload.length > STRING_BYTES_MAX)
+      throw new Violation('option reply', 'error message longer than 4096 bytes');
+    const minimum =
+      type === Rep.SERVER || type === Rep.META_CONTEXT ? 4 : type === Rep.INFO ? 2 : 0;
+    if (payload.length < minimum)
+      throw new Violation('option reply', `${replyName(type)} payload of ${payload.length} bytes`);
+    if (type === Rep.SERVER && payload.readUInt32BE(0) > payload.length - 4)
+      throw new Violation('option reply', 'REP_SERVER name length beyond its payload');
+    if (type === Rep.ACK && payload.length !== 0)
+      throw new Violation('option reply', 'ACK with a payload');
   }
 
   /** Semantic checks once an option's replies are complete, and what they change. */
@@ -648,20 +751,29 @@ export class HandshakeFuzzer {
     const acked = outcome.final.type === Rep.ACK;
     if (option === Opt.STRUCTURED_REPLY && acked) this.structured = true;
     if (option === Opt.LIST && acked) this.checkList(outcome.intermediates);
-    if ((option === Opt.INFO || option === Opt.GO) && acked) this.checkInfo(data, outcome.intermediates);
-    if (option === Opt.LIST_META_CONTEXT || option === Opt.SET_META_CONTEXT) this.afterMeta(option, data, outcome);
+    if ((option === Opt.INFO || option === Opt.GO) && acked)
+      this.checkInfo(data, outcome.intermediates);
+    if (option === Opt.LIST_META_CONTEXT || option === Opt.SET_META_CONTEXT)
+      this.afterMeta(option, data, outcome);
   }
 
   private checkList(servers: readonly OptionReply[]): void {
-    const listed = servers.map((reply) => reply.payload.subarray(4, 4 + reply.payload.readUInt32BE(0)).toString('utf8')).sort();
+    const listed = servers
+      .map((reply) => reply.payload.subarray(4, 4 + reply.payload.readUInt32BE(0)).toString('utf8'))
+      .sort();
     const served = this.exports.all.map((exportInfo) => exportInfo.name).sort();
-    if (listed.join('\n') !== served.join('\n')) throw new Violation('option reply', `LIST returned [${listed.join(', ')}], served are [${served.join(', ')}]`);
+    if (listed.join('\n') !== served.join('\n'))
+      throw new Violation(
+        'option reply',
+        `LIST returned [${listed.join(', ')}], served are [${served.join(', ')}]`,
+      );
   }
 
   private checkInfo(data: Buffer, infos: readonly OptionReply[]): void {
     const request = decodeInfo(data);
     const exportInfo = request && this.resolve(request.name);
-    if (!exportInfo) throw new Violation('option reply', 'INFO/GO acknowledged for an export that does not exist');
+    if (!exportInfo)
+      throw new Violation('option reply', 'INFO/GO acknowledged for an export that does not exist');
     let sawExport = false;
     for (const { payload } of infos) {
       const infoType = payload.readUInt16BE(0);
@@ -675,29 +787,49 @@ export class HandshakeFuzzer {
   }
 
   private checkInfoExport(exportInfo: ExportInfo, payload: Buffer): void {
-    if (payload.length !== 12) throw new Violation('option reply', `NBD_INFO_EXPORT of ${payload.length} bytes`);
+    if (payload.length !== 12)
+      throw new Violation('option reply', `NBD_INFO_EXPORT of ${payload.length} bytes`);
     const sizeBytes = payload.readBigUInt64BE(2);
-    if (sizeBytes !== BigInt(exportInfo.sizeBytes)) throw new Violation('export size', `INFO reported ${sizeBytes}, export ${exportInfo.name} has ${exportInfo.sizeBytes}`);
+    if (sizeBytes !== BigInt(exportInfo.sizeBytes))
+      throw new Violation(
+        'export size',
+        `INFO reported ${sizeBytes}, export ${exportInfo.name} has ${exportInfo.sizeBytes}`,
+      );
     this.checkTransmissionFlags(exportInfo, payload.readUInt16BE(10));
   }
 
   private checkBlockSize(payload: Buffer): void {
-    if (payload.length !== 14) throw new Violation('option reply', `NBD_INFO_BLOCK_SIZE of ${payload.length} bytes`);
+    if (payload.length !== 14)
+      throw new Violation('option reply', `NBD_INFO_BLOCK_SIZE of ${payload.length} bytes`);
     const minimum = payload.readUInt32BE(2);
     const preferred = payload.readUInt32BE(6);
     const maximum = payload.readUInt32BE(10);
     const powerOfTwo = (value: number): boolean => value > 0 && (value & (value - 1)) === 0;
-    const sane = powerOfTwo(minimum) && powerOfTwo(preferred) && preferred >= minimum && maximum >= minimum && (maximum === U32_MAX || maximum % minimum === 0);
-    if (!sane) throw new Violation('option reply', `block sizes min ${minimum} preferred ${preferred} max ${maximum}`);
+    const sane =
+      powerOfTwo(minimum) &&
+      powerOfTwo(preferred) &&
+      preferred >= minimum &&
+      maximum >= minimum &&
+      (maximum === U32_MAX || maximum % minimum === 0);
+    if (!sane)
+      throw new Violation(
+        'option reply',
+        `block sizes min ${minimum} preferred ${preferred} max ${maximum}`,
+      );
     this.blockSizes = { minimum, maximum };
   }
 
   private checkTransmissionFlags(exportInfo: ExportInfo, flags: number): void {
-    if ((flags & TFlag.HAS_FLAGS) === 0) throw new Violation('transmission flags', `0x${flags.toString(16)} lacks HAS_FLAGS`);
+    if ((flags & TFlag.HAS_FLAGS) === 0)
+      throw new Violation('transmission flags', `0x${flags.toString(16)} lacks HAS_FLAGS`);
     if (((flags & TFlag.READ_ONLY) !== 0) !== exportInfo.readOnly) {
-      throw new Violation('transmission flags', `READ_ONLY is ${(flags & TFlag.READ_ONLY) !== 0} for ${exportInfo.name}`);
+      throw new Violation(
+        'transmission flags',
+        `READ_ONLY is ${(flags & TFlag.READ_ONLY) !== 0} for ${exportInfo.name}`,
+      );
     }
-    if ((flags & TFlag.SEND_DF) !== 0 && !this.structured) throw new Violation('transmission flags', 'SEND_DF without structured replies');
+    if ((flags & TFlag.SEND_DF) !== 0 && !this.structured)
+      throw new Violation('transmission flags', 'SEND_DF without structured replies');
   }
 
   private afterMeta(option: number, data: Buffer, outcome: OptionOutcome): void {
@@ -706,15 +838,24 @@ export class HandshakeFuzzer {
     let selectedId: number | undefined;
     for (const { payload } of outcome.intermediates) {
       const name = payload.subarray(4).toString('utf8');
-      if (!name.startsWith('base:')) throw new Violation('option reply', `context "${name}" matches no query`);
+      if (!name.startsWith('base:'))
+        throw new Violation('option reply', `context "${name}" matches no query`);
       if (option === Opt.SET_META_CONTEXT) {
-        const queried = request?.queries.some((query) => query.toString('utf8') === name || query.toString('utf8') === 'base:') ?? false;
-        if (!queried) throw new Violation('option reply', `SET_META_CONTEXT selected "${name}", which was not asked for`);
+        const queried =
+          request?.queries.some(
+            (query) => query.toString('utf8') === name || query.toString('utf8') === 'base:',
+          ) ?? false;
+        if (!queried)
+          throw new Violation(
+            'option reply',
+            `SET_META_CONTEXT selected "${name}", which was not asked for`,
+          );
         if (name === BASE_ALLOCATION) selectedId = payload.readUInt32BE(0);
       }
     }
     // The final SET decides: on failure or without base:allocation nothing is selected.
-    if (option === Opt.SET_META_CONTEXT) this.lastSet = { name: Buffer.from(request?.name ?? []), id: acked ? selectedId : undefined };
+    if (option === Opt.SET_META_CONTEXT)
+      this.lastSet = { name: Buffer.from(request?.name ?? []), id: acked ? selectedId : undefined };
   }
 
   // ---- helpers -----------------------------------------------------------------------------------
@@ -735,10 +876,14 @@ export class HandshakeFuzzer {
   /** The spec ties a context to "the same export name used to enter transmission phase". */
   private contextFor(usedName: Buffer): Pick<Session, 'context' | 'contextId'> {
     const set = this.lastSet;
-    if (!set || set.id === undefined || !this.structured) return { context: 'no', contextId: undefined };
+    if (!set || set.id === undefined || !this.structured)
+      return { context: 'no', contextId: undefined };
     if (set.name.equals(usedName)) return { context: 'yes', contextId: set.id };
-    const sameExport = this.resolve(set.name) !== undefined && this.resolve(set.name) === this.resolve(usedName);
-    return sameExport ? { context: 'maybe', contextId: set.id } : { context: 'no', contextId: undefined };
+    const sameExport =
+      this.resolve(set.name) !== undefined && this.resolve(set.name) === this.resolve(usedName);
+    return sameExport
+      ? { context: 'maybe', contextId: set.id }
+      : { context: 'no', contextId: undefined };
   }
 
   private resolve(name: Buffer): ExportInfo | undefined {
@@ -755,7 +900,9 @@ export class HandshakeFuzzer {
   }
 
   private randomKnownName(): Buffer {
-    return this.rng.chance(0.2) ? Buffer.alloc(0) : Buffer.from(this.rng.pick(this.exports.all).name);
+    return this.rng.chance(0.2)
+      ? Buffer.alloc(0)
+      : Buffer.from(this.rng.pick(this.exports.all).name);
   }
 
   private unknownName(): Buffer {
@@ -773,12 +920,21 @@ export class HandshakeFuzzer {
   private randomInfoTypes(): number[] {
     const count = this.rng.int(0, 4);
     const types: number[] = [];
-    for (let index = 0; index < count; index += 1) types.push(this.rng.chance(0.8) ? this.rng.int(0, 3) : this.rng.below(0x10000));
+    for (let index = 0; index < count; index += 1)
+      types.push(this.rng.chance(0.8) ? this.rng.int(0, 3) : this.rng.below(0x10000));
     return types;
   }
 
   private randomQueries(): Buffer[] {
-    const pool = [BASE_ALLOCATION, BASE_ALLOCATION, 'base:', 'fuzz:thing', 'nocolon', 'base:allocation:extra', ''];
+    const pool = [
+      BASE_ALLOCATION,
+      BASE_ALLOCATION,
+      'base:',
+      'fuzz:thing',
+      'nocolon',
+      'base:allocation:extra',
+      '',
+    ];
     const count = this.rng.int(0, 3);
     const queries: Buffer[] = [];
     for (let index = 0; index < count; index += 1) queries.push(Buffer.from(this.rng.pick(pool)));
@@ -804,18 +960,27 @@ export class HandshakeFuzzer {
 
   private async readGreeting(): Promise<void> {
     const greeting = await this.read(GREETING_BYTES, 'greeting');
-    if (greeting.readBigUInt64BE(0) !== INIT_MAGIC || greeting.readBigUInt64BE(8) !== OPTION_MAGIC) {
+    if (
+      greeting.readBigUInt64BE(0) !== INIT_MAGIC ||
+      greeting.readBigUInt64BE(8) !== OPTION_MAGIC
+    ) {
       throw new Violation('greeting', `unexpected greeting ${hex(greeting)}`);
     }
-    if ((greeting.readUInt16BE(16) & HANDSHAKE_FLAG_FIXED_NEWSTYLE) === 0) throw new Violation('greeting', 'server does not offer fixed newstyle');
+    if ((greeting.readUInt16BE(16) & HANDSHAKE_FLAG_FIXED_NEWSTYLE) === 0)
+      throw new Violation('greeting', 'server does not offer fixed newstyle');
   }
 
   private async read(lengthBytes: number, what: string): Promise<Buffer> {
     try {
       return await this.wire.read(lengthBytes);
     } catch (error) {
-      if (error instanceof PeerClosed) throw new Violation('unexpected disconnect', `server closed the connection while the fuzzer waited for the ${what}`);
-      if (error instanceof ReadTimeout) throw new Violation('hang', `no ${what} within ${error.timeoutMs} ms`);
+      if (error instanceof PeerClosed)
+        throw new Violation(
+          'unexpected disconnect',
+          `server closed the connection while the fuzzer waited for the ${what}`,
+        );
+      if (error instanceof ReadTimeout)
+        throw new Violation('hang', `no ${what} within ${error.timeoutMs} ms`);
       throw error;
     }
   }
@@ -836,12 +1001,19 @@ export class HandshakeFuzzer {
     try {
       await this.wire.waitClosed();
     } catch (error) {
-      if (error instanceof ReadTimeout) throw new Violation('hang', `server kept the connection open ${error.timeoutMs} ms after ${what} and a FIN`);
+      if (error instanceof ReadTimeout)
+        throw new Violation(
+          'hang',
+          `server kept the connection open ${error.timeoutMs} ms after ${what} and a FIN`,
+        );
       throw error;
     }
     if (this.wire.pendingBytes > 0) {
       const unexpected = await this.wire.read(this.wire.pendingBytes);
-      throw new Violation('reply to unanswerable input', `server sent ${hex(unexpected)} after ${what}`);
+      throw new Violation(
+        'reply to unanswerable input',
+        `server sent ${hex(unexpected)} after ${what}`,
+      );
     }
   }
 }

@@ -10,7 +10,9 @@ const CANARY_BYTES = MIB;
 const SLOT_BASE_BYTES = 4 * MIB;
 const SLOT_BYTES = 2 * MIB;
 /** Slots fit between the first canary's gap and the last canary. */
-export const SLOTS_MAX = Math.floor((EXPORT_BYTES - SLOT_BASE_BYTES - 2 * CANARY_BYTES) / SLOT_BYTES);
+export const SLOTS_MAX = Math.floor(
+  (EXPORT_BYTES - SLOT_BASE_BYTES - 2 * CANARY_BYTES) / SLOT_BYTES,
+);
 
 export interface Canary {
   offsetBytes: number;
@@ -105,16 +107,22 @@ function pieces(layout: Layout, readOnly: boolean): Piece[] {
   if (!readOnly) {
     for (let slot = 0; slot < layout.slotCount; slot += 1) {
       const start = slotStart(layout, slot);
-      regions.push({ startBytes: start, endBytes: start + layout.slotBytes, expect: { kind: 'slot', slot } });
+      regions.push({
+        startBytes: start,
+        endBytes: start + layout.slotBytes,
+        expect: { kind: 'slot', slot },
+      });
     }
   }
   regions.sort((a, b) => a.startBytes - b.startBytes);
   for (const region of regions) {
-    if (region.startBytes > cursor) result.push({ startBytes: cursor, endBytes: region.startBytes, expect: { kind: 'zero' } });
+    if (region.startBytes > cursor)
+      result.push({ startBytes: cursor, endBytes: region.startBytes, expect: { kind: 'zero' } });
     result.push(region);
     cursor = region.endBytes;
   }
-  if (cursor < layout.sizeBytes) result.push({ startBytes: cursor, endBytes: layout.sizeBytes, expect: { kind: 'zero' } });
+  if (cursor < layout.sizeBytes)
+    result.push({ startBytes: cursor, endBytes: layout.sizeBytes, expect: { kind: 'zero' } });
   return result;
 }
 
@@ -123,7 +131,8 @@ const ZEROES = Buffer.alloc(1024 * 1024);
 function firstNonZero(data: Buffer): number {
   for (let start = 0; start < data.length; start += ZEROES.length) {
     const part = data.subarray(start, start + ZEROES.length);
-    if (!part.equals(ZEROES.subarray(0, part.length))) return start + part.findIndex((byte) => byte !== 0);
+    if (!part.equals(ZEROES.subarray(0, part.length)))
+      return start + part.findIndex((byte) => byte !== 0);
   }
   return -1;
 }
@@ -149,7 +158,8 @@ export class ContentChecker {
       if (start >= end) continue;
       const actual = data.subarray(start - offsetBytes, end - offsetBytes);
       const mismatch = this.mismatch(view, piece, start, actual);
-      if (mismatch >= 0) return `${piece.expect.kind} content differs at export offset ${start + mismatch}`;
+      if (mismatch >= 0)
+        return `${piece.expect.kind} content differs at export offset ${start + mismatch}`;
     }
     return undefined;
   }
@@ -162,7 +172,9 @@ export class ContentChecker {
       case 'canary': {
         const from = start - expect.canary.offsetBytes;
         const expected = expect.canary.data.subarray(from, from + actual.length);
-        return expected.equals(actual) ? -1 : actual.findIndex((byte, index) => byte !== expected[index]);
+        return expected.equals(actual)
+          ? -1
+          : actual.findIndex((byte, index) => byte !== expected[index]);
       }
       case 'slot': {
         const model = this.models[expect.slot];

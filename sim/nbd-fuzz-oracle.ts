@@ -45,7 +45,13 @@ export function decodeRequest(buffer: Buffer): RequestHeader {
   };
 }
 
-export function newRequest(type: number, cookie: bigint, offset: number | bigint, length: number, flags = 0): RequestHeader {
+export function newRequest(
+  type: number,
+  cookie: bigint,
+  offset: number | bigint,
+  length: number,
+  flags = 0,
+): RequestHeader {
   return { magic: REQUEST_MAGIC, flags, type, cookie, offset: BigInt(offset), length };
 }
 
@@ -81,8 +87,16 @@ interface Finding {
 }
 
 const ANY_ERRNO = [...WIRE_ERRNOS];
-const KNOWN_FLAGS = CFlag.FUA | CFlag.NO_HOLE | CFlag.DF | CFlag.REQ_ONE | CFlag.FAST_ZERO | CFlag.PAYLOAD_LEN;
-const RANGED: ReadonlySet<number> = new Set([Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS]);
+const KNOWN_FLAGS =
+  CFlag.FUA | CFlag.NO_HOLE | CFlag.DF | CFlag.REQ_ONE | CFlag.FAST_ZERO | CFlag.PAYLOAD_LEN;
+const RANGED: ReadonlySet<number> = new Set([
+  Cmd.READ,
+  Cmd.WRITE,
+  Cmd.TRIM,
+  Cmd.CACHE,
+  Cmd.WRITE_ZEROES,
+  Cmd.BLOCK_STATUS,
+]);
 export const WRITE_LIKE: ReadonlySet<number> = new Set([Cmd.WRITE, Cmd.TRIM, Cmd.WRITE_ZEROES]);
 
 /** "The server SHOULD return X if ...": the request must fail, with X. */
@@ -126,7 +140,11 @@ function flagFindings(header: RequestHeader, session: Negotiated): Finding[] {
     ((flags & CFlag.DF) !== 0 && (advertised & TFlag.SEND_DF) === 0) ||
     (flags & CFlag.PAYLOAD_LEN) !== 0;
   if (unnegotiated) findings.push(named('flag not negotiated', Errno.EINVAL));
-  if (type === Cmd.WRITE_ZEROES && (flags & CFlag.FAST_ZERO) !== 0 && (advertised & TFlag.SEND_FAST_ZERO) === 0) {
+  if (
+    type === Cmd.WRITE_ZEROES &&
+    (flags & CFlag.FAST_ZERO) !== 0 &&
+    (advertised & TFlag.SEND_FAST_ZERO) === 0
+  ) {
     // "If the server did not advertise NBD_FLAG_SEND_FAST_ZERO, then it SHOULD NOT fail with
     // NBD_ENOTSUP ... and SHOULD fail with NBD_EINVAL if the NBD_CMD_FLAG_FAST_ZERO flag was set".
     findings.push(named(FAST_ZERO_NOT_ADVERTISED, Errno.EINVAL));
@@ -151,13 +169,15 @@ function commandFindings(header: RequestHeader, session: Negotiated): Finding[] 
     // "Servers SHOULD reply with NBD_EINVAL to clients sending NBD_CMD_BLOCK_STATUS without selecting ... context".
     return [named('block status without a metadata context', Errno.EINVAL)];
   }
-  if (type === Cmd.BLOCK_STATUS && session.context === 'maybe') return [unspecified('metadata context selected under another name')];
+  if (type === Cmd.BLOCK_STATUS && session.context === 'maybe')
+    return [unspecified('metadata context selected under another name')];
   return [];
 }
 
 function rangeFindings(header: RequestHeader, session: Negotiated): Finding[] {
   const { type, offset, length } = header;
-  if (type === Cmd.FLUSH) return offset !== 0n || length !== 0 ? [unspecified('flush with offset or length')] : [];
+  if (type === Cmd.FLUSH)
+    return offset !== 0n || length !== 0 ? [unspecified('flush with offset or length')] : [];
   if (!RANGED.has(type)) return [];
   const findings: Finding[] = [];
   if (length === 0) findings.push(unspecified('zero length'));
@@ -183,7 +203,9 @@ function sizeFindings(header: RequestHeader, session: Negotiated): Finding[] {
   }
   if ((type === Cmd.TRIM || type === Cmd.WRITE_ZEROES) && length > session.maximumPayloadBytes) {
     // "the server SHOULD NOT disconnect, but MAY reply with an NBD_EOVERFLOW or NBD_EINVAL error".
-    findings.push(permitted('effect length above the maximum block size', [Errno.EOVERFLOW, Errno.EINVAL]));
+    findings.push(
+      permitted('effect length above the maximum block size', [Errno.EOVERFLOW, Errno.EINVAL]),
+    );
   }
   if (type === Cmd.READ && (flags & CFlag.DF) !== 0 && length > DF_GUARANTEED_BYTES) {
     findings.push(permitted('unfragmented read above 64 KiB', [Errno.EOVERFLOW]));
@@ -205,10 +227,20 @@ function allowedBy(findings: readonly Finding[]): Set<number> {
  * The replies the spec allows for `header` (never DISC, which has no reply). Rules named in
  * `tolerated` still require a failure, but accept any wire errno for it.
  */
-export function judge(header: RequestHeader, session: Negotiated, tolerated: ReadonlySet<string> = new Set()): Verdict {
-  const findings = [...commandFindings(header, session), ...flagFindings(header, session), ...rangeFindings(header, session)];
+export function judge(
+  header: RequestHeader,
+  session: Negotiated,
+  tolerated: ReadonlySet<string> = new Set(),
+): Verdict {
+  const findings = [
+    ...commandFindings(header, session),
+    ...flagFindings(header, session),
+    ...rangeFindings(header, session),
+  ];
   const mustFail = findings.some((finding) => !finding.successAllowed);
-  const relaxed = findings.map((finding) => (tolerated.has(finding.rule) ? { ...finding, errnos: ANY_ERRNO } : finding));
+  const relaxed = findings.map((finding) =>
+    tolerated.has(finding.rule) ? { ...finding, errnos: ANY_ERRNO } : finding,
+  );
   const carriesPayload = header.type === Cmd.READ || header.type === Cmd.WRITE;
   return {
     allowed: allowedBy(relaxed),

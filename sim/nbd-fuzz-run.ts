@@ -3,8 +3,21 @@
 // connections, and finish with whole-export checks: canaries intact, gaps zero, every slot as its
 // model says, the stored image equal to what NBD serves (and, for rewind, to the history's latest view).
 import { PlainClient, type Endpoint } from './nbd-fuzz-client.js';
-import { HANDSHAKE_WEIGHTS, HandshakeFuzzer, type ExportInfo, type HandshakeScenario, type ServedExports } from './nbd-fuzz-handshake.js';
-import { ContentChecker, EXPORT_BYTES, SlotModel, makeLayout, type ContentView, type Layout } from './nbd-fuzz-model.js';
+import {
+  HANDSHAKE_WEIGHTS,
+  HandshakeFuzzer,
+  type ExportInfo,
+  type HandshakeScenario,
+  type ServedExports,
+} from './nbd-fuzz-handshake.js';
+import {
+  ContentChecker,
+  EXPORT_BYTES,
+  SlotModel,
+  makeLayout,
+  type ContentView,
+  type Layout,
+} from './nbd-fuzz-model.js';
 import { Stats, Violation, sortedRecord, type ViolationReport } from './nbd-fuzz-report.js';
 import { Rng } from './nbd-fuzz-rng.js';
 import { startTarget, type Target, type TargetKind } from './nbd-fuzz-target.js';
@@ -70,7 +83,8 @@ function planConnection(seed: number, index: number): Plan {
   const rng = new Rng(seed, index + 1);
   const scenario = rng.weighted(HANDSHAKE_WEIGHTS);
   const roll = rng.below(100);
-  const budget = roll < 30 ? rng.logSize(1, 8) : roll < 75 ? rng.logSize(8, 96) : rng.logSize(96, 600);
+  const budget =
+    roll < 30 ? rng.logSize(1, 8) : roll < 75 ? rng.logSize(8, 96) : rng.logSize(96, 600);
   return { scenario, budget: scenario === 'valid' ? budget : 0, rng };
 }
 
@@ -79,7 +93,12 @@ function planWorkers(options: FuzzOptions): number[][] {
   const queues: number[][] = Array.from({ length: options.concurrency }, () => []);
   if (options.replay !== undefined) {
     // The connections before it on the same slot shaped the slot's content: replay them too.
-    for (let index = options.replay % options.concurrency; index <= options.replay; index += options.concurrency) queues[index % options.concurrency]?.push(index);
+    for (
+      let index = options.replay % options.concurrency;
+      index <= options.replay;
+      index += options.concurrency
+    )
+      queues[index % options.concurrency]?.push(index);
     return queues;
   }
   let planned = 0;
@@ -124,10 +143,22 @@ class Run {
   /** Writes the canaries through NBD (FUA, then FLUSH), then freezes the read-only copy. */
   async setup(): Promise<void> {
     const writable = this.target.writable;
-    const exports: ServedExports = { all: [writable], defaultName: writable.name, writable, readOnly: writable };
-    const client = await PlainClient.open(this.endpoint, this.options.timeoutMs, exports, writable, false);
+    const exports: ServedExports = {
+      all: [writable],
+      defaultName: writable.name,
+      writable,
+      readOnly: writable,
+    };
+    const client = await PlainClient.open(
+      this.endpoint,
+      this.options.timeoutMs,
+      exports,
+      writable,
+      false,
+    );
     try {
-      for (const canary of this.layout.canaries) await client.write(canary.offsetBytes, canary.data);
+      for (const canary of this.layout.canaries)
+        await client.write(canary.offsetBytes, canary.data);
       await client.flush();
       await client.disconnect();
     } finally {
@@ -139,8 +170,11 @@ class Run {
   async worker(slot: number, indexes: readonly number[]): Promise<void> {
     for (const index of indexes) {
       if (this.stopped) return;
-      await this.guard(index, () => this.connection(slot, planConnection(this.options.seed, index)));
-      if ((index + 1) % this.options.checkEvery === 0) await this.guard(undefined, () => this.probe(index));
+      await this.guard(index, () =>
+        this.connection(slot, planConnection(this.options.seed, index)),
+      );
+      if ((index + 1) % this.options.checkEvery === 0)
+        await this.guard(undefined, () => this.probe(index));
     }
   }
 
@@ -148,12 +182,21 @@ class Run {
     const wire = await Wire.connect(this.endpoint.host, this.endpoint.port, this.options.timeoutMs);
     this.stats.connections += 1;
     try {
-      const session = await new HandshakeFuzzer(wire, plan.rng, this.exports, this.stats).run(plan.scenario);
+      const session = await new HandshakeFuzzer(wire, plan.rng, this.exports, this.stats).run(
+        plan.scenario,
+      );
       if (!session) return;
       this.stats.transmissions += 1;
       const model = this.models[slot];
       if (!model) throw new Error(`no model for slot ${slot}`);
-      const context = { layout: this.layout, checker: this.checker, slot, model, stats: this.stats, tolerated: new Set(this.options.tolerate ?? []) };
+      const context = {
+        layout: this.layout,
+        checker: this.checker,
+        slot,
+        model,
+        stats: this.stats,
+        tolerated: new Set(this.options.tolerate ?? []),
+      };
       await new TransmissionFuzzer(wire, plan.rng, session, context).run(plan.budget);
     } catch (error) {
       throw withExchange(error, wire);
@@ -166,11 +209,22 @@ class Run {
   /** A fresh handshake and a READ of a canary: the server is alive and the canary intact. */
   private async probe(salt: number): Promise<void> {
     const rng = new Rng(this.options.seed, -1 - salt);
-    const client = await PlainClient.open(this.endpoint, this.options.timeoutMs, this.exports, this.exports.writable, rng.chance(0.5));
+    const client = await PlainClient.open(
+      this.endpoint,
+      this.options.timeoutMs,
+      this.exports,
+      this.exports.writable,
+      rng.chance(0.5),
+    );
     try {
       const canary = rng.pick(this.layout.canaries);
       const offset = canary.offsetBytes + rng.below(canary.data.length - 65536);
-      this.expectContent(await client.read(offset, 65536), offset, { readOnly: false, checkSlot: () => false }, 'probe');
+      this.expectContent(
+        await client.read(offset, 65536),
+        offset,
+        { readOnly: false, checkSlot: () => false },
+        'probe',
+      );
       await client.disconnect();
     } finally {
       client.destroy();
@@ -184,7 +238,12 @@ class Run {
       await step();
     } catch (error) {
       const violation = asViolation(error);
-      this.violations.push({ rule: violation.rule, detail: violation.detail, connection, exchange: exchangeOf(error) });
+      this.violations.push({
+        rule: violation.rule,
+        detail: violation.detail,
+        connection,
+        exchange: exchangeOf(error),
+      });
       this.stopped = true;
     }
     this.checkServer(connection);
@@ -194,7 +253,12 @@ class Run {
   checkServer(connection: number | undefined): void {
     const problems = this.target.problems();
     if (problems.length > this.reportedProblems) {
-      this.violations.push({ rule: 'server problem', detail: problems.slice(this.reportedProblems).join('\n'), connection, exchange: [] });
+      this.violations.push({
+        rule: 'server problem',
+        detail: problems.slice(this.reportedProblems).join('\n'),
+        connection,
+        exchange: [],
+      });
       this.reportedProblems = problems.length;
       this.stopped = true;
     }
@@ -206,18 +270,35 @@ class Run {
     const everything: ContentView = { readOnly: false, checkSlot: () => true };
     const live = await this.readExport(this.exports.writable, true);
     this.expectContent(live, 0, everything, `export ${this.exports.writable.name} over NBD`);
-    this.expectContent(await this.readExport(this.exports.readOnly, false), 0, { readOnly: true, checkSlot: () => true }, `export ${this.exports.readOnly.name} over NBD`);
+    this.expectContent(
+      await this.readExport(this.exports.readOnly, false),
+      0,
+      { readOnly: true, checkSlot: () => true },
+      `export ${this.exports.readOnly.name} over NBD`,
+    );
     const stored = await this.target.readStored(0, this.layout.sizeBytes);
-    if (!stored.equals(live)) throw new Violation('stored image', 'the stored image differs from what NBD serves');
+    if (!stored.equals(live))
+      throw new Violation('stored image', 'the stored image differs from what NBD serves');
     const latest = await this.target.latestFromHistory();
     if (latest && !(await this.readExport(latest, false)).equals(stored)) {
-      throw new Violation('history', `${latest.name} (latest point of the history) differs from production`);
+      throw new Violation(
+        'history',
+        `${latest.name} (latest point of the history) differs from production`,
+      );
     }
   }
 
   private async readExport(exportInfo: ExportInfo, flushFirst: boolean): Promise<Buffer> {
-    const known = this.exports.all.includes(exportInfo) ? this.exports : { ...this.exports, all: [...this.exports.all, exportInfo] };
-    const client = await PlainClient.open(this.endpoint, this.options.timeoutMs, known, exportInfo, false);
+    const known = this.exports.all.includes(exportInfo)
+      ? this.exports
+      : { ...this.exports, all: [...this.exports.all, exportInfo] };
+    const client = await PlainClient.open(
+      this.endpoint,
+      this.options.timeoutMs,
+      known,
+      exportInfo,
+      false,
+    );
     try {
       if (flushFirst) await client.flush();
       const data = await client.read(0, exportInfo.sizeBytes);
@@ -230,7 +311,11 @@ class Run {
 
   private expectContent(data: Buffer, offset: number, view: ContentView, what: string): void {
     const problem = this.checker.check(view, offset, data);
-    if (problem) throw new Violation(problem.startsWith('canary') ? 'canary altered' : 'data', `${what}: ${problem}`);
+    if (problem)
+      throw new Violation(
+        problem.startsWith('canary') ? 'canary altered' : 'data',
+        `${what}: ${problem}`,
+      );
   }
 
   report(started: number): FuzzReport {
@@ -266,7 +351,8 @@ function asViolation(error: unknown): Violation {
   if (error instanceof Violation) return error;
   if (error instanceof ReadTimeout) return new Violation('hang', error.message);
   if (error instanceof PeerClosed) return new Violation('unexpected disconnect', error.message);
-  if (error instanceof Error && 'code' in error) return new Violation('connection failed', error.message);
+  if (error instanceof Error && 'code' in error)
+    return new Violation('connection failed', error.message);
   throw error;
 }
 
@@ -278,7 +364,8 @@ function withExchange(error: unknown, wire: Wire): unknown {
 }
 
 function exchangeOf(error: unknown): string[] {
-  if (error instanceof Error && EXCHANGE in error) return (error as unknown as Record<typeof EXCHANGE, string[]>)[EXCHANGE];
+  if (error instanceof Error && EXCHANGE in error)
+    return (error as unknown as Record<typeof EXCHANGE, string[]>)[EXCHANGE];
   return [];
 }
 
@@ -286,12 +373,17 @@ function exchangeOf(error: unknown): string[] {
 export async function runFuzzOn(target: Target, options: FuzzOptions): Promise<FuzzReport> {
   const started = Date.now();
   const layout = makeLayout(options.seed, options.concurrency);
-  if (target.writable.sizeBytes !== layout.sizeBytes) throw new Error(`the target's export must be ${layout.sizeBytes} bytes`);
+  if (target.writable.sizeBytes !== layout.sizeBytes)
+    throw new Error(`the target's export must be ${layout.sizeBytes} bytes`);
   const run = new Run(options, layout, target);
   await run.guard(undefined, () => run.setup());
-  const timer = setInterval(() => options.progress?.(progressLine(run.stats, options, started)), PROGRESS_MS);
+  const timer = setInterval(
+    () => options.progress?.(progressLine(run.stats, options, started)),
+    PROGRESS_MS,
+  );
   try {
-    if (run.ok) await Promise.all(planWorkers(options).map((indexes, slot) => run.worker(slot, indexes)));
+    if (run.ok)
+      await Promise.all(planWorkers(options).map((indexes, slot) => run.worker(slot, indexes)));
   } finally {
     clearInterval(timer);
   }

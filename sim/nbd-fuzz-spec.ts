@@ -63,15 +63,47 @@ export const TFlag = {
   SEND_FAST_ZERO: 0x800,
 } as const;
 
-export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
+export const Cmd = {
+  READ: 0,
+  WRITE: 1,
+  DISC: 2,
+  FLUSH: 3,
+  TRIM: 4,
+  CACHE: 5,
+  WRITE_ZEROES: 6,
+  BLOCK_STATUS: 7,
+} as const;
 
-export const CFlag = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16, PAYLOAD_LEN: 32 } as const;
+export const CFlag = {
+  FUA: 1,
+  NO_HOLE: 2,
+  DF: 4,
+  REQ_ONE: 8,
+  FAST_ZERO: 16,
+  PAYLOAD_LEN: 32,
+} as const;
 
 export const REPLY_FLAG_DONE = 1;
-export const Chunk = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 0x8001, ERROR_OFFSET: 0x8002 } as const;
+export const Chunk = {
+  NONE: 0,
+  OFFSET_DATA: 1,
+  OFFSET_HOLE: 2,
+  BLOCK_STATUS: 5,
+  ERROR: 0x8001,
+  ERROR_OFFSET: 0x8002,
+} as const;
 
 /** The error values a server may put on the wire ("Error values"). */
-export const Errno = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
+export const Errno = {
+  EPERM: 1,
+  EIO: 5,
+  ENOMEM: 12,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOVERFLOW: 75,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const;
 export const WIRE_ERRNOS: ReadonlySet<number> = new Set(Object.values(Errno));
 
 export function errnoName(errno: number): string {

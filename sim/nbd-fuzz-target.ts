@@ -53,7 +53,12 @@ async function startMemory(sizeBytes: number): Promise<Target> {
     endpoint,
     writable,
     freeze: async () => {
-      const frozen = new MemoryBackend({ name: `${VOLUME}-frozen`, sizeBytes, readOnly: true, description: 'frozen copy' });
+      const frozen = new MemoryBackend({
+        name: `${VOLUME}-frozen`,
+        sizeBytes,
+        readOnly: true,
+        description: 'frozen copy',
+      });
       frozen.writeSync(0, volume.readSync(0, sizeBytes));
       registry.add(frozen);
       const readOnly: ExportInfo = { name: frozen.name, sizeBytes, readOnly: true };
@@ -94,8 +99,10 @@ class RewindProcess {
     for (;;) {
       const nbd = /volume v: nbd:\/\/([\d.]+):(\d+)\//.exec(this.stdout);
       const api = /API: (http:\/\/\S+)/.exec(this.stdout);
-      if (nbd?.[1] && nbd[2] && api?.[1]) return { endpoint: { host: nbd[1], port: Number(nbd[2]) }, api: api[1] };
-      if (this.child.exitCode !== null || Date.now() > deadline) throw new Error(`rewind up did not start: ${this.stdout}${this.stderrTail}`);
+      if (nbd?.[1] && nbd[2] && api?.[1])
+        return { endpoint: { host: nbd[1], port: Number(nbd[2]) }, api: api[1] };
+      if (this.child.exitCode !== null || Date.now() > deadline)
+        throw new Error(`rewind up did not start: ${this.stdout}${this.stderrTail}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
@@ -137,7 +144,11 @@ async function api<T>(base: string, method: string, route: string, body?: object
 /** Seals what was written and opens a snapshot view of it; returns the view's export of the volume. */
 async function snapshot(base: string, name: string, sizeBytes: number): Promise<ExportInfo> {
   const sealed = await api<{ seqLast: number }>(base, 'POST', '/api/seal', { wait: true });
-  const view = await api<{ exports: string[] }>(base, 'POST', '/api/views', { name, kind: 'snapshot', at: String(sealed.seqLast) });
+  const view = await api<{ exports: string[] }>(base, 'POST', '/api/views', {
+    name,
+    kind: 'snapshot',
+    at: String(sealed.seqLast),
+  });
   const exportName = view.exports.find((candidate) => candidate.startsWith(`${VOLUME}@`));
   if (!exportName) throw new Error(`view ${name} has no export for ${VOLUME}`);
   return { name: exportName, sizeBytes, readOnly: true };
@@ -145,8 +156,22 @@ async function snapshot(base: string, name: string, sizeBytes: number): Promise<
 
 async function startRewind(sizeBytes: number): Promise<Target> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-nbd-fuzz-'));
-  const args = [BIN, 'up', '--data', dataDir, '--nbd', '127.0.0.1:0', '--http', '127.0.0.1:0', '--volume', `${VOLUME}:${sizeBytes}`];
-  const rewind = new RewindProcess(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }), dataDir);
+  const args = [
+    BIN,
+    'up',
+    '--data',
+    dataDir,
+    '--nbd',
+    '127.0.0.1:0',
+    '--http',
+    '127.0.0.1:0',
+    '--volume',
+    `${VOLUME}:${sizeBytes}`,
+  ];
+  const rewind = new RewindProcess(
+    spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
+    dataDir,
+  );
   let started: { endpoint: Endpoint; api: string };
   try {
     started = await rewind.ready();
@@ -174,7 +199,13 @@ async function startRewind(sizeBytes: number): Promise<Target> {
       }
     },
     latestFromHistory: () => snapshot(started.api, 'fuzz-latest', sizeBytes),
-    problems: () => (rewind.running ? [...rewind.problems] : [...rewind.problems, `rewind up exited (code ${rewind.child.exitCode}, signal ${rewind.child.signalCode})`]),
+    problems: () =>
+      rewind.running
+        ? [...rewind.problems]
+        : [
+            ...rewind.problems,
+            `rewind up exited (code ${rewind.child.exitCode}, signal ${rewind.child.signalCode})`,
+          ],
     close: () => rewind.stop(),
   };
 }

@@ -19,10 +19,17 @@ const USAGE = `usage: node dist/sim/nbd-fuzz.js [--requests N] [--seed S] [--tar
 /** A bad command line: printed as its message, without a stack. */
 class UsageError extends Error {}
 
-function integer(text: string | undefined, fallback: number, name: string, min: number, max: number): number {
+function integer(
+  text: string | undefined,
+  fallback: number,
+  name: string,
+  min: number,
+  max: number,
+): number {
   if (text === undefined) return fallback;
   const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < min || value > max) throw new UsageError(`--${name} must be an integer in [${min}, ${max}]\n${USAGE}`);
+  if (!Number.isSafeInteger(value) || value < min || value > max)
+    throw new UsageError(`--${name} must be an integer in [${min}, ${max}]\n${USAGE}`);
   return value;
 }
 
@@ -47,8 +54,12 @@ function parseOptions(argv: string[]): FuzzOptions & { json: boolean } {
     process.exit(0);
   }
   const target = values.target ?? 'memory';
-  if (target !== 'memory' && target !== 'rewind') throw new UsageError(`--target must be memory or rewind\n${USAGE}`);
-  const replay = values.replay === undefined ? undefined : integer(values.replay, 0, 'replay', 0, Number.MAX_SAFE_INTEGER);
+  if (target !== 'memory' && target !== 'rewind')
+    throw new UsageError(`--target must be memory or rewind\n${USAGE}`);
+  const replay =
+    values.replay === undefined
+      ? undefined
+      : integer(values.replay, 0, 'replay', 0, Number.MAX_SAFE_INTEGER);
   return {
     requests: integer(values.requests, 100_000, 'requests', 1, Number.MAX_SAFE_INTEGER),
     seed: integer(values.seed, randomInt(0x100000000), 'seed', 0, 0xffffffff),
@@ -68,24 +79,38 @@ function printReport(report: FuzzReport): void {
     `  requests sent       ${report.requests}${report.replayed === undefined ? ` (planned ${report.requestsPlanned})` : ` (replay of connection ${report.replayed})`}`,
     `  connections         ${report.connections} (${report.transmissions} reached transmission), ${report.options} options`,
     `  replies             ${report.replies}`,
-    `  errors by errno     ${Object.entries(report.errnos).map(([name, count]) => `${name} ${count}`).join(', ')}`,
-    `  option errors       ${Object.entries(report.optionErrors).map(([name, count]) => `${name} ${count}`).join(', ')}`,
+    `  errors by errno     ${Object.entries(report.errnos)
+      .map(([name, count]) => `${name} ${count}`)
+      .join(', ')}`,
+    `  option errors       ${Object.entries(report.optionErrors)
+      .map(([name, count]) => `${name} ${count}`)
+      .join(', ')}`,
     `  protocol disconnects ${report.serverDisconnects} (server closed first)`,
     `  liveness probes     ${report.probes}`,
-    `  tolerated deviations ${Object.entries(report.deviations).map(([what, count]) => `${what} ${count}`).join(', ') || 'none'}`,
+    `  tolerated deviations ${
+      Object.entries(report.deviations)
+        .map(([what, count]) => `${what} ${count}`)
+        .join(', ') || 'none'
+    }`,
     `  time                ${report.seconds} s, ${report.requestsPerSecond} requests/s`,
   ];
   console.log(lines.join('\n'));
   for (const violation of report.violations) {
-    const where = violation.connection === undefined ? 'setup, probes or final checks' : `connection ${violation.connection} (replay: --seed ${report.seed} --replay ${violation.connection})`;
+    const where =
+      violation.connection === undefined
+        ? 'setup, probes or final checks'
+        : `connection ${violation.connection} (replay: --seed ${report.seed} --replay ${violation.connection})`;
     console.log(`\nVIOLATION [${violation.rule}] in ${where}\n  ${violation.detail}`);
-    if (violation.exchange.length > 0) console.log(`  recent exchange:\n    ${violation.exchange.join('\n    ')}`);
+    if (violation.exchange.length > 0)
+      console.log(`  recent exchange:\n    ${violation.exchange.join('\n    ')}`);
   }
 }
 
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
-  console.error(`nbd-fuzz: seed ${options.seed}, target ${options.target}, ${options.requests} requests`);
+  console.error(
+    `nbd-fuzz: seed ${options.seed}, target ${options.target}, ${options.requests} requests`,
+  );
   const report = await runFuzz({ ...options, progress: (line) => console.error(line) });
   if (options.json) console.log(JSON.stringify(report, null, 2));
   else printReport(report);
@@ -93,7 +118,12 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
+  if (
+    error instanceof UsageError ||
+    (error instanceof TypeError &&
+      'code' in error &&
+      String(error.code).startsWith('ERR_PARSE_ARGS'))
+  ) {
     console.error(error.message);
   } else {
     console.error(error instanceof Error ? (error.stack ?? error.message) : String(error));

@@ -111,7 +111,8 @@ export class ChaosProxy {
           return;
         }
       }
-      if (queue.length > 0) timer = setTimeout(drain, Math.max(0, (queue[0] as { due: number }).due - Date.now()));
+      if (queue.length > 0)
+        timer = setTimeout(drain, Math.max(0, (queue[0] as { due: number }).due - Date.now()));
     };
     from.on('data', (chunk: Buffer) => {
       if (cut) return;
@@ -151,7 +152,10 @@ class Proc {
   readonly child: ChildProcess;
   constructor(args: string[]) {
     this.child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout?.on('data', (c: Buffer) => (this.out = (this.out + c.toString()).slice(-50_000)));
+    this.child.stdout?.on(
+      'data',
+      (c: Buffer) => (this.out = (this.out + c.toString()).slice(-50_000)),
+    );
     this.child.stderr?.on('data', (c: Buffer) => {
       this.out = (this.out + c.toString()).slice(-50_000);
       const lines = (this.line + c.toString()).split('\n');
@@ -161,7 +165,8 @@ class Proc {
   }
   async ready(marker: string): Promise<void> {
     for (let waited = 0; !this.out.includes(marker); waited += 25) {
-      if (this.child.exitCode !== null || waited > 30_000) throw new Error(`process did not start: ${this.out.slice(-2000)}`);
+      if (this.child.exitCode !== null || waited > 30_000)
+        throw new Error(`process did not start: ${this.out.slice(-2000)}`);
       await sleep(25);
     }
   }
@@ -194,34 +199,95 @@ interface Status {
   sealedPending: number;
 }
 
-export async function runOutage(options: OutageOptions, progress: (line: string) => void = () => undefined): Promise<OutageReport> {
+export async function runOutage(
+  options: OutageOptions,
+  progress: (line: string) => void = () => undefined,
+): Promise<OutageReport> {
   const started = Date.now();
   const random = prng(options.seed);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-outage-'));
-  const [link, nbd, http, agentNbd] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [link, nbd, http, agentNbd] = [
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+  ];
   const proxy = new ChaosProxy(random);
   const procs: Proc[] = [];
   let writer: ChildProcess | undefined;
   try {
-    const manager = new Proc(['manager', '--data', path.join(dir, 'm'), '--listen', `127.0.0.1:${link}`, '--nbd', `127.0.0.1:${nbd}`, '--http', `127.0.0.1:${http}`, '--token', 'outage']);
+    const manager = new Proc([
+      'manager',
+      '--data',
+      path.join(dir, 'm'),
+      '--listen',
+      `127.0.0.1:${link}`,
+      '--nbd',
+      `127.0.0.1:${nbd}`,
+      '--http',
+      `127.0.0.1:${http}`,
+      '--token',
+      'outage',
+    ]);
     procs.push(manager);
     await manager.ready('API:');
     const proxyPort = await proxy.start(link);
-    const agent = new Proc(['agent', '--manager', `127.0.0.1:${proxyPort}`, '--data', path.join(dir, 'a'), '--nbd', `127.0.0.1:${agentNbd}`, '--token', 'outage', '--volume', `v:${VOLUME_BYTES}`, '--seal-ms', '100', '--seal-bytes', '128K', '--spool-bytes', '1M']);
+    const agent = new Proc([
+      'agent',
+      '--manager',
+      `127.0.0.1:${proxyPort}`,
+      '--data',
+      path.join(dir, 'a'),
+      '--nbd',
+      `127.0.0.1:${agentNbd}`,
+      '--token',
+      'outage',
+      '--volume',
+      `v:${VOLUME_BYTES}`,
+      '--seal-ms',
+      '100',
+      '--seal-bytes',
+      '128K',
+      '--spool-bytes',
+      '1M',
+    ]);
     procs.push(agent);
     await agent.ready('volume v:');
     const token = fs.readFileSync(path.join(dir, 'm', 'api-token'), 'utf8').trim();
-    const api = async <T>(method: string, route: string, body?: object): Promise<{ ok: boolean; body: T | string }> => {
-      const r = await fetch(`http://127.0.0.1:${http}${route}`, { method, headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) }, ...(body ? { body: JSON.stringify(body) } : {}) });
+    const api = async <T>(
+      method: string,
+      route: string,
+      body?: object,
+    ): Promise<{ ok: boolean; body: T | string }> => {
+      const r = await fetch(`http://127.0.0.1:${http}${route}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${token}`,
+          ...(body ? { 'content-type': 'application/json' } : {}),
+        },
+        ...(body ? { body: JSON.stringify(body) } : {}),
+      });
       const text = await r.text();
       return { ok: r.ok, body: route === '/api/log' || !r.ok ? text : (JSON.parse(text) as T) };
     };
-    const status = async (): Promise<Status> => (await api<Status>('GET', '/api/status')).body as Status;
+    const status = async (): Promise<Status> =>
+      (await api<Status>('GET', '/api/status')).body as Status;
 
     // The client: steady writes from now to the end.
     const stopFile = path.join(dir, 'stop-writer');
     const answered: { id: number; sentNs: bigint; answeredNs: bigint }[] = [];
-    writer = spawn(PYTHON, ['-c', WRITER, `nbd://127.0.0.1:${agentNbd}/v`, String(BLOCKS), String(WRITES_PER_SECOND), stopFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    writer = spawn(
+      PYTHON,
+      [
+        '-c',
+        WRITER,
+        `nbd://127.0.0.1:${agentNbd}/v`,
+        String(BLOCKS),
+        String(WRITES_PER_SECOND),
+        stopFile,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let pending = '';
     let writerErr = '';
     writer.stderr?.on('data', (c: Buffer) => (writerErr += c.toString()));
@@ -231,7 +297,11 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
       pending = lines.pop() ?? '';
       for (const line of lines) {
         const [id, sent, done] = line.split(' ');
-        answered.push({ id: Number(id), sentNs: BigInt(sent as string), answeredNs: BigInt(done as string) });
+        answered.push({
+          id: Number(id),
+          sentNs: BigInt(sent as string),
+          answeredNs: BigInt(done as string),
+        });
       }
     });
     const writerExited = new Promise((r) => writer?.once('exit', r));
@@ -247,8 +317,17 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
       // Link back: wait for the backlog, and the resync if the spool overflowed, to be committed.
       for (let waited = 0; ; waited += 200) {
         const s = await status();
-        if (s.agentConnected && s.mode === 'logging' && s.sealedPending === 0 && s.seqCommitted >= s.seqCaptured - 64) break;
-        assert.ok(waited < 120_000 + seconds * 2000, `the agent catches up after an outage of ${seconds} s: ${JSON.stringify(s)}`);
+        if (
+          s.agentConnected &&
+          s.mode === 'logging' &&
+          s.sealedPending === 0 &&
+          s.seqCommitted >= s.seqCaptured - 64
+        )
+          break;
+        assert.ok(
+          waited < 120_000 + seconds * 2000,
+          `the agent catches up after an outage of ${seconds} s: ${JSON.stringify(s)}`,
+        );
         await sleep(200);
       }
       progress(`caught up after the ${seconds} s outage`);
@@ -257,19 +336,37 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
     fs.writeFileSync(stopFile, '');
     await writerExited;
     assert.ok(answered.length > 0, `the client wrote: ${writerErr}`);
-    const sealed = (await api<{ seqLast: number; committed: number }>('POST', '/api/seal', { wait: true, timeoutMs: 120_000 })).body as { seqLast: number; committed: number };
+    const sealed = (
+      await api<{ seqLast: number; committed: number }>('POST', '/api/seal', {
+        wait: true,
+        timeoutMs: 120_000,
+      })
+    ).body as { seqLast: number; committed: number };
 
     // The history.
     const log = ((await api<string>('GET', '/api/log')).body as string)
       .trim()
       .split('\n')
       .filter(Boolean)
-      .map((l) => JSON.parse(l) as { seq: number; time: string; timeNs?: string; offset: number; length: number; resync: boolean });
+      .map(
+        (l) =>
+          JSON.parse(l) as {
+            seq: number;
+            time: string;
+            timeNs?: string;
+            offset: number;
+            length: number;
+            resync: boolean;
+          },
+      );
     log.forEach((e, i) => assert.equal(e.seq, i + 1, `seq gap at ${i + 1}`));
     const seqLast = log.length;
     assert.equal(sealed.committed, seqLast, 'everything captured is committed');
     let viewsChecked = 0;
-    const createView = async (name: string, at: string): Promise<{ ok: boolean; body: unknown }> => {
+    const createView = async (
+      name: string,
+      at: string,
+    ): Promise<{ ok: boolean; body: unknown }> => {
       const r = await api('POST', '/api/views', { name, kind: 'snapshot', at });
       if (r.ok) await api('DELETE', `/api/views/${name}`);
       viewsChecked += 1;
@@ -277,20 +374,34 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
     };
 
     // History at the last seq equals production.
-    assert.ok((await api('POST', '/api/views', { name: 'last', kind: 'snapshot', at: String(seqLast) })).ok);
+    assert.ok(
+      (await api('POST', '/api/views', { name: 'last', kind: 'snapshot', at: String(seqLast) })).ok,
+    );
     const image = path.join(dir, 'last.img');
-    const copy = spawnSync('nbdcopy', [`nbd://127.0.0.1:${nbd}/v@last`, image], { timeout: 120_000 });
+    const copy = spawnSync('nbdcopy', [`nbd://127.0.0.1:${nbd}/v@last`, image], {
+      timeout: 120_000,
+    });
     assert.equal(copy.status, 0, `nbdcopy: ${copy.stderr}`);
-    assert.ok(fs.readFileSync(image).equals(fs.readFileSync(path.join(dir, 'a', 'production', 'v.img'))), 'the history at the last seq equals production');
+    assert.ok(
+      fs.readFileSync(image).equals(fs.readFileSync(path.join(dir, 'a', 'production', 'v.img'))),
+      'the history at the last seq equals production',
+    );
     fs.rmSync(image);
     // Every answered write is in it: each block holds the id of the last answered write to it.
     const lastId = new Map<number, number>();
     for (const w of answered) lastId.set((w.id % BLOCKS) * BLOCK, w.id);
-    const probe = spawnSync(PYTHON, ['-c', PROBE, `nbd://127.0.0.1:${nbd}/v@last`], { input: [...lastId.keys()].join(' '), timeout: 120_000 });
+    const probe = spawnSync(PYTHON, ['-c', PROBE, `nbd://127.0.0.1:${nbd}/v@last`], {
+      input: [...lastId.keys()].join(' '),
+      timeout: 120_000,
+    });
     assert.equal(probe.status, 0, `probe: ${probe.stderr}`);
     for (const line of probe.stdout.toString().trim().split('\n')) {
       const [offset, id] = line.split(' ').map(Number) as [number, number];
-      assert.equal(id, lastId.get(offset), `the answered write ${lastId.get(offset)} at ${offset} is in the history`);
+      assert.equal(
+        id,
+        lastId.get(offset),
+        `the answered write ${lastId.get(offset)} at ${offset} is in the history`,
+      );
     }
     viewsChecked += 1;
     await api('DELETE', '/api/views/last');
@@ -308,25 +419,43 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
     for (const w of answered) {
       // Log times are printed to the millisecond: widen the interval by one on each side.
       const times = recordTimes.get((w.id % BLOCKS) * BLOCK) ?? [];
-      const logged = times.some((t) => t >= w.sentNs - 1_000_000n - ((w.sentNs - 1_000_000n) % 1_000_000n) && t <= w.answeredNs + 1_000_000n);
+      const logged = times.some(
+        (t) =>
+          t >= w.sentNs - 1_000_000n - ((w.sentNs - 1_000_000n) % 1_000_000n) &&
+          t <= w.answeredNs + 1_000_000n,
+      );
       if (!logged) unlogged.push(w);
     }
     const perWrite = log.filter((e) => !e.resync).length;
-    assert.equal(perWrite, answered.length - unlogged.length, 'every per-write record is one answered write');
-    if (unlogged.length > 0) assert.ok(log.some((e) => e.resync), 'writes without their own record are covered by a resync');
+    assert.equal(
+      perWrite,
+      answered.length - unlogged.length,
+      'every per-write record is one answered write',
+    );
+    if (unlogged.length > 0)
+      assert.ok(
+        log.some((e) => e.resync),
+        'writes without their own record are covered by a resync',
+      );
     // A time inside a window is refused, and says so; sampled.
     for (let i = 0; i < Math.min(40, unlogged.length); i++) {
       const w = unlogged[random(unlogged.length)] as (typeof unlogged)[number];
       const at = new Date(Number(w.answeredNs / 1_000_000n) + 1).toISOString();
       const r = await createView(`in-${i}`, at);
-      assert.ok(!r.ok && /window without per-write history|inside a resync/.test(String(r.body)), `a view at ${at}, when write ${w.id} was answered without a record of its own, is refused: ${String(r.body).slice(0, 300)}`);
+      assert.ok(
+        !r.ok && /window without per-write history|inside a resync/.test(String(r.body)),
+        `a view at ${at}, when write ${w.id} was answered without a record of its own, is refused: ${String(r.body).slice(0, 300)}`,
+      );
     }
     // A record's own time is a valid point; sampled.
     const records = log.filter((e) => !e.resync);
     for (let i = 0; i < Math.min(20, records.length); i++) {
       const e = records[random(records.length)] as (typeof records)[number];
       const r = await createView(`at-${i}`, String(e.seq));
-      assert.ok(r.ok, `a view at seq ${e.seq} (a per-write record) is accepted: ${String(r.body).slice(0, 300)}`);
+      assert.ok(
+        r.ok,
+        `a view at seq ${e.seq} (a per-write record) is accepted: ${String(r.body).slice(0, 300)}`,
+      );
     }
     return {
       seed: options.seed,
@@ -342,7 +471,9 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
       seconds: Math.round((Date.now() - started) / 1000),
     };
   } catch (error) {
-    throw new Error(`outage run failed (seed ${options.seed}): ${(error as Error).message}\n--- agent ---\n${procs[1]?.out.slice(-12000) ?? ''}\n--- manager ---\n${procs[0]?.out.slice(-12000) ?? ''}`);
+    throw new Error(
+      `outage run failed (seed ${options.seed}): ${(error as Error).message}\n--- agent ---\n${procs[1]?.out.slice(-12000) ?? ''}\n--- manager ---\n${procs[0]?.out.slice(-12000) ?? ''}`,
+    );
   } finally {
     writer?.kill('SIGKILL');
     for (const p of procs) p.child.kill('SIGKILL');
@@ -353,8 +484,12 @@ export async function runOutage(options: OutageOptions, progress: (line: string)
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const argv = process.argv.slice(2);
-  const get = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
-  const options: OutageOptions = { outagesSeconds: (get('--outages') ?? '1,3,10').split(',').map(Number), seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)) };
+  const get = (name: string): string | undefined =>
+    argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined;
+  const options: OutageOptions = {
+    outagesSeconds: (get('--outages') ?? '1,3,10').split(',').map(Number),
+    seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)),
+  };
   console.error(`outage run: outages ${options.outagesSeconds.join(', ')} s, seed ${options.seed}`);
   runOutage(options, (line) => console.error(line))
     .then((report) => {

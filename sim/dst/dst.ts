@@ -27,7 +27,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { Agent } from '../../src/agent/agent.js';
-import { parseSealedRedo, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type SealedRedo } from '../../src/log/index.js';
+import {
+  parseSealedRedo,
+  SEGMENT_FLAG_RESYNC,
+  SEGMENT_FLAG_RESYNC_END,
+  type SealedRedo,
+} from '../../src/log/index.js';
 import { InThreadApply } from '../../src/manager/apply-pool.js';
 import { Catalog } from '../../src/manager/catalog.js';
 import { Manager } from '../../src/manager/manager.js';
@@ -64,7 +69,12 @@ export interface RunOptions {
 export interface RunReport {
   seed: number;
   ops: { writes: number; zeroes: number; flushes: number; failed: number; unknown: number };
-  crashes: { agentKill: number; agentPowerLoss: number; managerKill: number; managerPowerLoss: number };
+  crashes: {
+    agentKill: number;
+    agentPowerLoss: number;
+    managerKill: number;
+    managerPowerLoss: number;
+  };
   /** Agents whose write path stopped and that an operator then stopped cleanly (SIGTERM) and restarted. */
   agentCleanStops: number;
   link: { cuts: number; partitions: number; connections: number };
@@ -175,7 +185,8 @@ class ClientModel {
       const op = this.ops[id] as Op;
       this.ackedSinceFlush.delete(id);
       const floor = this.floor[op.volume] as Uint32Array;
-      for (let s = op.offset / SECTOR; s < (op.offset + op.length) / SECTOR; s++) floor[s] = Math.max(floor[s] as number, id);
+      for (let s = op.offset / SECTOR; s < (op.offset + op.length) / SECTOR; s++)
+        floor[s] = Math.max(floor[s] as number, id);
     }
   }
 
@@ -212,7 +223,9 @@ class ClientModel {
       if (zeroAllowed && sector.every((b) => b === 0)) continue;
       if (allowed.some(matches)) continue;
       const stamp = stampOf(sector);
-      throw new Error(`volume ${VOLUMES[volume]?.name} sector ${s}: holds ${stamp !== undefined ? `bytes of write ${stamp}` : 'bytes no write put there'}, but write ${floor[s]} was acknowledged durable there and only writes ${allowed.join(', ') || '(none)'} came after it`);
+      throw new Error(
+        `volume ${VOLUMES[volume]?.name} sector ${s}: holds ${stamp !== undefined ? `bytes of write ${stamp}` : 'bytes no write put there'}, but write ${floor[s]} was acknowledged durable there and only writes ${allowed.join(', ') || '(none)'} came after it`,
+      );
     }
   }
 
@@ -254,11 +267,19 @@ class Simulation {
     this.world = new World(options.seed);
     const random = this.world.random;
     this.disk = new SimFs(
-      { random: () => random.next(), caller: () => this.world.caller(), schedule: (ms, fn) => this.world.schedule(ms, fn), afterOp: (proc) => this.afterDiskOp(proc) },
+      {
+        random: () => random.next(),
+        caller: () => this.world.caller(),
+        schedule: (ms, fn) => this.world.schedule(ms, fn),
+        afterOp: (proc) => this.afterDiskOp(proc),
+      },
       [
         { prefix: AGENT_DIR, capacityBytes: 64 * 1024 * 1024 },
         // Some seeds run the manager on a disk that fills: it must push back, not fail.
-        { prefix: MANAGER_DIR, capacityBytes: random.chance(0.3) ? 12 * 1024 * 1024 : 256 * 1024 * 1024 },
+        {
+          prefix: MANAGER_DIR,
+          capacityBytes: random.chance(0.3) ? 12 * 1024 * 1024 : 256 * 1024 * 1024,
+        },
       ],
     );
     this.net = new SimNetwork(this.world);
@@ -284,7 +305,8 @@ class Simulation {
   /** Counts the first processes' disk calls in the fault phase; crashes one at its step. */
   afterDiskOp(proc: { name: string }): void {
     if (!this.counting) return;
-    const who = proc.name === 'agent#1' ? 'agent' : proc.name === 'manager#1' ? 'manager' : undefined;
+    const who =
+      proc.name === 'agent#1' ? 'agent' : proc.name === 'manager#1' ? 'manager' : undefined;
     if (!who) return;
     const step = ++this.report.steps[who];
     const crashAt = this.options.crashAt;
@@ -320,13 +342,20 @@ class Simulation {
       openCatalog: () => {
         // The catalog is SQLite with synchronous=FULL: a commit is durable, nothing else is. A
         // crash keeps exactly the committed state, which serialize() captures.
-        this.catalogDb = this.catalogImage ? new Database(this.catalogImage) : new Database(':memory:');
+        this.catalogDb = this.catalogImage
+          ? new Database(this.catalogImage)
+          : new Database(':memory:');
         return new Catalog(this.catalogDb);
       },
     });
     this.managerProc = proc;
     try {
-      await this.world.settle(proc.run(() => manager.open()), 60_000, `${proc.name} open`, proc);
+      await this.world.settle(
+        proc.run(() => manager.open()),
+        60_000,
+        `${proc.name} open`,
+        proc,
+      );
     } catch (error) {
       if (!proc.alive) return; // crashed while starting (crash-at-every-step)
       // A failing disk may keep the manager down; a full one must not (it pushes back instead).
@@ -352,13 +381,25 @@ class Simulation {
         port: 0,
         token: TOKEN,
         connect: (onConnected) =>
-          this.net.connect(proc, () => (this.manager && this.managerProc?.alive ? { proc: this.managerProc, accept: (socket) => this.manager?.acceptAgent(socket) } : undefined), onConnected),
+          this.net.connect(
+            proc,
+            () =>
+              this.manager && this.managerProc?.alive
+                ? { proc: this.managerProc, accept: (socket) => this.manager?.acceptAgent(socket) }
+                : undefined,
+            onConnected,
+          ),
       },
       log: this.log(proc.name),
     });
     this.agentProc = proc;
     try {
-      await this.world.settle(proc.run(() => agent.open()), 60_000, `${proc.name} open`, proc);
+      await this.world.settle(
+        proc.run(() => agent.open()),
+        60_000,
+        `${proc.name} open`,
+        proc,
+      );
     } catch (error) {
       if (!proc.alive) return; // crashed while starting (crash-at-every-step)
       if (!isInjected(error)) throw error;
@@ -386,7 +427,12 @@ class Simulation {
       return;
     }
     try {
-      await this.world.settle(proc.run(() => agent.close()), 60_000, `${proc.name} close`, proc);
+      await this.world.settle(
+        proc.run(() => agent.close()),
+        60_000,
+        `${proc.name} close`,
+        proc,
+      );
     } catch (error) {
       if (!proc.alive) return;
       if (!isInjected(error)) throw error;
@@ -418,7 +464,9 @@ class Simulation {
       const lost = this.disk.powerLoss(AGENT_DIR);
       this.model.agentPowerLost(inFlight);
       this.report.crashes.agentPowerLoss += 1;
-      this.event(`${proc.name} power loss: ${inFlight.length} requests unanswered, ${lost.sectorsLost} sectors and ${lost.metadataOpsLost} directory operations lost`);
+      this.event(
+        `${proc.name} power loss: ${inFlight.length} requests unanswered, ${lost.sectorsLost} sectors and ${lost.metadataOpsLost} directory operations lost`,
+      );
     } else {
       this.disk.processCrash(proc);
       this.model.agentKilled(inFlight);
@@ -441,7 +489,9 @@ class Simulation {
     if (powerLoss) {
       const lost = this.disk.powerLoss(MANAGER_DIR);
       this.report.crashes.managerPowerLoss += 1;
-      this.event(`${proc.name} power loss: ${lost.sectorsLost} sectors and ${lost.metadataOpsLost} directory operations lost`);
+      this.event(
+        `${proc.name} power loss: ${lost.sectorsLost} sectors and ${lost.metadataOpsLost} directory operations lost`,
+      );
     } else {
       this.disk.processCrash(proc);
       this.report.crashes.managerKill += 1;
@@ -484,7 +534,10 @@ class Simulation {
     if (kind === 'write') this.report.ops.writes += 1;
     else this.report.ops.zeroes += 1;
     const backend = this.backends[volume] as ExportBackend;
-    if (this.options.verbose) console.error(`      op ${id} ${kind} ${VOLUMES[volume]?.name} ${offset}+${length}${op.fua ? ' fua' : ''}`);
+    if (this.options.verbose)
+      console.error(
+        `      op ${id} ${kind} ${VOLUMES[volume]?.name} ${offset}+${length}${op.fua ? ' fua' : ''}`,
+      );
     const done = (errno: number): void => {
       if (this.options.verbose) console.error(`      op ${id} -> ${errno}`);
       if (!this.inFlight.delete(op)) return;
@@ -492,7 +545,11 @@ class Simulation {
       if (errno !== 0) this.report.ops.failed += 1;
       this.trace.update(`${op.id}:${errno};`);
     };
-    proc.run(() => (kind === 'write' ? backend.write(offset, op.data as Buffer, op.fua, done) : backend.writeZeroes(offset, length, op.fua, done)));
+    proc.run(() =>
+      kind === 'write'
+        ? backend.write(offset, op.data as Buffer, op.fua, done)
+        : backend.writeZeroes(offset, length, op.fua, done),
+    );
   }
 
   // ---- phases ----
@@ -501,7 +558,15 @@ class Simulation {
     const random = this.world.random;
     // After an fsync EIO the manager's disk also evicts the dropped writes from the cache (the
     // worst case: a replica read then sees the bytes from before the failed transaction).
-    const eio = random.chance(0.5) ? { readEio: 0, writeEio: 0.0005, fsyncEio: 0.002, maxLatencyMs: 3, fsyncEioEvicts: [MANAGER_DIR] } : { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 };
+    const eio = random.chance(0.5)
+      ? {
+          readEio: 0,
+          writeEio: 0.0005,
+          fsyncEio: 0.002,
+          maxLatencyMs: 3,
+          fsyncEioEvicts: [MANAGER_DIR],
+        }
+      : { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 };
     const calm = this.options.crashAt !== undefined; // the one crash is the step's
     this.disk.setFaults(calm ? { readEio: 0, writeEio: 0, fsyncEio: 0, maxLatencyMs: 3 } : eio);
     const cuts = random.chance(0.5) ? 0.002 : 0;
@@ -528,7 +593,7 @@ class Simulation {
       } else if (roll < 0.008) {
         this.crashManager(random.chance(0.5));
         downUntil.manager = now + random.int(3000);
-      } else if (roll < 0.010) {
+      } else if (roll < 0.01) {
         const ms = 100 + random.int(8000);
         this.net.partition(ms);
         this.report.link.partitions += 1;
@@ -550,7 +615,8 @@ class Simulation {
       } else {
         await this.world.advance(1 + random.int(20));
       }
-      if (this.world.failures.length > 0) throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
+      if (this.world.failures.length > 0)
+        throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
     }
     this.counting = false;
   }
@@ -573,7 +639,13 @@ class Simulation {
       await this.world.until(() => this.inFlight.size === 0, 30_000);
       const caughtUp = (): boolean => {
         const status = this.agent?.status();
-        return status !== undefined && status.mode === 'logging' && status.sealedPending === 0 && this.manager !== undefined && this.manager.seqCommitted() === status.seqCaptured;
+        return (
+          status !== undefined &&
+          status.mode === 'logging' &&
+          status.sealedPending === 0 &&
+          this.manager !== undefined &&
+          this.manager.seqCommitted() === status.seqCaptured
+        );
       };
       if (await this.world.until(caughtUp, 120_000, 50)) {
         // A seal of the idle active segment may still be on its way; wait for a quiet moment.
@@ -582,7 +654,9 @@ class Simulation {
       }
     }
     const status = this.agent?.status();
-    throw new Error(`healing: the history did not catch up (agent ${JSON.stringify(status, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}, manager committed ${this.manager?.seqCommitted()})`);
+    throw new Error(
+      `healing: the history did not catch up (agent ${JSON.stringify(status, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}, manager committed ${this.manager?.seqCommitted()})`,
+    );
   }
 
   productionImage(volume: number): Buffer {
@@ -598,15 +672,33 @@ class Simulation {
     const manager = this.manager as Manager;
     const proc = this.managerProc as SimProcess;
     const name = `check-${seq}`;
-    const view = await this.world.settle(proc.run(() => manager.createView(name, 'snapshot', String(seq))), 60_000, `view at ${seq}`);
+    const view = await this.world.settle(
+      proc.run(() => manager.createView(name, 'snapshot', String(seq))),
+      60_000,
+      `view at ${seq}`,
+    );
     const images = VOLUMES.map((v, i) => proc.run(() => view.read(i, 0, v.sizeBytes)));
-    await this.world.settle(proc.run(() => manager.removeView(name)), 60_000, `remove view ${name}`);
+    await this.world.settle(
+      proc.run(() => manager.removeView(name)),
+      60_000,
+      `remove view ${name}`,
+    );
     this.report.viewsChecked += 1;
     return images;
   }
 
   /** Every committed transaction's records, with their payloads, in seq order. */
-  history(): { seq: number; volume: number; kind: string; offset: number; length: number; data: Buffer | undefined; resync: boolean; resyncEnd: boolean; tx: number }[] {
+  history(): {
+    seq: number;
+    volume: number;
+    kind: string;
+    offset: number;
+    length: number;
+    data: Buffer | undefined;
+    resync: boolean;
+    resyncEnd: boolean;
+    tx: number;
+  }[] {
     const manager = this.manager as Manager;
     const out = [];
     const txs = manager.txsAfter(0);
@@ -620,9 +712,25 @@ class Simulation {
       const resync = (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0;
       const resyncEnd = (parsed.header.flags & SEGMENT_FLAG_RESYNC_END) !== 0;
       for (const r of parsed.records) {
-        if (r.seq !== expected) throw new Error(`history: seq ${r.seq} follows seq ${expected - 1} (transaction ${tx.idx})`);
+        if (r.seq !== expected)
+          throw new Error(
+            `history: seq ${r.seq} follows seq ${expected - 1} (transaction ${tx.idx})`,
+          );
         expected += 1;
-        out.push({ seq: r.seq, volume: r.volume, kind: r.kind, offset: r.offsetBytes, length: r.lengthBytes, data: r.kind === 'write' ? bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes) : undefined, resync, resyncEnd, tx: tx.idx });
+        out.push({
+          seq: r.seq,
+          volume: r.volume,
+          kind: r.kind,
+          offset: r.offsetBytes,
+          length: r.lengthBytes,
+          data:
+            r.kind === 'write'
+              ? bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes)
+              : undefined,
+          resync,
+          resyncEnd,
+          tx: tx.idx,
+        });
       }
     }
     return out;
@@ -639,7 +747,10 @@ class Simulation {
     if (seqLast > 0) {
       const last = await this.viewImages(seqLast);
       last.forEach((image, i) => {
-        if (!image.equals(production[i] as Buffer)) throw new Error(`volume ${VOLUMES[i]?.name}: the history at its last seq ${seqLast} differs from production at byte ${firstDifference(image, production[i] as Buffer)}`);
+        if (!image.equals(production[i] as Buffer))
+          throw new Error(
+            `volume ${VOLUMES[i]?.name}: the history at its last seq ${seqLast} differs from production at byte ${firstDifference(image, production[i] as Buffer)}`,
+          );
       });
     }
     // 3. Every client write in the history is exactly what the client wrote, in client order.
@@ -653,12 +764,24 @@ class Simulation {
       if (r.kind !== 'write') continue; // zeroes carry no stamp; the replay below checks them
       const id = stampOf(r.data as Buffer);
       const op = id === undefined ? undefined : this.model.ops[id];
-      if (!op || op.kind !== 'write' || op.volume !== r.volume || op.offset !== r.offset || op.length !== r.length || !(op.data as Buffer).equals(r.data as Buffer)) {
-        throw new Error(`seq ${r.seq}: a write record of ${r.length} bytes at ${r.offset} on volume ${r.volume} is not the bytes any client write put there`);
+      if (
+        !op ||
+        op.kind !== 'write' ||
+        op.volume !== r.volume ||
+        op.offset !== r.offset ||
+        op.length !== r.length ||
+        !(op.data as Buffer).equals(r.data as Buffer)
+      ) {
+        throw new Error(
+          `seq ${r.seq}: a write record of ${r.length} bytes at ${r.offset} on volume ${r.volume} is not the bytes any client write put there`,
+        );
       }
       const writers = lastWriter[r.volume] as Uint32Array;
       for (let s = r.offset / SECTOR; s < (r.offset + r.length) / SECTOR; s++) {
-        if ((writers[s] as number) > op.id) throw new Error(`seq ${r.seq}: write ${op.id} logged after write ${writers[s]} to the same sector, which the client issued later`);
+        if ((writers[s] as number) > op.id)
+          throw new Error(
+            `seq ${r.seq}: write ${op.id} logged after write ${writers[s]} to the same sector, which the client issued later`,
+          );
         writers[s] = op.id;
       }
     }
@@ -666,7 +789,9 @@ class Simulation {
     const first = records[0]?.seq ?? 1;
     const samples = new Set<number>();
     // A point inside a resync has no per-write history (views refuse it); its last seq is a point.
-    const points = records.filter((r, i) => !r.resync || (r.resyncEnd && records[i + 1]?.tx !== r.tx)).map((r) => r.seq);
+    const points = records
+      .filter((r, i) => !r.resync || (r.resyncEnd && records[i + 1]?.tx !== r.tx))
+      .map((r) => r.seq);
     for (let i = 0; i < 6 && points.length > 0; i++) samples.add(this.world.random.pick(points));
     if (this.options.everySeq) for (const seq of points) samples.add(seq);
     const model = VOLUMES.map((v) => Buffer.alloc(v.sizeBytes));
@@ -680,7 +805,10 @@ class Simulation {
       }
       const images = await this.viewImages(seq);
       images.forEach((image, i) => {
-        if (!image.equals(model[i] as Buffer)) throw new Error(`volume ${VOLUMES[i]?.name}: the view at seq ${seq} differs from the replay of records ${first}..${seq} at byte ${firstDifference(image, model[i] as Buffer)}`);
+        if (!image.equals(model[i] as Buffer))
+          throw new Error(
+            `volume ${VOLUMES[i]?.name}: the view at seq ${seq} differs from the replay of records ${first}..${seq} at byte ${firstDifference(image, model[i] as Buffer)}`,
+          );
       });
     }
     for (const image of production) this.trace.update(createHash('sha256').update(image).digest());
@@ -699,7 +827,8 @@ class Simulation {
     const fd = fs.openSync(file, 'r+');
     try {
       const zeroes = Buffer.alloc(Math.min(length, 1024 * 1024));
-      for (let done = 0; done < length; ) done += fs.writeSync(fd, zeroes, 0, Math.min(zeroes.length, length - done), offset + done);
+      for (let done = 0; done < length;)
+        done += fs.writeSync(fd, zeroes, 0, Math.min(zeroes.length, length - done), offset + done);
     } finally {
       fs.closeSync(fd);
     }
@@ -715,17 +844,24 @@ class Simulation {
       await this.faultPhase();
       await this.healingPhase();
       await this.check();
-      if (this.world.failures.length > 0) throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
+      if (this.world.failures.length > 0)
+        throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
       this.report.earlyStores += this.manager?.earlyStores ?? 0;
       const stats = this.disk.stats();
       this.report.disk = { injectedEio: stats.injectedEio, injectedEnospc: stats.injectedEnospc };
-      this.report.link = { ...this.report.link, cuts: this.net.cuts, connections: this.net.connections };
+      this.report.link = {
+        ...this.report.link,
+        cuts: this.net.cuts,
+        connections: this.net.connections,
+      };
       this.report.simulatedSeconds = Math.round((Date.now() - Date.UTC(2026, 0, 1)) / 1000);
       this.report.digest = this.trace.digest('hex').slice(0, 16);
       return this.report;
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      throw new Error(`simulation failed, seed ${this.options.seed}: ${message}\n--- last events ---\n${this.logLines.slice(-60).join('\n')}`);
+      throw new Error(
+        `simulation failed, seed ${this.options.seed}: ${message}\n--- last events ---\n${this.logLines.slice(-60).join('\n')}`,
+      );
     } finally {
       // Stop what is still running (as a crash: nothing is waited for), then restore the real world.
       if (this.agentProc) this.agentProc.alive = false;
@@ -740,7 +876,11 @@ class Simulation {
 
 /** An injected disk fault, here or as the cause of a product error: a process may refuse to start. */
 function isInjected(error: unknown): boolean {
-  for (let e = error as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
+  for (
+    let e = error as { code?: string; cause?: unknown } | undefined;
+    e;
+    e = e.cause as typeof e
+  ) {
     if (e.code === 'EIO' || e.code === 'ENOSPC') return true;
   }
   return false;
@@ -778,11 +918,26 @@ export interface CrashStepsReport {
  * run goes through healing and all the checks. Steps past a run's own count (a crash changes what
  * follows) are reported as not reached.
  */
-export async function runCrashSteps(options: CrashStepsOptions, onRun?: (done: number, total: number, last: RunReport) => void): Promise<CrashStepsReport> {
-  const probe = await runSimulation({ seed: options.seed, ops: options.ops, crashAt: { who: 'agent', step: 0, powerLoss: false } });
+export async function runCrashSteps(
+  options: CrashStepsOptions,
+  onRun?: (done: number, total: number, last: RunReport) => void,
+): Promise<CrashStepsReport> {
+  const probe = await runSimulation({
+    seed: options.seed,
+    ops: options.ops,
+    crashAt: { who: 'agent', step: 0, powerLoss: false },
+  });
   const cases: NonNullable<RunOptions['crashAt']>[] = [];
-  for (const who of options.sides) for (let step = 1; step <= probe.steps[who]; step += options.stride) for (const mode of options.modes) cases.push({ who, step, powerLoss: mode === 'power' });
-  const report: CrashStepsReport = { seed: options.seed, steps: probe.steps, runs: 0, crashed: 0, byCase: {} };
+  for (const who of options.sides)
+    for (let step = 1; step <= probe.steps[who]; step += options.stride)
+      for (const mode of options.modes) cases.push({ who, step, powerLoss: mode === 'power' });
+  const report: CrashStepsReport = {
+    seed: options.seed,
+    steps: probe.steps,
+    runs: 0,
+    crashed: 0,
+    byCase: {},
+  };
   for (const crashAt of cases) {
     const run = await runSimulation({ seed: options.seed, ops: options.ops, crashAt });
     report.runs += 1;
@@ -796,7 +951,16 @@ export async function runCrashSteps(options: CrashStepsOptions, onRun?: (done: n
   return report;
 }
 
-function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefined; ops: number; verbose: boolean; json: boolean; everySeq: boolean; crashSteps: boolean; stride: number } {
+function parseArgs(argv: string[]): {
+  seeds: number[];
+  minutes: number | undefined;
+  ops: number;
+  verbose: boolean;
+  json: boolean;
+  everySeq: boolean;
+  crashSteps: boolean;
+  stride: number;
+} {
   const get = (name: string): string | undefined => {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
@@ -811,7 +975,16 @@ function parseArgs(argv: string[]): { seeds: number[]; minutes: number | undefin
   const minutes = get('--minutes') === undefined ? undefined : Number(get('--minutes'));
   if (seeds.length === 0 && minutes === undefined) seeds = [1];
   const crashSteps = argv.includes('--crash-steps');
-  return { seeds, minutes, ops: Number(get('--ops') ?? (crashSteps ? 200 : 3000)), verbose: argv.includes('--verbose'), json: argv.includes('--json'), everySeq: argv.includes('--every-seq'), crashSteps, stride: Number(get('--stride') ?? 1) };
+  return {
+    seeds,
+    minutes,
+    ops: Number(get('--ops') ?? (crashSteps ? 200 : 3000)),
+    verbose: argv.includes('--verbose'),
+    json: argv.includes('--json'),
+    everySeq: argv.includes('--every-seq'),
+    crashSteps,
+    stride: Number(get('--stride') ?? 1),
+  };
 }
 
 async function crashStepsMain(args: ReturnType<typeof parseArgs>): Promise<void> {
@@ -819,15 +992,36 @@ async function crashStepsMain(args: ReturnType<typeof parseArgs>): Promise<void>
   let runs = 0;
   let crashed = 0;
   for (const seed of args.seeds) {
-    const report = await runCrashSteps({ seed, ops: args.ops, stride: args.stride, sides: ['agent', 'manager'], modes: ['kill', 'power'] }, (done, total, last) => {
-      if (done % 50 === 0 || done === total) console.error(`seed ${seed}: ${done}/${total} runs, last ${last.crashedAtStep ? 'crashed at its step' : 'ended before its step'}, ${((performance.now() - started) / 1000).toFixed(0)} s`);
-    });
+    const report = await runCrashSteps(
+      {
+        seed,
+        ops: args.ops,
+        stride: args.stride,
+        sides: ['agent', 'manager'],
+        modes: ['kill', 'power'],
+      },
+      (done, total, last) => {
+        if (done % 50 === 0 || done === total)
+          console.error(
+            `seed ${seed}: ${done}/${total} runs, last ${last.crashedAtStep ? 'crashed at its step' : 'ended before its step'}, ${((performance.now() - started) / 1000).toFixed(0)} s`,
+          );
+      },
+    );
     runs += report.runs;
     crashed += report.crashed;
     if (args.json) console.log(JSON.stringify(report));
-    else console.log(`seed ${seed}: ok  ${args.ops} client operations; disk calls in the fault phase: agent ${report.steps.agent}, manager ${report.steps.manager}; ${report.runs} runs, ${report.crashed} crashed at their step (${Object.entries(report.byCase).map(([k, v]) => `${k} ${v}`).join(', ')})`);
+    else
+      console.log(
+        `seed ${seed}: ok  ${args.ops} client operations; disk calls in the fault phase: agent ${report.steps.agent}, manager ${report.steps.manager}; ${report.runs} runs, ${report.crashed} crashed at their step (${Object.entries(
+          report.byCase,
+        )
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')})`,
+      );
   }
-  console.log(`crash at every step passed: ${args.seeds.length} seeds, ${runs} runs, ${crashed} crashes at their step, every run healed and checked, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `crash at every step passed: ${args.seeds.length} seeds, ${runs} runs, ${crashed} crashes at their step, every run healed and checked, ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
@@ -848,16 +1042,30 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     for (let i = 0; ; i++) {
       const seed = next === undefined ? seeds[i] : next++;
       if (seed === undefined || performance.now() > deadline) break;
-      const report = await runSimulation({ seed, ops: args.ops, verbose: args.verbose, everySeq: args.everySeq });
+      const report = await runSimulation({
+        seed,
+        ops: args.ops,
+        verbose: args.verbose,
+        everySeq: args.everySeq,
+      });
       totals.runs += 1;
       totals.ops += report.ops.writes + report.ops.zeroes + report.ops.flushes;
-      totals.crashes += report.crashes.agentKill + report.crashes.agentPowerLoss + report.crashes.managerKill + report.crashes.managerPowerLoss;
+      totals.crashes +=
+        report.crashes.agentKill +
+        report.crashes.agentPowerLoss +
+        report.crashes.managerKill +
+        report.crashes.managerPowerLoss;
       totals.cuts += report.link.cuts;
       totals.eio += report.disk.injectedEio;
       if (args.json) console.log(JSON.stringify(report));
-      else console.log(`seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  clean stops ${report.agentCleanStops}  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  ${report.simulatedSeconds} s simulated  digest ${report.digest}`);
+      else
+        console.log(
+          `seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  clean stops ${report.agentCleanStops}  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  ${report.simulatedSeconds} s simulated  digest ${report.digest}`,
+        );
     }
-    console.log(`simulation passed: ${totals.runs} seeds, ${totals.ops} client operations, ${totals.crashes} crashes, ${totals.cuts} link cuts, ${totals.eio} injected EIO, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    console.log(
+      `simulation passed: ${totals.runs} seeds, ${totals.ops} client operations, ${totals.crashes} crashes, ${totals.cuts} link cuts, ${totals.eio} injected EIO, ${((performance.now() - started) / 1000).toFixed(1)} s`,
+    );
   })().catch((error: unknown) => {
     console.error(error instanceof Error ? error.message : String(error));
     process.exit(1);

@@ -35,7 +35,11 @@ class SimSocket extends Duplex {
 
   override _read(): void {}
 
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+  override _write(
+    chunk: Buffer,
+    _encoding: BufferEncoding,
+    callback: (error?: Error | null) => void,
+  ): void {
     const peer = this.peer;
     if (!peer || peer.destroyed) {
       callback();
@@ -55,7 +59,10 @@ class SimSocket extends Duplex {
     const cutAfter = world.random.chance(faults.cutPerChunk) ? world.random.int(pieces.length) : -1;
     const now = Date.now();
     for (const [i, piece] of pieces.entries()) {
-      this.lastArrivalMs = Math.max(this.lastArrivalMs, now + world.random.int(faults.maxDelayMs + 1));
+      this.lastArrivalMs = Math.max(
+        this.lastArrivalMs,
+        now + world.random.int(faults.maxDelayMs + 1),
+      );
       const copy = Buffer.from(piece);
       const last = i === cutAfter;
       world.schedule(this.lastArrivalMs - now, () => {
@@ -106,13 +113,19 @@ export class SimNetwork {
    * The agent side of a new connection to `accept` (the manager's acceptAgent, run as `server`);
    * `onConnected` runs when it is up, or the socket errors and closes during a partition.
    */
-  connect(client: SimProcess, server: () => { proc: SimProcess; accept: (socket: net.Socket) => void } | undefined, onConnected: () => void): net.Socket {
+  connect(
+    client: SimProcess,
+    server: () => { proc: SimProcess; accept: (socket: net.Socket) => void } | undefined,
+    onConnected: () => void,
+  ): net.Socket {
     const socket = new SimSocket(client, this);
     const delay = 1 + this.world.random.int(this.faults.maxDelayMs + 1);
     this.world.schedule(delay, () => {
       const target = server();
       if (this.partitioned || !target || !target.proc.alive) {
-        socket.destroy(Object.assign(new Error('connect ECONNREFUSED (simulated)'), { code: 'ECONNREFUSED' }));
+        socket.destroy(
+          Object.assign(new Error('connect ECONNREFUSED (simulated)'), { code: 'ECONNREFUSED' }),
+        );
         return;
       }
       const remote = new SimSocket(target.proc, this);
@@ -133,11 +146,17 @@ export class SimNetwork {
   cut(socket: SimSocket, why: string): void {
     if (socket.destroyed) return;
     this.cuts += 1;
-    socket.owner.run(() => socket.destroy(Object.assign(new Error(`connection reset (simulated: ${why})`), { code: 'ECONNRESET' })));
+    socket.owner.run(() =>
+      socket.destroy(
+        Object.assign(new Error(`connection reset (simulated: ${why})`), { code: 'ECONNRESET' }),
+      ),
+    );
   }
 
   /** Cuts every connection a process has (it crashed or its machine lost power). */
   cutAll(proc: SimProcess): void {
-    for (const socket of [...this.open]) if (socket.owner === proc || socket.peer?.owner === proc) this.cut(socket, `${proc.name} crashed`);
+    for (const socket of [...this.open])
+      if (socket.owner === proc || socket.peer?.owner === proc)
+        this.cut(socket, `${proc.name} crashed`);
   }
 }

@@ -120,7 +120,12 @@ function fsError(code: Code, syscall: string, file?: string, dest?: string): Nod
   if (file !== undefined) message += ` '${file}'`;
   if (dest !== undefined) message += ` -> '${dest}'`;
   const error: NodeJS.ErrnoException = new Error(message);
-  Object.assign(error, { errno, code, syscall }, file === undefined ? {} : { path: file }, dest === undefined ? {} : { dest });
+  Object.assign(
+    error,
+    { errno, code, syscall },
+    file === undefined ? {} : { path: file },
+    dest === undefined ? {} : { dest },
+  );
   return error;
 }
 
@@ -128,7 +133,14 @@ function fsError(code: Code, syscall: string, file?: string, dest?: string): Nod
 function rmIsDirectory(file: string): Error {
   const error = new Error(`Path is a directory: rm returned EISDIR (is a directory) ${file}`);
   const info = { code: 'EISDIR', message: 'is a directory', path: file, syscall: 'rm', errno: 21 };
-  return Object.assign(error, { name: 'SystemError', code: 'ERR_FS_EISDIR', info, errno: 21, syscall: 'rm', path: file });
+  return Object.assign(error, {
+    name: 'SystemError',
+    code: 'ERR_FS_EISDIR',
+    info,
+    errno: 21,
+    syscall: 'rm',
+    path: file,
+  });
 }
 
 /** Sparse byte content: `size` bytes, chunks that were never written read as zeroes. */
@@ -139,7 +151,7 @@ class Content {
   /** Copies up to `length` bytes at `position` into `target`; returns the count (0 past EOF). */
   read(position: number, target: Buffer, targetOffset: number, length: number): number {
     const n = Math.max(0, Math.min(length, this.size - position));
-    for (let done = 0; done < n; ) {
+    for (let done = 0; done < n;) {
       const at = position + done;
       const within = at % CHUNK;
       const step = Math.min(n - done, CHUNK - within);
@@ -153,7 +165,7 @@ class Content {
 
   write(position: number, data: Buffer): void {
     if (data.length === 0) return;
-    for (let done = 0; done < data.length; ) {
+    for (let done = 0; done < data.length;) {
       const at = position + done;
       const index = Math.floor(at / CHUNK);
       const within = at % CHUNK;
@@ -169,7 +181,8 @@ class Content {
   /** Invariant kept here: bytes past `size` in a stored chunk are zero, so growing exposes zeroes. */
   truncate(size: number): void {
     if (size < this.size) {
-      for (const index of [...this.chunks.keys()]) if (index * CHUNK >= size) this.chunks.delete(index);
+      for (const index of [...this.chunks.keys()])
+        if (index * CHUNK >= size) this.chunks.delete(index);
       this.chunks.get(Math.floor(size / CHUNK))?.fill(0, size % CHUNK);
     }
     this.size = size;
@@ -189,7 +202,8 @@ class Content {
   }
 }
 
-type ContentOp = { kind: 'write'; position: number; data: Buffer } | { kind: 'truncate'; size: number };
+type ContentOp =
+  { kind: 'write'; position: number; data: Buffer } | { kind: 'truncate'; size: number };
 /** Journal entries; paths are relative to the disk prefix ('' is its root, '/a/b' below it). */
 type MetaOp =
   | { kind: 'create' | 'mkdir'; path: string; ino: number }
@@ -217,7 +231,8 @@ function applyMeta(tree: Map<string, number>, op: MetaOp): number | undefined {
       const replaced = tree.get(op.to); // a file, or an empty directory (checked when issued)
       const moves: [string, number][] = [];
       for (const [key, ino] of op.dir ? tree : [[op.from, tree.get(op.from)] as const]) {
-        if (ino !== undefined && (key === op.from || key.startsWith(`${op.from}/`))) moves.push([key, ino]);
+        if (ino !== undefined && (key === op.from || key.startsWith(`${op.from}/`)))
+          moves.push([key, ino]);
       }
       for (const [key] of moves) tree.delete(key);
       tree.delete(op.to);
@@ -273,7 +288,8 @@ function decode(data: Buffer, options: Encoding): Buffer | string {
 
 /** A view (no copy) of a Buffer, typed array or string argument. */
 function asBuffer(data: unknown, encoding?: unknown): Buffer {
-  if (typeof data === 'string') return Buffer.from(data, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+  if (typeof data === 'string')
+    return Buffer.from(data, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
   if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   throw new TypeError('The "buffer" argument must be a Buffer, TypedArray, DataView or string');
 }
@@ -285,23 +301,36 @@ function positionOf(position: unknown): number | null {
 }
 
 /** Node's (buffer, offset?, length?, position?) or (string, position?, encoding?) write forms. */
-function writeArgs(buffer: unknown, a: unknown, b: unknown, c: unknown): { data: Buffer; position: unknown } {
+function writeArgs(
+  buffer: unknown,
+  a: unknown,
+  b: unknown,
+  c: unknown,
+): { data: Buffer; position: unknown } {
   if (typeof buffer === 'string') return { data: asBuffer(buffer, b), position: a };
   const view = asBuffer(buffer);
   if (a !== null && typeof a === 'object') {
     const o = a as { offset?: number; length?: number; position?: unknown };
-    return { data: view.subarray(o.offset ?? 0, (o.offset ?? 0) + (o.length ?? view.length - (o.offset ?? 0))), position: o.position };
+    return {
+      data: view.subarray(
+        o.offset ?? 0,
+        (o.offset ?? 0) + (o.length ?? view.length - (o.offset ?? 0)),
+      ),
+      position: o.position,
+    };
   }
   const offset = typeof a === 'number' ? a : 0;
   const length = typeof b === 'number' ? b : view.length - offset;
-  if (offset < 0 || length < 0 || offset + length > view.length) throw new RangeError(`write of ${length} bytes at ${offset} is outside the buffer`);
+  if (offset < 0 || length < 0 || offset + length > view.length)
+    throw new RangeError(`write of ${length} bytes at ${offset} is outside the buffer`);
   return { data: view.subarray(offset, offset + length), position: c };
 }
 
 /** Splits a callback API's arguments into (the arguments before the callback, the callback). */
 function splitCallback(args: unknown[]): [unknown[], (...result: unknown[]) => void] {
   const callback = args[args.length - 1];
-  if (typeof callback !== 'function') throw new TypeError('The "cb" argument must be of type function');
+  if (typeof callback !== 'function')
+    throw new TypeError('The "cb" argument must be of type function');
   return [args.slice(0, -1), callback as (...result: unknown[]) => void];
 }
 
@@ -327,7 +356,17 @@ export class SimFs {
     this.faults = { ...faults };
     this.disks = disks.map((spec, index) => {
       const prefix = path.posix.normalize(spec.prefix).replace(/\/+$/, '');
-      const disk: Disk = { index, prefix, capacity: spec.capacityBytes, inodes: new Map(), tree: new Map(), durableTree: new Map(), journal: [], used: 0, epoch: 0 };
+      const disk: Disk = {
+        index,
+        prefix,
+        capacity: spec.capacityBytes,
+        inodes: new Map(),
+        tree: new Map(),
+        durableTree: new Map(),
+        journal: [],
+        used: 0,
+        epoch: 0,
+      };
       const root = this.newInode(disk, true);
       disk.tree.set('', root.ino);
       disk.durableTree.set('', root.ino);
@@ -362,7 +401,12 @@ export class SimFs {
       };
       // Keep util.promisify.custom and friends, and realpathSync.native.
       for (const key of Reflect.ownKeys(original)) {
-        if (typeof key === 'symbol' || key === 'native') Object.defineProperty(wrapper, key, Object.getOwnPropertyDescriptor(original, key) as PropertyDescriptor);
+        if (typeof key === 'symbol' || key === 'native')
+          Object.defineProperty(
+            wrapper,
+            key,
+            Object.getOwnPropertyDescriptor(original, key) as PropertyDescriptor,
+          );
       }
       saved.push({ target, name, original });
       target[name] = wrapper;
@@ -384,7 +428,11 @@ export class SimFs {
   }
 
   /** Power loss of the disk holding `prefix` (see the header). Closes every fd on it. */
-  powerLoss(prefix: string): { filesTouched: number; sectorsLost: number; metadataOpsLost: number } {
+  powerLoss(prefix: string): {
+    filesTouched: number;
+    sectorsLost: number;
+    metadataOpsLost: number;
+  } {
     const found = this.locate(prefix);
     if (!found) throw new Error(`no simulated disk holds ${prefix}`);
     const disk = found.disk;
@@ -438,7 +486,8 @@ export class SimFs {
     if (typeof file !== 'string' || !file.startsWith('/')) return undefined;
     const p = path.posix.normalize(file).replace(/(.)\/+$/, '$1');
     for (const disk of this.disks) {
-      if (p === disk.prefix || p.startsWith(`${disk.prefix}/`)) return { disk, rel: p.slice(disk.prefix.length) };
+      if (p === disk.prefix || p.startsWith(`${disk.prefix}/`))
+        return { disk, rel: p.slice(disk.prefix.length) };
     }
     return undefined;
   }
@@ -454,7 +503,9 @@ export class SimFs {
       case 'fd':
         return this.isSimFd(args[0]);
       case 'either':
-        return typeof args[0] === 'number' ? this.isSimFd(args[0]) : this.locate(args[0]) !== undefined;
+        return typeof args[0] === 'number'
+          ? this.isSimFd(args[0])
+          : this.locate(args[0]) !== undefined;
       case 'two-paths':
         return this.locate(args[0]) !== undefined || this.locate(args[1]) !== undefined;
     }
@@ -486,7 +537,11 @@ export class SimFs {
    * An async call: `fn` runs (takes effect) when the call completes, after a seeded latency, as the
    * issuing process; nothing happens at all if that process is dead at issue or at completion.
    */
-  private later<T>(disk: Disk | undefined, fn: () => T, settle: (error: unknown, value?: T) => void): void {
+  private later<T>(
+    disk: Disk | undefined,
+    fn: () => T,
+    settle: (error: unknown, value?: T) => void,
+  ): void {
     const proc = this.hooks.caller();
     if (!proc.alive) return;
     const epoch = disk?.epoch;
@@ -509,12 +564,22 @@ export class SimFs {
   }
 
   private promise<T>(disk: Disk | undefined, fn: () => T): Promise<T> {
-    return new Promise<T>((resolve, reject) => this.later(disk, fn, (error, value) => (error ? reject(error) : resolve(value as T))));
+    return new Promise<T>((resolve, reject) =>
+      this.later(disk, fn, (error, value) => (error ? reject(error) : resolve(value as T))),
+    );
   }
 
-  private callback(disk: Disk | undefined, args: unknown[], fn: (rest: unknown[]) => unknown[]): void {
+  private callback(
+    disk: Disk | undefined,
+    args: unknown[],
+    fn: (rest: unknown[]) => unknown[],
+  ): void {
     const [rest, cb] = splitCallback(args);
-    this.later(disk, () => fn(rest), (error, result) => (error ? cb(error) : cb(null, ...(result ?? []))));
+    this.later(
+      disk,
+      () => fn(rest),
+      (error, result) => (error ? cb(error) : cb(null, ...(result ?? []))),
+    );
   }
 
   private diskOfFd(fd: unknown): Disk | undefined {
@@ -536,67 +601,256 @@ export class SimFs {
     const fdOf = (args: unknown[]): Disk | undefined => this.diskOfFd(args[0]);
     const diskOf = (file: unknown): Disk | undefined => this.locate(file)?.disk;
     return [
-      ['fs', 'openSync', 'path', (file: string, flags?: string | number) => this.sync(() => this.open(file, flags, 'open'))],
+      [
+        'fs',
+        'openSync',
+        'path',
+        (file: string, flags?: string | number) => this.sync(() => this.open(file, flags, 'open')),
+      ],
       ['fs', 'closeSync', 'fd', (fd: number) => this.sync(() => this.close(fd))],
-      ['fs', 'existsSync', 'path', (file: string) => this.sync(() => this.lookup(file) !== undefined)],
-      ['fs', 'writeSync', 'fd', (fd: number, buffer: unknown, a?: unknown, b?: unknown, c?: unknown) =>
-        this.sync(() => {
-          const { data, position } = writeArgs(buffer, a, b, c);
-          return this.write(fd, [data], position, 'write');
-        })],
-      ['fs', 'readSync', 'fd', (fd: number, buffer: Buffer, a?: unknown, length?: number, position?: unknown) =>
-        this.sync(() => {
-          const o = (a !== null && typeof a === 'object' ? a : { offset: a, length, position }) as { offset?: number; length?: number; position?: unknown };
-          return this.read(fd, asBuffer(buffer), o.offset ?? 0, o.length ?? buffer.byteLength - (o.offset ?? 0), o.position);
-        })],
-      ['fs', 'writevSync', 'fd', (fd: number, buffers: unknown[], position?: unknown) => this.sync(() => this.write(fd, buffers.map((b) => asBuffer(b)), position, 'writev'))],
-      ['fs', 'ftruncateSync', 'fd', (fd: number, len = 0) => this.sync(() => this.truncate(fd, len))],
-      ['fs', 'fstatSync', 'fd', (fd: number) => this.sync(() => this.statOf(this.file(fd, 'fstat')))],
-      ['fs', 'statSync', 'path', (file: string, options?: { throwIfNoEntry?: boolean }) =>
-        this.sync(() => {
-          try {
-            return this.stat(file);
-          } catch (error) {
-            const code = (error as NodeJS.ErrnoException).code;
-            if (options?.throwIfNoEntry === false && (code === 'ENOENT' || code === 'ENOTDIR')) return undefined;
-            throw error;
-          }
-        })],
-      ['fs', 'mkdirSync', 'path', (file: string, options?: unknown) => this.sync(() => this.mkdir(file, options))],
-      ['fs', 'rmSync', 'path', (file: string, options?: { force?: boolean; recursive?: boolean }) => this.sync(() => this.rm(file, options))],
-      ['fs', 'readFileSync', 'either', (target: string | number, options?: Encoding) => this.sync(() => decode(this.readFile(target), options))],
-      ['fs', 'writeFileSync', 'either', (target: string | number, data: unknown, options?: Encoding) => this.sync(() => this.writeFile(target, data, options))],
+      [
+        'fs',
+        'existsSync',
+        'path',
+        (file: string) => this.sync(() => this.lookup(file) !== undefined),
+      ],
+      [
+        'fs',
+        'writeSync',
+        'fd',
+        (fd: number, buffer: unknown, a?: unknown, b?: unknown, c?: unknown) =>
+          this.sync(() => {
+            const { data, position } = writeArgs(buffer, a, b, c);
+            return this.write(fd, [data], position, 'write');
+          }),
+      ],
+      [
+        'fs',
+        'readSync',
+        'fd',
+        (fd: number, buffer: Buffer, a?: unknown, length?: number, position?: unknown) =>
+          this.sync(() => {
+            const o = (
+              a !== null && typeof a === 'object' ? a : { offset: a, length, position }
+            ) as { offset?: number; length?: number; position?: unknown };
+            return this.read(
+              fd,
+              asBuffer(buffer),
+              o.offset ?? 0,
+              o.length ?? buffer.byteLength - (o.offset ?? 0),
+              o.position,
+            );
+          }),
+      ],
+      [
+        'fs',
+        'writevSync',
+        'fd',
+        (fd: number, buffers: unknown[], position?: unknown) =>
+          this.sync(() =>
+            this.write(
+              fd,
+              buffers.map((b) => asBuffer(b)),
+              position,
+              'writev',
+            ),
+          ),
+      ],
+      [
+        'fs',
+        'ftruncateSync',
+        'fd',
+        (fd: number, len = 0) => this.sync(() => this.truncate(fd, len)),
+      ],
+      [
+        'fs',
+        'fstatSync',
+        'fd',
+        (fd: number) => this.sync(() => this.statOf(this.file(fd, 'fstat'))),
+      ],
+      [
+        'fs',
+        'statSync',
+        'path',
+        (file: string, options?: { throwIfNoEntry?: boolean }) =>
+          this.sync(() => {
+            try {
+              return this.stat(file);
+            } catch (error) {
+              const code = (error as NodeJS.ErrnoException).code;
+              if (options?.throwIfNoEntry === false && (code === 'ENOENT' || code === 'ENOTDIR'))
+                return undefined;
+              throw error;
+            }
+          }),
+      ],
+      [
+        'fs',
+        'mkdirSync',
+        'path',
+        (file: string, options?: unknown) => this.sync(() => this.mkdir(file, options)),
+      ],
+      [
+        'fs',
+        'rmSync',
+        'path',
+        (file: string, options?: { force?: boolean; recursive?: boolean }) =>
+          this.sync(() => this.rm(file, options)),
+      ],
+      [
+        'fs',
+        'readFileSync',
+        'either',
+        (target: string | number, options?: Encoding) =>
+          this.sync(() => decode(this.readFile(target), options)),
+      ],
+      [
+        'fs',
+        'writeFileSync',
+        'either',
+        (target: string | number, data: unknown, options?: Encoding) =>
+          this.sync(() => this.writeFile(target, data, options)),
+      ],
       ['fs', 'fsyncSync', 'fd', (fd: number) => this.sync(() => this.fsync(fd, 'fsync'))],
       ['fs', 'fdatasyncSync', 'fd', (fd: number) => this.sync(() => this.fsync(fd, 'fdatasync'))],
-      ['fs', 'realpathSync', 'path', (file: string) => this.sync(() => (this.require(file, 'lstat'), file))],
-      ['fs', 'chmodSync', 'path', (file: string) => this.sync(() => void this.require(file, 'chmod'))],
+      [
+        'fs',
+        'realpathSync',
+        'path',
+        (file: string) => this.sync(() => (this.require(file, 'lstat'), file)),
+      ],
+      [
+        'fs',
+        'chmodSync',
+        'path',
+        (file: string) => this.sync(() => void this.require(file, 'chmod')),
+      ],
       ['fs', 'readdirSync', 'path', (file: string) => this.sync(() => this.readdir(file))],
-      ['fs', 'read', 'fd', (...args: unknown[]) =>
-        this.callback(fdOf(args), args, ([fd, buffer, offset, length, position]) => {
-          const view = asBuffer(buffer);
-          const at = typeof offset === 'number' ? offset : 0;
-          return [this.read(fd as number, view, at, typeof length === 'number' ? length : view.length - at, position), buffer];
-        })],
-      ['fs', 'write', 'fd', (...args: unknown[]) =>
-        this.callback(fdOf(args), args, ([fd, buffer, a, b, c]) => {
-          const { data, position } = writeArgs(buffer, a, b, c);
-          return [this.write(fd as number, [data], position, 'write'), buffer];
-        })],
-      ['fs', 'writev', 'fd', (...args: unknown[]) =>
-        this.callback(fdOf(args), args, ([fd, buffers, position]) => [this.write(fd as number, (buffers as unknown[]).map((b) => asBuffer(b)), position, 'writev'), buffers])],
-      ['fs', 'fdatasync', 'fd', (...args: unknown[]) => this.callback(fdOf(args), args, ([fd]) => (this.fsync(fd as number, 'fdatasync'), []))],
-      ['fs', 'fsync', 'fd', (...args: unknown[]) => this.callback(fdOf(args), args, ([fd]) => (this.fsync(fd as number, 'fsync'), []))],
-      ['promises', 'open', 'path', (file: string, flags?: string | number) =>
-        this.promise(diskOf(file), () => this.handle(this.open(file, flags, 'open')))],
-      ['promises', 'readFile', 'path', (file: string, options?: Encoding) => this.promise(diskOf(file), () => decode(this.readFile(file), options))],
-      ['promises', 'writeFile', 'path', (file: string, data: unknown, options?: Encoding) => this.promise(diskOf(file), () => this.writeFile(file, data, options))],
-      ['promises', 'rm', 'path', (file: string, options?: { force?: boolean; recursive?: boolean }) => this.promise(diskOf(file), () => this.rm(file, options))],
-      ['promises', 'rename', 'two-paths', (from: string, to: string) => this.promise(diskOf(from) ?? diskOf(to), () => this.rename(from, to))],
-      ['promises', 'readdir', 'path', (file: string) => this.promise(diskOf(file), () => this.readdir(file))],
-      ['promises', 'mkdir', 'path', (file: string, options?: unknown) => this.promise(diskOf(file), () => this.mkdir(file, options))],
-      ['promises', 'stat', 'path', (file: string) => this.promise(diskOf(file), () => this.stat(file))],
-      ['promises', 'unlink', 'path', (file: string) => this.promise(diskOf(file), () => this.unlink(file))],
-      ['promises', 'access', 'path', (file: string) => this.promise(diskOf(file), () => void this.require(file, 'access'))],
+      [
+        'fs',
+        'read',
+        'fd',
+        (...args: unknown[]) =>
+          this.callback(fdOf(args), args, ([fd, buffer, offset, length, position]) => {
+            const view = asBuffer(buffer);
+            const at = typeof offset === 'number' ? offset : 0;
+            return [
+              this.read(
+                fd as number,
+                view,
+                at,
+                typeof length === 'number' ? length : view.length - at,
+                position,
+              ),
+              buffer,
+            ];
+          }),
+      ],
+      [
+        'fs',
+        'write',
+        'fd',
+        (...args: unknown[]) =>
+          this.callback(fdOf(args), args, ([fd, buffer, a, b, c]) => {
+            const { data, position } = writeArgs(buffer, a, b, c);
+            return [this.write(fd as number, [data], position, 'write'), buffer];
+          }),
+      ],
+      [
+        'fs',
+        'writev',
+        'fd',
+        (...args: unknown[]) =>
+          this.callback(fdOf(args), args, ([fd, buffers, position]) => [
+            this.write(
+              fd as number,
+              (buffers as unknown[]).map((b) => asBuffer(b)),
+              position,
+              'writev',
+            ),
+            buffers,
+          ]),
+      ],
+      [
+        'fs',
+        'fdatasync',
+        'fd',
+        (...args: unknown[]) =>
+          this.callback(fdOf(args), args, ([fd]) => (this.fsync(fd as number, 'fdatasync'), [])),
+      ],
+      [
+        'fs',
+        'fsync',
+        'fd',
+        (...args: unknown[]) =>
+          this.callback(fdOf(args), args, ([fd]) => (this.fsync(fd as number, 'fsync'), [])),
+      ],
+      [
+        'promises',
+        'open',
+        'path',
+        (file: string, flags?: string | number) =>
+          this.promise(diskOf(file), () => this.handle(this.open(file, flags, 'open'))),
+      ],
+      [
+        'promises',
+        'readFile',
+        'path',
+        (file: string, options?: Encoding) =>
+          this.promise(diskOf(file), () => decode(this.readFile(file), options)),
+      ],
+      [
+        'promises',
+        'writeFile',
+        'path',
+        (file: string, data: unknown, options?: Encoding) =>
+          this.promise(diskOf(file), () => this.writeFile(file, data, options)),
+      ],
+      [
+        'promises',
+        'rm',
+        'path',
+        (file: string, options?: { force?: boolean; recursive?: boolean }) =>
+          this.promise(diskOf(file), () => this.rm(file, options)),
+      ],
+      [
+        'promises',
+        'rename',
+        'two-paths',
+        (from: string, to: string) =>
+          this.promise(diskOf(from) ?? diskOf(to), () => this.rename(from, to)),
+      ],
+      [
+        'promises',
+        'readdir',
+        'path',
+        (file: string) => this.promise(diskOf(file), () => this.readdir(file)),
+      ],
+      [
+        'promises',
+        'mkdir',
+        'path',
+        (file: string, options?: unknown) =>
+          this.promise(diskOf(file), () => this.mkdir(file, options)),
+      ],
+      [
+        'promises',
+        'stat',
+        'path',
+        (file: string) => this.promise(diskOf(file), () => this.stat(file)),
+      ],
+      [
+        'promises',
+        'unlink',
+        'path',
+        (file: string) => this.promise(diskOf(file), () => this.unlink(file)),
+      ],
+      [
+        'promises',
+        'access',
+        'path',
+        (file: string) => this.promise(diskOf(file), () => void this.require(file, 'access')),
+      ],
     ];
   }
 
@@ -608,7 +862,16 @@ export class SimFs {
       read: (buffer?: Buffer, offset = 0, length?: number, position?: unknown) =>
         this.promise(disk, () => {
           const target = buffer ?? Buffer.alloc(16384);
-          return { bytesRead: this.read(handle.fd, asBuffer(target), offset, length ?? target.byteLength - offset, position), buffer: target };
+          return {
+            bytesRead: this.read(
+              handle.fd,
+              asBuffer(target),
+              offset,
+              length ?? target.byteLength - offset,
+              position,
+            ),
+            buffer: target,
+          };
         }),
       write: (buffer: unknown, a?: unknown, b?: unknown, c?: unknown) =>
         this.promise(disk, () => {
@@ -616,11 +879,29 @@ export class SimFs {
           return { bytesWritten: this.write(handle.fd, [data], position, 'write'), buffer };
         }),
       writev: (buffers: unknown[], position?: unknown) =>
-        this.promise(disk, () => ({ bytesWritten: this.write(handle.fd, buffers.map((b) => asBuffer(b)), position, 'writev'), buffers })),
+        this.promise(disk, () => ({
+          bytesWritten: this.write(
+            handle.fd,
+            buffers.map((b) => asBuffer(b)),
+            position,
+            'writev',
+          ),
+          buffers,
+        })),
       // Like Node's: from the current position, not truncating.
       writeFile: (data: unknown, options?: Encoding) =>
-        this.promise(disk, () => void this.write(handle.fd, [asBuffer(data, typeof options === 'string' ? options : options?.encoding)], null, 'write')),
-      readFile: (options?: Encoding) => this.promise(disk, () => decode(this.readFile(handle.fd), options)),
+        this.promise(
+          disk,
+          () =>
+            void this.write(
+              handle.fd,
+              [asBuffer(data, typeof options === 'string' ? options : options?.encoding)],
+              null,
+              'write',
+            ),
+        ),
+      readFile: (options?: Encoding) =>
+        this.promise(disk, () => decode(this.readFile(handle.fd), options)),
       datasync: () => this.promise(disk, () => this.fsync(handle.fd, 'fdatasync')),
       sync: () => this.promise(disk, () => this.fsync(handle.fd, 'fsync')),
       stat: () => this.promise(disk, () => this.statOf(this.file(handle.fd, 'fstat'))),
@@ -637,7 +918,16 @@ export class SimFs {
   // ---- the operations, run when a sync call is made or an async one completes ----
 
   private newInode(disk: Disk, dir: boolean): Inode {
-    const inode: Inode = { ino: this.nextIno++, dir, cached: new Content(), durable: new Content(), pending: [], mtimeMs: Date.now(), linked: true, openCount: 0 };
+    const inode: Inode = {
+      ino: this.nextIno++,
+      dir,
+      cached: new Content(),
+      durable: new Content(),
+      pending: [],
+      mtimeMs: Date.now(),
+      linked: true,
+      openCount: 0,
+    };
     disk.inodes.set(inode.ino, inode);
     return inode;
   }
@@ -650,23 +940,40 @@ export class SimFs {
   }
 
   /** The inode at `file`, or ENOENT (ENOTDIR when an ancestor is a file). */
-  private require(file: string, syscall: string, dest?: string): { disk: Disk; rel: string; inode: Inode } {
+  private require(
+    file: string,
+    syscall: string,
+    dest?: string,
+  ): { disk: Disk; rel: string; inode: Inode } {
     const found = this.lookup(file);
     if (found) return found;
     const { disk, rel } = this.locate(file) as { disk: Disk; rel: string };
     throw this.missing(disk, rel, syscall, file, dest);
   }
 
-  private missing(disk: Disk, rel: string, syscall: string, file: string, dest?: string): NodeJS.ErrnoException {
+  private missing(
+    disk: Disk,
+    rel: string,
+    syscall: string,
+    file: string,
+    dest?: string,
+  ): NodeJS.ErrnoException {
     for (let at = rel.indexOf('/', 1); at > 0; at = rel.indexOf('/', at + 1)) {
       const ino = disk.tree.get(rel.slice(0, at));
-      if (ino !== undefined && !disk.inodes.get(ino)?.dir) return fsError('ENOTDIR', syscall, file, dest);
+      if (ino !== undefined && !disk.inodes.get(ino)?.dir)
+        return fsError('ENOTDIR', syscall, file, dest);
     }
     return fsError('ENOENT', syscall, file, dest);
   }
 
   /** Checks that the parent directory of `rel` exists (for creating `rel`). */
-  private requireParent(disk: Disk, rel: string, syscall: string, file: string, dest?: string): void {
+  private requireParent(
+    disk: Disk,
+    rel: string,
+    syscall: string,
+    file: string,
+    dest?: string,
+  ): void {
     const parent = rel.slice(0, rel.lastIndexOf('/'));
     const ino = disk.tree.get(parent);
     if (ino === undefined) throw this.missing(disk, parent, syscall, file, dest);
@@ -686,7 +993,8 @@ export class SimFs {
 
   /** Applies a content operation to the cache and queues it for the durable path; ENOSPC first. */
   private content(disk: Disk, inode: Inode, op: ContentOp, syscall: string): void {
-    const size = op.kind === 'write' ? Math.max(inode.cached.size, op.position + op.data.length) : op.size;
+    const size =
+      op.kind === 'write' ? Math.max(inode.cached.size, op.position + op.data.length) : op.size;
     const growth = size - inode.cached.size;
     if (growth > 0 && disk.used + growth > disk.capacity) {
       this.counters.injectedEnospc += 1;
@@ -713,18 +1021,31 @@ export class SimFs {
     const inode = disk.inodes.get(ino) as Inode;
     if (flags & O_CREAT && flags & O_EXCL) throw fsError('EEXIST', syscall, file);
     if (inode.dir && writable) throw fsError('EISDIR', syscall, file);
-    if (flags & O_TRUNC && writable && !inode.dir) this.content(disk, inode, { kind: 'truncate', size: 0 }, syscall);
+    if (flags & O_TRUNC && writable && !inode.dir)
+      this.content(disk, inode, { kind: 'truncate', size: 0 }, syscall);
     return { disk, inode };
   }
 
   private open(file: string, flags: string | number | undefined, syscall: string): number {
     const bits = typeof flags === 'number' ? flags : FLAGS[flags ?? 'r'];
-    if (bits === undefined) throw Object.assign(new TypeError(`The value "${String(flags)}" is invalid for option "flags"`), { code: 'ERR_INVALID_ARG_VALUE' });
+    if (bits === undefined)
+      throw Object.assign(
+        new TypeError(`The value "${String(flags)}" is invalid for option "flags"`),
+        { code: 'ERR_INVALID_ARG_VALUE' },
+      );
     const { disk, inode } = this.openInode(file, bits, syscall);
     const fd = this.nextFd++;
     const mode = bits & 3;
     inode.openCount += 1;
-    this.fds.set(fd, { disk, inode, owner: this.acting ?? this.hooks.caller(), readable: mode !== O_WRONLY, writable: mode !== O_RDONLY, append: (bits & O_APPEND) !== 0, position: 0 });
+    this.fds.set(fd, {
+      disk,
+      inode,
+      owner: this.acting ?? this.hooks.caller(),
+      readable: mode !== O_WRONLY,
+      writable: mode !== O_RDONLY,
+      append: (bits & O_APPEND) !== 0,
+      position: 0,
+    });
     return fd;
   }
 
@@ -744,11 +1065,18 @@ export class SimFs {
     this.closeFile(fd, this.file(fd, 'close'));
   }
 
-  private read(fd: number, target: Buffer, offset: number, length: number, position: unknown): number {
+  private read(
+    fd: number,
+    target: Buffer,
+    offset: number,
+    length: number,
+    position: unknown,
+  ): number {
     const file = this.file(fd, 'read');
     if (!file.readable) throw fsError('EBADF', 'read');
     if (file.inode.dir) throw fsError('EISDIR', 'read');
-    if (offset < 0 || length < 0 || offset + length > target.length) throw new RangeError(`read of ${length} bytes at ${offset} is outside the buffer`);
+    if (offset < 0 || length < 0 || offset + length > target.length)
+      throw new RangeError(`read of ${length} bytes at ${offset} is outside the buffer`);
     if (this.fault('readEio')) throw fsError('EIO', 'read');
     const at = positionOf(position);
     const n = file.inode.cached.read(at ?? file.position, target, offset, length);
@@ -768,7 +1096,13 @@ export class SimFs {
     return n;
   }
 
-  private writeAt(disk: Disk, inode: Inode, position: number, buffers: Buffer[], syscall: string): number {
+  private writeAt(
+    disk: Disk,
+    inode: Inode,
+    position: number,
+    buffers: Buffer[],
+    syscall: string,
+  ): number {
     if (this.fault('writeEio')) throw fsError('EIO', syscall);
     const data = Buffer.concat(buffers); // a copy: the caller may reuse its buffers
     if (data.length > 0) this.content(disk, inode, { kind: 'write', position, data }, syscall);
@@ -812,7 +1146,8 @@ export class SimFs {
   /** Forgets inodes nothing can reach any more (no tree, no uncommitted create, no fd). */
   private collect(disk: Disk): void {
     const live = new Set<number>([...disk.tree.values(), ...disk.durableTree.values()]);
-    for (const op of disk.journal) if (op.kind === 'create' || op.kind === 'mkdir') live.add(op.ino);
+    for (const op of disk.journal)
+      if (op.kind === 'create' || op.kind === 'mkdir') live.add(op.ino);
     for (const file of this.fds.values()) if (file.disk === disk) live.add(file.inode.ino);
     for (const ino of [...disk.inodes.keys()]) if (!live.has(ino)) disk.inodes.delete(ino);
   }
@@ -824,9 +1159,31 @@ export class SimFs {
     const time = new Date(inode.mtimeMs);
     const no = (): boolean => false;
     return {
-      dev: disk.index + 1, ino: inode.ino, mode: dir ? 0o040755 : 0o100644, nlink: 1, uid: 0, gid: 0, rdev: 0, size, blksize: 4096, blocks: Math.ceil(size / 512),
-      atimeMs: inode.mtimeMs, mtimeMs: inode.mtimeMs, ctimeMs: inode.mtimeMs, birthtimeMs: inode.mtimeMs, atime: time, mtime: time, ctime: time, birthtime: time,
-      isFile: () => !dir, isDirectory: () => dir, isBlockDevice: no, isCharacterDevice: no, isSymbolicLink: no, isFIFO: no, isSocket: no,
+      dev: disk.index + 1,
+      ino: inode.ino,
+      mode: dir ? 0o040755 : 0o100644,
+      nlink: 1,
+      uid: 0,
+      gid: 0,
+      rdev: 0,
+      size,
+      blksize: 4096,
+      blocks: Math.ceil(size / 512),
+      atimeMs: inode.mtimeMs,
+      mtimeMs: inode.mtimeMs,
+      ctimeMs: inode.mtimeMs,
+      birthtimeMs: inode.mtimeMs,
+      atime: time,
+      mtime: time,
+      ctime: time,
+      birthtime: time,
+      isFile: () => !dir,
+      isDirectory: () => dir,
+      isBlockDevice: no,
+      isCharacterDevice: no,
+      isSymbolicLink: no,
+      isFIFO: no,
+      isSocket: no,
     } as fs.Stats;
   }
 
@@ -858,7 +1215,10 @@ export class SimFs {
   }
 
   private mkdir(file: string, options: unknown): string | undefined {
-    const recursive = typeof options === 'object' && options !== null && (options as { recursive?: boolean }).recursive === true;
+    const recursive =
+      typeof options === 'object' &&
+      options !== null &&
+      (options as { recursive?: boolean }).recursive === true;
     const { disk, rel } = this.locate(file) as { disk: Disk; rel: string };
     const existing = disk.tree.get(rel);
     if (existing !== undefined) {
@@ -887,7 +1247,9 @@ export class SimFs {
   private children(disk: Disk, rel: string): string[] {
     const base = `${rel}/`;
     const names: string[] = [];
-    for (const key of disk.tree.keys()) if (key.startsWith(base) && !key.includes('/', base.length)) names.push(key.slice(base.length));
+    for (const key of disk.tree.keys())
+      if (key.startsWith(base) && !key.includes('/', base.length))
+        names.push(key.slice(base.length));
     return names;
   }
 
@@ -927,19 +1289,22 @@ export class SimFs {
   private rename(from: string, to: string): void {
     const source = this.locate(from);
     const target = this.locate(to);
-    if (!source || !target || source.disk !== target.disk) throw fsError('EXDEV', 'rename', from, to);
+    if (!source || !target || source.disk !== target.disk)
+      throw fsError('EXDEV', 'rename', from, to);
     const disk = source.disk;
     const { inode } = this.require(from, 'rename', to);
     this.requireParent(disk, target.rel, 'rename', from, to);
     if (source.rel === target.rel) return;
     if (source.rel === '' || target.rel === '') throw fsError('EBUSY', 'rename', from, to);
-    if (inode.dir && target.rel.startsWith(`${source.rel}/`)) throw fsError('EINVAL', 'rename', from, to);
+    if (inode.dir && target.rel.startsWith(`${source.rel}/`))
+      throw fsError('EINVAL', 'rename', from, to);
     const replacedIno = disk.tree.get(target.rel);
     const replaced = replacedIno === undefined ? undefined : disk.inodes.get(replacedIno);
     if (replaced) {
       if (inode.dir && !replaced.dir) throw fsError('ENOTDIR', 'rename', from, to);
       if (!inode.dir && replaced.dir) throw fsError('EISDIR', 'rename', from, to);
-      if (replaced.dir && this.children(disk, target.rel).length > 0) throw fsError('ENOTEMPTY', 'rename', from, to);
+      if (replaced.dir && this.children(disk, target.rel).length > 0)
+        throw fsError('ENOTEMPTY', 'rename', from, to);
     }
     this.meta(disk, { kind: 'rename', from: source.rel, to: target.rel, dir: inode.dir });
   }
@@ -955,7 +1320,8 @@ export class SimFs {
     for (let sector = Math.floor(op.position / SECTOR) * SECTOR; sector < end; sector += SECTOR) {
       const from = Math.max(sector, op.position);
       const to = Math.min(sector + SECTOR, end);
-      if (this.hooks.random() < 0.5) content.write(from, op.data.subarray(from - op.position, to - op.position));
+      if (this.hooks.random() < 0.5)
+        content.write(from, op.data.subarray(from - op.position, to - op.position));
       else lost += 1;
     }
     return lost;

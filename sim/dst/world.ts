@@ -61,7 +61,17 @@ export class World {
     this.driver = new SimProcess('driver', this);
     this.clock = FakeTimers.install({
       now: Date.UTC(2026, 0, 1),
-      toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'setImmediate', 'clearImmediate', 'Date', 'hrtime', 'performance'],
+      toFake: [
+        'setTimeout',
+        'clearTimeout',
+        'setInterval',
+        'clearInterval',
+        'setImmediate',
+        'clearImmediate',
+        'Date',
+        'hrtime',
+        'performance',
+      ],
       shouldClearNativeTimers: false,
     });
     this.wrapTimers();
@@ -102,7 +112,12 @@ export class World {
    * Awaits `promise` while advancing simulated time; throws after `limitMs`, or with SimCrashed as
    * soon as `proc` (the process the promise belongs to) is dead: its promise will never settle.
    */
-  async settle<T>(promise: Promise<T>, limitMs: number, what: string, proc?: SimProcess): Promise<T> {
+  async settle<T>(
+    promise: Promise<T>,
+    limitMs: number,
+    what: string,
+    proc?: SimProcess,
+  ): Promise<T> {
     let result: { value: T } | { error: unknown } | undefined;
     promise.then(
       (value) => (result = { value }),
@@ -142,14 +157,17 @@ export class World {
         const owner = this.caller();
         const delayAndArgs = name === 'setImmediate' ? [] : [rest.shift()];
         const args = rest;
-        return fake(() => {
-          if (!owner.alive) return;
-          try {
-            owner.run(() => fn(...args));
-          } catch (error) {
-            if (owner.alive) this.unexpected(error);
-          }
-        }, ...delayAndArgs);
+        return fake(
+          () => {
+            if (!owner.alive) return;
+            try {
+              owner.run(() => fn(...args));
+            } catch (error) {
+              if (owner.alive) this.unexpected(error);
+            }
+          },
+          ...delayAndArgs,
+        );
       };
       g[name] = wrapped;
       this.restore.push(() => (g[name] = fake));

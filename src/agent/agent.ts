@@ -5,9 +5,20 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { assert, errorMessage, RewindError } from '../core/index.js';
-import type { BlockStatusCallback, DoneCallback, ExportBackend, ReadCallback } from '../nbd/backend.js';
+import type {
+  BlockStatusCallback,
+  DoneCallback,
+  ExportBackend,
+  ReadCallback,
+} from '../nbd/backend.js';
 import { NbdErrno } from '../nbd/backend.js';
-import { ensureDir, fdatasyncAsync, isBlockDevice, sizeOf, writeFileDurable } from '../platform/index.js';
+import {
+  ensureDir,
+  fdatasyncAsync,
+  isBlockDevice,
+  sizeOf,
+  writeFileDurable,
+} from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
 import { Spool, type SpoolRecovery } from './spool.js';
@@ -89,27 +100,46 @@ export class Agent {
     const storedNames = new Set(this.state.volumes.map((v) => v.name));
     this.state.volumes = this.reconcileVolumes(this.state.volumes, this.options.volumes);
     // A volume added with an existing image holds data the replica does not have yet.
-    const preexisting = this.state.volumes.filter((v) => !storedNames.has(v.name) && fs.existsSync(v.path));
+    const preexisting = this.state.volumes.filter(
+      (v) => !storedNames.has(v.name) && fs.existsSync(v.path),
+    );
     const wasClean = this.state.cleanShutdown;
-    for (const [index, stored] of this.state.volumes.entries()) this.volumes.push(await this.openVolume(index, stored));
+    for (const [index, stored] of this.state.volumes.entries())
+      this.volumes.push(await this.openVolume(index, stored));
     // Write-ahead for the first sync: every region of a pre-existing image is marked before the
     // state that names the volume is saved, so a crash during the sync resyncs it all again.
-    for (const volume of this.volumes.filter((v) => preexisting.some((p) => p.name === v.name))) await volume.dirty.markAll();
+    for (const volume of this.volumes.filter((v) => preexisting.some((p) => p.name === v.name)))
+      await volume.dirty.markAll();
     this.state.cleanShutdown = false;
     await this.saveState();
-    const opened = await Spool.open(agentSpoolDir(this.options.dataDir), uuidBytes(this.state.volumeSetId), this.volumes.length, this.state.seqAcked, this.state.segmentAcked);
+    const opened = await Spool.open(
+      agentSpoolDir(this.options.dataDir),
+      uuidBytes(this.state.volumeSetId),
+      this.volumes.length,
+      this.state.seqAcked,
+      this.state.segmentAcked,
+    );
     this.spool = opened.spool;
     this.recovery = opened.recovery;
     if (opened.recovery.tornBytes > 0) {
-      this.options.log('warn', `cut a torn tail of ${opened.recovery.tornBytes} bytes from the active segment`, { reason: opened.recovery.tornReason?.message });
+      this.options.log(
+        'warn',
+        `cut a torn tail of ${opened.recovery.tornBytes} bytes from the active segment`,
+        { reason: opened.recovery.tornReason?.message },
+      );
     }
     this.dirtyAtStart = this.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
     this.pipeline = new WritePipeline(this.spool, {
       sealBytes: this.options.sealBytes,
       spoolBytesMax: this.spoolBytesMax,
-      onDegraded: (reason) => this.options.log('warn', `degraded mode: ${reason}; writes are recorded in the dirty map only until the manager catches up`),
+      onDegraded: (reason) =>
+        this.options.log(
+          'warn',
+          `degraded mode: ${reason}; writes are recorded in the dirty map only until the manager catches up`,
+        ),
       onSealed: () => this.shipper.kick(),
-      onFatal: (error) => this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
+      onFatal: (error) =>
+        this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
       onResync: (reason, result) => this.logResync(reason, result),
     });
     this.shipper = new Shipper(this, this.spool, this.options.manager, this.options.log);
@@ -120,17 +150,31 @@ export class Agent {
       await this.resyncMarked('unclean stop', this.volumes, false, false, true);
     } else if (preexisting.length > 0) {
       const volumes = this.volumes.filter((v) => preexisting.some((p) => p.name === v.name));
-      this.options.log('info', `first protection of ${volumes.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`);
+      this.options.log(
+        'info',
+        `first protection of ${volumes.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`,
+      );
       await this.resyncMarked('first protection', volumes, true);
     }
-    this.sealTimer = setInterval(() => this.sealIfOld(), Math.max(10, Math.min(this.options.sealMs, SEAL_IDLE_MS) / 2));
+    this.sealTimer = setInterval(
+      () => this.sealIfOld(),
+      Math.max(10, Math.min(this.options.sealMs, SEAL_IDLE_MS) / 2),
+    );
     this.cleanTimer = setInterval(() => this.cleanDirty(), 1000);
     this.shipper.start();
   }
 
   /** Logs every marked region of `volumes` as one resync, with progress, before any client writes. */
-  private async resyncMarked(reason: string, volumes: readonly ProductionVolume[], skipZero: boolean, endsDegraded = false, rewrite = false): Promise<void> {
-    const targets = volumes.map((volume) => ({ volume, regions: volume.dirty.markedRegions() })).filter((t) => t.regions.length > 0);
+  private async resyncMarked(
+    reason: string,
+    volumes: readonly ProductionVolume[],
+    skipZero: boolean,
+    endsDegraded = false,
+    rewrite = false,
+  ): Promise<void> {
+    const targets = volumes
+      .map((volume) => ({ volume, regions: volume.dirty.markedRegions() }))
+      .filter((t) => t.regions.length > 0);
     let lastReportMs = Date.now();
     const result = await this.pipeline.resync(targets, {
       reason,
@@ -141,16 +185,24 @@ export class Agent {
         const nowMs = Date.now();
         if (nowMs - lastReportMs < 2000) return;
         lastReportMs = nowMs;
-        this.options.log('info', `resync (${reason}): ${done} of ${total} regions read (${Math.floor((100 * done) / total)}%)`);
+        this.options.log(
+          'info',
+          `resync (${reason}): ${done} of ${total} regions read (${Math.floor((100 * done) / total)}%)`,
+        );
       },
     });
-    for (const volume of volumes) volume.dirty.adoptMarked(Math.max(result.seqLast, this.state.seqAcked), Date.now());
+    for (const volume of volumes)
+      volume.dirty.adoptMarked(Math.max(result.seqLast, this.state.seqAcked), Date.now());
     this.logResync(reason, result);
   }
 
   private logResync(reason: string, result: ResyncResult): void {
-    const range = result.records > 0 ? `seq ${result.seqFirst}..${result.seqLast}` : 'nothing to log';
-    this.options.log(reason === 'first protection' ? 'info' : 'warn', `resync (${reason}): ${result.records} regions logged, ${result.bytesRead} bytes read; ${range}`);
+    const range =
+      result.records > 0 ? `seq ${result.seqFirst}..${result.seqLast}` : 'nothing to log';
+    this.options.log(
+      reason === 'first protection' ? 'info' : 'warn',
+      `resync (${reason}): ${result.records} regions logged, ${result.bytesRead} bytes read; ${range}`,
+    );
     this.lastResync = { reason, ...result };
   }
 
@@ -173,7 +225,8 @@ export class Agent {
 
   private volumeNamed(name: string): ProductionVolume {
     const volume = this.volumes.find((v) => v.name === name);
-    if (!volume) throw new RewindError('REWIND_NOT_FOUND', `the agent has no volume named "${name}"`);
+    if (!volume)
+      throw new RewindError('REWIND_NOT_FOUND', `the agent has no volume named "${name}"`);
     return volume;
   }
 
@@ -192,24 +245,57 @@ export class Agent {
   }
 
   /** One restore write (or zero run) through the normal write path: logged and replicated. */
-  restoreWrite(volumeName: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined, done: (errno: number) => void): void {
+  restoreWrite(
+    volumeName: string,
+    offsetBytes: number,
+    lengthBytes: number,
+    data: Buffer | undefined,
+    done: (errno: number) => void,
+  ): void {
     const volume = this.volumeNamed(volumeName);
-    if (offsetBytes < 0 || lengthBytes <= 0 || offsetBytes + lengthBytes > volume.sizeBytes || (data !== undefined && data.length !== lengthBytes)) {
+    if (
+      offsetBytes < 0 ||
+      lengthBytes <= 0 ||
+      offsetBytes + lengthBytes > volume.sizeBytes ||
+      (data !== undefined && data.length !== lengthBytes)
+    ) {
       done(NbdErrno.EINVAL);
       return;
     }
-    this.pipeline.submitRecord(data ? 'write' : 'zero', volume, offsetBytes, lengthBytes, data, false, done);
+    this.pipeline.submitRecord(
+      data ? 'write' : 'zero',
+      volume,
+      offsetBytes,
+      lengthBytes,
+      data,
+      false,
+      done,
+    );
   }
 
   /** Makes the restore durable, brings the volumes back online and seals; resolves the last seq. */
   async restoreEnd(id: number, abandon: boolean): Promise<number> {
     const restoring = this.state.restoring;
     if (!restoring) return this.pipeline.seal();
-    const errnos = await Promise.all(restoring.volumes.map((name) => new Promise<number>((resolve) => this.pipeline.submitFlush(this.volumeNamed(name), resolve))));
-    if (errnos.some((e) => e !== 0)) throw new RewindError('REWIND_IO', `restore #${id}: flushing production failed; the volumes stay offline`);
+    const errnos = await Promise.all(
+      restoring.volumes.map(
+        (name) =>
+          new Promise<number>((resolve) =>
+            this.pipeline.submitFlush(this.volumeNamed(name), resolve),
+          ),
+      ),
+    );
+    if (errnos.some((e) => e !== 0))
+      throw new RewindError(
+        'REWIND_IO',
+        `restore #${id}: flushing production failed; the volumes stay offline`,
+      );
     this.state.restoring = undefined;
     await this.saveState();
-    this.options.log('warn', `restore #${id} ${abandon ? 'abandoned' : 'finished'}: ${restoring.volumes.join(', ')} online`);
+    this.options.log(
+      'warn',
+      `restore #${id} ${abandon ? 'abandoned' : 'finished'}: ${restoring.volumes.join(', ')} online`,
+    );
     return this.pipeline.seal();
   }
 
@@ -232,7 +318,8 @@ export class Agent {
 
   /** State writes are serialised: concurrent writers would race on the same temp file. */
   saveState(): Promise<void> {
-    const write = (): Promise<void> => writeFileDurable(path.join(this.stateDir, 'state.json'), JSON.stringify(this.state, null, 2));
+    const write = (): Promise<void> =>
+      writeFileDurable(path.join(this.stateDir, 'state.json'), JSON.stringify(this.state, null, 2));
     const next = this.stateWrites.then(write, write);
     this.stateWrites = next.catch(() => undefined);
     return next;
@@ -249,16 +336,27 @@ export class Agent {
     const out = [...stored];
     const givenNames = new Set<string>();
     for (const spec of given) {
-      if (!VOLUME_NAME.test(spec.name)) throw new RewindError('REWIND_BAD_ARGUMENT', `volume name "${spec.name}" is invalid`, { hint: 'use letters, digits, dot, dash and underscore (at most 64)' });
-      if (givenNames.has(spec.name)) throw new RewindError('REWIND_BAD_ARGUMENT', `volume "${spec.name}" is given twice`);
+      if (!VOLUME_NAME.test(spec.name))
+        throw new RewindError('REWIND_BAD_ARGUMENT', `volume name "${spec.name}" is invalid`, {
+          hint: 'use letters, digits, dot, dash and underscore (at most 64)',
+        });
+      if (givenNames.has(spec.name))
+        throw new RewindError('REWIND_BAD_ARGUMENT', `volume "${spec.name}" is given twice`);
       givenNames.add(spec.name);
       const existing = stored.find((v) => v.name === spec.name);
       const wantedPath = spec.path ? path.resolve(spec.path) : undefined;
       if (existing) {
-        if ((wantedPath && wantedPath !== existing.path) || (spec.sizeBytes !== undefined && !spec.path && spec.sizeBytes !== existing.sizeBytes)) {
-          throw new RewindError('REWIND_CONFIG', `volume "${spec.name}" was ${existing.path} (${existing.sizeBytes} bytes) and cannot change`, {
-            hint: 'use a new data directory to protect a different volume set',
-          });
+        if (
+          (wantedPath && wantedPath !== existing.path) ||
+          (spec.sizeBytes !== undefined && !spec.path && spec.sizeBytes !== existing.sizeBytes)
+        ) {
+          throw new RewindError(
+            'REWIND_CONFIG',
+            `volume "${spec.name}" was ${existing.path} (${existing.sizeBytes} bytes) and cannot change`,
+            {
+              hint: 'use a new data directory to protect a different volume set',
+            },
+          );
         }
         continue;
       }
@@ -268,9 +366,13 @@ export class Agent {
     }
     const missing = stored.filter((v) => !givenNames.has(v.name));
     if (missing.length > 0) {
-      throw new RewindError('REWIND_CONFIG', `volume list changed: ${missing.map((v) => v.name).join(', ')} missing`, {
-        hint: `this data directory protects ${stored.map((v) => v.name).join(', ')}; give all of them (new volumes may be added) or none to resume`,
-      });
+      throw new RewindError(
+        'REWIND_CONFIG',
+        `volume list changed: ${missing.map((v) => v.name).join(', ')} missing`,
+        {
+          hint: `this data directory protects ${stored.map((v) => v.name).join(', ')}; give all of them (new volumes may be added) or none to resume`,
+        },
+      );
     }
     return out;
   }
@@ -286,12 +388,26 @@ export class Agent {
     const blockDevice = isBlockDevice(stored.path);
     const actual = sizeOf(stored.path);
     if (actual < stored.sizeBytes) {
-      throw new RewindError('REWIND_CONFIG', `production image ${stored.path} is ${actual} bytes, expected ${stored.sizeBytes}`);
+      throw new RewindError(
+        'REWIND_CONFIG',
+        `production image ${stored.path} is ${actual} bytes, expected ${stored.sizeBytes}`,
+      );
     }
     const fd = fs.openSync(stored.path, 'r+');
     await ensureDir(path.join(this.stateDir, 'dirty'));
-    const dirty = DirtyMap.open(path.join(this.stateDir, 'dirty', `${stored.name}.map`), stored.sizeBytes);
-    return { name: stored.name, index, sizeBytes: stored.sizeBytes, path: stored.path, fd, blockDevice, dirty };
+    const dirty = DirtyMap.open(
+      path.join(this.stateDir, 'dirty', `${stored.name}.map`),
+      stored.sizeBytes,
+    );
+    return {
+      name: stored.name,
+      index,
+      sizeBytes: stored.sizeBytes,
+      path: stored.path,
+      fd,
+      blockDevice,
+      dirty,
+    };
   }
 
   exports(): ExportBackend[] {
@@ -321,12 +437,22 @@ export class Agent {
    * content of every dirty region, and per-write logging resumes behind it.
    */
   maybeEndDegraded(): void {
-    if (!this.pipeline.degraded || this.endingDegraded || this.spool.redoBytes > this.spoolBytesMax / 2) return;
+    if (
+      !this.pipeline.degraded ||
+      this.endingDegraded ||
+      this.spool.redoBytes > this.spoolBytesMax / 2
+    )
+      return;
     this.endingDegraded = true;
     const writes = this.pipeline.degraded.writes;
-    this.options.log('warn', `link back and spool drained: resyncing the dirty regions of ${writes} writes made in degraded mode`);
+    this.options.log(
+      'warn',
+      `link back and spool drained: resyncing the dirty regions of ${writes} writes made in degraded mode`,
+    );
     void this.resyncMarked('degraded mode ended', this.volumes, false, true)
-      .catch((error: unknown) => this.options.log('error', `resync after degraded mode failed: ${errorMessage(error)}`))
+      .catch((error: unknown) =>
+        this.options.log('error', `resync after degraded mode failed: ${errorMessage(error)}`),
+      )
       .finally(() => {
         this.endingDegraded = false;
       });
@@ -349,12 +475,21 @@ export class Agent {
   private cleanDirty(): void {
     const seqLimit = Math.min(this.state.seqAcked, this.pipeline.seqCaptured);
     const nowMs = Date.now();
-    const volumes = this.volumes.filter((v) => v.dirty.cleanable(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX));
-    if (this.closing || this.cleaning || volumes.length === 0 || this.pipeline.failure !== undefined) return;
+    const volumes = this.volumes.filter((v) =>
+      v.dirty.cleanable(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX),
+    );
+    if (
+      this.closing ||
+      this.cleaning ||
+      volumes.length === 0 ||
+      this.pipeline.failure !== undefined
+    )
+      return;
     this.cleaning = true;
     this.cleaningDone = Promise.all(volumes.map((v) => fdatasyncAsync(v.fd)))
       .then(() => {
-        for (const volume of volumes) volume.dirty.clean(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX);
+        for (const volume of volumes)
+          volume.dirty.clean(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX);
       })
       .catch((error: unknown) => {
         if (!this.closing) this.pipeline.fatal(error);
@@ -374,14 +509,23 @@ export class Agent {
     if (this.spool.activeRecords === 0) return;
     const age = this.spool.activeAgeMs;
     const managerIdle = this.shipper.connected && this.spool.sealed.length === 0;
-    if (age >= this.options.sealMs || (managerIdle && age >= SEAL_IDLE_MS)) void this.pipeline.seal();
+    if (age >= this.options.sealMs || (managerIdle && age >= SEAL_IDLE_MS))
+      void this.pipeline.seal();
   }
 
   seal(): Promise<number> {
     return this.pipeline.seal();
   }
 
-  status(): { seqCaptured: number; timeCapturedNs: bigint; spoolBytes: number; sealedPending: number; mode: string; failure: string | undefined; restoring: RestoringState | undefined } {
+  status(): {
+    seqCaptured: number;
+    timeCapturedNs: bigint;
+    spoolBytes: number;
+    sealedPending: number;
+    mode: string;
+    failure: string | undefined;
+    restoring: RestoringState | undefined;
+  } {
     return {
       restoring: this.state.restoring,
       seqCaptured: this.pipeline.seqCaptured,
@@ -419,7 +563,8 @@ export class Agent {
     // resync them. So after a failed write path: an fsync that failed may have dropped writes
     // the log holds, and the fsync above then succeeds without having written them (Linux reports
     // the error once); only the unclean start's resync writes the dirty regions back.
-    this.state.cleanShutdown = this.pipeline.degraded === undefined && this.pipeline.failure === undefined;
+    this.state.cleanShutdown =
+      this.pipeline.degraded === undefined && this.pipeline.failure === undefined;
     await this.saveState();
   }
 
@@ -433,7 +578,10 @@ export class Agent {
 }
 
 function sizeOfExisting(file: string): number {
-  if (!fs.existsSync(file)) throw new RewindError('REWIND_CONFIG', `production image ${file} does not exist`, { hint: 'give NAME:SIZE to create a new image, or the path of an existing file or block device' });
+  if (!fs.existsSync(file))
+    throw new RewindError('REWIND_CONFIG', `production image ${file} does not exist`, {
+      hint: 'give NAME:SIZE to create a new image, or the path of an existing file or block device',
+    });
   return sizeOf(file);
 }
 
@@ -471,15 +619,39 @@ class ProductionExport implements ExportBackend {
   }
 
   write(offsetBytes: number, data: Buffer, fua: boolean, done: DoneCallback): void {
-    this.agent.pipeline.submitRecord('write', this.volume, offsetBytes, data.length, data, fua, done);
+    this.agent.pipeline.submitRecord(
+      'write',
+      this.volume,
+      offsetBytes,
+      data.length,
+      data,
+      fua,
+      done,
+    );
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void {
-    this.agent.pipeline.submitRecord('zero', this.volume, offsetBytes, lengthBytes, undefined, fua, done);
+    this.agent.pipeline.submitRecord(
+      'zero',
+      this.volume,
+      offsetBytes,
+      lengthBytes,
+      undefined,
+      fua,
+      done,
+    );
   }
 
   trim(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void {
-    this.agent.pipeline.submitRecord('trim', this.volume, offsetBytes, lengthBytes, undefined, fua, done);
+    this.agent.pipeline.submitRecord(
+      'trim',
+      this.volume,
+      offsetBytes,
+      lengthBytes,
+      undefined,
+      fua,
+      done,
+    );
   }
 
   flush(done: DoneCallback): void {

@@ -46,7 +46,8 @@ export class DirtyMap {
   /** Regions marked on disk: after an unclean stop these may differ from the replica. */
   markedRegions(): number[] {
     const out: number[] = [];
-    for (let region = 0; region < this.regionCount; region++) if (this.isMarked(region)) out.push(region);
+    for (let region = 0; region < this.regionCount; region++)
+      if (this.isMarked(region)) out.push(region);
     return out;
   }
 
@@ -102,12 +103,22 @@ export class DirtyMap {
   /** True when clean() with the same arguments would clear a region. */
   cleanable(seqCommitted: number, nowMs: number, quietMs: number, hotMax: number): boolean {
     const pressure = this.lastSeq.size > hotMax;
-    for (const [region, seq] of this.lastSeq) if (this.clearable(region, seq, seqCommitted, nowMs, quietMs, pressure)) return true;
+    for (const [region, seq] of this.lastSeq)
+      if (this.clearable(region, seq, seqCommitted, nowMs, quietMs, pressure)) return true;
     return false;
   }
 
-  private clearable(region: number, seq: number, seqCommitted: number, nowMs: number, quietMs: number, pressure: boolean): boolean {
-    return seq <= seqCommitted && (pressure || nowMs - (this.lastTouchMs.get(region) ?? 0) >= quietMs);
+  private clearable(
+    region: number,
+    seq: number,
+    seqCommitted: number,
+    nowMs: number,
+    quietMs: number,
+    pressure: boolean,
+  ): boolean {
+    return (
+      seq <= seqCommitted && (pressure || nowMs - (this.lastTouchMs.get(region) ?? 0) >= quietMs)
+    );
   }
 
   /**
@@ -138,7 +149,8 @@ export class DirtyMap {
 
   /** Marks every region and makes that durable (a pre-existing image before its first sync). */
   async markAll(): Promise<void> {
-    for (let region = 0; region < this.regionCount; region++) this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) | (1 << (region & 7));
+    for (let region = 0; region < this.regionCount; region++)
+      this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) | (1 << (region & 7));
     this.dirtyBytesLow = 0;
     this.dirtyBytesHigh = this.bits.length;
     await this.persist();

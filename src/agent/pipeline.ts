@@ -4,9 +4,23 @@
 // log order is production order for overlapping writes.
 import fs from 'node:fs';
 import { assert, assertNever, crashPoint, crc32c, errorMessage, nowNs } from '../core/index.js';
-import { encodeRecordHeader, RECORD_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RecordKind } from '../log/index.js';
+import {
+  encodeRecordHeader,
+  RECORD_HEADER_BYTES,
+  SEGMENT_FLAG_RESYNC,
+  SEGMENT_FLAG_RESYNC_END,
+  type RecordKind,
+} from '../log/index.js';
 import { NbdErrno, type DoneCallback } from '../nbd/backend.js';
-import { fdatasyncAsync, isZero, PUNCH_THRESHOLD_BYTES, readFullyAsync, writeAsync, writeZeroesSync, zeroRange } from '../platform/index.js';
+import {
+  fdatasyncAsync,
+  isZero,
+  PUNCH_THRESHOLD_BYTES,
+  readFullyAsync,
+  writeAsync,
+  writeZeroesSync,
+  zeroRange,
+} from '../platform/index.js';
 import type { DirtyMap } from './dirty-map.js';
 import type { Spool } from './spool.js';
 
@@ -136,13 +150,31 @@ export class WritePipeline {
     return this.queue.length;
   }
 
-  submitRecord(type: RecordKind, volume: ProductionVolume, offsetBytes: number, lengthBytes: number, data: Buffer | undefined, fua: boolean, done: DoneCallback): void {
+  submitRecord(
+    type: RecordKind,
+    volume: ProductionVolume,
+    offsetBytes: number,
+    lengthBytes: number,
+    data: Buffer | undefined,
+    fua: boolean,
+    done: DoneCallback,
+  ): void {
     if (this.failed !== undefined || this.closed) {
       done(this.closed ? NbdErrno.ESHUTDOWN : NbdErrno.EIO);
       return;
     }
     assert(offsetBytes + lengthBytes <= volume.sizeBytes, 'record inside the volume');
-    const op: RecordOp = { type, volume, seq: this.seqNext, timeNs: nowNs(), offsetBytes, lengthBytes, data, fua, done };
+    const op: RecordOp = {
+      type,
+      volume,
+      seq: this.seqNext,
+      timeNs: nowNs(),
+      offsetBytes,
+      lengthBytes,
+      data,
+      fua,
+      done,
+    };
     this.seqNext += 1;
     this.push(op);
   }
@@ -167,8 +199,15 @@ export class WritePipeline {
    */
   resync(targets: ResyncTarget[], options: ResyncOptions): Promise<ResyncResult> {
     return new Promise((resolve, reject) => {
-      if (this.failed !== undefined || this.closed) return reject(new Error('the write path is stopped'));
-      this.push({ type: 'resync', targets, options, done: (error, result) => (error === undefined ? resolve(result as ResyncResult) : reject(error)) });
+      if (this.failed !== undefined || this.closed)
+        return reject(new Error('the write path is stopped'));
+      this.push({
+        type: 'resync',
+        targets,
+        options,
+        done: (error, result) =>
+          error === undefined ? resolve(result as ResyncResult) : reject(error),
+      });
     });
   }
 
@@ -274,10 +313,20 @@ export class WritePipeline {
    * queued behind were given seqs on arrival; they move up past the resync records (nothing about
    * them has been logged or answered yet), so the log stays gap-free and in seq order.
    */
-  private async resyncNow(targets: readonly ResyncTarget[], options: ResyncOptions): Promise<ResyncResult> {
+  private async resyncNow(
+    targets: readonly ResyncTarget[],
+    options: ResyncOptions,
+  ): Promise<ResyncResult> {
     await this.sealNow(); // a segment holds records of one kind
-    const regions = targets.flatMap(({ volume, regions: list }) => [...list].sort((a, b) => a - b).map((region) => ({ volume, region })));
-    const result: ResyncResult = { seqFirst: this.seqCaptured + 1, seqLast: this.seqCaptured, records: 0, bytesRead: 0 };
+    const regions = targets.flatMap(({ volume, regions: list }) =>
+      [...list].sort((a, b) => a - b).map((region) => ({ volume, region })),
+    );
+    const result: ResyncResult = {
+      seqFirst: this.seqCaptured + 1,
+      seqLast: this.seqCaptured,
+      records: 0,
+      bytesRead: 0,
+    };
     if (regions.length === 0) return result;
     // Resync records carry the time the resync started (after every logged write); operations
     // queued behind it are stamped no earlier, so capture time stays monotonic in seq order.
@@ -298,7 +347,16 @@ export class WritePipeline {
       let pendingBytes = 0;
       const appendPending = async (): Promise<void> => {
         if (pendingCount === 0) return;
-        await this.spool.append(pieces, headers, pendingFirst, pendingCount, timeNs, timeNs, flags, options.gapStartNs ?? 0n);
+        await this.spool.append(
+          pieces,
+          headers,
+          pendingFirst,
+          pendingCount,
+          timeNs,
+          timeNs,
+          flags,
+          options.gapStartNs ?? 0n,
+        );
         pieces = [];
         headers = [];
         pendingCount = 0;
@@ -318,12 +376,27 @@ export class WritePipeline {
         const zero = isZero(data);
         // A skipped zero region needs no record; but the END segment must exist, so its last
         // region is always logged (as a zero record, which changes nothing on a zero replica).
-        const mustLog = lastChunk && i === chunk.length - 1 && pendingCount === 0 && this.spool.activeRecords === 0;
+        const mustLog =
+          lastChunk &&
+          i === chunk.length - 1 &&
+          pendingCount === 0 &&
+          this.spool.activeRecords === 0;
         if (zero && options.skipZero && !mustLog) continue;
         const seq = result.seqFirst + result.records;
         // Write-ahead as for any write: the region stays marked until this record is committed.
-        if (volume.dirty.touch(offsetBytes, lengthBytes, seq, Date.now())) await volume.dirty.persist();
-        const header = encodeRecordHeader({ kind: zero ? 'zero' : 'write', volume: volume.index, seq, timeNs, offsetBytes, lengthBytes }, zero ? 0 : crc32c(data));
+        if (volume.dirty.touch(offsetBytes, lengthBytes, seq, Date.now()))
+          await volume.dirty.persist();
+        const header = encodeRecordHeader(
+          {
+            kind: zero ? 'zero' : 'write',
+            volume: volume.index,
+            seq,
+            timeNs,
+            offsetBytes,
+            lengthBytes,
+          },
+          zero ? 0 : crc32c(data),
+        );
         if (pendingCount === 0) pendingFirst = seq;
         pieces.push(header);
         headers.push(header);
@@ -356,13 +429,23 @@ export class WritePipeline {
       return;
     }
     const records = batch.filter((op): op is RecordOp => op.type !== 'flush');
-    if (this.degraded === undefined && records.length > 0 && this.spool.redoBytes + logBytes(records) > this.options.spoolBytesMax) {
+    if (
+      this.degraded === undefined &&
+      records.length > 0 &&
+      this.spool.redoBytes + logBytes(records) > this.options.spoolBytesMax
+    ) {
       this.degraded = { sinceNs: records[0]?.timeNs ?? nowNs(), writes: 0 };
-      this.options.onDegraded?.(`the spool holds ${this.spool.redoBytes} bytes of per-write history, its bound is ${this.options.spoolBytesMax}`);
+      this.options.onDegraded?.(
+        `the spool holds ${this.spool.redoBytes} bytes of per-write history, its bound is ${this.options.spoolBytesMax}`,
+      );
     }
-    if (this.degraded !== undefined && records.length > 0) return this.processDegraded(batch, records);
+    if (this.degraded !== undefined && records.length > 0)
+      return this.processDegraded(batch, records);
     await this.markDirty(records);
-    const logWrite = records.length > 0 ? this.appendLog(records).then(() => crashPoint('append')) : Promise.resolve();
+    const logWrite =
+      records.length > 0
+        ? this.appendLog(records).then(() => crashPoint('append'))
+        : Promise.resolve();
     const errnos = await this.writeProduction(records);
     try {
       await logWrite;
@@ -409,14 +492,20 @@ export class WritePipeline {
     const nowMs = Date.now();
     const toPersist = new Set<DirtyMap>();
     for (const op of records) {
-      if (op.volume.dirty.touch(op.offsetBytes, op.lengthBytes, Number.MAX_SAFE_INTEGER, nowMs)) toPersist.add(op.volume.dirty);
+      if (op.volume.dirty.touch(op.offsetBytes, op.lengthBytes, Number.MAX_SAFE_INTEGER, nowMs))
+        toPersist.add(op.volume.dirty);
     }
     await Promise.all([...toPersist].map((dirty) => dirty.persist()));
   }
 
   /** Hands the batch's seqs back (its regions are already marked never clean), makes FLUSH/FUA durable on production, answers. */
-  private async finishDegraded(batch: (RecordOp | FlushOp)[], records: RecordOp[], errnos: Map<RecordOp, number>): Promise<void> {
-    for (const op of this.queue) if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq -= records.length;
+  private async finishDegraded(
+    batch: (RecordOp | FlushOp)[],
+    records: RecordOp[],
+    errnos: Map<RecordOp, number>,
+  ): Promise<void> {
+    for (const op of this.queue)
+      if (op.type === 'write' || op.type === 'zero' || op.type === 'trim') op.seq -= records.length;
     this.seqNext -= records.length;
     (this.degraded as DegradedState).writes += records.length;
     const volumes = new Set<ProductionVolume>();
@@ -446,13 +535,25 @@ export class WritePipeline {
     for (const op of failed) {
       const regions = byVolume.get(op.volume) ?? new Set<number>();
       const regionBytes = op.volume.dirty.regionBytes;
-      for (let r = Math.floor(op.offsetBytes / regionBytes); r <= Math.floor((op.offsetBytes + op.lengthBytes - 1) / regionBytes); r++) regions.add(r);
+      for (
+        let r = Math.floor(op.offsetBytes / regionBytes);
+        r <= Math.floor((op.offsetBytes + op.lengthBytes - 1) / regionBytes);
+        r++
+      )
+        regions.add(r);
       byVolume.set(op.volume, regions);
     }
     const targets = [...byVolume].map(([volume, regions]) => ({ volume, regions: [...regions] }));
     try {
-      const gapStartNs = failed.reduce((min, op) => (op.timeNs < min ? op.timeNs : min), failed[0]?.timeNs ?? 0n);
-      const result = await this.resyncNow(targets, { reason: 'failed production write', skipZero: false, gapStartNs });
+      const gapStartNs = failed.reduce(
+        (min, op) => (op.timeNs < min ? op.timeNs : min),
+        failed[0]?.timeNs ?? 0n,
+      );
+      const result = await this.resyncNow(targets, {
+        reason: 'failed production write',
+        skipZero: false,
+        gapStartNs,
+      });
       this.options.onResync?.('failed production write', result);
     } catch (error) {
       this.fail(error);
@@ -463,7 +564,8 @@ export class WritePipeline {
     const nowMs = Date.now();
     const toPersist = new Set<DirtyMap>();
     for (const op of records) {
-      if (op.volume.dirty.touch(op.offsetBytes, op.lengthBytes, op.seq, nowMs)) toPersist.add(op.volume.dirty);
+      if (op.volume.dirty.touch(op.offsetBytes, op.lengthBytes, op.seq, nowMs))
+        toPersist.add(op.volume.dirty);
     }
     await Promise.all([...toPersist].map((dirty) => dirty.persist()));
   }
@@ -476,7 +578,14 @@ export class WritePipeline {
       const header = headerBytes.subarray(i * RECORD_HEADER_BYTES, (i + 1) * RECORD_HEADER_BYTES);
       headers.push(header);
       encodeRecordHeader(
-        { kind: op.type, volume: op.volume.index, seq: op.seq, timeNs: op.timeNs, offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes },
+        {
+          kind: op.type,
+          volume: op.volume.index,
+          seq: op.seq,
+          timeNs: op.timeNs,
+          offsetBytes: op.offsetBytes,
+          lengthBytes: op.lengthBytes,
+        },
         op.data ? crc32c(op.data) : 0,
         header,
       );
@@ -515,8 +624,16 @@ export class WritePipeline {
       }
       case 'zero':
       case 'trim':
-        if (op.lengthBytes < PUNCH_THRESHOLD_BYTES) writeZeroesSync(fd, op.offsetBytes, op.lengthBytes);
-        else await zeroRange(fd, op.volume.path, op.volume.blockDevice, op.offsetBytes, op.lengthBytes);
+        if (op.lengthBytes < PUNCH_THRESHOLD_BYTES)
+          writeZeroesSync(fd, op.offsetBytes, op.lengthBytes);
+        else
+          await zeroRange(
+            fd,
+            op.volume.path,
+            op.volume.blockDevice,
+            op.offsetBytes,
+            op.lengthBytes,
+          );
         return;
       default:
         assertNever(op.type, 'record kind');
@@ -558,7 +675,9 @@ export class WritePipeline {
 }
 
 function overlaps(a: RecordOp, b: RecordOp): boolean {
-  return a.offsetBytes < b.offsetBytes + b.lengthBytes && b.offsetBytes < a.offsetBytes + a.lengthBytes;
+  return (
+    a.offsetBytes < b.offsetBytes + b.lengthBytes && b.offsetBytes < a.offsetBytes + a.lengthBytes
+  );
 }
 
 function writeFullySync(fd: number, data: Buffer, positionBytes: number): void {

@@ -31,7 +31,11 @@ export class Shipper {
   private readonly agent: Agent;
   private readonly spool: Spool;
   private readonly target: ShipperTarget;
-  private readonly log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
+  private readonly log: (
+    level: 'info' | 'warn' | 'error',
+    message: string,
+    fields?: object,
+  ) => void;
   private socket: net.Socket | undefined;
   private welcomed = false;
   private inFlight = new Set<number>();
@@ -79,8 +83,11 @@ export class Shipper {
     const socket = this.target.connect
       ? this.target.connect(onConnected)
       : this.target.tls
-      ? tls.connect({ host: this.target.host, port: this.target.port, ...this.target.tls }, onConnected)
-      : net.connect({ host: this.target.host, port: this.target.port }, onConnected);
+        ? tls.connect(
+            { host: this.target.host, port: this.target.port, ...this.target.tls },
+            onConnected,
+          )
+        : net.connect({ host: this.target.host, port: this.target.port }, onConnected);
     socket.setNoDelay(true);
     this.socket = socket;
     const reader = new FrameReader();
@@ -104,14 +111,19 @@ export class Shipper {
     socket.on('close', () => {
       // A peer that closes before its welcome without an error (a TLS manager answering a
       // plaintext hello, say) is a failure to get in too; a refusal was logged already.
-      if (!errored && !this.welcomed && !this.refusal && !this.stopped) this.linkFailed('the connection closed before the manager welcomed the agent');
+      if (!errored && !this.welcomed && !this.refusal && !this.stopped)
+        this.linkFailed('the connection closed before the manager welcomed the agent');
       this.onClose(socket);
     });
   }
 
   /** Failing to get in at all (wrong certificate, nothing listening, a reset during the TLS handshake) is logged once per distinct reason, not once per retry. */
   private linkFailed(reason: string): void {
-    if (reason !== this.linkError) this.log('warn', `cannot reach the manager at ${this.target.host}:${this.target.port}: ${reason} (retrying)`);
+    if (reason !== this.linkError)
+      this.log(
+        'warn',
+        `cannot reach the manager at ${this.target.host}:${this.target.port}: ${reason} (retrying)`,
+      );
     this.linkError = reason;
   }
 
@@ -138,7 +150,10 @@ export class Shipper {
         this.welcomed = true;
         this.refusal = undefined;
         this.linkError = undefined;
-        this.log('info', `connected to manager ${this.target.host}:${this.target.port}; committed seq ${message.seqCommitted}`);
+        this.log(
+          'info',
+          `connected to manager ${this.target.host}:${this.target.port}; committed seq ${message.seqCommitted}`,
+        );
         void this.acked(message.segmentCommitted, message.seqCommitted).then(() => this.kick());
         this.sendStatus();
         this.statusTimer = setInterval(() => this.sendStatus(), STATUS_INTERVAL_MS);
@@ -172,12 +187,20 @@ export class Shipper {
       case 'restore-begin':
         this.agent.restoreBegin(message.id, message.volumes).then(
           (seqLast) => this.reply({ type: 'restore-ready', id: message.id, seqLast }),
-          (error: unknown) => this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
+          (error: unknown) =>
+            this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
         );
         return;
       case 'restore-write':
         try {
-          this.agent.restoreWrite(message.volume, message.offset, message.length, message.zero ? undefined : payload, (errno) => this.reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }));
+          this.agent.restoreWrite(
+            message.volume,
+            message.offset,
+            message.length,
+            message.zero ? undefined : payload,
+            (errno) =>
+              this.reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }),
+          );
         } catch (error) {
           this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) });
         }
@@ -188,7 +211,8 @@ export class Shipper {
             this.reply({ type: 'restore-done', id: message.id, seqLast });
             this.kick();
           },
-          (error: unknown) => this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
+          (error: unknown) =>
+            this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
         );
         return;
       case 'error':
@@ -204,7 +228,10 @@ export class Shipper {
     try {
       await this.agent.committed(index, seqLast);
     } catch (error) {
-      this.log('error', `cleaning up after commit of segment ${index} failed: ${errorMessage(error)}`);
+      this.log(
+        'error',
+        `cleaning up after commit of segment ${index} failed: ${errorMessage(error)}`,
+      );
     }
   }
 
@@ -212,7 +239,9 @@ export class Shipper {
   kick(): void {
     const socket = this.socket;
     if (!socket || !this.welcomed || this.refusal) return;
-    const toSend = this.spool.sealed.filter((s) => !this.inFlight.has(s.index) && s.index > this.highestInFlight());
+    const toSend = this.spool.sealed.filter(
+      (s) => !this.inFlight.has(s.index) && s.index > this.highestInFlight(),
+    );
     for (const segment of toSend) {
       if (this.inFlight.size >= WINDOW_SEGMENTS_MAX) break;
       this.inFlight.add(segment.index);
@@ -230,14 +259,32 @@ export class Shipper {
 
   private async send(socket: net.Socket, segment: SealedSegment): Promise<void> {
     if (this.target.localFiles) {
-      sendFrame(socket, { type: 'segment-file', index: segment.index, seqFirst: segment.seqFirst, seqLast: segment.seqLast, bytes: segment.bytes, name: path.basename(segment.file) });
+      sendFrame(socket, {
+        type: 'segment-file',
+        index: segment.index,
+        seqFirst: segment.seqFirst,
+        seqLast: segment.seqLast,
+        bytes: segment.bytes,
+        name: path.basename(segment.file),
+      });
       crashPoint('ship');
       return;
     }
     try {
       const bytes = await fsp.readFile(segment.file);
       if (socket.destroyed) return;
-      sendFrame(socket, { type: 'segment', index: segment.index, seqFirst: segment.seqFirst, seqLast: segment.seqLast, fileCrc: crc32c(bytes), bytes: bytes.length }, bytes);
+      sendFrame(
+        socket,
+        {
+          type: 'segment',
+          index: segment.index,
+          seqFirst: segment.seqFirst,
+          seqLast: segment.seqLast,
+          fileCrc: crc32c(bytes),
+          bytes: bytes.length,
+        },
+        bytes,
+      );
       crashPoint('ship');
     } catch (error) {
       this.log('error', `reading segment ${segment.file} failed: ${errorMessage(error)}`);
@@ -248,7 +295,8 @@ export class Shipper {
   private sendStatus(): void {
     if (!this.socket || !this.welcomed) return;
     const status = this.agent.status();
-    const failure = this.refusal ?? status.failure ?? (this.busy ? `manager busy: ${this.busy}` : undefined);
+    const failure =
+      this.refusal ?? status.failure ?? (this.busy ? `manager busy: ${this.busy}` : undefined);
     sendFrame(this.socket, {
       type: 'status',
       seqCaptured: status.seqCaptured,

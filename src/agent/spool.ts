@@ -71,7 +71,13 @@ export class Spool {
   /** The seq the next record must carry. */
   private seqNext: number;
 
-  private constructor(dir: string, volumeSetId: Buffer, volumeCount: number, nextIndex: number, seqNext: number) {
+  private constructor(
+    dir: string,
+    volumeSetId: Buffer,
+    volumeCount: number,
+    nextIndex: number,
+    seqNext: number,
+  ) {
     this.dir = dir;
     this.volumeSetId = volumeSetId;
     this.volumeCount = volumeCount;
@@ -83,7 +89,13 @@ export class Spool {
    * Opens the spool: verifies sealed segments, keeps the valid prefix of an active segment left by a
    * crash (cutting a torn tail) and seals it. `seqAcked`/`indexAcked` come from the agent state.
    */
-  static async open(dir: string, volumeSetId: Buffer, volumeCount: number, seqAcked: number, indexAcked: number): Promise<{ spool: Spool; recovery: SpoolRecovery }> {
+  static async open(
+    dir: string,
+    volumeSetId: Buffer,
+    volumeCount: number,
+    seqAcked: number,
+    indexAcked: number,
+  ): Promise<{ spool: Spool; recovery: SpoolRecovery }> {
     await fsp.mkdir(dir, { recursive: true });
     const names = (await fsp.readdir(dir)).sort();
     const spool = new Spool(dir, volumeSetId, volumeCount, indexAcked + 1, seqAcked + 1);
@@ -110,9 +122,13 @@ export class Spool {
       return;
     }
     if (parsed.header.seqFirst !== this.seqNext) {
-      throw new RewindError('REWIND_SEQ_GAP', `spool segment ${file} starts at seq ${parsed.header.seqFirst}, expected ${this.seqNext}`, {
-        hint: 'the spool is not continuous; keep the files for inspection and contact support',
-      });
+      throw new RewindError(
+        'REWIND_SEQ_GAP',
+        `spool segment ${file} starts at seq ${parsed.header.seqFirst}, expected ${this.seqNext}`,
+        {
+          hint: 'the spool is not continuous; keep the files for inspection and contact support',
+        },
+      );
     }
     this.sealed.push({
       index: parsed.header.segmentIndex,
@@ -132,14 +148,21 @@ export class Spool {
       await fsp.rm(file, { force: true }); // created but header never written: holds no record
       return { tornBytes: buf.length, tornReason: undefined, recoveredRecords: 0 };
     }
-    if (crc32c(buf.subarray(0, REDO_HEADER_CRC_OFFSET)) !== buf.readUInt32LE(REDO_HEADER_CRC_OFFSET)) {
+    if (
+      crc32c(buf.subarray(0, REDO_HEADER_CRC_OFFSET)) !== buf.readUInt32LE(REDO_HEADER_CRC_OFFSET)
+    ) {
       // The header is the first thing written and every fdatasync of the segment covers it, so a
       // header that fails its own CRC was never made durable, and neither was any record after it
       // (a power loss kept some later sectors but not the first). The valid prefix is empty; the
       // dirty map's resync logs what the lost records wrote. (A whole header of another format
       // version is not torn: scanRedo refuses it below.)
       await fsp.rm(file, { force: true });
-      const reason = new SegmentError('REWIND_SEGMENT_TRUNCATED', file, 0, 'the header never reached the disk whole');
+      const reason = new SegmentError(
+        'REWIND_SEGMENT_TRUNCATED',
+        file,
+        0,
+        'the header never reached the disk whole',
+      );
       return { tornBytes: buf.length, tornReason: reason, recoveredRecords: 0 };
     }
     const scan = scanRedo(buf, file, this.volumeCount);
@@ -153,7 +176,10 @@ export class Spool {
       return { tornBytes: 0, tornReason: undefined, recoveredRecords: scan.records.length };
     }
     if (scan.header.seqFirst !== this.seqNext || scan.header.segmentIndex !== this.nextIndex) {
-      throw new RewindError('REWIND_SEQ_GAP', `active segment ${file} does not continue the spool (seq ${scan.header.seqFirst}, expected ${this.seqNext})`);
+      throw new RewindError(
+        'REWIND_SEQ_GAP',
+        `active segment ${file} does not continue the spool (seq ${scan.header.seqFirst}, expected ${this.seqNext})`,
+      );
     }
     const fd = fs.openSync(file, 'r+');
     fs.ftruncateSync(fd, scan.validBytes);
@@ -184,7 +210,11 @@ export class Spool {
     } else {
       await this.seal();
     }
-    return { tornBytes: buf.length - scan.validBytes, tornReason: scan.stopReason, recoveredRecords: scan.records.length };
+    return {
+      tornBytes: buf.length - scan.validBytes,
+      tornReason: scan.stopReason,
+      recoveredRecords: scan.records.length,
+    };
   }
 
   get seqNextExpected(): number {
@@ -208,7 +238,10 @@ export class Spool {
    * bound limits. Resync segments are not counted; they are bounded by the dirty regions.
    */
   get redoBytes(): number {
-    const active = this.active && (this.active.flags & SEGMENT_FLAG_RESYNC) === 0 ? this.active.positionBytes : 0;
+    const active =
+      this.active && (this.active.flags & SEGMENT_FLAG_RESYNC) === 0
+        ? this.active.positionBytes
+        : 0;
     return this.sealed.reduce((sum, s) => sum + (s.resync ? 0 : s.bytes), 0) + active;
   }
 
@@ -221,12 +254,28 @@ export class Spool {
    * `recordHeaders` are the record headers among `pieces`, for the body chain CRC. The caller
    * serialises appends; `timeFirstNs`/`timeLastNs` are the batch's capture times.
    */
-  async append(pieces: Buffer[], recordHeaders: readonly Buffer[], seqFirst: number, recordCount: number, timeFirstNs: bigint, timeLastNs: bigint, flags = 0, createdNs?: bigint): Promise<void> {
+  async append(
+    pieces: Buffer[],
+    recordHeaders: readonly Buffer[],
+    seqFirst: number,
+    recordCount: number,
+    timeFirstNs: bigint,
+    timeLastNs: bigint,
+    flags = 0,
+    createdNs?: bigint,
+  ): Promise<void> {
     assert(seqFirst === this.seqNext, `append at seq ${seqFirst}, spool expects ${this.seqNext}`);
     const active = this.active ?? (await this.startSegment(flags, createdNs));
     assert(active.flags === flags, 'a segment holds records of one kind');
     assert(active.version === REDO_VERSION, 'only current-version segments are appended to');
-    const before = { seqNext: this.seqNext, crc: active.crc, positionBytes: active.positionBytes, recordCount: active.recordCount, timeFirstNs: active.timeFirstNs, timeLastNs: active.timeLastNs };
+    const before = {
+      seqNext: this.seqNext,
+      crc: active.crc,
+      positionBytes: active.positionBytes,
+      recordCount: active.recordCount,
+      timeFirstNs: active.timeFirstNs,
+      timeLastNs: active.timeLastNs,
+    };
     this.seqNext += recordCount;
     assert(recordHeaders.length === recordCount, 'one header per record');
     for (const header of recordHeaders) active.crc = chainRecordHeader(header, active.crc);
@@ -246,12 +295,21 @@ export class Spool {
         // A small batch is written on the event loop: a threadpool round trip costs more than the
         // copy into the page cache. A large one goes to the threadpool, so the copy runs on
         // another core while the production writes run here.
-        written += bytes <= SYNC_APPEND_BYTES_MAX ? fs.writevSync(active.fd, rest, position + written) : await writevAsync(active.fd, rest, position + written);
+        written +=
+          bytes <= SYNC_APPEND_BYTES_MAX
+            ? fs.writevSync(active.fd, rest, position + written)
+            : await writevAsync(active.fd, rest, position + written);
       }
     } catch (error) {
       // Nothing of this batch counts: the segment ends where it ended before (a full disk can
       // then be handled by the caller, e.g. by going degraded).
-      Object.assign(active, { crc: before.crc, positionBytes: before.positionBytes, recordCount: before.recordCount, timeFirstNs: before.timeFirstNs, timeLastNs: before.timeLastNs });
+      Object.assign(active, {
+        crc: before.crc,
+        positionBytes: before.positionBytes,
+        recordCount: before.recordCount,
+        timeFirstNs: before.timeFirstNs,
+        timeLastNs: before.timeLastNs,
+      });
       this.seqNext = before.seqNext;
       fs.ftruncateSync(active.fd, before.positionBytes);
       throw error;
@@ -263,7 +321,13 @@ export class Spool {
     const index = this.nextIndex;
     this.nextIndex += 1;
     const file = path.join(this.dir, segmentName(index, ACTIVE_SUFFIX));
-    const header = encodeRedoHeader({ volumeSetId: this.volumeSetId, segmentIndex: index, seqFirst: this.seqNext, createdNs, flags });
+    const header = encodeRedoHeader({
+      volumeSetId: this.volumeSetId,
+      segmentIndex: index,
+      seqFirst: this.seqNext,
+      createdNs,
+      flags,
+    });
     const fd = fs.openSync(file, 'w+');
     fs.writeSync(fd, header, 0, header.length, 0);
     const active: ActiveSegment = {
@@ -295,15 +359,18 @@ export class Spool {
     const active = this.active;
     if (!active || active.recordCount === 0) return undefined;
     this.active = undefined;
-    const trailer = encodeRedoTrailer({
-      recordCount: active.recordCount,
-      seqFirst: active.seqFirst,
-      seqLast: active.seqFirst + active.recordCount - 1,
-      timeFirstNs: active.timeFirstNs,
-      timeLastNs: active.timeLastNs,
-      bodyBytes: active.positionBytes,
-      bodyCrc: active.crc,
-    }, active.version);
+    const trailer = encodeRedoTrailer(
+      {
+        recordCount: active.recordCount,
+        seqFirst: active.seqFirst,
+        seqLast: active.seqFirst + active.recordCount - 1,
+        timeFirstNs: active.timeFirstNs,
+        timeLastNs: active.timeLastNs,
+        bodyBytes: active.positionBytes,
+        bodyCrc: active.crc,
+      },
+      active.version,
+    );
     await writevAsync(active.fd, [trailer], active.positionBytes);
     await fdatasyncAsync(active.fd);
     crashPoint('seal'); // trailer durable, not yet renamed
@@ -364,7 +431,7 @@ function sliceFrom(pieces: readonly Buffer[], skipBytes: number): Buffer[] {
 function rewriteDurably(file: string, buf: Buffer, length: number, openFd?: number): void {
   const fd = openFd ?? fs.openSync(file, 'r+');
   try {
-    for (let done = 0; done < length; ) done += fs.writeSync(fd, buf, done, length - done, done);
+    for (let done = 0; done < length;) done += fs.writeSync(fd, buf, done, length - done, done);
     fs.fdatasyncSync(fd);
   } finally {
     if (openFd === undefined) fs.closeSync(fd);

@@ -17,7 +17,12 @@ const STATUS_BY_CODE: Record<string, number> = {
   REWIND_AUTH: 401,
 };
 
-export async function startApi(manager: Manager, host: string, port: number, token: string | undefined): Promise<{ app: FastifyInstance; address: string }> {
+export async function startApi(
+  manager: Manager,
+  host: string,
+  port: number,
+  token: string | undefined,
+): Promise<{ app: FastifyInstance; address: string }> {
   const app = Fastify({ logger: false });
   let failures = 0;
   app.addHook('onRequest', async (request, reply) => {
@@ -26,53 +31,97 @@ export async function startApi(manager: Manager, host: string, port: number, tok
     if (tokensEqual(given, token)) return;
     // Guessing is slowed down (each failure delays the answer a little more, capped) and logged.
     failures += 1;
-    manager.note('warn', `HTTP API: ${given ? 'wrong' : 'missing'} token from ${request.ip} for ${request.method} ${request.url}`);
+    manager.note(
+      'warn',
+      `HTTP API: ${given ? 'wrong' : 'missing'} token from ${request.ip} for ${request.method} ${request.url}`,
+    );
     await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 50 * failures)));
-    await reply.code(401).send({ error: { code: 'REWIND_AUTH', message: `${given ? 'wrong' : 'missing'} API token`, hint: 'send Authorization: Bearer TOKEN; the CLI reads REWIND_TOKEN or --api-token-file (the token is in DATA/api-token)' } });
+    await reply.code(401).send({
+      error: {
+        code: 'REWIND_AUTH',
+        message: `${given ? 'wrong' : 'missing'} API token`,
+        hint: 'send Authorization: Bearer TOKEN; the CLI reads REWIND_TOKEN or --api-token-file (the token is in DATA/api-token)',
+      },
+    });
   });
   app.setErrorHandler(async (error, _request, reply) => {
     if (error instanceof RewindError) {
-      return reply.code(STATUS_BY_CODE[error.code] ?? 500).send({ error: { code: error.code, message: error.message, hint: error.hint ?? null } });
+      return reply
+        .code(STATUS_BY_CODE[error.code] ?? 500)
+        .send({ error: { code: error.code, message: error.message, hint: error.hint ?? null } });
     }
     const status = (error as { statusCode?: number }).statusCode ?? 500;
-    return reply.code(status).send({ error: { code: status < 500 ? 'REWIND_BAD_ARGUMENT' : 'REWIND_INTERNAL', message: (error as Error).message } });
+    return reply.code(status).send({
+      error: {
+        code: status < 500 ? 'REWIND_BAD_ARGUMENT' : 'REWIND_INTERNAL',
+        message: (error as Error).message,
+      },
+    });
   });
   app.get('/api/status', async () => manager.status());
-  app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>('/api/seal', async (request) => manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000));
-  app.get('/api/views', async () =>
-    [...manager.views.values()].map((v) => ({ name: v.name, kind: v.kind, seq: v.seq, exports: manager.replicas.map((r) => `${r.name}@${v.name}`) })),
+  app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>('/api/seal', async (request) =>
+    manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
   );
-  app.post<{ Body: { name: string; kind: 'snapshot' | 'clone'; at: string } }>('/api/views', async (request, reply) => {
-    const { name, kind, at } = request.body ?? ({} as never);
-    if (typeof name !== 'string' || (kind !== 'snapshot' && kind !== 'clone') || typeof at !== 'string') {
-      throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs name, kind (snapshot or clone) and at (a POINT)');
-    }
-    const view = await manager.createView(name, kind, at);
-    return reply.code(201).send({ name: view.name, kind: view.kind, seq: view.seq, exports: manager.replicas.map((r) => `${r.name}@${view.name}`) });
-  });
+  app.get('/api/views', async () =>
+    [...manager.views.values()].map((v) => ({
+      name: v.name,
+      kind: v.kind,
+      seq: v.seq,
+      exports: manager.replicas.map((r) => `${r.name}@${v.name}`),
+    })),
+  );
+  app.post<{ Body: { name: string; kind: 'snapshot' | 'clone'; at: string } }>(
+    '/api/views',
+    async (request, reply) => {
+      const { name, kind, at } = request.body ?? ({} as never);
+      if (
+        typeof name !== 'string' ||
+        (kind !== 'snapshot' && kind !== 'clone') ||
+        typeof at !== 'string'
+      ) {
+        throw new RewindError(
+          'REWIND_BAD_ARGUMENT',
+          'body needs name, kind (snapshot or clone) and at (a POINT)',
+        );
+      }
+      const view = await manager.createView(name, kind, at);
+      return reply.code(201).send({
+        name: view.name,
+        kind: view.kind,
+        seq: view.seq,
+        exports: manager.replicas.map((r) => `${r.name}@${view.name}`),
+      });
+    },
+  );
   app.delete<{ Params: { name: string } }>('/api/views/:name', async (request) => {
     await manager.removeView(request.params.name);
     return { removed: request.params.name };
   });
-  app.get<{ Querystring: { volume?: string; from?: string; to?: string } }>('/api/log', async (request, reply) => {
-    const q = request.query;
-    const filter = {
-      ...(q.volume ? { volume: q.volume } : {}),
-      ...(q.from ? { from: parseSeq(q.from, 'from') } : {}),
-      ...(q.to ? { to: parseSeq(q.to, 'to') } : {}),
-    };
-    // Streamed: a long history is never held in memory. A bad filter fails before the first line.
-    const entries = manager.log(filter);
-    const first = await entries.next();
-    async function* lines(): AsyncGenerator<string> {
-      if (first.done) return;
-      yield `${JSON.stringify(first.value)}\n`;
-      for await (const entry of entries) yield `${JSON.stringify(entry)}\n`;
-    }
-    return reply.type('application/x-ndjson').send(Readable.from(lines()));
-  });
+  app.get<{ Querystring: { volume?: string; from?: string; to?: string } }>(
+    '/api/log',
+    async (request, reply) => {
+      const q = request.query;
+      const filter = {
+        ...(q.volume ? { volume: q.volume } : {}),
+        ...(q.from ? { from: parseSeq(q.from, 'from') } : {}),
+        ...(q.to ? { to: parseSeq(q.to, 'to') } : {}),
+      };
+      // Streamed: a long history is never held in memory. A bad filter fails before the first line.
+      const entries = manager.log(filter);
+      const first = await entries.next();
+      async function* lines(): AsyncGenerator<string> {
+        if (first.done) return;
+        yield `${JSON.stringify(first.value)}\n`;
+        for await (const entry of entries) yield `${JSON.stringify(entry)}\n`;
+      }
+      return reply.type('application/x-ndjson').send(Readable.from(lines()));
+    },
+  );
   // ---- Recovery ----
-  app.post<{ Params: { name: string }; Body: { forward?: number; back?: number; to?: string; discardWrites?: boolean } }>('/api/views/:name/step', async (request) => {
+  app.post<{
+    Params: { name: string };
+    Body: { forward?: number; back?: number; to?: string; discardWrites?: boolean };
+  }>('/api/views/:name/step', async (request) => {
     const body = request.body ?? {};
     return manager.stepView(request.params.name, {
       ...(body.forward !== undefined ? { forward: body.forward } : {}),
@@ -84,48 +133,76 @@ export async function startApi(manager: Manager, host: string, port: number, tok
   app.get('/api/bookmarks', async () => manager.bookmarks());
   app.post<{ Body: { name?: string; at?: string } }>('/api/bookmarks', async (request, reply) => {
     const { name, at } = request.body ?? {};
-    if (typeof name !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs name (and optionally at, a POINT)');
-    return reply.code(201).send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
+    if (typeof name !== 'string')
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs name (and optionally at, a POINT)');
+    return reply
+      .code(201)
+      .send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
   });
   app.delete<{ Params: { name: string } }>('/api/bookmarks/:name', async (request) => {
     manager.removeBookmark(request.params.name);
     return { removed: request.params.name };
   });
   app.get('/api/restores', async () => manager.restorer.list());
-  app.get<{ Params: { id: string } }>('/api/restores/:id', async (request) => manager.restorer.status(parseId(request.params.id)));
-  app.post<{ Body: RestoreSpec & { dryRun?: boolean; ranges?: (ByteRange | string)[] } }>('/api/restores', async (request, reply) => {
-    const body = request.body ?? ({} as never);
-    const spec: RestoreSpec = {
-      volumes: body.volumes,
-      ...(body.at !== undefined ? { at: String(body.at) } : {}),
-      ...(body.fromClone !== undefined ? { fromClone: String(body.fromClone) } : {}),
-      ...(body.ranges !== undefined ? { ranges: body.ranges.map(parseRange) } : {}),
-    };
-    if (body.dryRun === true) return manager.restorer.plan(spec);
-    return reply.code(202).send(await manager.restorer.start(spec));
-  });
-  app.post<{ Params: { id: string } }>('/api/restores/:id/abandon', async (request) => manager.restorer.abandon(parseId(request.params.id)));
-  app.post<{ Body: { volume?: string; at?: string; file?: string; force?: boolean } }>('/api/exports', async (request, reply) => {
-    const { volume, at, file, force } = request.body ?? {};
-    if (typeof volume !== 'string' || typeof at !== 'string' || typeof file !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs volume, at (a POINT) and file (an absolute path on the manager host)');
-    return reply.code(202).send(await manager.exporter.start(volume, at, file, force === true));
-  });
-  app.get<{ Params: { id: string } }>('/api/exports/:id', async (request) => manager.exporter.status(parseId(request.params.id)));
-  app.get<{ Params: { volume: string }; Querystring: { range?: string } }>('/api/volumes/:volume/history', async (request) => {
-    if (typeof request.query.range !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'history needs range=OFFSET:LENGTH');
-    return blockHistory(manager, request.params.volume, parseRange(request.query.range));
-  });
-  app.get<{ Params: { volume: string }; Querystring: { from?: string; to?: string } }>('/api/volumes/:volume/diff', async (request) => {
-    const { from, to } = request.query;
-    if (typeof from !== 'string' || typeof to !== 'string') throw new RewindError('REWIND_BAD_ARGUMENT', 'diff needs from and to (POINTs)');
-    return diff(manager, request.params.volume, from, to);
-  });
+  app.get<{ Params: { id: string } }>('/api/restores/:id', async (request) =>
+    manager.restorer.status(parseId(request.params.id)),
+  );
+  app.post<{ Body: RestoreSpec & { dryRun?: boolean; ranges?: (ByteRange | string)[] } }>(
+    '/api/restores',
+    async (request, reply) => {
+      const body = request.body ?? ({} as never);
+      const spec: RestoreSpec = {
+        volumes: body.volumes,
+        ...(body.at !== undefined ? { at: String(body.at) } : {}),
+        ...(body.fromClone !== undefined ? { fromClone: String(body.fromClone) } : {}),
+        ...(body.ranges !== undefined ? { ranges: body.ranges.map(parseRange) } : {}),
+      };
+      if (body.dryRun === true) return manager.restorer.plan(spec);
+      return reply.code(202).send(await manager.restorer.start(spec));
+    },
+  );
+  app.post<{ Params: { id: string } }>('/api/restores/:id/abandon', async (request) =>
+    manager.restorer.abandon(parseId(request.params.id)),
+  );
+  app.post<{ Body: { volume?: string; at?: string; file?: string; force?: boolean } }>(
+    '/api/exports',
+    async (request, reply) => {
+      const { volume, at, file, force } = request.body ?? {};
+      if (typeof volume !== 'string' || typeof at !== 'string' || typeof file !== 'string')
+        throw new RewindError(
+          'REWIND_BAD_ARGUMENT',
+          'body needs volume, at (a POINT) and file (an absolute path on the manager host)',
+        );
+      return reply.code(202).send(await manager.exporter.start(volume, at, file, force === true));
+    },
+  );
+  app.get<{ Params: { id: string } }>('/api/exports/:id', async (request) =>
+    manager.exporter.status(parseId(request.params.id)),
+  );
+  app.get<{ Params: { volume: string }; Querystring: { range?: string } }>(
+    '/api/volumes/:volume/history',
+    async (request) => {
+      if (typeof request.query.range !== 'string')
+        throw new RewindError('REWIND_BAD_ARGUMENT', 'history needs range=OFFSET:LENGTH');
+      return blockHistory(manager, request.params.volume, parseRange(request.query.range));
+    },
+  );
+  app.get<{ Params: { volume: string }; Querystring: { from?: string; to?: string } }>(
+    '/api/volumes/:volume/diff',
+    async (request) => {
+      const { from, to } = request.query;
+      if (typeof from !== 'string' || typeof to !== 'string')
+        throw new RewindError('REWIND_BAD_ARGUMENT', 'diff needs from and to (POINTs)');
+      return diff(manager, request.params.volume, from, to);
+    },
+  );
   const address = await app.listen({ host, port });
   return { app, address };
 }
 
 function parseSeq(text: string, what: string): number {
-  if (!/^\d+$/.test(text)) throw new RewindError('REWIND_BAD_ARGUMENT', `--${what} "${text}" is not a seq`);
+  if (!/^\d+$/.test(text))
+    throw new RewindError('REWIND_BAD_ARGUMENT', `--${what} "${text}" is not a seq`);
   return Number(text);
 }
 
@@ -136,8 +213,20 @@ function parseId(text: string): number {
 
 /** OFFSET:LENGTH with size suffixes (K, M, G, T), or {offset, length}. */
 export function parseRange(value: ByteRange | string): ByteRange {
-  if (typeof value === 'object' && value !== null && typeof value.offset === 'number' && typeof value.length === 'number') return { offset: value.offset, length: value.length };
+  if (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof value.offset === 'number' &&
+    typeof value.length === 'number'
+  )
+    return { offset: value.offset, length: value.length };
   const match = typeof value === 'string' ? /^([^:]+):([^:]+)$/.exec(value.trim()) : null;
-  if (!match) throw new RewindError('REWIND_BAD_ARGUMENT', `range "${String(value)}" is not OFFSET:LENGTH`, { hint: 'e.g. 1M:64K' });
-  return { offset: parseSize(match[1] as string, 'range offset'), length: parseSize(match[2] as string, 'range length') };
+  if (!match)
+    throw new RewindError('REWIND_BAD_ARGUMENT', `range "${String(value)}" is not OFFSET:LENGTH`, {
+      hint: 'e.g. 1M:64K',
+    });
+  return {
+    offset: parseSize(match[1] as string, 'range offset'),
+    length: parseSize(match[2] as string, 'range length'),
+  };
 }

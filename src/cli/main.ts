@@ -16,10 +16,16 @@ function endpoint(text: string, what: string): Endpoint {
 
 function volumeSpec(text: string, previous: VolumeSpec[]): VolumeSpec[] {
   const at = text.indexOf(':');
-  if (at <= 0) throw new RewindError('REWIND_BAD_ARGUMENT', `--volume "${text}" is not NAME:SIZE or NAME:PATH`);
+  if (at <= 0)
+    throw new RewindError(
+      'REWIND_BAD_ARGUMENT',
+      `--volume "${text}" is not NAME:SIZE or NAME:PATH`,
+    );
   const name = text.slice(0, at);
   const rest = text.slice(at + 1);
-  const spec: VolumeSpec = rest.includes('/') ? { name, path: rest } : { name, sizeBytes: parseSize(rest, `size of volume ${name}`) };
+  const spec: VolumeSpec = rest.includes('/')
+    ? { name, path: rest }
+    : { name, sizeBytes: parseSize(rest, `size of volume ${name}`) };
   return [...previous, spec];
 }
 
@@ -27,7 +33,10 @@ let apiToken: string | undefined = process.env.REWIND_TOKEN;
 
 function server(options: { server?: string; apiTokenFile?: string }): string {
   if (options.apiTokenFile) apiToken = fs.readFileSync(options.apiTokenFile, 'utf8').trim();
-  return (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(/\/$/, '');
+  return (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(
+    /\/$/,
+    '',
+  );
 }
 
 async function call(base: string, method: string, route: string, body?: object): Promise<Response> {
@@ -35,16 +44,29 @@ async function call(base: string, method: string, route: string, body?: object):
   try {
     response = await fetch(`${base}${route}`, {
       method,
-      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(apiToken ? { authorization: `Bearer ${apiToken}` } : {}) },
+      headers: {
+        ...(body ? { 'content-type': 'application/json' } : {}),
+        ...(apiToken ? { authorization: `Bearer ${apiToken}` } : {}),
+      },
       ...(body ? { body: JSON.stringify(body) } : {}),
     });
   } catch (error) {
-    throw new RewindError('REWIND_BUSY', `cannot reach the Rewind API at ${base}: ${errorMessage((error as Error).cause ?? error)}`, { hint: 'is rewind up running? set --server or REWIND_SERVER' });
+    throw new RewindError(
+      'REWIND_BUSY',
+      `cannot reach the Rewind API at ${base}: ${errorMessage((error as Error).cause ?? error)}`,
+      { hint: 'is rewind up running? set --server or REWIND_SERVER' },
+    );
   }
   if (!response.ok) {
-    const payload = (await response.json().catch(() => ({}))) as { error?: { code?: string; message?: string; hint?: string | null } };
+    const payload = (await response.json().catch(() => ({}))) as {
+      error?: { code?: string; message?: string; hint?: string | null };
+    };
     const hint = payload.error?.hint;
-    throw new RewindError((payload.error?.code as never) ?? 'REWIND_IO', payload.error?.message ?? `HTTP ${response.status}`, hint ? { hint } : {});
+    throw new RewindError(
+      (payload.error?.code as never) ?? 'REWIND_IO',
+      payload.error?.message ?? `HTTP ${response.status}`,
+      hint ? { hint } : {},
+    );
   }
   return response;
 }
@@ -53,11 +75,16 @@ async function json<T>(base: string, method: string, route: string, body?: objec
   return (await (await call(base, method, route, body)).json()) as T;
 }
 
-const program = new Command('rewind').description('Continuous data protection for block devices over NBD').showHelpAfterError();
+const program = new Command('rewind')
+  .description('Continuous data protection for block devices over NBD')
+  .showHelpAfterError();
 const withServer = (command: Command): Command =>
   command
     .option('--server <url>', 'Rewind API (default $REWIND_SERVER or http://127.0.0.1:7420)')
-    .option('--api-token-file <file>', 'API token file (default $REWIND_TOKEN; needed off loopback and for rewind manager)');
+    .option(
+      '--api-token-file <file>',
+      'API token file (default $REWIND_TOKEN; needed off loopback and for rewind manager)',
+    );
 
 program
   .command('up')
@@ -65,40 +92,70 @@ program
   .option('--data <dir>', 'data directory', './rewind-data')
   .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
   .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
-  .option('--volume <name:size|name:path>', 'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device', volumeSpec, [])
+  .option(
+    '--volume <name:size|name:path>',
+    'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device',
+    volumeSpec,
+    [],
+  )
   .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
   .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
-  .option('--spool-bytes <size>', 'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)', '16G')
-  .action(async (options: { data: string; nbd: string; http: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string; spoolBytes: string }) => {
-    const running = await startUp({
-      dataDir: options.data,
-      nbd: endpoint(options.nbd, '--nbd'),
-      http: endpoint(options.http, '--http'),
-      volumes: options.volume,
-      sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
-      sealMs: Number(options.sealMs),
-      spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
-    });
-    printVolumes(running);
-    console.log(`API: ${running.httpAddress}`);
-    if (running.apiTokenFile) console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
-    stopOnSignals(running);
-  });
+  .option(
+    '--spool-bytes <size>',
+    'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)',
+    '16G',
+  )
+  .action(
+    async (options: {
+      data: string;
+      nbd: string;
+      http: string;
+      volume: VolumeSpec[];
+      sealBytes: string;
+      sealMs: string;
+      spoolBytes: string;
+    }) => {
+      const running = await startUp({
+        dataDir: options.data,
+        nbd: endpoint(options.nbd, '--nbd'),
+        http: endpoint(options.http, '--http'),
+        volumes: options.volume,
+        sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
+        sealMs: Number(options.sealMs),
+        spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
+      });
+      printVolumes(running);
+      console.log(`API: ${running.httpAddress}`);
+      if (running.apiTokenFile)
+        console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+      stopOnSignals(running);
+    },
+  );
 
 function printVolumes(running: Running): void {
   const { host, port } = running.nbdAddress;
-  for (const volume of running.agent?.volumes ?? []) console.log(`volume ${volume.name}: nbd://${host}:${port}/${volume.name} (${volume.sizeBytes} bytes)`);
+  for (const volume of running.agent?.volumes ?? [])
+    console.log(
+      `volume ${volume.name}: nbd://${host}:${port}/${volume.name} (${volume.sizeBytes} bytes)`,
+    );
 }
 
 function token(options: { token?: string; tokenFile?: string }): string {
-  const value = options.tokenFile ? fs.readFileSync(options.tokenFile, 'utf8').trim() : (options.token ?? process.env.REWIND_LINK_TOKEN);
-  if (!value) throw new RewindError('REWIND_BAD_ARGUMENT', 'a shared token is required', { hint: 'give --token-file FILE, --token TOKEN or REWIND_LINK_TOKEN' });
+  const value = options.tokenFile
+    ? fs.readFileSync(options.tokenFile, 'utf8').trim()
+    : (options.token ?? process.env.REWIND_LINK_TOKEN);
+  if (!value)
+    throw new RewindError('REWIND_BAD_ARGUMENT', 'a shared token is required', {
+      hint: 'give --token-file FILE, --token TOKEN or REWIND_LINK_TOKEN',
+    });
   return value;
 }
 
 program
   .command('manager')
-  .description('run the manager alone (backup host): receives segments from an agent, serves views and the API')
+  .description(
+    'run the manager alone (backup host): receives segments from an agent, serves views and the API',
+  )
   .option('--data <dir>', 'data directory', './rewind-manager')
   .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
   .option('--nbd <host:port>', 'NBD listen address for snapshots and clones', '127.0.0.1:10810')
@@ -107,26 +164,47 @@ program
   .option('--token-file <file>', 'read the shared secret from a file')
   .option('--tls-cert <file>', 'TLS certificate (PEM) for the agent link')
   .option('--tls-key <file>', 'TLS private key (PEM) for the agent link')
-  .action(async (options: { data: string; listen: string; nbd: string; http: string; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string }) => {
-    if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
-    const running = await startManager({
-      dataDir: options.data,
-      listen: endpoint(options.listen, '--listen'),
-      nbd: endpoint(options.nbd, '--nbd'),
-      http: endpoint(options.http, '--http'),
-      token: token(options),
-      ...(options.tlsCert && options.tlsKey ? { tls: { cert: fs.readFileSync(options.tlsCert), key: fs.readFileSync(options.tlsKey) } } : {}),
-    });
-    console.log(`agents: ${running.linkAddress.host}:${running.linkAddress.port}${options.tlsCert ? ' (TLS)' : ''}`);
-    console.log(`views: nbd://${running.nbdAddress.host}:${running.nbdAddress.port}/VOLUME@NAME`);
-    console.log(`API: ${running.httpAddress}`);
-    if (running.apiTokenFile) console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
-    stopOnSignals(running);
-  });
+  .action(
+    async (options: {
+      data: string;
+      listen: string;
+      nbd: string;
+      http: string;
+      token?: string;
+      tokenFile?: string;
+      tlsCert?: string;
+      tlsKey?: string;
+    }) => {
+      if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
+        throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
+      const running = await startManager({
+        dataDir: options.data,
+        listen: endpoint(options.listen, '--listen'),
+        nbd: endpoint(options.nbd, '--nbd'),
+        http: endpoint(options.http, '--http'),
+        token: token(options),
+        ...(options.tlsCert && options.tlsKey
+          ? {
+              tls: { cert: fs.readFileSync(options.tlsCert), key: fs.readFileSync(options.tlsKey) },
+            }
+          : {}),
+      });
+      console.log(
+        `agents: ${running.linkAddress.host}:${running.linkAddress.port}${options.tlsCert ? ' (TLS)' : ''}`,
+      );
+      console.log(`views: nbd://${running.nbdAddress.host}:${running.nbdAddress.port}/VOLUME@NAME`);
+      console.log(`API: ${running.httpAddress}`);
+      if (running.apiTokenFile)
+        console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+      stopOnSignals(running);
+    },
+  );
 
 program
   .command('agent')
-  .description('run the agent alone (production host): protects volumes, ships segments to a manager')
+  .description(
+    'run the agent alone (production host): protects volumes, ships segments to a manager',
+  )
   .option('--data <dir>', 'data directory', './rewind-agent')
   .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
   .requiredOption('--manager <host:port>', 'manager address (its --listen)')
@@ -136,76 +214,142 @@ program
   .option('--volume <name:size|name:path>', 'protect a volume (repeatable)', volumeSpec, [])
   .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
   .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
-  .option('--spool-bytes <size>', 'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)', '16G')
-  .action(async (options: { data: string; nbd: string; manager: string; token?: string; tokenFile?: string; tlsCa?: string; volume: VolumeSpec[]; sealBytes: string; sealMs: string; spoolBytes: string }) => {
-    const running = await startAgent({
-      dataDir: options.data,
-      nbd: endpoint(options.nbd, '--nbd'),
-      manager: endpoint(options.manager, '--manager'),
-      token: token(options),
-      ...(options.tlsCa ? { tlsCa: fs.readFileSync(options.tlsCa) } : {}),
-      volumes: options.volume,
-      sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
-      sealMs: Number(options.sealMs),
-      spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
-    });
-    printVolumes(running);
-    stopOnSignals(running);
-  });
+  .option(
+    '--spool-bytes <size>',
+    'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)',
+    '16G',
+  )
+  .action(
+    async (options: {
+      data: string;
+      nbd: string;
+      manager: string;
+      token?: string;
+      tokenFile?: string;
+      tlsCa?: string;
+      volume: VolumeSpec[];
+      sealBytes: string;
+      sealMs: string;
+      spoolBytes: string;
+    }) => {
+      const running = await startAgent({
+        dataDir: options.data,
+        nbd: endpoint(options.nbd, '--nbd'),
+        manager: endpoint(options.manager, '--manager'),
+        token: token(options),
+        ...(options.tlsCa ? { tlsCa: fs.readFileSync(options.tlsCa) } : {}),
+        volumes: options.volume,
+        sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
+        sealMs: Number(options.sealMs),
+        spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
+      });
+      printVolumes(running);
+      stopOnSignals(running);
+    },
+  );
 
 function stopOnSignals(running: Running): void {
-    let stopping = false;
-    const stop = (): void => {
-      if (stopping) return;
-      stopping = true;
-      running.close().then(
-        () => process.exit(0),
-        (error: unknown) => {
-          console.error(`rewind: stopping failed: ${errorMessage(error)}`);
-          process.exit(1);
-        },
-      );
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    running.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error(`rewind: stopping failed: ${errorMessage(error)}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }
 
-withServer(program.command('status').description('per volume set: captured and committed seq, lag, spool, mode').option('--json', 'print JSON'))
-  .action(async (options: { server?: string; json?: boolean }) => {
-    const status = await json<Record<string, unknown>>(server(options), 'GET', '/api/status');
-    if (options.json) return console.log(JSON.stringify(status));
-    const s = status as { volumeSet: { name: string | null; id: string | null }; seqCaptured: number; seqCommitted: number; lagWrites: number; lagSeconds: number; spoolBytes: number; mode: string; failure: string | null; volumes: { name: string }[] };
-    console.log(`volume set ${s.volumeSet.name ?? '-'} (${s.volumeSet.id ?? 'no agent yet'}): ${s.volumes.map((v) => v.name).join(', ')}`);
-    console.log(`  captured ${s.seqCaptured}  committed ${s.seqCommitted}  lag ${s.lagWrites} writes / ${s.lagSeconds.toFixed(3)} s  spool ${s.spoolBytes} bytes  mode ${s.mode}`);
-    if (s.failure) console.log(`  failure: ${s.failure}`);
-  });
+withServer(
+  program
+    .command('status')
+    .description('per volume set: captured and committed seq, lag, spool, mode')
+    .option('--json', 'print JSON'),
+).action(async (options: { server?: string; json?: boolean }) => {
+  const status = await json<Record<string, unknown>>(server(options), 'GET', '/api/status');
+  if (options.json) return console.log(JSON.stringify(status));
+  const s = status as {
+    volumeSet: { name: string | null; id: string | null };
+    seqCaptured: number;
+    seqCommitted: number;
+    lagWrites: number;
+    lagSeconds: number;
+    spoolBytes: number;
+    mode: string;
+    failure: string | null;
+    volumes: { name: string }[];
+  };
+  console.log(
+    `volume set ${s.volumeSet.name ?? '-'} (${s.volumeSet.id ?? 'no agent yet'}): ${s.volumes.map((v) => v.name).join(', ')}`,
+  );
+  console.log(
+    `  captured ${s.seqCaptured}  committed ${s.seqCommitted}  lag ${s.lagWrites} writes / ${s.lagSeconds.toFixed(3)} s  spool ${s.spoolBytes} bytes  mode ${s.mode}`,
+  );
+  if (s.failure) console.log(`  failure: ${s.failure}`);
+});
 
-withServer(program.command('seal').description('seal the active segment now').option('--wait', 'return once every write captured before the call is committed'))
-  .action(async (options: { server?: string; wait?: boolean }) => {
-    const result = await json<{ seqLast: number; committed: number }>(server(options), 'POST', '/api/seal', { wait: options.wait === true });
-    console.log(`sealed up to seq ${result.seqLast}; committed ${result.committed}`);
-  });
+withServer(
+  program
+    .command('seal')
+    .description('seal the active segment now')
+    .option('--wait', 'return once every write captured before the call is committed'),
+).action(async (options: { server?: string; wait?: boolean }) => {
+  const result = await json<{ seqLast: number; committed: number }>(
+    server(options),
+    'POST',
+    '/api/seal',
+    { wait: options.wait === true },
+  );
+  console.log(`sealed up to seq ${result.seqLast}; committed ${result.committed}`);
+});
 
 for (const kind of ['snapshot', 'clone'] as const) {
   withServer(
     program
       .command(`${kind} <name>`)
-      .description(kind === 'snapshot' ? 'create a read-only view of the volume set at a point' : 'create a writable clone of the volume set at a point')
-      .requiredOption('--at <point>', 'seq (0 = before the first write), ISO-8601 time, or relative time ("5 minutes ago")'),
+      .description(
+        kind === 'snapshot'
+          ? 'create a read-only view of the volume set at a point'
+          : 'create a writable clone of the volume set at a point',
+      )
+      .requiredOption(
+        '--at <point>',
+        'seq (0 = before the first write), ISO-8601 time, or relative time ("5 minutes ago")',
+      ),
   ).action(async (name: string, options: { server?: string; at: string }) => {
-    const view = await json<{ seq: number; exports: string[] }>(server(options), 'POST', '/api/views', { name, kind, at: options.at });
+    const view = await json<{ seq: number; exports: string[] }>(
+      server(options),
+      'POST',
+      '/api/views',
+      { name, kind, at: options.at },
+    );
     console.log(`${kind} ${name} at seq ${view.seq}; exports: ${view.exports.join(', ')}`);
   });
 }
 
-withServer(program.command('ls').description('list snapshots and clones').option('--json', 'print JSON')).action(async (options: { server?: string; json?: boolean }) => {
-  const views = await json<{ name: string; kind: string; seq: number; exports: string[] }[]>(server(options), 'GET', '/api/views');
+withServer(
+  program.command('ls').description('list snapshots and clones').option('--json', 'print JSON'),
+).action(async (options: { server?: string; json?: boolean }) => {
+  const views = await json<{ name: string; kind: string; seq: number; exports: string[] }[]>(
+    server(options),
+    'GET',
+    '/api/views',
+  );
   if (options.json) return console.log(JSON.stringify(views));
   if (views.length === 0) return console.log('no snapshots or clones');
   for (const v of views) console.log(`${v.name}\t${v.kind}\tseq ${v.seq}\t${v.exports.join(' ')}`);
 });
 
-withServer(program.command('rm <name>').description('remove a snapshot or clone (its NBD clients are disconnected)')).action(async (name: string, options: { server?: string }) => {
+withServer(
+  program
+    .command('rm <name>')
+    .description('remove a snapshot or clone (its NBD clients are disconnected)'),
+).action(async (name: string, options: { server?: string }) => {
   await json(server(options), 'DELETE', `/api/views/${encodeURIComponent(name)}`);
   console.log(`removed ${name}`);
 });
@@ -218,20 +362,28 @@ withServer(
     .option('--from <seq>', 'first seq')
     .option('--to <seq>', 'last seq')
     .option('--json', 'one JSON object per line'),
-).action(async (options: { server?: string; volume?: string; from?: string; to?: string; json?: boolean }) => {
-  const query = new URLSearchParams();
-  if (options.volume) query.set('volume', options.volume);
-  if (options.from) query.set('from', options.from);
-  if (options.to) query.set('to', options.to);
-  const text = await (await call(server(options), 'GET', `/api/log?${query.toString()}`)).text();
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    if (options.json) console.log(line);
-    else {
-      console.log(logLine(JSON.parse(line) as LogLine));
+).action(
+  async (options: {
+    server?: string;
+    volume?: string;
+    from?: string;
+    to?: string;
+    json?: boolean;
+  }) => {
+    const query = new URLSearchParams();
+    if (options.volume) query.set('volume', options.volume);
+    if (options.from) query.set('from', options.from);
+    if (options.to) query.set('to', options.to);
+    const text = await (await call(server(options), 'GET', `/api/log?${query.toString()}`)).text();
+    for (const line of text.split('\n')) {
+      if (!line) continue;
+      if (options.json) console.log(line);
+      else {
+        console.log(logLine(JSON.parse(line) as LogLine));
+      }
     }
-  }
-});
+  },
+);
 
 // ---- Recovery ----
 interface LogLine {
@@ -243,35 +395,69 @@ interface LogLine {
   length: number;
   resync: boolean;
 }
-const logLine = (e: LogLine): string => `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
+const logLine = (e: LogLine): string =>
+  `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 const positiveInt = (text: string): number => {
-  if (!/^\d+$/.test(text) || Number(text) < 1) throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not a positive number of writes`);
+  if (!/^\d+$/.test(text) || Number(text) < 1)
+    throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not a positive number of writes`);
   return Number(text);
 };
 
 withServer(
   program
     .command('step <name>')
-    .description('move a snapshot (or a clone without writes of its own) in time; prints the writes crossed')
+    .description(
+      'move a snapshot (or a clone without writes of its own) in time; prints the writes crossed',
+    )
     .option('--forward <n>', 'n writes forward', positiveInt)
     .option('--back <n>', 'n writes back', positiveInt)
     .option('--to <point>', 'to a POINT (seq, time, relative time or @bookmark)')
     .option('--discard-writes', "drop a clone's own writes so it can step")
     .option('--json', 'print JSON')
-    .addHelpText('after', '\nConnected NBD clients read the new content on their next read; a mounted filesystem caches, so remount it.'),
-).action(async (name: string, options: { server?: string; forward?: number; back?: number; to?: string; discardWrites?: boolean; json?: boolean }) => {
-  const body = { ...(options.forward !== undefined ? { forward: options.forward } : {}), ...(options.back !== undefined ? { back: options.back } : {}), ...(options.to !== undefined ? { to: options.to } : {}), discardWrites: options.discardWrites === true };
-  const result = await json<{ from: number; to: number; crossed: LogLine[] }>(server(options), 'POST', `/api/views/${encodeURIComponent(name)}/step`, body);
-  if (options.json) return console.log(JSON.stringify(result));
-  console.log(`${name}: seq ${result.from} -> ${result.to} (${result.crossed.length} writes crossed)`);
-  for (const e of result.to < result.from ? [...result.crossed].reverse() : result.crossed) console.log(logLine(e));
-});
+    .addHelpText(
+      'after',
+      '\nConnected NBD clients read the new content on their next read; a mounted filesystem caches, so remount it.',
+    ),
+).action(
+  async (
+    name: string,
+    options: {
+      server?: string;
+      forward?: number;
+      back?: number;
+      to?: string;
+      discardWrites?: boolean;
+      json?: boolean;
+    },
+  ) => {
+    const body = {
+      ...(options.forward !== undefined ? { forward: options.forward } : {}),
+      ...(options.back !== undefined ? { back: options.back } : {}),
+      ...(options.to !== undefined ? { to: options.to } : {}),
+      discardWrites: options.discardWrites === true,
+    };
+    const result = await json<{ from: number; to: number; crossed: LogLine[] }>(
+      server(options),
+      'POST',
+      `/api/views/${encodeURIComponent(name)}/step`,
+      body,
+    );
+    if (options.json) return console.log(JSON.stringify(result));
+    console.log(
+      `${name}: seq ${result.from} -> ${result.to} (${result.crossed.length} writes crossed)`,
+    );
+    for (const e of result.to < result.from ? [...result.crossed].reverse() : result.crossed)
+      console.log(logLine(e));
+  },
+);
 
 withServer(
   program
     .command('bookmark <name>')
-    .description('name a point (default: the last committed write); use it as @NAME wherever a POINT is taken')
+    .description(
+      'name a point (default: the last committed write); use it as @NAME wherever a POINT is taken',
+    )
     .option('--at <point>', 'the point to name')
     .option('--remove', 'remove the bookmark instead'),
 ).action(async (name: string, options: { server?: string; at?: string; remove?: boolean }) => {
@@ -279,27 +465,54 @@ withServer(
     await json(server(options), 'DELETE', `/api/bookmarks/${encodeURIComponent(name)}`);
     return console.log(`removed bookmark ${name}`);
   }
-  const b = await json<{ name: string; seq: number; time: string }>(server(options), 'POST', '/api/bookmarks', { name, ...(options.at !== undefined ? { at: options.at } : {}) });
+  const b = await json<{ name: string; seq: number; time: string }>(
+    server(options),
+    'POST',
+    '/api/bookmarks',
+    { name, ...(options.at !== undefined ? { at: options.at } : {}) },
+  );
   console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})`);
 });
 
-withServer(program.command('bookmarks').description('list bookmarks with their seq and time').option('--json', 'print JSON')).action(async (options: { server?: string; json?: boolean }) => {
-  const list = await json<{ name: string; seq: number; time: string }[]>(server(options), 'GET', '/api/bookmarks');
+withServer(
+  program
+    .command('bookmarks')
+    .description('list bookmarks with their seq and time')
+    .option('--json', 'print JSON'),
+).action(async (options: { server?: string; json?: boolean }) => {
+  const list = await json<{ name: string; seq: number; time: string }[]>(
+    server(options),
+    'GET',
+    '/api/bookmarks',
+  );
   if (options.json) return console.log(JSON.stringify(list));
   if (list.length === 0) return console.log('no bookmarks');
   for (const b of list) console.log(`@${b.name}\tseq ${b.seq}\t${b.time}`);
 });
 
-
 /** Polls a job until it settles, with a progress bar on a terminal. */
-async function follow<T extends { state: string; bytesTotal: number; bytesDone: number }>(fetchStatus: () => Promise<T>, label: string): Promise<T> {
-  const bar = process.stderr.isTTY ? new SingleBar({ format: `${label} [{bar}] {percentage}% {done}/{total}`, stream: process.stderr }, Presets.shades_classic) : undefined;
+async function follow<T extends { state: string; bytesTotal: number; bytesDone: number }>(
+  fetchStatus: () => Promise<T>,
+  label: string,
+): Promise<T> {
+  const bar = process.stderr.isTTY
+    ? new SingleBar(
+        { format: `${label} [{bar}] {percentage}% {done}/{total}`, stream: process.stderr },
+        Presets.shades_classic,
+      )
+    : undefined;
   let status = await fetchStatus();
-  bar?.start(Math.max(1, status.bytesTotal), 0, { done: formatBytes(0), total: formatBytes(status.bytesTotal) });
+  bar?.start(Math.max(1, status.bytesTotal), 0, {
+    done: formatBytes(0),
+    total: formatBytes(status.bytesTotal),
+  });
   try {
     for (;;) {
       bar?.setTotal(Math.max(1, status.bytesTotal));
-      bar?.update(status.bytesDone, { done: formatBytes(status.bytesDone), total: formatBytes(status.bytesTotal) });
+      bar?.update(status.bytesDone, {
+        done: formatBytes(status.bytesDone),
+        total: formatBytes(status.bytesTotal),
+      });
       if (status.state !== 'running') return status;
       await new Promise((r) => setTimeout(r, 200));
       status = await fetchStatus();
@@ -312,74 +525,171 @@ async function follow<T extends { state: string; bytesTotal: number; bytesDone: 
 withServer(
   program
     .command('restore [volumes...]')
-    .description('restore production volumes to a point: offline, write back what changed, online again')
+    .description(
+      'restore production volumes to a point: offline, write back what changed, online again',
+    )
     .option('--at <point>', 'the point to restore to (seq, time, relative time or @bookmark)')
-    .option('--range <offset:length>', 'only this byte range (repeatable; one volume; K/M/G/T suffixes)', collect, [])
+    .option(
+      '--range <offset:length>',
+      'only this byte range (repeatable; one volume; K/M/G/T suffixes)',
+      collect,
+      [],
+    )
     .option('--from-clone <name>', "write the clone's current content instead of the history")
     .option('--dry-run', 'report the ranges and bytes it would write, change nothing')
-    .option('--abandon <id>', 'give up on a failed restore: its volumes come back online as they are')
+    .option(
+      '--abandon <id>',
+      'give up on a failed restore: its volumes come back online as they are',
+    )
     .option('--json', 'print JSON')
-    .addHelpText('after', '\nThe restore writes are logged like any write: restore to the seq printed as "before" to undo it.'),
-).action(async (volumes: string[], options: { server?: string; at?: string; range: string[]; fromClone?: string; dryRun?: boolean; abandon?: string; json?: boolean }) => {
-  const base = server(options);
-  if (options.abandon !== undefined) {
-    const status = await json<RestoreStatus>(base, 'POST', `/api/restores/${encodeURIComponent(options.abandon)}/abandon`);
-    if (options.json) return console.log(JSON.stringify(status));
-    return console.log(`restore #${status.id} abandoned: ${status.message ?? ''}`);
-  }
-  const body = { volumes, ...(options.at !== undefined ? { at: options.at } : {}), ...(options.fromClone !== undefined ? { fromClone: options.fromClone } : {}), ...(options.range.length > 0 ? { ranges: options.range } : {}) };
-  if (options.dryRun) {
-    const plan = await json<{ seq: number; asOfSeq: number; source: string; bytes: number; volumes: { volume: string; ranges: { offset: number; length: number }[]; bytes: number }[] }>(base, 'POST', '/api/restores', { ...body, dryRun: true });
-    if (options.json) return console.log(JSON.stringify(plan));
-    console.log(`dry run: restoring to ${plan.source} would write ${formatBytes(plan.bytes)} (as of committed seq ${plan.asOfSeq})`);
-    for (const v of plan.volumes) {
-      console.log(`  ${v.volume}: ${v.ranges.length} ranges, ${formatBytes(v.bytes)}`);
-      for (const r of v.ranges) console.log(`    ${r.offset}:${r.length}`);
+    .addHelpText(
+      'after',
+      '\nThe restore writes are logged like any write: restore to the seq printed as "before" to undo it.',
+    ),
+).action(
+  async (
+    volumes: string[],
+    options: {
+      server?: string;
+      at?: string;
+      range: string[];
+      fromClone?: string;
+      dryRun?: boolean;
+      abandon?: string;
+      json?: boolean;
+    },
+  ) => {
+    const base = server(options);
+    if (options.abandon !== undefined) {
+      const status = await json<RestoreStatus>(
+        base,
+        'POST',
+        `/api/restores/${encodeURIComponent(options.abandon)}/abandon`,
+      );
+      if (options.json) return console.log(JSON.stringify(status));
+      return console.log(`restore #${status.id} abandoned: ${status.message ?? ''}`);
     }
-    return;
-  }
-  const started = await json<RestoreStatus>(base, 'POST', '/api/restores', body);
-  const status = await follow(() => json<RestoreStatus>(base, 'GET', `/api/restores/${started.id}`), `restore #${started.id}`);
-  if (options.json) console.log(JSON.stringify(status));
-  if (status.state !== 'done') throw new RewindError('REWIND_IO', `restore #${status.id} ${status.state}: ${status.message ?? ''}`);
-  if (!options.json) {
-    console.log(`restore #${status.id} done: ${status.volumes.join(', ')} restored to ${status.source}; ${formatBytes(status.bytesDone)} written; back online`);
-    console.log(`  before the restore: seq ${status.seqBefore ?? '?'} (rewind restore ${status.volumes.join(' ')} --at ${status.seqBefore ?? '?'} undoes it)`);
-  }
-});
+    const body = {
+      volumes,
+      ...(options.at !== undefined ? { at: options.at } : {}),
+      ...(options.fromClone !== undefined ? { fromClone: options.fromClone } : {}),
+      ...(options.range.length > 0 ? { ranges: options.range } : {}),
+    };
+    if (options.dryRun) {
+      const plan = await json<{
+        seq: number;
+        asOfSeq: number;
+        source: string;
+        bytes: number;
+        volumes: { volume: string; ranges: { offset: number; length: number }[]; bytes: number }[];
+      }>(base, 'POST', '/api/restores', { ...body, dryRun: true });
+      if (options.json) return console.log(JSON.stringify(plan));
+      console.log(
+        `dry run: restoring to ${plan.source} would write ${formatBytes(plan.bytes)} (as of committed seq ${plan.asOfSeq})`,
+      );
+      for (const v of plan.volumes) {
+        console.log(`  ${v.volume}: ${v.ranges.length} ranges, ${formatBytes(v.bytes)}`);
+        for (const r of v.ranges) console.log(`    ${r.offset}:${r.length}`);
+      }
+      return;
+    }
+    const started = await json<RestoreStatus>(base, 'POST', '/api/restores', body);
+    const status = await follow(
+      () => json<RestoreStatus>(base, 'GET', `/api/restores/${started.id}`),
+      `restore #${started.id}`,
+    );
+    if (options.json) console.log(JSON.stringify(status));
+    if (status.state !== 'done')
+      throw new RewindError(
+        'REWIND_IO',
+        `restore #${status.id} ${status.state}: ${status.message ?? ''}`,
+      );
+    if (!options.json) {
+      console.log(
+        `restore #${status.id} done: ${status.volumes.join(', ')} restored to ${status.source}; ${formatBytes(status.bytesDone)} written; back online`,
+      );
+      console.log(
+        `  before the restore: seq ${status.seqBefore ?? '?'} (rewind restore ${status.volumes.join(' ')} --at ${status.seqBefore ?? '?'} undoes it)`,
+      );
+    }
+  },
+);
 
-withServer(program.command('restores').description('list production restores and their state').option('--json', 'print JSON')).action(async (options: { server?: string; json?: boolean }) => {
+withServer(
+  program
+    .command('restores')
+    .description('list production restores and their state')
+    .option('--json', 'print JSON'),
+).action(async (options: { server?: string; json?: boolean }) => {
   const list = await json<RestoreStatus[]>(server(options), 'GET', '/api/restores');
   if (options.json) return console.log(JSON.stringify(list));
   if (list.length === 0) return console.log('no restores');
-  for (const r of list) console.log(`#${r.id}\t${r.state}\t${r.volumes.join(',')}\tto ${r.source}\t${formatBytes(r.bytesDone)}/${formatBytes(r.bytesTotal)}${r.message ? `\t${r.message}` : ''}`);
+  for (const r of list)
+    console.log(
+      `#${r.id}\t${r.state}\t${r.volumes.join(',')}\tto ${r.source}\t${formatBytes(r.bytesDone)}/${formatBytes(r.bytesTotal)}${r.message ? `\t${r.message}` : ''}`,
+    );
 });
 
 withServer(
   program
     .command('export <volume>')
-    .description("write a full raw image of a volume at a point to a file on the manager's host (sparse, SHA-256 printed)")
+    .description(
+      "write a full raw image of a volume at a point to a file on the manager's host (sparse, SHA-256 printed)",
+    )
     .requiredOption('--at <point>', 'the point (seq, time, relative time or @bookmark)')
     .requiredOption('--to <file>', 'the image file to create')
     .option('--force', 'replace the file if it exists')
     .option('--json', 'print JSON'),
-).action(async (volume: string, options: { server?: string; at: string; to: string; force?: boolean; json?: boolean }) => {
-  const base = server(options);
-  const started = await json<{ id: number }>(base, 'POST', '/api/exports', { volume, at: options.at, file: path.resolve(options.to), force: options.force === true });
-  const job = await follow(() => json<{ state: string; bytesTotal: number; bytesDone: number; bytesWritten: number; sha256: string | null; file: string; seq: number; message: string | null }>(base, 'GET', `/api/exports/${started.id}`), `export ${volume}`);
-  if (options.json) console.log(JSON.stringify(job));
-  if (job.state !== 'done') throw new RewindError('REWIND_IO', `export failed: ${job.message ?? ''}`);
-  if (!options.json) console.log(`${job.file}: ${volume} at seq ${job.seq}, ${formatBytes(job.bytesTotal)} (${formatBytes(job.bytesWritten)} allocated)\nsha256 ${job.sha256 ?? ''}`);
-});
+).action(
+  async (
+    volume: string,
+    options: { server?: string; at: string; to: string; force?: boolean; json?: boolean },
+  ) => {
+    const base = server(options);
+    const started = await json<{ id: number }>(base, 'POST', '/api/exports', {
+      volume,
+      at: options.at,
+      file: path.resolve(options.to),
+      force: options.force === true,
+    });
+    const job = await follow(
+      () =>
+        json<{
+          state: string;
+          bytesTotal: number;
+          bytesDone: number;
+          bytesWritten: number;
+          sha256: string | null;
+          file: string;
+          seq: number;
+          message: string | null;
+        }>(base, 'GET', `/api/exports/${started.id}`),
+      `export ${volume}`,
+    );
+    if (options.json) console.log(JSON.stringify(job));
+    if (job.state !== 'done')
+      throw new RewindError('REWIND_IO', `export failed: ${job.message ?? ''}`);
+    if (!options.json)
+      console.log(
+        `${job.file}: ${volume} at seq ${job.seq}, ${formatBytes(job.bytesTotal)} (${formatBytes(job.bytesWritten)} allocated)\nsha256 ${job.sha256 ?? ''}`,
+      );
+  },
+);
 
 withServer(
   program
     .command('history <volume>')
-    .description('every write that touched a byte range, newest first (which write last changed a block)')
+    .description(
+      'every write that touched a byte range, newest first (which write last changed a block)',
+    )
     .requiredOption('--range <offset:length>', 'the byte range (K/M/G/T suffixes)')
     .option('--json', 'print JSON'),
 ).action(async (volume: string, options: { server?: string; range: string; json?: boolean }) => {
-  const list = await json<LogLine[]>(server(options), 'GET', `/api/volumes/${encodeURIComponent(volume)}/history?range=${encodeURIComponent(options.range)}`);
+  const list = await json<LogLine[]>(
+    server(options),
+    'GET',
+    `/api/volumes/${encodeURIComponent(volume)}/history?range=${encodeURIComponent(options.range)}`,
+  );
   if (options.json) return console.log(JSON.stringify(list));
   if (list.length === 0) return console.log('no write touched that range');
   for (const e of list) console.log(logLine(e));
@@ -392,13 +702,29 @@ withServer(
     .requiredOption('--from <point>', 'one point')
     .requiredOption('--to <point>', 'the other point')
     .option('--json', 'print JSON'),
-).action(async (volume: string, options: { server?: string; from: string; to: string; json?: boolean }) => {
-  const query = new URLSearchParams({ from: options.from, to: options.to });
-  const result = await json<{ from: number; to: number; ranges: { offset: number; length: number }[]; bytes: number }>(server(options), 'GET', `/api/volumes/${encodeURIComponent(volume)}/diff?${query.toString()}`);
-  if (options.json) return console.log(JSON.stringify(result));
-  console.log(`${volume}: seq ${result.from} .. ${result.to}: ${result.ranges.length} ranges, ${formatBytes(result.bytes)}`);
-  for (const r of result.ranges) console.log(`${r.offset}:${r.length}`);
-});
+).action(
+  async (
+    volume: string,
+    options: { server?: string; from: string; to: string; json?: boolean },
+  ) => {
+    const query = new URLSearchParams({ from: options.from, to: options.to });
+    const result = await json<{
+      from: number;
+      to: number;
+      ranges: { offset: number; length: number }[];
+      bytes: number;
+    }>(
+      server(options),
+      'GET',
+      `/api/volumes/${encodeURIComponent(volume)}/diff?${query.toString()}`,
+    );
+    if (options.json) return console.log(JSON.stringify(result));
+    console.log(
+      `${volume}: seq ${result.from} .. ${result.to}: ${result.ranges.length} ranges, ${formatBytes(result.bytes)}`,
+    );
+    for (const r of result.ranges) console.log(`${r.offset}:${r.length}`);
+  },
+);
 
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());
 

@@ -14,5 +14,7 @@ export function assertNever(value: never, what = 'value'): never {
 
 /** True for errors that mean the code is wrong (rethrow, never swallow). */
 export function isProgrammerError(error: unknown): boolean {
-  return error instanceof AssertionError || error instanceof TypeError || error instanceof RangeError;
+  return (
+    error instanceof AssertionError || error instanceof TypeError || error instanceof RangeError
+  );
 }

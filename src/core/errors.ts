@@ -33,7 +33,11 @@ export class SegmentError extends RewindError {
   readonly file: string;
   readonly offsetBytes: number;
   constructor(
-    code: 'REWIND_SEGMENT_CORRUPT' | 'REWIND_SEGMENT_TRUNCATED' | 'REWIND_SEGMENT_ORDER' | 'REWIND_SEQ_GAP',
+    code:
+      | 'REWIND_SEGMENT_CORRUPT'
+      | 'REWIND_SEGMENT_TRUNCATED'
+      | 'REWIND_SEGMENT_ORDER'
+      | 'REWIND_SEQ_GAP',
     file: string,
     offsetBytes: number,
     detail: string,

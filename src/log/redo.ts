@@ -93,10 +93,17 @@ export function encodeRedoHeader(header: RedoHeader): Buffer {
 }
 
 /** Encodes a record header; `payloadCrc` is crc32c of the payload (0 for zero and trim). */
-export function encodeRecordHeader(record: RecordMeta, payloadCrc: number, target?: Buffer): Buffer {
+export function encodeRecordHeader(
+  record: RecordMeta,
+  payloadCrc: number,
+  target?: Buffer,
+): Buffer {
   assert(record.volume >= 0 && record.volume <= VOLUMES_MAX, 'volume index in range');
   assert(record.lengthBytes > 0, 'records are never empty');
-  assert(record.kind !== 'write' || record.lengthBytes <= RECORD_PAYLOAD_BYTES_MAX, 'payload bounded');
+  assert(
+    record.kind !== 'write' || record.lengthBytes <= RECORD_PAYLOAD_BYTES_MAX,
+    'payload bounded',
+  );
   const buf = target ?? Buffer.allocUnsafe(RECORD_HEADER_BYTES);
   buf.writeUInt32LE(RECORD_MAGIC, 0);
   buf.writeUInt8(KIND_CODE[record.kind], 4);
@@ -137,7 +144,12 @@ function readU64(buf: Buffer, at: number, file: string, what: string): number {
 
 export function decodeRedoHeader(buf: Buffer, file: string): RedoHeader {
   if (buf.length < REDO_HEADER_BYTES) {
-    throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, buf.length, `header needs ${REDO_HEADER_BYTES} bytes`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_TRUNCATED',
+      file,
+      buf.length,
+      `header needs ${REDO_HEADER_BYTES} bytes`,
+    );
   }
   if (!buf.subarray(0, 8).equals(REDO_MAGIC)) {
     throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 0, `expected magic RWNDREDO`);
@@ -145,18 +157,36 @@ export function decodeRedoHeader(buf: Buffer, file: string): RedoHeader {
   const crcExpected = buf.readUInt32LE(REDO_HEADER_CRC_OFFSET);
   const crcActual = crc32c(buf.subarray(0, REDO_HEADER_CRC_OFFSET));
   if (crcExpected !== crcActual) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, REDO_HEADER_CRC_OFFSET, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      REDO_HEADER_CRC_OFFSET,
+      `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
   }
   const version = buf.readUInt16LE(8);
   if (version !== REDO_VERSION && version !== REDO_VERSION_V1) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${REDO_VERSION} (or ${REDO_VERSION_V1})`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      8,
+      `version ${version}, expected ${REDO_VERSION} (or ${REDO_VERSION_V1})`,
+    );
   }
   // Fixed and reserved fields must hold what this version writes: a later format that uses them is
   // refused, never misread.
-  if (buf.readUInt16LE(10) !== REDO_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 10, `header bytes ${buf.readUInt16LE(10)}, expected ${REDO_HEADER_BYTES}`);
-  if (buf.readUInt32LE(56) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 56, 'reserved header field is not zero');
+  if (buf.readUInt16LE(10) !== REDO_HEADER_BYTES)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      10,
+      `header bytes ${buf.readUInt16LE(10)}, expected ${REDO_HEADER_BYTES}`,
+    );
+  if (buf.readUInt32LE(56) !== 0)
+    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 56, 'reserved header field is not zero');
   const seqFirst = readU64(buf, 40, file, 'seqFirst');
-  if (seqFirst < 1) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 40, 'seqFirst is 0, expected >= 1');
+  if (seqFirst < 1)
+    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 40, 'seqFirst is 0, expected >= 1');
   return {
     flags: buf.readUInt32LE(12),
     volumeSetId: Buffer.from(buf.subarray(16, 32)),
@@ -212,11 +242,20 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
     }
     records.push(parsed);
     const end = parsed.payloadOffsetBytes + (parsed.kind === 'write' ? parsed.lengthBytes : 0);
-    crc = v1 ? crc32c(buf.subarray(at, end), crc) : chainRecordHeader(buf.subarray(at, at + RECORD_HEADER_BYTES), crc);
+    crc = v1
+      ? crc32c(buf.subarray(at, end), crc)
+      : chainRecordHeader(buf.subarray(at, at + RECORD_HEADER_BYTES), crc);
     at = end;
     seqExpected += 1;
   }
-  return { header, records, validBytes: trailer ? at + TRAILER_BYTES : at, validCrc: crc, trailer, stopReason };
+  return {
+    header,
+    records,
+    validBytes: trailer ? at + TRAILER_BYTES : at,
+    validCrc: crc,
+    trailer,
+    stopReason,
+  };
 }
 
 function decodeRecordAt(
@@ -227,46 +266,105 @@ function decodeRecordAt(
   volumeCount: number,
 ): RedoRecord | SegmentError {
   if (buf.length - at < RECORD_HEADER_BYTES) {
-    return new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, `record header cut short (${buf.length - at} of ${RECORD_HEADER_BYTES} bytes)`);
+    return new SegmentError(
+      'REWIND_SEGMENT_TRUNCATED',
+      file,
+      at,
+      `record header cut short (${buf.length - at} of ${RECORD_HEADER_BYTES} bytes)`,
+    );
   }
   const magic = buf.readUInt32LE(at);
   if (magic !== RECORD_MAGIC) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at, `record magic ${hex(magic)}, expected ${hex(RECORD_MAGIC)}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at,
+      `record magic ${hex(magic)}, expected ${hex(RECORD_MAGIC)}`,
+    );
   }
   const crcExpected = buf.readUInt32LE(at + 44);
   const crcActual = crc32c(buf.subarray(at, at + 44));
   if (crcExpected !== crcActual) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 44, `record header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 44,
+      `record header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
   }
-  if (buf.readUInt8(at + 5) !== 0) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 5, 'reserved record byte is not zero');
+  if (buf.readUInt8(at + 5) !== 0)
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 5,
+      'reserved record byte is not zero',
+    );
   const kind = KIND_BY_CODE[buf.readUInt8(at + 4)];
-  if (kind === undefined) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `unknown record kind ${buf.readUInt8(at + 4)}`);
+  if (kind === undefined)
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 4,
+      `unknown record kind ${buf.readUInt8(at + 4)}`,
+    );
   const volume = buf.readUInt16LE(at + 6);
   if (volume >= volumeCount) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 6, `volume index ${volume}, expected < ${volumeCount}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 6,
+      `volume index ${volume}, expected < ${volumeCount}`,
+    );
   }
   const seqBig = buf.readBigUInt64LE(at + 8);
   if (seqBig !== BigInt(seqExpected)) {
-    return new SegmentError('REWIND_SEGMENT_ORDER', file, at + 8, `record seq ${seqBig}, expected ${seqExpected}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_ORDER',
+      file,
+      at + 8,
+      `record seq ${seqBig}, expected ${seqExpected}`,
+    );
   }
   const offsetBig = buf.readBigUInt64LE(at + 24);
   const lengthBig = buf.readBigUInt64LE(at + 32);
   if (offsetBig + lengthBig > BigInt(Number.MAX_SAFE_INTEGER) || lengthBig === 0n) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 24, `record range ${offsetBig}+${lengthBig} is invalid`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 24,
+      `record range ${offsetBig}+${lengthBig} is invalid`,
+    );
   }
   const lengthBytes = Number(lengthBig);
   const payloadOffsetBytes = at + RECORD_HEADER_BYTES;
   if (kind === 'write') {
     if (lengthBytes > RECORD_PAYLOAD_BYTES_MAX) {
-      return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 32, `payload length ${lengthBytes} exceeds ${RECORD_PAYLOAD_BYTES_MAX}`);
+      return new SegmentError(
+        'REWIND_SEGMENT_CORRUPT',
+        file,
+        at + 32,
+        `payload length ${lengthBytes} exceeds ${RECORD_PAYLOAD_BYTES_MAX}`,
+      );
     }
     if (buf.length - payloadOffsetBytes < lengthBytes) {
-      return new SegmentError('REWIND_SEGMENT_TRUNCATED', file, payloadOffsetBytes, `payload cut short (${buf.length - payloadOffsetBytes} of ${lengthBytes} bytes)`);
+      return new SegmentError(
+        'REWIND_SEGMENT_TRUNCATED',
+        file,
+        payloadOffsetBytes,
+        `payload cut short (${buf.length - payloadOffsetBytes} of ${lengthBytes} bytes)`,
+      );
     }
     const payloadCrcExpected = buf.readUInt32LE(at + 40);
-    const payloadCrcActual = crc32c(buf.subarray(payloadOffsetBytes, payloadOffsetBytes + lengthBytes));
+    const payloadCrcActual = crc32c(
+      buf.subarray(payloadOffsetBytes, payloadOffsetBytes + lengthBytes),
+    );
     if (payloadCrcActual !== payloadCrcExpected) {
-      return new SegmentError('REWIND_SEGMENT_CORRUPT', file, payloadOffsetBytes, `payload crc32c ${hex(payloadCrcActual)}, expected ${hex(payloadCrcExpected)}`);
+      return new SegmentError(
+        'REWIND_SEGMENT_CORRUPT',
+        file,
+        payloadOffsetBytes,
+        `payload crc32c ${hex(payloadCrcActual)}, expected ${hex(payloadCrcExpected)}`,
+      );
     }
   }
   return {
@@ -281,17 +379,39 @@ function decodeRecordAt(
   };
 }
 
-function decodeTrailerAt(buf: Buffer, at: number, file: string, bodyCrc: number, versionExpected: number): RedoTrailer | SegmentError {
+function decodeTrailerAt(
+  buf: Buffer,
+  at: number,
+  file: string,
+  bodyCrc: number,
+  versionExpected: number,
+): RedoTrailer | SegmentError {
   if (buf.length - at < TRAILER_BYTES) {
-    return new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, `trailer cut short (${buf.length - at} of ${TRAILER_BYTES} bytes)`);
+    return new SegmentError(
+      'REWIND_SEGMENT_TRUNCATED',
+      file,
+      at,
+      `trailer cut short (${buf.length - at} of ${TRAILER_BYTES} bytes)`,
+    );
   }
   const crcExpected = buf.readUInt32LE(at + 60);
   const crcActual = crc32c(buf.subarray(at, at + 60));
   if (crcExpected !== crcActual) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 60, `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 60,
+      `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
   }
   const version = buf.readUInt32LE(at + 4);
-  if (version !== versionExpected) return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `trailer version ${version}, expected ${versionExpected} (the header's)`);
+  if (version !== versionExpected)
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 4,
+      `trailer version ${version}, expected ${versionExpected} (the header's)`,
+    );
   const trailer: RedoTrailer = {
     recordCount: Number(buf.readBigUInt64LE(at + 8)),
     seqFirst: Number(buf.readBigUInt64LE(at + 16)),
@@ -302,10 +422,20 @@ function decodeTrailerAt(buf: Buffer, at: number, file: string, bodyCrc: number,
     bodyCrc: buf.readUInt32LE(at + 56),
   };
   if (trailer.bodyBytes !== at) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 48, `trailer says body is ${trailer.bodyBytes} bytes, found ${at}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 48,
+      `trailer says body is ${trailer.bodyBytes} bytes, found ${at}`,
+    );
   }
   if (trailer.bodyCrc !== bodyCrc) {
-    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 56, `body crc32c ${hex(bodyCrc)}, expected ${hex(trailer.bodyCrc)}`);
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 56,
+      `body crc32c ${hex(bodyCrc)}, expected ${hex(trailer.bodyCrc)}`,
+    );
   }
   return trailer;
 }
@@ -322,28 +452,61 @@ export function parseSealedRedo(buf: Buffer, file: string, volumeCount: number):
   const scan = scanRedo(buf, file, volumeCount);
   if (scan.stopReason) throw scan.stopReason;
   const trailer = scan.trailer;
-  if (!trailer) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, buf.length, 'no trailer: segment is not sealed');
+  if (!trailer)
+    throw new SegmentError(
+      'REWIND_SEGMENT_TRUNCATED',
+      file,
+      buf.length,
+      'no trailer: segment is not sealed',
+    );
   if (scan.validBytes !== buf.length) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, scan.validBytes, `${buf.length - scan.validBytes} bytes after the trailer`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      scan.validBytes,
+      `${buf.length - scan.validBytes} bytes after the trailer`,
+    );
   }
   const first = scan.records[0];
   const last = scan.records[scan.records.length - 1];
   const trailerAt = buf.length - TRAILER_BYTES;
   if (trailer.recordCount !== scan.records.length) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, trailerAt + 8, `trailer counts ${trailer.recordCount} records, found ${scan.records.length}`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      trailerAt + 8,
+      `trailer counts ${trailer.recordCount} records, found ${scan.records.length}`,
+    );
   }
   const seqLastExpected = last ? last.seq : scan.header.seqFirst - 1;
   if (trailer.seqFirst !== scan.header.seqFirst || trailer.seqLast !== seqLastExpected) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, trailerAt + 16, `trailer seq range ${trailer.seqFirst}..${trailer.seqLast}, records hold ${scan.header.seqFirst}..${seqLastExpected}`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      trailerAt + 16,
+      `trailer seq range ${trailer.seqFirst}..${trailer.seqLast}, records hold ${scan.header.seqFirst}..${seqLastExpected}`,
+    );
   }
-  if (first && last && (trailer.timeFirstNs !== first.timeNs || trailer.timeLastNs !== last.timeNs)) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, trailerAt + 32, 'trailer time range does not match records');
+  if (
+    first &&
+    last &&
+    (trailer.timeFirstNs !== first.timeNs || trailer.timeLastNs !== last.timeNs)
+  ) {
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      trailerAt + 32,
+      'trailer time range does not match records',
+    );
   }
   return { header: scan.header, records: scan.records, trailer, fileCrc: crc32c(buf) };
 }
 
 /** Builds a complete sealed segment in memory (resync transactions, tests, clone overlays). */
-export function buildSealedRedo(header: RedoHeader, records: readonly (RecordMeta & { data?: Buffer })[]): Buffer[] {
+export function buildSealedRedo(
+  header: RedoHeader,
+  records: readonly (RecordMeta & { data?: Buffer })[],
+): Buffer[] {
   const pieces: Buffer[] = [encodeRedoHeader(header)];
   let crc = chainRedoHeader(pieces[0] as Buffer);
   let bodyBytes = REDO_HEADER_BYTES;

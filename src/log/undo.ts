@@ -72,7 +72,13 @@ function chainExtentHeader(extentHeader: Buffer, crc: number): number {
   return crc32c(extentHeader.subarray(0, 28), crc);
 }
 
-export function encodeUndoTrailer(extentCount: number, dataBytes: number, zeroBytes: number, bodyBytes: number, bodyCrc: number): Buffer {
+export function encodeUndoTrailer(
+  extentCount: number,
+  dataBytes: number,
+  zeroBytes: number,
+  bodyBytes: number,
+  bodyCrc: number,
+): Buffer {
   const buf = Buffer.alloc(TRAILER_BYTES);
   buf.writeUInt32LE(UNDO_TRAILER_MAGIC, 0);
   buf.writeUInt32LE(UNDO_VERSION, 4);
@@ -108,7 +114,11 @@ export class UndoBuilder {
   }
 
   add(extent: UndoExtentMeta, data?: Buffer): void {
-    assert(extent.volume > this.lastVolume || (extent.volume === this.lastVolume && extent.offsetBytes >= this.lastEnd), 'undo extents ascend without overlap');
+    assert(
+      extent.volume > this.lastVolume ||
+        (extent.volume === this.lastVolume && extent.offsetBytes >= this.lastEnd),
+      'undo extents ascend without overlap',
+    );
     assert((extent.kind === 'data') === (data !== undefined), 'only data extents carry bytes');
     const header = encodeExtentHeader(extent, data ? crc32c(data) : 0);
     this.crc = chainExtentHeader(header, this.crc);
@@ -136,7 +146,9 @@ export class UndoBuilder {
   }
 
   finish(): Buffer[] {
-    this.pieces.push(encodeUndoTrailer(this.count, this.dataBytes, this.zeroBytes, this.bodyBytes, this.crc));
+    this.pieces.push(
+      encodeUndoTrailer(this.count, this.dataBytes, this.zeroBytes, this.bodyBytes, this.crc),
+    );
     return this.pieces;
   }
 
@@ -160,15 +172,31 @@ export function parseUndo(buf: Buffer, file: string, volumeCount: number): Parse
   let lastVolume = -1;
   let lastEnd = 0;
   for (let guard = 0; guard <= buf.length; guard++) {
-    if (buf.length - at < 4) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, 'undo segment ends without a trailer');
+    if (buf.length - at < 4)
+      throw new SegmentError(
+        'REWIND_SEGMENT_TRUNCATED',
+        file,
+        at,
+        'undo segment ends without a trailer',
+      );
     if (buf.readUInt32LE(at) === UNDO_TRAILER_MAGIC) break;
     const extent = decodeExtentAt(buf, at, file, volumeCount);
-    if (extent.volume < lastVolume || (extent.volume === lastVolume && extent.offsetBytes < lastEnd)) {
-      throw new SegmentError('REWIND_SEGMENT_ORDER', file, at, 'undo extents are not ascending and disjoint');
+    if (
+      extent.volume < lastVolume ||
+      (extent.volume === lastVolume && extent.offsetBytes < lastEnd)
+    ) {
+      throw new SegmentError(
+        'REWIND_SEGMENT_ORDER',
+        file,
+        at,
+        'undo extents are not ascending and disjoint',
+      );
     }
     extents.push(extent);
     const end = extent.payloadOffsetBytes + (extent.kind === 'data' ? extent.lengthBytes : 0);
-    crc = v1 ? crc32c(buf.subarray(at, end), crc) : chainExtentHeader(buf.subarray(at, at + EXTENT_HEADER_BYTES), crc);
+    crc = v1
+      ? crc32c(buf.subarray(at, end), crc)
+      : chainExtentHeader(buf.subarray(at, at + EXTENT_HEADER_BYTES), crc);
     if (extent.kind === 'data') dataBytes += extent.lengthBytes;
     else zeroBytes += extent.lengthBytes;
     lastVolume = extent.volume;
@@ -180,15 +208,46 @@ export function parseUndo(buf: Buffer, file: string, volumeCount: number): Parse
 }
 
 function decodeUndoHeader(buf: Buffer, file: string): UndoHeader {
-  if (buf.length < UNDO_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, buf.length, `header needs ${UNDO_HEADER_BYTES} bytes`);
-  if (!buf.subarray(0, 8).equals(UNDO_MAGIC)) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 0, 'expected magic RWNDUNDO');
+  if (buf.length < UNDO_HEADER_BYTES)
+    throw new SegmentError(
+      'REWIND_SEGMENT_TRUNCATED',
+      file,
+      buf.length,
+      `header needs ${UNDO_HEADER_BYTES} bytes`,
+    );
+  if (!buf.subarray(0, 8).equals(UNDO_MAGIC))
+    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 0, 'expected magic RWNDUNDO');
   const crcExpected = buf.readUInt32LE(60);
   const crcActual = crc32c(buf.subarray(0, 60));
-  if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 60, `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+  if (crcExpected !== crcActual)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      60,
+      `header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
   const version = buf.readUInt16LE(8);
-  if (version !== UNDO_VERSION && version !== UNDO_VERSION_V1) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 8, `version ${version}, expected ${UNDO_VERSION} (or ${UNDO_VERSION_V1})`);
-  if (buf.readUInt16LE(10) !== UNDO_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 10, `header bytes ${buf.readUInt16LE(10)}, expected ${UNDO_HEADER_BYTES}`);
-  if (buf.readUInt32LE(12) !== 0 || buf.readUInt32LE(56) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 12, 'header flags or reserved field is not zero');
+  if (version !== UNDO_VERSION && version !== UNDO_VERSION_V1)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      8,
+      `version ${version}, expected ${UNDO_VERSION} (or ${UNDO_VERSION_V1})`,
+    );
+  if (buf.readUInt16LE(10) !== UNDO_HEADER_BYTES)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      10,
+      `header bytes ${buf.readUInt16LE(10)}, expected ${UNDO_HEADER_BYTES}`,
+    );
+  if (buf.readUInt32LE(12) !== 0 || buf.readUInt32LE(56) !== 0)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      12,
+      'header flags or reserved field is not zero',
+    );
   return {
     volumeSetId: Buffer.from(buf.subarray(16, 32)),
     segmentIndex: Number(buf.readBigUInt64LE(32)),
@@ -198,39 +257,111 @@ function decodeUndoHeader(buf: Buffer, file: string): UndoHeader {
 }
 
 function decodeExtentAt(buf: Buffer, at: number, file: string, volumeCount: number): UndoExtent {
-  if (buf.length - at < EXTENT_HEADER_BYTES) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, 'extent header cut short');
+  if (buf.length - at < EXTENT_HEADER_BYTES)
+    throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, 'extent header cut short');
   const magic = buf.readUInt32LE(at);
-  if (magic !== EXTENT_MAGIC) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at, `extent magic ${hex(magic)}, expected ${hex(EXTENT_MAGIC)}`);
+  if (magic !== EXTENT_MAGIC)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at,
+      `extent magic ${hex(magic)}, expected ${hex(EXTENT_MAGIC)}`,
+    );
   const crcExpected = buf.readUInt32LE(at + 28);
   const crcActual = crc32c(buf.subarray(at, at + 28));
-  if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 28, `extent header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
-  if (buf.readUInt8(at + 5) !== 0) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 5, 'reserved extent byte is not zero');
+  if (crcExpected !== crcActual)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 28,
+      `extent header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
+  if (buf.readUInt8(at + 5) !== 0)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 5,
+      'reserved extent byte is not zero',
+    );
   const kindCode = buf.readUInt8(at + 4);
-  if (kindCode !== 1 && kindCode !== 2) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 4, `unknown extent kind ${kindCode}`);
+  if (kindCode !== 1 && kindCode !== 2)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 4,
+      `unknown extent kind ${kindCode}`,
+    );
   const volume = buf.readUInt16LE(at + 6);
-  if (volume >= volumeCount) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 6, `volume index ${volume}, expected < ${volumeCount}`);
+  if (volume >= volumeCount)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 6,
+      `volume index ${volume}, expected < ${volumeCount}`,
+    );
   const offsetBig = buf.readBigUInt64LE(at + 8);
   const lengthBig = buf.readBigUInt64LE(at + 16);
   if (lengthBig === 0n || offsetBig + lengthBig > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 8, `extent range ${offsetBig}+${lengthBig} is invalid`);
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 8,
+      `extent range ${offsetBig}+${lengthBig} is invalid`,
+    );
   }
   const lengthBytes = Number(lengthBig);
   const payloadOffsetBytes = at + EXTENT_HEADER_BYTES;
   if (kindCode === 1) {
-    if (buf.length - payloadOffsetBytes < lengthBytes) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, payloadOffsetBytes, 'extent payload cut short');
+    if (buf.length - payloadOffsetBytes < lengthBytes)
+      throw new SegmentError(
+        'REWIND_SEGMENT_TRUNCATED',
+        file,
+        payloadOffsetBytes,
+        'extent payload cut short',
+      );
     const payloadCrc = crc32c(buf.subarray(payloadOffsetBytes, payloadOffsetBytes + lengthBytes));
     const expected = buf.readUInt32LE(at + 24);
-    if (payloadCrc !== expected) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, payloadOffsetBytes, `extent payload crc32c ${hex(payloadCrc)}, expected ${hex(expected)}`);
+    if (payloadCrc !== expected)
+      throw new SegmentError(
+        'REWIND_SEGMENT_CORRUPT',
+        file,
+        payloadOffsetBytes,
+        `extent payload crc32c ${hex(payloadCrc)}, expected ${hex(expected)}`,
+      );
   }
-  return { kind: kindCode === 1 ? 'data' : 'zero', volume, offsetBytes: Number(offsetBig), lengthBytes, payloadOffsetBytes };
+  return {
+    kind: kindCode === 1 ? 'data' : 'zero',
+    volume,
+    offsetBytes: Number(offsetBig),
+    lengthBytes,
+    payloadOffsetBytes,
+  };
 }
 
-function verifyUndoTrailer(buf: Buffer, at: number, file: string, seen: { version: number; count: number; dataBytes: number; zeroBytes: number; crc: number }): void {
-  if (buf.length - at < TRAILER_BYTES) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, 'trailer cut short');
-  if (buf.length - at > TRAILER_BYTES) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + TRAILER_BYTES, 'bytes after the trailer');
+function verifyUndoTrailer(
+  buf: Buffer,
+  at: number,
+  file: string,
+  seen: { version: number; count: number; dataBytes: number; zeroBytes: number; crc: number },
+): void {
+  if (buf.length - at < TRAILER_BYTES)
+    throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, at, 'trailer cut short');
+  if (buf.length - at > TRAILER_BYTES)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + TRAILER_BYTES,
+      'bytes after the trailer',
+    );
   const crcExpected = buf.readUInt32LE(at + 60);
   const crcActual = crc32c(buf.subarray(at, at + 60));
-  if (crcExpected !== crcActual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + 60, `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`);
+  if (crcExpected !== crcActual)
+    throw new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 60,
+      `trailer crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
   const checks: [number, number, number, string][] = [
     [4, buf.readUInt32LE(at + 4), seen.version, 'version'],
     [32, Number(buf.readBigUInt64LE(at + 32) | buf.readBigUInt64LE(at + 40)), 0, 'reserved bytes'],
@@ -241,6 +372,12 @@ function verifyUndoTrailer(buf: Buffer, at: number, file: string, seen: { versio
     [56, buf.readUInt32LE(at + 56), seen.crc, 'body crc32c'],
   ];
   for (const [field, stored, actual, what] of checks) {
-    if (stored !== actual) throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at + field, `trailer ${what} ${stored}, found ${actual}`);
+    if (stored !== actual)
+      throw new SegmentError(
+        'REWIND_SEGMENT_CORRUPT',
+        file,
+        at + field,
+        `trailer ${what} ${stored}, found ${actual}`,
+      );
   }
 }

@@ -25,7 +25,12 @@ export class ApplyHandler {
       this.handles.set(ref.file, handle);
     }
     const bits = new Uint8Array(ref.alloc);
-    return { index: ref.index, file: ref.file, fd: handle.fd, chunkMayHoldData: (chunk) => ((bits[chunk >> 3] ?? 0) & (1 << (chunk & 7))) !== 0 };
+    return {
+      index: ref.index,
+      file: ref.file,
+      fd: handle.fd,
+      chunkMayHoldData: (chunk) => ((bits[chunk >> 3] ?? 0) & (1 << (chunk & 7))) !== 0,
+    };
   }
 
   async handle(request: ApplyRequest): Promise<ApplyResponse> {
@@ -33,16 +38,28 @@ export class ApplyHandler {
       case 'undo': {
         // Buffers arrive as plain Uint8Arrays (structured clone).
         const header = { ...request.header, volumeSetId: Buffer.from(request.header.volumeSetId) };
-        const result = await saveUndo(request.file, header, request.records, request.replicas.map((ref) => this.target(ref)));
+        const result = await saveUndo(
+          request.file,
+          header,
+          request.records,
+          request.replicas.map((ref) => this.target(ref)),
+        );
         return { id: request.id, undo: result };
       }
       case 'apply': {
         // Mapped, not read: a copy of the whole segment cost about a third of the apply's turn.
         const buf = mapFile(request.redoFile) ?? (await fsp.readFile(request.redoFile));
         if (buf.length !== request.redoBytes) {
-          throw new RewindError('REWIND_SEGMENT_CORRUPT', `${request.redoFile} holds ${buf.length} bytes; its transaction was stored with ${request.redoBytes}`);
+          throw new RewindError(
+            'REWIND_SEGMENT_CORRUPT',
+            `${request.redoFile} holds ${buf.length} bytes; its transaction was stored with ${request.redoBytes}`,
+          );
         }
-        await writeRedo(buf, request.records, request.replicas.map((ref) => this.target(ref)));
+        await writeRedo(
+          buf,
+          request.records,
+          request.replicas.map((ref) => this.target(ref)),
+        );
         return { id: request.id };
       }
       case 'sync':

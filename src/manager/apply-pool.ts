@@ -18,8 +18,22 @@ export interface ReplicaRef {
 }
 
 export type ApplyRequest =
-  | { id: number; type: 'undo'; file: string; header: UndoHeader; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
-  | { id: number; type: 'apply'; redoFile: string; redoBytes: number; records: readonly RedoRecord[]; replicas: ReplicaRef[] }
+  | {
+      id: number;
+      type: 'undo';
+      file: string;
+      header: UndoHeader;
+      records: readonly RedoRecord[];
+      replicas: ReplicaRef[];
+    }
+  | {
+      id: number;
+      type: 'apply';
+      redoFile: string;
+      redoBytes: number;
+      records: readonly RedoRecord[];
+      replicas: ReplicaRef[];
+    }
   | { id: number; type: 'sync'; replicas: ReplicaRef[] }
   | { id: number; type: 'close' };
 
@@ -39,9 +53,19 @@ type Pending = { resolve: (response: ApplyResponse) => void; reject: (error: Err
 /** Where the manager's undo building and replica writes run. */
 export interface Applier {
   /** Builds and durably saves the undo segment of `records` (see saveUndo). */
-  saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult>;
+  saveUndo(
+    file: string,
+    header: UndoHeader,
+    records: readonly RedoRecord[],
+    replicas: readonly ReplicaVolume[],
+  ): Promise<UndoResult>;
   /** Writes the redo segment in `redoFile` (`redoBytes` long) to the replicas, not yet durably (see writeRedo). */
-  writeRedo(redoFile: string, redoBytes: number, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void>;
+  writeRedo(
+    redoFile: string,
+    redoBytes: number,
+    records: readonly RedoRecord[],
+    replicas: readonly ReplicaVolume[],
+  ): Promise<void>;
   /** Makes the replicas durable (fdatasync); another request may run meanwhile. */
   syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void>;
   close(): Promise<void>;
@@ -55,14 +79,39 @@ export class InThreadApply implements Applier {
   private readonly handler = new ApplyHandler();
   private nextId = 1;
 
-  async saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult> {
-    const response = await this.handler.handle({ id: this.nextId++, type: 'undo', file, header, records, replicas: replicas.map(refOf) });
-    if (!response.undo) throw new Error('the apply handler answered an undo request without a result');
+  async saveUndo(
+    file: string,
+    header: UndoHeader,
+    records: readonly RedoRecord[],
+    replicas: readonly ReplicaVolume[],
+  ): Promise<UndoResult> {
+    const response = await this.handler.handle({
+      id: this.nextId++,
+      type: 'undo',
+      file,
+      header,
+      records,
+      replicas: replicas.map(refOf),
+    });
+    if (!response.undo)
+      throw new Error('the apply handler answered an undo request without a result');
     return response.undo;
   }
 
-  async writeRedo(redoFile: string, redoBytes: number, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
-    await this.handler.handle({ id: this.nextId++, type: 'apply', redoFile, redoBytes, records, replicas: replicas.map(refOf) });
+  async writeRedo(
+    redoFile: string,
+    redoBytes: number,
+    records: readonly RedoRecord[],
+    replicas: readonly ReplicaVolume[],
+  ): Promise<void> {
+    await this.handler.handle({
+      id: this.nextId++,
+      type: 'apply',
+      redoFile,
+      redoBytes,
+      records,
+      replicas: replicas.map(refOf),
+    });
   }
 
   async syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void> {
@@ -79,14 +128,36 @@ export class ApplyWorker implements Applier {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
 
-  async saveUndo(file: string, header: UndoHeader, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<UndoResult> {
-    const response = await this.request({ type: 'undo', file, header, records, replicas: replicas.map(refOf) });
+  async saveUndo(
+    file: string,
+    header: UndoHeader,
+    records: readonly RedoRecord[],
+    replicas: readonly ReplicaVolume[],
+  ): Promise<UndoResult> {
+    const response = await this.request({
+      type: 'undo',
+      file,
+      header,
+      records,
+      replicas: replicas.map(refOf),
+    });
     if (!response.undo) throw new Error('apply worker answered an undo request without a result');
     return response.undo;
   }
 
-  async writeRedo(redoFile: string, redoBytes: number, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
-    await this.request({ type: 'apply', redoFile, redoBytes, records, replicas: replicas.map(refOf) });
+  async writeRedo(
+    redoFile: string,
+    redoBytes: number,
+    records: readonly RedoRecord[],
+    replicas: readonly ReplicaVolume[],
+  ): Promise<void> {
+    await this.request({
+      type: 'apply',
+      redoFile,
+      redoBytes,
+      records,
+      replicas: replicas.map(refOf),
+    });
   }
 
   async syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void> {
@@ -144,7 +215,11 @@ function refOf(replica: ReplicaVolume): ReplicaRef {
 
 /** An error from the worker as an Error here, with the fields callers test (code, errno, syscall). */
 function revive(error: WorkerError): Error {
-  const revived = new Error(error.message) as Error & { code?: string; errno?: number; syscall?: string };
+  const revived = new Error(error.message) as Error & {
+    code?: string;
+    errno?: number;
+    syscall?: string;
+  };
   revived.name = error.name;
   if (error.code !== undefined) revived.code = error.code;
   if (error.errno !== undefined) revived.errno = error.errno;

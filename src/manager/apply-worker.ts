@@ -16,10 +16,24 @@ port.on('message', (request: ApplyRequest) => {
   handler.handle(request).then(
     (response) => port.postMessage(response),
     (error: unknown) => {
-      const e = error as { name?: unknown; message?: unknown; code?: unknown; errno?: unknown; syscall?: unknown; stack?: unknown };
+      const e = error as {
+        name?: unknown;
+        message?: unknown;
+        code?: unknown;
+        errno?: unknown;
+        syscall?: unknown;
+        stack?: unknown;
+      };
       port.postMessage({
         id: request.id,
-        error: { name: String(e.name ?? 'Error'), message: String(e.message ?? error), code: e.code === undefined ? undefined : String(e.code), errno: typeof e.errno === 'number' ? e.errno : undefined, syscall: typeof e.syscall === 'string' ? e.syscall : undefined, stack: String(e.stack ?? '') },
+        error: {
+          name: String(e.name ?? 'Error'),
+          message: String(e.message ?? error),
+          code: e.code === undefined ? undefined : String(e.code),
+          errno: typeof e.errno === 'number' ? e.errno : undefined,
+          syscall: typeof e.syscall === 'string' ? e.syscall : undefined,
+          stack: String(e.stack ?? ''),
+        },
       } satisfies ApplyResponse);
     },
   );

@@ -6,7 +6,14 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { assert, assertNever, crc32c, mergeRanges, type ByteRange } from '../core/index.js';
 import { parseUndo, UndoBuilder, type RedoRecord, type UndoExtent } from '../log/index.js';
-import { fdatasyncAsync, fsyncDir, isZero, preadFully, writeZeroesSync, zeroRange } from '../platform/index.js';
+import {
+  fdatasyncAsync,
+  fsyncDir,
+  isZero,
+  preadFully,
+  writeZeroesSync,
+  zeroRange,
+} from '../platform/index.js';
 import { IntervalMap } from '../views/interval-map.js';
 import { ALLOC_CHUNK_BYTES, type ReplicaVolume } from './replica.js';
 
@@ -53,7 +60,11 @@ export async function saveUndo(
   try {
     const builder = new UndoBuilder(header);
     for (const replica of replicas) {
-      const ranges = mergeRanges(records.filter((r) => r.volume === replica.index).map((r) => ({ offset: r.offsetBytes, length: r.lengthBytes })));
+      const ranges = mergeRanges(
+        records
+          .filter((r) => r.volume === replica.index)
+          .map((r) => ({ offset: r.offsetBytes, length: r.lengthBytes })),
+      );
       for (const range of ranges) {
         addRangeToUndo(builder, replica, range);
         if (builder.pendingBytes >= UNDO_FLUSH_BYTES) await flush(builder.drain());
@@ -77,17 +88,24 @@ function addRangeToUndo(builder: UndoBuilder, replica: ReplicaTarget, range: Byt
   const end = range.offset + range.length;
   let pendingZero: { offset: number; length: number } | undefined;
   const emitZero = (): void => {
-    if (pendingZero) builder.add({ kind: 'zero', volume: replica.index, offsetBytes: pendingZero.offset, lengthBytes: pendingZero.length });
+    if (pendingZero)
+      builder.add({
+        kind: 'zero',
+        volume: replica.index,
+        offsetBytes: pendingZero.offset,
+        lengthBytes: pendingZero.length,
+      });
     pendingZero = undefined;
   };
   const addZero = (offset: number, length: number): void => {
-    if (pendingZero && pendingZero.offset + pendingZero.length === offset) pendingZero.length += length;
+    if (pendingZero && pendingZero.offset + pendingZero.length === offset)
+      pendingZero.length += length;
     else {
       emitZero();
       pendingZero = { offset, length };
     }
   };
-  for (let at = range.offset; at < end; ) {
+  for (let at = range.offset; at < end;) {
     const chunk = Math.floor(at / ALLOC_CHUNK_BYTES);
     const chunkEnd = Math.min(end, (chunk + 1) * ALLOC_CHUNK_BYTES);
     if (!replica.chunkMayHoldData(chunk)) {
@@ -100,7 +118,10 @@ function addRangeToUndo(builder: UndoBuilder, replica: ReplicaTarget, range: Byt
     preadFully(replica.fd, data, 0, data.length, at);
     splitZeroRuns(data, at, addZero, (offset, bytes) => {
       emitZero();
-      builder.add({ kind: 'data', volume: replica.index, offsetBytes: offset, lengthBytes: bytes.length }, bytes);
+      builder.add(
+        { kind: 'data', volume: replica.index, offsetBytes: offset, lengthBytes: bytes.length },
+        bytes,
+      );
     });
     at = pieceEnd;
   }
@@ -114,7 +135,12 @@ function nextUnallocated(replica: ReplicaTarget, chunk: number, end: number): nu
 }
 
 /** Splits `data` (at volume offset `base`) into runs of all-zero 4 KiB blocks and data runs. */
-function splitZeroRuns(data: Buffer, base: number, onZero: (offset: number, length: number) => void, onData: (offset: number, bytes: Buffer) => void): void {
+function splitZeroRuns(
+  data: Buffer,
+  base: number,
+  onZero: (offset: number, length: number) => void,
+  onData: (offset: number, bytes: Buffer) => void,
+): void {
   let runStart = 0;
   let runIsZero: boolean | undefined;
   const close = (upTo: number): void => {
@@ -134,14 +160,16 @@ function splitZeroRuns(data: Buffer, base: number, onZero: (offset: number, leng
   close(data.length);
 }
 
-
 type ApplySource = 'data' | 'zero';
 
 /**
  * First half of applying a redo segment, on the thread that owns the replicas: marks the chunks
  * its writes reach as holding data, durably, before any of those bytes are written.
  */
-export async function markApplied(records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+export async function markApplied(
+  records: readonly RedoRecord[],
+  replicas: readonly ReplicaVolume[],
+): Promise<void> {
   for (const replica of replicas) {
     let marked = false;
     for (const r of records) {
@@ -158,13 +186,24 @@ export async function markApplied(records: readonly RedoRecord[], replicas: read
  * newest record of each byte range, in offset order. Not durable until syncReplicas. Idempotent,
  * so a crash mid-apply re-applies.
  */
-export async function writeRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaTarget[]): Promise<void> {
+export async function writeRedo(
+  buf: Buffer,
+  records: readonly RedoRecord[],
+  replicas: readonly ReplicaTarget[],
+): Promise<void> {
   for (const replica of replicas) {
     const own = records.filter((r) => r.volume === replica.index);
     if (own.length === 0) continue;
     const map = new IntervalMap<ApplySource>();
-    for (const r of own) map.set(r.offsetBytes, r.offsetBytes + r.lengthBytes, r.kind === 'write' ? 'data' : 'zero', r.kind === 'write' ? r.payloadOffsetBytes : 0);
-    for (const piece of map.entries()) await applyPiece(buf, replica, piece.start, piece.end, piece.value, piece.valueOffset);
+    for (const r of own)
+      map.set(
+        r.offsetBytes,
+        r.offsetBytes + r.lengthBytes,
+        r.kind === 'write' ? 'data' : 'zero',
+        r.kind === 'write' ? r.payloadOffsetBytes : 0,
+      );
+    for (const piece of map.entries())
+      await applyPiece(buf, replica, piece.start, piece.end, piece.value, piece.valueOffset);
   }
 }
 
@@ -174,19 +213,33 @@ export async function syncReplicas(replicas: readonly ReplicaTarget[]): Promise<
 }
 
 /** The replicas that `records` write to. */
-export function replicasOf<T extends { index: number }>(records: readonly RedoRecord[], replicas: readonly T[]): T[] {
+export function replicasOf<T extends { index: number }>(
+  records: readonly RedoRecord[],
+  replicas: readonly T[],
+): T[] {
   const touched = new Set(records.map((r) => r.volume));
   return replicas.filter((replica) => touched.has(replica.index));
 }
 
 /** All of it on this thread (recovery and tests; the manager runs writeRedo in its worker). */
-export async function applyRedo(buf: Buffer, records: readonly RedoRecord[], replicas: readonly ReplicaVolume[]): Promise<void> {
+export async function applyRedo(
+  buf: Buffer,
+  records: readonly RedoRecord[],
+  replicas: readonly ReplicaVolume[],
+): Promise<void> {
   await markApplied(records, replicas);
   await writeRedo(buf, records, replicas);
   await syncReplicas(replicasOf(records, replicas));
 }
 
-async function applyPiece(buf: Buffer, replica: ReplicaTarget, start: number, end: number, source: ApplySource, sourceOffset: number): Promise<void> {
+async function applyPiece(
+  buf: Buffer,
+  replica: ReplicaTarget,
+  start: number,
+  end: number,
+  source: ApplySource,
+  sourceOffset: number,
+): Promise<void> {
   switch (source) {
     case 'data': {
       const bytes = buf.subarray(sourceOffset, sourceOffset + (end - start));

@@ -99,20 +99,29 @@ export class Catalog {
   }
 
   getMeta(key: string): string | undefined {
-    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as
+      { value: string } | undefined;
     return row?.value;
   }
 
   setMeta(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.db
+      .prepare(
+        'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+      )
+      .run(key, value);
   }
 
   volumes(): VolumeRow[] {
-    return this.db.prepare('SELECT idx, name, size_bytes AS sizeBytes FROM volumes ORDER BY idx').all() as VolumeRow[];
+    return this.db
+      .prepare('SELECT idx, name, size_bytes AS sizeBytes FROM volumes ORDER BY idx')
+      .all() as VolumeRow[];
   }
 
   addVolume(idx: number, name: string, sizeBytes: number): void {
-    this.db.prepare('INSERT INTO volumes (idx, name, size_bytes, created_at) VALUES (?, ?, ?, ?)').run(idx, name, sizeBytes, new Date().toISOString());
+    this.db
+      .prepare('INSERT INTO volumes (idx, name, size_bytes, created_at) VALUES (?, ?, ?, ?)')
+      .run(idx, name, sizeBytes, new Date().toISOString());
   }
 
   insertTx(row: Omit<TxRow, 'committedAt'>): void {
@@ -121,7 +130,21 @@ export class Catalog {
         `INSERT INTO transactions (idx, kind, seq_first, seq_last, time_first_us, time_last_us, record_count,
            redo_bytes, redo_crc, undo_bytes, undo_crc, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(row.idx, row.kind, row.seqFirst, row.seqLast, row.timeFirstUs, row.timeLastUs, row.recordCount, row.redoBytes, row.redoCrc, row.undoBytes, row.undoCrc, row.state, row.receivedAt);
+      .run(
+        row.idx,
+        row.kind,
+        row.seqFirst,
+        row.seqLast,
+        row.timeFirstUs,
+        row.timeLastUs,
+        row.recordCount,
+        row.redoBytes,
+        row.redoCrc,
+        row.undoBytes,
+        row.undoCrc,
+        row.state,
+        row.receivedAt,
+      );
   }
 
   /**
@@ -129,67 +152,97 @@ export class Catalog {
    * the replica, and the agent keeps their segments until they commit). Returns how many.
    */
   forgetReceivedFrom(idx: number): number {
-    const later = this.db.prepare(`SELECT COUNT(*) AS n FROM transactions WHERE idx >= ? AND state != 'received'`).get(idx) as { n: number };
+    const later = this.db
+      .prepare(`SELECT COUNT(*) AS n FROM transactions WHERE idx >= ? AND state != 'received'`)
+      .get(idx) as { n: number };
     if (later.n > 0) throw new Error(`transactions from ${idx} on are not all in state received`);
     return this.db.prepare('DELETE FROM transactions WHERE idx >= ?').run(idx).changes;
   }
 
   setUndoSaved(idx: number, undoBytes: number, undoCrc: number): void {
-    this.db.prepare(`UPDATE transactions SET state = 'undo-saved', undo_bytes = ?, undo_crc = ? WHERE idx = ?`).run(undoBytes, undoCrc, idx);
+    this.db
+      .prepare(
+        `UPDATE transactions SET state = 'undo-saved', undo_bytes = ?, undo_crc = ? WHERE idx = ?`,
+      )
+      .run(undoBytes, undoCrc, idx);
   }
 
   setState(idx: number, state: TxState): void {
     const committedAt = state === 'committed' ? new Date().toISOString() : null;
-    this.db.prepare('UPDATE transactions SET state = ?, committed_at = ? WHERE idx = ?').run(state, committedAt, idx);
+    this.db
+      .prepare('UPDATE transactions SET state = ?, committed_at = ? WHERE idx = ?')
+      .run(state, committedAt, idx);
   }
 
   tx(idx: number): TxRow | undefined {
-    return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE idx = ?`).get(idx) as TxRow | undefined;
+    return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE idx = ?`).get(idx) as
+      TxRow | undefined;
   }
 
   lastTx(): TxRow | undefined {
-    return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions ORDER BY idx DESC LIMIT 1`).get() as TxRow | undefined;
+    return this.db
+      .prepare(`SELECT ${TX_COLUMNS} FROM transactions ORDER BY idx DESC LIMIT 1`)
+      .get() as TxRow | undefined;
   }
 
   uncommitted(): TxRow[] {
-    return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE state != 'committed' ORDER BY idx`).all() as TxRow[];
+    return this.db
+      .prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE state != 'committed' ORDER BY idx`)
+      .all() as TxRow[];
   }
 
   /** Committed transactions, oldest first, optionally only those overlapping a seq range. */
   committedTxs(seqFrom = 0, seqTo = Number.MAX_SAFE_INTEGER): TxRow[] {
     return this.db
-      .prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_last >= ? AND seq_first <= ? ORDER BY idx`)
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_last >= ? AND seq_first <= ? ORDER BY idx`,
+      )
       .all(seqFrom, seqTo) as TxRow[];
   }
 
   /** The committed transaction holding `seq`, if any. */
   txContaining(seq: number): TxRow | undefined {
     return this.db
-      .prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_first <= ? AND seq_last >= ? ORDER BY idx LIMIT 1`)
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_first <= ? AND seq_last >= ? ORDER BY idx LIMIT 1`,
+      )
       .get(seq, seq) as TxRow | undefined;
   }
 
   /** The last committed transaction whose first write was captured at or before `timeUs`. */
   txAtOrBeforeTime(timeUs: number): TxRow | undefined {
     return this.db
-      .prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0 AND time_first_us <= ? ORDER BY idx DESC LIMIT 1`)
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0 AND time_first_us <= ? ORDER BY idx DESC LIMIT 1`,
+      )
       .get(timeUs) as TxRow | undefined;
   }
 
   firstTx(): TxRow | undefined {
-    return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions ORDER BY idx LIMIT 1`).get() as TxRow | undefined;
+    return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions ORDER BY idx LIMIT 1`).get() as
+      TxRow | undefined;
   }
 
   views(): ViewRow[] {
-    return this.db.prepare('SELECT name, kind, seq, created_at AS createdAt FROM views ORDER BY created_at, name').all() as ViewRow[];
+    return this.db
+      .prepare(
+        'SELECT name, kind, seq, created_at AS createdAt FROM views ORDER BY created_at, name',
+      )
+      .all() as ViewRow[];
   }
 
   addView(row: ViewRow): void {
     try {
-      this.db.prepare('INSERT INTO views (name, kind, seq, created_at) VALUES (?, ?, ?, ?)').run(row.name, row.kind, row.seq, row.createdAt);
+      this.db
+        .prepare('INSERT INTO views (name, kind, seq, created_at) VALUES (?, ?, ?, ?)')
+        .run(row.name, row.kind, row.seq, row.createdAt);
     } catch (error) {
       if ((error as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-        throw new RewindError('REWIND_CONFLICT', `a snapshot or clone named "${row.name}" already exists`, { hint: 'pick another name or remove it with rewind rm' });
+        throw new RewindError(
+          'REWIND_CONFLICT',
+          `a snapshot or clone named "${row.name}" already exists`,
+          { hint: 'pick another name or remove it with rewind rm' },
+        );
       }
       throw error;
     }
@@ -204,19 +257,33 @@ export class Catalog {
   }
 
   bookmarks(): BookmarkRow[] {
-    return this.db.prepare('SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks ORDER BY seq, name').all() as BookmarkRow[];
+    return this.db
+      .prepare(
+        'SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks ORDER BY seq, name',
+      )
+      .all() as BookmarkRow[];
   }
 
   bookmark(name: string): BookmarkRow | undefined {
-    return this.db.prepare('SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks WHERE name = ?').get(name) as BookmarkRow | undefined;
+    return this.db
+      .prepare(
+        'SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks WHERE name = ?',
+      )
+      .get(name) as BookmarkRow | undefined;
   }
 
   addBookmark(row: BookmarkRow): void {
     try {
-      this.db.prepare('INSERT INTO bookmarks (name, seq, time_us, created_at) VALUES (?, ?, ?, ?)').run(row.name, row.seq, row.timeUs, row.createdAt);
+      this.db
+        .prepare('INSERT INTO bookmarks (name, seq, time_us, created_at) VALUES (?, ?, ?, ?)')
+        .run(row.name, row.seq, row.timeUs, row.createdAt);
     } catch (error) {
       if ((error as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-        throw new RewindError('REWIND_CONFLICT', `a bookmark named "${row.name}" already exists (seq ${this.bookmark(row.name)?.seq ?? '?'})`, { hint: 'pick another name or remove it with rewind bookmark --remove' });
+        throw new RewindError(
+          'REWIND_CONFLICT',
+          `a bookmark named "${row.name}" already exists (seq ${this.bookmark(row.name)?.seq ?? '?'})`,
+          { hint: 'pick another name or remove it with rewind bookmark --remove' },
+        );
       }
       throw error;
     }
@@ -227,29 +294,55 @@ export class Catalog {
   }
 
   addRestore(spec: string, seq: number): number {
-    return Number(this.db.prepare(`INSERT INTO restores (spec, seq, state, started_at) VALUES (?, ?, 'running', ?)`).run(spec, seq, new Date().toISOString()).lastInsertRowid);
+    return Number(
+      this.db
+        .prepare(`INSERT INTO restores (spec, seq, state, started_at) VALUES (?, ?, 'running', ?)`)
+        .run(spec, seq, new Date().toISOString()).lastInsertRowid,
+    );
   }
 
   restore(id: number): RestoreRow | undefined {
-    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores WHERE id = ?`).get(id) as RestoreRow | undefined;
+    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores WHERE id = ?`).get(id) as
+      RestoreRow | undefined;
   }
 
   restores(): RestoreRow[] {
-    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores ORDER BY id`).all() as RestoreRow[];
+    return this.db
+      .prepare(`SELECT ${RESTORE_COLUMNS} FROM restores ORDER BY id`)
+      .all() as RestoreRow[];
   }
 
   runningRestores(): RestoreRow[] {
-    return this.db.prepare(`SELECT ${RESTORE_COLUMNS} FROM restores WHERE state = 'running' ORDER BY id`).all() as RestoreRow[];
+    return this.db
+      .prepare(`SELECT ${RESTORE_COLUMNS} FROM restores WHERE state = 'running' ORDER BY id`)
+      .all() as RestoreRow[];
   }
 
-  updateRestore(id: number, fields: Partial<Pick<RestoreRow, 'state' | 'bytesTotal' | 'bytesDone' | 'seqFirst' | 'seqLast' | 'message'>>): void {
+  updateRestore(
+    id: number,
+    fields: Partial<
+      Pick<RestoreRow, 'state' | 'bytesTotal' | 'bytesDone' | 'seqFirst' | 'seqLast' | 'message'>
+    >,
+  ): void {
     const row = this.restore(id);
     if (!row) return;
     const next = { ...row, ...fields };
-    const finishedAt = next.state === 'running' ? null : (row.finishedAt ?? new Date().toISOString());
+    const finishedAt =
+      next.state === 'running' ? null : (row.finishedAt ?? new Date().toISOString());
     this.db
-      .prepare('UPDATE restores SET state = ?, bytes_total = ?, bytes_done = ?, seq_first = ?, seq_last = ?, message = ?, finished_at = ? WHERE id = ?')
-      .run(next.state, next.bytesTotal, next.bytesDone, next.seqFirst, next.seqLast, next.message, finishedAt, id);
+      .prepare(
+        'UPDATE restores SET state = ?, bytes_total = ?, bytes_done = ?, seq_first = ?, seq_last = ?, message = ?, finished_at = ? WHERE id = ?',
+      )
+      .run(
+        next.state,
+        next.bytesTotal,
+        next.bytesDone,
+        next.seqFirst,
+        next.seqLast,
+        next.message,
+        finishedAt,
+        id,
+      );
   }
 
   close(): void {

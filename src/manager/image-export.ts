@@ -37,17 +37,53 @@ export class ImageExporter {
   }
 
   /** Checks the request, then starts the export; progress via `status`. */
-  async start(volume: string, pointText: string, file: string, overwrite: boolean): Promise<ExportJob> {
+  async start(
+    volume: string,
+    pointText: string,
+    file: string,
+    overwrite: boolean,
+  ): Promise<ExportJob> {
     const index = this.manager.replicas.findIndex((r) => r.name === volume);
-    if (index === -1) throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, { hint: `volumes: ${this.manager.replicas.map((r) => r.name).join(', ') || 'none yet'}` });
-    if (!path.isAbsolute(file)) throw new RewindError('REWIND_BAD_ARGUMENT', `export file "${file}" must be an absolute path on the manager's host`);
-    if (!fs.existsSync(path.dirname(file))) throw new RewindError('REWIND_BAD_ARGUMENT', `directory ${path.dirname(file)} does not exist`);
-    if (fs.existsSync(file) && !overwrite) throw new RewindError('REWIND_CONFLICT', `${file} exists`, { hint: 'give another file, or --force to replace it' });
+    if (index === -1)
+      throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, {
+        hint: `volumes: ${this.manager.replicas.map((r) => r.name).join(', ') || 'none yet'}`,
+      });
+    if (!path.isAbsolute(file))
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        `export file "${file}" must be an absolute path on the manager's host`,
+      );
+    if (!fs.existsSync(path.dirname(file)))
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        `directory ${path.dirname(file)} does not exist`,
+      );
+    if (fs.existsSync(file) && !overwrite)
+      throw new RewindError('REWIND_CONFLICT', `${file} exists`, {
+        hint: 'give another file, or --force to replace it',
+      });
     const seq = this.manager.resolvePoint(pointText);
-    const job: ExportJob = { id: this.nextId++, volume, seq, file, state: 'running', bytesTotal: this.manager.volumeSize(index), bytesDone: 0, bytesWritten: 0, sha256: null, message: null };
+    const job: ExportJob = {
+      id: this.nextId++,
+      volume,
+      seq,
+      file,
+      state: 'running',
+      bytesTotal: this.manager.volumeSize(index),
+      bytesDone: 0,
+      bytesWritten: 0,
+      sha256: null,
+      message: null,
+    };
     this.jobs.set(job.id, job);
     const run = this.manager
-      .withView(seq, (view) => this.write(job, (offset, length) => view.read(index, offset, length), (offset, length) => view.zeroPieces(index, offset, length)))
+      .withView(seq, (view) =>
+        this.write(
+          job,
+          (offset, length) => view.read(index, offset, length),
+          (offset, length) => view.zeroPieces(index, offset, length),
+        ),
+      )
       .then(
         () => {
           job.state = 'done';
@@ -63,7 +99,11 @@ export class ImageExporter {
     return { ...job };
   }
 
-  private async write(job: ExportJob, read: (offset: number, length: number) => Buffer, zeroPieces: (offset: number, length: number) => { lengthBytes: number; zero: boolean }[]): Promise<void> {
+  private async write(
+    job: ExportJob,
+    read: (offset: number, length: number) => Buffer,
+    zeroPieces: (offset: number, length: number) => { lengthBytes: number; zero: boolean }[],
+  ): Promise<void> {
     const partial = `${job.file}.partial`;
     const fd = fs.openSync(partial, 'w');
     try {
@@ -109,5 +149,6 @@ export class ImageExporter {
 }
 
 function hashZeroes(hash: ReturnType<typeof createHash>, lengthBytes: number): void {
-  for (let left = lengthBytes; left > 0; left -= ZERO_CHUNK.length) hash.update(left >= ZERO_CHUNK.length ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, left));
+  for (let left = lengthBytes; left > 0; left -= ZERO_CHUNK.length)
+    hash.update(left >= ZERO_CHUNK.length ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, left));
 }

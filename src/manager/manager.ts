@@ -6,11 +6,37 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
-import { assert, crashPoint, errorMessage, formatTimeNs, RewindError, SegmentError } from '../core/index.js';
-import { decodeRedoHeader, parseSealedRedo, parseUndo, REDO_HEADER_BYTES, SEGMENT_FLAG_RESYNC, SEGMENT_FLAG_RESYNC_END, type RedoRecord, type SealedRedo, type UndoExtent } from '../log/index.js';
+import {
+  assert,
+  crashPoint,
+  errorMessage,
+  formatTimeNs,
+  RewindError,
+  SegmentError,
+} from '../core/index.js';
+import {
+  decodeRedoHeader,
+  parseSealedRedo,
+  parseUndo,
+  REDO_HEADER_BYTES,
+  SEGMENT_FLAG_RESYNC,
+  SEGMENT_FLAG_RESYNC_END,
+  type RedoRecord,
+  type SealedRedo,
+  type UndoExtent,
+} from '../log/index.js';
 import type { ExportBackend } from '../nbd/backend.js';
 import { ensureDir, linkFileDurable, preadFully, writeFileDurable } from '../platform/index.js';
-import { FRAME_BYTES_MAX_UNAUTHENTICATED, FrameReader, PROTOCOL_VERSION, sendFrame, tokensEqual, type Message, type RestoringState, type VolumeInfo } from '../ship/protocol.js';
+import {
+  FRAME_BYTES_MAX_UNAUTHENTICATED,
+  FrameReader,
+  PROTOCOL_VERSION,
+  sendFrame,
+  tokensEqual,
+  type Message,
+  type RestoringState,
+  type VolumeInfo,
+} from '../ship/protocol.js';
 import { Overlay } from '../views/overlay.js';
 import { View, type History, type HistoryTx } from '../views/view.js';
 import { markApplied, replicasOf } from './apply.js';
@@ -148,11 +174,21 @@ export class Manager implements History {
   async open(): Promise<void> {
     await ensureDir(this.root);
     const catalogFile = path.join(this.root, 'catalog.sqlite');
-    this.catalog = this.options.openCatalog ? this.options.openCatalog(catalogFile) : new Catalog(catalogFile);
+    this.catalog = this.options.openCatalog
+      ? this.options.openCatalog(catalogFile)
+      : new Catalog(catalogFile);
     this.txFiles = new TxFiles(this.root, () => this.replicas.length);
     await ensureDir(this.txFiles.redoDir);
     await ensureDir(this.txFiles.undoDir);
-    for (const volume of this.catalog.volumes()) this.replicas.push(ReplicaVolume.open(path.join(this.root, 'replica'), volume.idx, volume.name, volume.sizeBytes));
+    for (const volume of this.catalog.volumes())
+      this.replicas.push(
+        ReplicaVolume.open(
+          path.join(this.root, 'replica'),
+          volume.idx,
+          volume.name,
+          volume.sizeBytes,
+        ),
+      );
     await this.recover();
     this.refreshCommitted();
     await this.loadViews();
@@ -183,7 +219,10 @@ export class Manager implements History {
         // segment until it commits, so it is forgotten here and applied when the agent resends it.
         if ((error as { code?: string }).code !== 'ENOSPC' || tx.state !== 'received') throw error;
         const forgotten = this.catalog.forgetReceivedFrom(tx.idx);
-        this.options.log('warn', `disk full: ${forgotten} received transaction(s) from ${tx.idx} on are left to the agent to resend (${errorMessage(error)})`);
+        this.options.log(
+          'warn',
+          `disk full: ${forgotten} received transaction(s) from ${tx.idx} on are left to the agent to resend (${errorMessage(error)})`,
+        );
         break;
       }
     }
@@ -204,7 +243,13 @@ export class Manager implements History {
   private async loadViews(): Promise<void> {
     for (const row of this.catalog.views()) {
       const overlays = row.kind === 'clone' ? this.openOverlays(row.name) : undefined;
-      const view = await View.build(row.name, row.kind, Math.min(row.seq, this.committedSeq), this, overlays);
+      const view = await View.build(
+        row.name,
+        row.kind,
+        Math.min(row.seq, this.committedSeq),
+        this,
+        overlays,
+      );
       this.registerView(view);
     }
   }
@@ -241,8 +286,12 @@ export class Manager implements History {
   // ---- Agent sessions ----
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
     const handler = (socket: net.Socket): void => this.onAgentSocket(socket);
-    const server = this.options.tls ? tls.createServer({ cert: this.options.tls.cert, key: this.options.tls.key }, handler) : net.createServer(handler);
-    server.on('tlsClientError', (error: Error) => this.options.log('warn', `agent TLS handshake failed: ${error.message}`));
+    const server = this.options.tls
+      ? tls.createServer({ cert: this.options.tls.cert, key: this.options.tls.key }, handler)
+      : net.createServer(handler);
+    server.on('tlsClientError', (error: Error) =>
+      this.options.log('warn', `agent TLS handshake failed: ${error.message}`),
+    );
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -312,7 +361,11 @@ export class Manager implements History {
       setTimeout(() => refuse('REWIND_AUTH', 'wrong token'), delayMs);
       return false;
     }
-    if (message.protocol !== PROTOCOL_VERSION) return refuse('REWIND_PROTOCOL', `protocol ${message.protocol}, expected ${PROTOCOL_VERSION}`);
+    if (message.protocol !== PROTOCOL_VERSION)
+      return refuse(
+        'REWIND_PROTOCOL',
+        `protocol ${message.protocol}, expected ${PROTOCOL_VERSION}`,
+      );
     try {
       this.adoptVolumeSet(message.volumeSetId, message.volumeSetName, message.volumes);
     } catch (error) {
@@ -323,7 +376,11 @@ export class Manager implements History {
       this.restorer.onAgentLost();
     }
     this.session = socket;
-    sendFrame(socket, { type: 'welcome', seqCommitted: this.committedSeq, segmentCommitted: this.committedIdx });
+    sendFrame(socket, {
+      type: 'welcome',
+      seqCommitted: this.committedSeq,
+      segmentCommitted: this.committedIdx,
+    });
     // An interrupted production restore runs again now (the agent kept its volumes offline).
     setImmediate(() => this.restorer.resumeAll());
     return true;
@@ -332,13 +389,19 @@ export class Manager implements History {
   private adoptVolumeSet(volumeSetId: string, volumeSetName: string, volumes: VolumeInfo[]): void {
     const known = this.catalog.getMeta('volumeSetId');
     if (known && known !== volumeSetId) {
-      throw new RewindError('REWIND_CONFIG', `this manager protects volume set ${this.catalog.getMeta('volumeSetName') ?? ''} (${known}), not ${volumeSetId}`);
+      throw new RewindError(
+        'REWIND_CONFIG',
+        `this manager protects volume set ${this.catalog.getMeta('volumeSetName') ?? ''} (${known}), not ${volumeSetId}`,
+      );
     }
     const existing = this.catalog.volumes();
     for (const [idx, row] of existing.entries()) {
       const given = volumes[idx];
       if (!given || given.name !== row.name || given.sizeBytes !== row.sizeBytes) {
-        throw new RewindError('REWIND_CONFIG', `volume ${row.name} (${row.sizeBytes} bytes) changed or disappeared in the agent's volume list`);
+        throw new RewindError(
+          'REWIND_CONFIG',
+          `volume ${row.name} (${row.sizeBytes} bytes) changed or disappeared in the agent's volume list`,
+        );
       }
     }
     if (!known) {
@@ -348,7 +411,12 @@ export class Manager implements History {
     for (let idx = existing.length; idx < volumes.length; idx++) {
       const given = volumes[idx] as VolumeInfo;
       this.catalog.addVolume(idx, given.name, given.sizeBytes);
-      this.replicas[idx] = ReplicaVolume.open(path.join(this.root, 'replica'), idx, given.name, given.sizeBytes);
+      this.replicas[idx] = ReplicaVolume.open(
+        path.join(this.root, 'replica'),
+        idx,
+        given.name,
+        given.sizeBytes,
+      );
     }
   }
 
@@ -384,7 +452,8 @@ export class Manager implements History {
         return;
       }
       default:
-        if (!this.restorer.onAgentMessage(message)) this.options.log('warn', `unexpected message from agent: ${message.type}`);
+        if (!this.restorer.onAgentMessage(message))
+          this.options.log('warn', `unexpected message from agent: ${message.type}`);
     }
   }
 
@@ -393,32 +462,54 @@ export class Manager implements History {
     const next = this.queue.then(work, work);
     // The caller gets the error; only unexpected ones are logged here (a refused request is not).
     this.queue = next.catch((error: unknown) => {
-      if (!(error instanceof RewindError)) this.options.log('error', `manager task failed: ${errorMessage(error)}`);
+      if (!(error instanceof RewindError))
+        this.options.log('error', `manager task failed: ${errorMessage(error)}`);
     });
     return next;
   }
 
-  private async receiveSegment(socket: net.Socket, message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsing: ReturnType<typeof parseSegment>, linkFrom?: string): Promise<void> {
+  private async receiveSegment(
+    socket: net.Socket,
+    message: Extract<Message, { type: 'segment' }>,
+    payload: Buffer,
+    parsing: ReturnType<typeof parseSegment>,
+    linkFrom?: string,
+  ): Promise<void> {
     const refuse = (code: string, text: string): void => {
       this.options.log('error', `refused segment ${message.index}: ${text}`);
-      if (!socket.destroyed) sendFrame(socket, { type: 'refused', index: message.index, code, message: text });
+      if (!socket.destroyed)
+        sendFrame(socket, { type: 'refused', index: message.index, code, message: text });
     };
     if (message.index <= this.committedIdx) {
       const row = this.catalog.tx(message.index);
       // A resend after a lost ack is answered idempotently (applied once) when it is byte for byte
       // the committed segment; anything else under that index is refused.
-      if (row && row.redoCrc === message.fileCrc >>> 0 && (await this.sameAsStored(row.idx, payload))) {
-        if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: row.idx, seqLast: row.seqLast });
+      if (
+        row &&
+        row.redoCrc === message.fileCrc >>> 0 &&
+        (await this.sameAsStored(row.idx, payload))
+      ) {
+        if (!socket.destroyed)
+          sendFrame(socket, { type: 'ack', index: row.idx, seqLast: row.seqLast });
         return;
       }
-      return refuse('REWIND_SEGMENT_ORDER', `segment ${message.index} is already committed with different content`);
+      return refuse(
+        'REWIND_SEGMENT_ORDER',
+        `segment ${message.index} is already committed with different content`,
+      );
     }
     if (this.busyFrom !== undefined && message.index > this.busyFrom) {
       // Segments pipelined behind one refused for lack of space wait with it (not a gap).
-      return refuse('REWIND_BUSY', `segment ${message.index} waits behind segment ${this.busyFrom}, which the manager could not store`);
+      return refuse(
+        'REWIND_BUSY',
+        `segment ${message.index} waits behind segment ${this.busyFrom}, which the manager could not store`,
+      );
     }
     if (message.index !== this.committedIdx + 1 || message.seqFirst !== this.committedSeq + 1) {
-      return refuse('REWIND_SEQ_GAP', `segment ${message.index} starts at seq ${message.seqFirst}; expected segment ${this.committedIdx + 1} at seq ${this.committedSeq + 1}`);
+      return refuse(
+        'REWIND_SEQ_GAP',
+        `segment ${message.index} starts at seq ${message.seqFirst}; expected segment ${this.committedIdx + 1} at seq ${this.committedSeq + 1}`,
+      );
     }
     let parsed: SealedRedo;
     try {
@@ -436,10 +527,14 @@ export class Manager implements History {
     } catch (error) {
       if (!isDiskError(error)) throw error;
       this.busyFrom = message.index;
-      return refuse('REWIND_BUSY', `the manager cannot store segment ${message.index} now (${errorMessage(error)}); the agent keeps it and resends`);
+      return refuse(
+        'REWIND_BUSY',
+        `the manager cannot store segment ${message.index} now (${errorMessage(error)}); the agent keeps it and resends`,
+      );
     }
     this.busyFrom = undefined;
-    if (!socket.destroyed) sendFrame(socket, { type: 'ack', index: message.index, seqLast: parsed.trailer.seqLast });
+    if (!socket.destroyed)
+      sendFrame(socket, { type: 'ack', index: message.index, seqLast: parsed.trailer.seqLast });
   }
 
   /**
@@ -447,25 +542,54 @@ export class Manager implements History {
    * parsed) at once, then takes its turn like a segment sent over the link, except that the redo
    * copy is a hard link to the agent's file. Only a manager given the spool directory takes this.
    */
-  private receiveSegmentFile(socket: net.Socket, message: Extract<Message, { type: 'segment-file' }>): void {
+  private receiveSegmentFile(
+    socket: net.Socket,
+    message: Extract<Message, { type: 'segment-file' }>,
+  ): void {
     const spoolDir = this.options.localSpoolDir;
     const name = String(message.name);
     if (spoolDir === undefined || !SPOOL_SEGMENT_NAME.test(name)) {
-      const text = spoolDir === undefined ? 'this manager takes segments over the link only' : `bad segment file name ${JSON.stringify(name.slice(0, 100))}`;
+      const text =
+        spoolDir === undefined
+          ? 'this manager takes segments over the link only'
+          : `bad segment file name ${JSON.stringify(name.slice(0, 100))}`;
       this.options.log('error', `refused segment ${message.index}: ${text}`);
-      sendFrame(socket, { type: 'refused', index: message.index, code: 'REWIND_PROTOCOL', message: text });
+      sendFrame(socket, {
+        type: 'refused',
+        index: message.index,
+        code: 'REWIND_PROTOCOL',
+        message: text,
+      });
       return;
     }
     const file = path.join(spoolDir, name);
     const loading = fsp.readFile(file).then(
-      (payload) => ({ payload, parsing: parseSegment(payload, message.index, this.replicas.length) }),
-      (error: unknown) => ({ payload: Buffer.alloc(0), parsing: { error: new RewindError('REWIND_IO', `segment ${message.index}: cannot read ${file}: ${errorMessage(error)}`) } }),
+      (payload) => ({
+        payload,
+        parsing: parseSegment(payload, message.index, this.replicas.length),
+      }),
+      (error: unknown) => ({
+        payload: Buffer.alloc(0),
+        parsing: {
+          error: new RewindError(
+            'REWIND_IO',
+            `segment ${message.index}: cannot read ${file}: ${errorMessage(error)}`,
+          ),
+        },
+      }),
     );
     // Nothing crossed a wire, so the file's checksum is compared with itself; every record's
     // checksum and the trailer are still verified by the parse.
     const loaded = loading.then(({ payload, parsing }) => {
       const fileCrc = 'parsed' in parsing ? parsing.parsed.fileCrc : 0;
-      const asSegment = { type: 'segment' as const, index: message.index, seqFirst: message.seqFirst, seqLast: message.seqLast, fileCrc, bytes: payload.length };
+      const asSegment = {
+        type: 'segment' as const,
+        index: message.index,
+        seqFirst: message.seqFirst,
+        seqLast: message.seqLast,
+        fileCrc,
+        bytes: payload.length,
+      };
       this.storeEarly(asSegment, payload, parsing, file);
       return { asSegment, payload, parsing };
     });
@@ -497,13 +621,25 @@ export class Manager implements History {
    * disk): then its files have no row; the agent resends the same bytes, which are stored again
    * over them, and a restart removes files without a row, like files left by a crash.
    */
-  private storeEarly(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsing: ReturnType<typeof parseSegment>, linkFrom?: string): void {
+  private storeEarly(
+    message: Extract<Message, { type: 'segment' }>,
+    payload: Buffer,
+    parsing: ReturnType<typeof parseSegment>,
+    linkFrom?: string,
+  ): void {
     if (!('parsed' in parsing) || this.closing) return;
     const parsed = parsing.parsed;
     const idx = message.index;
     const start = (): void => {
-      if (this.closing || idx !== this.writtenIdx + 1 || message.seqFirst !== this.writtenSeq + 1) return;
-      if (this.busyFrom !== undefined || this.earlyRunning.has(idx) || this.turnStoring.has(idx) || this.catalog.tx(idx) !== undefined) return;
+      if (this.closing || idx !== this.writtenIdx + 1 || message.seqFirst !== this.writtenSeq + 1)
+        return;
+      if (
+        this.busyFrom !== undefined ||
+        this.earlyRunning.has(idx) ||
+        this.turnStoring.has(idx) ||
+        this.catalog.tx(idx) !== undefined
+      )
+        return;
       try {
         // Every check its turn in the queue makes, so that nothing is stored for a segment that
         // will be refused (the queue makes them again and answers the agent).
@@ -521,14 +657,16 @@ export class Manager implements History {
       void settled.then(() => this.earlyRunning.delete(idx));
     };
     if (idx === this.writtenIdx + 1) start();
-    else if (idx > this.writtenIdx + 1 && !this.earlyWaiting.has(idx)) this.earlyWaiting.set(idx, start);
+    else if (idx > this.writtenIdx + 1 && !this.earlyWaiting.has(idx))
+      this.earlyWaiting.set(idx, start);
   }
 
   /** The transaction `idx` has its replica writes issued: the next segment may start early. */
   private written(idx: number, seqLast: number): void {
     this.writtenIdx = idx;
     this.writtenSeq = seqLast;
-    for (const waiting of this.earlyWaiting.keys()) if (waiting <= idx) this.earlyWaiting.delete(waiting);
+    for (const waiting of this.earlyWaiting.keys())
+      if (waiting <= idx) this.earlyWaiting.delete(waiting);
     const next = this.earlyWaiting.get(idx + 1);
     this.earlyWaiting.delete(idx + 1);
     next?.();
@@ -538,11 +676,23 @@ export class Manager implements History {
    * The redo copy and the undo of a segment, at once: they are independent of each other, and the
    * replica is untouched until the transaction is cataloged.
    */
-  private async store(idx: number, payload: Buffer, parsed: SealedRedo, linkFrom?: string): Promise<StoreResult> {
+  private async store(
+    idx: number,
+    payload: Buffer,
+    parsed: SealedRedo,
+    linkFrom?: string,
+  ): Promise<StoreResult> {
     const undoFile = this.txFiles.undoPath(idx);
-    const header = { volumeSetId: parsed.header.volumeSetId, segmentIndex: idx, seqFirst: parsed.header.seqFirst, seqLast: parsed.trailer.seqLast };
+    const header = {
+      volumeSetId: parsed.header.volumeSetId,
+      segmentIndex: idx,
+      seqFirst: parsed.header.seqFirst,
+      seqLast: parsed.trailer.seqLast,
+    };
     const [redoDone, undoDone] = await Promise.allSettled([
-      linkFrom ? linkFileDurable(linkFrom, this.txFiles.redoPath(idx), payload) : writeFileDurable(this.txFiles.redoPath(idx), payload),
+      linkFrom
+        ? linkFileDurable(linkFrom, this.txFiles.redoPath(idx), payload)
+        : writeFileDurable(this.txFiles.redoPath(idx), payload),
       this.applier.saveUndo(undoFile, header, parsed.records, this.replicas),
     ]);
     if (redoDone.status === 'rejected') throw redoDone.reason;
@@ -551,13 +701,24 @@ export class Manager implements History {
   }
 
   /** `linkFrom`: the agent's sealed file holding `payload`, linked rather than copied. */
-  private async storeAndRun(message: Extract<Message, { type: 'segment' }>, payload: Buffer, parsed: SealedRedo, linkFrom?: string): Promise<void> {
+  private async storeAndRun(
+    message: Extract<Message, { type: 'segment' }>,
+    payload: Buffer,
+    parsed: SealedRedo,
+    linkFrom?: string,
+  ): Promise<void> {
     // When the segment's turn came (the row is written later, once redo and undo are durable).
     const receivedAt = new Date().toISOString();
     const existing = this.catalog.tx(message.index);
     if (existing) {
-      if (existing.redoCrc !== parsed.fileCrc || !(await this.sameAsStored(existing.idx, payload))) {
-        throw new RewindError('REWIND_SEGMENT_ORDER', `segment ${message.index} differs from the copy already received`);
+      if (
+        existing.redoCrc !== parsed.fileCrc ||
+        !(await this.sameAsStored(existing.idx, payload))
+      ) {
+        throw new RewindError(
+          'REWIND_SEGMENT_ORDER',
+          `segment ${message.index} differs from the copy already received`,
+        );
       }
       await this.runTx(existing, parsed);
       return;
@@ -604,22 +765,49 @@ export class Manager implements History {
   }
 
   /** `seqNext`: the seq the segment must start at (the committed one's successor, in the queue). */
-  private checkSegment(parsed: SealedRedo, message: Extract<Message, { type: 'segment' }>, seqNext = this.committedSeq + 1): void {
+  private checkSegment(
+    parsed: SealedRedo,
+    message: Extract<Message, { type: 'segment' }>,
+    seqNext = this.committedSeq + 1,
+  ): void {
     const known = this.catalog.getMeta('volumeSetId') ?? '';
     if (parsed.header.volumeSetId.toString('hex') !== known.replace(/-/g, '')) {
-      throw new RewindError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} belongs to another volume set`);
+      throw new RewindError(
+        'REWIND_SEGMENT_CORRUPT',
+        `segment ${message.index} belongs to another volume set`,
+      );
     }
-    if (parsed.header.segmentIndex !== message.index || parsed.header.seqFirst !== message.seqFirst || parsed.trailer.seqLast !== message.seqLast || parsed.fileCrc !== message.fileCrc >>> 0) {
-      throw new SegmentError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} from agent`, 0, 'header, seq range or checksum differ from what the agent announced');
+    if (
+      parsed.header.segmentIndex !== message.index ||
+      parsed.header.seqFirst !== message.seqFirst ||
+      parsed.trailer.seqLast !== message.seqLast ||
+      parsed.fileCrc !== message.fileCrc >>> 0
+    ) {
+      throw new SegmentError(
+        'REWIND_SEGMENT_CORRUPT',
+        `segment ${message.index} from agent`,
+        0,
+        'header, seq range or checksum differ from what the agent announced',
+      );
     }
     // Continuity is checked on the segment's own header, not only on the announcement.
     if (parsed.header.seqFirst !== seqNext) {
-      throw new SegmentError('REWIND_SEQ_GAP', `segment ${message.index} from agent`, 40, `segment starts at seq ${parsed.header.seqFirst}; expected seq ${seqNext}`);
+      throw new SegmentError(
+        'REWIND_SEQ_GAP',
+        `segment ${message.index} from agent`,
+        40,
+        `segment starts at seq ${parsed.header.seqFirst}; expected seq ${seqNext}`,
+      );
     }
     for (const record of parsed.records) {
       const size = (this.replicas[record.volume] as ReplicaVolume).sizeBytes;
       if (record.offsetBytes + record.lengthBytes > size) {
-        throw new SegmentError('REWIND_SEGMENT_CORRUPT', `segment ${message.index} from agent`, record.recordOffsetBytes, `record seq ${record.seq} ends at ${record.offsetBytes + record.lengthBytes}, past the end of volume ${record.volume} (${size} bytes)`);
+        throw new SegmentError(
+          'REWIND_SEGMENT_CORRUPT',
+          `segment ${message.index} from agent`,
+          record.recordOffsetBytes,
+          `record seq ${record.seq} ends at ${record.offsetBytes + record.lengthBytes}, past the end of volume ${record.volume} (${size} bytes)`,
+        );
       }
     }
   }
@@ -634,11 +822,23 @@ export class Manager implements History {
     if (row.state === 'received') {
       // Only catalogs written before redo and undo were saved together have this state. The
       // replica is untouched in it, so the undo built now is the true before-image.
-      const undo = await this.applier.saveUndo(undoFile, { volumeSetId: parsed.header.volumeSetId, segmentIndex: row.idx, seqFirst: row.seqFirst, seqLast: row.seqLast }, parsed.records, this.replicas);
+      const undo = await this.applier.saveUndo(
+        undoFile,
+        {
+          volumeSetId: parsed.header.volumeSetId,
+          segmentIndex: row.idx,
+          seqFirst: row.seqFirst,
+          seqLast: row.seqLast,
+        },
+        parsed.records,
+        this.replicas,
+      );
       this.catalog.setUndoSaved(row.idx, undo.bytes, undo.fileCrc);
       extents = undo.extents;
     } else {
-      extents = savedExtents ?? parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
+      extents =
+        savedExtents ??
+        parseUndo(await fsp.readFile(undoFile), undoFile, this.replicas.length).extents;
     }
     this.txFiles.remember(row.idx, { records: parsed.records, undo: extents });
     // Open views take the before-image now, before the replica changes under them.
@@ -646,7 +846,12 @@ export class Manager implements History {
     for (const view of this.internalViews) view.addUndo(row.idx, extents);
     if (row.state !== 'applied') {
       await markApplied(parsed.records, this.replicas);
-      await this.applier.writeRedo(this.txFiles.redoPath(row.idx), row.redoBytes, parsed.records, this.replicas);
+      await this.applier.writeRedo(
+        this.txFiles.redoPath(row.idx),
+        row.redoBytes,
+        parsed.records,
+        this.replicas,
+      );
       // The next segment's undo may now be built from the replica (storeEarly) while this one's
       // writes are made durable.
       this.written(row.idx, row.seqLast);
@@ -683,7 +888,13 @@ export class Manager implements History {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.commitWaiters = this.commitWaiters.filter((w) => w !== waiter);
-        reject(new RewindError('REWIND_BUSY', `seq ${seq} not committed within ${timeoutMs} ms (committed: ${this.committedSeq})`, { hint: 'check rewind status for the lag and the agent connection' }));
+        reject(
+          new RewindError(
+            'REWIND_BUSY',
+            `seq ${seq} not committed within ${timeoutMs} ms (committed: ${this.committedSeq})`,
+            { hint: 'check rewind status for the lag and the agent connection' },
+          ),
+        );
       }, timeoutMs);
       const waiter = { seq, resolve: () => (clearTimeout(timer), resolve()) };
       this.commitWaiters.push(waiter);
@@ -693,7 +904,10 @@ export class Manager implements History {
   /** Asks the agent to seal its active segment; with `wait`, returns once it is committed. */
   async seal(wait: boolean, timeoutMs = 60_000): Promise<{ seqLast: number; committed: number }> {
     const session = this.session;
-    if (!session) throw new RewindError('REWIND_BUSY', 'no agent is connected', { hint: 'start the agent, or check its log for why it cannot reach the manager' });
+    if (!session)
+      throw new RewindError('REWIND_BUSY', 'no agent is connected', {
+        hint: 'start the agent, or check its log for why it cannot reach the manager',
+      });
     const id = ++this.sealId;
     const seqLast = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -713,14 +927,21 @@ export class Manager implements History {
     const trimmed = text.trim();
     if (trimmed.startsWith('@')) {
       const bookmark = this.catalog.bookmark(trimmed.slice(1));
-      if (!bookmark) throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${trimmed.slice(1)}"`, { hint: 'rewind bookmarks lists them' });
+      if (!bookmark)
+        throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${trimmed.slice(1)}"`, {
+          hint: 'rewind bookmarks lists them',
+        });
       return this.resolvePoint(String(bookmark.seq));
     }
     const point = parsePoint(text);
     const historyStart = this.historyStart();
     if (point.kind === 'seq') {
       if (point.seq > this.committedSeq) {
-        throw new RewindError('REWIND_POINT_INVALID', `seq ${point.seq} is not committed yet (last committed: ${this.committedSeq})`, { hint: 'wait, or run rewind seal --wait' });
+        throw new RewindError(
+          'REWIND_POINT_INVALID',
+          `seq ${point.seq} is not committed yet (last committed: ${this.committedSeq})`,
+          { hint: 'wait, or run rewind seal --wait' },
+        );
       }
       if (point.seq < historyStart) throw this.beforeHistory(`seq ${point.seq}`, historyStart);
       this.refuseInsideResync(point.seq);
@@ -732,11 +953,18 @@ export class Manager implements History {
   /** The refusal of a point before `start` (historyStart()), also while the history has not begun. */
   private beforeHistory(what: string, start: number): RewindError {
     if (start === Number.MAX_SAFE_INTEGER) {
-      return new RewindError('REWIND_POINT_INVALID', `${what}: the history has not started yet (the first protection's resync of the data already on the volume is still arriving)`, {
-        hint: 'wait until rewind status shows it committed',
-      });
+      return new RewindError(
+        'REWIND_POINT_INVALID',
+        `${what}: the history has not started yet (the first protection's resync of the data already on the volume is still arriving)`,
+        {
+          hint: 'wait until rewind status shows it committed',
+        },
+      );
     }
-    return new RewindError('REWIND_POINT_INVALID', `${what} is before the history starts (seq ${start})`);
+    return new RewindError(
+      'REWIND_POINT_INVALID',
+      `${what} is before the history starts (seq ${start})`,
+    );
   }
 
   /** The first restorable seq: 0, or the end of a resync the history begins with (first protection). */
@@ -754,13 +982,20 @@ export class Manager implements History {
   private refuseInsideGap(seq: number, timeNs: bigint, text: string): void {
     const next = this.catalog.txContaining(seq + 1);
     if (!next || next.kind === 'redo' || next.seqFirst !== seq + 1) return;
-    const header = decodeRedoHeader(this.readHead(this.txFiles.redoPath(next.idx)), this.txFiles.redoPath(next.idx));
+    const header = decodeRedoHeader(
+      this.readHead(this.txFiles.redoPath(next.idx)),
+      this.txFiles.redoPath(next.idx),
+    );
     const gapStartNs = header.createdNs > 0n ? header.createdNs : -1n;
     if (gapStartNs < 0n ? true : timeNs >= gapStartNs) {
       const from = gapStartNs > 0n ? formatTimeNs(gapStartNs) : `the write at seq ${seq}`;
-      throw new RewindError('REWIND_POINT_INVALID', `time ${text} falls in a window without per-write history (from ${from} until a resync from seq ${next.seqFirst})`, {
-        hint: `choose seq ${seq}, or the end of that resync (rewind log marks its records)`,
-      });
+      throw new RewindError(
+        'REWIND_POINT_INVALID',
+        `time ${text} falls in a window without per-write history (from ${from} until a resync from seq ${next.seqFirst})`,
+        {
+          hint: `choose seq ${seq}, or the end of that resync (rewind log marks its records)`,
+        },
+      );
     }
   }
 
@@ -776,13 +1011,25 @@ export class Manager implements History {
     if (tx.kind === 'resync-end' && seq === tx.seqLast) return; // the consistent point after it
     // One resync spans consecutive transactions up to its resync-end: the window is all of them.
     let first = tx;
-    for (let prev = this.catalog.tx(first.idx - 1); prev?.kind === 'resync'; prev = this.catalog.tx(first.idx - 1)) first = prev;
+    for (
+      let prev = this.catalog.tx(first.idx - 1);
+      prev?.kind === 'resync';
+      prev = this.catalog.tx(first.idx - 1)
+    )
+      first = prev;
     let last: TxRow | undefined = tx;
     while (last && last.kind === 'resync') last = this.catalog.tx(last.idx + 1);
-    const end = last && last.kind === 'resync-end' && last.state === 'committed' ? `seq ${last.seqLast}` : 'its end, once committed';
-    throw new RewindError('REWIND_POINT_INVALID', `seq ${seq} lies inside a resync (from seq ${first.seqFirst}), which has no per-write history`, {
-      hint: `choose seq ${first.seqFirst - 1} or ${end}`,
-    });
+    const end =
+      last && last.kind === 'resync-end' && last.state === 'committed'
+        ? `seq ${last.seqLast}`
+        : 'its end, once committed';
+    throw new RewindError(
+      'REWIND_POINT_INVALID',
+      `seq ${seq} lies inside a resync (from seq ${first.seqFirst}), which has no per-write history`,
+      {
+        hint: `choose seq ${first.seqFirst - 1} or ${end}`,
+      },
+    );
   }
 
   private seqAtTime(timeNs: bigint, text: string): number {
@@ -790,12 +1037,20 @@ export class Manager implements History {
     if (timeNs > lastCommittedTimeNs) {
       const status = this.agentStatus;
       const nowNs = BigInt(Date.now()) * 1_000_000n;
-      if (timeNs > nowNs) throw new RewindError('REWIND_POINT_INVALID', `time ${text} is in the future`);
-      const quiet = status && status.seqCaptured === this.committedSeq && BigInt(status.receivedAtMs) * 1_000_000n >= timeNs;
+      if (timeNs > nowNs)
+        throw new RewindError('REWIND_POINT_INVALID', `time ${text} is in the future`);
+      const quiet =
+        status &&
+        status.seqCaptured === this.committedSeq &&
+        BigInt(status.receivedAtMs) * 1_000_000n >= timeNs;
       if (!quiet) {
-        throw new RewindError('REWIND_POINT_INVALID', `writes captured up to ${text} are not all committed yet (last committed write: ${formatTimeNs(lastCommittedTimeNs)})`, {
-          hint: 'wait, or run rewind seal --wait',
-        });
+        throw new RewindError(
+          'REWIND_POINT_INVALID',
+          `writes captured up to ${text} are not all committed yet (last committed write: ${formatTimeNs(lastCommittedTimeNs)})`,
+          {
+            hint: 'wait, or run rewind seal --wait',
+          },
+        );
       }
       this.refuseInsideResync(this.committedSeq);
       return this.committedSeq;
@@ -812,7 +1067,9 @@ export class Manager implements History {
   private seqAtTimeIn(tx: TxRow, timeNs: bigint, text: string): number {
     // The transaction's records are scanned synchronously from the cache when present.
     const file = this.txFiles.redoPath(tx.idx);
-    const records = this.txFiles.cached(tx.idx)?.records ?? parseSealedRedo(fs.readFileSync(file), file, this.replicas.length).records;
+    const records =
+      this.txFiles.cached(tx.idx)?.records ??
+      parseSealedRedo(fs.readFileSync(file), file, this.replicas.length).records;
     let seq = tx.seqFirst - 1;
     let seqTimeNs = 0n;
     for (const record of records) {
@@ -826,12 +1083,24 @@ export class Manager implements History {
   }
 
   async createView(name: string, kind: 'snapshot' | 'clone', pointText: string): Promise<View> {
-    if (!VIEW_NAME.test(name)) throw new RewindError('REWIND_BAD_ARGUMENT', `name "${name}" is invalid`, { hint: 'use letters, digits, dot, dash and underscore (at most 64)' });
-    if (this.views.has(name)) throw new RewindError('REWIND_CONFLICT', `a snapshot or clone named "${name}" already exists`);
-    if (this.replicas.length === 0) throw new RewindError('REWIND_BUSY', 'no volume set is known yet: no agent has connected');
+    if (!VIEW_NAME.test(name))
+      throw new RewindError('REWIND_BAD_ARGUMENT', `name "${name}" is invalid`, {
+        hint: 'use letters, digits, dot, dash and underscore (at most 64)',
+      });
+    if (this.views.has(name))
+      throw new RewindError(
+        'REWIND_CONFLICT',
+        `a snapshot or clone named "${name}" already exists`,
+      );
+    if (this.replicas.length === 0)
+      throw new RewindError('REWIND_BUSY', 'no volume set is known yet: no agent has connected');
     return this.enqueue(async () => {
       const seq = this.resolvePoint(pointText);
-      if (this.views.has(name)) throw new RewindError('REWIND_CONFLICT', `a snapshot or clone named "${name}" already exists`);
+      if (this.views.has(name))
+        throw new RewindError(
+          'REWIND_CONFLICT',
+          `a snapshot or clone named "${name}" already exists`,
+        );
       const overlays = kind === 'clone' ? this.openOverlays(name) : undefined;
       const view = await View.build(name, kind, seq, this, overlays);
       this.catalog.addView({ name, kind, seq, createdAt: new Date().toISOString() });
@@ -843,21 +1112,33 @@ export class Manager implements History {
   private openOverlays(name: string): Overlay[] {
     const dir = path.join(this.root, 'clones', name);
     fs.mkdirSync(dir, { recursive: true });
-    return this.replicas.map((replica) => Overlay.open(path.join(dir, `${replica.name}.img`), path.join(dir, `${replica.name}.journal`), replica.sizeBytes));
+    return this.replicas.map((replica) =>
+      Overlay.open(
+        path.join(dir, `${replica.name}.img`),
+        path.join(dir, `${replica.name}.journal`),
+        replica.sizeBytes,
+      ),
+    );
   }
 
   private registerView(view: View): void {
     this.views.set(view.name, view);
     this.viewExports.set(
       view.name,
-      this.replicas.map((replica) => new ViewExport(view, replica.index, `${replica.name}@${view.name}`, replica.sizeBytes)),
+      this.replicas.map(
+        (replica) =>
+          new ViewExport(view, replica.index, `${replica.name}@${view.name}`, replica.sizeBytes),
+      ),
     );
     this.options.onExportsChanged?.([]);
   }
 
   async removeView(name: string): Promise<void> {
     const view = this.views.get(name);
-    if (!view) throw new RewindError('REWIND_NOT_FOUND', `no snapshot or clone named "${name}"`, { hint: 'rewind ls lists them' });
+    if (!view)
+      throw new RewindError('REWIND_NOT_FOUND', `no snapshot or clone named "${name}"`, {
+        hint: 'rewind ls lists them',
+      });
     await this.enqueue(async () => {
       const exports = this.viewExports.get(name) ?? [];
       this.views.delete(name);
@@ -896,13 +1177,27 @@ export class Manager implements History {
    * Moves a snapshot (or a clone without writes of its own, or with `discardWrites`) to another
    * point; returns the writes crossed. Its NBD clients read the new content on their next read.
    */
-  async stepView(name: string, how: { forward?: number; back?: number; to?: string; discardWrites?: boolean }): Promise<{ from: number; to: number; crossed: LogEntry[] }> {
+  async stepView(
+    name: string,
+    how: { forward?: number; back?: number; to?: string; discardWrites?: boolean },
+  ): Promise<{ from: number; to: number; crossed: LogEntry[] }> {
     const view = this.views.get(name);
-    if (!view) throw new RewindError('REWIND_NOT_FOUND', `no snapshot or clone named "${name}"`, { hint: 'rewind ls lists them' });
+    if (!view)
+      throw new RewindError('REWIND_NOT_FOUND', `no snapshot or clone named "${name}"`, {
+        hint: 'rewind ls lists them',
+      });
     const given = [how.forward, how.back, how.to].filter((v) => v !== undefined).length;
-    if (given !== 1) throw new RewindError('REWIND_BAD_ARGUMENT', 'give exactly one of --forward N, --back N or --to POINT');
+    if (given !== 1)
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        'give exactly one of --forward N, --back N or --to POINT',
+      );
     for (const n of [how.forward, how.back]) {
-      if (n !== undefined && (!Number.isSafeInteger(n) || n < 1)) throw new RewindError('REWIND_BAD_ARGUMENT', `a step count must be a positive integer, not ${n}`);
+      if (n !== undefined && (!Number.isSafeInteger(n) || n < 1))
+        throw new RewindError(
+          'REWIND_BAD_ARGUMENT',
+          `a step count must be a positive integer, not ${n}`,
+        );
     }
     return this.enqueue(async () => {
       const from = view.seq;
@@ -911,48 +1206,81 @@ export class Manager implements History {
       else if (how.forward !== undefined) {
         target = from + how.forward;
         if (target > this.committedSeq) {
-          throw new RewindError('REWIND_POINT_INVALID', `${name} is at seq ${from}; ${how.forward} forward is seq ${target}, past the last committed seq ${this.committedSeq}`, { hint: 'wait, or run rewind seal --wait' });
+          throw new RewindError(
+            'REWIND_POINT_INVALID',
+            `${name} is at seq ${from}; ${how.forward} forward is seq ${target}, past the last committed seq ${this.committedSeq}`,
+            { hint: 'wait, or run rewind seal --wait' },
+          );
         }
         this.refuseInsideResync(target);
       } else {
         target = from - (how.back as number);
         const start = this.historyStart();
-        if (target < start) throw this.beforeHistory(`${name} is at seq ${from}; ${how.back} back`, start);
+        if (target < start)
+          throw this.beforeHistory(`${name} is at seq ${from}; ${how.back} back`, start);
         this.refuseInsideResync(target);
       }
       const overlays = view.overlays ?? [];
       if (overlays.some((o) => o.hasWrites)) {
         if (!how.discardWrites) {
-          throw new RewindError('REWIND_CONFLICT', `clone ${name} has writes of its own; stepping would mix them with another point`, { hint: 'add --discard-writes to drop them, or make a new clone' });
+          throw new RewindError(
+            'REWIND_CONFLICT',
+            `clone ${name} has writes of its own; stepping would mix them with another point`,
+            { hint: 'add --discard-writes to drop them, or make a new clone' },
+          );
         }
         for (const overlay of overlays) await overlay.discard();
       }
       const crossed = await view.stepTo(target);
       this.catalog.updateViewSeq(name, target);
       const kinds = new Map<number, TxKind>();
-      const kindOf = (idx: number): TxKind => kinds.get(idx) ?? (kinds.set(idx, this.catalog.tx(idx)?.kind ?? 'redo').get(idx) as TxKind);
-      return { from, to: target, crossed: crossed.map(({ idx, record }) => this.logEntry(record, kindOf(idx))) };
+      const kindOf = (idx: number): TxKind =>
+        kinds.get(idx) ?? (kinds.set(idx, this.catalog.tx(idx)?.kind ?? 'redo').get(idx) as TxKind);
+      return {
+        from,
+        to: target,
+        crossed: crossed.map(({ idx, record }) => this.logEntry(record, kindOf(idx))),
+      };
     });
   }
 
   // ---- Bookmarks ----
-  async addBookmark(name: string, pointText: string | undefined): Promise<{ name: string; seq: number; time: string }> {
-    if (!VIEW_NAME.test(name)) throw new RewindError('REWIND_BAD_ARGUMENT', `bookmark name "${name}" is invalid`, { hint: 'use letters, digits, dot, dash and underscore (at most 64)' });
+  async addBookmark(
+    name: string,
+    pointText: string | undefined,
+  ): Promise<{ name: string; seq: number; time: string }> {
+    if (!VIEW_NAME.test(name))
+      throw new RewindError('REWIND_BAD_ARGUMENT', `bookmark name "${name}" is invalid`, {
+        hint: 'use letters, digits, dot, dash and underscore (at most 64)',
+      });
     return this.enqueue(async () => {
       const seq = pointText === undefined ? this.committedSeq : this.resolvePoint(pointText);
       if (pointText === undefined) this.refuseInsideResync(seq);
       const timeNs = await this.seqTimeNs(seq);
-      this.catalog.addBookmark({ name, seq, timeUs: Number(timeNs / 1000n), createdAt: new Date().toISOString() });
+      this.catalog.addBookmark({
+        name,
+        seq,
+        timeUs: Number(timeNs / 1000n),
+        createdAt: new Date().toISOString(),
+      });
       return { name, seq, time: formatTimeNs(timeNs) };
     });
   }
 
   removeBookmark(name: string): void {
-    if (!this.catalog.removeBookmark(name)) throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${name}"`, { hint: 'rewind bookmarks lists them' });
+    if (!this.catalog.removeBookmark(name))
+      throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${name}"`, {
+        hint: 'rewind bookmarks lists them',
+      });
   }
 
   bookmarks(): { name: string; seq: number; time: string; createdAt: string }[] {
-    return this.catalog.bookmarks().map((b) => ({ name: b.name, seq: b.seq, time: formatTimeNs(BigInt(b.timeUs) * 1000n), createdAt: b.createdAt }));
+    return this.catalog.bookmarks().map((b) => ({
+      name: b.name,
+      seq: b.seq,
+      time: formatTimeNs(BigInt(b.timeUs) * 1000n),
+      createdAt: b.createdAt,
+    }));
   }
 
   /** Capture time of the write at `seq` (0: the first write's time, or now when there is none). */
@@ -965,8 +1293,12 @@ export class Manager implements History {
   }
 
   async *log(filter: { volume?: string; from?: number; to?: number }): AsyncGenerator<LogEntry> {
-    const volumeIndex = filter.volume === undefined ? undefined : this.replicas.findIndex((r) => r.name === filter.volume);
-    if (volumeIndex === -1) throw new RewindError('REWIND_NOT_FOUND', `no volume named "${filter.volume}"`);
+    const volumeIndex =
+      filter.volume === undefined
+        ? undefined
+        : this.replicas.findIndex((r) => r.name === filter.volume);
+    if (volumeIndex === -1)
+      throw new RewindError('REWIND_NOT_FOUND', `no volume named "${filter.volume}"`);
     const from = filter.from ?? 1;
     const to = filter.to ?? Number.MAX_SAFE_INTEGER;
     for (const tx of this.catalog.committedTxs(from, to)) {
@@ -995,9 +1327,15 @@ export class Manager implements History {
     const agent = this.agentStatus;
     const connected = this.session !== undefined;
     const seqCaptured = Math.max(agent?.seqCaptured ?? this.committedSeq, this.committedSeq);
-    const lagSeconds = agent && seqCaptured > this.committedSeq ? Math.max(0, Number(agent.timeCapturedNs - this.committedTimeNs) / 1e9) : 0;
+    const lagSeconds =
+      agent && seqCaptured > this.committedSeq
+        ? Math.max(0, Number(agent.timeCapturedNs - this.committedTimeNs) / 1e9)
+        : 0;
     return {
-      volumeSet: { id: this.catalog.getMeta('volumeSetId') ?? null, name: this.catalog.getMeta('volumeSetName') ?? null },
+      volumeSet: {
+        id: this.catalog.getMeta('volumeSetId') ?? null,
+        name: this.catalog.getMeta('volumeSetName') ?? null,
+      },
       volumes: this.replicas.map((r) => ({ name: r.name, sizeBytes: r.sizeBytes })),
       agentConnected: connected,
       seqCaptured,
@@ -1009,7 +1347,9 @@ export class Manager implements History {
       sealedPending: agent?.sealedPending ?? 0,
       mode: connected ? (agent?.mode ?? 'logging') : 'disconnected',
       failure: agent?.failure ?? null,
-      offline: agent?.restoring ? { restore: agent.restoring.id, volumes: agent.restoring.volumes } : null,
+      offline: agent?.restoring
+        ? { restore: agent.restoring.id, volumes: agent.restoring.volumes }
+        : null,
       transactions: this.committedIdx,
       views: this.views.size,
     };
@@ -1018,14 +1358,17 @@ export class Manager implements History {
   async close(): Promise<void> {
     // server.close() waits for every connection to end: end them first, or a connected agent
     // keeps the manager from stopping.
-    const closed = new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    const closed = new Promise<void>((resolve) =>
+      this.server ? this.server.close(() => resolve()) : resolve(),
+    );
     for (const socket of this.sockets) socket.destroy();
     this.session?.destroy();
     await closed;
     await this.queue.catch(() => undefined);
     this.closing = true; // no early store starts now; wait for those running
     await Promise.all(this.earlyRunning.values());
-    for (const view of this.views.values()) for (const overlay of view.overlays ?? []) overlay.close();
+    for (const view of this.views.values())
+      for (const overlay of view.overlays ?? []) overlay.close();
     await this.applier.close();
     for (const replica of this.replicas) replica.close();
     this.txFiles.close();
@@ -1036,7 +1379,11 @@ export class Manager implements History {
 type StoreResult = Awaited<ReturnType<Applier['saveUndo']>>;
 
 /** Parses a segment from the agent; what it throws is handled in the queue, in segment order. */
-function parseSegment(payload: Buffer, index: number, volumeCount: number): { parsed: SealedRedo } | { error: unknown } {
+function parseSegment(
+  payload: Buffer,
+  index: number,
+  volumeCount: number,
+): { parsed: SealedRedo } | { error: unknown } {
   try {
     return { parsed: parseSealedRedo(payload, `segment ${index} from agent`, volumeCount) };
   } catch (error) {
@@ -1052,5 +1399,11 @@ function txKind(flags: number): TxKind {
 /** Errors of a full or failing disk (files or SQLite): backpressure for the agent. */
 function isDiskError(error: unknown): boolean {
   const code = String((error as { code?: unknown }).code ?? '');
-  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO' || code === 'SQLITE_FULL' || code.startsWith('SQLITE_IOERR');
+  return (
+    code === 'ENOSPC' ||
+    code === 'EDQUOT' ||
+    code === 'EIO' ||
+    code === 'SQLITE_FULL' ||
+    code.startsWith('SQLITE_IOERR')
+  );
 }

@@ -19,7 +19,15 @@ export class ReplicaVolume {
   private readonly alloc: Buffer;
   private allocChanged = false;
 
-  private constructor(index: number, name: string, sizeBytes: number, file: string, fd: number, allocFd: number, alloc: Buffer) {
+  private constructor(
+    index: number,
+    name: string,
+    sizeBytes: number,
+    file: string,
+    fd: number,
+    allocFd: number,
+    alloc: Buffer,
+  ) {
     this.index = index;
     this.name = name;
     this.sizeBytes = sizeBytes;

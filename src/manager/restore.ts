@@ -72,22 +72,35 @@ export class Restorer {
 
   // ---- Planning ----
   private validate(spec: RestoreSpec): void {
-    if (!Array.isArray(spec.volumes) || spec.volumes.length === 0) throw new RewindError('REWIND_BAD_ARGUMENT', 'name at least one volume to restore');
+    if (!Array.isArray(spec.volumes) || spec.volumes.length === 0)
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'name at least one volume to restore');
     const known = this.manager.replicas.map((r) => r.name);
     for (const volume of spec.volumes) {
-      if (!known.includes(volume)) throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, { hint: `volumes: ${known.join(', ') || 'none yet'}` });
+      if (!known.includes(volume))
+        throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, {
+          hint: `volumes: ${known.join(', ') || 'none yet'}`,
+        });
     }
-    if (new Set(spec.volumes).size !== spec.volumes.length) throw new RewindError('REWIND_BAD_ARGUMENT', 'a volume is named twice');
+    if (new Set(spec.volumes).size !== spec.volumes.length)
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'a volume is named twice');
     if (spec.ranges && spec.ranges.length > 0) {
-      if (spec.volumes.length !== 1) throw new RewindError('REWIND_BAD_ARGUMENT', '--range restores part of one volume; name exactly one');
+      if (spec.volumes.length !== 1)
+        throw new RewindError(
+          'REWIND_BAD_ARGUMENT',
+          '--range restores part of one volume; name exactly one',
+        );
       for (const range of spec.ranges) checkRange(this.manager, spec.volumes[0] as string, range);
     }
-    if ((spec.at === undefined) === (spec.fromClone === undefined)) throw new RewindError('REWIND_BAD_ARGUMENT', 'give either --at POINT or --from-clone NAME');
+    if ((spec.at === undefined) === (spec.fromClone === undefined))
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'give either --at POINT or --from-clone NAME');
   }
 
   private clone(name: string): View {
     const view = this.manager.views.get(name);
-    if (!view || view.kind !== 'clone') throw new RewindError('REWIND_NOT_FOUND', `no clone named "${name}"`, { hint: 'rewind ls lists snapshots and clones' });
+    if (!view || view.kind !== 'clone')
+      throw new RewindError('REWIND_NOT_FOUND', `no clone named "${name}"`, {
+        hint: 'rewind ls lists snapshots and clones',
+      });
     return view;
   }
 
@@ -104,22 +117,48 @@ export class Restorer {
         // The clone's own writes differ from history too.
         const index = this.manager.replicas.findIndex((r) => r.name === volume);
         const overlay = clone.overlays?.[index];
-        const own = overlay ? overlay.map.query(0, this.manager.volumeSize(index)).filter((p) => p.value !== undefined).map((p) => ({ offset: p.start, length: p.end - p.start })) : [];
+        const own = overlay
+          ? overlay.map
+              .query(0, this.manager.volumeSize(index))
+              .filter((p) => p.value !== undefined)
+              .map((p) => ({ offset: p.start, length: p.end - p.start }))
+          : [];
         ranges = mergeRanges([...ranges, ...own]);
       }
-      if (spec.ranges && spec.ranges.length > 0) ranges = intersect(ranges, mergeRanges(spec.ranges));
+      if (spec.ranges && spec.ranges.length > 0)
+        ranges = intersect(ranges, mergeRanges(spec.ranges));
       volumes.push({ volume, ranges, bytes: ranges.reduce((sum, r) => sum + r.length, 0) });
     }
-    return { seq, asOfSeq, source: clone ? `clone ${clone.name}` : `history at seq ${seq}`, volumes, bytes: volumes.reduce((sum, v) => sum + v.bytes, 0) };
+    return {
+      seq,
+      asOfSeq,
+      source: clone ? `clone ${clone.name}` : `history at seq ${seq}`,
+      volumes,
+      bytes: volumes.reduce((sum, v) => sum + v.bytes, 0),
+    };
   }
 
   // ---- Running ----
   /** Records the restore and starts it; returns its id at once (progress via `status`). */
   async start(spec: RestoreSpec): Promise<RestoreStatus> {
     this.validate(spec);
-    if (!this.manager.agentConnected) throw new RewindError('REWIND_BUSY', 'no agent is connected, so production cannot be restored now', { hint: 'start the agent, or check rewind status' });
-    const busy = this.manager.catalog.runningRestores().filter((row) => (JSON.parse(row.spec) as RestoreSpec).volumes.some((v) => spec.volumes.includes(v)));
-    if (busy.length > 0) throw new RewindError('REWIND_CONFLICT', `restore #${(busy[0] as RestoreRow).id} is still running on ${spec.volumes.join(', ')}`, { hint: 'wait for it (rewind restores), or abandon it with rewind restore --abandon ID' });
+    if (!this.manager.agentConnected)
+      throw new RewindError(
+        'REWIND_BUSY',
+        'no agent is connected, so production cannot be restored now',
+        { hint: 'start the agent, or check rewind status' },
+      );
+    const busy = this.manager.catalog
+      .runningRestores()
+      .filter((row) =>
+        (JSON.parse(row.spec) as RestoreSpec).volumes.some((v) => spec.volumes.includes(v)),
+      );
+    if (busy.length > 0)
+      throw new RewindError(
+        'REWIND_CONFLICT',
+        `restore #${(busy[0] as RestoreRow).id} is still running on ${spec.volumes.join(', ')}`,
+        { hint: 'wait for it (rewind restores), or abandon it with rewind restore --abandon ID' },
+      );
     const clone = spec.fromClone === undefined ? undefined : this.clone(spec.fromClone);
     const seq = spec.at !== undefined ? this.manager.resolvePoint(spec.at) : (clone as View).seq;
     const id = this.manager.catalog.addRestore(JSON.stringify(spec), seq);
@@ -129,17 +168,26 @@ export class Restorer {
 
   /** Runs every restore left running (after a restart or a lost link), once the agent is back. */
   resumeAll(): void {
-    for (const row of this.manager.catalog.runningRestores()) if (!this.active.has(row.id)) this.launch(row.id);
+    for (const row of this.manager.catalog.runningRestores())
+      if (!this.active.has(row.id)) this.launch(row.id);
   }
 
   /** Gives up on a failed or stuck restore: the volumes come back online as they are now. */
   async abandon(id: number): Promise<RestoreStatus> {
     const row = this.manager.catalog.restore(id);
     if (!row) throw new RewindError('REWIND_NOT_FOUND', `no restore #${id}`);
-    if (row.state === 'done') throw new RewindError('REWIND_CONFLICT', `restore #${id} already finished`);
-    if (this.active.has(id)) throw new RewindError('REWIND_CONFLICT', `restore #${id} is running in this process; wait for it to finish or fail`);
+    if (row.state === 'done')
+      throw new RewindError('REWIND_CONFLICT', `restore #${id} already finished`);
+    if (this.active.has(id))
+      throw new RewindError(
+        'REWIND_CONFLICT',
+        `restore #${id} is running in this process; wait for it to finish or fail`,
+      );
     const done = await this.ask({ type: 'restore-end', id, abandon: true }, `restore-done:${id}`);
-    this.manager.catalog.updateRestore(id, { state: 'failed', message: `abandoned by the operator; production of ${this.volumesOf(row).join(', ')} is partially restored (now at seq ${(done as { seqLast: number }).seqLast})` });
+    this.manager.catalog.updateRestore(id, {
+      state: 'failed',
+      message: `abandoned by the operator; production of ${this.volumesOf(row).join(', ')} is partially restored (now at seq ${(done as { seqLast: number }).seqLast})`,
+    });
     return this.status(id);
   }
 
@@ -151,13 +199,21 @@ export class Restorer {
         try {
           // A lost link leaves the restore running: it resumes when the agent is back.
           if (error instanceof LinkLost) {
-            this.manager.catalog.updateRestore(id, { message: `waiting for the agent: ${message}` });
+            this.manager.catalog.updateRestore(id, {
+              message: `waiting for the agent: ${message}`,
+            });
           } else {
-            this.manager.catalog.updateRestore(id, { state: 'failed', message: `${message}; production is partially restored and stays offline: run the same restore again to finish it, or rewind restore --abandon ${id}` });
+            this.manager.catalog.updateRestore(id, {
+              state: 'failed',
+              message: `${message}; production is partially restored and stays offline: run the same restore again to finish it, or rewind restore --abandon ${id}`,
+            });
           }
         } catch (recordError) {
           // The catalog is closing (shutdown): the row stays running and resumes at the next start.
-          this.manager.note('warn', `restore #${id}: could not record its state: ${errorMessage(recordError)}`);
+          this.manager.note(
+            'warn',
+            `restore #${id}: could not record its state: ${errorMessage(recordError)}`,
+          );
         }
       })
       .finally(() => {
@@ -177,23 +233,53 @@ export class Restorer {
     const spec = JSON.parse(row.spec) as RestoreSpec;
     const catalog = this.manager.catalog;
     catalog.updateRestore(id, { message: 'taking the volumes offline' });
-    const ready = (await this.ask({ type: 'restore-begin', id, volumes: spec.volumes }, `restore-ready:${id}`)) as { seqLast: number };
+    const ready = (await this.ask(
+      { type: 'restore-begin', id, volumes: spec.volumes },
+      `restore-ready:${id}`,
+    )) as { seqLast: number };
     await this.manager.waitCommitted(ready.seqLast, 120_000);
     // The seq before the restore's own writes is kept from the first attempt: restoring to it undoes the restore.
     if (row.seqFirst === null) catalog.updateRestore(id, { seqFirst: ready.seqLast });
-    const plan = await this.plan(spec.fromClone === undefined ? { ...spec, at: String(row.seq) } : spec);
-    catalog.updateRestore(id, { bytesTotal: plan.bytes, bytesDone: 0, message: `writing ${plan.bytes} bytes` });
+    const plan = await this.plan(
+      spec.fromClone === undefined ? { ...spec, at: String(row.seq) } : spec,
+    );
+    catalog.updateRestore(id, {
+      bytesTotal: plan.bytes,
+      bytesDone: 0,
+      message: `writing ${plan.bytes} bytes`,
+    });
     const clone = spec.fromClone === undefined ? undefined : this.clone(spec.fromClone);
     const write = async (view: View): Promise<void> => {
       let chunk = 0;
       let done = 0;
       let savedAt = Date.now();
       const inFlight = new Set<Promise<void>>();
-      const send = async (volume: string, offset: number, length: number, data: Buffer | undefined): Promise<void> => {
+      const send = async (
+        volume: string,
+        offset: number,
+        length: number,
+        data: Buffer | undefined,
+      ): Promise<void> => {
         const number = ++chunk;
-        const sent = this.ask({ type: 'restore-write', id, chunk: number, volume, offset, length, zero: data === undefined }, `restore-written:${id}:${number}`, data).then((reply) => {
+        const sent = this.ask(
+          {
+            type: 'restore-write',
+            id,
+            chunk: number,
+            volume,
+            offset,
+            length,
+            zero: data === undefined,
+          },
+          `restore-written:${id}:${number}`,
+          data,
+        ).then((reply) => {
           const errno = (reply as { errno: number }).errno;
-          if (errno !== 0) throw new RewindError('REWIND_IO', `the agent could not write ${volume} at ${offset} (errno ${errno})`);
+          if (errno !== 0)
+            throw new RewindError(
+              'REWIND_IO',
+              `the agent could not write ${volume} at ${offset} (errno ${errno})`,
+            );
           done += length;
           this.progress.set(id, done);
         });
@@ -213,7 +299,7 @@ export class Restorer {
           let at = range.offset;
           for (const piece of view.zeroPieces(index, range.offset, range.length)) {
             const pieceEnd = at + piece.lengthBytes;
-            for (let offset = at; offset < pieceEnd; ) {
+            for (let offset = at; offset < pieceEnd;) {
               if (piece.zero) {
                 const length = Math.min(ZERO_RUN_BYTES_MAX, pieceEnd - offset);
                 await send(volume, offset, length, undefined);
@@ -234,9 +320,15 @@ export class Restorer {
     };
     if (clone) await write(clone);
     else await this.manager.withView(row.seq, write);
-    const end = (await this.ask({ type: 'restore-end', id, abandon: false }, `restore-done:${id}`)) as { seqLast: number };
+    const end = (await this.ask(
+      { type: 'restore-end', id, abandon: false },
+      `restore-done:${id}`,
+    )) as { seqLast: number };
     catalog.updateRestore(id, { state: 'done', seqLast: end.seqLast, message: null });
-    this.manager.note('info', `restore #${id} done: ${spec.volumes.join(', ')} at seq ${row.seq}, ${plan.bytes} bytes written`);
+    this.manager.note(
+      'info',
+      `restore #${id} done: ${spec.volumes.join(', ')} at seq ${row.seq}, ${plan.bytes} bytes written`,
+    );
   }
 
   /** Waits for the running restore `id` to settle (tests and the CLI's --wait). */
@@ -247,7 +339,10 @@ export class Restorer {
 
   status(id: number): RestoreStatus {
     const row = this.manager.catalog.restore(id);
-    if (!row) throw new RewindError('REWIND_NOT_FOUND', `no restore #${id}`, { hint: 'rewind restores lists them' });
+    if (!row)
+      throw new RewindError('REWIND_NOT_FOUND', `no restore #${id}`, {
+        hint: 'rewind restores lists them',
+      });
     const spec = JSON.parse(row.spec) as RestoreSpec;
     return {
       id: row.id,
@@ -272,7 +367,8 @@ export class Restorer {
   // ---- Link ----
   private ask(message: Message, key: string, payload?: Buffer): Promise<Message> {
     return new Promise((resolve, reject) => {
-      if (!this.manager.sendToAgent(message, payload)) return reject(new LinkLost('the agent is not connected'));
+      if (!this.manager.sendToAgent(message, payload))
+        return reject(new LinkLost('the agent is not connected'));
       this.waiters.set(key, { resolve, reject });
     });
   }
@@ -308,7 +404,8 @@ export class Restorer {
   }
 
   onAgentLost(): void {
-    for (const waiter of this.waiters.values()) waiter.reject(new LinkLost('the link to the agent was lost'));
+    for (const waiter of this.waiters.values())
+      waiter.reject(new LinkLost('the link to the agent was lost'));
     this.waiters.clear();
   }
 }

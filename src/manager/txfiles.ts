@@ -11,7 +11,15 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { RewindError } from '../core/index.js';
 import { mapReadOnly } from '../platform/index.js';
-import { parseSealedRedo, parseUndo, REDO_HEADER_BYTES, TRAILER_BYTES, UNDO_HEADER_BYTES, type RedoRecord, type UndoExtent } from '../log/index.js';
+import {
+  parseSealedRedo,
+  parseUndo,
+  REDO_HEADER_BYTES,
+  TRAILER_BYTES,
+  UNDO_HEADER_BYTES,
+  type RedoRecord,
+  type UndoExtent,
+} from '../log/index.js';
 import { TX_INDEX_BINDING_BYTES, TxIndex } from '../views/tx-index.js';
 
 export { TxIndex };
@@ -78,7 +86,8 @@ export class TxFiles {
       this.maps.delete(key); // refresh LRU position
     } else {
       map = mapReadOnly(this.fd(kind === 'redo' ? this.redoPath(idx) : this.undoPath(idx))) ?? null;
-      if (this.maps.size >= MAPPED_FILES_MAX) this.maps.delete(this.maps.keys().next().value as number);
+      if (this.maps.size >= MAPPED_FILES_MAX)
+        this.maps.delete(this.maps.keys().next().value as number);
     }
     this.maps.set(key, map);
     return map ?? undefined;
@@ -102,7 +111,13 @@ export class TxFiles {
     let binding: Buffer | undefined;
     try {
       binding = readBinding(redoFile, undoFile);
-      const stored = TxIndex.decode(await fsp.readFile(indexFile), indexFile, idx, binding, this.volumeCount());
+      const stored = TxIndex.decode(
+        await fsp.readFile(indexFile),
+        indexFile,
+        idx,
+        binding,
+        this.volumeCount(),
+      );
       this.cacheEntry(idx, stored);
       return stored;
     } catch {
@@ -112,7 +127,10 @@ export class TxFiles {
     const redo = parseSealedRedo(redoBuf, redoFile, this.volumeCount());
     const undo = parseUndo(undoBuf, undoFile, this.volumeCount());
     if (undo.header.segmentIndex !== idx) {
-      throw new RewindError('REWIND_SEGMENT_CORRUPT', `${undoFile} belongs to transaction ${undo.header.segmentIndex}, expected ${idx}`);
+      throw new RewindError(
+        'REWIND_SEGMENT_CORRUPT',
+        `${undoFile} belongs to transaction ${undo.header.segmentIndex}, expected ${idx}`,
+      );
     }
     const entry = TxIndex.fromLists(redo.records, undo.extents);
     // The binding of the buffers just verified, not of a second read of the files.
@@ -129,7 +147,10 @@ export class TxFiles {
    * Caches the verified lists of a transaction whose redo and undo files are in place (the apply
    * path calls this once the undo is durable) and writes its index file.
    */
-  remember(idx: number, entry: { records: readonly RedoRecord[]; undo: readonly UndoExtent[] } | TxIndex): void {
+  remember(
+    idx: number,
+    entry: { records: readonly RedoRecord[]; undo: readonly UndoExtent[] } | TxIndex,
+  ): void {
     const index = entry instanceof TxIndex ? entry : TxIndex.fromLists(entry.records, entry.undo);
     try {
       this.store(idx, index, readBinding(this.redoPath(idx), this.undoPath(idx)));
@@ -177,7 +198,10 @@ export class TxFiles {
 
 /** Header and trailer of a whole segment file in memory (redo and undo share both sizes). */
 function bindingOf(buf: Buffer): Buffer {
-  return Buffer.concat([buf.subarray(0, REDO_HEADER_BYTES), buf.subarray(buf.length - TRAILER_BYTES)]);
+  return Buffer.concat([
+    buf.subarray(0, REDO_HEADER_BYTES),
+    buf.subarray(buf.length - TRAILER_BYTES),
+  ]);
 }
 
 /** Header and trailer of the redo file, then of the undo file, as they are on disk now. */
@@ -188,7 +212,11 @@ function readBinding(redoFile: string, undoFile: string): Buffer {
     const fd = fs.openSync(file, 'r');
     try {
       const size = fs.fstatSync(fd).size;
-      if (size < UNDO_HEADER_BYTES + TRAILER_BYTES) throw new RewindError('REWIND_SEGMENT_TRUNCATED', `${file} is too short to be a sealed segment`);
+      if (size < UNDO_HEADER_BYTES + TRAILER_BYTES)
+        throw new RewindError(
+          'REWIND_SEGMENT_TRUNCATED',
+          `${file} is too short to be a sealed segment`,
+        );
       readExactly(fd, binding, at, REDO_HEADER_BYTES, 0);
       readExactly(fd, binding, at + REDO_HEADER_BYTES, TRAILER_BYTES, size - TRAILER_BYTES);
     } finally {
@@ -199,7 +227,13 @@ function readBinding(redoFile: string, undoFile: string): Buffer {
   return binding;
 }
 
-function readExactly(fd: number, target: Buffer, targetOffset: number, length: number, position: number): void {
+function readExactly(
+  fd: number,
+  target: Buffer,
+  targetOffset: number,
+  length: number,
+  position: number,
+): void {
   let done = 0;
   while (done < length) {
     const n = fs.readSync(fd, target, targetOffset + done, length - done, position + done);

@@ -1,7 +1,13 @@
 // The NBD face of one volume of a view: read-only for snapshots, writable into the overlay for
 // clones. Reads are synchronous so that none can straddle a transaction being applied.
 import { assert } from '../core/index.js';
-import { NbdErrno, type BlockStatusCallback, type DoneCallback, type ExportBackend, type ReadCallback } from '../nbd/backend.js';
+import {
+  NbdErrno,
+  type BlockStatusCallback,
+  type DoneCallback,
+  type ExportBackend,
+  type ReadCallback,
+} from '../nbd/backend.js';
 import type { Overlay } from '../views/overlay.js';
 import type { View } from '../views/view.js';
 
@@ -70,6 +76,9 @@ export class ViewExport implements ExportBackend {
 
   blockStatus(offsetBytes: number, lengthBytes: number, done: BlockStatusCallback): void {
     const pieces = this.view.zeroPieces(this.volume, offsetBytes, lengthBytes);
-    done(0, pieces.map((p) => ({ lengthBytes: p.lengthBytes, flags: p.zero ? 3 : 0 })));
+    done(
+      0,
+      pieces.map((p) => ({ lengthBytes: p.lengthBytes, flags: p.zero ? 3 : 0 })),
+    );
   }
 }

@@ -39,7 +39,12 @@ export class ByteQueue {
     while (filledBytes < lengthBytes) {
       const chunk = this.chunks[this.head];
       assert(chunk !== undefined, 'queue accounting broken');
-      const copiedBytes = chunk.copy(joined, filledBytes, this.headOffset, this.headOffset + lengthBytes - filledBytes);
+      const copiedBytes = chunk.copy(
+        joined,
+        filledBytes,
+        this.headOffset,
+        this.headOffset + lengthBytes - filledBytes,
+      );
       filledBytes += copiedBytes;
       this.consume(copiedBytes);
     }

@@ -346,7 +346,9 @@ export class Connection {
       return;
     }
     if (request.lengthBytes > WRITE_DRAIN_BYTES_MAX) {
-      this.hardClose('write payload too large to drain', 'warn', { lengthBytes: request.lengthBytes });
+      this.hardClose('write payload too large to drain', 'warn', {
+        lengthBytes: request.lengthBytes,
+      });
       return;
     }
     this.phase = { kind: 'writeDrain', request, rejection, remainingBytes: request.lengthBytes };
@@ -380,7 +382,10 @@ export class Connection {
     const offsetBytes = request.offsetBytes;
     assert(offsetBytes !== undefined, 'dispatching an unvalidated offset');
     const carriesData = request.type === Command.READ || request.type === Command.WRITE;
-    const pending = new Pending(request, REQUEST_OVERHEAD_BYTES + (carriesData ? request.lengthBytes : 0));
+    const pending = new Pending(
+      request,
+      REQUEST_OVERHEAD_BYTES + (carriesData ? request.lengthBytes : 0),
+    );
     this.inflightCount += 1;
     this.inflightBytes += pending.costBytes;
     const fua = (request.flags & CommandFlag.FUA) !== 0;
@@ -388,10 +393,15 @@ export class Connection {
     const type = request.type as DispatchedCommand;
     switch (type) {
       case Command.READ:
-        backend.read(offsetBytes, request.lengthBytes, (errno, data) => this.onReadDone(pending, errno, data));
+        backend.read(offsetBytes, request.lengthBytes, (errno, data) =>
+          this.onReadDone(pending, errno, data),
+        );
         return;
       case Command.WRITE:
-        assert(payload !== undefined && payload.length === request.lengthBytes, 'write payload missing');
+        assert(
+          payload !== undefined && payload.length === request.lengthBytes,
+          'write payload missing',
+        );
         backend.write(offsetBytes, payload, fua, done);
         return;
       case Command.FLUSH:
@@ -415,7 +425,8 @@ export class Connection {
 
   /** Marks a request complete; a second call is a backend bug. */
   private complete(pending: Pending): void {
-    if (pending.completed) assert(false, `backend completed ${commandName(pending.request.type)} twice`);
+    if (pending.completed)
+      assert(false, `backend completed ${commandName(pending.request.type)} twice`);
     pending.completed = true;
     this.inflightCount -= 1;
     this.inflightBytes -= pending.costBytes;
@@ -433,7 +444,11 @@ export class Connection {
     this.afterCompletion();
   }
 
-  private onReadDone(pending: Pending, errno: number, data: Buffer | readonly Buffer[] | undefined): void {
+  private onReadDone(
+    pending: Pending,
+    errno: number,
+    data: Buffer | readonly Buffer[] | undefined,
+  ): void {
     this.complete(pending);
     const request = pending.request;
     if (errno !== 0) {
@@ -444,7 +459,11 @@ export class Connection {
     this.afterCompletion();
   }
 
-  private onBlockStatusDone(pending: Pending, errno: number, extents: readonly BlockStatusExtent[] | undefined): void {
+  private onBlockStatusDone(
+    pending: Pending,
+    errno: number,
+    extents: readonly BlockStatusExtent[] | undefined,
+  ): void {
     this.complete(pending);
     const request = pending.request;
     if (errno !== 0) {
@@ -493,12 +512,18 @@ export class Connection {
     this.send([header, ...buffers]);
   }
 
-  private replyBlockStatus(request: Request, extents: readonly BlockStatusExtent[] | undefined): void {
+  private replyBlockStatus(
+    request: Request,
+    extents: readonly BlockStatusExtent[] | undefined,
+  ): void {
     assert(extents !== undefined, 'block status succeeded without extents');
     const session = this.requireSession();
     assert(session.allocationContextId !== undefined, 'block status without a context');
     // Each extent is 8 bytes; keep the chunk within the maximum payload as well as the spec cap.
-    const extentsMax = Math.max(1, Math.min(EXTENTS_MAX, Math.floor((session.maxPayloadBytes - 4) / 8)));
+    const extentsMax = Math.max(
+      1,
+      Math.min(EXTENTS_MAX, Math.floor((session.maxPayloadBytes - 4) / 8)),
+    );
     const reqOne = (request.flags & CommandFlag.REQ_ONE) !== 0;
     const shaped = shapeExtents(extents, request.lengthBytes, reqOne, extentsMax);
     this.send([encodeBlockStatusChunk(request.cookie, session.allocationContextId, shaped)]);
@@ -570,7 +595,11 @@ export class Connection {
 
   private hardClose(reason: string, level: LogLevel = 'warn', fields: object = {}): void {
     if (this.closed || this.socket.destroyed) return;
-    this.host.log(level, `nbd connection closed: ${reason}`, { remote: this.remote, export: this.exportName, ...fields });
+    this.host.log(level, `nbd connection closed: ${reason}`, {
+      remote: this.remote,
+      export: this.exportName,
+      ...fields,
+    });
     this.phase = { kind: 'closing' };
     this.queue.clear();
     this.socket.destroy();
@@ -582,8 +611,14 @@ export class Connection {
   }
 
   private onSocketError(error: NodeJS.ErrnoException): void {
-    const level: LogLevel = error.code !== undefined && QUIET_SOCKET_ERRORS.has(error.code) ? 'info' : 'warn';
-    this.host.log(level, 'nbd socket error', { remote: this.remote, export: this.exportName, code: error.code, error: error.message });
+    const level: LogLevel =
+      error.code !== undefined && QUIET_SOCKET_ERRORS.has(error.code) ? 'info' : 'warn';
+    this.host.log(level, 'nbd socket error', {
+      remote: this.remote,
+      export: this.exportName,
+      code: error.code,
+      error: error.message,
+    });
   }
 
   private onClose(): void {

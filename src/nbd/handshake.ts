@@ -70,7 +70,12 @@ class OptionReader {
   /** A u32-length-prefixed string of at most STRING_BYTES_MAX bytes. */
   string(): string | undefined {
     const lengthBytes = this.u32();
-    if (lengthBytes === undefined || lengthBytes > STRING_BYTES_MAX || lengthBytes > this.remainingBytes) return undefined;
+    if (
+      lengthBytes === undefined ||
+      lengthBytes > STRING_BYTES_MAX ||
+      lengthBytes > this.remainingBytes
+    )
+      return undefined;
     const text = this.data.toString('utf8', this.positionBytes, this.positionBytes + lengthBytes);
     this.positionBytes += lengthBytes;
     return text;
@@ -91,7 +96,8 @@ function decodeInfoRequest(data: Buffer): InfoRequest | undefined {
   const reader = new OptionReader(data);
   const exportName = reader.string();
   const count = reader.u16();
-  if (exportName === undefined || count === undefined || reader.remainingBytes !== count * 2) return undefined;
+  if (exportName === undefined || count === undefined || reader.remainingBytes !== count * 2)
+    return undefined;
   const infoTypes: number[] = [];
   for (let index = 0; index < count; index += 1) infoTypes.push(reader.u16() ?? 0);
   return { exportName, infoTypes };
@@ -102,7 +108,8 @@ function decodeMetaRequest(data: Buffer): MetaRequest | undefined {
   const exportName = reader.string();
   const count = reader.u32();
   // Each query needs at least its 4-byte length, which bounds the loop by the data already held.
-  if (exportName === undefined || count === undefined || count * 4 > reader.remainingBytes) return undefined;
+  if (exportName === undefined || count === undefined || count * 4 > reader.remainingBytes)
+    return undefined;
   const queries: string[] = [];
   for (let index = 0; index < count; index += 1) {
     const query = reader.string();
@@ -128,9 +135,11 @@ export class Handshake {
 
   /** Handles one complete option; `data` has already been bounded by the caller. */
   handleOption(option: number, data: Buffer): OptionOutcome {
-    if (option === Option.ABORT) return { kind: 'abort', replies: [encodeOptionReply(option, OptionReply.ACK)] };
+    if (option === Option.ABORT)
+      return { kind: 'abort', replies: [encodeOptionReply(option, OptionReply.ACK)] };
     if (option === Option.EXPORT_NAME) return this.exportName(data);
-    if (this.context.isShuttingDown()) return this.error(option, OptionReply.ERR_SHUTDOWN, 'server is shutting down');
+    if (this.context.isShuttingDown())
+      return this.error(option, OptionReply.ERR_SHUTDOWN, 'server is shutting down');
     switch (option) {
       case Option.LIST:
         return this.list(option, data);
@@ -147,7 +156,11 @@ export class Handshake {
       case Option.EXTENDED_HEADERS:
         return this.error(option, OptionReply.ERR_UNSUP, 'extended headers are not supported');
       default:
-        return this.error(option, OptionReply.ERR_UNSUP, `option ${optionName(option)} is not supported`);
+        return this.error(
+          option,
+          OptionReply.ERR_UNSUP,
+          `option ${optionName(option)} is not supported`,
+        );
     }
   }
 
@@ -183,15 +196,22 @@ export class Handshake {
 
   /** The old path: no way to send an error, so anything wrong closes the connection. */
   private exportName(data: Buffer): OptionOutcome {
-    if (this.context.isShuttingDown()) return { kind: 'close', reason: 'EXPORT_NAME while shutting down' };
-    if (data.length > STRING_BYTES_MAX) return { kind: 'close', reason: 'EXPORT_NAME name too long' };
+    if (this.context.isShuttingDown())
+      return { kind: 'close', reason: 'EXPORT_NAME while shutting down' };
+    if (data.length > STRING_BYTES_MAX)
+      return { kind: 'close', reason: 'EXPORT_NAME name too long' };
     const exportName = data.toString('utf8');
     const backend = this.resolve(exportName);
-    if (!backend) return { kind: 'close', reason: `EXPORT_NAME for unknown export "${exportName}"` };
+    if (!backend)
+      return { kind: 'close', reason: `EXPORT_NAME for unknown export "${exportName}"` };
     const refusal = this.refusal(backend);
     if (refusal !== null) return { kind: 'close', reason: `EXPORT_NAME refused: ${refusal}` };
     const session = this.sessionFor(backend);
-    const reply = encodeExportNameReply(backend.sizeBytes, session.transmissionFlags, this.noZeroes);
+    const reply = encodeExportNameReply(
+      backend.sizeBytes,
+      session.transmissionFlags,
+      this.noZeroes,
+    );
     return { kind: 'transmission', replies: [reply], session };
   }
 
@@ -199,7 +219,13 @@ export class Handshake {
     if (data.length !== 0) return this.error(option, OptionReply.ERR_INVALID, 'LIST takes no data');
     const replies = this.context.registry
       .list()
-      .map((backend) => encodeOptionReply(option, OptionReply.SERVER, encodeServerEntry(backend.name, backend.description)));
+      .map((backend) =>
+        encodeOptionReply(
+          option,
+          OptionReply.SERVER,
+          encodeServerEntry(backend.name, backend.description),
+        ),
+      );
     replies.push(encodeOptionReply(option, OptionReply.ACK));
     return { kind: 'continue', replies };
   }
@@ -208,7 +234,8 @@ export class Handshake {
     const request = decodeInfoRequest(data);
     if (!request) return this.error(option, OptionReply.ERR_INVALID, 'malformed INFO/GO request');
     const backend = this.resolve(request.exportName);
-    if (!backend) return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
+    if (!backend)
+      return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
     const refusal = this.refusal(backend);
     if (refusal !== null) return this.error(option, OptionReply.ERR_POLICY, refusal);
     const session = this.sessionFor(backend);
@@ -219,21 +246,29 @@ export class Handshake {
   }
 
   /** INFO_EXPORT always; NAME, DESCRIPTION, BLOCK_SIZE when asked for (each once); others ignored. */
-  private infoReplies(option: number, backend: ExportBackend, session: Session, infoTypes: number[]): Buffer[] {
+  private infoReplies(
+    option: number,
+    backend: ExportBackend,
+    session: Session,
+    infoTypes: number[],
+  ): Buffer[] {
     const info = (payload: Buffer): Buffer => encodeOptionReply(option, OptionReply.INFO, payload);
     const replies = [info(encodeInfoExport(backend.sizeBytes, session.transmissionFlags))];
     for (const infoType of new Set(infoTypes)) {
-      if (infoType === InfoType.NAME) replies.push(info(encodeInfoString(InfoType.NAME, backend.name)));
+      if (infoType === InfoType.NAME)
+        replies.push(info(encodeInfoString(InfoType.NAME, backend.name)));
       if (infoType === InfoType.DESCRIPTION && backend.description !== '') {
         replies.push(info(encodeInfoString(InfoType.DESCRIPTION, backend.description)));
       }
-      if (infoType === InfoType.BLOCK_SIZE) replies.push(info(encodeInfoBlockSize(this.context.blockSizes)));
+      if (infoType === InfoType.BLOCK_SIZE)
+        replies.push(info(encodeInfoBlockSize(this.context.blockSizes)));
     }
     return replies;
   }
 
   private structuredReply(option: number, data: Buffer): OptionOutcome {
-    if (data.length !== 0) return this.error(option, OptionReply.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+    if (data.length !== 0)
+      return this.error(option, OptionReply.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
     this.structuredReplies = true;
     return { kind: 'continue', replies: [encodeOptionReply(option, OptionReply.ACK)] };
   }
@@ -249,17 +284,26 @@ export class Handshake {
       return this.error(option, OptionReply.ERR_INVALID, 'meta contexts need structured replies');
     }
     const request = decodeMetaRequest(data);
-    if (!request) return this.error(option, OptionReply.ERR_INVALID, 'malformed meta context request');
+    if (!request)
+      return this.error(option, OptionReply.ERR_INVALID, 'malformed meta context request');
     const backend = this.resolve(request.exportName);
-    if (!backend) return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
+    if (!backend)
+      return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
     const matches = isSet
       ? request.queries.some((query) => query === BASE_ALLOCATION)
-      : request.queries.length === 0 || request.queries.some((query) => query === 'base:' || query === BASE_ALLOCATION);
+      : request.queries.length === 0 ||
+        request.queries.some((query) => query === 'base:' || query === BASE_ALLOCATION);
     const replies: Buffer[] = [];
     if (matches) {
       // LIST replies carry id 0 (reserved); SET hands out the id BLOCK_STATUS replies will use.
       const contextId = isSet ? ALLOCATION_CONTEXT_ID : 0;
-      replies.push(encodeOptionReply(option, OptionReply.META_CONTEXT, encodeMetaContext(contextId, BASE_ALLOCATION)));
+      replies.push(
+        encodeOptionReply(
+          option,
+          OptionReply.META_CONTEXT,
+          encodeMetaContext(contextId, BASE_ALLOCATION),
+        ),
+      );
       if (isSet) this.allocationSelectedFor = backend.name;
     }
     replies.push(encodeOptionReply(option, OptionReply.ACK));

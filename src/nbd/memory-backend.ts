@@ -38,11 +38,22 @@ export class MemoryBackend implements ExportBackend {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
   readonly multiConn: boolean;
-  readonly stats: MemoryBackendStats = { reads: 0, writes: 0, fuaWrites: 0, flushes: 0, trims: 0, zeroes: 0, blockStatus: 0 };
+  readonly stats: MemoryBackendStats = {
+    reads: 0,
+    writes: 0,
+    fuaWrites: 0,
+    flushes: 0,
+    trims: 0,
+    zeroes: 0,
+    blockStatus: 0,
+  };
   private readonly chunks = new Map<number, Buffer>();
 
   constructor(options: MemoryBackendOptions) {
-    assert(Number.isSafeInteger(options.sizeBytes) && options.sizeBytes >= 0, 'sizeBytes must be a safe integer');
+    assert(
+      Number.isSafeInteger(options.sizeBytes) && options.sizeBytes >= 0,
+      'sizeBytes must be a safe integer',
+    );
     this.name = options.name;
     this.description = options.description ?? '';
     this.sizeBytes = options.sizeBytes;
@@ -101,7 +112,8 @@ export class MemoryBackend implements ExportBackend {
       const chunkEndBytes = Math.min((index + 1) * MEMORY_CHUNK_BYTES, endBytes);
       const flags = this.chunks.has(index) ? 0 : AllocationFlag.HOLE | AllocationFlag.ZERO;
       const last = extents[extents.length - 1];
-      if (last !== undefined && last.flags === flags) last.lengthBytes += chunkEndBytes - positionBytes;
+      if (last !== undefined && last.flags === flags)
+        last.lengthBytes += chunkEndBytes - positionBytes;
       else extents.push({ lengthBytes: chunkEndBytes - positionBytes, flags });
       positionBytes = chunkEndBytes;
     }
@@ -113,23 +125,33 @@ export class MemoryBackend implements ExportBackend {
     this.assertRange(offsetBytes, lengthBytes);
     // A copy, never a view: the socket may still hold the reply when a later write changes a chunk.
     const result = Buffer.alloc(lengthBytes);
-    this.forEachChunkPiece(offsetBytes, lengthBytes, (index, chunkOffsetBytes, pieceBytes, resultOffsetBytes) => {
-      this.chunks.get(index)?.copy(result, resultOffsetBytes, chunkOffsetBytes, chunkOffsetBytes + pieceBytes);
-    });
+    this.forEachChunkPiece(
+      offsetBytes,
+      lengthBytes,
+      (index, chunkOffsetBytes, pieceBytes, resultOffsetBytes) => {
+        this.chunks
+          .get(index)
+          ?.copy(result, resultOffsetBytes, chunkOffsetBytes, chunkOffsetBytes + pieceBytes);
+      },
+    );
     return result;
   }
 
   /** Test helper: fills a range directly (also on read-only exports, to prepare their contents). */
   writeSync(offsetBytes: number, data: Buffer): void {
     this.assertRange(offsetBytes, data.length);
-    this.forEachChunkPiece(offsetBytes, data.length, (index, chunkOffsetBytes, pieceBytes, dataOffsetBytes) => {
-      let chunk = this.chunks.get(index);
-      if (!chunk) {
-        chunk = Buffer.alloc(MEMORY_CHUNK_BYTES);
-        this.chunks.set(index, chunk);
-      }
-      data.copy(chunk, chunkOffsetBytes, dataOffsetBytes, dataOffsetBytes + pieceBytes);
-    });
+    this.forEachChunkPiece(
+      offsetBytes,
+      data.length,
+      (index, chunkOffsetBytes, pieceBytes, dataOffsetBytes) => {
+        let chunk = this.chunks.get(index);
+        if (!chunk) {
+          chunk = Buffer.alloc(MEMORY_CHUNK_BYTES);
+          this.chunks.set(index, chunk);
+        }
+        data.copy(chunk, chunkOffsetBytes, dataOffsetBytes, dataOffsetBytes + pieceBytes);
+      },
+    );
   }
 
   private zeroRange(offsetBytes: number, lengthBytes: number): void {
@@ -143,7 +165,12 @@ export class MemoryBackend implements ExportBackend {
   private forEachChunkPiece(
     offsetBytes: number,
     lengthBytes: number,
-    visit: (index: number, chunkOffsetBytes: number, pieceBytes: number, rangeOffsetBytes: number) => void,
+    visit: (
+      index: number,
+      chunkOffsetBytes: number,
+      pieceBytes: number,
+      rangeOffsetBytes: number,
+    ) => void,
   ): void {
     let doneBytes = 0;
     while (doneBytes < lengthBytes) {

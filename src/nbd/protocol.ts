@@ -124,7 +124,9 @@ export const PAYLOAD_BYTES_NOT_DOS = 1 << 25;
 
 const U32_MAX = 0xffffffff;
 
-const COMMAND_NAMES = new Map<number, string>(Object.entries(Command).map(([name, value]) => [value, name]));
+const COMMAND_NAMES = new Map<number, string>(
+  Object.entries(Command).map(([name, value]) => [value, name]),
+);
 
 export function commandName(type: number): string {
   return COMMAND_NAMES.get(type) ?? `UNKNOWN(${type})`;
@@ -192,7 +194,10 @@ export function encodeInfoExport(sizeBytes: number, transmissionFlags: number): 
   return buffer;
 }
 
-export function encodeInfoString(type: typeof InfoType.NAME | typeof InfoType.DESCRIPTION, text: string): Buffer {
+export function encodeInfoString(
+  type: typeof InfoType.NAME | typeof InfoType.DESCRIPTION,
+  text: string,
+): Buffer {
   const textBytes = encodeString(text);
   const buffer = Buffer.allocUnsafe(2 + textBytes.length);
   buffer.writeUInt16BE(type, 0);
@@ -225,7 +230,11 @@ export function encodeMetaContext(contextId: number, name: string): Buffer {
 }
 
 /** The reply to EXPORT_NAME: u64 size, u16 flags, then 124 zero bytes unless NO_ZEROES. */
-export function encodeExportNameReply(sizeBytes: number, transmissionFlags: number, noZeroes: boolean): Buffer {
+export function encodeExportNameReply(
+  sizeBytes: number,
+  transmissionFlags: number,
+  noZeroes: boolean,
+): Buffer {
   const buffer = Buffer.alloc(10 + (noZeroes ? 0 : EXPORT_NAME_ZEROES_BYTES));
   buffer.writeBigUInt64BE(BigInt(sizeBytes), 0);
   buffer.writeUInt16BE(transmissionFlags, 8);
@@ -240,7 +249,13 @@ export function encodeSimpleReply(errno: number, cookie: bigint): Buffer {
   return buffer;
 }
 
-function writeChunkHeader(buffer: Buffer, flags: number, type: number, cookie: bigint, payloadBytes: number): void {
+function writeChunkHeader(
+  buffer: Buffer,
+  flags: number,
+  type: number,
+  cookie: bigint,
+  payloadBytes: number,
+): void {
   assert(payloadBytes <= U32_MAX, 'structured chunk payload too long');
   buffer.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   buffer.writeUInt16BE(flags, 4);
@@ -250,7 +265,11 @@ function writeChunkHeader(buffer: Buffer, flags: number, type: number, cookie: b
 }
 
 /** Header of a final OFFSET_DATA chunk (20-byte chunk header + u64 offset); the data follows it. */
-export function encodeOffsetDataHeader(cookie: bigint, offsetBytes: number, dataBytes: number): Buffer {
+export function encodeOffsetDataHeader(
+  cookie: bigint,
+  offsetBytes: number,
+  dataBytes: number,
+): Buffer {
   const buffer = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + 8);
   writeChunkHeader(buffer, ReplyFlag.DONE, ChunkType.OFFSET_DATA, cookie, 8 + dataBytes);
   buffer.writeBigUInt64BE(BigInt(offsetBytes), CHUNK_HEADER_BYTES);
@@ -275,7 +294,11 @@ export interface WireExtent {
 }
 
 /** A final BLOCK_STATUS chunk: u32 context id, then (u32 length, u32 flags) per extent. */
-export function encodeBlockStatusChunk(cookie: bigint, contextId: number, extents: readonly WireExtent[]): Buffer {
+export function encodeBlockStatusChunk(
+  cookie: bigint,
+  contextId: number,
+  extents: readonly WireExtent[],
+): Buffer {
   assert(extents.length > 0, 'block status needs at least one extent');
   const payloadBytes = 4 + 8 * extents.length;
   const buffer = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + payloadBytes);

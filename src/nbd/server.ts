@@ -3,7 +3,12 @@
 import net from 'node:net';
 import { assert } from '../core/index.js';
 import type { ExportRegistry } from './backend.js';
-import { Connection, type ConnectionHost, type ConnectionLimits, type LogFunction } from './connection.js';
+import {
+  Connection,
+  type ConnectionHost,
+  type ConnectionLimits,
+  type LogFunction,
+} from './connection.js';
 import { PAYLOAD_BYTES_NOT_DOS, type BlockSizes } from './protocol.js';
 
 export interface NbdServerOptions {
@@ -46,9 +51,18 @@ function resolveLimits(options: NbdServerOptions): ConnectionLimits {
   assert(Number.isInteger(limits.maxPayloadBytes), 'maxPayloadBytes must be an integer');
   assert(limits.maxPayloadBytes >= PREFERRED_BLOCK_BYTES, 'maxPayloadBytes must be at least 4096');
   assert(limits.maxPayloadBytes <= 0xffffffff, 'maxPayloadBytes must fit in u32');
-  assert(Number.isInteger(limits.maxOptions) && limits.maxOptions >= 1, 'maxOptions must be a positive integer');
-  assert(Number.isInteger(limits.maxOptionDataBytes) && limits.maxOptionDataBytes >= 4096 + 64, 'maxOptionDataBytes too small');
-  assert(limits.inflightBytesMax >= INFLIGHT_BYTES_MAX_MIN, 'inflightBytesMax must be at least 1 MiB');
+  assert(
+    Number.isInteger(limits.maxOptions) && limits.maxOptions >= 1,
+    'maxOptions must be a positive integer',
+  );
+  assert(
+    Number.isInteger(limits.maxOptionDataBytes) && limits.maxOptionDataBytes >= 4096 + 64,
+    'maxOptionDataBytes too small',
+  );
+  assert(
+    limits.inflightBytesMax >= INFLIGHT_BYTES_MAX_MIN,
+    'inflightBytesMax must be at least 1 MiB',
+  );
   assert(limits.handshakeTimeoutMs >= 0, 'handshakeTimeoutMs must not be negative');
   return limits;
 }
@@ -91,10 +105,15 @@ export class NbdServer {
       netServer.once('error', onError);
       netServer.listen(port, host, () => {
         netServer.off('error', onError);
-        netServer.on('error', (error) => this.host.log('error', 'nbd listener error', { error: error.message }));
+        netServer.on('error', (error) =>
+          this.host.log('error', 'nbd listener error', { error: error.message }),
+        );
         const address = netServer.address();
         assert(address !== null && typeof address === 'object', 'TCP listener has no address');
-        this.host.log('info', 'nbd server listening', { host: address.address, port: address.port });
+        this.host.log('info', 'nbd server listening', {
+          host: address.address,
+          port: address.port,
+        });
         resolve({ host: address.address, port: address.port });
       });
     });

@@ -63,7 +63,11 @@ export function transmissionFlagsFor(backend: ExportBackend, structuredReplies: 
 }
 
 const FLAGS_KNOWN =
-  CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.DF | CommandFlag.REQ_ONE | CommandFlag.FAST_ZERO;
+  CommandFlag.FUA |
+  CommandFlag.NO_HOLE |
+  CommandFlag.DF |
+  CommandFlag.REQ_ONE |
+  CommandFlag.FAST_ZERO;
 
 /** Flags valid per command, FUA aside (FUA is valid on every command once SEND_FUA is advertised). */
 function flagsAllowed(type: number): number {
@@ -93,12 +97,17 @@ function reject(errno: number, message: string): Rejection {
 
 function checkFlags(request: Request, session: Session): Rejection | undefined {
   const { flags, type } = request;
-  if ((flags & ~FLAGS_KNOWN) !== 0) return reject(NbdErrno.EINVAL, `unknown command flags 0x${flags.toString(16)}`);
-  if ((flags & CommandFlag.FUA) !== 0 && (session.transmissionFlags & TransmissionFlag.SEND_FUA) === 0) {
+  if ((flags & ~FLAGS_KNOWN) !== 0)
+    return reject(NbdErrno.EINVAL, `unknown command flags 0x${flags.toString(16)}`);
+  if (
+    (flags & CommandFlag.FUA) !== 0 &&
+    (session.transmissionFlags & TransmissionFlag.SEND_FUA) === 0
+  ) {
     return reject(NbdErrno.EINVAL, 'FUA was not advertised');
   }
   const misplaced = flags & ~CommandFlag.FUA & ~flagsAllowed(type);
-  if (misplaced !== 0) return reject(NbdErrno.EINVAL, `flags 0x${misplaced.toString(16)} not valid for this command`);
+  if (misplaced !== 0)
+    return reject(NbdErrno.EINVAL, `flags 0x${misplaced.toString(16)} not valid for this command`);
   if ((flags & CommandFlag.DF) !== 0 && !session.structuredReplies) {
     return reject(NbdErrno.EINVAL, 'DF needs structured replies');
   }
@@ -133,9 +142,11 @@ function checkRange(request: Request, session: Session): Rejection | undefined {
   }
   const sizeBytes = session.backend.sizeBytes;
   // Written as subtraction so that offset + length never loses precision.
-  const inRange = offsetBytes !== undefined && offsetBytes <= sizeBytes && lengthBytes <= sizeBytes - offsetBytes;
+  const inRange =
+    offsetBytes !== undefined && offsetBytes <= sizeBytes && lengthBytes <= sizeBytes - offsetBytes;
   if (inRange) return undefined;
-  const errno = type === Command.WRITE || type === Command.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
+  const errno =
+    type === Command.WRITE || type === Command.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
   return reject(errno, 'request beyond the end of the export');
 }
 
@@ -149,7 +160,8 @@ export function validateRequest(request: Request, session: Session): Rejection |
   const { type } = request;
   assert(type !== Command.DISC, 'DISC is never validated');
   if (!isKnownCommand(type)) return reject(NbdErrno.EINVAL, `unknown command ${type}`);
-  if (session.backend.readOnly && isWriteLike(type)) return reject(NbdErrno.EPERM, 'export is read-only');
+  if (session.backend.readOnly && isWriteLike(type))
+    return reject(NbdErrno.EPERM, 'export is read-only');
   const rejection = checkFlags(request, session) ?? checkAdvertised(type, session);
   if (rejection) return rejection;
   if (type === Command.FLUSH) {
@@ -191,7 +203,10 @@ export function shapeExtents(
   let coveredBytes = 0;
   for (const extent of extents) {
     if (coveredBytes >= lengthBytes) break;
-    assert(Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0, 'backend extent length invalid');
+    assert(
+      Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0,
+      'backend extent length invalid',
+    );
     const flags = extent.flags & (AllocationFlag.HOLE | AllocationFlag.ZERO);
     const stepBytes = Math.min(extent.lengthBytes, lengthBytes - coveredBytes);
     coveredBytes += stepBytes;

@@ -23,7 +23,10 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /** Writes `data` to `file` atomically: temp file, fdatasync, rename, fsync of the directory. */
-export async function writeFileDurable(file: string, data: Buffer | string | readonly Buffer[]): Promise<void> {
+export async function writeFileDurable(
+  file: string,
+  data: Buffer | string | readonly Buffer[],
+): Promise<void> {
   const temp = `${file}.tmp-${process.pid}`;
   const handle = await fsp.open(temp, 'w');
   try {
@@ -102,18 +105,36 @@ export const zeroTools = {
  * calling thread; long ones become a hole (files, util-linux fallocate --punch-hole) or a zeroout
  * (block devices, blkdiscard --zeroout), so a discard of a terabyte writes nothing.
  */
-export async function zeroRange(fd: number, file: string, blockDevice: boolean, offsetBytes: number, lengthBytes: number): Promise<void> {
+export async function zeroRange(
+  fd: number,
+  file: string,
+  blockDevice: boolean,
+  offsetBytes: number,
+  lengthBytes: number,
+): Promise<void> {
   if (lengthBytes < PUNCH_THRESHOLD_BYTES) {
     writeZeroesSync(fd, offsetBytes, lengthBytes);
     return;
   }
   const args = blockDevice
     ? ['--zeroout', '--offset', String(offsetBytes), '--length', String(lengthBytes), file]
-    : ['--punch-hole', '--keep-size', '--offset', String(offsetBytes), '--length', String(lengthBytes), file];
+    : [
+        '--punch-hole',
+        '--keep-size',
+        '--offset',
+        String(offsetBytes),
+        '--length',
+        String(lengthBytes),
+        file,
+      ];
   try {
     await zeroTools.run(blockDevice ? 'blkdiscard' : 'fallocate', args);
   } catch (error) {
-    throw new RewindError('REWIND_IO', `zeroing ${lengthBytes} bytes at ${offsetBytes} of ${file} failed`, { cause: error, hint: 'is util-linux installed (fallocate, blkdiscard)?' });
+    throw new RewindError(
+      'REWIND_IO',
+      `zeroing ${lengthBytes} bytes at ${offsetBytes} of ${file} failed`,
+      { cause: error, hint: 'is util-linux installed (fallocate, blkdiscard)?' },
+    );
   }
 }
 
@@ -126,10 +147,22 @@ export function writeZeroesSync(fd: number, offsetBytes: number, lengthBytes: nu
   }
 }
 
-export function preadFully(fd: number, target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): void {
+export function preadFully(
+  fd: number,
+  target: Buffer,
+  targetOffset: number,
+  lengthBytes: number,
+  positionBytes: number,
+): void {
   let done = 0;
   while (done < lengthBytes) {
-    const n = fs.readSync(fd, target, targetOffset + done, lengthBytes - done, positionBytes + done);
+    const n = fs.readSync(
+      fd,
+      target,
+      targetOffset + done,
+      lengthBytes - done,
+      positionBytes + done,
+    );
     if (n === 0) {
       target.fill(0, targetOffset + done, targetOffset + lengthBytes); // past EOF of a sparse file reads as zeroes
       return;
@@ -179,10 +212,21 @@ export function mapFile(file: string): Buffer | undefined {
   }
 }
 
-export async function preadFullyAsync(handle: fsp.FileHandle, target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<void> {
+export async function preadFullyAsync(
+  handle: fsp.FileHandle,
+  target: Buffer,
+  targetOffset: number,
+  lengthBytes: number,
+  positionBytes: number,
+): Promise<void> {
   let done = 0;
   while (done < lengthBytes) {
-    const { bytesRead } = await handle.read(target, targetOffset + done, lengthBytes - done, positionBytes + done);
+    const { bytesRead } = await handle.read(
+      target,
+      targetOffset + done,
+      lengthBytes - done,
+      positionBytes + done,
+    );
     if (bytesRead === 0) {
       target.fill(0, targetOffset + done, targetOffset + lengthBytes);
       return;
@@ -210,12 +254,20 @@ export function readFullyAsync(fd: number, target: Buffer, positionBytes: number
 }
 
 export function fdatasyncAsync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())));
+  return new Promise((resolve, reject) =>
+    fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())),
+  );
 }
 
-export function writevAsync(fd: number, buffers: readonly Buffer[], positionBytes: number): Promise<number> {
+export function writevAsync(
+  fd: number,
+  buffers: readonly Buffer[],
+  positionBytes: number,
+): Promise<number> {
   return new Promise((resolve, reject) =>
-    fs.writev(fd, buffers as Buffer[], positionBytes, (error, written) => (error ? reject(error) : resolve(written))),
+    fs.writev(fd, buffers as Buffer[], positionBytes, (error, written) =>
+      error ? reject(error) : resolve(written),
+    ),
   );
 }
 
@@ -223,7 +275,9 @@ export function writeAsync(fd: number, data: Buffer, positionBytes: number): Pro
   return new Promise((resolve, reject) => {
     const step = (done: number): void => {
       if (done === data.length) return resolve();
-      fs.write(fd, data, done, data.length - done, positionBytes + done, (error, written) => (error ? reject(error) : step(done + written)));
+      fs.write(fd, data, done, data.length - done, positionBytes + done, (error, written) =>
+        error ? reject(error) : step(done + written),
+      );
     };
     step(0);
   });

@@ -7,7 +7,10 @@ export class CombinedRegistry implements ExportRegistry {
   private readonly refuse: ((name: string) => string | null) | undefined;
 
   /** `refuse` says why an export is offline (a production restore), or null. */
-  constructor(sources: (() => readonly ExportBackend[])[], refuse?: (name: string) => string | null) {
+  constructor(
+    sources: (() => readonly ExportBackend[])[],
+    refuse?: (name: string) => string | null,
+  ) {
     this.sources = sources;
     this.refuse = refuse;
   }

@@ -38,7 +38,9 @@ export interface Running {
   close(): Promise<void>;
 }
 
-export function makeLog(quiet: boolean): (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void {
+export function makeLog(
+  quiet: boolean,
+): (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void {
   const logger = pino({ level: quiet ? 'warn' : 'info' }, pino.destination(2));
   return (level, message, fields) => logger[level](fields ?? {}, message);
 }
@@ -50,12 +52,26 @@ export async function startUp(options: UpOptions): Promise<Running> {
   const nbdRef: { server?: NbdServer } = {};
   // Agent and manager share the process and the data directory: sealed segments are handed over
   // by name (the manager reads and links the agent's file) rather than sent over the link.
-  const manager = await openManager(options.dataDir, token, undefined, log, nbdRef, agentSpoolDir(options.dataDir));
+  const manager = await openManager(
+    options.dataDir,
+    token,
+    undefined,
+    log,
+    nbdRef,
+    agentSpoolDir(options.dataDir),
+  );
   const link = await manager.listen('127.0.0.1', 0);
-  const { agent, nbd, nbdAddress } = await openAgent(options, { host: '127.0.0.1', port: link.port, token, localFiles: true }, log, [() => manager.exports()]);
+  const { agent, nbd, nbdAddress } = await openAgent(
+    options,
+    { host: '127.0.0.1', port: link.port, token, localFiles: true },
+    log,
+    [() => manager.exports()],
+  );
   nbdRef.server = nbd;
   // On loopback the API is as open as the machine; anywhere else it needs the token.
-  const apiToken = isLoopback(options.http.host) ? undefined : await loadOrCreateSecret(apiTokenFile(options.dataDir));
+  const apiToken = isLoopback(options.http.host)
+    ? undefined
+    : await loadOrCreateSecret(apiTokenFile(options.dataDir));
   const api = await startApi(manager, options.http.host, options.http.port, apiToken);
   return {
     nbdAddress,
@@ -93,7 +109,10 @@ async function openAgent(
   });
   await agent.open();
   const agentExports = agent.exports();
-  const nbd = new NbdServer(new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)), { log });
+  const nbd = new NbdServer(
+    new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)),
+    { log },
+  );
   agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
   const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
   return { agent, nbd, nbdAddress };
@@ -158,7 +177,9 @@ export interface ManagerRunOptions {
 }
 
 /** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
-export async function startManager(options: ManagerRunOptions): Promise<Running & { linkAddress: Endpoint }> {
+export async function startManager(
+  options: ManagerRunOptions,
+): Promise<Running & { linkAddress: Endpoint }> {
   const log = makeLog(options.quiet ?? false);
   await ensureDir(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
@@ -202,7 +223,11 @@ export interface AgentRunOptions {
 export async function startAgent(options: AgentRunOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
   await ensureDir(options.dataDir);
-  const manager = { ...options.manager, token: options.token, ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}) };
+  const manager = {
+    ...options.manager,
+    token: options.token,
+    ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}),
+  };
   const { agent, nbd, nbdAddress } = await openAgent(options, manager, log, []);
   return {
     nbdAddress,

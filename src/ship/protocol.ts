@@ -17,23 +17,62 @@ export interface VolumeInfo {
 }
 
 export type Message =
-  | { type: 'hello'; protocol: number; token: string; volumeSetId: string; volumeSetName: string; volumes: VolumeInfo[]; seqNext: number }
+  | {
+      type: 'hello';
+      protocol: number;
+      token: string;
+      volumeSetId: string;
+      volumeSetName: string;
+      volumes: VolumeInfo[];
+      seqNext: number;
+    }
   | { type: 'welcome'; seqCommitted: number; segmentCommitted: number }
   | { type: 'error'; code: string; message: string }
-  | { type: 'segment'; index: number; seqFirst: number; seqLast: number; fileCrc: number; bytes: number }
+  | {
+      type: 'segment';
+      index: number;
+      seqFirst: number;
+      seqLast: number;
+      fileCrc: number;
+      bytes: number;
+    }
   // A sealed segment the manager reads from the agent's spool itself (`rewind up` only: same
   // process, same file system); `name` is the file's name in the spool directory.
-  | { type: 'segment-file'; index: number; seqFirst: number; seqLast: number; bytes: number; name: string }
+  | {
+      type: 'segment-file';
+      index: number;
+      seqFirst: number;
+      seqLast: number;
+      bytes: number;
+      name: string;
+    }
   | { type: 'ack'; index: number; seqLast: number }
   | { type: 'refused'; index: number; code: string; message: string }
   | { type: 'seal'; id: number }
   | { type: 'sealed'; id: number; seqLast: number }
-  | { type: 'status'; seqCaptured: number; timeCapturedNs: string; spoolBytes: number; sealedPending: number; mode: string; failure?: string; restoring?: RestoringState }
+  | {
+      type: 'status';
+      seqCaptured: number;
+      timeCapturedNs: string;
+      spoolBytes: number;
+      sealedPending: number;
+      mode: string;
+      failure?: string;
+      restoring?: RestoringState;
+    }
   // Production restore (manager -> agent): take volumes offline, write through the normal write
   // path, bring them back online. The agent answers each with the matching reply.
   | { type: 'restore-begin'; id: number; volumes: string[] }
   | { type: 'restore-ready'; id: number; seqLast: number }
-  | { type: 'restore-write'; id: number; chunk: number; volume: string; offset: number; length: number; zero: boolean }
+  | {
+      type: 'restore-write';
+      id: number;
+      chunk: number;
+      volume: string;
+      offset: number;
+      length: number;
+      zero: boolean;
+    }
   | { type: 'restore-written'; id: number; chunk: number; errno: number }
   | { type: 'restore-end'; id: number; abandon: boolean }
   | { type: 'restore-done'; id: number; seqLast: number }
@@ -88,13 +127,18 @@ export class FrameReader {
       const total = prefix.readUInt32LE(0);
       const jsonBytes = prefix.readUInt32LE(4);
       if (jsonBytes > FRAME_JSON_BYTES_MAX || jsonBytes > total || total > this.maxBytes) {
-        throw new RewindError('REWIND_PROTOCOL', `bad frame: ${total} bytes with ${jsonBytes} bytes of header${total > this.maxBytes ? ` (at most ${this.maxBytes} accepted here)` : ''}`);
+        throw new RewindError(
+          'REWIND_PROTOCOL',
+          `bad frame: ${total} bytes with ${jsonBytes} bytes of header${total > this.maxBytes ? ` (at most ${this.maxBytes} accepted here)` : ''}`,
+        );
       }
       if (this.buffered < FRAME_PREFIX_BYTES + total) break;
       const frame = this.take(FRAME_PREFIX_BYTES + total);
       let message: Message;
       try {
-        message = JSON.parse(frame.subarray(FRAME_PREFIX_BYTES, FRAME_PREFIX_BYTES + jsonBytes).toString('utf8')) as Message;
+        message = JSON.parse(
+          frame.subarray(FRAME_PREFIX_BYTES, FRAME_PREFIX_BYTES + jsonBytes).toString('utf8'),
+        ) as Message;
       } catch (error) {
         throw new RewindError('REWIND_PROTOCOL', 'bad frame: header is not JSON', { cause: error });
       }
@@ -102,7 +146,8 @@ export class FrameReader {
         throw new RewindError('REWIND_PROTOCOL', 'bad frame: header has no type');
       }
       frames.push({ message, payload: frame.subarray(FRAME_PREFIX_BYTES + jsonBytes) });
-      if (guard > 1_000_000) throw new RewindError('REWIND_PROTOCOL', 'too many frames in one read');
+      if (guard > 1_000_000)
+        throw new RewindError('REWIND_PROTOCOL', 'too many frames in one read');
     }
     return frames;
   }
@@ -116,7 +161,8 @@ export class FrameReader {
   }
 
   private take(n: number): Buffer {
-    const joined = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
+    const joined =
+      this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
     const frame = joined.subarray(0, n);
     const rest = joined.subarray(n);
     this.chunks = rest.length > 0 ? [rest] : [];

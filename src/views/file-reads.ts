@@ -35,13 +35,17 @@ export class PlanBuffer implements FileReadPlan {
   reserve(more: number): void {
     const pieces = this.pieceCount + more;
     if (this.pieces.length < pieces * PIECE_FIELDS) {
-      const grown = new Float64Array(Math.max(pieces, (this.pieces.length / PIECE_FIELDS) * 2) * PIECE_FIELDS);
+      const grown = new Float64Array(
+        Math.max(pieces, (this.pieces.length / PIECE_FIELDS) * 2) * PIECE_FIELDS,
+      );
       grown.set(this.pieces.subarray(0, this.pieceCount * PIECE_FIELDS));
       this.pieces = grown;
     }
     const groups = this.groupCount + more;
     if (this.groups.length < groups * GROUP_FIELDS) {
-      const grown = new Float64Array(Math.max(groups, (this.groups.length / GROUP_FIELDS) * 2) * GROUP_FIELDS);
+      const grown = new Float64Array(
+        Math.max(groups, (this.groups.length / GROUP_FIELDS) * 2) * GROUP_FIELDS,
+      );
       grown.set(this.groups.subarray(0, this.groupCount * GROUP_FIELDS));
       this.groups = grown;
     }
@@ -102,7 +106,12 @@ export class ReadAhead {
   }
 
   /** A window holding bytes [start, end) of the file, or undefined: read them directly. */
-  fetch(key: number, fd: number, start: number, end: number): { start: number; bytes: Buffer } | undefined {
+  fetch(
+    key: number,
+    fd: number,
+    start: number,
+    end: number,
+  ): { start: number; bytes: Buffer } | undefined {
     const now = ++this.fetches;
     let last = this.last.get(key);
     if (last === undefined) {
@@ -194,7 +203,14 @@ export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: Read
       const buffer = mapped.buffer;
       const base = mapped.byteOffset;
       for (let p = first; p < stop; p++) {
-        target.set(new Uint8Array(buffer, base + (pieces[p * PIECE_FIELDS] as number), pieces[p * PIECE_FIELDS + 1] as number), pieces[p * PIECE_FIELDS + 2] as number);
+        target.set(
+          new Uint8Array(
+            buffer,
+            base + (pieces[p * PIECE_FIELDS] as number),
+            pieces[p * PIECE_FIELDS + 1] as number,
+          ),
+          pieces[p * PIECE_FIELDS + 2] as number,
+        );
       }
       continue;
     }
@@ -204,17 +220,37 @@ export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: Read
       const buffer = window.bytes.buffer;
       const base = window.bytes.byteOffset - window.start;
       for (let p = first; p < stop; p++) {
-        target.set(new Uint8Array(buffer, base + (pieces[p * PIECE_FIELDS] as number), pieces[p * PIECE_FIELDS + 1] as number), pieces[p * PIECE_FIELDS + 2] as number);
+        target.set(
+          new Uint8Array(
+            buffer,
+            base + (pieces[p * PIECE_FIELDS] as number),
+            pieces[p * PIECE_FIELDS + 1] as number,
+          ),
+          pieces[p * PIECE_FIELDS + 2] as number,
+        );
       }
     } else if (stop - first === 1) {
-      preadFully(fd, target, pieces[first * PIECE_FIELDS + 2] as number, spanEnd - spanStart, spanStart);
+      preadFully(
+        fd,
+        target,
+        pieces[first * PIECE_FIELDS + 2] as number,
+        spanEnd - spanStart,
+        spanStart,
+      );
     } else {
       const span = scratchBuffer(spanEnd - spanStart);
       preadFully(fd, span, 0, spanEnd - spanStart, spanStart);
       const buffer = span.buffer;
       const base = span.byteOffset - spanStart;
       for (let p = first; p < stop; p++) {
-        target.set(new Uint8Array(buffer, base + (pieces[p * PIECE_FIELDS] as number), pieces[p * PIECE_FIELDS + 1] as number), pieces[p * PIECE_FIELDS + 2] as number);
+        target.set(
+          new Uint8Array(
+            buffer,
+            base + (pieces[p * PIECE_FIELDS] as number),
+            pieces[p * PIECE_FIELDS + 1] as number,
+          ),
+          pieces[p * PIECE_FIELDS + 2] as number,
+        );
       }
     }
   }

@@ -29,7 +29,12 @@ export interface Gap {
 export type Piece<T> = Mapped<T> | Gap;
 
 /** Receives one piece of `forEachPiece`: a gap has value undefined and valueOffset 0. */
-export type PieceVisitor<T> = (start: number, end: number, value: T | undefined, valueOffset: number) => void;
+export type PieceVisitor<T> = (
+  start: number,
+  end: number,
+  value: T | undefined,
+  valueOffset: number,
+) => void;
 
 export interface IntervalMapOptions {
   /** Most entries per leaf and children per branch; small values make tests exercise splits and merges. */
@@ -75,7 +80,12 @@ export class IntervalMap<T> {
     // Gaps are listed before inserting, so the walk never sees its own insertions.
     const gaps = gapsBetween(this.tree.overlapping(start, end), start, end);
     for (const gap of gaps) {
-      this.insertCoalesced({ start: gap.start, end: gap.end, value, valueOffset: valueOffset + (gap.start - start) });
+      this.insertCoalesced({
+        start: gap.start,
+        end: gap.end,
+        value,
+        valueOffset: valueOffset + (gap.start - start),
+      });
     }
     return gaps.length;
   }
@@ -123,7 +133,13 @@ export class IntervalMap<T> {
    * leaves are filled in order and the branches built above them, instead of one descent per entry.
    * Touching entries that `set` would join (same value, continuing offsets) are joined here too.
    */
-  load(count: number, starts: ArrayLike<number>, ends: ArrayLike<number>, valueOffsets: ArrayLike<number>, valueAt: (index: number) => T): void {
+  load(
+    count: number,
+    starts: ArrayLike<number>,
+    ends: ArrayLike<number>,
+    valueOffsets: ArrayLike<number>,
+    valueAt: (index: number) => T,
+  ): void {
     assert(this.tree.size === 0, 'interval map: load into a map that is not empty');
     const leaves: Array<Leaf<T>> = [];
     let leaf = new Leaf<T>(this.nodeSizeMax + 1);
@@ -152,7 +168,11 @@ export class IntervalMap<T> {
       assertValueOffset(valueOffset, end - start);
       if (pending) {
         assert(pendingEnd <= start, 'interval map: load entries overlap or are out of order');
-        if (pendingEnd === start && pendingValue === value && pendingOffset + (pendingEnd - pendingStart) === valueOffset) {
+        if (
+          pendingEnd === start &&
+          pendingValue === value &&
+          pendingOffset + (pendingEnd - pendingStart) === valueOffset
+        ) {
           pendingEnd = end;
           continue;
         }
@@ -189,13 +209,25 @@ export class IntervalMap<T> {
       assert(isPosition(entry.start), 'interval map invariant: start out of range');
       assert(isPosition(entry.end), 'interval map invariant: end out of range');
       assert(entry.start < entry.end, 'interval map invariant: empty entry');
-      assert(isPosition(entry.valueOffset + (entry.end - entry.start)), 'interval map invariant: valueOffset out of range');
-      assert(previous === undefined || previous.end <= entry.start, 'interval map invariant: entries overlap');
-      assert(previous === undefined || !canJoin(previous, entry), 'interval map invariant: joinable entries left apart');
+      assert(
+        isPosition(entry.valueOffset + (entry.end - entry.start)),
+        'interval map invariant: valueOffset out of range',
+      );
+      assert(
+        previous === undefined || previous.end <= entry.start,
+        'interval map invariant: entries overlap',
+      );
+      assert(
+        previous === undefined || !canJoin(previous, entry),
+        'interval map invariant: joinable entries left apart',
+      );
       bytes += entry.end - entry.start;
       previous = entry;
     }
-    assert(bytes === this.bytes, 'interval map invariant: mappedBytes differs from the sum of entries');
+    assert(
+      bytes === this.bytes,
+      'interval map invariant: mappedBytes differs from the sum of entries',
+    );
   }
 
   /** Removes [start, end) from every entry it touches, keeping their parts outside the range. */
@@ -227,7 +259,12 @@ export class IntervalMap<T> {
     let joined = entry;
     if (right !== undefined && canJoin(entry, right)) {
       this.removeEntry(right);
-      joined = { start: entry.start, end: right.end, value: entry.value, valueOffset: entry.valueOffset };
+      joined = {
+        start: entry.start,
+        end: right.end,
+        value: entry.value,
+        valueOffset: entry.valueOffset,
+      };
     }
     // Moving an entry's end leaves the tree's order alone: it is keyed by start only.
     if (left !== undefined && canJoin(left, joined)) this.setEntryEnd(left, joined.end);
@@ -302,7 +339,12 @@ class Leaf<T> {
   entry(index: number): Mapped<T> {
     assert(index < this.count, 'interval map: leaf index past its entries');
     const valueOffset = this.numbers[2 * this.capacity + index] as number;
-    return { start: this.start(index), end: this.end(index), value: this.values[index] as T, valueOffset };
+    return {
+      start: this.start(index),
+      end: this.end(index),
+      value: this.values[index] as T,
+      valueOffset,
+    };
   }
 
   setEnd(index: number, end: number): void {
@@ -331,7 +373,8 @@ class Leaf<T> {
 
   insert(index: number, entry: Mapped<T>): void {
     assert(this.count < this.capacity, 'interval map: leaf full');
-    for (let position = this.count; position > index; position -= 1) this.copyEntry(this, position - 1, position);
+    for (let position = this.count; position > index; position -= 1)
+      this.copyEntry(this, position - 1, position);
     this.write(index, entry.start, entry.end, entry.value, entry.valueOffset);
     this.count += 1;
   }
@@ -345,18 +388,25 @@ class Leaf<T> {
 
   /** Calls `visit` with the raw fields of entry `index` (no copy). */
   visit(index: number, visit: PieceVisitor<T>): void {
-    visit(this.start(index), this.end(index), this.values[index] as T, this.numbers[2 * this.capacity + index] as number);
+    visit(
+      this.start(index),
+      this.end(index),
+      this.values[index] as T,
+      this.numbers[2 * this.capacity + index] as number,
+    );
   }
 
   remove(index: number): void {
-    for (let position = index + 1; position < this.count; position += 1) this.copyEntry(this, position, position - 1);
+    for (let position = index + 1; position < this.count; position += 1)
+      this.copyEntry(this, position, position - 1);
     this.truncate(this.count - 1);
   }
 
   /** Appends `count` entries of `source` from `from` on. */
   appendFrom(source: Leaf<T>, from: number, count: number): void {
     assert(this.count + count <= this.capacity, 'interval map: leaf overflow');
-    for (let index = 0; index < count; index += 1) source.copyEntry(this, from + index, this.count + index);
+    for (let index = 0; index < count; index += 1)
+      source.copyEntry(this, from + index, this.count + index);
     this.count += count;
   }
 
@@ -371,10 +421,16 @@ class Leaf<T> {
   /** Asserts the slot layout: a value past `count` would keep a dead object alive. */
   checkInvariants(): void {
     assert(this.count <= this.capacity, 'interval map invariant: leaf count past capacity');
-    assert(this.numbers.length === 3 * this.capacity, 'interval map invariant: leaf numbers resized');
+    assert(
+      this.numbers.length === 3 * this.capacity,
+      'interval map invariant: leaf numbers resized',
+    );
     assert(this.values.length === this.capacity, 'interval map invariant: leaf values resized');
     for (let index = this.count; index < this.capacity; index += 1) {
-      assert(this.values[index] === undefined, 'interval map invariant: leaf keeps a value past its entries');
+      assert(
+        this.values[index] === undefined,
+        'interval map invariant: leaf keeps a value past its entries',
+      );
     }
   }
 
@@ -388,7 +444,13 @@ class Leaf<T> {
     target.write(to, this.start(from), this.end(from), this.values[from], valueOffset);
   }
 
-  private write(index: number, start: number, end: number, value: T | undefined, valueOffset: number): void {
+  private write(
+    index: number,
+    start: number,
+    end: number,
+    value: T | undefined,
+    valueOffset: number,
+  ): void {
     this.numbers[index] = start;
     this.numbers[this.capacity + index] = end;
     this.numbers[2 * this.capacity + index] = valueOffset;
@@ -434,7 +496,8 @@ class EntryTree<T> {
       evened.appendFrom(right, 0, right.count);
       leaves[last] = evened;
     }
-    for (let index = 0; index < last; index += 1) (leaves[index] as Leaf<T>).next = leaves[index + 1];
+    for (let index = 0; index < last; index += 1)
+      (leaves[index] as Leaf<T>).next = leaves[index + 1];
     let level: Array<TreeNode<T>> = leaves;
     while (level.length > 1) {
       const parents: Array<Branch<T>> = [];
@@ -533,7 +596,9 @@ class EntryTree<T> {
   /** Copies of the entries that overlap [start, end), in order: O(log n + k). */
   overlapping(start: number, end: number): Array<Mapped<T>> {
     const found: Array<Mapped<T>> = [];
-    this.visitOverlapping(start, end, (s, e, value, valueOffset) => found.push({ start: s, end: e, value: value as T, valueOffset }));
+    this.visitOverlapping(start, end, (s, e, value, valueOffset) =>
+      found.push({ start: s, end: e, value: value as T, valueOffset }),
+    );
     return found;
   }
 
@@ -550,7 +615,10 @@ class EntryTree<T> {
   checkInvariants(): void {
     const leaves: Array<Leaf<T>> = [];
     const counted = this.checkNode(this.root, true, leaves);
-    assert(counted.entries === this.count, 'interval map invariant: entry count differs from the tree');
+    assert(
+      counted.entries === this.count,
+      'interval map invariant: entry count differs from the tree',
+    );
     let leaf: Leaf<T> | undefined = leaves[0];
     for (const expected of leaves) {
       assert(leaf === expected, 'interval map invariant: leaf chain out of tree order');
@@ -560,7 +628,11 @@ class EntryTree<T> {
   }
 
   /** Checks one subtree, appending its leaves in order; returns its height and entry count. */
-  private checkNode(node: TreeNode<T>, isRoot: boolean, leaves: Array<Leaf<T>>): { height: number; entries: number } {
+  private checkNode(
+    node: TreeNode<T>,
+    isRoot: boolean,
+    leaves: Array<Leaf<T>>,
+  ): { height: number; entries: number } {
     const size = nodeSize(node);
     assert(size <= this.sizeMax, 'interval map invariant: node over capacity');
     assert(isRoot || size >= this.sizeMin, 'interval map invariant: node under half full');
@@ -570,14 +642,26 @@ class EntryTree<T> {
       return { height: 0, entries: size };
     }
     assert(!isRoot || size >= 2, 'interval map invariant: branch root with one child');
-    assert(node.keys.length === size, 'interval map invariant: branch keys and children differ in count');
+    assert(
+      node.keys.length === size,
+      'interval map invariant: branch keys and children differ in count',
+    );
     let height = -1;
     let entries = 0;
     node.children.forEach((child, index) => {
-      assert(at(node.keys, index) === minKey(child), 'interval map invariant: branch key is not its child minimum');
-      assert(index === 0 || at(node.keys, index - 1) < at(node.keys, index), 'interval map invariant: branch keys out of order');
+      assert(
+        at(node.keys, index) === minKey(child),
+        'interval map invariant: branch key is not its child minimum',
+      );
+      assert(
+        index === 0 || at(node.keys, index - 1) < at(node.keys, index),
+        'interval map invariant: branch keys out of order',
+      );
       const counted = this.checkNode(child, false, leaves);
-      assert(height === -1 || counted.height === height, 'interval map invariant: leaves at different depths');
+      assert(
+        height === -1 || counted.height === height,
+        'interval map invariant: leaves at different depths',
+      );
       height = counted.height;
       entries += counted.entries;
     });
@@ -631,18 +715,25 @@ class EntryTree<T> {
 
   /** Moves the start of entry `index` of the path's leaf; it must stay between its neighbours' ranges. */
   private setStartAt(leaf: Leaf<T>, index: number, start: number, valueOffset: number): void {
-    assert(index === 0 || leaf.end(index - 1) <= start, 'interval map: new start overlaps the entry before');
+    assert(
+      index === 0 || leaf.end(index - 1) <= start,
+      'interval map: new start overlaps the entry before',
+    );
     leaf.setStart(index, start, valueOffset);
     if (index === 0) this.updateMinKey(start);
   }
 
   /** Inserts at `index` of `leaf`, the leaf at the end of the current path. */
   private insertAt(leaf: Leaf<T>, index: number, entry: Mapped<T>): void {
-    assert(index === 0 || leaf.start(index - 1) < entry.start, 'interval map: two entries with one start');
+    assert(
+      index === 0 || leaf.start(index - 1) < entry.start,
+      'interval map: two entries with one start',
+    );
     leaf.insert(index, entry);
     this.count += 1;
     if (index === 0) this.updateMinKey(entry.start);
-    if (leaf.count > this.sizeMax) this.insertChild(this.pathDepth - 1, splitLeaf(leaf, leaf.count >>> 1));
+    if (leaf.count > this.sizeMax)
+      this.insertChild(this.pathDepth - 1, splitLeaf(leaf, leaf.count >>> 1));
   }
 
   /** The leaf at the end of the path has a new minimum: copy it up while it is also its parent's minimum. */
@@ -657,7 +748,11 @@ class EntryTree<T> {
   /** Adds `child` right after the path's node at `depth`, splitting upwards while nodes overflow. */
   private insertChild(depth: number, child: TreeNode<T>): void {
     if (depth < 0) {
-      this.root = { isLeaf: false, keys: [minKey(this.root), minKey(child)], children: [this.root, child] };
+      this.root = {
+        isLeaf: false,
+        keys: [minKey(this.root), minKey(child)],
+        children: [this.root, child],
+      };
       return;
     }
     const parent = at(this.pathNodes, depth);
@@ -666,7 +761,11 @@ class EntryTree<T> {
     parent.children.splice(index, 0, child);
     if (parent.children.length <= this.sizeMax) return;
     const half = parent.children.length >>> 1;
-    const right: Branch<T> = { isLeaf: false, keys: parent.keys.splice(half), children: parent.children.splice(half) };
+    const right: Branch<T> = {
+      isLeaf: false,
+      keys: parent.keys.splice(half),
+      children: parent.children.splice(half),
+    };
     this.insertChild(depth - 1, right);
   }
 

@@ -32,7 +32,8 @@ export class Runs {
 
   /** Makes room for `more` runs after the current ones. */
   reserve(more: number): void {
-    if (this.count + more > this.start.length) this.grow(Math.max(this.start.length * 2, this.count + more));
+    if (this.count + more > this.start.length)
+      this.grow(Math.max(this.start.length * 2, this.count + more));
   }
 
   /** Appends runs [from, to) of `other`. */
@@ -68,7 +69,10 @@ export class Runs {
  * `runs` is consumed: its arrays may be reused for the result.
  */
 export function overlay(runs: Runs, bounds: readonly number[]): Runs {
-  assert(bounds.length >= 1 && bounds[0] === 0 && bounds[bounds.length - 1] === runs.count, 'runs: bounds cover the runs');
+  assert(
+    bounds.length >= 1 && bounds[0] === 0 && bounds[bounds.length - 1] === runs.count,
+    'runs: bounds cover the runs',
+  );
   if (bounds.length <= 2) return runs;
   // Two buffers used in turn, level by level. An overlay of some lists never holds more runs than
   // twice the runs of those lists (only their ends and starts are boundaries), so they rarely grow.
@@ -101,7 +105,14 @@ export function overlay(runs: Runs, bounds: readonly number[]): Runs {
 }
 
 /** Merges runs [aFrom, aTo) (wins) and [bFrom, bTo) of `runs` into `out`, which has room for them. */
-function mergePair(runs: Runs, aFrom: number, aTo: number, bFrom: number, bTo: number, out: Runs): void {
+function mergePair(
+  runs: Runs,
+  aFrom: number,
+  aTo: number,
+  bFrom: number,
+  bTo: number,
+  out: Runs,
+): void {
   const starts = runs.start;
   const ends = runs.end;
   const offsets = runs.offset;

@@ -4,7 +4,13 @@
 // built after a restart reads a few bytes per record instead of re-reading and re-verifying every
 // payload. Byte layout in docs/FORMATS.md ("Transaction index").
 import { assert, crc32c, SegmentError } from '../core/index.js';
-import { hex, RECORD_HEADER_BYTES, type RecordKind, type RedoRecord, type UndoExtent } from '../log/index.js';
+import {
+  hex,
+  RECORD_HEADER_BYTES,
+  type RecordKind,
+  type RedoRecord,
+  type UndoExtent,
+} from '../log/index.js';
 
 export const TX_INDEX_MAGIC = Buffer.from('RWNDTIDX', 'latin1');
 export const TX_INDEX_VERSION = 1;
@@ -47,7 +53,13 @@ export class TxIndex {
   readonly extentLength: Float64Array;
   readonly extentPayload: Float64Array;
 
-  private constructor(seqFirst: number, recordCount: number, extentCount: number, body?: ArrayBuffer, bodyOffset = 0) {
+  private constructor(
+    seqFirst: number,
+    recordCount: number,
+    extentCount: number,
+    body?: ArrayBuffer,
+    bodyOffset = 0,
+  ) {
     this.seqFirst = seqFirst;
     this.recordCount = recordCount;
     this.extentCount = extentCount;
@@ -69,7 +81,11 @@ export class TxIndex {
     }
     // Views straight onto the decoded body (8-byte aligned), in the order encode() writes them.
     let at = bodyOffset;
-    const take = <A>(make: (buffer: ArrayBuffer, offset: number, length: number) => A, length: number, bytesEach: number): A => {
+    const take = <A>(
+      make: (buffer: ArrayBuffer, offset: number, length: number) => A,
+      length: number,
+      bytesEach: number,
+    ): A => {
       const array = make(body, at, length);
       at += align8(length * bytesEach);
       return array;
@@ -91,11 +107,13 @@ export class TxIndex {
   static fromLists(records: readonly RedoRecord[], undo: readonly UndoExtent[]): TxIndex {
     const seqFirst = records[0]?.seq ?? 0;
     const index = new TxIndex(seqFirst, records.length, undo.length);
-    const { recordKind, recordVolume, recordOffset, recordLength, recordPayload, recordTimeNs } = index;
+    const { recordKind, recordVolume, recordOffset, recordLength, recordPayload, recordTimeNs } =
+      index;
     for (let i = 0; i < records.length; i++) {
       const record = records[i] as RedoRecord;
       assert(record.seq === seqFirst + i, 'transaction index: records are gap-free in seq order');
-      recordKind[i] = record.kind === 'write' ? KIND_WRITE : record.kind === 'zero' ? KIND_ZERO : KIND_TRIM;
+      recordKind[i] =
+        record.kind === 'write' ? KIND_WRITE : record.kind === 'zero' ? KIND_ZERO : KIND_TRIM;
       recordVolume[i] = record.volume;
       recordOffset[i] = record.offsetBytes;
       recordLength[i] = record.lengthBytes;
@@ -180,7 +198,19 @@ export class TxIndex {
     assert(binding.length === TX_INDEX_BINDING_BYTES, 'transaction index: binding is 256 bytes');
     const r = this.recordCount;
     const e = this.extentCount;
-    const arrays: ArrayBufferView[] = [this.recordTimeNs, this.recordOffset, this.recordLength, this.recordPayload, this.recordVolume, this.recordKind, this.extentOffset, this.extentLength, this.extentPayload, this.extentVolume, this.extentKind];
+    const arrays: ArrayBufferView[] = [
+      this.recordTimeNs,
+      this.recordOffset,
+      this.recordLength,
+      this.recordPayload,
+      this.recordVolume,
+      this.recordKind,
+      this.extentOffset,
+      this.extentLength,
+      this.extentPayload,
+      this.extentVolume,
+      this.extentKind,
+    ];
     const bodyBytes = arrays.reduce((sum, array) => sum + align8(array.byteLength), 0);
     const out = Buffer.alloc(TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES + bodyBytes); // zeroed: padding and reserved bytes
     let at = TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES;
@@ -199,7 +229,10 @@ export class TxIndex {
     out.writeBigUInt64LE(BigInt(bodyBytes), 48);
     out.writeUInt32LE(crc32c(out.subarray(TX_INDEX_HEADER_BYTES)), 56);
     out.writeUInt32LE(crc32c(out.subarray(0, 60)), 60);
-    assert(RECORD_BYTES * r + EXTENT_BYTES * e <= bodyBytes, 'transaction index: body holds every array');
+    assert(
+      RECORD_BYTES * r + EXTENT_BYTES * e <= bodyBytes,
+      'transaction index: body holds every array',
+    );
     return out;
   }
 
@@ -209,33 +242,57 @@ export class TxIndex {
    * other or changed files is refused. Throws SegmentError naming the file and offset.
    * (`volumeCount` bounds the volume indexes.)
    */
-  static decode(buf: Buffer, file: string, segmentIndex: number, binding: Buffer, volumeCount: number): TxIndex {
+  static decode(
+    buf: Buffer,
+    file: string,
+    segmentIndex: number,
+    binding: Buffer,
+    volumeCount: number,
+  ): TxIndex {
     const corrupt = (at: number, what: string): never => {
       throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, at, what);
     };
-    if (buf.length < TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES) throw new SegmentError('REWIND_SEGMENT_TRUNCATED', file, buf.length, 'index header cut short');
+    if (buf.length < TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES)
+      throw new SegmentError(
+        'REWIND_SEGMENT_TRUNCATED',
+        file,
+        buf.length,
+        'index header cut short',
+      );
     if (!buf.subarray(0, 8).equals(TX_INDEX_MAGIC)) corrupt(0, 'expected magic RWNDTIDX');
     const headerCrc = crc32c(buf.subarray(0, 60));
-    if (headerCrc !== buf.readUInt32LE(60)) corrupt(60, `header crc32c ${hex(headerCrc)}, expected ${hex(buf.readUInt32LE(60))}`);
-    if (buf.readUInt16LE(8) !== TX_INDEX_VERSION) corrupt(8, `version ${buf.readUInt16LE(8)}, expected ${TX_INDEX_VERSION}`);
-    if (buf.readUInt16LE(10) !== TX_INDEX_HEADER_BYTES) corrupt(10, `header bytes ${buf.readUInt16LE(10)}, expected ${TX_INDEX_HEADER_BYTES}`);
+    if (headerCrc !== buf.readUInt32LE(60))
+      corrupt(60, `header crc32c ${hex(headerCrc)}, expected ${hex(buf.readUInt32LE(60))}`);
+    if (buf.readUInt16LE(8) !== TX_INDEX_VERSION)
+      corrupt(8, `version ${buf.readUInt16LE(8)}, expected ${TX_INDEX_VERSION}`);
+    if (buf.readUInt16LE(10) !== TX_INDEX_HEADER_BYTES)
+      corrupt(10, `header bytes ${buf.readUInt16LE(10)}, expected ${TX_INDEX_HEADER_BYTES}`);
     const number = (at: number): number => {
       const value = buf.readBigUInt64LE(at);
       if (value > BigInt(Number.MAX_SAFE_INTEGER)) corrupt(at, `value ${value} out of range`);
       return Number(value);
     };
-    if (number(16) !== segmentIndex) corrupt(16, `index of transaction ${number(16)}, expected ${segmentIndex}`);
+    if (number(16) !== segmentIndex)
+      corrupt(16, `index of transaction ${number(16)}, expected ${segmentIndex}`);
     const seqFirst = number(24);
     const r = number(32);
     const e = number(40);
     const bodyBytes = number(48);
     const bodyAt = TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES;
-    const expectedBody = align8(r * 8) * 4 + align8(r * 2) + align8(r) + align8(e * 8) * 3 + align8(e * 2) + align8(e);
-    if (bodyBytes !== expectedBody) corrupt(48, `body bytes ${bodyBytes}, expected ${expectedBody} for ${r} records and ${e} extents`);
-    if (buf.length !== bodyAt + bodyBytes) corrupt(buf.length, `file is ${buf.length} bytes, expected ${bodyAt + bodyBytes}`);
+    const expectedBody =
+      align8(r * 8) * 4 + align8(r * 2) + align8(r) + align8(e * 8) * 3 + align8(e * 2) + align8(e);
+    if (bodyBytes !== expectedBody)
+      corrupt(
+        48,
+        `body bytes ${bodyBytes}, expected ${expectedBody} for ${r} records and ${e} extents`,
+      );
+    if (buf.length !== bodyAt + bodyBytes)
+      corrupt(buf.length, `file is ${buf.length} bytes, expected ${bodyAt + bodyBytes}`);
     const bodyCrc = crc32c(buf.subarray(TX_INDEX_HEADER_BYTES));
-    if (bodyCrc !== buf.readUInt32LE(56)) corrupt(56, `body crc32c ${hex(bodyCrc)}, expected ${hex(buf.readUInt32LE(56))}`);
-    if (!buf.subarray(TX_INDEX_HEADER_BYTES, bodyAt).equals(binding)) corrupt(TX_INDEX_HEADER_BYTES, 'the redo or undo file differs from the one indexed');
+    if (bodyCrc !== buf.readUInt32LE(56))
+      corrupt(56, `body crc32c ${hex(bodyCrc)}, expected ${hex(buf.readUInt32LE(56))}`);
+    if (!buf.subarray(TX_INDEX_HEADER_BYTES, bodyAt).equals(binding))
+      corrupt(TX_INDEX_HEADER_BYTES, 'the redo or undo file differs from the one indexed');
     // Typed arrays need aligned offsets: copy the body into a fresh buffer (one memcpy).
     const body = new ArrayBuffer(bodyBytes);
     new Uint8Array(body).set(buf.subarray(bodyAt));
@@ -248,7 +305,12 @@ export class TxIndex {
   private check(file: string, volumeCount: number): void {
     for (let i = 0; i < this.recordCount; i++) {
       const kind = this.recordKind[i] as number;
-      if (kind < KIND_WRITE || kind > KIND_TRIM || !((this.recordLength[i] as number) > 0) || (this.recordVolume[i] as number) >= volumeCount) {
+      if (
+        kind < KIND_WRITE ||
+        kind > KIND_TRIM ||
+        !((this.recordLength[i] as number) > 0) ||
+        (this.recordVolume[i] as number) >= volumeCount
+      ) {
         throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 0, `index record ${i} is invalid`);
       }
     }
@@ -258,8 +320,19 @@ export class TxIndex {
       const kind = this.extentKind[i] as number;
       const volume = this.extentVolume[i] as number;
       const offset = this.extentOffset[i] as number;
-      if ((kind !== EXTENT_DATA && kind !== EXTENT_ZERO) || !((this.extentLength[i] as number) > 0) || volume >= volumeCount || volume < lastVolume || (volume === lastVolume && offset < lastEnd)) {
-        throw new SegmentError('REWIND_SEGMENT_CORRUPT', file, 0, `index extent ${i} is invalid or out of order`);
+      if (
+        (kind !== EXTENT_DATA && kind !== EXTENT_ZERO) ||
+        !((this.extentLength[i] as number) > 0) ||
+        volume >= volumeCount ||
+        volume < lastVolume ||
+        (volume === lastVolume && offset < lastEnd)
+      ) {
+        throw new SegmentError(
+          'REWIND_SEGMENT_CORRUPT',
+          file,
+          0,
+          `index extent ${i} is invalid or out of order`,
+        );
       }
       lastVolume = volume;
       lastEnd = offset + (this.extentLength[i] as number);

@@ -73,7 +73,13 @@ export class View {
   private readonly fdById: number[] = [-1];
   private readonly readAhead = new ReadAhead(READ_AHEAD_TOTAL_BYTES);
 
-  private constructor(name: string, kind: 'snapshot' | 'clone', seq: number, history: History, overlays: Overlay[] | undefined) {
+  private constructor(
+    name: string,
+    kind: 'snapshot' | 'clone',
+    seq: number,
+    history: History,
+    overlays: Overlay[] | undefined,
+  ) {
     this.name = name;
     this.kind = kind;
     this.seq = seq;
@@ -88,7 +94,13 @@ export class View {
    * extents of each transaction after it, oldest first, where still unmapped. The lists are
    * overlaid in typed arrays and each map is loaded in one pass.
    */
-  static async build(name: string, kind: 'snapshot' | 'clone', seq: number, history: History, overlays?: Overlay[]): Promise<View> {
+  static async build(
+    name: string,
+    kind: 'snapshot' | 'clone',
+    seq: number,
+    history: History,
+    overlays?: Overlay[],
+  ): Promise<View> {
     assert(seq >= 0 && seq <= history.seqCommitted(), 'view seq is committed');
     const view = new View(name, kind, seq, history, overlays);
     const volumes = view.maps.length;
@@ -105,7 +117,12 @@ export class View {
         for (let i = from; i < to; i++) {
           const offset = index.extentOffset[i] as number;
           const data = index.extentKind[i] === EXTENT_DATA;
-          list.runs.push(offset, offset + (index.extentLength[i] as number), data ? source : ZERO.id, data ? (index.extentPayload[i] as number) : offset);
+          list.runs.push(
+            offset,
+            offset + (index.extentLength[i] as number),
+            data ? source : ZERO.id,
+            data ? (index.extentPayload[i] as number) : offset,
+          );
         }
         list.bounds.push(list.runs.count);
       }
@@ -113,13 +130,24 @@ export class View {
     lists.forEach((list, volume) => {
       const merged = overlayRuns(list.runs, list.bounds);
       const sources = merged.source;
-      (view.maps[volume] as IntervalMap<ViewSource>).load(merged.count, merged.start, merged.end, merged.offset, (i) => view.sourceById[sources[i] as number] as ViewSource);
+      (view.maps[volume] as IntervalMap<ViewSource>).load(
+        merged.count,
+        merged.start,
+        merged.end,
+        merged.offset,
+        (i) => view.sourceById[sources[i] as number] as ViewSource,
+      );
     });
     return view;
   }
 
   /** The first list of each volume: the records of `index` at or before `seq`, newest wins. */
-  private addRecordRuns(lists: { runs: Runs; bounds: number[] }[], index: TxIndex, idx: number, seq: number): void {
+  private addRecordRuns(
+    lists: { runs: Runs; bounds: number[] }[],
+    index: TxIndex,
+    idx: number,
+    seq: number,
+  ): void {
     const count = Math.min(index.recordCount, seq - index.seqFirst + 1);
     if (count <= 0) return;
     const source = this.source('redo', idx).id;
@@ -129,7 +157,12 @@ export class View {
       const single = singles[index.recordVolume[i] as number] as { runs: Runs; bounds: number[] };
       const offset = index.recordOffset[i] as number;
       const write = index.recordKind[i] === KIND_WRITE;
-      single.runs.push(offset, offset + (index.recordLength[i] as number), write ? source : ZERO.id, write ? (index.recordPayload[i] as number) : offset);
+      single.runs.push(
+        offset,
+        offset + (index.recordLength[i] as number),
+        write ? source : ZERO.id,
+        write ? (index.recordPayload[i] as number) : offset,
+      );
       single.bounds.push(single.runs.count);
     }
     singles.forEach((single, volume) => {
@@ -160,7 +193,8 @@ export class View {
   private fdOf(source: ViewSource): number {
     let fd = this.fdById[source.id] as number;
     if (fd < 0) {
-      fd = source.kind === 'redo' ? this.history.redoFd(source.idx) : this.history.undoFd(source.idx);
+      fd =
+        source.kind === 'redo' ? this.history.redoFd(source.idx) : this.history.undoFd(source.idx);
       this.fdById[source.id] = fd;
     }
     return fd;
@@ -171,7 +205,8 @@ export class View {
     const map = this.maps[index.recordVolume[i] as number] as IntervalMap<ViewSource>;
     const start = index.recordOffset[i] as number;
     const end = start + (index.recordLength[i] as number);
-    if (index.recordKind[i] === KIND_WRITE) map.set(start, end, this.source('redo', idx), index.recordPayload[i] as number);
+    if (index.recordKind[i] === KIND_WRITE)
+      map.set(start, end, this.source('redo', idx), index.recordPayload[i] as number);
     else map.set(start, end, ZERO, start);
   }
 
@@ -185,7 +220,8 @@ export class View {
     for (const extent of extents) {
       const map = this.maps[extent.volume] as IntervalMap<ViewSource>;
       const end = extent.offsetBytes + extent.lengthBytes;
-      if (extent.kind === 'data') map.fillGaps(extent.offsetBytes, end, source, extent.payloadOffsetBytes);
+      if (extent.kind === 'data')
+        map.fillGaps(extent.offsetBytes, end, source, extent.payloadOffsetBytes);
       else map.fillGaps(extent.offsetBytes, end, ZERO, extent.offsetBytes);
     }
   }
@@ -213,17 +249,24 @@ export class View {
     }));
     if (target > this.seq) {
       // Forward: each crossed write now shows its own bytes; everything else is unchanged.
-      for (const { idx, index, from, to } of crossed) for (let i = from; i < to; i++) this.mapRecord(idx, index, i);
+      for (const { idx, index, from, to } of crossed)
+        for (let i = from; i < to; i++) this.mapRecord(idx, index, i);
     } else {
       // Back: the ranges the crossed writes touched are mapped again as at `target`: first by the
       // writes at or before it in the transaction holding it, then by the before-images (undo) of
       // the transactions after it, earliest first.
       const touched = Array.from({ length: this.maps.length }, () => [] as ByteRange[]);
       for (const { index, from, to } of crossed) {
-        for (let i = from; i < to; i++) touched[index.recordVolume[i] as number]?.push({ offset: index.recordOffset[i] as number, length: index.recordLength[i] as number });
+        for (let i = from; i < to; i++)
+          touched[index.recordVolume[i] as number]?.push({
+            offset: index.recordOffset[i] as number,
+            length: index.recordLength[i] as number,
+          });
       }
       const ranges = touched.map((list) => mergeRanges(list));
-      ranges.forEach((list, volume) => list.forEach((r) => this.maps[volume]?.delete(r.offset, r.offset + r.length)));
+      ranges.forEach((list, volume) =>
+        list.forEach((r) => this.maps[volume]?.delete(r.offset, r.offset + r.length)),
+      );
       const first = indexes[0];
       if (first) {
         const { idx, index } = first;
@@ -233,7 +276,13 @@ export class View {
           const offset = index.recordOffset[i] as number;
           for (const piece of clip(ranges[volume] ?? [], offset, index.recordLength[i] as number)) {
             const map = this.maps[volume] as IntervalMap<ViewSource>;
-            if (index.recordKind[i] === KIND_WRITE) map.set(piece.start, piece.end, this.source('redo', idx), (index.recordPayload[i] as number) + piece.start - offset);
+            if (index.recordKind[i] === KIND_WRITE)
+              map.set(
+                piece.start,
+                piece.end,
+                this.source('redo', idx),
+                (index.recordPayload[i] as number) + piece.start - offset,
+              );
             else map.set(piece.start, piece.end, ZERO, piece.start);
           }
         }
@@ -245,7 +294,13 @@ export class View {
           const offset = index.extentOffset[i] as number;
           for (const piece of clip(ranges[volume] ?? [], offset, index.extentLength[i] as number)) {
             const map = this.maps[volume] as IntervalMap<ViewSource>;
-            if (index.extentKind[i] === EXTENT_DATA) map.fillGaps(piece.start, piece.end, source, (index.extentPayload[i] as number) + piece.start - offset);
+            if (index.extentKind[i] === EXTENT_DATA)
+              map.fillGaps(
+                piece.start,
+                piece.end,
+                source,
+                (index.extentPayload[i] as number) + piece.start - offset,
+              );
             else map.fillGaps(piece.start, piece.end, ZERO, piece.start);
           }
         }
@@ -253,7 +308,8 @@ export class View {
     }
     this.seq = target;
     const out: { idx: number; record: RedoRecord }[] = [];
-    for (const { idx, index, from, to } of crossed) for (let i = from; i < to; i++) out.push({ idx, record: index.record(i) });
+    for (const { idx, index, from, to } of crossed)
+      for (let i = from; i < to; i++) out.push({ idx, record: index.record(i) });
     return out;
   }
 
@@ -268,7 +324,8 @@ export class View {
     if (overlay) {
       for (const piece of overlay.map.query(offsetBytes, offsetBytes + lengthBytes)) {
         const at = piece.start - offsetBytes;
-        if (piece.value === undefined) this.readBase(volume, target, at, piece.start, piece.end - piece.start);
+        if (piece.value === undefined)
+          this.readBase(volume, target, at, piece.start, piece.end - piece.start);
         else if (piece.value === 'zero') target.fill(0, at, at + piece.end - piece.start);
         else preadFully(overlay.dataFd, target, at, piece.end - piece.start, piece.start);
       }
@@ -284,15 +341,29 @@ export class View {
    * one pread straight into the target (the pieces between them are written over afterwards), and
    * the pieces of each transaction file close to each other in that file in one pread.
    */
-  private readBase(volume: number, target: Buffer, targetOffset: number, offsetBytes: number, lengthBytes: number): void {
-    if (this.readReplicaAndZeroes(volume, target, targetOffset, offsetBytes, lengthBytes, PLAN)) runFileReads(target, PLAN, this.readAhead);
+  private readBase(
+    volume: number,
+    target: Buffer,
+    targetOffset: number,
+    offsetBytes: number,
+    lengthBytes: number,
+  ): void {
+    if (this.readReplicaAndZeroes(volume, target, targetOffset, offsetBytes, lengthBytes, PLAN))
+      runFileReads(target, PLAN, this.readAhead);
   }
 
   /**
    * Looks up the pieces of the range, reads its replica pieces and fills its zero pieces into
    * `target`, and puts groups for its transaction-file pieces in `plan`. Returns whether there are any.
    */
-  private readReplicaAndZeroes(volume: number, target: Buffer, targetOffset: number, offsetBytes: number, lengthBytes: number, plan: PlanBuffer): boolean {
+  private readReplicaAndZeroes(
+    volume: number,
+    target: Buffer,
+    targetOffset: number,
+    offsetBytes: number,
+    lengthBytes: number,
+    plan: PlanBuffer,
+  ): boolean {
     const map = this.maps[volume] as IntervalMap<ViewSource>;
     const pieces = PIECES;
     pieces.count = 0;
@@ -324,7 +395,8 @@ export class View {
     for (let i = 0; i < count; i++) {
       const value = values[i];
       if (value === undefined) continue;
-      if (value.kind === 'zero') target.fill(0, (starts[i] as number) + shift, (ends[i] as number) + shift);
+      if (value.kind === 'zero')
+        target.fill(0, (starts[i] as number) + shift, (ends[i] as number) + shift);
       else {
         chains.link(i, value.id);
         filePieces += 1;
@@ -371,7 +443,10 @@ export class View {
           } else {
             if (spanEnd > mapping.length) {
               mapped.length = 0; // the plan is reused: hold no mapping past this read
-              throw new RewindError('REWIND_SEGMENT_CORRUPT', `the ${source.kind} file of transaction ${source.idx} holds ${mapping.length} bytes, but its index places data up to byte ${spanEnd}`);
+              throw new RewindError(
+                'REWIND_SEGMENT_CORRUPT',
+                `the ${source.kind} file of transaction ${source.idx} holds ${mapping.length} bytes, but its index places data up to byte ${spanEnd}`,
+              );
             }
             groups[at + 1] = -1;
             mapped[groupCount] = mapping;
@@ -393,12 +468,19 @@ export class View {
   }
 
   /** Replica bytes [start, end) into `target` at `at`; chunks never written with data are zeroes without a read. */
-  private readReplica(volume: number, target: Buffer, at: number, start: number, end: number): void {
+  private readReplica(
+    volume: number,
+    target: Buffer,
+    at: number,
+    start: number,
+    end: number,
+  ): void {
     const replica = this.history.replicas[volume];
     if (replica !== undefined) {
       const chunkBytes = replica.allocChunkBytes;
       let hole = true;
-      for (let chunk = Math.floor(start / chunkBytes); hole && chunk * chunkBytes < end; chunk++) hole = !replica.chunkMayHoldData(chunk);
+      for (let chunk = Math.floor(start / chunkBytes); hole && chunk * chunkBytes < end; chunk++)
+        hole = !replica.chunkMayHoldData(chunk);
       if (hole) {
         target.fill(0, at, at + end - start);
         return;
@@ -411,7 +493,11 @@ export class View {
    * base:allocation for a range: zero pieces of the history, and replica chunks never written with
    * data, are holes that read as zeroes; the rest is data. Clones: the overlay's zero ranges too.
    */
-  zeroPieces(volume: number, offsetBytes: number, lengthBytes: number): { lengthBytes: number; zero: boolean }[] {
+  zeroPieces(
+    volume: number,
+    offsetBytes: number,
+    lengthBytes: number,
+  ): { lengthBytes: number; zero: boolean }[] {
     const out: { lengthBytes: number; zero: boolean }[] = [];
     const push = (length: number, zero: boolean): void => {
       const last = out[out.length - 1];
@@ -431,7 +517,12 @@ export class View {
     return out;
   }
 
-  private basePieces(volume: number, start: number, end: number, push: (length: number, zero: boolean) => void): void {
+  private basePieces(
+    volume: number,
+    start: number,
+    end: number,
+    push: (length: number, zero: boolean) => void,
+  ): void {
     const map = this.maps[volume] as IntervalMap<ViewSource>;
     const replica = this.history.replicas[volume];
     map.forEachPiece(start, end, (pieceStart, pieceEnd, value) => {
@@ -439,7 +530,7 @@ export class View {
       if (replica === undefined) return push(pieceEnd - pieceStart, false);
       // The replica reads as zeroes in chunks never written with data.
       const chunkBytes = replica.allocChunkBytes;
-      for (let at = pieceStart; at < pieceEnd; ) {
+      for (let at = pieceStart; at < pieceEnd;) {
         const chunk = Math.floor(at / chunkBytes);
         const next = Math.min(pieceEnd, (chunk + 1) * chunkBytes);
         push(next - at, !replica.chunkMayHoldData(chunk));
@@ -458,7 +549,12 @@ class PieceList {
   value: (ViewSource | undefined)[] = [];
   private readonly chainState = new Chains();
 
-  readonly add = (start: number, end: number, value: ViewSource | undefined, offset: number): void => {
+  readonly add = (
+    start: number,
+    end: number,
+    value: ViewSource | undefined,
+    offset: number,
+  ): void => {
     const at = this.count;
     if (at === this.start.length) this.grow();
     this.start[at] = start;
@@ -524,7 +620,11 @@ const PIECES = new PieceList();
 const PLAN = new PlanBuffer(256);
 
 /** The parts of [offset, offset + length) inside `ranges` (merged, ascending). */
-function clip(ranges: readonly ByteRange[], offsetBytes: number, lengthBytes: number): { start: number; end: number }[] {
+function clip(
+  ranges: readonly ByteRange[],
+  offsetBytes: number,
+  lengthBytes: number,
+): { start: number; end: number }[] {
   const end = offsetBytes + lengthBytes;
   const out: { start: number; end: number }[] = [];
   // Binary search for the first range ending after offsetBytes.

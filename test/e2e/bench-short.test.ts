@@ -11,7 +11,9 @@ const RUN = fileURLToPath(new URL('../../bench/run.js', import.meta.url));
 // over 170 s once), never slowness.
 const TIMEOUT_MS = 360_000;
 const KILL_GRACE_MS = 5_000;
-const missing = ['fio', 'nbdkit', 'qemu-nbd', 'nbdcopy', 'nbdinfo'].filter((tool) => spawnSync('which', [tool]).status !== 0);
+const missing = ['fio', 'nbdkit', 'qemu-nbd', 'nbdcopy', 'nbdinfo'].filter(
+  (tool) => spawnSync('which', [tool]).status !== 0,
+);
 
 interface BenchRow {
   id: string;
@@ -22,7 +24,12 @@ interface BenchRow {
 }
 
 const SERVERS = ['nbdkit', 'qemu-nbd', 'rewind'];
-const WORKLOAD_IDS = ['randwrite-4k-qd32', 'randwrite-4k-qd1', 'write-1m-qd8', 'randrw-4k-70r-qd32'];
+const WORKLOAD_IDS = [
+  'randwrite-4k-qd32',
+  'randwrite-4k-qd1',
+  'write-1m-qd8',
+  'randrw-4k-70r-qd32',
+];
 const EXPECTED_ROWS = [
   ...WORKLOAD_IDS.flatMap((workload) => SERVERS.map((server) => `ingest.${workload}.${server}`)),
   'rpo.half-peak.p50',
@@ -60,13 +67,20 @@ const TARGET_ROWS = [
 
 /** Runs the short benchmark; the child is killed (SIGTERM, then SIGKILL) if it outlives the timeout. */
 async function runShortBench(): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [RUN, '--short', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [RUN, '--short', '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('close', (status) => resolve(status)));
-  const timers = [setTimeout(() => child.kill('SIGTERM'), TIMEOUT_MS), setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS + KILL_GRACE_MS)];
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('close', (status) => resolve(status)),
+  );
+  const timers = [
+    setTimeout(() => child.kill('SIGTERM'), TIMEOUT_MS),
+    setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS + KILL_GRACE_MS),
+  ];
   try {
     return { status: await exited, stdout, stderr };
   } finally {
@@ -78,24 +92,42 @@ async function runShortBench(): Promise<{ status: number | null; stdout: string;
   }
 }
 
-test('npm run bench --short --json: every row, finite positive figures, PASS/MISS on every target', { skip: missing.length ? `missing ${missing.join(', ')}` : false, timeout: TIMEOUT_MS + 2 * KILL_GRACE_MS }, async () => {
-  const { status, stdout, stderr } = await runShortBench();
-  assert.equal(status, 0, `bench failed:\n${stderr.slice(-4000)}`);
-  const report = JSON.parse(stdout) as { mode: string; rows: BenchRow[]; failures: unknown[]; machine: { cpus: number } };
-  assert.equal(report.mode, 'short');
-  assert.deepEqual(report.failures, [], 'no section failed');
-  assert.ok(report.machine.cpus > 0);
-  const byId = new Map(report.rows.map((row) => [row.id, row]));
-  assert.equal(byId.size, report.rows.length, 'row ids are unique');
-  for (const id of EXPECTED_ROWS) {
-    const row = byId.get(id);
-    assert.ok(row, `row ${id} is present`);
-    assert.ok(Number.isFinite(row.value) && row.value > 0, `row ${id} has a finite positive value (got ${row.value})`);
-    assert.ok(row.unit.length > 0, `row ${id} has a unit`);
-  }
-  for (const id of TARGET_ROWS) {
-    const row = byId.get(id);
-    assert.ok(row?.target, `row ${id} states its target`);
-    assert.ok(row.result === 'PASS' || row.result === 'MISS', `row ${id} says PASS or MISS (got ${row.result})`);
-  }
-});
+test(
+  'npm run bench --short --json: every row, finite positive figures, PASS/MISS on every target',
+  {
+    skip: missing.length ? `missing ${missing.join(', ')}` : false,
+    timeout: TIMEOUT_MS + 2 * KILL_GRACE_MS,
+  },
+  async () => {
+    const { status, stdout, stderr } = await runShortBench();
+    assert.equal(status, 0, `bench failed:\n${stderr.slice(-4000)}`);
+    const report = JSON.parse(stdout) as {
+      mode: string;
+      rows: BenchRow[];
+      failures: unknown[];
+      machine: { cpus: number };
+    };
+    assert.equal(report.mode, 'short');
+    assert.deepEqual(report.failures, [], 'no section failed');
+    assert.ok(report.machine.cpus > 0);
+    const byId = new Map(report.rows.map((row) => [row.id, row]));
+    assert.equal(byId.size, report.rows.length, 'row ids are unique');
+    for (const id of EXPECTED_ROWS) {
+      const row = byId.get(id);
+      assert.ok(row, `row ${id} is present`);
+      assert.ok(
+        Number.isFinite(row.value) && row.value > 0,
+        `row ${id} has a finite positive value (got ${row.value})`,
+      );
+      assert.ok(row.unit.length > 0, `row ${id} has a unit`);
+    }
+    for (const id of TARGET_ROWS) {
+      const row = byId.get(id);
+      assert.ok(row?.target, `row ${id} states its target`);
+      assert.ok(
+        row.result === 'PASS' || row.result === 'MISS',
+        `row ${id} says PASS or MISS (got ${row.result})`,
+      );
+    }
+  },
+);

@@ -14,7 +14,9 @@ import { ModelVolumeSet, randomHistory, rng, type ModelWrite } from '../support/
 const SIZES = [1024 * 1024, 512 * 1024];
 
 function call(fn: (done: (errno: number) => void) => void): Promise<void> {
-  return new Promise((resolve, reject) => fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))));
+  return new Promise((resolve, reject) =>
+    fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))),
+  );
 }
 
 async function start(dataDir: string): Promise<Running> {
@@ -30,7 +32,11 @@ async function start(dataDir: string): Promise<Running> {
     sealMs: 60_000,
     quiet: true,
   });
-  for (let waited = 0; !(running.manager!.status() as { agentConnected: boolean }).agentConnected; waited += 10) {
+  for (
+    let waited = 0;
+    !(running.manager!.status() as { agentConnected: boolean }).agentConnected;
+    waited += 10
+  ) {
     assert.ok(waited < 10_000, 'agent connects to the manager');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
@@ -53,7 +59,10 @@ async function checkAllSeqs(running: Running, history: ModelWrite[], label: stri
     const view = await manager.createView(name, 'snapshot', String(seq));
     for (let v = 0; v < SIZES.length; v++) {
       const got = view.read(v, 0, SIZES[v] as number);
-      assert.ok(got.equals(model.image(v)), `${label}: volume ${v} at seq ${seq} differs from the model`);
+      assert.ok(
+        got.equals(model.image(v)),
+        `${label}: volume ${v} at seq ${seq} differs from the model`,
+      );
     }
     await manager.removeView(name);
   }
@@ -85,15 +94,27 @@ test('every seq of random histories rebuilds byte-identically, before and after 
       await running.manager!.seal(true);
       assert.equal(running.manager!.seqCommitted(), history.length);
       const earlyView = running.manager!.views.get('early')!;
-      for (let v = 0; v < SIZES.length; v++) assert.ok(earlyView.read(v, 0, SIZES[v] as number).equals(early!.images[v] as Buffer), `early view moved (seed ${seed})`);
+      for (let v = 0; v < SIZES.length; v++)
+        assert.ok(
+          earlyView.read(v, 0, SIZES[v] as number).equals(early!.images[v] as Buffer),
+          `early view moved (seed ${seed})`,
+        );
       // Production equals the model's final image.
-      for (let v = 0; v < SIZES.length; v++) assert.ok(fs.readFileSync(running.agent!.volumes[v]!.path).equals(model.image(v)), `production differs (seed ${seed})`);
+      for (let v = 0; v < SIZES.length; v++)
+        assert.ok(
+          fs.readFileSync(running.agent!.volumes[v]!.path).equals(model.image(v)),
+          `production differs (seed ${seed})`,
+        );
       await checkAllSeqs(running, history, `s${seed}`);
       await running.close();
       running = await start(dir);
       assert.equal(running.manager!.seqCommitted(), history.length, 'history survives a restart');
       const reopened = running.manager!.views.get('early')!;
-      for (let v = 0; v < SIZES.length; v++) assert.ok(reopened.read(v, 0, SIZES[v] as number).equals(early!.images[v] as Buffer), 'early view after restart');
+      for (let v = 0; v < SIZES.length; v++)
+        assert.ok(
+          reopened.read(v, 0, SIZES[v] as number).equals(early!.images[v] as Buffer),
+          'early view after restart',
+        );
       await checkAllSeqs(running, history, `r${seed}`);
       await running.close();
       running = undefined;
@@ -116,7 +137,13 @@ test('a clone takes writes in its overlay, never in production or the replica', 
     assert.equal(cloneExport.readOnly, false);
     await call((d) => cloneExport.write(0, Buffer.alloc(4096, 9), true, d));
     assert.ok(clone.read(0, 0, 4096).equals(Buffer.alloc(4096, 9)));
-    assert.ok(fs.readFileSync(running.agent!.volumes[0]!.path).subarray(0, 4096).equals(Buffer.alloc(4096, 1)), 'production untouched');
+    assert.ok(
+      fs
+        .readFileSync(running.agent!.volumes[0]!.path)
+        .subarray(0, 4096)
+        .equals(Buffer.alloc(4096, 1)),
+      'production untouched',
+    );
     const snap = await running.manager!.createView('s', 'snapshot', '1');
     assert.ok(snap.read(0, 0, 4096).equals(Buffer.alloc(4096, 1)), 'history untouched');
     const snapExport = running.manager!.exports().find((e) => e.name === 'a@s')!;
@@ -132,7 +159,10 @@ test('points that are not committed or not parseable are refused with a reason',
   const running = await start(dir);
   try {
     await assert.rejects(running.manager!.createView('x', 'snapshot', '5'), /not committed yet/);
-    await assert.rejects(running.manager!.createView('y', 'snapshot', 'next blue moon'), /not a seq/);
+    await assert.rejects(
+      running.manager!.createView('y', 'snapshot', 'next blue moon'),
+      /not a seq/,
+    );
     await assert.rejects(running.manager!.createView('bad name!', 'snapshot', '0'), /invalid/);
     const view = await running.manager!.createView('zero', 'snapshot', '0');
     assert.equal(view.seq, 0);

@@ -17,7 +17,9 @@ const ANY = { host: '127.0.0.1', port: 0 };
 const VOLUME_BYTES = 1024 * 1024;
 
 function call(fn: (done: (errno: number) => void) => void): Promise<void> {
-  return new Promise((resolve, reject) => fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))));
+  return new Promise((resolve, reject) =>
+    fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))),
+  );
 }
 
 async function until(what: string, check: () => boolean): Promise<void> {
@@ -41,10 +43,21 @@ function history(run: ManagerRun, dataDir: string): string {
   const manager = run.manager;
   assert.ok(manager);
   const status = manager.status() as ManagerStatus;
-  const txs = manager.catalog.committedTxs().map((t) => `${t.idx}:${t.seqFirst}..${t.seqLast}:${t.redoCrc}:${t.state}`);
-  const files = ['redo', 'undo'].flatMap((sub) => fs.readdirSync(path.join(dataDir, 'manager', sub)).map((name) => `${sub}/${name}`));
+  const txs = manager.catalog
+    .committedTxs()
+    .map((t) => `${t.idx}:${t.seqFirst}..${t.seqLast}:${t.redoCrc}:${t.state}`);
+  const files = ['redo', 'undo'].flatMap((sub) =>
+    fs.readdirSync(path.join(dataDir, 'manager', sub)).map((name) => `${sub}/${name}`),
+  );
   const replicas = manager.replicas.map((r) => `${r.name}:${crc32c(fs.readFileSync(r.file))}`);
-  return JSON.stringify({ seqCommitted: status.seqCommitted, transactions: status.transactions, uncommitted: manager.catalog.uncommitted().length, txs, files, replicas });
+  return JSON.stringify({
+    seqCommitted: status.seqCommitted,
+    transactions: status.transactions,
+    uncommitted: manager.catalog.uncommitted().length,
+    txs,
+    files,
+    replicas,
+  });
 }
 
 describe('a spool segment corrupted after sealing', () => {
@@ -58,9 +71,25 @@ describe('a spool segment corrupted after sealing', () => {
   let corrupted = Buffer.alloc(0);
 
   const startTheManager = async (port: number): Promise<ManagerRun> =>
-    startManager({ dataDir: managerDir, listen: { host: '127.0.0.1', port }, nbd: ANY, http: ANY, token: TOKEN, quiet: true });
+    startManager({
+      dataDir: managerDir,
+      listen: { host: '127.0.0.1', port },
+      nbd: ANY,
+      http: ANY,
+      token: TOKEN,
+      quiet: true,
+    });
   const startTheAgent = async (port: number): Promise<Running> =>
-    startAgent({ dataDir: path.join(dir, 'a'), nbd: ANY, manager: { host: '127.0.0.1', port }, token: TOKEN, volumes: [{ name: 'db', sizeBytes: VOLUME_BYTES }], sealBytes: 1 << 20, sealMs: 60_000, quiet: true });
+    startAgent({
+      dataDir: path.join(dir, 'a'),
+      nbd: ANY,
+      manager: { host: '127.0.0.1', port },
+      token: TOKEN,
+      volumes: [{ name: 'db', sizeBytes: VOLUME_BYTES }],
+      sealBytes: 1 << 20,
+      sealMs: 60_000,
+      quiet: true,
+    });
   const managerStatus = (): ManagerStatus => manager?.manager?.status() as ManagerStatus;
   const write = (offset: number, data: Buffer): Promise<void> => {
     const volume = agent?.agent?.exports()[0];
@@ -76,7 +105,10 @@ describe('a spool segment corrupted after sealing', () => {
     // Segment 1 ships and commits.
     await write(0, Buffer.alloc(4096, 0x11));
     assert.equal(await agent.agent?.seal(), 1);
-    await until('segment 1 is committed and released', () => managerStatus().seqCommitted === 1 && agent?.agent?.status().sealedPending === 0);
+    await until(
+      'segment 1 is committed and released',
+      () => managerStatus().seqCommitted === 1 && agent?.agent?.status().sealedPending === 0,
+    );
     historyBefore = history(manager, managerDir);
     // Both stop (the agent first: Manager.close() waits for a connected agent to go away), and the
     // agent comes back while the manager stays away.
@@ -98,7 +130,10 @@ describe('a spool segment corrupted after sealing', () => {
     fs.writeFileSync(spoolFile, corrupted);
 
     manager = await startTheManager(port);
-    await until('the agent reconnects and reports the refusal', () => managerStatus().agentConnected && managerStatus().failure !== null);
+    await until(
+      'the agent reconnects and reports the refusal',
+      () => managerStatus().agentConnected && managerStatus().failure !== null,
+    );
   });
 
   after(async () => {
@@ -109,13 +144,22 @@ describe('a spool segment corrupted after sealing', () => {
 
   it('the manager refuses it with a named code and its history is unchanged', () => {
     assert.ok(manager);
-    assert.match(managerStatus().failure ?? '', /^segment 2 refused by the manager: REWIND_SEGMENT_CORRUPT: segment 2 from agent at byte \d+: payload crc32c/);
+    assert.match(
+      managerStatus().failure ?? '',
+      /^segment 2 refused by the manager: REWIND_SEGMENT_CORRUPT: segment 2 from agent at byte \d+: payload crc32c/,
+    );
     assert.equal(history(manager, managerDir), historyBefore);
     const view = manager.manager?.replicas[0];
     assert.ok(view);
     const replica = fs.readFileSync(view.file);
-    assert.ok(replica.subarray(0, 4096).equals(Buffer.alloc(4096, 0x11)), 'the replica holds segment 1 only');
-    assert.ok(replica.subarray(8192, 12288).equals(Buffer.alloc(4096)), 'nothing of segment 2 was applied');
+    assert.ok(
+      replica.subarray(0, 4096).equals(Buffer.alloc(4096, 0x11)),
+      'the replica holds segment 1 only',
+    );
+    assert.ok(
+      replica.subarray(8192, 12288).equals(Buffer.alloc(4096)),
+      'nothing of segment 2 was applied',
+    );
   });
 
   it('the agent reports the refusal in agent.status().failure', () => {

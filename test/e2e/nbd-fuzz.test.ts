@@ -14,7 +14,10 @@ const TOLERATE: string[] = [];
 
 function explain(report: FuzzReport): string {
   return report.violations
-    .map((violation) => `[${violation.rule}] connection ${String(violation.connection)}: ${violation.detail}\n  ${violation.exchange.join('\n  ')}`)
+    .map(
+      (violation) =>
+        `[${violation.rule}] connection ${String(violation.connection)}: ${violation.detail}\n  ${violation.exchange.join('\n  ')}`,
+    )
     .join('\n');
 }
 
@@ -32,17 +35,44 @@ function checkReport(report: FuzzReport, requests: number): void {
   assert.ok(report.requests >= requests, `sent ${report.requests} of ${requests} requests`);
   assert.ok(report.probes > 0, 'the server answered liveness probes');
   assert.ok(report.serverDisconnects > 0, 'hostile input made the server disconnect');
-  for (const errno of ['OK', 'EINVAL', 'EPERM', 'ENOSPC']) assert.ok((report.errnos[errno] ?? 0) > 0, `some replies were ${errno}`);
+  for (const errno of ['OK', 'EINVAL', 'EPERM', 'ENOSPC'])
+    assert.ok((report.errnos[errno] ?? 0) > 0, `some replies were ${errno}`);
 }
 
-test('NBD fuzzing (memory, seeded): 20,000 requests, every reply as the spec says, nothing stored altered', { timeout: 60_000 }, async (t) => {
-  const report = await fuzz('memory', { requests: 20_000, seed: 20260101, concurrency: 4, checkEvery: 50, timeoutMs: 10_000, tolerate: TOLERATE });
-  t.diagnostic(`${report.requests} requests on ${report.connections} connections in ${report.seconds} s; errnos ${JSON.stringify(report.errnos)}`);
-  checkReport(report, 20_000);
-});
+test(
+  'NBD fuzzing (memory, seeded): 20,000 requests, every reply as the spec says, nothing stored altered',
+  { timeout: 60_000 },
+  async (t) => {
+    const report = await fuzz('memory', {
+      requests: 20_000,
+      seed: 20260101,
+      concurrency: 4,
+      checkEvery: 50,
+      timeoutMs: 10_000,
+      tolerate: TOLERATE,
+    });
+    t.diagnostic(
+      `${report.requests} requests on ${report.connections} connections in ${report.seconds} s; errnos ${JSON.stringify(report.errnos)}`,
+    );
+    checkReport(report, 20_000);
+  },
+);
 
-test('NBD fuzzing (rewind up, seeded): 5,000 requests, every reply as the spec says, nothing stored altered', { timeout: 90_000 }, async (t) => {
-  const report = await fuzz('rewind', { requests: 5_000, seed: 20260102, concurrency: 4, checkEvery: 25, timeoutMs: 10_000, tolerate: TOLERATE });
-  t.diagnostic(`${report.requests} requests on ${report.connections} connections in ${report.seconds} s; errnos ${JSON.stringify(report.errnos)}`);
-  checkReport(report, 5_000);
-});
+test(
+  'NBD fuzzing (rewind up, seeded): 5,000 requests, every reply as the spec says, nothing stored altered',
+  { timeout: 90_000 },
+  async (t) => {
+    const report = await fuzz('rewind', {
+      requests: 5_000,
+      seed: 20260102,
+      concurrency: 4,
+      checkEvery: 25,
+      timeoutMs: 10_000,
+      tolerate: TOLERATE,
+    });
+    t.diagnostic(
+      `${report.requests} requests on ${report.connections} connections in ${report.seconds} s; errnos ${JSON.stringify(report.errnos)}`,
+    );
+    checkReport(report, 5_000);
+  },
+);

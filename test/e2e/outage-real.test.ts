@@ -12,12 +12,26 @@ import { runOutage } from '../../sim/outage-run.js';
 const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const missing = ['nbdcopy'].filter((t) => spawnSync('which', [t]).status !== 0);
 const hasLibnbd = spawnSync(PYTHON, ['-c', 'import nbd'], { timeout: 10_000 }).status === 0;
-const skip = missing.length > 0 ? `missing ${missing.join(', ')}` : !hasLibnbd ? 'missing python3-libnbd' : false;
+const skip =
+  missing.length > 0
+    ? `missing ${missing.join(', ')}`
+    : !hasLibnbd
+      ? 'missing python3-libnbd'
+      : false;
 
-test('link outages through a chaos proxy, degraded mode and back: history exact, windows exact', { skip, timeout: 300_000 }, async (t) => {
-  const report = await runOutage({ outagesSeconds: [1, 3], seed: 20261125 }, (line) => t.diagnostic(line));
-  t.diagnostic(JSON.stringify(report));
-  assert.ok(report.degradedEntered >= 1, 'the spool overflowed into degraded mode');
-  assert.ok(report.writesInWindows > 0 && report.resyncRecords > 0, 'some writes were covered by a resync');
-  assert.ok(report.midFrameCuts > 0, 'the proxy cut connections mid-frame');
-});
+test(
+  'link outages through a chaos proxy, degraded mode and back: history exact, windows exact',
+  { skip, timeout: 300_000 },
+  async (t) => {
+    const report = await runOutage({ outagesSeconds: [1, 3], seed: 20261125 }, (line) =>
+      t.diagnostic(line),
+    );
+    t.diagnostic(JSON.stringify(report));
+    assert.ok(report.degradedEntered >= 1, 'the spool overflowed into degraded mode');
+    assert.ok(
+      report.writesInWindows > 0 && report.resyncRecords > 0,
+      'some writes were covered by a resync',
+    );
+    assert.ok(report.midFrameCuts > 0, 'the proxy cut connections mid-frame');
+  },
+);

@@ -57,7 +57,6 @@ class Proxy {
   }
 }
 
-
 function write(e: ExportBackend, offset: number, data: Buffer): Promise<number> {
   return new Promise((resolve) => e.write(offset, data, false, resolve));
 }
@@ -68,10 +67,28 @@ test('outage: backlog in the spool, degraded mode when it is full, then ship, re
   const proxy = new Proxy();
   const running: Running[] = [];
   try {
-    const manager = await startManager({ dataDir: path.join(dir, 'm'), listen: any, nbd: any, http: any, token: 't', apiToken: 'a', quiet: true });
+    const manager = await startManager({
+      dataDir: path.join(dir, 'm'),
+      listen: any,
+      nbd: any,
+      http: any,
+      token: 't',
+      apiToken: 'a',
+      quiet: true,
+    });
     running.push(manager);
     const port = await proxy.start(manager.linkAddress.port);
-    const agentRun = await startAgent({ dataDir: path.join(dir, 'a'), nbd: any, manager: { host: '127.0.0.1', port }, token: 't', volumes: [{ name: 'v', sizeBytes: SIZE }], sealBytes: 128 * KiB, sealMs: 50, spoolBytes: 1024 * KiB, quiet: true });
+    const agentRun = await startAgent({
+      dataDir: path.join(dir, 'a'),
+      nbd: any,
+      manager: { host: '127.0.0.1', port },
+      token: 't',
+      volumes: [{ name: 'v', sizeBytes: SIZE }],
+      sealBytes: 128 * KiB,
+      sealMs: 50,
+      spoolBytes: 1024 * KiB,
+      quiet: true,
+    });
     running.push(agentRun);
     const agent = agentRun.agent!;
     const m = manager.manager!;
@@ -96,14 +113,21 @@ test('outage: backlog in the spool, degraded mode when it is full, then ship, re
     assert.equal(agent.status().mode, 'logging');
     const backlog = agent.status();
     // Past the spool bound: degraded, and the writes still succeed.
-    for (let i = 0; i < 40; i++) await put(2048 * KiB + random.int(SIZE - 2048 * KiB - 64 * KiB), 64 * KiB);
+    for (let i = 0; i < 40; i++)
+      await put(2048 * KiB + random.int(SIZE - 2048 * KiB - 64 * KiB), 64 * KiB);
     assert.equal(agent.status().mode, 'degraded');
     await new Promise((r) => setTimeout(r, 5));
     const duringDegraded = new Date().toISOString(); // after degraded writes, before the resync
     await new Promise((r) => setTimeout(r, 5));
     const degradedSeq = agent.status().seqCaptured;
-    assert.ok(agent.status().spoolBytes <= 1024 * KiB + 128 * KiB, `the spool stays bounded (${agent.status().spoolBytes})`);
-    assert.ok(backlog.seqCaptured <= degradedSeq, 'no seq is consumed by degraded writes beyond the logged ones');
+    assert.ok(
+      agent.status().spoolBytes <= 1024 * KiB + 128 * KiB,
+      `the spool stays bounded (${agent.status().spoolBytes})`,
+    );
+    assert.ok(
+      backlog.seqCaptured <= degradedSeq,
+      'no seq is consumed by degraded writes beyond the logged ones',
+    );
 
     // Link back: the backlog ships, then the resync, then per-write logging again.
     proxy.cut = false;
@@ -113,7 +137,11 @@ test('outage: backlog in the spool, degraded mode when it is full, then ship, re
     const end = await m.seal(true);
     const entries: LogEntry[] = [];
     for await (const entry of m.log({})) entries.push(entry);
-    assert.deepEqual(entries.map((x) => x.seq), entries.map((_, i) => i + 1), 'seqs are gap-free');
+    assert.deepEqual(
+      entries.map((x) => x.seq),
+      entries.map((_, i) => i + 1),
+      'seqs are gap-free',
+    );
     const resync = entries.filter((x) => x.resync);
     assert.ok(resync.length > 0, 'the degraded writes came back as a resync');
     const last = entries[entries.length - 1] as LogEntry;
@@ -126,13 +154,25 @@ test('outage: backlog in the spool, degraded mode when it is full, then ship, re
       await m.removeView(name);
       return image;
     };
-    assert.ok((await viewAt(last.seq)).equals(model), 'the history at the end equals the model (and production)');
+    assert.ok(
+      (await viewAt(last.seq)).equals(model),
+      'the history at the end equals the model (and production)',
+    );
     assert.ok(fs.readFileSync(path.join(dir, 'a', 'production', 'v.img')).equals(model));
-    assert.ok((await viewAt(before.seqLast)).equals(modelBefore), 'the point before the outage rebuilds exactly');
+    assert.ok(
+      (await viewAt(before.seqLast)).equals(modelBefore),
+      'the point before the outage rebuilds exactly',
+    );
     const firstResync = resync[0] as LogEntry;
-    await assert.rejects(m.createView('inside', 'snapshot', String(firstResync.seq)), /inside a resync/);
+    await assert.rejects(
+      m.createView('inside', 'snapshot', String(firstResync.seq)),
+      /inside a resync/,
+    );
     // A time inside the window without per-write history is refused too, and says so.
-    await assert.rejects(m.createView('inside-time', 'snapshot', duringDegraded), /falls in a window without per-write history/);
+    await assert.rejects(
+      m.createView('inside-time', 'snapshot', duringDegraded),
+      /falls in a window without per-write history/,
+    );
   } finally {
     for (const r of running.reverse()) await r.close();
     await proxy.close();

@@ -16,11 +16,28 @@ import { promisify } from 'node:util';
 import { startUp, type Running } from '../../src/runtime/up.js';
 
 const SIZE = 32 * 1024 * 1024;
-const tools = ['nbdfuse', 'losetup', 'mkfs.ext4', 'e2fsck', 'dumpe2fs', 'fusermount3', 'mount', 'umount'];
+const tools = [
+  'nbdfuse',
+  'losetup',
+  'mkfs.ext4',
+  'e2fsck',
+  'dumpe2fs',
+  'fusermount3',
+  'mount',
+  'umount',
+];
 const missing = tools.filter((t) => spawnSync('which', [t]).status !== 0);
-const skip = missing.length > 0 ? `missing ${missing.join(', ')}` : process.getuid?.() !== 0 ? 'needs root' : !fs.existsSync('/dev/fuse') ? 'needs /dev/fuse' : false;
+const skip =
+  missing.length > 0
+    ? `missing ${missing.join(', ')}`
+    : process.getuid?.() !== 0
+      ? 'needs root'
+      : !fs.existsSync('/dev/fuse')
+        ? 'needs /dev/fuse'
+        : false;
 const execFileAsync = promisify(execFile);
-const run = async (cmd: string, args: string[]): Promise<string> => (await execFileAsync(cmd, args, { timeout: 60_000 })).stdout;
+const run = async (cmd: string, args: string[]): Promise<string> =>
+  (await execFileAsync(cmd, args, { timeout: 60_000 })).stdout;
 const runStatus = async (cmd: string, args: string[]): Promise<number> => {
   try {
     await run(cmd, args);
@@ -30,7 +47,10 @@ const runStatus = async (cmd: string, args: string[]): Promise<number> => {
   }
 };
 
-type Op = { kind: 'write'; offset: number; data: Buffer } | { kind: 'zero' | 'trim'; offset: number; length: number } | { kind: 'flush' };
+type Op =
+  | { kind: 'write'; offset: number; data: Buffer }
+  | { kind: 'zero' | 'trim'; offset: number; length: number }
+  | { kind: 'flush' };
 
 /** Forwards one client connection and decodes its requests (NBD fixed newstyle, from the spec). */
 class RecordingProxy {
@@ -82,7 +102,8 @@ class RecordingProxy {
       const type = request.readUInt16BE(6);
       const offset = Number(request.readBigUInt64BE(16));
       const length = request.readUInt32BE(24);
-      if (type === 1) this.ops.push({ kind: 'write', offset, data: Buffer.from(yield* need(length)) });
+      if (type === 1)
+        this.ops.push({ kind: 'write', offset, data: Buffer.from(yield* need(length)) });
       else if (type === 3) this.ops.push({ kind: 'flush' });
       else if (type === 4) this.ops.push({ kind: 'trim', offset, length });
       else if (type === 6) this.ops.push({ kind: 'zero', offset, length });
@@ -100,88 +121,114 @@ async function fsckClean(image: string): Promise<boolean> {
   await fsp.copyFile(image, copy);
   const header = await run('dumpe2fs', ['-h', copy]).catch(() => '');
   if (header === '') return false;
-  if (/Filesystem features:.*needs_recovery/.test(header)) await runStatus('e2fsck', ['-y', '-E', 'journal_only', copy]);
+  if (/Filesystem features:.*needs_recovery/.test(header))
+    await runStatus('e2fsck', ['-y', '-E', 'journal_only', copy]);
   return (await runStatus('e2fsck', ['-fn', copy])) === 0;
 }
 
-test('prefix replay: every prefix of an ext4 workload rebuilds exactly; every FLUSH point passes e2fsck', { skip, timeout: 600_000 }, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-prefix-'));
-  const fuseDir = path.join(dir, 'fuse');
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(fuseDir);
-  fs.mkdirSync(mnt);
-  let running: Running | undefined = await startUp({ dataDir: path.join(dir, 'data'), nbd: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'fs', sizeBytes: SIZE }], sealBytes: 4 << 20, sealMs: 200, quiet: true });
-  const proxy = new RecordingProxy();
-  let loop: string | undefined;
-  let mounted = false;
-  let fuse: ChildProcess | undefined;
-  try {
-    const port = await proxy.start(running.nbdAddress.port);
-    fuse = spawn('nbdfuse', ['-C', '1', fuseDir, `nbd://127.0.0.1:${port}/fs`], { stdio: 'ignore' });
-    for (let waited = 0; !fs.existsSync(path.join(fuseDir, 'nbd')); waited += 50) {
-      assert.ok(waited < 15_000, 'nbdfuse exposes the export');
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    loop = (await run('losetup', ['-f', '--show', path.join(fuseDir, 'nbd')])).trim();
-    // The workload: mkfs, files written, renamed, deleted, synced, and unmounted.
-    await run('mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', loop]);
-    await run('mount', [loop, mnt]);
-    mounted = true;
-    for (let i = 0; i < 12; i++) {
-      await fsp.writeFile(path.join(mnt, `f${i}`), Buffer.alloc(50_000 + i * 20_000, 0x41 + i));
-      if (i % 2 === 1) await run('sync', []);
-    }
-    await fsp.rename(path.join(mnt, 'f1'), path.join(mnt, 'g1'));
-    await fsp.rm(path.join(mnt, 'f2'));
-    await run('sync', []);
-    await run('umount', [mnt]);
-    mounted = false;
-    await runStatus('losetup', ['-d', loop]);
-    loop = undefined;
-    await runStatus('fusermount3', ['-u', fuseDir]);
-    fuse.kill('SIGTERM');
-    await running.manager!.seal(true);
-
-    // Rewind's log and the proxy's record agree request for request.
-    const records: { seq: number; kind: string; offset: number; length: number }[] = [];
-    for await (const e of running.manager!.log({})) records.push(e);
-    const changes = proxy.ops.filter((op) => op.kind !== 'flush');
-    assert.deepEqual(
-      records.map((r) => [r.seq, r.kind, r.offset, r.length]),
-      changes.map((op, i) => [i + 1, op.kind, op.offset, op.kind === 'write' ? op.data.length : (op as { length: number }).length]),
-    );
-    // Step a snapshot through every prefix and compare it with the replay of the recorded requests.
-    const model = Buffer.alloc(SIZE);
-    const view = await running.manager!.createView('prefix', 'snapshot', '0');
-    assert.ok(view.read(0, 0, SIZE).equals(model), 'prefix 0 is all zeroes');
-    let seq = 0;
-    let flushes = 0;
-    const image = path.join(dir, 'prefix.img');
-    for (const op of proxy.ops) {
-      if (op.kind === 'flush') {
-        flushes += 1;
-        await fsp.writeFile(image, model);
-        // Before mkfs wrote a superblock there is no filesystem to check yet.
-        if (seq > 0 && model.readUInt16LE(1024 + 56) === 0xef53) assert.ok(await fsckClean(image), `e2fsck -fn passes at the FLUSH after seq ${seq}`);
-        continue;
+test(
+  'prefix replay: every prefix of an ext4 workload rebuilds exactly; every FLUSH point passes e2fsck',
+  { skip, timeout: 600_000 },
+  async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-prefix-'));
+    const fuseDir = path.join(dir, 'fuse');
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(fuseDir);
+    fs.mkdirSync(mnt);
+    let running: Running | undefined = await startUp({
+      dataDir: path.join(dir, 'data'),
+      nbd: { host: '127.0.0.1', port: 0 },
+      http: { host: '127.0.0.1', port: 0 },
+      volumes: [{ name: 'fs', sizeBytes: SIZE }],
+      sealBytes: 4 << 20,
+      sealMs: 200,
+      quiet: true,
+    });
+    const proxy = new RecordingProxy();
+    let loop: string | undefined;
+    let mounted = false;
+    let fuse: ChildProcess | undefined;
+    try {
+      const port = await proxy.start(running.nbdAddress.port);
+      fuse = spawn('nbdfuse', ['-C', '1', fuseDir, `nbd://127.0.0.1:${port}/fs`], {
+        stdio: 'ignore',
+      });
+      for (let waited = 0; !fs.existsSync(path.join(fuseDir, 'nbd')); waited += 50) {
+        assert.ok(waited < 15_000, 'nbdfuse exposes the export');
+        await new Promise((r) => setTimeout(r, 50));
       }
-      if (op.kind === 'write') op.data.copy(model, op.offset);
-      else model.fill(0, op.offset, op.offset + op.length);
-      seq += 1;
-      await running.manager!.stepView('prefix', { forward: 1 });
-      assert.ok(view.read(0, 0, SIZE).equals(model), `prefix ${seq} equals the replay of the recorded requests`);
+      loop = (await run('losetup', ['-f', '--show', path.join(fuseDir, 'nbd')])).trim();
+      // The workload: mkfs, files written, renamed, deleted, synced, and unmounted.
+      await run('mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', loop]);
+      await run('mount', [loop, mnt]);
+      mounted = true;
+      for (let i = 0; i < 12; i++) {
+        await fsp.writeFile(path.join(mnt, `f${i}`), Buffer.alloc(50_000 + i * 20_000, 0x41 + i));
+        if (i % 2 === 1) await run('sync', []);
+      }
+      await fsp.rename(path.join(mnt, 'f1'), path.join(mnt, 'g1'));
+      await fsp.rm(path.join(mnt, 'f2'));
+      await run('sync', []);
+      await run('umount', [mnt]);
+      mounted = false;
+      await runStatus('losetup', ['-d', loop]);
+      loop = undefined;
+      await runStatus('fusermount3', ['-u', fuseDir]);
+      fuse.kill('SIGTERM');
+      await running.manager!.seal(true);
+
+      // Rewind's log and the proxy's record agree request for request.
+      const records: { seq: number; kind: string; offset: number; length: number }[] = [];
+      for await (const e of running.manager!.log({})) records.push(e);
+      const changes = proxy.ops.filter((op) => op.kind !== 'flush');
+      assert.deepEqual(
+        records.map((r) => [r.seq, r.kind, r.offset, r.length]),
+        changes.map((op, i) => [
+          i + 1,
+          op.kind,
+          op.offset,
+          op.kind === 'write' ? op.data.length : (op as { length: number }).length,
+        ]),
+      );
+      // Step a snapshot through every prefix and compare it with the replay of the recorded requests.
+      const model = Buffer.alloc(SIZE);
+      const view = await running.manager!.createView('prefix', 'snapshot', '0');
+      assert.ok(view.read(0, 0, SIZE).equals(model), 'prefix 0 is all zeroes');
+      let seq = 0;
+      let flushes = 0;
+      const image = path.join(dir, 'prefix.img');
+      for (const op of proxy.ops) {
+        if (op.kind === 'flush') {
+          flushes += 1;
+          await fsp.writeFile(image, model);
+          // Before mkfs wrote a superblock there is no filesystem to check yet.
+          if (seq > 0 && model.readUInt16LE(1024 + 56) === 0xef53)
+            assert.ok(await fsckClean(image), `e2fsck -fn passes at the FLUSH after seq ${seq}`);
+          continue;
+        }
+        if (op.kind === 'write') op.data.copy(model, op.offset);
+        else model.fill(0, op.offset, op.offset + op.length);
+        seq += 1;
+        await running.manager!.stepView('prefix', { forward: 1 });
+        assert.ok(
+          view.read(0, 0, SIZE).equals(model),
+          `prefix ${seq} equals the replay of the recorded requests`,
+        );
+      }
+      assert.equal(seq, records.length);
+      t.diagnostic(
+        `${records.length} writes, ${flushes} flushes: every prefix rebuilt and compared; every FLUSH point checked with e2fsck`,
+      );
+      assert.ok(flushes >= 3 && records.length >= 50, 'the workload is not trivial');
+    } finally {
+      if (mounted) await runStatus('umount', [mnt]);
+      if (loop) await runStatus('losetup', ['-d', loop]);
+      await runStatus('fusermount3', ['-u', fuseDir]);
+      fuse?.kill('SIGTERM');
+      await proxy.close();
+      await running?.close();
+      running = undefined;
+      fs.rmSync(dir, { recursive: true, force: true });
     }
-    assert.equal(seq, records.length);
-    t.diagnostic(`${records.length} writes, ${flushes} flushes: every prefix rebuilt and compared; every FLUSH point checked with e2fsck`);
-    assert.ok(flushes >= 3 && records.length >= 50, 'the workload is not trivial');
-  } finally {
-    if (mounted) await runStatus('umount', [mnt]);
-    if (loop) await runStatus('losetup', ['-d', loop]);
-    await runStatus('fusermount3', ['-u', fuseDir]);
-    fuse?.kill('SIGTERM');
-    await proxy.close();
-    await running?.close();
-    running = undefined;
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
+  },
+);

@@ -37,7 +37,9 @@ async function start(dataDir: string): Promise<Running> {
 }
 
 function call(fn: (done: (errno: number) => void) => void): Promise<void> {
-  return new Promise((resolve, reject) => fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))));
+  return new Promise((resolve, reject) =>
+    fn((errno) => (errno === 0 ? resolve() : reject(new Error(`errno ${errno}`)))),
+  );
 }
 
 /** Submits the writes through the agent's exports and waits until they are committed. */
@@ -85,20 +87,34 @@ test('stepping a snapshot forward, back and to points always equals the model', 
       for (let step = 0; step < 40; step++) {
         const choice = random.int(3);
         let result;
-        if (choice === 0 && seq < history.length) result = await manager.stepView('s', { forward: 1 + random.int(Math.min(10, history.length - seq)) });
-        else if (choice === 1 && seq > 0) result = await manager.stepView('s', { back: 1 + random.int(Math.min(10, seq)) });
+        if (choice === 0 && seq < history.length)
+          result = await manager.stepView('s', {
+            forward: 1 + random.int(Math.min(10, history.length - seq)),
+          });
+        else if (choice === 1 && seq > 0)
+          result = await manager.stepView('s', { back: 1 + random.int(Math.min(10, seq)) });
         else result = await manager.stepView('s', { to: String(random.int(history.length + 1)) });
         assert.equal(result.from, seq);
         // The writes crossed are exactly those between the two points, in seq order.
         const low = Math.min(result.from, result.to);
         const high = Math.max(result.from, result.to);
-        assert.deepEqual(result.crossed.map((e) => e.seq), history.filter((w) => w.seq > low && w.seq <= high).map((w) => w.seq));
+        assert.deepEqual(
+          result.crossed.map((e) => e.seq),
+          history.filter((w) => w.seq > low && w.seq <= high).map((w) => w.seq),
+        );
         seq = result.to;
         const model = replay(SIZES, history, seq);
-        for (let v = 0; v < SIZES.length; v++) assert.ok(readView(running, 's', v).equals(model[v] as Buffer), `seed ${seed} step ${step}: volume ${v} at seq ${seq} differs from the model`);
+        for (let v = 0; v < SIZES.length; v++)
+          assert.ok(
+            readView(running, 's', v).equals(model[v] as Buffer),
+            `seed ${seed} step ${step}: volume ${v} at seq ${seq} differs from the model`,
+          );
       }
       // Stepping past the end or before the start is refused and leaves the view where it was.
-      await assert.rejects(manager.stepView('s', { forward: history.length + 1 }), /past the last committed/);
+      await assert.rejects(
+        manager.stepView('s', { forward: history.length + 1 }),
+        /past the last committed/,
+      );
       await assert.rejects(manager.stepView('s', { back: seq + 1 }), /before the history starts/);
       assert.equal(manager.views.get('s')!.seq, seq);
       // A clone with writes of its own steps only with discardWrites.
@@ -107,7 +123,10 @@ test('stepping a snapshot forward, back and to points always equals the model', 
       await call((d) => cloneExport.write(0, Buffer.alloc(4096, 0x77), false, d));
       await assert.rejects(manager.stepView('c', { forward: 1 }), /writes of its own/);
       await manager.stepView('c', { forward: 1, discardWrites: true });
-      assert.ok(clone.read(0, 0, SIZES[0] as number).equals(replay(SIZES, history, 6)[0] as Buffer), 'the clone is the history at seq 6 once its writes are dropped');
+      assert.ok(
+        clone.read(0, 0, SIZES[0] as number).equals(replay(SIZES, history, 6)[0] as Buffer),
+        'the clone is the history at seq 6 once its writes are dropped',
+      );
       // The step is durable: after a restart the snapshot is where it was stepped to.
       await running.close();
       running = await start(dir);
@@ -133,12 +152,18 @@ test('restore to a random point equals the model; restoring to the seq before it
     await play(running, history);
     const end = history.length;
     const before = [production(dir, 0), production(dir, 1)];
-    assert.ok(before[0]!.equals(replay(SIZES, history, end)[0] as Buffer), 'production equals the model before any restore');
+    assert.ok(
+      before[0]!.equals(replay(SIZES, history, end)[0] as Buffer),
+      'production equals the model before any restore',
+    );
 
     // Dry run: the ranges written after the point, nothing changed.
     const point = 1 + random.int(end - 1);
     const plan = await manager.restorer.plan({ volumes: ['a', 'b'], at: String(point) });
-    const touched = (v: number): ByteRange[] => history.filter((w) => w.seq > point && w.volume === v).map((w) => ({ offset: w.offset, length: w.length }));
+    const touched = (v: number): ByteRange[] =>
+      history
+        .filter((w) => w.seq > point && w.volume === v)
+        .map((w) => ({ offset: w.offset, length: w.length }));
     assert.equal(plan.volumes[0]!.bytes, mergedBytes(touched(0)));
     assert.ok(production(dir, 0).equals(before[0]!), 'a dry run changes nothing');
 
@@ -148,23 +173,39 @@ test('restore to a random point equals the model; restoring to the seq before it
     assert.equal(done.state, 'done', done.message ?? '');
     assert.equal(done.seqBefore, end);
     const atPoint = replay(SIZES, history, point);
-    for (let v = 0; v < 2; v++) assert.ok(production(dir, v).equals(atPoint[v] as Buffer), `volume ${v} equals the model at seq ${point}`);
+    for (let v = 0; v < 2; v++)
+      assert.ok(
+        production(dir, v).equals(atPoint[v] as Buffer),
+        `volume ${v} equals the model at seq ${point}`,
+      );
     assert.equal(running.agent!.restoring, undefined, 'the volumes are online again');
     // The restore is in the history: the history at its end equals production.
     await manager.seal(true);
-    const snap = await manager.createView('after-restore', 'snapshot', String(manager.seqCommitted()));
+    const snap = await manager.createView(
+      'after-restore',
+      'snapshot',
+      String(manager.seqCommitted()),
+    );
     assert.ok(snap.read(0, 0, SIZES[0] as number).equals(atPoint[0] as Buffer));
     await manager.removeView('after-restore');
 
     // Undo: restore to the seq just before the restore.
-    const undo = await manager.restorer.settled((await manager.restorer.start({ volumes: ['a', 'b'], at: String(done.seqBefore) })).id);
+    const undo = await manager.restorer.settled(
+      (await manager.restorer.start({ volumes: ['a', 'b'], at: String(done.seqBefore) })).id,
+    );
     assert.equal(undo.state, 'done', undo.message ?? '');
-    for (let v = 0; v < 2; v++) assert.ok(production(dir, v).equals(before[v] as Buffer), `volume ${v} is back to its state before the first restore`);
+    for (let v = 0; v < 2; v++)
+      assert.ok(
+        production(dir, v).equals(before[v] as Buffer),
+        `volume ${v} is back to its state before the first restore`,
+      );
 
     // Partial restore: only the given ranges of one volume change.
     const ranges = randomRanges(random, SIZES[0] as number, 3);
     const partialPoint = random.int(end);
-    const partial = await manager.restorer.settled((await manager.restorer.start({ volumes: ['a'], at: String(partialPoint), ranges })).id);
+    const partial = await manager.restorer.settled(
+      (await manager.restorer.start({ volumes: ['a'], at: String(partialPoint), ranges })).id,
+    );
     assert.equal(partial.state, 'done', partial.message ?? '');
     const expected = Buffer.from(before[0] as Buffer);
     const old = replay(SIZES, history, partialPoint)[0] as Buffer;
@@ -176,16 +217,45 @@ test('restore to a random point equals the model; restoring to the seq before it
     const clone = await manager.createView('fix', 'clone', String(partialPoint));
     const cloneExport = manager.exports().find((e) => e.name === 'a@fix')!;
     await call((d) => cloneExport.write(8192, Buffer.alloc(4096, 0x42), false, d));
-    const fromClone = await manager.restorer.settled((await manager.restorer.start({ volumes: ['a'], fromClone: 'fix', ranges: [{ offset: 0, length: 65536 }] })).id);
+    const fromClone = await manager.restorer.settled(
+      (
+        await manager.restorer.start({
+          volumes: ['a'],
+          fromClone: 'fix',
+          ranges: [{ offset: 0, length: 65536 }],
+        })
+      ).id,
+    );
     assert.equal(fromClone.state, 'done', fromClone.message ?? '');
-    assert.ok(production(dir, 0).subarray(0, 65536).equals(clone.read(0, 0, 65536)), 'the range holds the clone content');
-    assert.ok(production(dir, 0).subarray(65536).equals(expected.subarray(65536)), 'nothing else changed');
+    assert.ok(
+      production(dir, 0)
+        .subarray(0, 65536)
+        .equals(clone.read(0, 0, 65536)),
+      'the range holds the clone content',
+    );
+    assert.ok(
+      production(dir, 0).subarray(65536).equals(expected.subarray(65536)),
+      'nothing else changed',
+    );
 
     // Bad requests are refused with a reason and change nothing.
     await assert.rejects(manager.restorer.start({ volumes: ['nope'], at: '1' }), /no volume named/);
-    await assert.rejects(manager.restorer.start({ volumes: ['a'], at: String(manager.seqCommitted() + 100) }), /not committed/);
-    await assert.rejects(manager.restorer.start({ volumes: ['a'], at: '1', ranges: [{ offset: SIZES[0] as number, length: 1 }] }), /not inside volume/);
-    await assert.rejects(manager.restorer.start({ volumes: ['a', 'b'], at: '1', ranges: [{ offset: 0, length: 1 }] }), /one volume/);
+    await assert.rejects(
+      manager.restorer.start({ volumes: ['a'], at: String(manager.seqCommitted() + 100) }),
+      /not committed/,
+    );
+    await assert.rejects(
+      manager.restorer.start({
+        volumes: ['a'],
+        at: '1',
+        ranges: [{ offset: SIZES[0] as number, length: 1 }],
+      }),
+      /not inside volume/,
+    );
+    await assert.rejects(
+      manager.restorer.start({ volumes: ['a', 'b'], at: '1', ranges: [{ offset: 0, length: 1 }] }),
+      /one volume/,
+    );
   } finally {
     await running?.close();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -205,19 +275,42 @@ test('diff, history, bookmarks and image export agree with the model', async () 
       const a = random.int(history.length + 1);
       const b = random.int(history.length + 1);
       const result = await diff(manager, 'a', String(a), String(b));
-      const expected = history.filter((w) => w.volume === 0 && w.seq > Math.min(a, b) && w.seq <= Math.max(a, b));
-      assert.equal(result.bytes, mergedBytes(expected.map((w) => ({ offset: w.offset, length: w.length }))));
+      const expected = history.filter(
+        (w) => w.volume === 0 && w.seq > Math.min(a, b) && w.seq <= Math.max(a, b),
+      );
+      assert.equal(
+        result.bytes,
+        mergedBytes(expected.map((w) => ({ offset: w.offset, length: w.length }))),
+      );
       // Outside the listed ranges the two points are byte-identical.
-      const [imageA, imageB] = [replay(SIZES, history, a)[0] as Buffer, replay(SIZES, history, b)[0] as Buffer];
+      const [imageA, imageB] = [
+        replay(SIZES, history, a)[0] as Buffer,
+        replay(SIZES, history, b)[0] as Buffer,
+      ];
       let at = 0;
       for (const r of [...result.ranges, { offset: SIZES[0] as number, length: 0 }]) {
-        assert.ok(imageA.subarray(at, r.offset).equals(imageB.subarray(at, r.offset)), `diff ${a}..${b}: bytes ${at}..${r.offset} differ but are not listed`);
+        assert.ok(
+          imageA.subarray(at, r.offset).equals(imageB.subarray(at, r.offset)),
+          `diff ${a}..${b}: bytes ${at}..${r.offset} differ but are not listed`,
+        );
         at = r.offset + r.length;
       }
       const range = randomRanges(random, SIZES[0] as number, 1)[0] as ByteRange;
       const listed = await blockHistory(manager, 'a', range);
-      const touching = history.filter((w) => w.volume === 0 && w.offset < range.offset + range.length && range.offset < w.offset + w.length).map((w) => w.seq).reverse();
-      assert.deepEqual(listed.map((e) => e.seq), touching, 'history lists every write touching the range, newest first');
+      const touching = history
+        .filter(
+          (w) =>
+            w.volume === 0 &&
+            w.offset < range.offset + range.length &&
+            range.offset < w.offset + w.length,
+        )
+        .map((w) => w.seq)
+        .reverse();
+      assert.deepEqual(
+        listed.map((e) => e.seq),
+        touching,
+        'history lists every write touching the range, newest first',
+      );
     }
     const mark = await manager.addBookmark('before-trouble', '20');
     assert.equal(mark.seq, 20);
@@ -225,13 +318,18 @@ test('diff, history, bookmarks and image export agree with the model', async () 
     await assert.rejects(manager.createView('x', 'snapshot', '@nope'), /no bookmark/);
     await running.close();
     running = await start(dir);
-    assert.deepEqual(running.manager!.bookmarks().map((b) => [b.name, b.seq]), [['before-trouble', 20]]);
+    assert.deepEqual(
+      running.manager!.bookmarks().map((b) => [b.name, b.seq]),
+      [['before-trouble', 20]],
+    );
     const view = await running.manager!.createView('at-mark', 'snapshot', '@before-trouble');
     assert.equal(view.seq, 20);
 
     // Export at the bookmark: equal to the model, sparse, with the right checksum.
     const file = path.join(dir, 'a-at-20.img');
-    const job = await running.manager!.exporter.settled((await running.manager!.exporter.start('a', '@before-trouble', file, false)).id);
+    const job = await running.manager!.exporter.settled(
+      (await running.manager!.exporter.start('a', '@before-trouble', file, false)).id,
+    );
     assert.equal(job.state, 'done', job.message ?? '');
     const image = fs.readFileSync(file);
     const model = replay(SIZES, history, 20)[0] as Buffer;
@@ -257,4 +355,3 @@ function mergedBytes(ranges: ByteRange[]): number {
   }
   return total;
 }
-

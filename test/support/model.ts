@@ -21,7 +21,8 @@ export class ModelVolumeSet {
   private seqLast = 0;
 
   constructor(sizes: number[]) {
-    for (const size of sizes) assert.ok(Number.isSafeInteger(size) && size >= 0, `bad volume size ${size}`);
+    for (const size of sizes)
+      assert.ok(Number.isSafeInteger(size) && size >= 0, `bad volume size ${size}`);
     this.volumes = sizes.map((size) => Buffer.alloc(size));
   }
 
@@ -29,9 +30,18 @@ export class ModelVolumeSet {
     const volume = this.volumes[w.volume];
     assert.ok(volume !== undefined, `seq ${w.seq}: no volume ${w.volume}`);
     assert.ok(w.seq > this.seqLast, `seq ${w.seq} applied after seq ${this.seqLast}`);
-    assert.ok(Number.isSafeInteger(w.offset) && w.offset >= 0, `seq ${w.seq}: bad offset ${w.offset}`);
-    assert.ok(Number.isSafeInteger(w.length) && w.length > 0, `seq ${w.seq}: bad length ${w.length}`);
-    assert.ok(w.offset + w.length <= volume.length, `seq ${w.seq}: range past the end of volume ${w.volume}`);
+    assert.ok(
+      Number.isSafeInteger(w.offset) && w.offset >= 0,
+      `seq ${w.seq}: bad offset ${w.offset}`,
+    );
+    assert.ok(
+      Number.isSafeInteger(w.length) && w.length > 0,
+      `seq ${w.seq}: bad length ${w.length}`,
+    );
+    assert.ok(
+      w.offset + w.length <= volume.length,
+      `seq ${w.seq}: range past the end of volume ${w.volume}`,
+    );
     this.seqLast = w.seq;
     if (w.kind === 'write') {
       assert.ok(w.data !== undefined, `seq ${w.seq}: write without data`);
@@ -118,7 +128,12 @@ export interface HistoryOptions {
 const MAX_LENGTH_DEFAULT = 64 * 1024;
 
 /** `count` writes with seqs 1..count: mostly data writes, some zeroes and trims, some overwrites, some at the last byte. */
-export function randomHistory(random: Rng, sizes: number[], count: number, options: HistoryOptions = {}): ModelWrite[] {
+export function randomHistory(
+  random: Rng,
+  sizes: number[],
+  count: number,
+  options: HistoryOptions = {},
+): ModelWrite[] {
   const align = options.align ?? 1;
   const maxLength = options.maxLength ?? MAX_LENGTH_DEFAULT;
   const hotspot = options.hotspot ?? true;
@@ -130,7 +145,16 @@ export function randomHistory(random: Rng, sizes: number[], count: number, optio
     const lengthUnits = randomLengthUnits(random, Math.min(units, Math.floor(maxLength / align)));
     const earlier = hotspot ? writes.filter((w) => w.volume === volume) : [];
     const offsetUnits = randomOffsetUnits(random, units, lengthUnits, earlier, align);
-    const kind = random.pick<ModelWriteKind>(['write', 'write', 'write', 'write', 'write', 'write', 'zero', 'trim']);
+    const kind = random.pick<ModelWriteKind>([
+      'write',
+      'write',
+      'write',
+      'write',
+      'write',
+      'write',
+      'zero',
+      'trim',
+    ]);
     writes.push(makeWrite(seq, volume, kind, offsetUnits * align, lengthUnits * align, random));
   }
   return writes;
@@ -142,7 +166,13 @@ function randomLengthUnits(random: Rng, maxUnits: number): number {
   return 1 + random.int(maxUnits);
 }
 
-function randomOffsetUnits(random: Rng, units: number, lengthUnits: number, earlier: ModelWrite[], align: number): number {
+function randomOffsetUnits(
+  random: Rng,
+  units: number,
+  lengthUnits: number,
+  earlier: ModelWrite[],
+  align: number,
+): number {
   const lastOffsetUnits = units - lengthUnits;
   const roll = random.int(10);
   if (roll === 0) return lastOffsetUnits; // ends at the volume's last byte
@@ -155,7 +185,14 @@ function randomOffsetUnits(random: Rng, units: number, lengthUnits: number, earl
   return random.int(lastOffsetUnits + 1);
 }
 
-function makeWrite(seq: number, volume: number, kind: ModelWriteKind, offset: number, length: number, random: Rng): ModelWrite {
+function makeWrite(
+  seq: number,
+  volume: number,
+  kind: ModelWriteKind,
+  offset: number,
+  length: number,
+  random: Rng,
+): ModelWrite {
   if (kind === 'write') return { seq, volume, kind, offset, length, data: random.bytes(length) };
   return { seq, volume, kind, offset, length };
 }
@@ -164,10 +201,15 @@ function checkShape(sizes: number[], align: number, maxLength: number): void {
   assert.ok(sizes.length > 0, 'a history needs at least one volume');
   assert.ok(Number.isSafeInteger(align) && align > 0, `bad align ${align}`);
   assert.ok(maxLength >= align, `maxLength ${maxLength} below align ${align}`);
-  for (const size of sizes) assert.ok(size > 0 && size % align === 0, `volume size ${size} is not a positive multiple of ${align}`);
+  for (const size of sizes)
+    assert.ok(
+      size > 0 && size % align === 0,
+      `volume size ${size} is not a positive multiple of ${align}`,
+    );
 }
 
-type Placement = { at: 'anywhere'; offsetUnits: number } | { at: 'end' } | { at: 'again'; back: number };
+type Placement =
+  { at: 'anywhere'; offsetUnits: number } | { at: 'end' } | { at: 'again'; back: number };
 
 interface Step {
   volume: number;
@@ -178,17 +220,25 @@ interface Step {
 }
 
 /** fast-check histories of 1..maxCount writes, the same shape as randomHistory; shrinks toward few, short, early writes. */
-export function arbHistory(sizes: number[], maxCount: number, options: HistoryOptions = {}): fc.Arbitrary<ModelWrite[]> {
+export function arbHistory(
+  sizes: number[],
+  maxCount: number,
+  options: HistoryOptions = {},
+): fc.Arbitrary<ModelWrite[]> {
   const align = options.align ?? 1;
   const maxLength = options.maxLength ?? MAX_LENGTH_DEFAULT;
   checkShape(sizes, align, maxLength);
   assert.ok(maxCount >= 1, 'arbHistory needs maxCount >= 1');
   const unitsMax = Math.max(...sizes) / align;
   const placements: Array<fc.Arbitrary<Placement>> = [
-    fc.record({ at: fc.constant('anywhere' as const), offsetUnits: fc.integer({ min: 0, max: unitsMax - 1 }) }),
+    fc.record({
+      at: fc.constant('anywhere' as const),
+      offsetUnits: fc.integer({ min: 0, max: unitsMax - 1 }),
+    }),
     fc.record({ at: fc.constant('end' as const) }),
   ];
-  if (options.hotspot ?? true) placements.push(fc.record({ at: fc.constant('again' as const), back: fc.nat() }));
+  if (options.hotspot ?? true)
+    placements.push(fc.record({ at: fc.constant('again' as const), back: fc.nat() }));
   const step: fc.Arbitrary<Step> = fc.record({
     volume: fc.integer({ min: 0, max: sizes.length - 1 }),
     kind: fc.oneof(
@@ -200,7 +250,9 @@ export function arbHistory(sizes: number[], maxCount: number, options: HistoryOp
     placement: fc.oneof(...placements),
     dataSeed: fc.nat(),
   });
-  return fc.array(step, { minLength: 1, maxLength: maxCount }).map((steps) => stepsToWrites(steps, sizes, align));
+  return fc
+    .array(step, { minLength: 1, maxLength: maxCount })
+    .map((steps) => stepsToWrites(steps, sizes, align));
 }
 
 /** Clamps each step into its volume, so every generated value is a valid history. */
@@ -210,14 +262,31 @@ function stepsToWrites(steps: Step[], sizes: number[], align: number): ModelWrit
     const units = (sizes[step.volume] as number) / align;
     const lengthUnits = Math.min(step.lengthUnits, units);
     const lastOffsetUnits = units - lengthUnits;
-    const offsetUnits = Math.min(lastOffsetUnits, placementUnits(step.placement, writes, lastOffsetUnits, align));
+    const offsetUnits = Math.min(
+      lastOffsetUnits,
+      placementUnits(step.placement, writes, lastOffsetUnits, align),
+    );
     const random = rng(step.dataSeed);
-    writes.push(makeWrite(index + 1, step.volume, step.kind, offsetUnits * align, lengthUnits * align, random));
+    writes.push(
+      makeWrite(
+        index + 1,
+        step.volume,
+        step.kind,
+        offsetUnits * align,
+        lengthUnits * align,
+        random,
+      ),
+    );
   });
   return writes;
 }
 
-function placementUnits(placement: Placement, earlier: ModelWrite[], lastOffsetUnits: number, align: number): number {
+function placementUnits(
+  placement: Placement,
+  earlier: ModelWrite[],
+  lastOffsetUnits: number,
+  align: number,
+): number {
   switch (placement.at) {
     case 'anywhere':
       return placement.offsetUnits;

@@ -17,7 +17,9 @@ export async function freePort(): Promise<number> {
 
 /** Starts `rewind up` with `args` and waits until it printed its API address. */
 export async function startUpProcess(args: string[]): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [BIN, 'up', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, 'up', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
@@ -47,7 +49,10 @@ export interface RewindProcess {
 
 /** Starts `rewind ARGS` (e.g. `manager ...`, `agent ...`) with extra environment variables. */
 export function startRewind(args: string[], env: NodeJS.ProcessEnv = {}): RewindProcess {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
@@ -56,5 +61,7 @@ export function startRewind(args: string[], env: NodeJS.ProcessEnv = {}): Rewind
 
 /** Resolves once `p` has exited (at once if it already has). */
 export function exited(p: RewindProcess): Promise<unknown> {
-  return p.child.exitCode !== null || p.child.signalCode !== null ? Promise.resolve() : new Promise((r) => p.child.once('exit', r));
+  return p.child.exitCode !== null || p.child.signalCode !== null
+    ? Promise.resolve()
+    : new Promise((r) => p.child.once('exit', r));
 }

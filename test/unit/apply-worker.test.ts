@@ -25,7 +25,14 @@ function history(seed: number, count: number): (RecordMeta & { data?: Buffer })[
     const kind = next(5) === 0 ? 'zero' : 'write';
     const lengthBytes = (1 + next(64)) * 512;
     const offsetBytes = next((SIZE - lengthBytes) / 512) * 512;
-    const meta: RecordMeta = { kind, volume: 0, seq: i + 1, timeNs: BigInt(i + 1), offsetBytes, lengthBytes };
+    const meta: RecordMeta = {
+      kind,
+      volume: 0,
+      seq: i + 1,
+      timeNs: BigInt(i + 1),
+      offsetBytes,
+      lengthBytes,
+    };
     return kind === 'write' ? { ...meta, data: Buffer.alloc(lengthBytes, (i % 250) + 1) } : meta;
   });
 }
@@ -37,7 +44,15 @@ describe('apply worker', () => {
     try {
       const records = history(7, 300);
       const redoFile = path.join(dir, 'seg.redo');
-      fs.writeFileSync(redoFile, Buffer.concat(buildSealedRedo({ volumeSetId: ID, segmentIndex: 1, seqFirst: 1, createdNs: 1n, flags: 0 }, records)));
+      fs.writeFileSync(
+        redoFile,
+        Buffer.concat(
+          buildSealedRedo(
+            { volumeSetId: ID, segmentIndex: 1, seqFirst: 1, createdNs: 1n, flags: 0 },
+            records,
+          ),
+        ),
+      );
       const parsed = parseSealedRedo(fs.readFileSync(redoFile), redoFile, 1);
       const header = { volumeSetId: ID, segmentIndex: 1, seqFirst: 1, seqLast: records.length };
       // Both replicas start with the same data, so the undo has data and zero extents.
@@ -45,7 +60,15 @@ describe('apply worker', () => {
       const there = ReplicaVolume.open(path.join(dir, 'there'), 0, 'v', SIZE);
       const base = history(99, 40);
       const baseFile = path.join(dir, 'base.redo');
-      fs.writeFileSync(baseFile, Buffer.concat(buildSealedRedo({ volumeSetId: ID, segmentIndex: 0, seqFirst: 1, createdNs: 1n, flags: 0 }, base)));
+      fs.writeFileSync(
+        baseFile,
+        Buffer.concat(
+          buildSealedRedo(
+            { volumeSetId: ID, segmentIndex: 0, seqFirst: 1, createdNs: 1n, flags: 0 },
+            base,
+          ),
+        ),
+      );
       const baseParsed = parseSealedRedo(fs.readFileSync(baseFile), baseFile, 1);
       await applyRedo(fs.readFileSync(baseFile), baseParsed.records, [here]);
       await markApplied(baseParsed.records, [there]);
@@ -54,20 +77,43 @@ describe('apply worker', () => {
       assert.deepEqual(fs.readFileSync(there.file), fs.readFileSync(here.file), 'base layer');
 
       const undoHere = await saveUndo(path.join(dir, 'here.undo'), header, parsed.records, [here]);
-      const undoThere = await worker.saveUndo(path.join(dir, 'there.undo'), header, parsed.records, [there]);
-      assert.deepEqual(fs.readFileSync(path.join(dir, 'there.undo')), fs.readFileSync(path.join(dir, 'here.undo')));
+      const undoThere = await worker.saveUndo(
+        path.join(dir, 'there.undo'),
+        header,
+        parsed.records,
+        [there],
+      );
+      assert.deepEqual(
+        fs.readFileSync(path.join(dir, 'there.undo')),
+        fs.readFileSync(path.join(dir, 'here.undo')),
+      );
       assert.deepEqual(undoThere, undoHere);
-      assert.ok(undoHere.extents.some((e) => e.kind === 'data') && undoHere.extents.some((e) => e.kind === 'zero'));
+      assert.ok(
+        undoHere.extents.some((e) => e.kind === 'data') &&
+          undoHere.extents.some((e) => e.kind === 'zero'),
+      );
 
       await applyRedo(fs.readFileSync(redoFile), parsed.records, [here]);
       await markApplied(parsed.records, [there]);
       const before = fs.readFileSync(there.file);
       // A redo file that is not the size its transaction was stored with is refused, nothing written.
-      await assert.rejects(worker.writeRedo(redoFile, fs.statSync(redoFile).size + 512, parsed.records, [there]), (error: Error & { code?: string }) => error.code === 'REWIND_SEGMENT_CORRUPT' && /holds \d+ bytes/.test(error.message));
-      assert.deepEqual(fs.readFileSync(there.file), before, 'nothing written from a file of the wrong size');
+      await assert.rejects(
+        worker.writeRedo(redoFile, fs.statSync(redoFile).size + 512, parsed.records, [there]),
+        (error: Error & { code?: string }) =>
+          error.code === 'REWIND_SEGMENT_CORRUPT' && /holds \d+ bytes/.test(error.message),
+      );
+      assert.deepEqual(
+        fs.readFileSync(there.file),
+        before,
+        'nothing written from a file of the wrong size',
+      );
       await worker.writeRedo(redoFile, fs.statSync(redoFile).size, parsed.records, [there]);
       await worker.syncReplicas([there]);
-      assert.deepEqual(fs.readFileSync(there.file), fs.readFileSync(here.file), 'after the segment');
+      assert.deepEqual(
+        fs.readFileSync(there.file),
+        fs.readFileSync(here.file),
+        'after the segment',
+      );
       here.close();
       there.close();
     } finally {
@@ -81,10 +127,18 @@ describe('apply worker', () => {
     const worker = new ApplyWorker();
     try {
       const replica = ReplicaVolume.open(dir, 0, 'v', SIZE);
-      await assert.rejects(worker.writeRedo(path.join(dir, 'missing.redo'), 0, [], [replica]), (error: NodeJS.ErrnoException) => error.code === 'ENOENT' && error.syscall === 'open');
+      await assert.rejects(
+        worker.writeRedo(path.join(dir, 'missing.redo'), 0, [], [replica]),
+        (error: NodeJS.ErrnoException) => error.code === 'ENOENT' && error.syscall === 'open',
+      );
       // Kill the thread under it: the next request gets a new one.
       await (worker as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
-      const undo = await worker.saveUndo(path.join(dir, 'x.undo'), { volumeSetId: ID, segmentIndex: 1, seqFirst: 1, seqLast: 1 }, [], [replica]);
+      const undo = await worker.saveUndo(
+        path.join(dir, 'x.undo'),
+        { volumeSetId: ID, segmentIndex: 1, seqFirst: 1, seqLast: 1 },
+        [],
+        [replica],
+      );
       assert.equal(undo.extents.length, 0);
       replica.close();
     } finally {

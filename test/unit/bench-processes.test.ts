@@ -18,7 +18,12 @@ test('a failed measurement carries the servers warnings and errors, and its proc
   const failed = withScope(2000, async (scope) => {
     const server = scope.start('rewind agent', process.execPath, ['-e', SERVER]);
     pid = server.pid;
-    for (let waited = 0; !server.output.includes('stopping failed') && waited < 10_000; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20));
+    for (
+      let waited = 0;
+      !server.output.includes('stopping failed') && waited < 10_000;
+      waited += 20
+    )
+      await new Promise((resolve) => setTimeout(resolve, 20));
     throw new Error('fio exited with 1');
   });
   await assert.rejects(failed, (error: Error) => {

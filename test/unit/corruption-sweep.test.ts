@@ -7,7 +7,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { fixTrailerCrc, resealBody } from '../../sim/corruption-segments.js';
-import { classNames, formatFindings, runSweep, type ClassResult } from '../../sim/corruption-sweep.js';
+import {
+  classNames,
+  formatFindings,
+  runSweep,
+  type ClassResult,
+} from '../../sim/corruption-sweep.js';
 import { buildSealedRedo, parseSealedRedo, parseUndo, UndoBuilder } from '../../src/log/index.js';
 
 const SEED = 20_240_611;
@@ -19,7 +24,10 @@ const KNOWN_BUGS: Readonly<Record<string, string>> = {};
 /** Classes whose mutations may legitimately be read as the original content (a replay is the original). */
 const MAY_READ_AS_ORIGINAL = new Set(['manager/replay']);
 
-async function sweepOne(name: string, perClass: number): Promise<{ result: ClassResult; findings: string }> {
+async function sweepOne(
+  name: string,
+  perClass: number,
+): Promise<{ result: ClassResult; findings: string }> {
   const sweep = await runSweep({ seed: SEED, perClass, only: [name] });
   const result = sweep.classes[0];
   assert.ok(result, `class ${name} ran`);
@@ -29,25 +37,50 @@ async function sweepOne(name: string, perClass: number): Promise<{ result: Class
 describe('corruption sweep', () => {
   for (const name of classNames()) {
     const bug = KNOWN_BUGS[name];
-    it(`${name}: refused with a named code (or read as the original), no crash, history unchanged`, bug ? { todo: bug } : {}, async () => {
-      const perClass = bug ? KNOWN_BUG_MUTATIONS : PER_CLASS;
-      const { result, findings } = await sweepOne(name, perClass);
-      assert.ok(result.mutations >= perClass, `${result.mutations} mutations`);
-      assert.equal(result.stopped, undefined, result.stopped);
-      assert.equal(result.violations, 0, findings);
-      if (name === 'manager/replay') assert.equal(result.identical, result.mutations, 'every exact replay acknowledged, nothing re-applied');
-      else if (!MAY_READ_AS_ORIGINAL.has(name)) assert.equal(result.identical, 0, `read as the original: ${JSON.stringify(result.identicalLabels)}`);
-    });
+    it(
+      `${name}: refused with a named code (or read as the original), no crash, history unchanged`,
+      bug ? { todo: bug } : {},
+      async () => {
+        const perClass = bug ? KNOWN_BUG_MUTATIONS : PER_CLASS;
+        const { result, findings } = await sweepOne(name, perClass);
+        assert.ok(result.mutations >= perClass, `${result.mutations} mutations`);
+        assert.equal(result.stopped, undefined, result.stopped);
+        assert.equal(result.violations, 0, findings);
+        if (name === 'manager/replay')
+          assert.equal(
+            result.identical,
+            result.mutations,
+            'every exact replay acknowledged, nothing re-applied',
+          );
+        else if (!MAY_READ_AS_ORIGINAL.has(name))
+          assert.equal(
+            result.identical,
+            0,
+            `read as the original: ${JSON.stringify(result.identicalLabels)}`,
+          );
+      },
+    );
   }
 
   it('is reproducible: the same seed gives the same mutations and answers', async () => {
-    const first = await runSweep({ seed: SEED, perClass: 50, only: ['redo/bit-flips', 'undo/absurd-lengths', 'manager/mutated'] });
-    const second = await runSweep({ seed: SEED, perClass: 50, only: ['redo/bit-flips', 'undo/absurd-lengths', 'manager/mutated'] });
+    const first = await runSweep({
+      seed: SEED,
+      perClass: 50,
+      only: ['redo/bit-flips', 'undo/absurd-lengths', 'manager/mutated'],
+    });
+    const second = await runSweep({
+      seed: SEED,
+      perClass: 50,
+      only: ['redo/bit-flips', 'undo/absurd-lengths', 'manager/mutated'],
+    });
     assert.deepEqual(second, first);
   });
 
   it('refuses an unknown class name', async () => {
-    await assert.rejects(runSweep({ seed: SEED, perClass: 1, only: ['redo/no-such-class'] }), /unknown class redo\/no-such-class/);
+    await assert.rejects(
+      runSweep({ seed: SEED, perClass: 1, only: ['redo/no-such-class'] }),
+      /unknown class redo\/no-such-class/,
+    );
   });
 });
 
@@ -56,7 +89,15 @@ describe('corruption sweep helpers', () => {
     const id = Buffer.alloc(16, 1);
     const redo = Buffer.concat(
       buildSealedRedo({ volumeSetId: id, segmentIndex: 1, seqFirst: 1, createdNs: 1n, flags: 0 }, [
-        { kind: 'write', volume: 0, seq: 1, timeNs: 1n, offsetBytes: 0, lengthBytes: 8, data: Buffer.alloc(8, 3) },
+        {
+          kind: 'write',
+          volume: 0,
+          seq: 1,
+          timeNs: 1n,
+          offsetBytes: 0,
+          lengthBytes: 8,
+          data: Buffer.alloc(8, 3),
+        },
         { kind: 'zero', volume: 0, seq: 2, timeNs: 2n, offsetBytes: 0, lengthBytes: 8 },
       ]),
     );

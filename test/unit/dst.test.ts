@@ -20,12 +20,24 @@ const OPS = 1500;
 const RANDOM_BATCH_MS = Number(process.env.REWIND_DST_MS ?? 45_000);
 
 function line(r: RunReport): string {
-  const crashes = r.crashes.agentKill + r.crashes.agentPowerLoss + r.crashes.managerKill + r.crashes.managerPowerLoss;
+  const crashes =
+    r.crashes.agentKill +
+    r.crashes.agentPowerLoss +
+    r.crashes.managerKill +
+    r.crashes.managerPowerLoss;
   return `seed ${r.seed}: ${r.ops.writes} writes, ${r.ops.flushes} flushes, ${r.ops.failed} failed, ${r.ops.unknown} unanswered; ${crashes} crashes, ${r.agentCleanStops} clean stops after a failure, ${r.link.cuts} cuts, ${r.link.partitions} partitions, ${r.disk.injectedEio} EIO, ${r.disk.injectedEnospc} ENOSPC; seq ${r.seqLast} in ${r.transactions} tx (${r.earlyStores} stored early), ${r.viewsChecked} views checked`;
 }
 
 test('fixed seeds survive crashes, power loss, link and disk faults', async () => {
-  const totals = { crashes: 0, powerLoss: 0, cuts: 0, eio: 0, views: 0, earlyStores: 0, cleanStops: 0 };
+  const totals = {
+    crashes: 0,
+    powerLoss: 0,
+    cuts: 0,
+    eio: 0,
+    views: 0,
+    earlyStores: 0,
+    cleanStops: 0,
+  };
   for (const seed of FIXED_SEEDS) {
     const report = await runSimulation({ seed, ops: OPS });
     console.log(line(report));
@@ -39,7 +51,10 @@ test('fixed seeds survive crashes, power loss, link and disk faults', async () =
     assert.ok(report.seqLast > 0, `seed ${seed}: a history was written`);
   }
   // The fixed set must actually exercise the faults it claims to survive.
-  assert.ok(totals.crashes > 0 && totals.powerLoss > 0 && totals.cuts > 0 && totals.eio > 0, `faults exercised: ${JSON.stringify(totals)}`);
+  assert.ok(
+    totals.crashes > 0 && totals.powerLoss > 0 && totals.cuts > 0 && totals.eio > 0,
+    `faults exercised: ${JSON.stringify(totals)}`,
+  );
   // And an operator's clean stop of an agent whose write path failed.
   assert.ok(totals.cleanStops > 0, `clean stops after a failure: ${JSON.stringify(totals)}`);
   // And the manager's overlap: a segment's undo built while the one before it is made durable.
@@ -57,11 +72,23 @@ test('a seed replays exactly (the same trace and final state)', async () => {
 
 // The long form walks every step: node dist/sim/dst/dst.js --crash-steps --seeds 1..5 (RESILIENCE.md).
 test('crash right after every 9th disk call of either side, killed or powered off', async () => {
-  const report = await runCrashSteps({ seed: 1, ops: 40, stride: 9, sides: ['agent', 'manager'], modes: ['kill', 'power'] });
-  console.log(`crash steps: seed 1, disk calls agent ${report.steps.agent} manager ${report.steps.manager}, ${report.runs} runs, ${report.crashed} crashed at their step ${JSON.stringify(report.byCase)}`);
-  assert.ok(report.steps.agent > 50 && report.steps.manager > 50, 'both sides made disk calls in the fault phase');
+  const report = await runCrashSteps({
+    seed: 1,
+    ops: 40,
+    stride: 9,
+    sides: ['agent', 'manager'],
+    modes: ['kill', 'power'],
+  });
+  console.log(
+    `crash steps: seed 1, disk calls agent ${report.steps.agent} manager ${report.steps.manager}, ${report.runs} runs, ${report.crashed} crashed at their step ${JSON.stringify(report.byCase)}`,
+  );
+  assert.ok(
+    report.steps.agent > 50 && report.steps.manager > 50,
+    'both sides made disk calls in the fault phase',
+  );
   assert.ok(report.crashed >= report.runs * 0.9, 'nearly every run reached its step');
-  for (const key of ['agent kill', 'agent power loss', 'manager kill', 'manager power loss']) assert.ok((report.byCase[key] ?? 0) > 0, `${key} happened`);
+  for (const key of ['agent kill', 'agent power loss', 'manager kill', 'manager power loss'])
+    assert.ok((report.byCase[key] ?? 0) > 0, `${key} happened`);
 });
 
 test('time-boxed batch of random seeds', async () => {

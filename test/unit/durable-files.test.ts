@@ -15,7 +15,10 @@ function errnoError(code: string): NodeJS.ErrnoException {
 }
 
 /** Runs `work` with fsp.link replaced (the product calls it through the module object). */
-async function withLink(replacement: (original: typeof fsp.link) => typeof fsp.link, work: () => Promise<void>): Promise<void> {
+async function withLink(
+  replacement: (original: typeof fsp.link) => typeof fsp.link,
+  work: () => Promise<void>,
+): Promise<void> {
   const original = fsp.link;
   fsp.link = replacement(original);
   try {
@@ -53,7 +56,10 @@ describe('linkFileDurable', () => {
   for (const code of ['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP']) {
     it(`copies the bytes when the file system refuses the link (${code})`, async () => {
       const file = path.join(dir, `copied-${code}.redo`);
-      await withLink(() => () => Promise.reject(errnoError(code)), () => linkFileDurable(source, file, data));
+      await withLink(
+        () => () => Promise.reject(errnoError(code)),
+        () => linkFileDurable(source, file, data),
+      );
       const stat = fs.statSync(file);
       assert.notEqual(stat.ino, fs.statSync(source).ino, 'a copy, not a link');
       assert.equal(stat.nlink, 1);
@@ -97,7 +103,11 @@ describe('linkFileDurable', () => {
     const file = path.join(dir, 'failed.redo');
     await withLink(
       () => () => Promise.reject(errnoError('EIO')),
-      () => assert.rejects(linkFileDurable(source, file, data), (error: NodeJS.ErrnoException) => error.code === 'EIO'),
+      () =>
+        assert.rejects(
+          linkFileDurable(source, file, data),
+          (error: NodeJS.ErrnoException) => error.code === 'EIO',
+        ),
     );
     assert.equal(fs.existsSync(file), false);
     assert.deepEqual(leftovers(), []);
@@ -105,7 +115,10 @@ describe('linkFileDurable', () => {
 
   it('fails when the source is missing (no copy of bytes it never saw)', async () => {
     const file = path.join(dir, 'missing.redo');
-    await assert.rejects(linkFileDurable(path.join(dir, 'no-such.redo'), file, data), (error: NodeJS.ErrnoException) => error.code === 'ENOENT');
+    await assert.rejects(
+      linkFileDurable(path.join(dir, 'no-such.redo'), file, data),
+      (error: NodeJS.ErrnoException) => error.code === 'ENOENT',
+    );
     assert.equal(fs.existsSync(file), false);
   });
 });

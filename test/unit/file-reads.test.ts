@@ -26,7 +26,10 @@ describe('ReadAhead', () => {
     const window = readAhead.fetch(key, fd, start, end);
     if (window === undefined) return false;
     const from = start - window.start;
-    assert.ok(window.bytes.subarray(from, from + end - start).equals(content.subarray(start, end)), `key ${key}: window bytes at ${start}`);
+    assert.ok(
+      window.bytes.subarray(from, from + end - start).equals(content.subarray(start, end)),
+      `key ${key}: window bytes at ${start}`,
+    );
     return true;
   }
 
@@ -39,7 +42,15 @@ describe('ReadAhead', () => {
         if (at + length > content.length) at = 0;
         checked(readAhead, key, at, at + length);
         const roll = random.int(10);
-        at += length + (roll < 6 ? 0 : roll < 8 ? random.int(64 * KiB) : roll < 9 ? -random.int(at + 1) : random.int(4 * MiB));
+        at +=
+          length +
+          (roll < 6
+            ? 0
+            : roll < 8
+              ? random.int(64 * KiB)
+              : roll < 9
+                ? -random.int(at + 1)
+                : random.int(4 * MiB));
         at = Math.max(0, Math.min(at, content.length - 1));
       }
       assert.ok(readAhead.windowBytes <= 2 * MiB, 'the budget holds');
@@ -58,7 +69,8 @@ describe('ReadAhead', () => {
   it('sequential reads of one file are served from a few windows', () => {
     const readAhead = new ReadAhead(2 * MiB);
     let served = 0;
-    for (let at = 0; at + 4 * KiB <= 4 * MiB; at += 4 * KiB) if (checked(readAhead, 7, at, at + 4 * KiB)) served += 1;
+    for (let at = 0; at + 4 * KiB <= 4 * MiB; at += 4 * KiB)
+      if (checked(readAhead, 7, at, at + 4 * KiB)) served += 1;
     assert.ok(served >= 1000, `${served} of 1024 reads from windows`);
     assert.ok(readAhead.fills <= 40, `${readAhead.fills} windows read`);
   });
@@ -83,10 +95,12 @@ describe('ReadAhead', () => {
 
   it('windows no longer read make room for new ones', () => {
     const readAhead = new ReadAhead(512 * KiB);
-    for (let key = 0; key < 4; key++) for (let at = 0; at < 1024 * KiB; at += 4 * KiB) checked(readAhead, key, at, at + 4 * KiB);
+    for (let key = 0; key < 4; key++)
+      for (let at = 0; at < 1024 * KiB; at += 4 * KiB) checked(readAhead, key, at, at + 4 * KiB);
     const before = readAhead.fills;
     let served = 0;
-    for (let at = 2 * MiB; at < 4 * MiB; at += 4 * KiB) if (checked(readAhead, 9, at, at + 4 * KiB)) served += 1;
+    for (let at = 2 * MiB; at < 4 * MiB; at += 4 * KiB)
+      if (checked(readAhead, 9, at, at + 4 * KiB)) served += 1;
     assert.ok(readAhead.fills > before, 'a new file gets windows');
     assert.ok(served >= 400, `${served} of 512 reads of the new file from windows`);
   });

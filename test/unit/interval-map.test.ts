@@ -16,7 +16,8 @@ class ByteModel {
     this.bytes = new Array<ByteSource>(space).fill(undefined);
   }
   set(start: number, end: number, value: string, valueOffset: number): void {
-    for (let b = start; b < end; b += 1) this.bytes[b] = { value, offset: valueOffset + (b - start) };
+    for (let b = start; b < end; b += 1)
+      this.bytes[b] = { value, offset: valueOffset + (b - start) };
   }
   fillGaps(start: number, end: number, value: string, valueOffset: number): void {
     for (let b = start; b < end; b += 1) {
@@ -33,7 +34,8 @@ class ByteModel {
   gapCount(start: number, end: number): number {
     let runs = 0;
     for (let b = start; b < end; b += 1) {
-      if (this.bytes[b] === undefined && (b === start || this.bytes[b - 1] !== undefined)) runs += 1;
+      if (this.bytes[b] === undefined && (b === start || this.bytes[b - 1] !== undefined))
+        runs += 1;
     }
     return runs;
   }
@@ -51,7 +53,12 @@ class ByteModel {
 }
 
 function continues(before: ByteSource, source: ByteSource): boolean {
-  return before !== undefined && source !== undefined && before.value === source.value && before.offset + 1 === source.offset;
+  return (
+    before !== undefined &&
+    source !== undefined &&
+    before.value === source.value &&
+    before.offset + 1 === source.offset
+  );
 }
 
 /** Spreads pieces over a per-byte array of `space` slots, asserting they don't overlap. */
@@ -62,7 +69,8 @@ function expand(pieces: Iterable<Piece<string>>, space: number, base = 0): ByteS
     for (let b = piece.start; b < piece.end; b += 1) {
       assert.equal(seen[b - base], false, `byte ${b} covered twice`);
       seen[b - base] = true;
-      if (piece.value !== undefined) bytes[b - base] = { value: piece.value, offset: piece.valueOffset + (b - piece.start) };
+      if (piece.value !== undefined)
+        bytes[b - base] = { value: piece.value, offset: piece.valueOffset + (b - piece.start) };
     }
   }
   return bytes;
@@ -101,10 +109,24 @@ function arbOp(space: number): fc.Arbitrary<Op> {
     .map(([start, length]) => ({ start, end: Math.min(space, start + length) }));
   const mapping = fc
     .tuple(range, fc.constantFrom('a', 'b', 'c'), fc.oneof(fc.constant(-1), fc.nat(40)))
-    .map(([r, value, offset]) => ({ ...r, value, valueOffset: offset === -1 ? r.start + 1000 : offset }));
+    .map(([r, value, offset]) => ({
+      ...r,
+      value,
+      valueOffset: offset === -1 ? r.start + 1000 : offset,
+    }));
   return fc.oneof(
-    { weight: 4, arbitrary: fc.tuple(fc.constantFrom('set' as const, 'fillGaps' as const), mapping).map(([op, m]) => ({ op, ...m })) },
-    { weight: 2, arbitrary: fc.tuple(fc.constantFrom('delete' as const, 'query' as const), range).map(([op, r]) => ({ op, ...r })) },
+    {
+      weight: 4,
+      arbitrary: fc
+        .tuple(fc.constantFrom('set' as const, 'fillGaps' as const), mapping)
+        .map(([op, m]) => ({ op, ...m })),
+    },
+    {
+      weight: 2,
+      arbitrary: fc
+        .tuple(fc.constantFrom('delete' as const, 'query' as const), range)
+        .map(([op, r]) => ({ op, ...r })),
+    },
     { weight: 1, arbitrary: fc.constant<Op>({ op: 'clear' }) },
   );
 }
@@ -117,7 +139,11 @@ function runOp(map: IntervalMap<string>, model: ByteModel, op: Op): void {
       break;
     case 'fillGaps': {
       const expected = model.gapCount(op.start, op.end);
-      assert.equal(map.fillGaps(op.start, op.end, op.value, op.valueOffset), expected, 'fillGaps count');
+      assert.equal(
+        map.fillGaps(op.start, op.end, op.value, op.valueOffset),
+        expected,
+        'fillGaps count',
+      );
       model.fillGaps(op.start, op.end, op.value, op.valueOffset);
       break;
     }
@@ -315,7 +341,9 @@ describe('IntervalMap edge cases', () => {
       { start: base + 4096, end: base + 4097, value: 'b', valueOffset: 2 ** 52 },
       { start: base + 4097, end: base + 4098, value: 'a', valueOffset: base + 1 },
     ]);
-    assert.deepEqual(map.query(2 ** 53 - 1, 2 ** 53), [{ start: 2 ** 53 - 1, end: 2 ** 53, value: 'c', valueOffset: 2 ** 53 - 1 }]);
+    assert.deepEqual(map.query(2 ** 53 - 1, 2 ** 53), [
+      { start: 2 ** 53 - 1, end: 2 ** 53, value: 'c', valueOffset: 2 ** 53 - 1 },
+    ]);
     assert.equal(map.fillGaps(0, 2 ** 53, 'd', 0), 2);
     assert.equal(map.mappedBytes, 2 ** 53);
     map.delete(base, 2 ** 53);
@@ -357,7 +385,9 @@ describe('IntervalMap edge cases', () => {
       for (let slot = 0; slot < 200; slot += 2) map.set(slot * 10, slot * 10 + 10, 'a', slot * 10);
       assert.equal(entriesOf(map).length, 100);
       const random = rng(nodeSizeMax);
-      const holes = Array.from({ length: 100 }, (_, index) => index * 2 + 1).sort(() => random.int(3) - 1);
+      const holes = Array.from({ length: 100 }, (_, index) => index * 2 + 1).sort(
+        () => random.int(3) - 1,
+      );
       for (const slot of holes) map.set(slot * 10, slot * 10 + 10, 'a', slot * 10);
       assert.deepEqual(entriesOf(map), [{ start: 0, end: 2000, value: 'a', valueOffset: 0 }]);
     }
@@ -383,7 +413,8 @@ describe('IntervalMap edge cases', () => {
     }
     map.checkInvariants();
     let bytes = 0;
-    for (const piece of map.query(0, 2 ** 40)) if (piece.value !== undefined) bytes += piece.end - piece.start;
+    for (const piece of map.query(0, 2 ** 40))
+      if (piece.value !== undefined) bytes += piece.end - piece.start;
     assert.equal(bytes, map.mappedBytes);
   });
 });
@@ -417,7 +448,10 @@ describe('IntervalMap bulk load and forEachPiece', () => {
         const map = loaded(entries, nodeSizeMax);
         map.checkInvariants();
         assert.deepEqual([...map.entries()], entries);
-        assert.equal(map.mappedBytes, entries.reduce((sum, e) => sum + e.end - e.start, 0));
+        assert.equal(
+          map.mappedBytes,
+          entries.reduce((sum, e) => sum + e.end - e.start, 0),
+        );
         // The loaded tree keeps working like any other: more operations against the model.
         const model = new ByteModel(2000);
         for (const e of entries) model.set(e.start, e.end, e.value, e.valueOffset);
@@ -429,19 +463,34 @@ describe('IntervalMap bulk load and forEachPiece', () => {
 
   it('load joins touching entries that set would join, and keeps the others apart', () => {
     const map = new IntervalMap<string>({ nodeSizeMax: 4 });
-    map.load(4, [0, 10, 20, 30], [10, 20, 30, 40], [100, 110, 0, 5], (i) => ['a', 'a', 'a', 'b'][i] as string);
-    assert.deepEqual([...map.entries()], [
-      { start: 0, end: 20, value: 'a', valueOffset: 100 },
-      { start: 20, end: 30, value: 'a', valueOffset: 0 },
-      { start: 30, end: 40, value: 'b', valueOffset: 5 },
-    ]);
+    map.load(
+      4,
+      [0, 10, 20, 30],
+      [10, 20, 30, 40],
+      [100, 110, 0, 5],
+      (i) => ['a', 'a', 'a', 'b'][i] as string,
+    );
+    assert.deepEqual(
+      [...map.entries()],
+      [
+        { start: 0, end: 20, value: 'a', valueOffset: 100 },
+        { start: 20, end: 30, value: 'a', valueOffset: 0 },
+        { start: 30, end: 40, value: 'b', valueOffset: 5 },
+      ],
+    );
     map.checkInvariants();
   });
 
   it('load refuses overlapping or unsorted input and a map that is not empty', () => {
     const value = (): string => 'a';
-    assert.throws(() => new IntervalMap<string>().load(2, [0, 5], [10, 20], [0, 0], value), AssertionError);
-    assert.throws(() => new IntervalMap<string>().load(2, [20, 0], [30, 10], [0, 0], value), AssertionError);
+    assert.throws(
+      () => new IntervalMap<string>().load(2, [0, 5], [10, 20], [0, 0], value),
+      AssertionError,
+    );
+    assert.throws(
+      () => new IntervalMap<string>().load(2, [20, 0], [30, 10], [0, 0], value),
+      AssertionError,
+    );
     assert.throws(() => new IntervalMap<string>().load(1, [5], [5], [0], value), AssertionError);
     const full = new IntervalMap<string>();
     full.set(0, 1, 'a', 0);
@@ -458,7 +507,13 @@ describe('IntervalMap bulk load and forEachPiece', () => {
         const start = random.int(3000);
         const end = Math.min(3000, start + 1 + random.int(random.bool() ? 30 : 3000));
         const visited: Piece<string>[] = [];
-        map.forEachPiece(start, end, (s, e, value, valueOffset) => visited.push(value === undefined ? { start: s, end: e, value, valueOffset: 0 } : { start: s, end: e, value, valueOffset }));
+        map.forEachPiece(start, end, (s, e, value, valueOffset) =>
+          visited.push(
+            value === undefined
+              ? { start: s, end: e, value, valueOffset: 0 }
+              : { start: s, end: e, value, valueOffset },
+          ),
+        );
         assert.deepEqual(visited, map.query(start, end));
       }
     }

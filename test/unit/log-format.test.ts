@@ -13,7 +13,14 @@ import {
   type RecordMeta,
   type RedoHeader,
 } from '../../src/log/redo.js';
-import { EXTENT_HEADER_BYTES, UNDO_HEADER_BYTES, UndoBuilder, parseUndo, type UndoExtentMeta, type UndoHeader } from '../../src/log/undo.js';
+import {
+  EXTENT_HEADER_BYTES,
+  UNDO_HEADER_BYTES,
+  UndoBuilder,
+  parseUndo,
+  type UndoExtentMeta,
+  type UndoHeader,
+} from '../../src/log/undo.js';
 
 const volumeSetId = Buffer.alloc(16, 7);
 const FILE = 'f';
@@ -37,7 +44,15 @@ function payload(length: number, seed: number): Buffer {
 /** A ~312-byte sealed segment: a 40-byte write, a zero and a trim. */
 function smallRecords(): Rec[] {
   return [
-    { kind: 'write', volume: 0, seq: 1, timeNs: 10n, offsetBytes: 4096, lengthBytes: 40, data: payload(40, 1) },
+    {
+      kind: 'write',
+      volume: 0,
+      seq: 1,
+      timeNs: 10n,
+      offsetBytes: 4096,
+      lengthBytes: 40,
+      data: payload(40, 1),
+    },
     { kind: 'zero', volume: 1, seq: 2, timeNs: 20n, offsetBytes: 0, lengthBytes: 2 ** 30 },
     { kind: 'trim', volume: 2, seq: 3, timeNs: 30n, offsetBytes: 512, lengthBytes: 8192 },
   ];
@@ -64,8 +79,14 @@ function assertRefused(fn: () => unknown, codes: readonly string[], context: str
     caught = error;
   }
   assert.ok(caught !== undefined, `${context}: accepted`);
-  assert.ok(caught instanceof SegmentError, `${context}: threw ${String(caught)} instead of a SegmentError`);
-  assert.ok(codes.includes(caught.code), `${context}: code ${caught.code}, expected one of ${codes.join(', ')}`);
+  assert.ok(
+    caught instanceof SegmentError,
+    `${context}: threw ${String(caught)} instead of a SegmentError`,
+  );
+  assert.ok(
+    codes.includes(caught.code),
+    `${context}: code ${caught.code}, expected one of ${codes.join(', ')}`,
+  );
   assert.equal(caught.file, FILE);
   assert.equal(typeof caught.offsetBytes, 'number');
   assert.ok(caught.message.includes(FILE) && caught.message.includes(String(caught.offsetBytes)));
@@ -76,12 +97,19 @@ const TRUNC_OR_CORRUPT = ['REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_CORRUPT'];
 const ORDER_OR_CORRUPT = ['REWIND_SEGMENT_ORDER', 'REWIND_SEGMENT_CORRUPT'];
 
 const recordArb: fc.Arbitrary<Omit<Rec, 'seq'>> = fc.oneof(
-  fc.record({
-    volume: fc.integer({ min: 0, max: VOLUMES - 1 }),
-    timeNs: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
-    offsetBytes: fc.integer({ min: 0, max: 2 ** 45 }),
-    data: fc.uint8Array({ minLength: 1, maxLength: 4096 }),
-  }).map(({ data, ...rest }) => ({ ...rest, kind: 'write' as const, lengthBytes: data.length, data: Buffer.from(data) })),
+  fc
+    .record({
+      volume: fc.integer({ min: 0, max: VOLUMES - 1 }),
+      timeNs: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      offsetBytes: fc.integer({ min: 0, max: 2 ** 45 }),
+      data: fc.uint8Array({ minLength: 1, maxLength: 4096 }),
+    })
+    .map(({ data, ...rest }) => ({
+      ...rest,
+      kind: 'write' as const,
+      lengthBytes: data.length,
+      data: Buffer.from(data),
+    })),
   fc.record({
     kind: fc.constantFrom('zero' as const, 'trim' as const),
     volume: fc.integer({ min: 0, max: VOLUMES - 1 }),
@@ -90,7 +118,6 @@ const recordArb: fc.Arbitrary<Omit<Rec, 'seq'>> = fc.oneof(
     lengthBytes: fc.integer({ min: 1, max: 2 ** 40 }),
   }),
 );
-
 
 /** A self-checked block of a segment: `crcAt` holds the CRC-32C of bytes start..crcAt. */
 interface Block {
@@ -103,14 +130,22 @@ interface Block {
  * misdirected or forged block would look; `parse` must refuse each one. A running CRC over whole
  * blocks cannot see these (a block ending in its own CRC adds a constant); the body chain can.
  */
-function assertEveryResealedFlipRefused(buf: Buffer, blocks: readonly Block[], parse: (b: Buffer) => unknown): number {
+function assertEveryResealedFlipRefused(
+  buf: Buffer,
+  blocks: readonly Block[],
+  parse: (b: Buffer) => unknown,
+): number {
   let tried = 0;
   for (const block of blocks) {
     for (let bit = block.start * 8; bit < block.crcAt * 8; bit++) {
       const copy = Buffer.from(buf);
       copy[bit >> 3] = (copy[bit >> 3] as number) ^ (1 << (bit & 7));
       copy.writeUInt32LE(crc32c(copy.subarray(block.start, block.crcAt)), block.crcAt);
-      assertRefused(() => parse(copy), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `block at ${block.start}, bit ${bit - block.start * 8} resealed`);
+      assertRefused(
+        () => parse(copy),
+        ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'],
+        `block at ${block.start}, bit ${bit - block.start * 8} resealed`,
+      );
       tried += 1;
     }
   }
@@ -137,14 +172,32 @@ describe('format version 1 (history written before version 2)', () => {
     const redo = smallRedo();
     const redoV1 = asVersion1(redo);
     const strip = (records: readonly object[]): unknown[] => records.map((r) => ({ ...r }));
-    assert.deepEqual(strip(parseSealedRedo(redoV1, FILE, VOLUMES).records), strip(parseSealedRedo(redo, FILE, VOLUMES).records));
+    assert.deepEqual(
+      strip(parseSealedRedo(redoV1, FILE, VOLUMES).records),
+      strip(parseSealedRedo(redo, FILE, VOLUMES).records),
+    );
     const undo = smallUndo();
     const undoV1 = asVersion1(undo);
-    assert.deepEqual(parseUndo(undoV1, FILE, VOLUMES).extents, parseUndo(undo, FILE, VOLUMES).extents);
+    assert.deepEqual(
+      parseUndo(undoV1, FILE, VOLUMES).extents,
+      parseUndo(undo, FILE, VOLUMES).extents,
+    );
     // A version 1 header with a version 2 trailer (or the reverse) is refused.
     for (const [mixed, parse] of [
-      [Buffer.concat([redoV1.subarray(0, redoV1.length - TRAILER_BYTES), redo.subarray(redo.length - TRAILER_BYTES)]), (b: Buffer) => parseSealedRedo(b, FILE, VOLUMES)],
-      [Buffer.concat([undoV1.subarray(0, undoV1.length - TRAILER_BYTES), undo.subarray(undo.length - TRAILER_BYTES)]), (b: Buffer) => parseUndo(b, FILE, VOLUMES)],
+      [
+        Buffer.concat([
+          redoV1.subarray(0, redoV1.length - TRAILER_BYTES),
+          redo.subarray(redo.length - TRAILER_BYTES),
+        ]),
+        (b: Buffer) => parseSealedRedo(b, FILE, VOLUMES),
+      ],
+      [
+        Buffer.concat([
+          undoV1.subarray(0, undoV1.length - TRAILER_BYTES),
+          undo.subarray(undo.length - TRAILER_BYTES),
+        ]),
+        (b: Buffer) => parseUndo(b, FILE, VOLUMES),
+      ],
     ] as const) {
       assertRefused(() => parse(mixed), ['REWIND_SEGMENT_CORRUPT'], 'mixed versions');
     }
@@ -152,46 +205,76 @@ describe('format version 1 (history written before version 2)', () => {
     for (let bit = 0; bit < redoV1.length * 8; bit++) {
       const flipped = Buffer.from(redoV1);
       flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
-      assertRefused(() => parseSealedRedo(flipped, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `v1 bit ${bit}`);
+      assertRefused(
+        () => parseSealedRedo(flipped, FILE, VOLUMES),
+        ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'],
+        `v1 bit ${bit}`,
+      );
     }
   });
 });
 
 describe('redo segment codec', () => {
-  it('refuses a rewrite of any header, record or trailer field even with that block\'s own CRC recomputed', () => {
+  it("refuses a rewrite of any header, record or trailer field even with that block's own CRC recomputed", () => {
     const buf = smallRedo();
-    const recordStarts = parseSealedRedo(buf, FILE, VOLUMES).records.map((r) => r.recordOffsetBytes);
+    const recordStarts = parseSealedRedo(buf, FILE, VOLUMES).records.map(
+      (r) => r.recordOffsetBytes,
+    );
     const blocks: Block[] = [
       { start: 0, crcAt: 60 },
       ...recordStarts.map((start) => ({ start, crcAt: start + RECORD_HEADER_BYTES - 4 })),
       { start: buf.length - TRAILER_BYTES, crcAt: buf.length - 4 },
     ];
-    const tried = assertEveryResealedFlipRefused(buf, blocks, (b) => parseSealedRedo(b, FILE, VOLUMES));
+    const tried = assertEveryResealedFlipRefused(buf, blocks, (b) =>
+      parseSealedRedo(b, FILE, VOLUMES),
+    );
     assert.equal(tried, (60 + 3 * 44 + 60) * 8);
   });
 
   it('round-trips random record lists', () => {
     fc.assert(
-      fc.property(fc.array(recordArb, { maxLength: 12 }), fc.integer({ min: 1, max: 2 ** 40 }), (raw, seqFirst) => {
-        const records: Rec[] = raw.map((r, i) => ({ ...r, seq: seqFirst + i }));
-        const buf = Buffer.concat(buildSealedRedo(redoHeader(seqFirst), records));
-        const parsed = parseSealedRedo(buf, FILE, VOLUMES);
-        assert.equal(parsed.header.seqFirst, seqFirst);
-        assert.ok(parsed.header.volumeSetId.equals(volumeSetId));
-        assert.equal(parsed.records.length, records.length);
-        assert.equal(parsed.trailer.recordCount, records.length);
-        records.forEach((want, i) => {
-          const got = parsed.records[i];
-          assert.ok(got);
-          assert.deepEqual(
-            { kind: got.kind, volume: got.volume, seq: got.seq, timeNs: got.timeNs, offsetBytes: got.offsetBytes, lengthBytes: got.lengthBytes },
-            { kind: want.kind, volume: want.volume, seq: want.seq, timeNs: want.timeNs, offsetBytes: want.offsetBytes, lengthBytes: want.lengthBytes },
-          );
-          if (want.data) {
-            assert.ok(buf.subarray(got.payloadOffsetBytes, got.payloadOffsetBytes + got.lengthBytes).equals(want.data));
-          }
-        });
-      }),
+      fc.property(
+        fc.array(recordArb, { maxLength: 12 }),
+        fc.integer({ min: 1, max: 2 ** 40 }),
+        (raw, seqFirst) => {
+          const records: Rec[] = raw.map((r, i) => ({ ...r, seq: seqFirst + i }));
+          const buf = Buffer.concat(buildSealedRedo(redoHeader(seqFirst), records));
+          const parsed = parseSealedRedo(buf, FILE, VOLUMES);
+          assert.equal(parsed.header.seqFirst, seqFirst);
+          assert.ok(parsed.header.volumeSetId.equals(volumeSetId));
+          assert.equal(parsed.records.length, records.length);
+          assert.equal(parsed.trailer.recordCount, records.length);
+          records.forEach((want, i) => {
+            const got = parsed.records[i];
+            assert.ok(got);
+            assert.deepEqual(
+              {
+                kind: got.kind,
+                volume: got.volume,
+                seq: got.seq,
+                timeNs: got.timeNs,
+                offsetBytes: got.offsetBytes,
+                lengthBytes: got.lengthBytes,
+              },
+              {
+                kind: want.kind,
+                volume: want.volume,
+                seq: want.seq,
+                timeNs: want.timeNs,
+                offsetBytes: want.offsetBytes,
+                lengthBytes: want.lengthBytes,
+              },
+            );
+            if (want.data) {
+              assert.ok(
+                buf
+                  .subarray(got.payloadOffsetBytes, got.payloadOffsetBytes + got.lengthBytes)
+                  .equals(want.data),
+              );
+            }
+          });
+        },
+      ),
       { numRuns: 100 },
     );
   });
@@ -200,7 +283,11 @@ describe('redo segment codec', () => {
     const buf = smallRedo();
     assert.equal(parseSealedRedo(buf, FILE, VOLUMES).records.length, 3);
     for (let length = 0; length < buf.length; length++) {
-      assertRefused(() => parseSealedRedo(buf.subarray(0, length), FILE, VOLUMES), TRUNC_OR_CORRUPT, `length ${length}`);
+      assertRefused(
+        () => parseSealedRedo(buf.subarray(0, length), FILE, VOLUMES),
+        TRUNC_OR_CORRUPT,
+        `length ${length}`,
+      );
     }
   });
 
@@ -210,7 +297,11 @@ describe('redo segment codec', () => {
     for (let bit = 0; bit < buf.length * 8; bit++) {
       const flipped = Buffer.from(buf);
       flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
-      assertRefused(() => parseSealedRedo(flipped, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `bit ${bit}`);
+      assertRefused(
+        () => parseSealedRedo(flipped, FILE, VOLUMES),
+        ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'],
+        `bit ${bit}`,
+      );
     }
   });
 
@@ -223,24 +314,47 @@ describe('redo segment codec', () => {
     const buf = Buffer.concat(buildSealedRedo(redoHeader(), records));
     const a = REDO_HEADER_BYTES;
     const b = a + RECORD_HEADER_BYTES;
-    const swapped = Buffer.concat([buf.subarray(0, a), buf.subarray(b, b + RECORD_HEADER_BYTES), buf.subarray(a, b), buf.subarray(b + RECORD_HEADER_BYTES)]);
+    const swapped = Buffer.concat([
+      buf.subarray(0, a),
+      buf.subarray(b, b + RECORD_HEADER_BYTES),
+      buf.subarray(a, b),
+      buf.subarray(b + RECORD_HEADER_BYTES),
+    ]);
     assert.equal(swapped.length, buf.length);
-    const err = assertRefused(() => parseSealedRedo(swapped, FILE, VOLUMES), ORDER_OR_CORRUPT, 'swapped');
+    const err = assertRefused(
+      () => parseSealedRedo(swapped, FILE, VOLUMES),
+      ORDER_OR_CORRUPT,
+      'swapped',
+    );
     assert.equal(err.offsetBytes >= a, true);
   });
 
   it('refuses a duplicated record', () => {
     const buf = smallRedo();
     const first = buf.subarray(REDO_HEADER_BYTES, REDO_HEADER_BYTES + RECORD_HEADER_BYTES + 40);
-    const dup = Buffer.concat([buf.subarray(0, REDO_HEADER_BYTES), first, buf.subarray(REDO_HEADER_BYTES)]);
-    assertRefused(() => parseSealedRedo(dup, FILE, VOLUMES), ['REWIND_SEGMENT_ORDER', 'REWIND_SEGMENT_CORRUPT'], 'duplicate');
+    const dup = Buffer.concat([
+      buf.subarray(0, REDO_HEADER_BYTES),
+      first,
+      buf.subarray(REDO_HEADER_BYTES),
+    ]);
+    assertRefused(
+      () => parseSealedRedo(dup, FILE, VOLUMES),
+      ['REWIND_SEGMENT_ORDER', 'REWIND_SEGMENT_CORRUPT'],
+      'duplicate',
+    );
   });
 
   it('refuses a record whose volume index is out of range', () => {
-    const records: Rec[] = [{ kind: 'zero', volume: 2, seq: 1, timeNs: 1n, offsetBytes: 0, lengthBytes: 512 }];
+    const records: Rec[] = [
+      { kind: 'zero', volume: 2, seq: 1, timeNs: 1n, offsetBytes: 0, lengthBytes: 512 },
+    ];
     const buf = Buffer.concat(buildSealedRedo(redoHeader(), records));
     assert.equal(parseSealedRedo(buf, FILE, 3).records.length, 1);
-    const err = assertRefused(() => parseSealedRedo(buf, FILE, 2), ['REWIND_SEGMENT_CORRUPT'], 'volume 2 of 2');
+    const err = assertRefused(
+      () => parseSealedRedo(buf, FILE, 2),
+      ['REWIND_SEGMENT_CORRUPT'],
+      'volume 2 of 2',
+    );
     assert.equal(err.offsetBytes, REDO_HEADER_BYTES + 6);
   });
 
@@ -248,20 +362,43 @@ describe('redo segment codec', () => {
     const full = smallRedo();
     const body = full.subarray(0, full.length - TRAILER_BYTES);
     const next = Buffer.concat(
-      buildSealedRedo(redoHeader(4), [{ kind: 'write', volume: 3, seq: 4, timeNs: 40n, offsetBytes: 0, lengthBytes: 64, data: payload(64, 9) }]),
+      buildSealedRedo(redoHeader(4), [
+        {
+          kind: 'write',
+          volume: 3,
+          seq: 4,
+          timeNs: 40n,
+          offsetBytes: 0,
+          lengthBytes: 64,
+          data: payload(64, 9),
+        },
+      ]),
     ).subarray(REDO_HEADER_BYTES, REDO_HEADER_BYTES + RECORD_HEADER_BYTES + 64);
-    for (const cut of [1, 20, RECORD_HEADER_BYTES - 1, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + 63]) {
+    for (const cut of [
+      1,
+      20,
+      RECORD_HEADER_BYTES - 1,
+      RECORD_HEADER_BYTES,
+      RECORD_HEADER_BYTES + 63,
+    ]) {
       const torn = Buffer.concat([body, next.subarray(0, cut)]);
       const scan = scanRedo(torn, FILE, VOLUMES);
       assert.equal(scan.records.length, 3, `cut ${cut}`);
-      assert.deepEqual(scan.records.map((r) => r.seq), [1, 2, 3]);
+      assert.deepEqual(
+        scan.records.map((r) => r.seq),
+        [1, 2, 3],
+      );
       assert.equal(scan.validBytes, body.length, `cut ${cut}`);
       assert.equal(scan.trailer, undefined);
       assert.ok(scan.stopReason instanceof SegmentError);
       assert.equal(scan.stopReason.code, 'REWIND_SEGMENT_TRUNCATED', `cut ${cut}`);
       assert.equal(scan.stopReason.file, FILE);
       assert.equal(scan.stopReason.offsetBytes >= body.length, true);
-      assertRefused(() => parseSealedRedo(torn, FILE, VOLUMES), TRUNC_OR_CORRUPT, `sealed parse of cut ${cut}`);
+      assertRefused(
+        () => parseSealedRedo(torn, FILE, VOLUMES),
+        TRUNC_OR_CORRUPT,
+        `sealed parse of cut ${cut}`,
+      );
     }
     // With the whole next record appended it is scanned too, still without a trailer.
     const whole = scanRedo(Buffer.concat([body, next]), FILE, VOLUMES);
@@ -282,9 +419,11 @@ const undoArb = fc.array(
 );
 
 describe('undo segment codec', () => {
-  it('refuses a rewrite of any header, extent or trailer field even with that block\'s own CRC recomputed', () => {
+  it("refuses a rewrite of any header, extent or trailer field even with that block's own CRC recomputed", () => {
     const buf = smallUndo();
-    const extentStarts = parseUndo(buf, FILE, VOLUMES).extents.map((e) => e.payloadOffsetBytes - EXTENT_HEADER_BYTES);
+    const extentStarts = parseUndo(buf, FILE, VOLUMES).extents.map(
+      (e) => e.payloadOffsetBytes - EXTENT_HEADER_BYTES,
+    );
     assert.equal(extentStarts[0], UNDO_HEADER_BYTES);
     const blocks: Block[] = [
       { start: 0, crcAt: 60 },
@@ -314,7 +453,12 @@ describe('undo segment codec', () => {
             want.push({ meta });
           } else {
             const data = Buffer.from(r.data);
-            const meta: UndoExtentMeta = { kind: 'data', volume, offsetBytes, lengthBytes: data.length };
+            const meta: UndoExtentMeta = {
+              kind: 'data',
+              volume,
+              offsetBytes,
+              lengthBytes: data.length,
+            };
             builder.add(meta, data);
             want.push({ meta, data });
           }
@@ -327,8 +471,21 @@ describe('undo segment codec', () => {
         want.forEach(({ meta, data }, i) => {
           const got = parsed.extents[i];
           assert.ok(got);
-          assert.deepEqual({ kind: got.kind, volume: got.volume, offsetBytes: got.offsetBytes, lengthBytes: got.lengthBytes }, meta);
-          if (data) assert.ok(buf.subarray(got.payloadOffsetBytes, got.payloadOffsetBytes + got.lengthBytes).equals(data));
+          assert.deepEqual(
+            {
+              kind: got.kind,
+              volume: got.volume,
+              offsetBytes: got.offsetBytes,
+              lengthBytes: got.lengthBytes,
+            },
+            meta,
+          );
+          if (data)
+            assert.ok(
+              buf
+                .subarray(got.payloadOffsetBytes, got.payloadOffsetBytes + got.lengthBytes)
+                .equals(data),
+            );
         });
       }),
       { numRuns: 100 },
@@ -339,12 +496,20 @@ describe('undo segment codec', () => {
     const buf = smallUndo();
     assert.equal(parseUndo(buf, FILE, VOLUMES).extents.length, 3);
     for (let length = 0; length < buf.length; length++) {
-      assertRefused(() => parseUndo(buf.subarray(0, length), FILE, VOLUMES), TRUNC_OR_CORRUPT, `length ${length}`);
+      assertRefused(
+        () => parseUndo(buf.subarray(0, length), FILE, VOLUMES),
+        TRUNC_OR_CORRUPT,
+        `length ${length}`,
+      );
     }
     for (let bit = 0; bit < buf.length * 8; bit++) {
       const flipped = Buffer.from(buf);
       flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
-      assertRefused(() => parseUndo(flipped, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'], `bit ${bit}`);
+      assertRefused(
+        () => parseUndo(flipped, FILE, VOLUMES),
+        ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'],
+        `bit ${bit}`,
+      );
     }
   });
 

@@ -2,22 +2,39 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { arbHistory, ModelVolumeSet, randomHistory, replay, rng, type ModelWrite } from '../support/model.js';
+import {
+  arbHistory,
+  ModelVolumeSet,
+  randomHistory,
+  replay,
+  rng,
+  type ModelWrite,
+} from '../support/model.js';
 
 /** A second, independent formulation: each byte holds what the newest covering write with seq <= `seq` left there. */
 function lastWriterImages(sizes: number[], writes: ModelWrite[], seq: number): Buffer[] {
   return sizes.map((size, volume) => {
     const image = Buffer.alloc(size);
     for (let b = 0; b < size; b += 1) {
-      const covering = writes.filter((w) => w.volume === volume && w.seq <= seq && w.offset <= b && b < w.offset + w.length);
-      const newest = covering.reduce<ModelWrite | undefined>((best, w) => (best === undefined || w.seq > best.seq ? w : best), undefined);
+      const covering = writes.filter(
+        (w) => w.volume === volume && w.seq <= seq && w.offset <= b && b < w.offset + w.length,
+      );
+      const newest = covering.reduce<ModelWrite | undefined>(
+        (best, w) => (best === undefined || w.seq > best.seq ? w : best),
+        undefined,
+      );
       image[b] = newest?.data?.[b - newest.offset] ?? 0;
     }
     return image;
   });
 }
 
-function checkHistoryShape(sizes: number[], writes: ModelWrite[], align: number, maxLength: number): void {
+function checkHistoryShape(
+  sizes: number[],
+  writes: ModelWrite[],
+  align: number,
+  maxLength: number,
+): void {
   writes.forEach((w, index) => {
     const size = sizes[w.volume];
     assert.ok(size !== undefined, `seq ${w.seq}: no volume ${w.volume}`);
@@ -34,8 +51,22 @@ function checkHistoryShape(sizes: number[], writes: ModelWrite[], align: number,
 describe('ModelVolumeSet', () => {
   it('writes land at their offset, zero and trim read back as zeroes', () => {
     const model = new ModelVolumeSet([8, 4]);
-    model.apply({ seq: 1, volume: 0, kind: 'write', offset: 0, length: 8, data: Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]) });
-    model.apply({ seq: 2, volume: 1, kind: 'write', offset: 1, length: 3, data: Buffer.from([9, 9, 9]) });
+    model.apply({
+      seq: 1,
+      volume: 0,
+      kind: 'write',
+      offset: 0,
+      length: 8,
+      data: Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]),
+    });
+    model.apply({
+      seq: 2,
+      volume: 1,
+      kind: 'write',
+      offset: 1,
+      length: 3,
+      data: Buffer.from([9, 9, 9]),
+    });
     model.apply({ seq: 3, volume: 0, kind: 'zero', offset: 1, length: 2 });
     model.apply({ seq: 4, volume: 0, kind: 'trim', offset: 6, length: 2 });
     assert.deepEqual(model.image(0), Buffer.from([1, 0, 0, 4, 5, 6, 0, 0]));
@@ -53,11 +84,25 @@ describe('ModelVolumeSet', () => {
     assert.throws(() => model.apply({ seq: 1, volume: 1, kind: 'zero', offset: 0, length: 1 }));
     assert.throws(() => model.apply({ seq: 1, volume: 0, kind: 'zero', offset: 4, length: 5 }));
     assert.throws(() => model.apply({ seq: 1, volume: 0, kind: 'zero', offset: 0, length: 0 }));
-    assert.throws(() => model.apply({ seq: 1, volume: 0, kind: 'write', offset: 0, length: 2, data: Buffer.alloc(3) }));
+    assert.throws(() =>
+      model.apply({
+        seq: 1,
+        volume: 0,
+        kind: 'write',
+        offset: 0,
+        length: 2,
+        data: Buffer.alloc(3),
+      }),
+    );
     assert.throws(() => model.apply({ seq: 1, volume: 0, kind: 'write', offset: 0, length: 2 }));
-    assert.throws(() => model.apply({ seq: 1, volume: 0, kind: 'trim', offset: 0, length: 2, data: Buffer.alloc(2) }));
+    assert.throws(() =>
+      model.apply({ seq: 1, volume: 0, kind: 'trim', offset: 0, length: 2, data: Buffer.alloc(2) }),
+    );
     model.apply({ seq: 5, volume: 0, kind: 'zero', offset: 0, length: 1 });
-    assert.throws(() => model.apply({ seq: 5, volume: 0, kind: 'zero', offset: 0, length: 1 }), 'seqs only go up');
+    assert.throws(
+      () => model.apply({ seq: 5, volume: 0, kind: 'zero', offset: 0, length: 1 }),
+      'seqs only go up',
+    );
   });
 });
 
@@ -77,15 +122,37 @@ describe('replay', () => {
 
   it('gives the images written by hand at each seq', () => {
     const expected = [
-      [[0, 0, 0, 0], [0, 0, 0, 0, 0, 0]],
-      [[1, 1, 1, 1], [0, 0, 0, 0, 0, 0]],
-      [[1, 1, 1, 1], [0, 0, 2, 2, 2, 2]],
-      [[1, 0, 0, 1], [0, 0, 2, 2, 2, 2]],
-      [[1, 0, 0, 1], [0, 0, 2, 2, 2, 4]],
-      [[0, 0, 0, 0], [0, 0, 2, 2, 2, 4]],
+      [
+        [0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+      ],
+      [
+        [1, 1, 1, 1],
+        [0, 0, 0, 0, 0, 0],
+      ],
+      [
+        [1, 1, 1, 1],
+        [0, 0, 2, 2, 2, 2],
+      ],
+      [
+        [1, 0, 0, 1],
+        [0, 0, 2, 2, 2, 2],
+      ],
+      [
+        [1, 0, 0, 1],
+        [0, 0, 2, 2, 2, 4],
+      ],
+      [
+        [0, 0, 0, 0],
+        [0, 0, 2, 2, 2, 4],
+      ],
     ];
     expected.forEach((images, seq) => {
-      assert.deepEqual(replay(sizes, writes, seq), images.map((bytes) => Buffer.from(bytes)), `seq ${seq}`);
+      assert.deepEqual(
+        replay(sizes, writes, seq),
+        images.map((bytes) => Buffer.from(bytes)),
+        `seq ${seq}`,
+      );
     });
   });
 
@@ -94,7 +161,11 @@ describe('replay', () => {
       const historySizes = [64, 33, 1];
       const history = randomHistory(rng(seed), historySizes, 60, { maxLength: 20 });
       for (let seq = 0; seq <= history.length; seq += 1) {
-        assert.deepEqual(replay(historySizes, history, seq), lastWriterImages(historySizes, history, seq), `seed ${seed} seq ${seq}`);
+        assert.deepEqual(
+          replay(historySizes, history, seq),
+          lastWriterImages(historySizes, history, seq),
+          `seed ${seed} seq ${seq}`,
+        );
       }
     }
   });
@@ -103,7 +174,10 @@ describe('replay', () => {
     const historySizes = [48, 17];
     fc.assert(
       fc.property(arbHistory(historySizes, 25, { maxLength: 16 }), fc.nat(30), (history, seq) => {
-        assert.deepEqual(replay(historySizes, history, seq), lastWriterImages(historySizes, history, seq));
+        assert.deepEqual(
+          replay(historySizes, history, seq),
+          lastWriterImages(historySizes, history, seq),
+        );
       }),
       { numRuns: 200 },
     );
@@ -148,12 +222,31 @@ describe('randomHistory', () => {
     checkHistoryShape(sizes, writes, 1, 512);
     const kinds = new Set(writes.map((w) => w.kind));
     assert.deepEqual([...kinds].sort(), ['trim', 'write', 'zero']);
-    assert.ok(writes.filter((w) => w.kind === 'write').length > writes.length / 2, 'mostly data writes');
-    assert.ok(writes.some((w) => w.length === 1), 'some one-byte writes');
-    assert.ok(writes.some((w) => w.length === 512), 'some writes of maxLength');
-    assert.ok(writes.some((w) => w.offset + w.length === sizes[w.volume]), 'some writes touch the last byte');
+    assert.ok(
+      writes.filter((w) => w.kind === 'write').length > writes.length / 2,
+      'mostly data writes',
+    );
+    assert.ok(
+      writes.some((w) => w.length === 1),
+      'some one-byte writes',
+    );
+    assert.ok(
+      writes.some((w) => w.length === 512),
+      'some writes of maxLength',
+    );
+    assert.ok(
+      writes.some((w) => w.offset + w.length === sizes[w.volume]),
+      'some writes touch the last byte',
+    );
     const overlapping = writes.filter((w, index) =>
-      writes.slice(0, index).some((e) => e.volume === w.volume && e.offset < w.offset + w.length && w.offset < e.offset + e.length),
+      writes
+        .slice(0, index)
+        .some(
+          (e) =>
+            e.volume === w.volume &&
+            e.offset < w.offset + w.length &&
+            w.offset < e.offset + e.length,
+        ),
     );
     assert.ok(overlapping.length > writes.length / 10, 'a good share overwrite earlier writes');
   });
@@ -184,9 +277,16 @@ describe('arbHistory', () => {
 
   it('reaches the last byte and overwrites earlier writes', () => {
     const sizes = [1024];
-    const histories = fc.sample(arbHistory(sizes, 20, { maxLength: 64 }), { numRuns: 200, seed: 1 });
+    const histories = fc.sample(arbHistory(sizes, 20, { maxLength: 64 }), {
+      numRuns: 200,
+      seed: 1,
+    });
     const overwrites = histories.filter((writes) =>
-      writes.some((w, index) => writes.slice(0, index).some((e) => e.offset < w.offset + w.length && w.offset < e.offset + e.length)),
+      writes.some((w, index) =>
+        writes
+          .slice(0, index)
+          .some((e) => e.offset < w.offset + w.length && w.offset < e.offset + e.length),
+      ),
     );
     assert.ok(overwrites.length > histories.length / 4, 'many histories overwrite earlier writes');
     const samples = histories.flat();

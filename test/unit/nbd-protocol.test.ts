@@ -17,7 +17,12 @@ import {
   type ReadCallback,
 } from '../../src/nbd/index.js';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
-import { shapeExtents, validateRequest, transmissionFlagsFor, type Session } from '../../src/nbd/transmission.js';
+import {
+  shapeExtents,
+  validateRequest,
+  transmissionFlagsFor,
+  type Session,
+} from '../../src/nbd/transmission.js';
 
 const SIZE_BYTES = 1024 * 1024;
 const TIMEOUT_MS = 3000;
@@ -61,7 +66,10 @@ class RawClient {
 
   private waitForEvent(deadline: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('timed out waiting for the server')), Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => reject(new Error('timed out waiting for the server')),
+        Math.max(0, deadline - Date.now()),
+      );
       this.wake = () => {
         clearTimeout(timer);
         resolve();
@@ -72,7 +80,8 @@ class RawClient {
   async read(lengthBytes: number, timeoutMs = TIMEOUT_MS): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
     while (this.buffered.length < lengthBytes) {
-      if (this.closed) throw new Error(`connection closed after ${this.buffered.length}/${lengthBytes} bytes`);
+      if (this.closed)
+        throw new Error(`connection closed after ${this.buffered.length}/${lengthBytes} bytes`);
       await this.waitForEvent(deadline);
     }
     const result = this.buffered.subarray(0, lengthBytes);
@@ -132,7 +141,11 @@ function infoData(exportName: string, infoTypes: number[] = []): Buffer {
 }
 
 function metaData(exportName: string, queries: string[]): Buffer {
-  return Buffer.concat([lengthPrefixed(exportName), u32(queries.length), ...queries.map(lengthPrefixed)]);
+  return Buffer.concat([
+    lengthPrefixed(exportName),
+    u32(queries.length),
+    ...queries.map(lengthPrefixed),
+  ]);
 }
 
 interface OptionReplyMessage {
@@ -145,7 +158,11 @@ async function readOptionReply(client: RawClient): Promise<OptionReplyMessage> {
   const header = await client.read(20);
   assert.equal(header.readBigUInt64BE(0), P.OPTION_REPLY_MAGIC);
   const lengthBytes = header.readUInt32BE(16);
-  return { option: header.readUInt32BE(8), type: header.readUInt32BE(12), data: await client.read(lengthBytes) };
+  return {
+    option: header.readUInt32BE(8),
+    type: header.readUInt32BE(12),
+    data: await client.read(lengthBytes),
+  };
 }
 
 /** Reads replies until the final one (ACK or an error). */
@@ -154,7 +171,11 @@ async function readOptionReplies(client: RawClient): Promise<OptionReplyMessage[
   for (;;) {
     const reply = await readOptionReply(client);
     replies.push(reply);
-    if (reply.type !== P.OptionReply.SERVER && reply.type !== P.OptionReply.INFO && reply.type !== P.OptionReply.META_CONTEXT) {
+    if (
+      reply.type !== P.OptionReply.SERVER &&
+      reply.type !== P.OptionReply.INFO &&
+      reply.type !== P.OptionReply.META_CONTEXT
+    ) {
       return replies;
     }
   }
@@ -197,11 +218,18 @@ async function readChunk(client: RawClient): Promise<Chunk> {
   const header = await client.read(20);
   assert.equal(header.readUInt32BE(0), P.STRUCTURED_REPLY_MAGIC, 'structured reply magic');
   const payload = await client.read(header.readUInt32BE(16));
-  return { flags: header.readUInt16BE(4), type: header.readUInt16BE(6), cookie: header.readBigUInt64BE(8), payload };
+  return {
+    flags: header.readUInt16BE(4),
+    type: header.readUInt16BE(6),
+    cookie: header.readBigUInt64BE(8),
+    payload,
+  };
 }
 
 /** Reads one reply, simple or structured, and reports its errno and cookie. */
-async function readAnyReply(client: RawClient): Promise<{ errno: number; cookie: bigint; data?: Buffer }> {
+async function readAnyReply(
+  client: RawClient,
+): Promise<{ errno: number; cookie: bigint; data?: Buffer }> {
   const magic = (await client.read(4)).readUInt32BE(0);
   if (magic === P.SIMPLE_REPLY_MAGIC) {
     const rest = await client.read(12);
@@ -232,7 +260,10 @@ interface OpenOptions {
 }
 
 /** Connects and negotiates with GO (no info requests); returns the client and transmission flags. */
-async function openSession(port: number, options: OpenOptions = {}): Promise<{ client: RawClient; flags: number }> {
+async function openSession(
+  port: number,
+  options: OpenOptions = {},
+): Promise<{ client: RawClient; flags: number }> {
   const client = await RawClient.connect(port);
   await greet(client);
   const exportName = options.exportName ?? 'vol';
@@ -248,7 +279,9 @@ async function openSession(port: number, options: OpenOptions = {}): Promise<{ c
   const replies = await readOptionReplies(client);
   const last = replies[replies.length - 1];
   assert.equal(last?.type, P.OptionReply.ACK, 'GO acknowledged');
-  const exportInfo = replies.find((reply) => reply.type === P.OptionReply.INFO && reply.data.readUInt16BE(0) === 0);
+  const exportInfo = replies.find(
+    (reply) => reply.type === P.OptionReply.INFO && reply.data.readUInt16BE(0) === 0,
+  );
   assert.ok(exportInfo, 'INFO_EXPORT sent');
   return { client, flags: exportInfo.data.readUInt16BE(10) };
 }
@@ -270,10 +303,18 @@ async function withServer(
   extra: ExportBackend[] = [],
 ): Promise<void> {
   const vol = new MemoryBackend({ name: 'vol', sizeBytes: SIZE_BYTES, description: 'test volume' });
-  const ro = new MemoryBackend({ name: 'ro', sizeBytes: SIZE_BYTES, readOnly: true, multiConn: false });
+  const ro = new MemoryBackend({
+    name: 'ro',
+    sizeBytes: SIZE_BYTES,
+    readOnly: true,
+    multiConn: false,
+  });
   const registry = new MemoryRegistry([vol, ro, ...extra], 'vol');
   const logs: Array<{ level: string; msg: string }> = [];
-  const server = new NbdServer(registry, { log: (level, msg) => logs.push({ level, msg }), ...options });
+  const server = new NbdServer(registry, {
+    log: (level, msg) => logs.push({ level, msg }),
+    ...options,
+  });
   const { port } = await server.listen('127.0.0.1', 0);
   try {
     await body({ server, port, registry, vol, ro, logs });
@@ -359,10 +400,25 @@ test('GO with zero info requests (kernel nbd-client) gets INFO_EXPORT and ACK, t
   await withServer(async ({ port }) => {
     const { client, flags } = await openSession(port);
     const T = P.TransmissionFlag;
-    assert.equal(flags, T.HAS_FLAGS | T.SEND_FLUSH | T.SEND_FUA | T.SEND_TRIM | T.SEND_WRITE_ZEROES | T.CAN_MULTI_CONN);
-    client.write(requestBytes({ type: P.Command.WRITE, cookie: 5n, offsetBytes: 4096n }, Buffer.alloc(4096, 0xab)));
+    assert.equal(
+      flags,
+      T.HAS_FLAGS |
+        T.SEND_FLUSH |
+        T.SEND_FUA |
+        T.SEND_TRIM |
+        T.SEND_WRITE_ZEROES |
+        T.CAN_MULTI_CONN,
+    );
+    client.write(
+      requestBytes(
+        { type: P.Command.WRITE, cookie: 5n, offsetBytes: 4096n },
+        Buffer.alloc(4096, 0xab),
+      ),
+    );
     assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 5n });
-    client.write(requestBytes({ type: P.Command.READ, cookie: 6n, offsetBytes: 4096n, lengthBytes: 4096 }));
+    client.write(
+      requestBytes({ type: P.Command.READ, cookie: 6n, offsetBytes: 4096n, lengthBytes: 4096 }),
+    );
     assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 6n });
     assert.deepEqual(await client.read(4096), Buffer.alloc(4096, 0xab));
     client.destroy();
@@ -374,12 +430,22 @@ test('INFO returns export, name, description and block sizes when asked, then GO
     const client = await RawClient.connect(port);
     await greet(client);
     const I = P.InfoType;
-    client.write(optionBytes(P.Option.INFO, infoData('', [I.NAME, I.DESCRIPTION, I.BLOCK_SIZE, 999])));
+    client.write(
+      optionBytes(P.Option.INFO, infoData('', [I.NAME, I.DESCRIPTION, I.BLOCK_SIZE, 999])),
+    );
     const replies = await readOptionReplies(client);
     assert.equal(replies.at(-1)?.type, P.OptionReply.ACK);
-    const infos = new Map(replies.filter((r) => r.type === P.OptionReply.INFO).map((r) => [r.data.readUInt16BE(0), r.data]));
+    const infos = new Map(
+      replies
+        .filter((r) => r.type === P.OptionReply.INFO)
+        .map((r) => [r.data.readUInt16BE(0), r.data]),
+    );
     assert.equal(infos.get(I.EXPORT)?.readBigUInt64BE(2), BigInt(SIZE_BYTES));
-    assert.equal(infos.get(I.NAME)?.subarray(2).toString(), 'vol', 'default export resolves to its name');
+    assert.equal(
+      infos.get(I.NAME)?.subarray(2).toString(),
+      'vol',
+      'default export resolves to its name',
+    );
     assert.equal(infos.get(I.DESCRIPTION)?.subarray(2).toString(), 'test volume');
     const blockSize = infos.get(I.BLOCK_SIZE);
     assert.ok(blockSize);
@@ -449,14 +515,21 @@ test('EXPORT_NAME with NO_ZEROES sends exactly 10 bytes; a client with flags 0 g
     const reply = await client.read(10);
     assert.equal(reply.readBigUInt64BE(0), BigInt(SIZE_BYTES), 'empty name is the default export');
     client.write(requestBytes({ type: P.Command.FLUSH, cookie: 3n }));
-    assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 3n }, 'no padding before the reply');
+    assert.deepEqual(
+      await readSimpleReply(client),
+      { errno: 0, cookie: 3n },
+      'no padding before the reply',
+    );
     client.destroy();
 
     const oldClient = await RawClient.connect(port);
     await greet(oldClient, 0);
     oldClient.write(optionBytes(P.Option.EXPORT_NAME, Buffer.from('ro')));
     const oldReply = await oldClient.read(134);
-    assert.equal(oldReply.readUInt16BE(8) & P.TransmissionFlag.READ_ONLY, P.TransmissionFlag.READ_ONLY);
+    assert.equal(
+      oldReply.readUInt16BE(8) & P.TransmissionFlag.READ_ONLY,
+      P.TransmissionFlag.READ_ONLY,
+    );
     oldClient.destroy();
   });
 });
@@ -505,7 +578,10 @@ test('unknown options, STARTTLS and EXTENDED_HEADERS get ERR_UNSUP with their da
     const client = await RawClient.connect(port);
     await greet(client);
     client.write(optionBytes(4242, Buffer.alloc(300, 7)));
-    assert.deepEqual(Object.values(await readOptionReply(client)).slice(0, 2), [4242, P.OptionReply.ERR_UNSUP]);
+    assert.deepEqual(Object.values(await readOptionReply(client)).slice(0, 2), [
+      4242,
+      P.OptionReply.ERR_UNSUP,
+    ]);
     client.write(optionBytes(P.Option.STARTTLS));
     assert.equal((await readOptionReply(client)).type, P.OptionReply.ERR_UNSUP);
     client.write(optionBytes(P.Option.EXTENDED_HEADERS));
@@ -597,18 +673,40 @@ test('meta contexts: LIST and SET rules for base:allocation', async () => {
     const L = P.Option.LIST_META_CONTEXT;
     const S = P.Option.SET_META_CONTEXT;
     client.write(optionBytes(S, metaData('vol', [P.BASE_ALLOCATION])));
-    assert.equal((await readOptionReply(client)).type, P.OptionReply.ERR_INVALID, 'SET needs structured replies');
+    assert.equal(
+      (await readOptionReply(client)).type,
+      P.OptionReply.ERR_INVALID,
+      'SET needs structured replies',
+    );
     client.write(optionBytes(P.Option.STRUCTURED_REPLY));
     await readOptionReply(client);
-    const contextNames = async (option: number, queries: string[], exportName = 'vol'): Promise<string[]> => {
+    const contextNames = async (
+      option: number,
+      queries: string[],
+      exportName = 'vol',
+    ): Promise<string[]> => {
       client.write(optionBytes(option, metaData(exportName, queries)));
       const replies = await readOptionReplies(client);
       assert.equal(replies.at(-1)?.type, P.OptionReply.ACK);
-      return replies.filter((r) => r.type === P.OptionReply.META_CONTEXT).map((r) => r.data.subarray(4).toString());
+      return replies
+        .filter((r) => r.type === P.OptionReply.META_CONTEXT)
+        .map((r) => r.data.subarray(4).toString());
     };
-    assert.deepEqual(await contextNames(L, []), [P.BASE_ALLOCATION], 'LIST with no query lists all');
-    assert.deepEqual(await contextNames(L, ['base:']), [P.BASE_ALLOCATION], 'base: is a LIST wildcard');
-    assert.deepEqual(await contextNames(L, ['qemu:dirty-bitmap:x']), [], 'unknown namespace ignored');
+    assert.deepEqual(
+      await contextNames(L, []),
+      [P.BASE_ALLOCATION],
+      'LIST with no query lists all',
+    );
+    assert.deepEqual(
+      await contextNames(L, ['base:']),
+      [P.BASE_ALLOCATION],
+      'base: is a LIST wildcard',
+    );
+    assert.deepEqual(
+      await contextNames(L, ['qemu:dirty-bitmap:x']),
+      [],
+      'unknown namespace ignored',
+    );
     assert.deepEqual(await contextNames(S, ['base:']), [], 'no wildcard for SET');
     assert.deepEqual(await contextNames(S, []), [], 'SET with zero queries selects nothing');
     assert.deepEqual(await contextNames(S, ['x-foo:bar', P.BASE_ALLOCATION]), [P.BASE_ALLOCATION]);
@@ -625,24 +723,56 @@ test('meta contexts: LIST and SET rules for base:allocation', async () => {
 test('BLOCK_STATUS reports base:allocation; REQ_ONE gives exactly one extent within the request', async () => {
   await withServer(async ({ port, vol }) => {
     vol.writeSync(65536, Buffer.alloc(65536, 1));
-    const { client, flags } = await openSession(port, { structured: true, meta: [P.BASE_ALLOCATION] });
-    assert.equal(flags & P.TransmissionFlag.SEND_DF, P.TransmissionFlag.SEND_DF, 'DF with structured replies');
-    const extentsOf = async (flags: number, offsetBytes: bigint, lengthBytes: number): Promise<number[][]> => {
-      client.write(requestBytes({ type: P.Command.BLOCK_STATUS, flags, cookie: 4n, offsetBytes, lengthBytes }));
+    const { client, flags } = await openSession(port, {
+      structured: true,
+      meta: [P.BASE_ALLOCATION],
+    });
+    assert.equal(
+      flags & P.TransmissionFlag.SEND_DF,
+      P.TransmissionFlag.SEND_DF,
+      'DF with structured replies',
+    );
+    const extentsOf = async (
+      flags: number,
+      offsetBytes: bigint,
+      lengthBytes: number,
+    ): Promise<number[][]> => {
+      client.write(
+        requestBytes({ type: P.Command.BLOCK_STATUS, flags, cookie: 4n, offsetBytes, lengthBytes }),
+      );
       const chunk = await readChunk(client);
       assert.equal(chunk.type, P.ChunkType.BLOCK_STATUS);
       assert.equal(chunk.flags, P.ReplyFlag.DONE);
       assert.equal(chunk.payload.readUInt32BE(0), 1, 'context id from SET');
       const pairs: number[][] = [];
-      for (let at = 4; at < chunk.payload.length; at += 8) pairs.push([chunk.payload.readUInt32BE(at), chunk.payload.readUInt32BE(at + 4)]);
+      for (let at = 4; at < chunk.payload.length; at += 8)
+        pairs.push([chunk.payload.readUInt32BE(at), chunk.payload.readUInt32BE(at + 4)]);
       return pairs;
     };
-    assert.deepEqual(await extentsOf(0, 0n, 3 * 65536), [[65536, 3], [65536, 0], [65536, 3]]);
+    assert.deepEqual(await extentsOf(0, 0n, 3 * 65536), [
+      [65536, 3],
+      [65536, 0],
+      [65536, 3],
+    ]);
     assert.deepEqual(await extentsOf(P.CommandFlag.REQ_ONE, 4096n, 100_000), [[61440, 3]]);
-    assert.deepEqual(await extentsOf(P.CommandFlag.REQ_ONE, 65536n, 512), [[512, 0]], 'clipped to the request');
-    client.write(requestBytes({ type: P.Command.BLOCK_STATUS, cookie: 8n, offsetBytes: BigInt(SIZE_BYTES), lengthBytes: 1 }));
+    assert.deepEqual(
+      await extentsOf(P.CommandFlag.REQ_ONE, 65536n, 512),
+      [[512, 0]],
+      'clipped to the request',
+    );
+    client.write(
+      requestBytes({
+        type: P.Command.BLOCK_STATUS,
+        cookie: 8n,
+        offsetBytes: BigInt(SIZE_BYTES),
+        lengthBytes: 1,
+      }),
+    );
     const error = await readChunk(client);
-    assert.deepEqual([error.type, error.payload.readUInt32BE(0)], [P.ChunkType.ERROR, NbdErrno.EINVAL]);
+    assert.deepEqual(
+      [error.type, error.payload.readUInt32BE(0)],
+      [P.ChunkType.ERROR, NbdErrno.EINVAL],
+    );
     client.destroy();
   });
 });
@@ -659,7 +789,10 @@ test('BLOCK_STATUS without a selected context (or selected for another export) i
     await readOptionReplies(client);
     client.write(requestBytes({ type: P.Command.BLOCK_STATUS, cookie: 2n, lengthBytes: 512 }));
     const chunk = await readChunk(client);
-    assert.deepEqual([chunk.type, chunk.payload.readUInt32BE(0), chunk.cookie], [P.ChunkType.ERROR, NbdErrno.EINVAL, 2n]);
+    assert.deepEqual(
+      [chunk.type, chunk.payload.readUInt32BE(0), chunk.cookie],
+      [P.ChunkType.ERROR, NbdErrno.EINVAL, 2n],
+    );
     client.destroy();
   });
 });
@@ -677,48 +810,175 @@ interface ErrorCase {
 }
 
 const ERROR_CASES: ErrorCase[] = [
-  { name: 'read past end', request: { type: P.Command.READ, offsetBytes: BigInt(SIZE_BYTES - 512), lengthBytes: 1024 }, errno: NbdErrno.EINVAL },
-  { name: 'read at u64 max', request: { type: P.Command.READ, offsetBytes: 0xffffffffffffff00n, lengthBytes: 16 }, errno: NbdErrno.EINVAL },
-  { name: 'write past end', request: { type: P.Command.WRITE, offsetBytes: BigInt(SIZE_BYTES) }, payloadBytes: 4096, errno: NbdErrno.ENOSPC },
-  { name: 'write zeroes past end', request: { type: P.Command.WRITE_ZEROES, offsetBytes: 4096n, lengthBytes: SIZE_BYTES }, errno: NbdErrno.ENOSPC },
-  { name: 'trim past end', request: { type: P.Command.TRIM, offsetBytes: 4096n, lengthBytes: SIZE_BYTES }, errno: NbdErrno.EINVAL },
-  { name: 'write on read-only', exportName: 'ro', request: { type: P.Command.WRITE }, payloadBytes: 4096, errno: NbdErrno.EPERM },
-  { name: 'trim on read-only', exportName: 'ro', request: { type: P.Command.TRIM, lengthBytes: 4096 }, errno: NbdErrno.EPERM },
-  { name: 'zero on read-only', exportName: 'ro', request: { type: P.Command.WRITE_ZEROES, lengthBytes: 4096 }, errno: NbdErrno.EPERM },
-  { name: 'write on read-only past end', exportName: 'ro', request: { type: P.Command.WRITE, offsetBytes: BigInt(SIZE_BYTES) }, payloadBytes: 512, errno: NbdErrno.EPERM },
-  { name: 'flush on read-only (not advertised)', exportName: 'ro', request: { type: P.Command.FLUSH }, errno: NbdErrno.EINVAL },
-  { name: 'FUA on read-only (not advertised)', exportName: 'ro', request: { type: P.Command.READ, flags: P.CommandFlag.FUA, lengthBytes: 512 }, errno: NbdErrno.EINVAL },
+  {
+    name: 'read past end',
+    request: { type: P.Command.READ, offsetBytes: BigInt(SIZE_BYTES - 512), lengthBytes: 1024 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'read at u64 max',
+    request: { type: P.Command.READ, offsetBytes: 0xffffffffffffff00n, lengthBytes: 16 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'write past end',
+    request: { type: P.Command.WRITE, offsetBytes: BigInt(SIZE_BYTES) },
+    payloadBytes: 4096,
+    errno: NbdErrno.ENOSPC,
+  },
+  {
+    name: 'write zeroes past end',
+    request: { type: P.Command.WRITE_ZEROES, offsetBytes: 4096n, lengthBytes: SIZE_BYTES },
+    errno: NbdErrno.ENOSPC,
+  },
+  {
+    name: 'trim past end',
+    request: { type: P.Command.TRIM, offsetBytes: 4096n, lengthBytes: SIZE_BYTES },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'write on read-only',
+    exportName: 'ro',
+    request: { type: P.Command.WRITE },
+    payloadBytes: 4096,
+    errno: NbdErrno.EPERM,
+  },
+  {
+    name: 'trim on read-only',
+    exportName: 'ro',
+    request: { type: P.Command.TRIM, lengthBytes: 4096 },
+    errno: NbdErrno.EPERM,
+  },
+  {
+    name: 'zero on read-only',
+    exportName: 'ro',
+    request: { type: P.Command.WRITE_ZEROES, lengthBytes: 4096 },
+    errno: NbdErrno.EPERM,
+  },
+  {
+    name: 'write on read-only past end',
+    exportName: 'ro',
+    request: { type: P.Command.WRITE, offsetBytes: BigInt(SIZE_BYTES) },
+    payloadBytes: 512,
+    errno: NbdErrno.EPERM,
+  },
+  {
+    name: 'flush on read-only (not advertised)',
+    exportName: 'ro',
+    request: { type: P.Command.FLUSH },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'FUA on read-only (not advertised)',
+    exportName: 'ro',
+    request: { type: P.Command.READ, flags: P.CommandFlag.FUA, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+  },
   { name: 'unknown command', request: { type: 99, lengthBytes: 4096 }, errno: NbdErrno.EINVAL },
-  { name: 'CACHE (not advertised)', request: { type: P.Command.CACHE, lengthBytes: 4096 }, errno: NbdErrno.EINVAL },
-  { name: 'unknown flag', request: { type: P.Command.READ, flags: 0x100, lengthBytes: 512 }, errno: NbdErrno.EINVAL },
-  { name: 'unknown flag on write', request: { type: P.Command.WRITE, flags: 0x8000 }, payloadBytes: 1024, errno: NbdErrno.EINVAL },
-  { name: 'REQ_ONE on read', request: { type: P.Command.READ, flags: P.CommandFlag.REQ_ONE, lengthBytes: 512 }, errno: NbdErrno.EINVAL },
-  { name: 'NO_HOLE on write', request: { type: P.Command.WRITE, flags: P.CommandFlag.NO_HOLE }, payloadBytes: 512, errno: NbdErrno.EINVAL },
-  { name: 'DF without structured replies', request: { type: P.Command.READ, flags: P.CommandFlag.DF, lengthBytes: 512 }, errno: NbdErrno.EINVAL, simpleOnly: true },
-  { name: 'FAST_ZERO on write zeroes (never advertised: EINVAL, as the spec asks)', request: { type: P.Command.WRITE_ZEROES, flags: P.CommandFlag.FAST_ZERO, lengthBytes: 512 }, errno: NbdErrno.EINVAL },
-  { name: 'zero-length read', request: { type: P.Command.READ, lengthBytes: 0 }, errno: NbdErrno.EINVAL },
-  { name: 'zero-length write', request: { type: P.Command.WRITE, lengthBytes: 0 }, errno: NbdErrno.EINVAL },
-  { name: 'zero-length trim', request: { type: P.Command.TRIM, lengthBytes: 0 }, errno: NbdErrno.EINVAL },
-  { name: 'flush with a length', request: { type: P.Command.FLUSH, lengthBytes: 512 }, errno: NbdErrno.EINVAL },
-  { name: 'block status without structured replies', request: { type: P.Command.BLOCK_STATUS, lengthBytes: 512 }, errno: NbdErrno.EINVAL },
-  { name: 'write over maxPayloadBytes (drained)', request: { type: P.Command.WRITE }, payloadBytes: 64 * 1024 + 1, errno: NbdErrno.EINVAL },
-  { name: 'read over maxPayloadBytes', request: { type: P.Command.READ, lengthBytes: 64 * 1024 + 1 }, errno: NbdErrno.EINVAL },
+  {
+    name: 'CACHE (not advertised)',
+    request: { type: P.Command.CACHE, lengthBytes: 4096 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'unknown flag',
+    request: { type: P.Command.READ, flags: 0x100, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'unknown flag on write',
+    request: { type: P.Command.WRITE, flags: 0x8000 },
+    payloadBytes: 1024,
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'REQ_ONE on read',
+    request: { type: P.Command.READ, flags: P.CommandFlag.REQ_ONE, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'NO_HOLE on write',
+    request: { type: P.Command.WRITE, flags: P.CommandFlag.NO_HOLE },
+    payloadBytes: 512,
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'DF without structured replies',
+    request: { type: P.Command.READ, flags: P.CommandFlag.DF, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+    simpleOnly: true,
+  },
+  {
+    name: 'FAST_ZERO on write zeroes (never advertised: EINVAL, as the spec asks)',
+    request: { type: P.Command.WRITE_ZEROES, flags: P.CommandFlag.FAST_ZERO, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'zero-length read',
+    request: { type: P.Command.READ, lengthBytes: 0 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'zero-length write',
+    request: { type: P.Command.WRITE, lengthBytes: 0 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'zero-length trim',
+    request: { type: P.Command.TRIM, lengthBytes: 0 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'flush with a length',
+    request: { type: P.Command.FLUSH, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'block status without structured replies',
+    request: { type: P.Command.BLOCK_STATUS, lengthBytes: 512 },
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'write over maxPayloadBytes (drained)',
+    request: { type: P.Command.WRITE },
+    payloadBytes: 64 * 1024 + 1,
+    errno: NbdErrno.EINVAL,
+  },
+  {
+    name: 'read over maxPayloadBytes',
+    request: { type: P.Command.READ, lengthBytes: 64 * 1024 + 1 },
+    errno: NbdErrno.EINVAL,
+  },
 ];
 
 for (const structured of [false, true]) {
   test(`transmission errors have the right errno, drain payloads and keep the stream (structured=${structured})`, async () => {
     await withServer(
       async ({ port, vol, ro }) => {
-        for (const errorCase of ERROR_CASES.filter((candidate) => !(structured && candidate.simpleOnly))) {
-          const { client } = await openSession(port, { exportName: errorCase.exportName ?? 'vol', structured });
-          const payload = errorCase.payloadBytes === undefined ? undefined : Buffer.alloc(errorCase.payloadBytes, 0xee);
+        for (const errorCase of ERROR_CASES.filter(
+          (candidate) => !(structured && candidate.simpleOnly),
+        )) {
+          const { client } = await openSession(port, {
+            exportName: errorCase.exportName ?? 'vol',
+            structured,
+          });
+          const payload =
+            errorCase.payloadBytes === undefined
+              ? undefined
+              : Buffer.alloc(errorCase.payloadBytes, 0xee);
           // The rejected request, then a valid one: its reply proves the stream stayed in sync.
-          client.write(Buffer.concat([
-            requestBytes({ cookie: 100n, ...errorCase.request }, payload),
-            requestBytes({ type: P.Command.READ, cookie: 101n, lengthBytes: 512 }),
-          ]));
+          client.write(
+            Buffer.concat([
+              requestBytes({ cookie: 100n, ...errorCase.request }, payload),
+              requestBytes({ type: P.Command.READ, cookie: 101n, lengthBytes: 512 }),
+            ]),
+          );
           const rejected = await readAnyReply(client);
-          assert.deepEqual([rejected.errno, rejected.cookie], [errorCase.errno, 100n], errorCase.name);
+          assert.deepEqual(
+            [rejected.errno, rejected.cookie],
+            [errorCase.errno, 100n],
+            errorCase.name,
+          );
           assert.equal(rejected.data, undefined, `${errorCase.name}: an error carries no data`);
           const next = await readAnyReply(client);
           assert.deepEqual([next.errno, next.cookie], [0, 101n], `${errorCase.name}: next request`);
@@ -739,7 +999,15 @@ test('structured READ replies are one OFFSET_DATA chunk with DONE; FUA and DF ar
   await withServer(async ({ port, vol }) => {
     vol.writeSync(1000, Buffer.from('hello'));
     const { client } = await openSession(port, { structured: true });
-    client.write(requestBytes({ type: P.Command.READ, flags: P.CommandFlag.FUA | P.CommandFlag.DF, cookie: 0xfedcba9876543210n, offsetBytes: 1000n, lengthBytes: 5 }));
+    client.write(
+      requestBytes({
+        type: P.Command.READ,
+        flags: P.CommandFlag.FUA | P.CommandFlag.DF,
+        cookie: 0xfedcba9876543210n,
+        offsetBytes: 1000n,
+        lengthBytes: 5,
+      }),
+    );
     const chunk = await readChunk(client);
     assert.equal(chunk.cookie, 0xfedcba9876543210n);
     assert.deepEqual([chunk.type, chunk.flags], [P.ChunkType.OFFSET_DATA, P.ReplyFlag.DONE]);
@@ -752,11 +1020,26 @@ test('structured READ replies are one OFFSET_DATA chunk with DONE; FUA and DF ar
 test('write zeroes with NO_HOLE and trim zero the range; FUA reaches the backend', async () => {
   await withServer(async ({ port, vol }) => {
     const { client } = await openSession(port);
-    client.write(requestBytes({ type: P.Command.WRITE, flags: P.CommandFlag.FUA, cookie: 1n }, Buffer.alloc(3 * 65536, 9)));
+    client.write(
+      requestBytes(
+        { type: P.Command.WRITE, flags: P.CommandFlag.FUA, cookie: 1n },
+        Buffer.alloc(3 * 65536, 9),
+      ),
+    );
     assert.equal((await readSimpleReply(client)).errno, 0);
     assert.equal(vol.stats.fuaWrites, 1);
-    client.write(requestBytes({ type: P.Command.WRITE_ZEROES, flags: P.CommandFlag.NO_HOLE, cookie: 2n, offsetBytes: 10n, lengthBytes: 100 }));
-    client.write(requestBytes({ type: P.Command.TRIM, cookie: 3n, offsetBytes: 65536n, lengthBytes: 65536 }));
+    client.write(
+      requestBytes({
+        type: P.Command.WRITE_ZEROES,
+        flags: P.CommandFlag.NO_HOLE,
+        cookie: 2n,
+        offsetBytes: 10n,
+        lengthBytes: 100,
+      }),
+    );
+    client.write(
+      requestBytes({ type: P.Command.TRIM, cookie: 3n, offsetBytes: 65536n, lengthBytes: 65536 }),
+    );
     assert.equal((await readSimpleReply(client)).errno, 0);
     assert.equal((await readSimpleReply(client)).errno, 0);
     assert.ok(vol.readSync(10, 100).equals(Buffer.alloc(100)));
@@ -805,8 +1088,20 @@ test('many requests in one TCP write are all answered, in order for a synchronou
     const requests: Buffer[] = [];
     for (let index = 0; index < 200; index += 1) {
       const offsetBytes = BigInt(index * 512);
-      requests.push(requestBytes({ type: P.Command.WRITE, cookie: BigInt(2 * index), offsetBytes }, Buffer.alloc(512, index)));
-      requests.push(requestBytes({ type: P.Command.READ, cookie: BigInt(2 * index + 1), offsetBytes, lengthBytes: 512 }));
+      requests.push(
+        requestBytes(
+          { type: P.Command.WRITE, cookie: BigInt(2 * index), offsetBytes },
+          Buffer.alloc(512, index),
+        ),
+      );
+      requests.push(
+        requestBytes({
+          type: P.Command.READ,
+          cookie: BigInt(2 * index + 1),
+          offsetBytes,
+          lengthBytes: 512,
+        }),
+      );
     }
     client.write(Buffer.concat(requests));
     for (let index = 0; index < 200; index += 1) {
@@ -827,8 +1122,12 @@ test('replies go out in completion order (out-of-order backend)', async () => {
   await withServer(
     async ({ port }) => {
       const { client } = await openSession(port, { exportName: 'slow', structured: true });
-      client.write(requestBytes({ type: P.Command.READ, cookie: 1n, offsetBytes: 0n, lengthBytes: 4096 }));
-      client.write(requestBytes({ type: P.Command.READ, cookie: 2n, offsetBytes: 4096n, lengthBytes: 4096 }));
+      client.write(
+        requestBytes({ type: P.Command.READ, cookie: 1n, offsetBytes: 0n, lengthBytes: 4096 }),
+      );
+      client.write(
+        requestBytes({ type: P.Command.READ, cookie: 2n, offsetBytes: 4096n, lengthBytes: 4096 }),
+      );
       client.write(requestBytes({ type: P.Command.FLUSH, cookie: 3n }));
       await eventually(() => deferred.held.length === 3, 'three held calls');
       deferred.release(2);
@@ -847,13 +1146,24 @@ test('replies go out in completion order (out-of-order backend)', async () => {
 });
 
 test('reading pauses when in-flight bytes exceed inflightBytesMax and resumes as requests finish', async () => {
-  const deferred = new DeferredBackend(new MemoryBackend({ name: 'slow', sizeBytes: 8 * 1024 * 1024 }));
+  const deferred = new DeferredBackend(
+    new MemoryBackend({ name: 'slow', sizeBytes: 8 * 1024 * 1024 }),
+  );
   const writeBytes = 512 * 1024;
   await withServer(
     async ({ port }) => {
       const { client } = await openSession(port, { exportName: 'slow' });
       for (let index = 0; index < 8; index += 1) {
-        client.write(requestBytes({ type: P.Command.WRITE, cookie: BigInt(index), offsetBytes: BigInt(index * writeBytes) }, Buffer.alloc(writeBytes, index + 1)));
+        client.write(
+          requestBytes(
+            {
+              type: P.Command.WRITE,
+              cookie: BigInt(index),
+              offsetBytes: BigInt(index * writeBytes),
+            },
+            Buffer.alloc(writeBytes, index + 1),
+          ),
+        );
       }
       await eventually(() => deferred.held.length === 2, 'two held writes');
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -993,7 +1303,11 @@ test('backend errnos outside the NBD set are sent as EIO', async () => {
       client.write(requestBytes({ type: P.Command.READ, cookie: 1n, lengthBytes: 16 }));
       assert.deepEqual(await readSimpleReply(client), { errno: NbdErrno.EIO, cookie: 1n });
       client.write(requestBytes({ type: P.Command.READ, cookie: 2n, lengthBytes: 16 }));
-      assert.deepEqual(await readSimpleReply(client), { errno: NbdErrno.EIO, cookie: 2n }, 'no data after an error');
+      assert.deepEqual(
+        await readSimpleReply(client),
+        { errno: NbdErrno.EIO, cookie: 2n },
+        'no data after an error',
+      );
       client.destroy();
     },
     {},
@@ -1004,13 +1318,17 @@ test('backend errnos outside the NBD set are sent as EIO', async () => {
 test('random bytes after the greeting or after GO never crash the server', async () => {
   await withServer(async ({ port, vol }) => {
     await fc.assert(
-      fc.asyncProperty(fc.boolean(), fc.uint8Array({ minLength: 1, maxLength: 600 }), async (afterGo, bytes) => {
-        const client = afterGo ? (await openSession(port)).client : await RawClient.connect(port);
-        if (!afterGo) await greet(client);
-        client.write(Buffer.from(bytes));
-        await new Promise((resolve) => setTimeout(resolve, 2));
-        client.destroy();
-      }),
+      fc.asyncProperty(
+        fc.boolean(),
+        fc.uint8Array({ minLength: 1, maxLength: 600 }),
+        async (afterGo, bytes) => {
+          const client = afterGo ? (await openSession(port)).client : await RawClient.connect(port);
+          if (!afterGo) await greet(client);
+          client.write(Buffer.from(bytes));
+          await new Promise((resolve) => setTimeout(resolve, 2));
+          client.destroy();
+        },
+      ),
       { numRuns: 60 },
     );
     // Random requests may have written; what matters is that the server answers afterwards.
@@ -1058,7 +1376,8 @@ test('ByteQueue returns exactly the bytes pushed, however they are chunked', () 
         for (const [index, take] of takes.entries()) {
           const lengthBytes = Math.min(take, queue.lengthBytes);
           const taken = index % 3 === 2 ? queue.skip(lengthBytes) : queue.take(lengthBytes);
-          if (typeof taken !== 'number') assert.deepEqual(taken, all.subarray(position, position + lengthBytes));
+          if (typeof taken !== 'number')
+            assert.deepEqual(taken, all.subarray(position, position + lengthBytes));
           position += lengthBytes;
           assert.equal(queue.lengthBytes, all.length - position);
         }
@@ -1070,7 +1389,13 @@ test('ByteQueue returns exactly the bytes pushed, however they are chunked', () 
 test('shapeExtents merges, clips to the request, honours REQ_ONE and the extent cap', () => {
   fc.assert(
     fc.property(
-      fc.array(fc.record({ lengthBytes: fc.integer({ min: 1, max: 5000 }), flags: fc.integer({ min: 0, max: 7 }) }), { minLength: 1, maxLength: 40 }),
+      fc.array(
+        fc.record({
+          lengthBytes: fc.integer({ min: 1, max: 5000 }),
+          flags: fc.integer({ min: 0, max: 7 }),
+        }),
+        { minLength: 1, maxLength: 40 },
+      ),
       fc.integer({ min: 1, max: 100_000 }),
       fc.boolean(),
       fc.integer({ min: 1, max: 10 }),
@@ -1081,10 +1406,12 @@ test('shapeExtents merges, clips to the request, honours REQ_ONE and the extent 
         assert.ok(totalBytes <= lengthBytes && totalBytes > 0);
         for (const [index, extent] of shaped.entries()) {
           assert.ok(extent.lengthBytes > 0 && extent.flags <= 3);
-          if (index > 0) assert.notEqual(extent.flags, shaped[index - 1]?.flags, 'neighbours differ');
+          if (index > 0)
+            assert.notEqual(extent.flags, shaped[index - 1]?.flags, 'neighbours differ');
         }
         const inputBytes = extents.reduce((sum, extent) => sum + extent.lengthBytes, 0);
-        if (!reqOne && shaped.length < extentsMax) assert.equal(totalBytes, Math.min(inputBytes, lengthBytes));
+        if (!reqOne && shaped.length < extentsMax)
+          assert.equal(totalBytes, Math.min(inputBytes, lengthBytes));
       },
     ),
   );
@@ -1099,9 +1426,24 @@ test('validateRequest: read-only beats range, range errno depends on the command
     allocationContextId: undefined,
     maxPayloadBytes: 1 << 20,
   };
-  const request = { type: P.Command.WRITE, flags: 0, cookie: 0n, offsetBytes: undefined, lengthBytes: 1 };
+  const request = {
+    type: P.Command.WRITE,
+    flags: 0,
+    cookie: 0n,
+    offsetBytes: undefined,
+    lengthBytes: 1,
+  };
   assert.equal(validateRequest(request, session)?.errno, NbdErrno.EPERM);
-  assert.equal(validateRequest({ ...request, type: P.Command.READ }, session)?.errno, NbdErrno.EINVAL);
-  assert.equal(validateRequest({ ...request, type: P.Command.READ, offsetBytes: 4095 }, session), undefined);
-  assert.equal(validateRequest({ ...request, type: P.Command.READ, offsetBytes: 4096 }, session)?.errno, NbdErrno.EINVAL);
+  assert.equal(
+    validateRequest({ ...request, type: P.Command.READ }, session)?.errno,
+    NbdErrno.EINVAL,
+  );
+  assert.equal(
+    validateRequest({ ...request, type: P.Command.READ, offsetBytes: 4095 }, session),
+    undefined,
+  );
+  assert.equal(
+    validateRequest({ ...request, type: P.Command.READ, offsetBytes: 4096 }, session)?.errno,
+    NbdErrno.EINVAL,
+  );
 });

@@ -9,7 +9,13 @@ import { rng, type Rng } from '../support/model.js';
 type Owner = { source: number; offset: number } | undefined;
 
 /** Random sorted, disjoint lists over [0, space); list i uses source ids 10*i+1.. so owners are traceable. */
-function randomLists(random: Rng, lists: number, space: number, maxRuns: number, maxLength: number): { runs: Runs; bounds: number[]; owners: Owner[] } {
+function randomLists(
+  random: Rng,
+  lists: number,
+  space: number,
+  maxRuns: number,
+  maxLength: number,
+): { runs: Runs; bounds: number[]; owners: Owner[] } {
   const runs = new Runs(2);
   const bounds = [0];
   const owners: Owner[] = new Array<Owner>(space).fill(undefined);
@@ -33,7 +39,9 @@ function randomLists(random: Rng, lists: number, space: number, maxRuns: number,
   // The model: each byte from the first list that maps it.
   for (const mine of listRuns) {
     for (const run of mine) {
-      for (let b = run.start; b < run.end; b++) if (owners[b] === undefined) owners[b] = { source: run.source, offset: run.offset + (b - run.start) };
+      for (let b = run.start; b < run.end; b++)
+        if (owners[b] === undefined)
+          owners[b] = { source: run.source, offset: run.offset + (b - run.start) };
     }
   }
   return { runs, bounds, owners };
@@ -46,7 +54,11 @@ function ownersOf(result: Runs, space: number): Owner[] {
     const end = result.end[i] as number;
     assert.ok(start < end, 'runs are not empty');
     if (i > 0) assert.ok((result.end[i - 1] as number) <= start, 'runs are sorted and disjoint');
-    for (let b = start; b < end; b++) owners[b] = { source: result.source[i] as number, offset: (result.offset[i] as number) + (b - start) };
+    for (let b = start; b < end; b++)
+      owners[b] = {
+        source: result.source[i] as number,
+        offset: (result.offset[i] as number) + (b - start),
+      };
   }
   return owners;
 }
@@ -57,7 +69,13 @@ describe('overlay of run lists by priority', () => {
     for (let round = 0; round < 300; round++) {
       const space = 50 + random.int(400);
       const lists = 1 + random.int(40);
-      const { runs, bounds, owners } = randomLists(random, lists, space, 1 + random.int(20), 1 + random.int(60));
+      const { runs, bounds, owners } = randomLists(
+        random,
+        lists,
+        space,
+        1 + random.int(20),
+        1 + random.int(60),
+      );
       const result = overlay(runs, bounds);
       assert.deepEqual(ownersOf(result, space), owners, `round ${round}: ${lists} lists`);
     }
@@ -72,7 +90,10 @@ describe('overlay of run lists by priority', () => {
     one.push(12, 13, 4, 0);
     const result = overlay(one, [0, 2]);
     assert.equal(result.count, 2);
-    assert.deepEqual([result.start[1], result.end[1], result.source[1], result.offset[1]], [12, 13, 4, 0]);
+    assert.deepEqual(
+      [result.start[1], result.end[1], result.source[1], result.offset[1]],
+      [12, 13, 4, 0],
+    );
   });
 
   it('a higher list splits a lower run in three and keeps the offsets moving with the starts', () => {
@@ -80,7 +101,12 @@ describe('overlay of run lists by priority', () => {
     runs.push(10, 20, 1, 500); // high
     runs.push(0, 100, 2, 1000); // low
     const result = overlay(runs, [0, 1, 2]);
-    const got = Array.from({ length: result.count }, (_, i) => [result.start[i], result.end[i], result.source[i], result.offset[i]]);
+    const got = Array.from({ length: result.count }, (_, i) => [
+      result.start[i],
+      result.end[i],
+      result.source[i],
+      result.offset[i],
+    ]);
     assert.deepEqual(got, [
       [0, 10, 2, 1000],
       [10, 20, 1, 500],
@@ -95,12 +121,24 @@ describe('overlay of run lists by priority', () => {
       const { runs, bounds } = randomLists(random, 1 + random.int(12), space, 30, 50);
       const expected = new IntervalMap<number>({ nodeSizeMax: 4 });
       for (let list = 0; list + 1 < bounds.length; list++) {
-        for (let i = bounds[list] as number; i < (bounds[list + 1] as number); i++) expected.fillGaps(runs.start[i] as number, runs.end[i] as number, runs.source[i] as number, runs.offset[i] as number);
+        for (let i = bounds[list] as number; i < (bounds[list + 1] as number); i++)
+          expected.fillGaps(
+            runs.start[i] as number,
+            runs.end[i] as number,
+            runs.source[i] as number,
+            runs.offset[i] as number,
+          );
       }
       const result = overlay(runs, bounds);
       const loaded = new IntervalMap<number>({ nodeSizeMax: 4 });
       const sources = result.source;
-      loaded.load(result.count, result.start, result.end, result.offset, (i) => sources[i] as number);
+      loaded.load(
+        result.count,
+        result.start,
+        result.end,
+        result.offset,
+        (i) => sources[i] as number,
+      );
       loaded.checkInvariants();
       assert.deepEqual([...loaded.entries()], [...expected.entries()], `round ${round}`);
     }

@@ -42,10 +42,14 @@ class Harness {
       const owner = this.current;
       this.queue.push({ at: this.now + delayMs, seq: this.seq++, fn: () => this.as(owner, fn) });
     };
-    this.sim = new SimFs({ random, caller: () => this.current, schedule }, [
-      { prefix: A, capacityBytes: options.capacity ?? 1 << 20 },
-      { prefix: '/sim/b', capacityBytes: 1 << 20 },
-    ], options.faults ?? NO_FAULTS);
+    this.sim = new SimFs(
+      { random, caller: () => this.current, schedule },
+      [
+        { prefix: A, capacityBytes: options.capacity ?? 1 << 20 },
+        { prefix: '/sim/b', capacityBytes: 1 << 20 },
+      ],
+      options.faults ?? NO_FAULTS,
+    );
   }
 
   as<T>(proc: SimProcess, fn: () => T): T {
@@ -81,7 +85,11 @@ class Harness {
 }
 
 /** Installs a fresh SimFs for `fn`, uninstalling it afterwards whatever happens. */
-async function withSim<T>(seed: number, fn: (h: Harness) => T | Promise<T>, options: { faults?: Faults; capacity?: number } = {}): Promise<T> {
+async function withSim<T>(
+  seed: number,
+  fn: (h: Harness) => T | Promise<T>,
+  options: { faults?: Faults; capacity?: number } = {},
+): Promise<T> {
   const h = new Harness(seed, options);
   h.sim.install();
   try {
@@ -153,7 +161,10 @@ describe('SimFs', () => {
           const seen = new Set<number>();
           for (let i = sector * 512; i < Math.min(after.length, sector * 512 + 512); i++) {
             const allowed = i >= 2048 ? [0xcc, 0] : i >= 300 && i < 1800 ? [0xaa, 0xbb] : [0xaa];
-            assert.ok(allowed.includes(after[i] as number), `seed ${seed}: byte ${i} is ${after[i]}`);
+            assert.ok(
+              allowed.includes(after[i] as number),
+              `seed ${seed}: byte ${i} is ${after[i]}`,
+            );
             if (i >= 300 && i < 1800) seen.add(after[i] as number);
           }
           assert.ok(seen.size <= 1, `seed ${seed}: sector ${sector} holds a mix`);
@@ -228,9 +239,17 @@ describe('SimFs', () => {
         const fd = fs.openSync(`${A}/f`, 'r+');
         fs.writeSync(fd, Buffer.alloc(1024, 0x22), 0, 1024, 0);
         h.sim.setFaults({ ...NO_FAULTS, fsyncEio: 1 });
-        assert.throws(() => fs.fsyncSync(fd), (error: NodeJS.ErrnoException) => error.code === 'EIO' && error.errno === -5 && error.syscall === 'fsync');
+        assert.throws(
+          () => fs.fsyncSync(fd),
+          (error: NodeJS.ErrnoException) =>
+            error.code === 'EIO' && error.errno === -5 && error.syscall === 'fsync',
+        );
         h.sim.setFaults(NO_FAULTS);
-        assert.deepEqual(h.sim.peek(`${A}/f`), Buffer.alloc(1024, 0x22), 'the cache keeps the data');
+        assert.deepEqual(
+          h.sim.peek(`${A}/f`),
+          Buffer.alloc(1024, 0x22),
+          'the cache keeps the data',
+        );
         fs.fsyncSync(fd); // succeeds, but has nothing left to persist
         h.sim.powerLoss(A);
         assert.deepEqual(h.sim.peek(`${A}/f`), Buffer.alloc(1024, 0x11));
@@ -240,24 +259,32 @@ describe('SimFs', () => {
   });
 
   it('refuses with ENOSPC what would exceed the capacity, changing nothing', async () => {
-    await withSim(1, (h) => {
-      const fd = fs.openSync(`${A}/big`, 'w+');
-      assert.equal(fs.writeSync(fd, Buffer.alloc(4096, 1)), 4096);
-      const enospc = (error: NodeJS.ErrnoException): boolean => error.code === 'ENOSPC' && error.errno === -28;
-      assert.throws(() => fs.writeSync(fd, Buffer.alloc(1, 2), 0, 1, 4096), enospc);
-      assert.throws(() => fs.writevSync(fd, [Buffer.alloc(1, 3), Buffer.alloc(1, 3)], 4095), enospc);
-      assert.throws(() => fs.ftruncateSync(fd, 8192), enospc);
-      assert.deepEqual(h.sim.peek(`${A}/big`), Buffer.alloc(4096, 1));
-      fs.writeSync(fd, Buffer.alloc(10, 4), 0, 10, 0); // overwriting needs no space
-      const other = fs.openSync(`${A}/other`, 'w');
-      assert.throws(() => fs.writeSync(other, Buffer.alloc(1)), enospc);
-      fs.rmSync(`${A}/big`); // still open: its space is freed on close
-      assert.throws(() => fs.writeSync(other, Buffer.alloc(1)), enospc);
-      fs.closeSync(fd);
-      assert.equal(fs.writeSync(other, Buffer.alloc(100)), 100);
-      fs.closeSync(other);
-      assert.equal(h.sim.stats().injectedEnospc, 5);
-    }, { capacity: 4096 });
+    await withSim(
+      1,
+      (h) => {
+        const fd = fs.openSync(`${A}/big`, 'w+');
+        assert.equal(fs.writeSync(fd, Buffer.alloc(4096, 1)), 4096);
+        const enospc = (error: NodeJS.ErrnoException): boolean =>
+          error.code === 'ENOSPC' && error.errno === -28;
+        assert.throws(() => fs.writeSync(fd, Buffer.alloc(1, 2), 0, 1, 4096), enospc);
+        assert.throws(
+          () => fs.writevSync(fd, [Buffer.alloc(1, 3), Buffer.alloc(1, 3)], 4095),
+          enospc,
+        );
+        assert.throws(() => fs.ftruncateSync(fd, 8192), enospc);
+        assert.deepEqual(h.sim.peek(`${A}/big`), Buffer.alloc(4096, 1));
+        fs.writeSync(fd, Buffer.alloc(10, 4), 0, 10, 0); // overwriting needs no space
+        const other = fs.openSync(`${A}/other`, 'w');
+        assert.throws(() => fs.writeSync(other, Buffer.alloc(1)), enospc);
+        fs.rmSync(`${A}/big`); // still open: its space is freed on close
+        assert.throws(() => fs.writeSync(other, Buffer.alloc(1)), enospc);
+        fs.closeSync(fd);
+        assert.equal(fs.writeSync(other, Buffer.alloc(100)), 100);
+        fs.closeSync(other);
+        assert.equal(h.sim.stats().injectedEnospc, 5);
+      },
+      { capacity: 4096 },
+    );
   });
 
   it('throws SimCrashed at a dead process and never completes its async calls', async () => {
@@ -267,14 +294,20 @@ describe('SimFs', () => {
       h.as(victim, () => fs.writeSync(fd, Buffer.from('kept in the page cache')));
       // Issued while alive, killed before it completes: no effect, no settlement.
       let settled = false;
-      h.as(victim, () => fsp.writeFile(`${A}/late`, 'x')).then(() => (settled = true), () => (settled = true));
+      h.as(victim, () => fsp.writeFile(`${A}/late`, 'x')).then(
+        () => (settled = true),
+        () => (settled = true),
+      );
       h.sim.processCrash(victim);
       assert.equal(victim.alive, false);
       assert.throws(() => h.as(victim, () => fs.existsSync(`${A}/f`)), SimCrashed);
       assert.throws(() => h.as(victim, () => fs.writeSync(fd, Buffer.from('x'))), SimCrashed);
       let called = false;
       h.as(victim, () => fs.fsync(fd, () => (called = true)));
-      h.as(victim, () => fsp.readFile(`${A}/f`)).then(() => (settled = true), () => (settled = true));
+      h.as(victim, () => fsp.readFile(`${A}/f`)).then(
+        () => (settled = true),
+        () => (settled = true),
+      );
       await h.drain();
       assert.equal(settled, false);
       assert.equal(called, false);
@@ -288,18 +321,28 @@ describe('SimFs', () => {
     const finals = new Set<string>();
     for (let seed = 0; seed < 20; seed++) {
       const once = (): Promise<string> =>
-        withSim(seed, async (h) => {
-          const fd = fs.openSync(`${A}/f`, 'w+');
-          const write = (text: string): Promise<void> =>
-            new Promise((resolve, reject) => fs.write(fd, Buffer.from(text), 0, 1, 0, (error) => (error ? reject(error) : resolve())));
-          const both = Promise.all([write('1'), write('2')]);
-          assert.equal(h.sim.peek(`${A}/f`)?.length, 0, 'no effect before completion');
-          await h.run(both);
-          const bytes = Buffer.alloc(1);
-          const read = new Promise<number>((resolve) => fs.read(fd, bytes, 0, 1, 0, (_error, n) => resolve(n)));
-          assert.equal(await h.run(read), 1);
-          return bytes.toString();
-        }, { faults: { ...NO_FAULTS, maxLatencyMs: 5 } });
+        withSim(
+          seed,
+          async (h) => {
+            const fd = fs.openSync(`${A}/f`, 'w+');
+            const write = (text: string): Promise<void> =>
+              new Promise((resolve, reject) =>
+                fs.write(fd, Buffer.from(text), 0, 1, 0, (error) =>
+                  error ? reject(error) : resolve(),
+                ),
+              );
+            const both = Promise.all([write('1'), write('2')]);
+            assert.equal(h.sim.peek(`${A}/f`)?.length, 0, 'no effect before completion');
+            await h.run(both);
+            const bytes = Buffer.alloc(1);
+            const read = new Promise<number>((resolve) =>
+              fs.read(fd, bytes, 0, 1, 0, (_error, n) => resolve(n)),
+            );
+            assert.equal(await h.run(read), 1);
+            return bytes.toString();
+          },
+          { faults: { ...NO_FAULTS, maxLatencyMs: 5 } },
+        );
       const first = await once();
       assert.equal(await once(), first, 'same seed, same order');
       finals.add(first);
@@ -309,8 +352,14 @@ describe('SimFs', () => {
 
   it('gives Node-shaped errors and directory semantics', async () => {
     await withSim(5, async (h) => {
-      assert.throws(() => fs.openSync(`${A}/nope`, 'r'), (error: NodeJS.ErrnoException) =>
-        error.message === `ENOENT: no such file or directory, open '${A}/nope'` && error.errno === -2 && error.syscall === 'open' && error.path === `${A}/nope`);
+      assert.throws(
+        () => fs.openSync(`${A}/nope`, 'r'),
+        (error: NodeJS.ErrnoException) =>
+          error.message === `ENOENT: no such file or directory, open '${A}/nope'` &&
+          error.errno === -2 &&
+          error.syscall === 'open' &&
+          error.path === `${A}/nope`,
+      );
       assert.equal(fs.statSync(`${A}/nope`, { throwIfNoEntry: false }), undefined);
       fs.mkdirSync(`${A}/d`);
       assert.throws(() => fs.mkdirSync(`${A}/d`), code('EEXIST'));
@@ -322,7 +371,13 @@ describe('SimFs', () => {
       fs.writeFileSync(`${A}/d/f`, 'hello');
       assert.throws(() => fs.openSync(`${A}/d/f/g`, 'w'), code('ENOTDIR'));
       const stat = fs.statSync(`${A}/d/f`);
-      assert.ok(stat.isFile() && !stat.isDirectory() && !stat.isBlockDevice() && stat.size === 5 && stat.ino >= 1000);
+      assert.ok(
+        stat.isFile() &&
+          !stat.isDirectory() &&
+          !stat.isBlockDevice() &&
+          stat.size === 5 &&
+          stat.ino >= 1000,
+      );
       assert.ok(fs.statSync(`${A}/d`).isDirectory());
       assert.equal(fs.readFileSync(`${A}/d/f`, { encoding: 'utf8' }), 'hello');
       const fd = fs.openSync(`${A}/d/f`, 'r');
@@ -338,9 +393,16 @@ describe('SimFs', () => {
       assert.ok(holeBytes.subarray(0, 1000).every((b) => b === 0) && holeBytes[1000] === 0x7a);
       assert.equal(fs.fstatSync(hole).size, 1001);
       fs.closeSync(hole);
-      assert.throws(() => fs.rmSync(`${A}/d`), (error: NodeJS.ErrnoException) => error.code === 'ERR_FS_EISDIR');
+      assert.throws(
+        () => fs.rmSync(`${A}/d`),
+        (error: NodeJS.ErrnoException) => error.code === 'ERR_FS_EISDIR',
+      );
       assert.throws(() => fs.rmSync(`${A}/missing`), code('ENOENT'));
-      await assert.rejects(h.run(fsp.rename(`${A}/missing`, `${A}/x`)), (error: NodeJS.ErrnoException) => error.code === 'ENOENT' && error.message.endsWith(`-> '${A}/x'`));
+      await assert.rejects(
+        h.run(fsp.rename(`${A}/missing`, `${A}/x`)),
+        (error: NodeJS.ErrnoException) =>
+          error.code === 'ENOENT' && error.message.endsWith(`-> '${A}/x'`),
+      );
       await assert.rejects(h.run(fsp.unlink(`${A}/d`)), code('EISDIR'));
       await assert.rejects(h.run(fsp.access(`${A}/missing`)), code('ENOENT'));
       await h.run(fsp.access(`${A}/d/f`));
@@ -356,7 +418,10 @@ describe('SimFs', () => {
       assert.equal(fs.realpathSync(`${A}/d/f`), `${A}/d/f`);
       const hd = await h.run(fsp.open(`${A}/d/f`, 'r+'));
       await h.run(hd.truncate(2));
-      assert.deepEqual(await h.run(hd.writev([Buffer.from('y'), Buffer.from('z')], 2)), { bytesWritten: 2, buffers: [Buffer.from('y'), Buffer.from('z')] });
+      assert.deepEqual(await h.run(hd.writev([Buffer.from('y'), Buffer.from('z')], 2)), {
+        bytesWritten: 2,
+        buffers: [Buffer.from('y'), Buffer.from('z')],
+      });
       const into = Buffer.alloc(4);
       assert.equal((await h.run(hd.read(into, 0, 4, 0))).bytesRead, 4);
       assert.equal(into.toString(), 'heyz');
@@ -377,7 +442,11 @@ describe('SimFs', () => {
         assert.ok(fd < 1_000_000);
         assert.equal(fs.fstatSync(fd).size, 5);
         fs.closeSync(fd);
-        assert.equal(await fsp.readFile(real, 'utf8'), 'hello', 'a real promise, no simulated completion needed');
+        assert.equal(
+          await fsp.readFile(real, 'utf8'),
+          'hello',
+          'a real promise, no simulated completion needed',
+        );
         assert.equal(fs.existsSync('/sim/abc'), false, 'outside /sim/a although it starts with it');
         assert.equal(h.sim.peek(real), undefined);
         const simFd = fs.openSync(`${A}/f`, 'w');

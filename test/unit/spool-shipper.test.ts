@@ -7,7 +7,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { crc32c } from '../../src/core/index.js';
-import { encodeRecordHeader, encodeRedoTrailer, parseSealedRedo, RECORD_HEADER_BYTES, scanRedo } from '../../src/log/redo.js';
+import {
+  encodeRecordHeader,
+  encodeRedoTrailer,
+  parseSealedRedo,
+  RECORD_HEADER_BYTES,
+  scanRedo,
+} from '../../src/log/redo.js';
 import { Spool } from '../../src/agent/spool.js';
 import { Shipper } from '../../src/agent/shipper.js';
 import type { Agent } from '../../src/agent/agent.js';
@@ -26,7 +32,18 @@ function records(seq: number, count: number, payloadBytes = 4096): [Buffer[], Bu
   for (let i = 0; i < count; i++) {
     const data = Buffer.alloc(payloadBytes, (seq + i) & 0xff);
     const header = Buffer.allocUnsafe(RECORD_HEADER_BYTES);
-    encodeRecordHeader({ kind: 'write', volume: 0, seq: seq + i, timeNs: BigInt(seq + i), offsetBytes: i * payloadBytes, lengthBytes: payloadBytes }, crc32c(data), header);
+    encodeRecordHeader(
+      {
+        kind: 'write',
+        volume: 0,
+        seq: seq + i,
+        timeNs: BigInt(seq + i),
+        offsetBytes: i * payloadBytes,
+        lengthBytes: payloadBytes,
+      },
+      crc32c(data),
+      header,
+    );
     pieces.push(header, data);
     headers.push(header);
   }
@@ -42,11 +59,25 @@ describe('spool recovery', () => {
       const active = path.join(dir, '0000000000000001.redo.active');
       const body = fs.readFileSync(active);
       // What seal() writes first: the trailer; the process dies before the rename.
-      fs.appendFileSync(active, encodeRedoTrailer({ recordCount: 5, seqFirst: 1, seqLast: 5, timeFirstNs: 1n, timeLastNs: 5n, bodyBytes: body.length, bodyCrc: scanRedo(body, 'active', 1).validCrc }));
+      fs.appendFileSync(
+        active,
+        encodeRedoTrailer({
+          recordCount: 5,
+          seqFirst: 1,
+          seqLast: 5,
+          timeFirstNs: 1n,
+          timeLastNs: 5n,
+          bodyBytes: body.length,
+          bodyCrc: scanRedo(body, 'active', 1).validCrc,
+        }),
+      );
       spool.close();
       const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
       assert.equal(reopened.recovery.tornBytes, 0);
-      assert.deepEqual(reopened.spool.sealed.map((s) => [s.index, s.seqFirst, s.seqLast]), [[1, 1, 5]]);
+      assert.deepEqual(
+        reopened.spool.sealed.map((s) => [s.index, s.seqFirst, s.seqLast]),
+        [[1, 1, 5]],
+      );
       assert.equal(reopened.spool.seqNextExpected, 6);
       assert.deepEqual(fs.readdirSync(dir), ['0000000000000001.redo']);
       parseSealedRedo(fs.readFileSync(path.join(dir, '0000000000000001.redo')), 'sealed', 1);
@@ -75,7 +106,10 @@ describe('spool recovery', () => {
       const reopened = await Spool.open(dir, VOLUME_SET, 1, 2, 1);
       assert.equal(reopened.recovery.recoveredRecords, 2);
       assert.equal(reopened.recovery.tornBytes, RECORD_HEADER_BYTES + 4096 - 100);
-      assert.deepEqual(reopened.spool.sealed.map((s) => [s.index, s.seqFirst, s.seqLast]), [[2, 3, 4]]);
+      assert.deepEqual(
+        reopened.spool.sealed.map((s) => [s.index, s.seqFirst, s.seqLast]),
+        [[2, 3, 4]],
+      );
       assert.equal(reopened.spool.seqNextExpected, 5);
       assert.deepEqual(fs.readdirSync(dir), ['0000000000000002.redo']);
       reopened.spool.close();
@@ -119,7 +153,8 @@ describe('shipper', () => {
       const reader = new FrameReader();
       socket.on('data', (chunk: Buffer) => {
         for (const { message } of reader.push(chunk)) {
-          if (message.type === 'hello') sendFrame(socket, { type: 'welcome', seqCommitted: 0, segmentCommitted: 0 });
+          if (message.type === 'hello')
+            sendFrame(socket, { type: 'welcome', seqCommitted: 0, segmentCommitted: 0 });
           if (message.type === 'segment') {
             received.push(message.index);
             sendFrame(socket, { type: 'ack', index: message.index, seqLast: message.seqLast });
@@ -146,7 +181,14 @@ describe('shipper', () => {
         volumeInfo: () => [{ name: 'v', sizeBytes: 1 << 30 }],
         committed: async () => undefined,
         seal: async () => 15,
-        status: () => ({ seqCaptured: 15, timeCapturedNs: 15n, spoolBytes: spool.totalBytes, sealedPending: spool.sealed.length, mode: 'logging', failure: undefined }),
+        status: () => ({
+          seqCaptured: 15,
+          timeCapturedNs: 15n,
+          spoolBytes: spool.totalBytes,
+          sealedPending: spool.sealed.length,
+          mode: 'logging',
+          failure: undefined,
+        }),
       } as unknown as Agent;
       shipper = new Shipper(agent, spool, { host: '127.0.0.1', port, token: 't' }, () => undefined);
       shipper.start();

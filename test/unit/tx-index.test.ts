@@ -4,10 +4,18 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { SegmentError } from '../../src/core/index.js';
 import type { RedoRecord, UndoExtent } from '../../src/log/index.js';
-import { TX_INDEX_BINDING_BYTES, TX_INDEX_HEADER_BYTES, TxIndex } from '../../src/views/tx-index.js';
+import {
+  TX_INDEX_BINDING_BYTES,
+  TX_INDEX_HEADER_BYTES,
+  TxIndex,
+} from '../../src/views/tx-index.js';
 import { rng } from '../support/model.js';
 
-function sample(records: number, extents: number, volumes = 3): { records: RedoRecord[]; undo: UndoExtent[] } {
+function sample(
+  records: number,
+  extents: number,
+  volumes = 3,
+): { records: RedoRecord[]; undo: UndoExtent[] } {
   const random = rng(records * 31 + extents);
   const kinds = ['write', 'zero', 'trim'] as const;
   const list: RedoRecord[] = Array.from({ length: records }, (_, i) => {
@@ -33,7 +41,13 @@ function sample(records: number, extents: number, volumes = 3): { records: RedoR
     }
     at += random.int(10_000);
     const lengthBytes = 1 + random.int(9000);
-    undo.push({ kind: random.bool(0.3) ? 'zero' : 'data', volume, offsetBytes: at, lengthBytes, payloadOffsetBytes: 96 + i * 10_000 });
+    undo.push({
+      kind: random.bool(0.3) ? 'zero' : 'data',
+      volume,
+      offsetBytes: at,
+      lengthBytes,
+      payloadOffsetBytes: 96 + i * 10_000,
+    });
     at += lengthBytes;
   }
   return { records: list, undo };
@@ -57,8 +71,15 @@ describe('TxIndex', () => {
     const index = TxIndex.fromLists(records, undo);
     for (let volume = 0; volume < 6; volume++) {
       const { from, to } = index.extentRange(volume);
-      const expected = undo.map((e, i) => [e.volume, i] as const).filter(([v]) => v === volume).map(([, i]) => i);
-      assert.deepEqual(Array.from({ length: to - from }, (_, i) => from + i), expected, `volume ${volume}`);
+      const expected = undo
+        .map((e, i) => [e.volume, i] as const)
+        .filter(([v]) => v === volume)
+        .map(([, i]) => i);
+      assert.deepEqual(
+        Array.from({ length: to - from }, (_, i) => from + i),
+        expected,
+        `volume ${volume}`,
+      );
     }
   });
 
@@ -83,20 +104,39 @@ describe('TxIndex', () => {
     for (let at = 0; at < encoded.length; at++) {
       const damaged = Buffer.from(encoded);
       damaged[at] = (damaged[at] as number) ^ 0x10;
-      assert.throws(() => TxIndex.decode(damaged, 'x.idx', 5, BINDING, 3), SegmentError, `byte ${at}`);
+      assert.throws(
+        () => TxIndex.decode(damaged, 'x.idx', 5, BINDING, 3),
+        SegmentError,
+        `byte ${at}`,
+      );
     }
-    assert.throws(() => TxIndex.decode(encoded.subarray(0, encoded.length - 8), 'x.idx', 5, BINDING, 3), SegmentError);
-    assert.throws(() => TxIndex.decode(encoded.subarray(0, TX_INDEX_HEADER_BYTES), 'x.idx', 5, BINDING, 3), SegmentError);
-    assert.throws(() => TxIndex.decode(Buffer.concat([encoded, Buffer.alloc(8)]), 'x.idx', 5, BINDING, 3), SegmentError);
+    assert.throws(
+      () => TxIndex.decode(encoded.subarray(0, encoded.length - 8), 'x.idx', 5, BINDING, 3),
+      SegmentError,
+    );
+    assert.throws(
+      () => TxIndex.decode(encoded.subarray(0, TX_INDEX_HEADER_BYTES), 'x.idx', 5, BINDING, 3),
+      SegmentError,
+    );
+    assert.throws(
+      () => TxIndex.decode(Buffer.concat([encoded, Buffer.alloc(8)]), 'x.idx', 5, BINDING, 3),
+      SegmentError,
+    );
   });
 
   it('refuses an index of another transaction, of other files, or with volumes out of range', () => {
     const { records, undo } = sample(20, 15);
     const encoded = TxIndex.fromLists(records, undo).encode(5, BINDING);
-    assert.throws(() => TxIndex.decode(encoded, 'x.idx', 6, BINDING, 3), /index of transaction 5, expected 6/);
+    assert.throws(
+      () => TxIndex.decode(encoded, 'x.idx', 6, BINDING, 3),
+      /index of transaction 5, expected 6/,
+    );
     const other = Buffer.from(BINDING);
     other[200] = 0;
-    assert.throws(() => TxIndex.decode(encoded, 'x.idx', 5, other, 3), /differs from the one indexed/);
+    assert.throws(
+      () => TxIndex.decode(encoded, 'x.idx', 5, other, 3),
+      /differs from the one indexed/,
+    );
     assert.throws(() => TxIndex.decode(encoded, 'x.idx', 5, BINDING, 2), /invalid/);
   });
 });
