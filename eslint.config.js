@@ -42,12 +42,18 @@ export default tseslint.config(
         { considerDefaultExhaustiveForUnions: true },
       ],
       '@typescript-eslint/no-explicit-any': 'error',
+      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingUnknown: true }],
       'no-empty': ['error', { allowEmptyCatch: false }],
       '@typescript-eslint/no-unused-vars': [
         'error',
         { argsIgnorePattern: '^_', varsIgnorePattern: '^_' },
       ],
     },
+  },
+  {
+    // Tests and tools print child-process output (Buffers) into their messages.
+    files: ['test/**/*.ts', 'sim/**/*.ts', 'bench/**/*.ts'],
+    rules: { '@typescript-eslint/restrict-template-expressions': 'off' },
   },
   {
     files: ['src/**/*.ts'],

@@ -521,7 +521,7 @@ async function checkHistory(
       `seq ${e.seq}: the snapshot at it differs from the one before it in its own block`,
     );
     assert.equal(
-      ((after as number) % BLOCKS) * BLOCK,
+      (after % BLOCKS) * BLOCK,
       e.offset,
       `seq ${e.seq}: its block holds a write addressed to it`,
     );

@@ -344,7 +344,7 @@ export async function runOutage(
     ).body as { seqLast: number; committed: number };
 
     // The history.
-    const log = ((await api<string>('GET', '/api/log')).body as string)
+    const log = (await api<string>('GET', '/api/log')).body
       .trim()
       .split('\n')
       .filter(Boolean)

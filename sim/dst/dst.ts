@@ -39,7 +39,7 @@ import { Manager } from '../../src/manager/manager.js';
 import type { ExportBackend } from '../../src/nbd/backend.js';
 import { zeroTools } from '../../src/platform/index.js';
 import { SimNetwork } from './link.js';
-import { SimFs, type Faults } from './sim-fs.js';
+import { SimFs } from './sim-fs.js';
 import { World, type SimProcess } from './world.js';
 
 const SECTOR = 512;

@@ -392,6 +392,7 @@ export class SimFs {
   install(): void {
     if (this.saved) throw new Error('SimFs is already installed');
     const saved: NonNullable<SimFs['saved']> = [];
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the wrapper needs fs's `this` and the simulator
     const sim = this;
     for (const [where, name, route, impl] of this.table()) {
       const target = (where === 'fs' ? fs : fs.promises) as unknown as Record<string, unknown>;
@@ -565,7 +566,9 @@ export class SimFs {
 
   private promise<T>(disk: Disk | undefined, fn: () => T): Promise<T> {
     return new Promise<T>((resolve, reject) =>
-      this.later(disk, fn, (error, value) => (error ? reject(error) : resolve(value as T))),
+      this.later(disk, fn, (error, value) =>
+        error ? reject(error as Error) : resolve(value as T),
+      ),
     );
   }
 
@@ -660,7 +663,7 @@ export class SimFs {
         'fs',
         'ftruncateSync',
         'fd',
-        (fd: number, len = 0) => this.sync(() => this.truncate(fd, len)),
+        (fd: number, len?: number) => this.sync(() => this.truncate(fd, len ?? 0)),
       ],
       [
         'fs',
@@ -1184,7 +1187,7 @@ export class SimFs {
       isSymbolicLink: no,
       isFIFO: no,
       isSocket: no,
-    } as fs.Stats;
+    };
   }
 
   private stat(file: string): fs.Stats {

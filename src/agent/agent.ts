@@ -10,8 +10,8 @@ import type {
   DoneCallback,
   ExportBackend,
   ReadCallback,
-} from '../nbd/backend.js';
-import { NbdErrno } from '../nbd/backend.js';
+} from '../nbd/index.js';
+import { NbdErrno } from '../nbd/index.js';
 import {
   ensureDir,
   fdatasyncAsync,
@@ -23,7 +23,7 @@ import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
 import { Spool, type SpoolRecovery } from './spool.js';
 import { Shipper, type ShipperTarget } from './shipper.js';
-import type { RestoringState } from '../ship/protocol.js';
+import type { RestoringState } from '../ship/index.js';
 
 export interface VolumeSpec {
   name: string;

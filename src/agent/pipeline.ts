@@ -3,7 +3,16 @@
 // kernel, FLUSH/FUA after both are durable. Everything runs through one queue so seq order is
 // log order is production order for overlapping writes.
 import fs from 'node:fs';
-import { assert, assertNever, crashPoint, crc32c, errorMessage, nowNs } from '../core/index.js';
+import {
+  assert,
+  assertNever,
+  crashPoint,
+  crc32c,
+  errorMessage,
+  isDiskFull,
+  nowNs,
+  rethrowIfBug,
+} from '../core/index.js';
 import {
   encodeRecordHeader,
   RECORD_HEADER_BYTES,
@@ -11,7 +20,7 @@ import {
   SEGMENT_FLAG_RESYNC_END,
   type RecordKind,
 } from '../log/index.js';
-import { NbdErrno, type DoneCallback } from '../nbd/backend.js';
+import { NbdErrno, type DoneCallback } from '../nbd/index.js';
 import {
   fdatasyncAsync,
   isZero,
@@ -205,8 +214,10 @@ export class WritePipeline {
         type: 'resync',
         targets,
         options,
-        done: (error, result) =>
-          error === undefined ? resolve(result as ResyncResult) : reject(error),
+        done: (error: unknown, result?: ResyncResult) =>
+          error === undefined
+            ? resolve(result as ResyncResult)
+            : reject(error instanceof Error ? error : new Error(errorMessage(error))),
       });
     });
   }
@@ -265,6 +276,7 @@ export class WritePipeline {
         }
       }
     } catch (error) {
+      rethrowIfBug(error);
       this.fail(error);
       this.answerQueued();
     } finally {
@@ -450,6 +462,7 @@ export class WritePipeline {
     try {
       await logWrite;
     } catch (error) {
+      rethrowIfBug(error);
       if (isDiskFull(error) && this.degraded === undefined) {
         // The spool's disk is full: the batch was not logged (the spool rolled it back), but it
         // reached production; from here on the agent runs degraded, as with a full spool.
@@ -514,6 +527,7 @@ export class WritePipeline {
     try {
       await Promise.all([...volumes].map((v) => fdatasyncAsync(v.fd)));
     } catch (error) {
+      rethrowIfBug(error);
       this.fail(error);
       syncErrno = NbdErrno.EIO;
     }
@@ -556,6 +570,7 @@ export class WritePipeline {
       });
       this.options.onResync?.('failed production write', result);
     } catch (error) {
+      rethrowIfBug(error);
       this.fail(error);
     }
   }
@@ -652,6 +667,7 @@ export class WritePipeline {
       crashPoint('fsync');
       return 0;
     } catch (error) {
+      rethrowIfBug(error);
       // An fsync failure is fatal for that file: never retry and then acknowledge.
       this.fail(error);
       return NbdErrno.EIO;
@@ -689,17 +705,10 @@ function writeFullySync(fd: number, data: Buffer, positionBytes: number): void {
 }
 
 function errnoOf(error: unknown): number {
-  const code = (error as { code?: string }).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') return NbdErrno.ENOSPC;
-  return NbdErrno.EIO;
+  return isDiskFull(error) ? NbdErrno.ENOSPC : NbdErrno.EIO;
 }
 
 /** Bytes the records of a batch add to the log. */
 function logBytes(records: readonly RecordOp[]): number {
   return records.reduce((sum, op) => sum + RECORD_HEADER_BYTES + (op.data?.length ?? 0), 0);
-}
-
-function isDiskFull(error: unknown): boolean {
-  const code = (error as { code?: string }).code;
-  return code === 'ENOSPC' || code === 'EDQUOT';
 }

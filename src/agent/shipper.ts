@@ -4,8 +4,8 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
-import { crashPoint, crc32c, errorMessage } from '../core/index.js';
-import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../ship/protocol.js';
+import { crashPoint, crc32c, errorMessage, rethrowIfBug } from '../core/index.js';
+import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../ship/index.js';
 import type { Agent } from './agent.js';
 import type { SealedSegment, Spool } from './spool.js';
 
@@ -95,12 +95,13 @@ export class Shipper {
       try {
         for (const frame of reader.push(chunk)) this.onMessage(frame.message, frame.payload);
       } catch (error) {
+        rethrowIfBug(error);
         this.log('error', `manager connection: ${errorMessage(error)}`);
         socket.destroy();
       }
     });
     let errored = false;
-    socket.on('error', (error) => {
+    socket.on('error', (error: Error) => {
       errored = true;
       if (this.connected) {
         this.log('warn', `manager connection lost: ${error.message}`);
@@ -202,6 +203,7 @@ export class Shipper {
               this.reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }),
           );
         } catch (error) {
+          rethrowIfBug(error);
           this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) });
         }
         return;
@@ -228,6 +230,7 @@ export class Shipper {
     try {
       await this.agent.committed(index, seqLast);
     } catch (error) {
+      rethrowIfBug(error);
       this.log(
         'error',
         `cleaning up after commit of segment ${index} failed: ${errorMessage(error)}`,
@@ -287,6 +290,7 @@ export class Shipper {
       );
       crashPoint('ship');
     } catch (error) {
+      rethrowIfBug(error);
       this.log('error', `reading segment ${segment.file} failed: ${errorMessage(error)}`);
       socket.destroy();
     }

@@ -3,10 +3,10 @@
 import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { parseSize, RewindError, type ByteRange } from '../core/index.js';
-import type { Manager } from '../manager/manager.js';
-import { blockHistory, diff } from '../manager/queries.js';
-import { tokensEqual } from '../ship/protocol.js';
-import type { RestoreSpec } from '../manager/restore.js';
+import type { Manager } from '../manager/index.js';
+import { blockHistory, diff } from '../manager/index.js';
+import { tokensEqual } from '../ship/index.js';
+import type { RestoreSpec } from '../manager/index.js';
 
 const STATUS_BY_CODE: Record<string, number> = {
   REWIND_BAD_ARGUMENT: 400,
@@ -222,9 +222,13 @@ export function parseRange(value: ByteRange | string): ByteRange {
     return { offset: value.offset, length: value.length };
   const match = typeof value === 'string' ? /^([^:]+):([^:]+)$/.exec(value.trim()) : null;
   if (!match)
-    throw new RewindError('REWIND_BAD_ARGUMENT', `range "${String(value)}" is not OFFSET:LENGTH`, {
-      hint: 'e.g. 1M:64K',
-    });
+    throw new RewindError(
+      'REWIND_BAD_ARGUMENT',
+      `range ${JSON.stringify(value)} is not OFFSET:LENGTH`,
+      {
+        hint: 'e.g. 1M:64K',
+      },
+    );
   return {
     offset: parseSize(match[1] as string, 'range offset'),
     length: parseSize(match[2] as string, 'range length'),

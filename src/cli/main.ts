@@ -3,10 +3,16 @@ import { Command, Option } from 'commander';
 import { errorMessage, formatBytes, parseSize, RewindError } from '../core/index.js';
 import { Presets, SingleBar } from 'cli-progress';
 import path from 'node:path';
-import type { VolumeSpec } from '../agent/agent.js';
+import type { VolumeSpec } from '../agent/index.js';
 import fs from 'node:fs';
-import type { RestoreStatus } from '../manager/restore.js';
-import { startAgent, startManager, startUp, type Endpoint, type Running } from '../runtime/up.js';
+import type { RestoreStatus } from '../manager/index.js';
+import {
+  startAgent,
+  startManager,
+  startUp,
+  type Endpoint,
+  type Running,
+} from '../runtime/index.js';
 
 function endpoint(text: string, what: string): Endpoint {
   const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(text);

@@ -3,5 +3,5 @@ import { crc32c as nativeCrc32c } from '@node-rs/crc32';
 
 /** CRC-32C of `data`, continuing from `previous` (0 to start). */
 export function crc32c(data: Uint8Array, previous = 0): number {
-  return nativeCrc32c(data as Buffer, previous) >>> 0;
+  return nativeCrc32c(data, previous) >>> 0;
 }

@@ -3,7 +3,7 @@
 // carried back with their codes (ENOSPC stays ENOSPC, so a full disk is still backpressure). A
 // worker that dies is replaced on the next request.
 import { Worker } from 'node:worker_threads';
-import { RewindError } from '../core/index.js';
+import { reviveError, RewindError, type SerializedError } from '../core/index.js';
 import type { RedoRecord, UndoHeader } from '../log/index.js';
 import type { UndoResult } from './apply.js';
 import { ApplyHandler } from './apply-handler.js';
@@ -37,16 +37,7 @@ export type ApplyRequest =
   | { id: number; type: 'sync'; replicas: ReplicaRef[] }
   | { id: number; type: 'close' };
 
-export interface WorkerError {
-  name: string;
-  message: string;
-  code: string | undefined;
-  errno: number | undefined;
-  syscall: string | undefined;
-  stack: string;
-}
-
-export type ApplyResponse = { id: number; undo?: UndoResult; error?: WorkerError };
+export type ApplyResponse = { id: number; undo?: UndoResult; error?: SerializedError };
 
 type Pending = { resolve: (response: ApplyResponse) => void; reject: (error: Error) => void };
 
@@ -180,7 +171,7 @@ export class ApplyWorker implements Applier {
       worker.ref(); // a request in flight keeps the process alive; an idle worker does not
       worker.postMessage({ ...body, id });
     }).then((response) => {
-      if (response.error) throw revive(response.error);
+      if (response.error) throw reviveError(response.error, 'the apply worker');
       return response;
     });
   }
@@ -211,19 +202,4 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 function refOf(replica: ReplicaVolume): ReplicaRef {
   return { index: replica.index, file: replica.file, ino: replica.ino, alloc: replica.allocShared };
-}
-
-/** An error from the worker as an Error here, with the fields callers test (code, errno, syscall). */
-function revive(error: WorkerError): Error {
-  const revived = new Error(error.message) as Error & {
-    code?: string;
-    errno?: number;
-    syscall?: string;
-  };
-  revived.name = error.name;
-  if (error.code !== undefined) revived.code = error.code;
-  if (error.errno !== undefined) revived.errno = error.errno;
-  if (error.syscall !== undefined) revived.syscall = error.syscall;
-  revived.stack = `${error.name}: ${error.message}\n    (in the apply worker)\n${error.stack.split('\n').slice(1).join('\n')}`;
-  return revived;
 }

@@ -4,7 +4,7 @@
 // production write path). The main thread keeps the order of the transaction steps, the catalog
 // and the replicas' allocation bitmaps (shared memory, read here, written only there).
 import { parentPort } from 'node:worker_threads';
-import { assert } from '../core/index.js';
+import { assert, serializeError } from '../core/index.js';
 import { ApplyHandler } from './apply-handler.js';
 import type { ApplyRequest, ApplyResponse } from './apply-pool.js';
 
@@ -15,26 +15,7 @@ const handler = new ApplyHandler();
 port.on('message', (request: ApplyRequest) => {
   handler.handle(request).then(
     (response) => port.postMessage(response),
-    (error: unknown) => {
-      const e = error as {
-        name?: unknown;
-        message?: unknown;
-        code?: unknown;
-        errno?: unknown;
-        syscall?: unknown;
-        stack?: unknown;
-      };
-      port.postMessage({
-        id: request.id,
-        error: {
-          name: String(e.name ?? 'Error'),
-          message: String(e.message ?? error),
-          code: e.code === undefined ? undefined : String(e.code),
-          errno: typeof e.errno === 'number' ? e.errno : undefined,
-          syscall: typeof e.syscall === 'string' ? e.syscall : undefined,
-          stack: String(e.stack ?? ''),
-        },
-      } satisfies ApplyResponse);
-    },
+    (error: unknown) =>
+      port.postMessage({ id: request.id, error: serializeError(error) } satisfies ApplyResponse),
   );
 });

@@ -14,7 +14,7 @@ import {
   writeZeroesSync,
   zeroRange,
 } from '../platform/index.js';
-import { IntervalMap } from '../views/interval-map.js';
+import { IntervalMap } from '../views/index.js';
 import { ALLOC_CHUNK_BYTES, type ReplicaVolume } from './replica.js';
 
 /**

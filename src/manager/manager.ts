@@ -11,6 +11,9 @@ import {
   crashPoint,
   errorMessage,
   formatTimeNs,
+  isDiskError,
+  isDiskFull,
+  rethrowIfBug,
   RewindError,
   SegmentError,
 } from '../core/index.js';
@@ -25,7 +28,7 @@ import {
   type SealedRedo,
   type UndoExtent,
 } from '../log/index.js';
-import type { ExportBackend } from '../nbd/backend.js';
+import type { ExportBackend } from '../nbd/index.js';
 import { ensureDir, linkFileDurable, preadFully, writeFileDurable } from '../platform/index.js';
 import {
   FRAME_BYTES_MAX_UNAUTHENTICATED,
@@ -36,9 +39,9 @@ import {
   type Message,
   type RestoringState,
   type VolumeInfo,
-} from '../ship/protocol.js';
-import { Overlay } from '../views/overlay.js';
-import { View, type History, type HistoryTx } from '../views/view.js';
+} from '../ship/index.js';
+import { Overlay } from '../views/index.js';
+import { View, type History, type HistoryTx } from '../views/index.js';
 import { markApplied, replicasOf } from './apply.js';
 import { ApplyWorker, type Applier } from './apply-pool.js';
 import { Catalog, type TxKind, type TxRow } from './catalog.js';
@@ -217,7 +220,7 @@ export class Manager implements History {
         // A full disk must not keep the manager down (views, restores and the status still work):
         // a transaction still in 'received' has changed nothing yet and the agent keeps its
         // segment until it commits, so it is forgotten here and applied when the agent resends it.
-        if ((error as { code?: string }).code !== 'ENOSPC' || tx.state !== 'received') throw error;
+        if (!isDiskFull(error) || tx.state !== 'received') throw error;
         const forgotten = this.catalog.forgetReceivedFrom(tx.idx);
         this.options.log(
           'warn',
@@ -329,6 +332,7 @@ export class Manager implements History {
       try {
         frames = reader.push(chunk);
       } catch (error) {
+        rethrowIfBug(error);
         this.options.log('warn', `agent sent a bad frame: ${errorMessage(error)}`);
         socket.destroy();
         return;
@@ -369,6 +373,7 @@ export class Manager implements History {
     try {
       this.adoptVolumeSet(message.volumeSetId, message.volumeSetName, message.volumes);
     } catch (error) {
+      rethrowIfBug(error);
       return refuse((error as RewindError).code ?? 'REWIND_CONFIG', errorMessage(error));
     }
     if (this.session && this.session !== socket) {
@@ -427,7 +432,9 @@ export class Manager implements History {
         // on the apply worker; everything that depends on the committed state waits in the queue.
         const parsed = parseSegment(payload, message.index, this.replicas.length);
         this.storeEarly(message, payload, parsed);
-        this.enqueue(() => this.receiveSegment(socket, message, payload, parsed));
+        this.segmentTurn(socket, message.index, () =>
+          this.receiveSegment(socket, message, payload, parsed),
+        );
         return;
       }
       case 'segment-file':
@@ -466,6 +473,21 @@ export class Manager implements History {
         this.options.log('error', `manager task failed: ${errorMessage(error)}`);
     });
     return next;
+  }
+
+  /**
+   * Queues a segment's turn. Every way it can end reaches the agent: an ack or a refusal sent by
+   * the turn itself, or here, for anything it threw, a refusal with the error's code (the agent
+   * keeps the segment and reports it). A programmer error is not answered: it crashes.
+   */
+  private segmentTurn(socket: net.Socket, index: number, turn: () => Promise<void>): void {
+    this.enqueue(turn).catch((error: unknown) => {
+      rethrowIfBug(error);
+      const code = error instanceof RewindError ? error.code : 'REWIND_IO';
+      const text = `segment ${index} failed in its turn: ${errorMessage(error)}`;
+      this.options.log('error', `refused ${text}`);
+      if (!socket.destroyed) sendFrame(socket, { type: 'refused', index, code, message: text });
+    });
   }
 
   private async receiveSegment(
@@ -593,7 +615,7 @@ export class Manager implements History {
       this.storeEarly(asSegment, payload, parsing, file);
       return { asSegment, payload, parsing };
     });
-    this.enqueue(async () => {
+    this.segmentTurn(socket, message.index, async () => {
       const { asSegment, payload, parsing } = await loaded;
       await this.receiveSegment(socket, asSegment, payload, parsing, file);
     });
@@ -602,7 +624,8 @@ export class Manager implements History {
   private async sameAsStored(idx: number, payload: Buffer): Promise<boolean> {
     try {
       return (await fsp.readFile(this.txFiles.redoPath(idx))).equals(payload);
-    } catch {
+    } catch (error) {
+      rethrowIfBug(error);
       return false;
     }
   }
@@ -644,7 +667,8 @@ export class Manager implements History {
         // Every check its turn in the queue makes, so that nothing is stored for a segment that
         // will be refused (the queue makes them again and answers the agent).
         this.checkSegment(parsed, message, this.writtenSeq + 1);
-      } catch {
+      } catch (error) {
+        rethrowIfBug(error);
         return;
       }
       const stored = this.store(idx, payload, parsed, linkFrom);
@@ -1387,6 +1411,7 @@ function parseSegment(
   try {
     return { parsed: parseSealedRedo(payload, `segment ${index} from agent`, volumeCount) };
   } catch (error) {
+    rethrowIfBug(error);
     return { error };
   }
 }
@@ -1394,16 +1419,4 @@ function parseSegment(
 function txKind(flags: number): TxKind {
   if ((flags & SEGMENT_FLAG_RESYNC) === 0) return 'redo';
   return (flags & SEGMENT_FLAG_RESYNC_END) !== 0 ? 'resync-end' : 'resync';
-}
-
-/** Errors of a full or failing disk (files or SQLite): backpressure for the agent. */
-function isDiskError(error: unknown): boolean {
-  const code = String((error as { code?: unknown }).code ?? '');
-  return (
-    code === 'ENOSPC' ||
-    code === 'EDQUOT' ||
-    code === 'EIO' ||
-    code === 'SQLITE_FULL' ||
-    code.startsWith('SQLITE_IOERR')
-  );
 }

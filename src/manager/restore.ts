@@ -8,10 +8,16 @@
 // recomputed from the log, which includes a partial earlier attempt), so an interrupted restore
 // (link lost, manager or agent killed) is simply run again when the agent is back; until then the
 // agent keeps the volumes offline, also across its restarts.
-import { errorMessage, mergeRanges, RewindError, type ByteRange } from '../core/index.js';
+import {
+  type ByteRange,
+  errorMessage,
+  mergeRanges,
+  rethrowIfBug,
+  RewindError,
+} from '../core/index.js';
 import { isZero } from '../platform/index.js';
-import type { Message } from '../ship/protocol.js';
-import type { View } from '../views/view.js';
+import type { Message } from '../ship/index.js';
+import type { View } from '../views/index.js';
 import type { RestoreRow } from './catalog.js';
 import type { Manager } from './manager.js';
 import { checkRange, writtenRanges } from './queries.js';
@@ -209,6 +215,7 @@ export class Restorer {
             });
           }
         } catch (recordError) {
+          rethrowIfBug(recordError);
           // The catalog is closing (shutdown): the row stays running and resumes at the next start.
           this.manager.note(
             'warn',

@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { RewindError } from '../core/index.js';
+import { rethrowIfBug, RewindError } from '../core/index.js';
 import { mapReadOnly } from '../platform/index.js';
 import {
   parseSealedRedo,
@@ -20,7 +20,7 @@ import {
   type RedoRecord,
   type UndoExtent,
 } from '../log/index.js';
-import { TX_INDEX_BINDING_BYTES, TxIndex } from '../views/tx-index.js';
+import { TX_INDEX_BINDING_BYTES, TxIndex } from '../views/index.js';
 
 export { TxIndex };
 
@@ -120,7 +120,8 @@ export class TxFiles {
       );
       this.cacheEntry(idx, stored);
       return stored;
-    } catch {
+    } catch (error) {
+      rethrowIfBug(error);
       // Missing, damaged or stale: the full parse below verifies everything and says what is wrong.
     }
     const [redoBuf, undoBuf] = await Promise.all([fsp.readFile(redoFile), fsp.readFile(undoFile)]);
@@ -154,7 +155,8 @@ export class TxFiles {
     const index = entry instanceof TxIndex ? entry : TxIndex.fromLists(entry.records, entry.undo);
     try {
       this.store(idx, index, readBinding(this.redoPath(idx), this.undoPath(idx)));
-    } catch {
+    } catch (error) {
+      rethrowIfBug(error);
       // Best-effort: without an index file the next cold load parses the files in full.
     }
     this.cacheEntry(idx, index);
@@ -184,7 +186,8 @@ export class TxFiles {
         this.indexDirMade = true;
       }
       fs.writeFileSync(file, index.encode(idx, binding));
-    } catch {
+    } catch (error) {
+      rethrowIfBug(error);
       fs.rmSync(file, { force: true }); // a torn file would be refused anyway; do not keep its space
     }
   }

@@ -1,15 +1,15 @@
 // The NBD face of one volume of a view: read-only for snapshots, writable into the overlay for
 // clones. Reads are synchronous so that none can straddle a transaction being applied.
-import { assert } from '../core/index.js';
+import { assert, rethrowIfBug } from '../core/index.js';
 import {
   NbdErrno,
   type BlockStatusCallback,
   type DoneCallback,
   type ExportBackend,
   type ReadCallback,
-} from '../nbd/backend.js';
-import type { Overlay } from '../views/overlay.js';
-import type { View } from '../views/view.js';
+} from '../nbd/index.js';
+import type { Overlay } from '../views/index.js';
+import type { View } from '../views/index.js';
 
 export class ViewExport implements ExportBackend {
   readonly name: string;
@@ -39,7 +39,8 @@ export class ViewExport implements ExportBackend {
     let data: Buffer;
     try {
       data = this.view.read(this.volume, offsetBytes, lengthBytes);
-    } catch {
+    } catch (error) {
+      rethrowIfBug(error);
       return done(NbdErrno.EIO);
     }
     done(0, data);
@@ -64,7 +65,8 @@ export class ViewExport implements ExportBackend {
   private guarded(work: () => void, sync: boolean, done: DoneCallback): void {
     try {
       work();
-    } catch {
+    } catch (error) {
+      rethrowIfBug(error);
       return done(NbdErrno.EIO);
     }
     if (!sync) return done(0);

@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { RewindError } from '../core/index.js';
+import { rethrowIfBug, RewindError } from '../core/index.js';
 
 const execFileAsync = promisify(execFile);
 // CommonJS whose types declare a default export it does not have at run time: required as it is.
@@ -71,7 +71,8 @@ export async function ensureDir(dir: string): Promise<void> {
 export function isBlockDevice(file: string): boolean {
   try {
     return fs.statSync(file).isBlockDevice();
-  } catch {
+  } catch (error) {
+    rethrowIfBug(error);
     return false;
   }
 }
@@ -192,7 +193,8 @@ export function mapReadOnly(fd: number): Buffer | undefined {
     const size = fs.fstatSync(fd).size;
     if (size === 0 || size > MAP_BYTES_MAX) return undefined;
     return mmap.map(size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0, mmap.MADV_NORMAL);
-  } catch {
+  } catch (error) {
+    rethrowIfBug(error);
     return undefined;
   }
 }
@@ -202,7 +204,8 @@ export function mapFile(file: string): Buffer | undefined {
   let fd: number;
   try {
     fd = fs.openSync(file, 'r');
-  } catch {
+  } catch (error) {
+    rethrowIfBug(error);
     return undefined;
   }
   try {

@@ -1,6 +1,6 @@
 // The export registry an NBD server serves: production volumes (agent) plus views and clones
 // (manager), looked up by name on every connection so exports can come and go.
-import type { ExportBackend, ExportRegistry } from '../nbd/backend.js';
+import type { ExportBackend, ExportRegistry } from '../nbd/index.js';
 
 export class CombinedRegistry implements ExportRegistry {
   private readonly sources: (() => readonly ExportBackend[])[];

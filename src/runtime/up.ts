@@ -4,11 +4,11 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { Agent, agentSpoolDir, type VolumeSpec } from '../agent/agent.js';
-import { startApi } from '../api/server.js';
-import { Manager } from '../manager/manager.js';
+import { Agent, agentSpoolDir, type VolumeSpec } from '../agent/index.js';
+import { startApi } from '../api/index.js';
+import { Manager } from '../manager/index.js';
 import { NbdServer } from '../nbd/index.js';
-import type { ExportBackend } from '../nbd/backend.js';
+import type { ExportBackend } from '../nbd/index.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
 import { CombinedRegistry } from './registry.js';
 

@@ -207,9 +207,9 @@ export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: Read
           new Uint8Array(
             buffer,
             base + (pieces[p * PIECE_FIELDS] as number),
-            pieces[p * PIECE_FIELDS + 1] as number,
+            pieces[p * PIECE_FIELDS + 1],
           ),
-          pieces[p * PIECE_FIELDS + 2] as number,
+          pieces[p * PIECE_FIELDS + 2],
         );
       }
       continue;
@@ -224,9 +224,9 @@ export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: Read
           new Uint8Array(
             buffer,
             base + (pieces[p * PIECE_FIELDS] as number),
-            pieces[p * PIECE_FIELDS + 1] as number,
+            pieces[p * PIECE_FIELDS + 1],
           ),
-          pieces[p * PIECE_FIELDS + 2] as number,
+          pieces[p * PIECE_FIELDS + 2],
         );
       }
     } else if (stop - first === 1) {
@@ -247,9 +247,9 @@ export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: Read
           new Uint8Array(
             buffer,
             base + (pieces[p * PIECE_FIELDS] as number),
-            pieces[p * PIECE_FIELDS + 1] as number,
+            pieces[p * PIECE_FIELDS + 1],
           ),
-          pieces[p * PIECE_FIELDS + 2] as number,
+          pieces[p * PIECE_FIELDS + 2],
         );
       }
     }

@@ -391,7 +391,7 @@ class Leaf<T> {
     visit(
       this.start(index),
       this.end(index),
-      this.values[index] as T,
+      this.values[index],
       this.numbers[2 * this.capacity + index] as number,
     );
   }

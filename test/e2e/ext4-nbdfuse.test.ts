@@ -217,7 +217,7 @@ test(
       for (let step = 1; step <= 3; step++) {
         const name = `file${step}.txt`;
         good[name] = `important record ${step} `.repeat(2000 * step);
-        await fsp.writeFile(path.join(mnt, name), good[name] as string);
+        await fsp.writeFile(path.join(mnt, name), good[name]);
         await run('sync', []);
       }
       const { seqLast: goodSeq } = await manager().seal(true);

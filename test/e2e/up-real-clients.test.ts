@@ -1,7 +1,7 @@
 // `rewind up` as a real process with real clients: qemu-io writes, nbdcopy of snapshots compared
 // with the model, the CLI's log/status/ls, and a SIGKILL under load followed by a restart.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

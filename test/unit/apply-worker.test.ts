@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { RewindError } from '../../src/core/index.js';
 import { buildSealedRedo, parseSealedRedo, type RecordMeta } from '../../src/log/index.js';
 import { applyRedo, markApplied, saveUndo } from '../../src/manager/apply.js';
 import { ApplyWorker } from '../../src/manager/apply-pool.js';
@@ -99,8 +100,12 @@ describe('apply worker', () => {
       // A redo file that is not the size its transaction was stored with is refused, nothing written.
       await assert.rejects(
         worker.writeRedo(redoFile, fs.statSync(redoFile).size + 512, parsed.records, [there]),
-        (error: Error & { code?: string }) =>
-          error.code === 'REWIND_SEGMENT_CORRUPT' && /holds \d+ bytes/.test(error.message),
+        // It arrives as a RewindError of this thread, code and message kept.
+        (error: unknown) =>
+          error instanceof RewindError &&
+          error.code === 'REWIND_SEGMENT_CORRUPT' &&
+          /holds \d+ bytes/.test(error.message) &&
+          /in the apply worker/.test(error.stack ?? ''),
       );
       assert.deepEqual(
         fs.readFileSync(there.file),

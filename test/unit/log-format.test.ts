@@ -2,7 +2,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { crc32c, SegmentError } from '../../src/core/index.js';
+import { crc32c, errorMessage, SegmentError } from '../../src/core/index.js';
 import {
   buildSealedRedo,
   parseSealedRedo,
@@ -81,7 +81,7 @@ function assertRefused(fn: () => unknown, codes: readonly string[], context: str
   assert.ok(caught !== undefined, `${context}: accepted`);
   assert.ok(
     caught instanceof SegmentError,
-    `${context}: threw ${String(caught)} instead of a SegmentError`,
+    `${context}: threw ${errorMessage(caught)} instead of a SegmentError`,
   );
   assert.ok(
     codes.includes(caught.code),

@@ -1,0 +1,2 @@
+// Runtime: assembles the processes (`rewind up`, `rewind agent`, `rewind manager`).
+export * from './up.js';
