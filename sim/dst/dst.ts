@@ -26,7 +26,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { Agent } from '../../src/agent/agent.js';
+import { Agent, type AgentOptions } from '../../src/agent/agent.js';
 import {
   parseSealedRedo,
   SEGMENT_FLAG_RESYNC,
@@ -334,7 +334,7 @@ class Simulation {
 
   async startManager(): Promise<void> {
     const proc = this.world.spawn(`manager#${++this.managerGeneration}`);
-    const manager = new Manager({
+    const options = {
       dataDir: MANAGER_DIR,
       token: TOKEN,
       log: this.log(proc.name),
@@ -347,11 +347,12 @@ class Simulation {
           : new Database(':memory:');
         return new Catalog(this.catalogDb);
       },
-    });
+    };
     this.managerProc = proc;
+    let manager: Manager;
     try {
-      await this.world.settle(
-        proc.run(() => manager.open()),
+      manager = await this.world.settle(
+        proc.run(() => Manager.open(options)),
         60_000,
         `${proc.name} open`,
         proc,
@@ -370,7 +371,7 @@ class Simulation {
 
   async startAgent(): Promise<void> {
     const proc = this.world.spawn(`agent#${++this.agentGeneration}`);
-    const agent = new Agent({
+    const options: AgentOptions = {
       dataDir: AGENT_DIR,
       volumes: VOLUMES,
       sealBytes: 64 * 1024,
@@ -391,11 +392,12 @@ class Simulation {
           ),
       },
       log: this.log(proc.name),
-    });
+    };
     this.agentProc = proc;
+    let agent: Agent;
     try {
-      await this.world.settle(
-        proc.run(() => agent.open()),
+      agent = await this.world.settle(
+        proc.run(() => Agent.open(options)),
         60_000,
         `${proc.name} open`,
         proc,
@@ -404,7 +406,6 @@ class Simulation {
       if (!proc.alive) return; // crashed while starting (crash-at-every-step)
       if (!isInjected(error)) throw error;
       this.event(`${proc.name} failed to start: ${(error as Error).message}`);
-      this.agent = agent;
       this.crashAgent(false);
       return;
     }
@@ -701,11 +702,11 @@ class Simulation {
   }[] {
     const manager = this.manager as Manager;
     const out = [];
-    const txs = manager.txsAfter(0);
+    const txs = manager.history.txsAfter(0);
     this.report.transactions = txs.length;
     let expected = txs[0]?.seqFirst ?? 1;
     for (const tx of txs) {
-      const fd = manager.redoFd(tx.idx);
+      const fd = manager.history.redoFd(tx.idx);
       const bytes = Buffer.alloc(fs.fstatSync(fd).size);
       fs.readSync(fd, bytes, 0, bytes.length, 0);
       const parsed: SealedRedo = parseSealedRedo(bytes, `redo ${tx.idx}`, VOLUMES.length);

@@ -4,7 +4,13 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { assert, errorMessage, RewindError } from '../core/index.js';
+import {
+  assert,
+  errorMessage,
+  rethrowIfBug,
+  RewindError,
+  type LogFunction,
+} from '../core/index.js';
 import type {
   BlockStatusCallback,
   DoneCallback,
@@ -21,8 +27,14 @@ import {
 } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
-import { Spool, type SpoolRecovery } from './spool.js';
-import { Shipper, type ShipperTarget } from './shipper.js';
+import { Spool, type SealedSegment, type SpoolRecovery } from './spool.js';
+import {
+  Shipper,
+  type AgentCommands,
+  type AgentReport,
+  type ShipperSource,
+  type ShipperTarget,
+} from './shipper.js';
 import type { RestoringState } from '../ship/index.js';
 
 export interface VolumeSpec {
@@ -41,7 +53,7 @@ export interface AgentOptions {
   /** Spool bound (sealed + active): past it the agent runs degraded (dirty map only). */
   spoolBytes?: number;
   manager: ShipperTarget;
-  log: (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void;
+  log: LogFunction;
 }
 
 interface StoredVolume {
@@ -68,22 +80,146 @@ const DIRTY_HOT_MAX = 4096;
 /** While the manager is idle, the active segment is sealed at this age (see sealIfOld). */
 const SEAL_IDLE_MS = 100;
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** The clean pass (see cleanDirty) runs this often. */
+const DIRTY_CLEAN_INTERVAL_MS = 1000;
 
-export class Agent {
+/** What `Agent.open` brings up before the agent object exists. */
+interface OpenedState {
+  options: AgentOptions;
+  state: AgentState;
+  volumes: ProductionVolume[];
+  spool: Spool;
+  recovery: SpoolRecovery;
+}
+
+export class Agent implements ShipperSource, AgentCommands {
   readonly options: AgentOptions;
-  readonly volumes: ProductionVolume[] = [];
-  private state!: AgentState;
-  private spool!: Spool;
-  pipeline!: WritePipeline;
-  private shipper!: Shipper;
+  readonly volumes: readonly ProductionVolume[];
+  readonly pipeline: WritePipeline;
+  /** What the spool's recovery found at start (a torn tail cut, records kept). */
+  readonly recovery: SpoolRecovery;
+  /**
+   * Regions found dirty on disk at start after an unclean stop (they may differ from the replica).
+   */
+  readonly dirtyAtStart: number;
+  private readonly state: AgentState;
+  private readonly spool: Spool;
+  private readonly shipper: Shipper;
   private sealTimer: NodeJS.Timeout | undefined;
   private cleanTimer: NodeJS.Timeout | undefined;
-  recovery: SpoolRecovery | undefined;
-  /** Regions found dirty on disk at start after an unclean stop (they may differ from the replica). */
-  dirtyAtStart = 0;
 
-  constructor(options: AgentOptions) {
-    this.options = options;
+  private constructor(opened: OpenedState) {
+    this.options = opened.options;
+    this.state = opened.state;
+    this.volumes = opened.volumes;
+    this.spool = opened.spool;
+    this.recovery = opened.recovery;
+    this.dirtyAtStart = opened.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
+    const log = this.options.log;
+    this.pipeline = new WritePipeline(this.spool, {
+      sealBytes: this.options.sealBytes,
+      spoolBytesMax: this.spoolBytesMax,
+      onDegraded: (reason) =>
+        log(
+          'warn',
+          `degraded mode: ${reason}; writes are recorded in the dirty map only until the manager catches up`,
+        ),
+      onSealed: () => this.shipper.shipNext(),
+      onFatal: (error) => log('error', `write path stopped: ${errorMessage(error)}`, {}),
+      onResync: (reason, result) => this.logResync(reason, result),
+    });
+    this.shipper = new Shipper({ source: this, commands: this, target: this.options.manager, log });
+  }
+
+  /**
+   * Opens the agent of `options.dataDir`: its state, production images, dirty maps and spool
+   * (recovering an active segment a crash left), then logs a resync where history must catch up
+   * with production (an unclean stop, a first protection), starts sealing and shipping.
+   */
+  static async open(options: AgentOptions): Promise<Agent> {
+    const stateDir = agentStateDir(options.dataDir);
+    await ensureDir(stateDir);
+    const state = await loadState(stateDir, options.volumeSetName);
+    const storedNames = new Set(state.volumes.map((v) => v.name));
+    state.volumes = reconcileVolumes(state.volumes, options.volumes, options.dataDir);
+    // A volume added with an existing image holds data the replica does not have yet.
+    const preexisting = new Set(
+      state.volumes
+        .filter((v) => !storedNames.has(v.name) && fs.existsSync(v.path))
+        .map((v) => v.name),
+    );
+    const wasClean = state.cleanShutdown;
+    const volumes: ProductionVolume[] = [];
+    try {
+      for (const [index, stored] of state.volumes.entries())
+        volumes.push(await openVolume(stateDir, index, stored));
+      // Write-ahead for the first sync: every region of a pre-existing image is marked before the
+      // state that names the volume is saved, so a crash during the sync resyncs it all again.
+      for (const volume of volumes) if (preexisting.has(volume.name)) await volume.dirty.markAll();
+      state.cleanShutdown = false;
+      await writeState(stateDir, state);
+      const opened = await Spool.open(
+        agentSpoolDir(options.dataDir),
+        uuidBytes(state.volumeSetId),
+        volumes.length,
+        state.seqAcked,
+        state.segmentAcked,
+      );
+      const agent = new Agent({
+        options,
+        state,
+        volumes,
+        spool: opened.spool,
+        recovery: opened.recovery,
+      });
+      await agent.start({ wasClean, preexisting: volumes.filter((v) => preexisting.has(v.name)) });
+      return agent;
+    } catch (error) {
+      rethrowIfBug(error);
+      for (const volume of volumes) {
+        fs.closeSync(volume.fd);
+        volume.dirty.close();
+      }
+      throw error;
+    }
+  }
+
+  /** Catches history up with production where it must, then starts sealing and shipping. */
+  private async start(at: {
+    wasClean: boolean;
+    preexisting: readonly ProductionVolume[];
+  }): Promise<void> {
+    if (this.recovery.tornBytes > 0) {
+      this.options.log(
+        'warn',
+        `cut a torn tail of ${this.recovery.tornBytes} bytes from the active segment`,
+        {
+          reason: this.recovery.tornReason?.message,
+        },
+      );
+    }
+    if (!at.wasClean && this.dirtyAtStart > 0) {
+      // Writes may have reached production without reaching the log (or without a reply): log the
+      // current content of every region marked dirty, so the replica converges on production.
+      this.options.log('warn', `unclean stop: resyncing ${this.dirtyAtStart} dirty regions`);
+      await this.resyncMarked(this.volumes, {
+        reason: 'unclean stop',
+        skipZero: false,
+        rewrite: true,
+      });
+    } else if (at.preexisting.length > 0) {
+      this.options.log(
+        'info',
+        `first protection of ${at.preexisting.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`,
+      );
+      await this.resyncMarked(at.preexisting, { reason: 'first protection', skipZero: true });
+    }
+    this.sealTimer = setInterval(
+      () => this.sealIfOld(),
+      Math.max(10, Math.min(this.options.sealMs, SEAL_IDLE_MS) / 2),
+    );
+    this.cleanTimer = setInterval(() => this.cleanDirty(), DIRTY_CLEAN_INTERVAL_MS);
+    this.shipper.start();
   }
 
   get volumeSetId(): string {
@@ -94,84 +230,14 @@ export class Agent {
     return agentStateDir(this.options.dataDir);
   }
 
-  async open(): Promise<void> {
-    await ensureDir(this.stateDir);
-    this.state = await this.loadState();
-    const storedNames = new Set(this.state.volumes.map((v) => v.name));
-    this.state.volumes = this.reconcileVolumes(this.state.volumes, this.options.volumes);
-    // A volume added with an existing image holds data the replica does not have yet.
-    const preexisting = this.state.volumes.filter(
-      (v) => !storedNames.has(v.name) && fs.existsSync(v.path),
-    );
-    const wasClean = this.state.cleanShutdown;
-    for (const [index, stored] of this.state.volumes.entries())
-      this.volumes.push(await this.openVolume(index, stored));
-    // Write-ahead for the first sync: every region of a pre-existing image is marked before the
-    // state that names the volume is saved, so a crash during the sync resyncs it all again.
-    for (const volume of this.volumes.filter((v) => preexisting.some((p) => p.name === v.name)))
-      await volume.dirty.markAll();
-    this.state.cleanShutdown = false;
-    await this.saveState();
-    const opened = await Spool.open(
-      agentSpoolDir(this.options.dataDir),
-      uuidBytes(this.state.volumeSetId),
-      this.volumes.length,
-      this.state.seqAcked,
-      this.state.segmentAcked,
-    );
-    this.spool = opened.spool;
-    this.recovery = opened.recovery;
-    if (opened.recovery.tornBytes > 0) {
-      this.options.log(
-        'warn',
-        `cut a torn tail of ${opened.recovery.tornBytes} bytes from the active segment`,
-        { reason: opened.recovery.tornReason?.message },
-      );
-    }
-    this.dirtyAtStart = this.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
-    this.pipeline = new WritePipeline(this.spool, {
-      sealBytes: this.options.sealBytes,
-      spoolBytesMax: this.spoolBytesMax,
-      onDegraded: (reason) =>
-        this.options.log(
-          'warn',
-          `degraded mode: ${reason}; writes are recorded in the dirty map only until the manager catches up`,
-        ),
-      onSealed: () => this.shipper.kick(),
-      onFatal: (error) =>
-        this.options.log('error', `write path stopped: ${errorMessage(error)}`, {}),
-      onResync: (reason, result) => this.logResync(reason, result),
-    });
-    this.shipper = new Shipper(this, this.spool, this.options.manager, this.options.log);
-    if (!wasClean && this.dirtyAtStart > 0) {
-      // Writes may have reached production without reaching the log (or without a reply): log the
-      // current content of every region marked dirty, so the replica converges on production.
-      this.options.log('warn', `unclean stop: resyncing ${this.dirtyAtStart} dirty regions`);
-      await this.resyncMarked('unclean stop', this.volumes, false, false, true);
-    } else if (preexisting.length > 0) {
-      const volumes = this.volumes.filter((v) => preexisting.some((p) => p.name === v.name));
-      this.options.log(
-        'info',
-        `first protection of ${volumes.map((v) => v.name).join(', ')}: copying existing data (zero regions skipped)`,
-      );
-      await this.resyncMarked('first protection', volumes, true);
-    }
-    this.sealTimer = setInterval(
-      () => this.sealIfOld(),
-      Math.max(10, Math.min(this.options.sealMs, SEAL_IDLE_MS) / 2),
-    );
-    this.cleanTimer = setInterval(() => this.cleanDirty(), 1000);
-    this.shipper.start();
-  }
-
-  /** Logs every marked region of `volumes` as one resync, with progress, before any client writes. */
+  /**
+   * Logs every marked region of `volumes` as one resync, with progress, before any client writes.
+   */
   private async resyncMarked(
-    reason: string,
     volumes: readonly ProductionVolume[],
-    skipZero: boolean,
-    endsDegraded = false,
-    rewrite = false,
+    how: { reason: string; skipZero: boolean; endsDegraded?: boolean; rewrite?: boolean },
   ): Promise<void> {
+    const { reason, skipZero, endsDegraded = false, rewrite = false } = how;
     const targets = volumes
       .map((volume) => ({ volume, regions: volume.dirty.markedRegions() }))
       .filter((t) => t.regions.length > 0);
@@ -246,13 +312,11 @@ export class Agent {
 
   /** One restore write (or zero run) through the normal write path: logged and replicated. */
   restoreWrite(
-    volumeName: string,
-    offsetBytes: number,
-    lengthBytes: number,
-    data: Buffer | undefined,
+    write: { volume: string; offset: number; length: number; data: Buffer | undefined },
     done: (errno: number) => void,
   ): void {
-    const volume = this.volumeNamed(volumeName);
+    const { offset: offsetBytes, length: lengthBytes, data } = write;
+    const volume = this.volumeNamed(write.volume);
     if (
       offsetBytes < 0 ||
       lengthBytes <= 0 ||
@@ -302,113 +366,15 @@ export class Agent {
   /** The most recent resync, for status. */
   lastResync: (ResyncResult & { reason: string }) | undefined;
 
-  private async loadState(): Promise<AgentState> {
-    const file = path.join(this.stateDir, 'state.json');
-    if (fs.existsSync(file)) return JSON.parse(await fsp.readFile(file, 'utf8')) as AgentState;
-    return {
-      version: 1,
-      volumeSetId: randomUUID(),
-      volumeSetName: this.options.volumeSetName ?? 'default',
-      volumes: [],
-      seqAcked: 0,
-      segmentAcked: 0,
-      cleanShutdown: true,
-    };
-  }
-
   /** State writes are serialised: concurrent writers would race on the same temp file. */
   saveState(): Promise<void> {
-    const write = (): Promise<void> =>
-      writeFileDurable(path.join(this.stateDir, 'state.json'), JSON.stringify(this.state, null, 2));
+    const write = (): Promise<void> => writeState(this.stateDir, this.state);
     const next = this.stateWrites.then(write, write);
-    this.stateWrites = next.catch(() => undefined);
+    this.stateWrites = next.then(noop, noop); // the caller of `next` gets its error
     return next;
   }
 
   private stateWrites: Promise<void> = Promise.resolve();
-
-  /** The stored volume list wins; new volumes may be added, nothing may change or disappear. */
-  private reconcileVolumes(stored: StoredVolume[], given: VolumeSpec[]): StoredVolume[] {
-    if (given.length === 0) {
-      if (stored.length > 0) return stored;
-      given = [{ name: 'vol0', sizeBytes: 1024 ** 3 }];
-    }
-    const out = [...stored];
-    const givenNames = new Set<string>();
-    for (const spec of given) {
-      if (!VOLUME_NAME.test(spec.name))
-        throw new RewindError('REWIND_BAD_ARGUMENT', `volume name "${spec.name}" is invalid`, {
-          hint: 'use letters, digits, dot, dash and underscore (at most 64)',
-        });
-      if (givenNames.has(spec.name))
-        throw new RewindError('REWIND_BAD_ARGUMENT', `volume "${spec.name}" is given twice`);
-      givenNames.add(spec.name);
-      const existing = stored.find((v) => v.name === spec.name);
-      const wantedPath = spec.path ? path.resolve(spec.path) : undefined;
-      if (existing) {
-        if (
-          (wantedPath && wantedPath !== existing.path) ||
-          (spec.sizeBytes !== undefined && !spec.path && spec.sizeBytes !== existing.sizeBytes)
-        ) {
-          throw new RewindError(
-            'REWIND_CONFIG',
-            `volume "${spec.name}" was ${existing.path} (${existing.sizeBytes} bytes) and cannot change`,
-            {
-              hint: 'use a new data directory to protect a different volume set',
-            },
-          );
-        }
-        continue;
-      }
-      const file = wantedPath ?? path.join(this.options.dataDir, 'production', `${spec.name}.img`);
-      const sizeBytes = wantedPath ? sizeOfExisting(wantedPath) : (spec.sizeBytes as number);
-      out.push({ name: spec.name, sizeBytes, path: file });
-    }
-    const missing = stored.filter((v) => !givenNames.has(v.name));
-    if (missing.length > 0) {
-      throw new RewindError(
-        'REWIND_CONFIG',
-        `volume list changed: ${missing.map((v) => v.name).join(', ')} missing`,
-        {
-          hint: `this data directory protects ${stored.map((v) => v.name).join(', ')}; give all of them (new volumes may be added) or none to resume`,
-        },
-      );
-    }
-    return out;
-  }
-
-  private async openVolume(index: number, stored: StoredVolume): Promise<ProductionVolume> {
-    if (!fs.existsSync(stored.path)) {
-      await ensureDir(path.dirname(stored.path));
-      const fd = fs.openSync(stored.path, 'w');
-      fs.ftruncateSync(fd, stored.sizeBytes);
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-    }
-    const blockDevice = isBlockDevice(stored.path);
-    const actual = sizeOf(stored.path);
-    if (actual < stored.sizeBytes) {
-      throw new RewindError(
-        'REWIND_CONFIG',
-        `production image ${stored.path} is ${actual} bytes, expected ${stored.sizeBytes}`,
-      );
-    }
-    const fd = fs.openSync(stored.path, 'r+');
-    await ensureDir(path.join(this.stateDir, 'dirty'));
-    const dirty = DirtyMap.open(
-      path.join(this.stateDir, 'dirty', `${stored.name}.map`),
-      stored.sizeBytes,
-    );
-    return {
-      name: stored.name,
-      index,
-      sizeBytes: stored.sizeBytes,
-      path: stored.path,
-      fd,
-      blockDevice,
-      dirty,
-    };
-  }
 
   exports(): ExportBackend[] {
     return this.volumes.map((volume) => new ProductionExport(this, volume));
@@ -449,7 +415,11 @@ export class Agent {
       'warn',
       `link back and spool drained: resyncing the dirty regions of ${writes} writes made in degraded mode`,
     );
-    void this.resyncMarked('degraded mode ended', this.volumes, false, true)
+    void this.resyncMarked(this.volumes, {
+      reason: 'degraded mode ended',
+      skipZero: false,
+      endsDegraded: true,
+    })
       .catch((error: unknown) =>
         this.options.log('error', `resync after degraded mode failed: ${errorMessage(error)}`),
       )
@@ -517,15 +487,11 @@ export class Agent {
     return this.pipeline.seal();
   }
 
-  status(): {
-    seqCaptured: number;
-    timeCapturedNs: bigint;
-    spoolBytes: number;
-    sealedPending: number;
-    mode: string;
-    failure: string | undefined;
-    restoring: RestoringState | undefined;
-  } {
+  report(): AgentReport {
+    return this.status();
+  }
+
+  status(): AgentReport {
     return {
       restoring: this.state.restoring,
       seqCaptured: this.pipeline.seqCaptured,
@@ -566,6 +532,21 @@ export class Agent {
     this.state.cleanShutdown =
       this.pipeline.degraded === undefined && this.pipeline.failure === undefined;
     await this.saveState();
+  }
+
+  // ---- what the shipper ships and reports ----
+
+  hello(): ReturnType<ShipperSource['hello']> {
+    return {
+      volumeSetId: this.state.volumeSetId,
+      volumeSetName: this.state.volumeSetName,
+      volumes: this.volumeInfo(),
+      seqNext: this.spool.seqNextExpected,
+    };
+  }
+
+  sealed(): readonly SealedSegment[] {
+    return this.spool.sealed;
   }
 
   volumeInfo(): { name: string; sizeBytes: number }[] {
@@ -670,4 +651,119 @@ function agentStateDir(dataDir: string): string {
 /** Where the agent of data directory `dataDir` keeps its redo segments. */
 export function agentSpoolDir(dataDir: string): string {
   return path.join(agentStateDir(dataDir), 'spool');
+}
+
+async function loadState(stateDir: string, volumeSetName: string | undefined): Promise<AgentState> {
+  const file = path.join(stateDir, 'state.json');
+  if (fs.existsSync(file)) return JSON.parse(await fsp.readFile(file, 'utf8')) as AgentState;
+  return {
+    version: 1,
+    volumeSetId: randomUUID(),
+    volumeSetName: volumeSetName ?? 'default',
+    volumes: [],
+    seqAcked: 0,
+    segmentAcked: 0,
+    cleanShutdown: true,
+  };
+}
+
+function writeState(stateDir: string, state: AgentState): Promise<void> {
+  return writeFileDurable(path.join(stateDir, 'state.json'), JSON.stringify(state, null, 2));
+}
+
+function noop(): void {}
+
+/** The stored volume list wins; new volumes may be added, nothing may change or disappear. */
+function reconcileVolumes(
+  stored: StoredVolume[],
+  given: VolumeSpec[],
+  dataDir: string,
+): StoredVolume[] {
+  if (given.length === 0) {
+    if (stored.length > 0) return stored;
+    given = [{ name: 'vol0', sizeBytes: 1024 ** 3 }];
+  }
+  const out = [...stored];
+  const givenNames = new Set<string>();
+  for (const spec of given) {
+    if (!VOLUME_NAME.test(spec.name))
+      throw new RewindError('REWIND_BAD_ARGUMENT', `volume name "${spec.name}" is invalid`, {
+        hint: 'use letters, digits, dot, dash and underscore (at most 64)',
+      });
+    if (givenNames.has(spec.name))
+      throw new RewindError('REWIND_BAD_ARGUMENT', `volume "${spec.name}" is given twice`);
+    givenNames.add(spec.name);
+    const existing = stored.find((v) => v.name === spec.name);
+    const wantedPath = spec.path ? path.resolve(spec.path) : undefined;
+    if (existing) {
+      if (
+        (wantedPath && wantedPath !== existing.path) ||
+        (spec.sizeBytes !== undefined && !spec.path && spec.sizeBytes !== existing.sizeBytes)
+      ) {
+        throw new RewindError(
+          'REWIND_CONFIG',
+          `volume "${spec.name}" was ${existing.path} (${existing.sizeBytes} bytes) and cannot change`,
+          {
+            hint: 'use a new data directory to protect a different volume set',
+          },
+        );
+      }
+      continue;
+    }
+    const file = wantedPath ?? path.join(dataDir, 'production', `${spec.name}.img`);
+    const sizeBytes = wantedPath ? sizeOfExisting(wantedPath) : (spec.sizeBytes as number);
+    out.push({ name: spec.name, sizeBytes, path: file });
+  }
+  const missing = stored.filter((v) => !givenNames.has(v.name));
+  if (missing.length > 0) {
+    throw new RewindError(
+      'REWIND_CONFIG',
+      `volume list changed: ${missing.map((v) => v.name).join(', ')} missing`,
+      {
+        hint: `this data directory protects ${stored.map((v) => v.name).join(', ')}; give all of them (new volumes may be added) or none to resume`,
+      },
+    );
+  }
+  return out;
+}
+
+async function openVolume(
+  stateDir: string,
+  index: number,
+  stored: StoredVolume,
+): Promise<ProductionVolume> {
+  if (!fs.existsSync(stored.path)) {
+    await ensureDir(path.dirname(stored.path));
+    const fd = fs.openSync(stored.path, 'w');
+    fs.ftruncateSync(fd, stored.sizeBytes);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+  }
+  const blockDevice = isBlockDevice(stored.path);
+  const actual = sizeOf(stored.path);
+  if (actual < stored.sizeBytes) {
+    throw new RewindError(
+      'REWIND_CONFIG',
+      `production image ${stored.path} is ${actual} bytes, expected ${stored.sizeBytes}`,
+    );
+  }
+  const fd = fs.openSync(stored.path, 'r+');
+  let dirty: DirtyMap;
+  try {
+    await ensureDir(path.join(stateDir, 'dirty'));
+    dirty = DirtyMap.open(path.join(stateDir, 'dirty', `${stored.name}.map`), stored.sizeBytes);
+  } catch (error) {
+    rethrowIfBug(error);
+    fs.closeSync(fd);
+    throw error;
+  }
+  return {
+    name: stored.name,
+    index,
+    sizeBytes: stored.sizeBytes,
+    path: stored.path,
+    fd,
+    blockDevice,
+    dirty,
+  };
 }

@@ -13,7 +13,9 @@ export class DirtyMap {
   readonly regionCount: number;
   private readonly bits: Buffer;
   private readonly fd: number;
-  /** Newest seq that touched each marked region (only regions marked since this process started). */
+  /**
+   * Newest seq that touched each marked region (only regions marked since this process started).
+   */
   private readonly lastSeq = new Map<number, number>();
   private readonly lastTouchMs = new Map<number, number>();
 

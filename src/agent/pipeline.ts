@@ -196,7 +196,9 @@ export class WritePipeline {
     this.push({ type: 'flush', volume, done });
   }
 
-  /** Seals the active segment after every operation queued before this call; resolves its seqLast. */
+  /**
+   * Seals the active segment after every operation queued before this call; resolves its seqLast.
+   */
   seal(): Promise<number> {
     return new Promise((resolve) => this.push({ type: 'seal', done: resolve }));
   }
@@ -248,7 +250,8 @@ export class WritePipeline {
           try {
             await this.process(ops);
           } catch (error) {
-            // process() answers a batch only once nothing more can throw: none of these was answered.
+            // process() answers a batch only once nothing more can throw: none of these was
+            // answered.
             for (const op of ops) op.done(NbdErrno.EIO);
             throw error;
           }
@@ -511,7 +514,10 @@ export class WritePipeline {
     await Promise.all([...toPersist].map((dirty) => dirty.persist()));
   }
 
-  /** Hands the batch's seqs back (its regions are already marked never clean), makes FLUSH/FUA durable on production, answers. */
+  /**
+   * Hands the batch's seqs back (its regions are already marked never clean), makes FLUSH/FUA
+   * durable on production, answers.
+   */
   private async finishDegraded(
     batch: (RecordOp | FlushOp)[],
     records: RecordOp[],

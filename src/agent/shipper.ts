@@ -1,13 +1,30 @@
 // Ships sealed segments to the manager in index order over one authenticated connection, a bounded
-// window ahead of the acknowledgements; reconnects with backoff and resends whatever is unacked.
+// window ahead of the acknowledgements; reconnects with backoff and resends whatever is unacked,
+// also when the manager leaves a segment unanswered too long. Only the segment transport lives
+// here: the manager's commands (seal, production restore) go to the agent's command port.
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
-import { crashPoint, crc32c, errorMessage, rethrowIfBug } from '../core/index.js';
-import { FrameReader, PROTOCOL_VERSION, sendFrame, type Message } from '../ship/index.js';
-import type { Agent } from './agent.js';
-import type { SealedSegment, Spool } from './spool.js';
+import {
+  assertNever,
+  crashPoint,
+  crc32c,
+  errorMessage,
+  rethrowIfBug,
+  type LogFunction,
+} from '../core/index.js';
+import {
+  FrameReader,
+  isManagerMessage,
+  PROTOCOL_VERSION,
+  sendFrame,
+  type AgentMessage,
+  type ManagerMessage,
+  type RestoringState,
+  type VolumeInfo,
+} from '../ship/index.js';
+import type { SealedSegment } from './spool.js';
 
 export interface ShipperTarget {
   host: string;
@@ -21,27 +38,68 @@ export interface ShipperTarget {
    * their names cross the link (`rewind up`).
    */
   localFiles?: boolean;
+  /**
+   * How long the oldest unacknowledged segment may wait for an answer; by default from its size.
+   */
+  ackTimeoutMs?: number;
+}
+
+/** What the agent reports to the manager every STATUS_INTERVAL_MS. */
+export interface AgentReport {
+  seqCaptured: number;
+  timeCapturedNs: bigint;
+  spoolBytes: number;
+  sealedPending: number;
+  mode: string;
+  failure: string | undefined;
+  restoring: RestoringState | undefined;
+}
+
+/** What the shipper ships and reports: the volume set, the spool's sealed segments, the status. */
+export interface ShipperSource {
+  hello(): { volumeSetId: string; volumeSetName: string; volumes: VolumeInfo[]; seqNext: number };
+  /** Sealed segments waiting in the spool, in index order. */
+  sealed(): readonly SealedSegment[];
+  /** The manager committed everything up to segment `index` (seq `seqLast`). */
+  committed(index: number, seqLast: number): Promise<void>;
+  report(): AgentReport;
+}
+
+/** The manager's commands to the agent; each resolves what the reply carries. */
+export interface AgentCommands {
+  /** Seals the active segment; resolves its last seq. */
+  seal(): Promise<number>;
+  restoreBegin(id: number, volumes: string[]): Promise<number>;
+  restoreWrite(
+    write: { volume: string; offset: number; length: number; data: Buffer | undefined },
+    done: (errno: number) => void,
+  ): void;
+  restoreEnd(id: number, abandon: boolean): Promise<number>;
 }
 
 const WINDOW_SEGMENTS_MAX = 4;
+const BACKOFF_MS_MIN = 100;
 const BACKOFF_MS_MAX = 5000;
 const STATUS_INTERVAL_MS = 250;
+/**
+ * An unanswered segment is given this long, plus a second per ACK_TIMEOUT_BYTES_PER_S of its size
+ * (a manager applying a 1 GiB segment of small writes on a slow disk takes minutes).
+ */
+const ACK_TIMEOUT_MS_MIN = 120_000;
+const ACK_TIMEOUT_BYTES_PER_S = 4 * 1024 * 1024;
 
 export class Shipper {
-  private readonly agent: Agent;
-  private readonly spool: Spool;
+  private readonly source: ShipperSource;
+  private readonly commands: AgentCommands;
   private readonly target: ShipperTarget;
-  private readonly log: (
-    level: 'info' | 'warn' | 'error',
-    message: string,
-    fields?: object,
-  ) => void;
+  private readonly log: LogFunction;
   private socket: net.Socket | undefined;
   private welcomed = false;
-  private inFlight = new Set<number>();
+  /** Segments sent and not yet answered, with when the wait for each began. */
+  private readonly inFlight = new Map<number, { bytes: number; waitingSinceMs: number }>();
   private sendChain: Promise<void> = Promise.resolve();
   private stopped = false;
-  private backoffMs = 100;
+  private backoffMs = BACKOFF_MS_MIN;
   private statusTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   /** The manager's last backpressure message, until a segment is acknowledged again. */
@@ -53,12 +111,19 @@ export class Shipper {
   connected = false;
   /** Why the last attempt to reach the manager failed (TLS, refused, reset), until one succeeds. */
   private linkError: string | undefined;
+  /** Segments resent because the manager left them unanswered too long. */
+  ackTimeouts = 0;
 
-  constructor(agent: Agent, spool: Spool, target: ShipperTarget, log: Shipper['log']) {
-    this.agent = agent;
-    this.spool = spool;
-    this.target = target;
-    this.log = log;
+  constructor(options: {
+    source: ShipperSource;
+    commands: AgentCommands;
+    target: ShipperTarget;
+    log: LogFunction;
+  }) {
+    this.source = options.source;
+    this.commands = options.commands;
+    this.target = options.target;
+    this.log = options.log;
   }
 
   start(): void {
@@ -68,17 +133,13 @@ export class Shipper {
   private connect(): void {
     if (this.stopped) return;
     const onConnected = (): void => {
-      this.backoffMs = 100;
-      const hello: Message = {
+      this.backoffMs = BACKOFF_MS_MIN;
+      this.send(socket, {
         type: 'hello',
         protocol: PROTOCOL_VERSION,
         token: this.target.token,
-        volumeSetId: this.agent.volumeSetId,
-        volumeSetName: this.agent.volumeSetName,
-        volumes: this.agent.volumeInfo(),
-        seqNext: this.spool.seqNextExpected,
-      };
-      sendFrame(socket, hello);
+        ...this.source.hello(),
+      });
     };
     const socket = this.target.connect
       ? this.target.connect(onConnected)
@@ -93,7 +154,7 @@ export class Shipper {
     const reader = new FrameReader();
     socket.on('data', (chunk: Buffer) => {
       try {
-        for (const frame of reader.push(chunk)) this.onMessage(frame.message, frame.payload);
+        for (const frame of reader.push(chunk)) this.onFrame(socket, frame.message, frame.payload);
       } catch (error) {
         rethrowIfBug(error);
         this.log('error', `manager connection: ${errorMessage(error)}`);
@@ -118,7 +179,14 @@ export class Shipper {
     });
   }
 
-  /** Failing to get in at all (wrong certificate, nothing listening, a reset during the TLS handshake) is logged once per distinct reason, not once per retry. */
+  private send(socket: net.Socket, message: AgentMessage, payload?: Buffer): void {
+    if (!socket.destroyed) sendFrame(socket, message, payload);
+  }
+
+  /**
+   * Failing to get in at all (wrong certificate, nothing listening, a reset during the TLS
+   * handshake) is logged once per distinct reason, not once per retry.
+   */
   private linkFailed(reason: string): void {
     if (reason !== this.linkError)
       this.log(
@@ -140,11 +208,16 @@ export class Shipper {
     this.backoffMs = Math.min(BACKOFF_MS_MAX, this.backoffMs * 2);
   }
 
-  private reply(message: Message): void {
-    if (this.socket && !this.socket.destroyed) sendFrame(this.socket, message);
-  }
-
-  private onMessage(message: Message, payload: Buffer): void {
+  private onFrame(
+    socket: net.Socket,
+    message: AgentMessage | ManagerMessage,
+    payload: Buffer,
+  ): void {
+    if (!isManagerMessage(message)) {
+      this.log('warn', `the manager sent an agent's message: ${message.type}`);
+      socket.destroy();
+      return;
+    }
     switch (message.type) {
       case 'welcome':
         this.connected = true;
@@ -155,15 +228,16 @@ export class Shipper {
           'info',
           `connected to manager ${this.target.host}:${this.target.port}; committed seq ${message.seqCommitted}`,
         );
-        void this.acked(message.segmentCommitted, message.seqCommitted).then(() => this.kick());
+        void this.acked(message.segmentCommitted, message.seqCommitted).then(() => this.shipNext());
         this.sendStatus();
-        this.statusTimer = setInterval(() => this.sendStatus(), STATUS_INTERVAL_MS);
+        this.statusTimer = setInterval(() => this.tick(), STATUS_INTERVAL_MS);
         return;
       case 'ack':
         this.inFlight.delete(message.index);
+        this.restartAckClocks();
         this.busy = undefined;
         this.busyRetryMs = 250;
-        void this.acked(message.index, message.seqLast).then(() => this.kick());
+        void this.acked(message.index, message.seqLast).then(() => this.shipNext());
         return;
       case 'refused':
         this.inFlight.clear();
@@ -172,63 +246,84 @@ export class Shipper {
           if (this.busy === undefined) this.log('warn', `manager busy: ${message.message}`);
           this.busy = message.message;
           clearTimeout(this.busyTimer);
-          this.busyTimer = setTimeout(() => this.kick(), this.busyRetryMs);
+          this.busyTimer = setTimeout(() => this.shipNext(), this.busyRetryMs);
           this.busyRetryMs = Math.min(BACKOFF_MS_MAX, this.busyRetryMs * 2);
           return;
         }
         this.refusal = `segment ${message.index} refused by the manager: ${message.code}: ${message.message}`;
         this.log('error', this.refusal);
         return; // keep the segment; shipping waits for an operator (it is never deleted here)
-      case 'seal':
-        void this.agent.seal().then((seqLast) => {
-          if (this.socket) sendFrame(this.socket, { type: 'sealed', id: message.id, seqLast });
-          this.kick();
-        });
-        return;
-      case 'restore-begin':
-        this.agent.restoreBegin(message.id, message.volumes).then(
-          (seqLast) => this.reply({ type: 'restore-ready', id: message.id, seqLast }),
-          (error: unknown) =>
-            this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
-        );
-        return;
-      case 'restore-write':
-        try {
-          this.agent.restoreWrite(
-            message.volume,
-            message.offset,
-            message.length,
-            message.zero ? undefined : payload,
-            (errno) =>
-              this.reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }),
-          );
-        } catch (error) {
-          rethrowIfBug(error);
-          this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) });
-        }
-        return;
-      case 'restore-end':
-        this.agent.restoreEnd(message.id, message.abandon).then(
-          (seqLast) => {
-            this.reply({ type: 'restore-done', id: message.id, seqLast });
-            this.kick();
-          },
-          (error: unknown) =>
-            this.reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) }),
-        );
-        return;
       case 'error':
         this.log('error', `manager refused the connection: ${message.code}: ${message.message}`);
         this.refusal = `${message.code}: ${message.message}`;
         return;
+      case 'seal':
+      case 'restore-begin':
+      case 'restore-write':
+      case 'restore-end':
+        this.command(message, payload);
+        return;
       default:
-        this.log('warn', `unexpected message from manager: ${message.type}`);
+        assertNever(message, 'manager message');
+    }
+  }
+
+  /** Runs one of the manager's commands and answers it on the link it came on. */
+  private command(
+    message: Extract<
+      ManagerMessage,
+      { type: 'seal' | 'restore-begin' | 'restore-write' | 'restore-end' }
+    >,
+    payload: Buffer,
+  ): void {
+    const reply = (answer: AgentMessage): void => {
+      if (this.socket) this.send(this.socket, answer);
+    };
+    const failed = (id: number) => (error: unknown) => {
+      rethrowIfBug(error);
+      reply({ type: 'restore-failed', id, message: errorMessage(error) });
+    };
+    switch (message.type) {
+      case 'seal':
+        void this.commands.seal().then((seqLast) => {
+          reply({ type: 'sealed', id: message.id, seqLast });
+          this.shipNext();
+        });
+        return;
+      case 'restore-begin':
+        this.commands
+          .restoreBegin(message.id, message.volumes)
+          .then(
+            (seqLast) => reply({ type: 'restore-ready', id: message.id, seqLast }),
+            failed(message.id),
+          );
+        return;
+      case 'restore-write':
+        try {
+          const data = message.zero ? undefined : payload;
+          this.commands.restoreWrite(
+            { volume: message.volume, offset: message.offset, length: message.length, data },
+            (errno) =>
+              reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }),
+          );
+        } catch (error) {
+          failed(message.id)(error);
+        }
+        return;
+      case 'restore-end':
+        this.commands.restoreEnd(message.id, message.abandon).then((seqLast) => {
+          reply({ type: 'restore-done', id: message.id, seqLast });
+          this.shipNext();
+        }, failed(message.id));
+        return;
+      default:
+        assertNever(message, 'manager message');
     }
   }
 
   private async acked(index: number, seqLast: number): Promise<void> {
     try {
-      await this.agent.committed(index, seqLast);
+      await this.source.committed(index, seqLast);
     } catch (error) {
       rethrowIfBug(error);
       this.log(
@@ -239,30 +334,23 @@ export class Shipper {
   }
 
   /** Sends the next sealed segments, up to the window. */
-  kick(): void {
+  shipNext(): void {
     const socket = this.socket;
     if (!socket || !this.welcomed || this.refusal) return;
-    const toSend = this.spool.sealed.filter(
-      (s) => !this.inFlight.has(s.index) && s.index > this.highestInFlight(),
-    );
-    for (const segment of toSend) {
+    const highest = Math.max(0, ...this.inFlight.keys());
+    for (const segment of this.source.sealed()) {
       if (this.inFlight.size >= WINDOW_SEGMENTS_MAX) break;
-      this.inFlight.add(segment.index);
+      if (this.inFlight.has(segment.index) || segment.index <= highest) continue;
+      this.inFlight.set(segment.index, { bytes: segment.bytes, waitingSinceMs: Date.now() });
       // Sends are chained: segments must reach the manager in index order, whatever order
       // the file reads finish in (the manager refuses a gap).
-      this.sendChain = this.sendChain.then(() => this.send(socket, segment));
+      this.sendChain = this.sendChain.then(() => this.sendSegment(socket, segment));
     }
   }
 
-  private highestInFlight(): number {
-    let max = 0;
-    for (const index of this.inFlight) max = Math.max(max, index);
-    return max;
-  }
-
-  private async send(socket: net.Socket, segment: SealedSegment): Promise<void> {
+  private async sendSegment(socket: net.Socket, segment: SealedSegment): Promise<void> {
     if (this.target.localFiles) {
-      sendFrame(socket, {
+      this.send(socket, {
         type: 'segment-file',
         index: segment.index,
         seqFirst: segment.seqFirst,
@@ -276,7 +364,7 @@ export class Shipper {
     try {
       const bytes = await fsp.readFile(segment.file);
       if (socket.destroyed) return;
-      sendFrame(
+      this.send(
         socket,
         {
           type: 'segment',
@@ -296,12 +384,49 @@ export class Shipper {
     }
   }
 
+  /** The manager answers in order: after each answer, the oldest still waiting starts its clock. */
+  private restartAckClocks(): void {
+    const nowMs = Date.now();
+    for (const waiting of this.inFlight.values()) waiting.waitingSinceMs = nowMs;
+  }
+
+  private ackTimeoutMs(bytes: number): number {
+    return (
+      this.target.ackTimeoutMs ?? ACK_TIMEOUT_MS_MIN + (1000 * bytes) / ACK_TIMEOUT_BYTES_PER_S
+    );
+  }
+
+  private tick(): void {
+    this.sendStatus();
+    this.checkAckTimeout();
+  }
+
+  /**
+   * A segment the manager leaves unanswered (a turn that never ends, a frame lost on a half-open
+   * connection) must not stall shipping silently: past its timeout the link is dropped, which
+   * reconnects and resends everything unacknowledged (the manager answers resends idempotently).
+   */
+  private checkAckTimeout(): void {
+    const socket = this.socket;
+    const oldest = Math.min(...this.inFlight.keys());
+    const waiting = this.inFlight.get(oldest);
+    if (!socket || waiting === undefined) return;
+    const waitedMs = Date.now() - waiting.waitingSinceMs;
+    if (waitedMs < this.ackTimeoutMs(waiting.bytes)) return;
+    this.ackTimeouts += 1;
+    this.log(
+      'error',
+      `segment ${oldest} unanswered by the manager for ${Math.round(waitedMs / 1000)} s; reconnecting to send it again`,
+    );
+    socket.destroy();
+  }
+
   private sendStatus(): void {
     if (!this.socket || !this.welcomed) return;
-    const status = this.agent.status();
+    const status = this.source.report();
     const failure =
       this.refusal ?? status.failure ?? (this.busy ? `manager busy: ${this.busy}` : undefined);
-    sendFrame(this.socket, {
+    this.send(this.socket, {
       type: 'status',
       seqCaptured: status.seqCaptured,
       timeCapturedNs: status.timeCapturedNs.toString(),

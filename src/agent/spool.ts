@@ -1,5 +1,6 @@
-// The agent's spool: one active redo segment being appended to, and sealed segments waiting to ship.
-// Owns segment file naming, the running checksum, sealing, and recovery of a torn active segment.
+// The agent's spool: one active redo segment being appended to, and sealed segments waiting to
+// ship. Owns segment file naming, the running checksum, sealing, and recovery of a torn active
+// segment.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -42,7 +43,9 @@ interface ActiveSegment {
   timeLastNs: bigint;
   createdMs: number;
   flags: number;
-  /** Format version of the header: a version 1 segment recovered after an upgrade is sealed as one. */
+  /**
+   * Format version of the header: a version 1 segment recovered after an upgrade is sealed as one.
+   */
   version: number;
 }
 
@@ -86,8 +89,8 @@ export class Spool {
   }
 
   /**
-   * Opens the spool: verifies sealed segments, keeps the valid prefix of an active segment left by a
-   * crash (cutting a torn tail) and seals it. `seqAcked`/`indexAcked` come from the agent state.
+   * Opens the spool: verifies sealed segments, keeps the valid prefix of an active segment left by
+   * a crash (cutting a torn tail) and seals it. `seqAcked`/`indexAcked` come from the agent state.
    */
   static async open(
     dir: string,

@@ -173,7 +173,9 @@ export async function startApi(
           'REWIND_BAD_ARGUMENT',
           'body needs volume, at (a POINT) and file (an absolute path on the manager host)',
         );
-      return reply.code(202).send(await manager.exporter.start(volume, at, file, force === true));
+      return reply
+        .code(202)
+        .send(await manager.exporter.start({ volume, at, file, overwrite: force === true }));
     },
   );
   app.get<{ Params: { id: string } }>('/api/exports/:id', async (request) =>

@@ -1,6 +1,6 @@
 // The `rewind` command line: argv to API calls (or to starting the processes); no domain logic.
 import { Command, Option } from 'commander';
-import { errorMessage, formatBytes, parseSize, RewindError } from '../core/index.js';
+import { errorMessage, formatBytes, parseSize, rethrowIfBug, RewindError } from '../core/index.js';
 import { Presets, SingleBar } from 'cli-progress';
 import path from 'node:path';
 import type { VolumeSpec } from '../agent/index.js';
@@ -738,6 +738,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (error) {
+    rethrowIfBug(error); // a bug prints its stack and exits non-zero
     const hint = error instanceof RewindError && error.hint ? ` (${error.hint})` : '';
     console.error(`rewind: ${errorMessage(error)}${hint}`);
     if (process.argv.includes('--debug')) console.error(error);

@@ -5,3 +5,4 @@ export * from './units.js';
 export * from './checksum.js';
 export * from './time.js';
 export * from './crash.js';
+export * from './log.js';

@@ -1,4 +1,5 @@
-// Capture times: nanoseconds since the Unix epoch as bigint, formatted as ISO-8601 with microseconds.
+// Capture times: nanoseconds since the Unix epoch as bigint, formatted as ISO-8601 with
+// microseconds.
 
 const originNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
 

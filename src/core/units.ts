@@ -3,7 +3,9 @@ import { RewindError } from './errors.js';
 
 const SUFFIX_SHIFT: Record<string, number> = { '': 0, K: 10, M: 20, G: 30, T: 40, P: 50 };
 
-/** Parses "4096", "64K", "2G", "1T" (binary: K = KiB). Refuses anything else with a clear message. */
+/**
+ * Parses "4096", "64K", "2G", "1T" (binary: K = KiB). Refuses anything else with a clear message.
+ */
 export function parseSize(text: string, what = 'size'): number {
   const match = /^\s*(\d+)\s*([KMGTP]?)(i?B)?\s*$/i.exec(text);
   if (!match) {

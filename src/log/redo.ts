@@ -24,7 +24,9 @@ const KIND_CODE: Record<RecordKind, number> = { write: 1, zero: 2, trim: 3 };
 const KIND_BY_CODE: readonly (RecordKind | undefined)[] = [undefined, 'write', 'zero', 'trim'];
 
 export const SEGMENT_FLAG_RESYNC = 1;
-/** With SEGMENT_FLAG_RESYNC: the last segment of a resync; its seqLast is a consistent point again. */
+/**
+ * With SEGMENT_FLAG_RESYNC: the last segment of a resync; its seqLast is a consistent point again.
+ */
 export const SEGMENT_FLAG_RESYNC_END = 2;
 
 export interface RedoHeader {
@@ -64,8 +66,8 @@ export interface RedoTrailer {
 /**
  * The trailer's body CRC is a chain: CRC-32C over the header's bytes 0..59 and each record header's
  * bytes 0..43, leaving out every block's own CRC field. A record header holds its payload's CRC, so
- * the chain covers payloads without reading them twice, and any rewrite of a field (with the block's
- * own CRC recomputed) changes the chain.
+ * the chain covers payloads without reading them twice, and any rewrite of a field (with the
+ * block's own CRC recomputed) changes the chain.
  */
 export function chainRedoHeader(header: Buffer): number {
   return crc32c(header.subarray(0, 60));
@@ -118,7 +120,9 @@ export function encodeRecordHeader(
   return buf;
 }
 
-/** `version` is the segment header's: a recovered version 1 active segment is sealed as version 1. */
+/**
+ * `version` is the segment header's: a recovered version 1 active segment is sealed as version 1.
+ */
 export function encodeRedoTrailer(trailer: RedoTrailer, version = REDO_VERSION): Buffer {
   const buf = Buffer.alloc(TRAILER_BYTES);
   buf.writeUInt32LE(REDO_TRAILER_MAGIC, 0);

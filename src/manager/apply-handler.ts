@@ -6,10 +6,12 @@ import fsp from 'node:fs/promises';
 import { assert, RewindError } from '../core/index.js';
 import { mapFile } from '../platform/index.js';
 import { saveUndo, syncReplicas, writeRedo, type ReplicaTarget } from './apply.js';
-import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-pool.js';
+import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-messages.js';
 
 export class ApplyHandler {
-  /** Own handles of the replica files, by path; reopened when the file at the path is another one. */
+  /**
+   * Own handles of the replica files, by path; reopened when the file at the path is another one.
+   */
   private readonly handles = new Map<string, { fd: number; ino: number }>();
 
   private target(ref: ReplicaRef): ReplicaTarget {

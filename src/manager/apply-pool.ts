@@ -3,41 +3,12 @@
 // carried back with their codes (ENOSPC stays ENOSPC, so a full disk is still backpressure). A
 // worker that dies is replaced on the next request.
 import { Worker } from 'node:worker_threads';
-import { reviveError, RewindError, type SerializedError } from '../core/index.js';
+import { reviveError, RewindError } from '../core/index.js';
 import type { RedoRecord, UndoHeader } from '../log/index.js';
 import type { UndoResult } from './apply.js';
+import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-messages.js';
 import { ApplyHandler } from './apply-handler.js';
 import type { ReplicaVolume } from './replica.js';
-
-export interface ReplicaRef {
-  index: number;
-  file: string;
-  ino: number;
-  /** The replica's allocation bitmap (shared memory, written by the main thread only). */
-  alloc: SharedArrayBuffer;
-}
-
-export type ApplyRequest =
-  | {
-      id: number;
-      type: 'undo';
-      file: string;
-      header: UndoHeader;
-      records: readonly RedoRecord[];
-      replicas: ReplicaRef[];
-    }
-  | {
-      id: number;
-      type: 'apply';
-      redoFile: string;
-      redoBytes: number;
-      records: readonly RedoRecord[];
-      replicas: ReplicaRef[];
-    }
-  | { id: number; type: 'sync'; replicas: ReplicaRef[] }
-  | { id: number; type: 'close' };
-
-export type ApplyResponse = { id: number; undo?: UndoResult; error?: SerializedError };
 
 type Pending = { resolve: (response: ApplyResponse) => void; reject: (error: Error) => void };
 
@@ -50,7 +21,10 @@ export interface Applier {
     records: readonly RedoRecord[],
     replicas: readonly ReplicaVolume[],
   ): Promise<UndoResult>;
-  /** Writes the redo segment in `redoFile` (`redoBytes` long) to the replicas, not yet durably (see writeRedo). */
+  /**
+   * Writes the redo segment in `redoFile` (`redoBytes` long) to the replicas, not yet durably (see
+   * writeRedo).
+   */
   writeRedo(
     redoFile: string,
     redoBytes: number,

@@ -6,7 +6,7 @@
 import { parentPort } from 'node:worker_threads';
 import { assert, serializeError } from '../core/index.js';
 import { ApplyHandler } from './apply-handler.js';
-import type { ApplyRequest, ApplyResponse } from './apply-pool.js';
+import type { ApplyRequest, ApplyResponse } from './apply-messages.js';
 
 const port = parentPort;
 assert(port !== null, 'apply-worker runs as a worker thread');

@@ -6,9 +6,20 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { errorMessage, RewindError } from '../core/index.js';
+import { errorMessage, RewindError, type LogFunction } from '../core/index.js';
 import { fdatasyncAsync, fsyncDir, isZero, writeAsync, ZERO_CHUNK } from '../platform/index.js';
-import type { Manager } from './manager.js';
+import type { View } from '../views/index.js';
+
+/** What an image export needs from the manager. */
+export interface ExportHost {
+  volumeIndex(name: string): number;
+  volumeSize(volume: number): number;
+  resolvePoint(text: string): number;
+  /** A private view at `seq`, held still while `work` runs. */
+  withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T>;
+  /** The manager's logging. */
+  note: LogFunction;
+}
 
 export interface ExportJob {
   id: number;
@@ -27,27 +38,24 @@ export interface ExportJob {
 const CHUNK_BYTES = 4 * 1024 * 1024;
 
 export class ImageExporter {
-  private readonly manager: Manager;
+  private readonly host: ExportHost;
   private readonly jobs = new Map<number, ExportJob>();
   private readonly running = new Map<number, Promise<void>>();
   private nextId = 1;
 
-  constructor(manager: Manager) {
-    this.manager = manager;
+  constructor(host: ExportHost) {
+    this.host = host;
   }
 
   /** Checks the request, then starts the export; progress via `status`. */
-  async start(
-    volume: string,
-    pointText: string,
-    file: string,
-    overwrite: boolean,
-  ): Promise<ExportJob> {
-    const index = this.manager.replicas.findIndex((r) => r.name === volume);
-    if (index === -1)
-      throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, {
-        hint: `volumes: ${this.manager.replicas.map((r) => r.name).join(', ') || 'none yet'}`,
-      });
+  async start(request: {
+    volume: string;
+    at: string;
+    file: string;
+    overwrite: boolean;
+  }): Promise<ExportJob> {
+    const { volume, file } = request;
+    const index = this.host.volumeIndex(volume);
     if (!path.isAbsolute(file))
       throw new RewindError(
         'REWIND_BAD_ARGUMENT',
@@ -58,25 +66,25 @@ export class ImageExporter {
         'REWIND_BAD_ARGUMENT',
         `directory ${path.dirname(file)} does not exist`,
       );
-    if (fs.existsSync(file) && !overwrite)
+    if (fs.existsSync(file) && !request.overwrite)
       throw new RewindError('REWIND_CONFLICT', `${file} exists`, {
         hint: 'give another file, or --force to replace it',
       });
-    const seq = this.manager.resolvePoint(pointText);
+    const seq = this.host.resolvePoint(request.at);
     const job: ExportJob = {
       id: this.nextId++,
       volume,
       seq,
       file,
       state: 'running',
-      bytesTotal: this.manager.volumeSize(index),
+      bytesTotal: this.host.volumeSize(index),
       bytesDone: 0,
       bytesWritten: 0,
       sha256: null,
       message: null,
     };
     this.jobs.set(job.id, job);
-    const run = this.manager
+    const run = this.host
       .withView(seq, (view) =>
         this.write(
           job,
@@ -91,7 +99,7 @@ export class ImageExporter {
         (error: unknown) => {
           job.state = 'failed';
           job.message = errorMessage(error);
-          this.manager.note('error', `export of ${volume} to ${file} failed: ${job.message}`);
+          this.host.note('error', `export of ${volume} to ${file} failed: ${job.message}`);
         },
       )
       .finally(() => this.running.delete(job.id));

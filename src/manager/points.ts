@@ -1,8 +1,13 @@
-// Parsing a POINT given by an operator: a seq ("1234"; "0" is the state before the first write),
-// an ISO-8601 time, or a relative time ("5 minutes ago"). Resolution against history is the
-// manager's job; this only says what was asked for.
+// POINTs: parsing what an operator gave (a seq, "1234", "0" being the state before the first write;
+// an ISO-8601 time; a relative time, "5 minutes ago"; "@NAME" for a bookmark), and resolving it
+// against the history to a committed, restorable seq, or refusing with the reason and the nearest
+// points that would do.
 import * as chrono from 'chrono-node';
-import { RewindError } from '../core/index.js';
+import { formatTimeNs, RewindError } from '../core/index.js';
+import type { RedoRecord } from '../log/index.js';
+import type { AgentStatus } from './agent-link.js';
+import type { Catalog, TxRow } from './catalog.js';
+import type { CommittedPosition } from './transactions.js';
 
 export type Point = { kind: 'seq'; seq: number } | { kind: 'time'; timeNs: bigint; text: string };
 
@@ -43,4 +48,188 @@ function isoToNs(text: string): bigint {
     throw new RewindError('REWIND_BAD_ARGUMENT', `time "${text}" is not a valid ISO-8601 time`);
   const fractionNs = fraction ? BigInt((fraction[1] ?? '').padEnd(9, '0')) : 0n;
   return BigInt(ms) * 1_000_000n + fractionNs;
+}
+
+/** What resolving a point reads of the history. */
+export interface PointSource extends Pick<
+  Catalog,
+  'bookmark' | 'tx' | 'txContaining' | 'firstTx' | 'txAtOrBeforeTime'
+> {
+  committed(): CommittedPosition;
+  /**
+   * The agent's last report: a time past the last committed write is only taken when it is quiet.
+   */
+  agentStatus(): AgentStatus | undefined;
+  /** A committed transaction's records, read synchronously (from the cache when there). */
+  recordsOf(idx: number): readonly RedoRecord[];
+  /** From the header of resync transaction `idx`: when history went missing (0n: unknown). */
+  gapStartNs(idx: number): bigint;
+}
+
+export class PointResolver {
+  private readonly source: PointSource;
+
+  constructor(source: PointSource) {
+    this.source = source;
+  }
+
+  /** Resolves an operator's POINT to a committed, restorable seq, or refuses saying why. */
+  resolve(text: string): number {
+    const trimmed = text.trim();
+    if (trimmed.startsWith('@')) {
+      const bookmark = this.source.bookmark(trimmed.slice(1));
+      if (!bookmark) {
+        throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${trimmed.slice(1)}"`, {
+          hint: 'rewind bookmarks lists them',
+        });
+      }
+      return this.resolve(String(bookmark.seq));
+    }
+    const point = parsePoint(text);
+    if (point.kind === 'time') return this.seqAtTime(point.timeNs, point.text);
+    const committed = this.source.committed().seq;
+    if (point.seq > committed) {
+      throw new RewindError(
+        'REWIND_POINT_INVALID',
+        `seq ${point.seq} is not committed yet (last committed: ${committed})`,
+        { hint: 'wait, or run rewind seal --wait' },
+      );
+    }
+    const start = this.historyStart();
+    if (start === undefined || point.seq < start) throw beforeHistory(`seq ${point.seq}`, start);
+    this.refuseInsideResync(point.seq);
+    return point.seq;
+  }
+
+  /** The seq `steps` writes from `from` (negative: back), refused when it is not restorable. */
+  afterSteps(what: string, from: number, steps: number): number {
+    const target = from + steps;
+    const committed = this.source.committed().seq;
+    if (target > committed) {
+      throw new RewindError(
+        'REWIND_POINT_INVALID',
+        `${what} is at seq ${from}; ${steps} forward is seq ${target}, past the last committed seq ${committed}`,
+        { hint: 'wait, or run rewind seal --wait' },
+      );
+    }
+    const start = this.historyStart();
+    if (steps < 0 && (start === undefined || target < start)) {
+      throw beforeHistory(`${what} is at seq ${from}; ${-steps} back`, start);
+    }
+    this.refuseInsideResync(target);
+    return target;
+  }
+
+  /**
+   * The first restorable seq: 0, or the end of a resync the history begins with (first protection);
+   * undefined while that resync is still arriving.
+   */
+  historyStart(): number | undefined {
+    let tx = this.source.firstTx();
+    if (!tx || tx.kind === 'redo') return tx ? tx.seqFirst - 1 : 0;
+    while (tx && tx.kind === 'resync') tx = this.source.tx(tx.idx + 1);
+    return tx && tx.kind === 'resync-end' ? tx.seqLast : undefined;
+  }
+
+  /** Refuses a seq inside a resync, which has no per-write history, naming the points around it. */
+  refuseInsideResync(seq: number): void {
+    const tx = this.source.txContaining(seq);
+    if (!tx || tx.kind === 'redo') return;
+    if (tx.kind === 'resync-end' && seq === tx.seqLast) return; // the consistent point after it
+    // One resync spans consecutive transactions up to its resync-end: the window is all of them.
+    let first = tx;
+    for (
+      let prev = this.source.tx(first.idx - 1);
+      prev?.kind === 'resync';
+      prev = this.source.tx(first.idx - 1)
+    ) {
+      first = prev;
+    }
+    let last: TxRow | undefined = tx;
+    while (last && last.kind === 'resync') last = this.source.tx(last.idx + 1);
+    const end =
+      last && last.kind === 'resync-end' && last.state === 'committed'
+        ? `seq ${last.seqLast}`
+        : 'its end, once committed';
+    throw new RewindError(
+      'REWIND_POINT_INVALID',
+      `seq ${seq} lies inside a resync (from seq ${first.seqFirst}), which has no per-write history`,
+      { hint: `choose seq ${first.seqFirst - 1} or ${end}` },
+    );
+  }
+
+  private seqAtTime(timeNs: bigint, text: string): number {
+    const committed = this.source.committed();
+    if (timeNs > committed.timeNs) {
+      const status = this.source.agentStatus();
+      const nowNs = BigInt(Date.now()) * 1_000_000n;
+      if (timeNs > nowNs)
+        throw new RewindError('REWIND_POINT_INVALID', `time ${text} is in the future`);
+      const quiet =
+        status !== undefined &&
+        status.seqCaptured === committed.seq &&
+        BigInt(status.receivedAtMs) * 1_000_000n >= timeNs;
+      if (!quiet) {
+        throw new RewindError(
+          'REWIND_POINT_INVALID',
+          `writes captured up to ${text} are not all committed yet (last committed write: ${formatTimeNs(committed.timeNs)})`,
+          { hint: 'wait, or run rewind seal --wait' },
+        );
+      }
+      this.refuseInsideResync(committed.seq);
+      return committed.seq;
+    }
+    const tx = this.source.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
+    if (!tx) {
+      if (this.historyStart() === 0) return 0; // before the first write: the baseline
+      throw new RewindError('REWIND_POINT_INVALID', `time ${text} is before the history starts`);
+    }
+    return this.seqAtTimeIn(tx, timeNs, text);
+  }
+
+  private seqAtTimeIn(tx: TxRow, timeNs: bigint, text: string): number {
+    let seq = tx.seqFirst - 1;
+    let seqTimeNs = 0n;
+    for (const record of this.source.recordsOf(tx.idx)) {
+      if (record.timeNs > timeNs) break;
+      seq = record.seq;
+      seqTimeNs = record.timeNs;
+    }
+    this.refuseInsideResync(seq);
+    if (timeNs > seqTimeNs) this.refuseInsideGap(seq, timeNs, text);
+    return seq;
+  }
+
+  /**
+   * Refuses a time inside a window without per-write history: after the write at `seq` and before
+   * the resync that follows it has read production (from the window's start, when known).
+   */
+  private refuseInsideGap(seq: number, timeNs: bigint, text: string): void {
+    const next = this.source.txContaining(seq + 1);
+    if (!next || next.kind === 'redo' || next.seqFirst !== seq + 1) return;
+    const gapStartNs = this.source.gapStartNs(next.idx);
+    if (gapStartNs === 0n || timeNs >= gapStartNs) {
+      const from = gapStartNs > 0n ? formatTimeNs(gapStartNs) : `the write at seq ${seq}`;
+      throw new RewindError(
+        'REWIND_POINT_INVALID',
+        `time ${text} falls in a window without per-write history (from ${from} until a resync from seq ${next.seqFirst})`,
+        { hint: `choose seq ${seq}, or the end of that resync (rewind log marks its records)` },
+      );
+    }
+  }
+}
+
+/** The refusal of a point before `start` (historyStart()), also while the history has not begun. */
+function beforeHistory(what: string, start: number | undefined): RewindError {
+  if (start === undefined) {
+    return new RewindError(
+      'REWIND_POINT_INVALID',
+      `${what}: the history has not started yet (the first protection's resync of the data already on the volume is still arriving)`,
+      { hint: 'wait until rewind status shows it committed' },
+    );
+  }
+  return new RewindError(
+    'REWIND_POINT_INVALID',
+    `${what} is before the history starts (seq ${start})`,
+  );
 }

@@ -2,20 +2,19 @@
 // images): which writes touched a byte range (the block map), and which ranges were written
 // between two points.
 import { mergeRanges, RewindError, type ByteRange } from '../core/index.js';
-import type { LogEntry, Manager } from './manager.js';
+import type { LogEntry, LogFilter } from './stored-history.js';
 
-function volumeIndex(manager: Manager, volume: string): number {
-  const index = manager.replicas.findIndex((r) => r.name === volume);
-  if (index === -1)
-    throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, {
-      hint: `volumes: ${manager.replicas.map((r) => r.name).join(', ') || 'none yet'}`,
-    });
-  return index;
+/** What the history queries read: volumes, the log, and POINT resolution. */
+export interface LogSource {
+  volumeIndex(name: string): number;
+  volumeSize(volume: number): number;
+  log(filter: LogFilter): AsyncGenerator<LogEntry>;
+  resolvePoint(text: string): number;
 }
 
 /** Checks that a byte range lies inside the volume. */
-export function checkRange(manager: Manager, volume: string, range: ByteRange): void {
-  const size = manager.volumeSize(volumeIndex(manager, volume));
+export function checkRange(source: LogSource, volume: string, range: ByteRange): void {
+  const size = source.volumeSize(source.volumeIndex(volume));
   if (
     !Number.isSafeInteger(range.offset) ||
     !Number.isSafeInteger(range.length) ||
@@ -33,13 +32,13 @@ export function checkRange(manager: Manager, volume: string, range: ByteRange): 
 
 /** Every committed write that touched [offset, offset + length) of `volume`, newest first. */
 export async function blockHistory(
-  manager: Manager,
+  source: LogSource,
   volume: string,
   range: ByteRange,
 ): Promise<LogEntry[]> {
-  checkRange(manager, volume, range);
+  checkRange(source, volume, range);
   const out: LogEntry[] = [];
-  for await (const entry of manager.log({ volume })) {
+  for await (const entry of source.log({ volume })) {
     if (entry.offset < range.offset + range.length && range.offset < entry.offset + entry.length)
       out.push(entry);
   }
@@ -52,28 +51,28 @@ export async function blockHistory(
  * same bytes is listed too; the log cannot know better without reading data.
  */
 export async function writtenRanges(
-  manager: Manager,
+  source: LogSource,
   volume: string,
   from: number,
   to: number,
 ): Promise<ByteRange[]> {
-  volumeIndex(manager, volume);
+  source.volumeIndex(volume);
   if (to <= from) return [];
   const ranges: ByteRange[] = [];
-  for await (const entry of manager.log({ volume, from: from + 1, to }))
+  for await (const entry of source.log({ volume, from: from + 1, to }))
     ranges.push({ offset: entry.offset, length: entry.length });
   return mergeRanges(ranges);
 }
 
 /** `writtenRanges` between two points given in either order, with totals. */
 export async function diff(
-  manager: Manager,
+  source: LogSource,
   volume: string,
   fromText: string,
   toText: string,
 ): Promise<{ volume: string; from: number; to: number; ranges: ByteRange[]; bytes: number }> {
-  const a = manager.resolvePoint(fromText);
-  const b = manager.resolvePoint(toText);
-  const ranges = await writtenRanges(manager, volume, Math.min(a, b), Math.max(a, b));
+  const a = source.resolvePoint(fromText);
+  const b = source.resolvePoint(toText);
+  const ranges = await writtenRanges(source, volume, Math.min(a, b), Math.max(a, b));
   return { volume, from: a, to: b, ranges, bytes: ranges.reduce((sum, r) => sum + r.length, 0) };
 }

@@ -50,7 +50,8 @@ export class ReplicaVolume {
     const fd = fs.openSync(file, 'r+');
     const allocFile = path.join(dir, `${name}.alloc`);
     const chunks = Math.ceil(sizeBytes / ALLOC_CHUNK_BYTES);
-    // Shared memory: the apply worker reads the bitmap while building undo; only this thread writes it.
+    // Shared memory: the apply worker reads the bitmap while building undo; only this thread writes
+    // it.
     const alloc = Buffer.from(new SharedArrayBuffer(Math.ceil(chunks / 8)));
     const exists = fs.existsSync(allocFile);
     const allocFd = fs.openSync(allocFile, exists ? 'r+' : 'w+');

@@ -9,18 +9,36 @@
 // (link lost, manager or agent killed) is simply run again when the agent is back; until then the
 // agent keeps the volumes offline, also across its restarts.
 import {
-  type ByteRange,
   errorMessage,
   mergeRanges,
   rethrowIfBug,
   RewindError,
+  type ByteRange,
+  type LogFunction,
 } from '../core/index.js';
 import { isZero } from '../platform/index.js';
-import type { Message } from '../ship/index.js';
 import type { View } from '../views/index.js';
-import type { RestoreRow } from './catalog.js';
-import type { Manager } from './manager.js';
-import { checkRange, writtenRanges } from './queries.js';
+import { LinkLostError, type AgentLink } from './agent-link.js';
+import type { Catalog, RestoreRow } from './catalog.js';
+import { checkRange, writtenRanges, type LogSource } from './queries.js';
+
+/** What a restore needs from the manager. */
+export interface RestoreHost extends LogSource {
+  volumeNames(): string[];
+  seqCommitted(): number;
+  waitCommitted(seq: number, timeoutMs: number): Promise<void>;
+  /** A private view at `seq`, held still while `work` runs. */
+  withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T>;
+  clone(name: string): View;
+  /** The agent's end of the restore commands. */
+  readonly agent: Pick<AgentLink, 'connected' | 'restoreBegin' | 'restoreWrite' | 'restoreEnd'>;
+  readonly restores: Pick<
+    Catalog,
+    'addRestore' | 'restore' | 'restores' | 'runningRestores' | 'updateRestore'
+  >;
+  /** The manager's logging. */
+  note: LogFunction;
+}
 
 export interface RestoreSpec {
   volumes: string[];
@@ -63,30 +81,21 @@ const ZERO_RUN_BYTES_MAX = 1024 * 1024 * 1024;
 const WINDOW_CHUNKS = 8;
 const PROGRESS_SAVE_MS = 1000;
 
-type Waiter = { resolve: (message: Message) => void; reject: (error: Error) => void };
-
 export class Restorer {
-  private readonly manager: Manager;
-  private readonly waiters = new Map<string, Waiter>();
+  private readonly host: RestoreHost;
   /** Restores running in this process (a second request for one of their volumes is refused). */
   private readonly active = new Map<number, Promise<void>>();
   private readonly progress = new Map<number, number>();
 
-  constructor(manager: Manager) {
-    this.manager = manager;
+  constructor(host: RestoreHost) {
+    this.host = host;
   }
 
   // ---- Planning ----
   private validate(spec: RestoreSpec): void {
     if (!Array.isArray(spec.volumes) || spec.volumes.length === 0)
       throw new RewindError('REWIND_BAD_ARGUMENT', 'name at least one volume to restore');
-    const known = this.manager.replicas.map((r) => r.name);
-    for (const volume of spec.volumes) {
-      if (!known.includes(volume))
-        throw new RewindError('REWIND_NOT_FOUND', `no volume named "${volume}"`, {
-          hint: `volumes: ${known.join(', ') || 'none yet'}`,
-        });
-    }
+    for (const volume of spec.volumes) this.host.volumeIndex(volume);
     if (new Set(spec.volumes).size !== spec.volumes.length)
       throw new RewindError('REWIND_BAD_ARGUMENT', 'a volume is named twice');
     if (spec.ranges && spec.ranges.length > 0) {
@@ -95,42 +104,28 @@ export class Restorer {
           'REWIND_BAD_ARGUMENT',
           '--range restores part of one volume; name exactly one',
         );
-      for (const range of spec.ranges) checkRange(this.manager, spec.volumes[0] as string, range);
+      for (const range of spec.ranges) checkRange(this.host, spec.volumes[0] as string, range);
     }
     if ((spec.at === undefined) === (spec.fromClone === undefined))
       throw new RewindError('REWIND_BAD_ARGUMENT', 'give either --at POINT or --from-clone NAME');
   }
 
-  private clone(name: string): View {
-    const view = this.manager.views.get(name);
-    if (!view || view.kind !== 'clone')
-      throw new RewindError('REWIND_NOT_FOUND', `no clone named "${name}"`, {
-        hint: 'rewind ls lists snapshots and clones',
-      });
-    return view;
+  /** The seq a restore goes to: its POINT, or the clone's seq. */
+  private targetSeq(spec: RestoreSpec): number {
+    if (spec.at !== undefined) return this.host.resolvePoint(spec.at);
+    return this.host.clone(spec.fromClone as string).seq;
   }
 
   /** The ranges to write per volume, against the history committed now. */
   async plan(spec: RestoreSpec): Promise<RestorePlan> {
     this.validate(spec);
-    const clone = spec.fromClone === undefined ? undefined : this.clone(spec.fromClone);
-    const seq = spec.at !== undefined ? this.manager.resolvePoint(spec.at) : (clone as View).seq;
-    const asOfSeq = this.manager.seqCommitted();
+    const clone = spec.fromClone === undefined ? undefined : this.host.clone(spec.fromClone);
+    const seq = this.targetSeq(spec);
+    const asOfSeq = this.host.seqCommitted();
     const volumes: RestorePlan['volumes'] = [];
     for (const volume of spec.volumes) {
-      let ranges = await writtenRanges(this.manager, volume, seq, asOfSeq);
-      if (clone) {
-        // The clone's own writes differ from history too.
-        const index = this.manager.replicas.findIndex((r) => r.name === volume);
-        const overlay = clone.overlays?.[index];
-        const own = overlay
-          ? overlay.map
-              .query(0, this.manager.volumeSize(index))
-              .filter((p) => p.value !== undefined)
-              .map((p) => ({ offset: p.start, length: p.end - p.start }))
-          : [];
-        ranges = mergeRanges([...ranges, ...own]);
-      }
+      let ranges = await writtenRanges(this.host, volume, seq, asOfSeq);
+      if (clone) ranges = mergeRanges([...ranges, ...cloneWrites(clone, this.host, volume)]);
       if (spec.ranges && spec.ranges.length > 0)
         ranges = intersect(ranges, mergeRanges(spec.ranges));
       volumes.push({ volume, ranges, bytes: ranges.reduce((sum, r) => sum + r.length, 0) });
@@ -148,39 +143,36 @@ export class Restorer {
   /** Records the restore and starts it; returns its id at once (progress via `status`). */
   async start(spec: RestoreSpec): Promise<RestoreStatus> {
     this.validate(spec);
-    if (!this.manager.agentConnected)
+    if (!this.host.agent.connected)
       throw new RewindError(
         'REWIND_BUSY',
         'no agent is connected, so production cannot be restored now',
         { hint: 'start the agent, or check rewind status' },
       );
-    const busy = this.manager.catalog
+    const busy = this.host.restores
       .runningRestores()
-      .filter((row) =>
-        (JSON.parse(row.spec) as RestoreSpec).volumes.some((v) => spec.volumes.includes(v)),
-      );
+      .filter((row) => this.volumesOf(row).some((v) => spec.volumes.includes(v)));
     if (busy.length > 0)
       throw new RewindError(
         'REWIND_CONFLICT',
         `restore #${(busy[0] as RestoreRow).id} is still running on ${spec.volumes.join(', ')}`,
         { hint: 'wait for it (rewind restores), or abandon it with rewind restore --abandon ID' },
       );
-    const clone = spec.fromClone === undefined ? undefined : this.clone(spec.fromClone);
-    const seq = spec.at !== undefined ? this.manager.resolvePoint(spec.at) : (clone as View).seq;
-    const id = this.manager.catalog.addRestore(JSON.stringify(spec), seq);
+    const seq = this.targetSeq(spec);
+    const id = this.host.restores.addRestore(JSON.stringify(spec), seq);
     this.launch(id);
     return this.status(id);
   }
 
   /** Runs every restore left running (after a restart or a lost link), once the agent is back. */
   resumeAll(): void {
-    for (const row of this.manager.catalog.runningRestores())
+    for (const row of this.host.restores.runningRestores())
       if (!this.active.has(row.id)) this.launch(row.id);
   }
 
   /** Gives up on a failed or stuck restore: the volumes come back online as they are now. */
   async abandon(id: number): Promise<RestoreStatus> {
-    const row = this.manager.catalog.restore(id);
+    const row = this.host.restores.restore(id);
     if (!row) throw new RewindError('REWIND_NOT_FOUND', `no restore #${id}`);
     if (row.state === 'done')
       throw new RewindError('REWIND_CONFLICT', `restore #${id} already finished`);
@@ -189,10 +181,10 @@ export class Restorer {
         'REWIND_CONFLICT',
         `restore #${id} is running in this process; wait for it to finish or fail`,
       );
-    const done = await this.ask({ type: 'restore-end', id, abandon: true }, `restore-done:${id}`);
-    this.manager.catalog.updateRestore(id, {
+    const seqLast = await this.host.agent.restoreEnd(id, true);
+    this.host.restores.updateRestore(id, {
       state: 'failed',
-      message: `abandoned by the operator; production of ${this.volumesOf(row).join(', ')} is partially restored (now at seq ${(done as { seqLast: number }).seqLast})`,
+      message: `abandoned by the operator; production of ${this.volumesOf(row).join(', ')} is partially restored (now at seq ${seqLast})`,
     });
     return this.status(id);
   }
@@ -200,28 +192,8 @@ export class Restorer {
   private launch(id: number): void {
     const run = this.run(id)
       .catch((error: unknown) => {
-        const message = errorMessage(error);
-        this.manager.note('error', `restore #${id}: ${message}`);
-        try {
-          // A lost link leaves the restore running: it resumes when the agent is back.
-          if (error instanceof LinkLost) {
-            this.manager.catalog.updateRestore(id, {
-              message: `waiting for the agent: ${message}`,
-            });
-          } else {
-            this.manager.catalog.updateRestore(id, {
-              state: 'failed',
-              message: `${message}; production is partially restored and stays offline: run the same restore again to finish it, or rewind restore --abandon ${id}`,
-            });
-          }
-        } catch (recordError) {
-          rethrowIfBug(recordError);
-          // The catalog is closing (shutdown): the row stays running and resumes at the next start.
-          this.manager.note(
-            'warn',
-            `restore #${id}: could not record its state: ${errorMessage(recordError)}`,
-          );
-        }
+        rethrowIfBug(error);
+        this.recordFailure(id, error);
       })
       .finally(() => {
         this.active.delete(id);
@@ -230,112 +202,95 @@ export class Restorer {
     this.active.set(id, run);
   }
 
+  private recordFailure(id: number, error: unknown): void {
+    const message = errorMessage(error);
+    this.host.note('error', `restore #${id}: ${message}`);
+    try {
+      // A lost link leaves the restore running: it resumes when the agent is back.
+      if (error instanceof LinkLostError) {
+        this.host.restores.updateRestore(id, { message: `waiting for the agent: ${message}` });
+      } else {
+        this.host.restores.updateRestore(id, {
+          state: 'failed',
+          message: `${message}; production is partially restored and stays offline: run the same restore again to finish it, or rewind restore --abandon ${id}`,
+        });
+      }
+    } catch (recordError) {
+      rethrowIfBug(recordError);
+      // The catalog is closing (shutdown): the row stays running and resumes at the next start.
+      this.host.note(
+        'warn',
+        `restore #${id}: could not record its state: ${errorMessage(recordError)}`,
+      );
+    }
+  }
+
   private volumesOf(row: RestoreRow): string[] {
     return (JSON.parse(row.spec) as RestoreSpec).volumes;
   }
 
   private async run(id: number): Promise<void> {
-    const row = this.manager.catalog.restore(id);
+    const restores = this.host.restores;
+    const row = restores.restore(id);
     if (!row) return;
     const spec = JSON.parse(row.spec) as RestoreSpec;
-    const catalog = this.manager.catalog;
-    catalog.updateRestore(id, { message: 'taking the volumes offline' });
-    const ready = (await this.ask(
-      { type: 'restore-begin', id, volumes: spec.volumes },
-      `restore-ready:${id}`,
-    )) as { seqLast: number };
-    await this.manager.waitCommitted(ready.seqLast, 120_000);
-    // The seq before the restore's own writes is kept from the first attempt: restoring to it undoes the restore.
-    if (row.seqFirst === null) catalog.updateRestore(id, { seqFirst: ready.seqLast });
+    restores.updateRestore(id, { message: 'taking the volumes offline' });
+    const seqBefore = await this.host.agent.restoreBegin(id, spec.volumes);
+    await this.host.waitCommitted(seqBefore, COMMIT_WAIT_MS);
+    // The seq before the restore's own writes is kept from the first attempt: restoring to it
+    // undoes the restore.
+    if (row.seqFirst === null) restores.updateRestore(id, { seqFirst: seqBefore });
     const plan = await this.plan(
       spec.fromClone === undefined ? { ...spec, at: String(row.seq) } : spec,
     );
-    catalog.updateRestore(id, {
+    restores.updateRestore(id, {
       bytesTotal: plan.bytes,
       bytesDone: 0,
       message: `writing ${plan.bytes} bytes`,
     });
-    const clone = spec.fromClone === undefined ? undefined : this.clone(spec.fromClone);
-    const write = async (view: View): Promise<void> => {
-      let chunk = 0;
-      let done = 0;
-      let savedAt = Date.now();
-      const inFlight = new Set<Promise<void>>();
-      const send = async (
-        volume: string,
-        offset: number,
-        length: number,
-        data: Buffer | undefined,
-      ): Promise<void> => {
-        const number = ++chunk;
-        const sent = this.ask(
-          {
-            type: 'restore-write',
-            id,
-            chunk: number,
-            volume,
-            offset,
-            length,
-            zero: data === undefined,
-          },
-          `restore-written:${id}:${number}`,
-          data,
-        ).then((reply) => {
-          const errno = (reply as { errno: number }).errno;
-          if (errno !== 0)
-            throw new RewindError(
-              'REWIND_IO',
-              `the agent could not write ${volume} at ${offset} (errno ${errno})`,
-            );
-          done += length;
-          this.progress.set(id, done);
-        });
-        inFlight.add(sent);
-        void sent.finally(() => inFlight.delete(sent)).catch(() => undefined);
-        if (inFlight.size >= WINDOW_CHUNKS) await Promise.race(inFlight);
-        if (Date.now() - savedAt >= PROGRESS_SAVE_MS) {
-          catalog.updateRestore(id, { bytesDone: done });
-          savedAt = Date.now();
-        }
-      };
-      for (const { volume, ranges } of plan.volumes) {
-        const index = this.manager.replicas.findIndex((r) => r.name === volume);
-        for (const range of ranges) {
-          // Runs the view knows to be zero go as one payload-free zero record each (up to
-          // ZERO_RUN_BYTES_MAX); the rest is read and sent in chunks (an all-zero chunk as a zero).
-          let at = range.offset;
-          for (const piece of view.zeroPieces(index, range.offset, range.length)) {
-            const pieceEnd = at + piece.lengthBytes;
-            for (let offset = at; offset < pieceEnd;) {
-              if (piece.zero) {
-                const length = Math.min(ZERO_RUN_BYTES_MAX, pieceEnd - offset);
-                await send(volume, offset, length, undefined);
-                offset += length;
-              } else {
-                const length = Math.min(CHUNK_BYTES, pieceEnd - offset);
-                const data = view.read(index, offset, length);
-                await send(volume, offset, length, isZero(data) ? undefined : data);
-                offset += length;
-              }
-            }
-            at = pieceEnd;
-          }
-        }
-      }
-      await Promise.all(inFlight);
-      catalog.updateRestore(id, { bytesDone: done });
-    };
-    if (clone) await write(clone);
-    else await this.manager.withView(row.seq, write);
-    const end = (await this.ask(
-      { type: 'restore-end', id, abandon: false },
-      `restore-done:${id}`,
-    )) as { seqLast: number };
-    catalog.updateRestore(id, { state: 'done', seqLast: end.seqLast, message: null });
-    this.manager.note(
+    if (spec.fromClone !== undefined)
+      await this.writePlan(id, plan, this.host.clone(spec.fromClone));
+    else await this.host.withView(row.seq, (view) => this.writePlan(id, plan, view));
+    const seqLast = await this.host.agent.restoreEnd(id, false);
+    restores.updateRestore(id, { state: 'done', seqLast, message: null });
+    this.host.note(
       'info',
       `restore #${id} done: ${spec.volumes.join(', ')} at seq ${row.seq}, ${plan.bytes} bytes written`,
     );
+  }
+
+  /**
+   * Writes the planned ranges with their content in `view` through the agent, up to WINDOW_CHUNKS
+   * at once. Runs the view knows to be zero go as one payload-free zero record each (up to
+   * ZERO_RUN_BYTES_MAX); the rest is read and sent in chunks (an all-zero chunk as a zero run).
+   */
+  private async writePlan(id: number, plan: RestorePlan, view: View): Promise<void> {
+    const writer = new WindowedWrites(id, this.host, (done) => this.progress.set(id, done));
+    for (const { volume, ranges } of plan.volumes) {
+      const index = this.host.volumeIndex(volume);
+      for (const range of ranges) {
+        let at = range.offset;
+        for (const piece of view.zeroPieces(index, range.offset, range.length)) {
+          const pieceEnd = at + piece.lengthBytes;
+          for (let offset = at; offset < pieceEnd;) {
+            const length = Math.min(
+              piece.zero ? ZERO_RUN_BYTES_MAX : CHUNK_BYTES,
+              pieceEnd - offset,
+            );
+            const data = piece.zero ? undefined : view.read(index, offset, length);
+            await writer.send({
+              volume,
+              offset,
+              length,
+              data: data && !isZero(data) ? data : undefined,
+            });
+            offset += length;
+          }
+          at = pieceEnd;
+        }
+      }
+    }
+    await writer.drain();
   }
 
   /** Waits for the running restore `id` to settle (tests and the CLI's --wait). */
@@ -345,7 +300,7 @@ export class Restorer {
   }
 
   status(id: number): RestoreStatus {
-    const row = this.manager.catalog.restore(id);
+    const row = this.host.restores.restore(id);
     if (!row)
       throw new RewindError('REWIND_NOT_FOUND', `no restore #${id}`, {
         hint: 'rewind restores lists them',
@@ -368,57 +323,86 @@ export class Restorer {
   }
 
   list(): RestoreStatus[] {
-    return this.manager.catalog.restores().map((row) => this.status(row.id));
-  }
-
-  // ---- Link ----
-  private ask(message: Message, key: string, payload?: Buffer): Promise<Message> {
-    return new Promise((resolve, reject) => {
-      if (!this.manager.sendToAgent(message, payload))
-        return reject(new LinkLost('the agent is not connected'));
-      this.waiters.set(key, { resolve, reject });
-    });
-  }
-
-  /** Replies from the agent; returns false when the message is not a restore reply. */
-  onAgentMessage(message: Message): boolean {
-    let key: string;
-    switch (message.type) {
-      case 'restore-ready':
-      case 'restore-done':
-        key = `${message.type}:${message.id}`;
-        break;
-      case 'restore-written':
-        key = `restore-written:${message.id}:${message.chunk}`;
-        break;
-      case 'restore-failed': {
-        // Fail every request of that restore.
-        for (const [k, waiter] of this.waiters) {
-          if (k.split(':')[1] === String(message.id)) {
-            this.waiters.delete(k);
-            waiter.reject(new RewindError('REWIND_IO', `the agent refused: ${message.message}`));
-          }
-        }
-        return true;
-      }
-      default:
-        return false;
-    }
-    const waiter = this.waiters.get(key);
-    this.waiters.delete(key);
-    waiter?.resolve(message);
-    return true;
-  }
-
-  onAgentLost(): void {
-    for (const waiter of this.waiters.values())
-      waiter.reject(new LinkLost('the link to the agent was lost'));
-    this.waiters.clear();
+    return this.host.restores.restores().map((row) => this.status(row.id));
   }
 }
 
-class LinkLost extends Error {}
+/** How long a restore waits for the writes captured before it to be committed. */
+const COMMIT_WAIT_MS = 120_000;
 
+/**
+ * Restore writes in flight to the agent, at most WINDOW_CHUNKS: `send` waits while the window is
+ * full; the first failure fails the restore; progress is saved every PROGRESS_SAVE_MS.
+ */
+class WindowedWrites {
+  private chunk = 0;
+  private done = 0;
+  private savedAtMs = Date.now();
+  private readonly inFlight = new Set<Promise<void>>();
+  private failure: Error | undefined = undefined;
+
+  constructor(
+    private readonly id: number,
+    private readonly host: RestoreHost,
+    private readonly onProgress: (bytesDone: number) => void,
+  ) {}
+
+  async send(write: {
+    volume: string;
+    offset: number;
+    length: number;
+    data: Buffer | undefined;
+  }): Promise<void> {
+    this.throwIfFailed();
+    const sent = this.host.agent.restoreWrite(this.id, ++this.chunk, write).then((errno) => {
+      if (errno !== 0) {
+        throw new RewindError(
+          'REWIND_IO',
+          `the agent could not write ${write.volume} at ${write.offset} (errno ${errno})`,
+        );
+      }
+      this.done += write.length;
+      this.onProgress(this.done);
+    });
+    const tracked = sent.then(
+      () => {
+        this.inFlight.delete(tracked);
+      },
+      (error: unknown) => {
+        this.inFlight.delete(tracked);
+        rethrowIfBug(error);
+        this.failure ??= error instanceof Error ? error : new Error(errorMessage(error));
+      },
+    );
+    this.inFlight.add(tracked);
+    if (this.inFlight.size >= WINDOW_CHUNKS) await Promise.race(this.inFlight);
+    if (Date.now() - this.savedAtMs >= PROGRESS_SAVE_MS) {
+      this.host.restores.updateRestore(this.id, { bytesDone: this.done });
+      this.savedAtMs = Date.now();
+    }
+  }
+
+  async drain(): Promise<void> {
+    await Promise.all(this.inFlight);
+    this.throwIfFailed();
+    this.host.restores.updateRestore(this.id, { bytesDone: this.done });
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+}
+
+/** The ranges a clone wrote to `volume` itself (they differ from history too). */
+function cloneWrites(clone: View, host: RestoreHost, volume: string): ByteRange[] {
+  const index = host.volumeIndex(volume);
+  const overlay = clone.overlays?.[index];
+  if (!overlay) return [];
+  return overlay.map
+    .query(0, host.volumeSize(index))
+    .filter((p) => p.value !== undefined)
+    .map((p) => ({ offset: p.start, length: p.end - p.start }));
+}
 /** Intersection of two merged, ascending range lists. */
 function intersect(a: readonly ByteRange[], b: readonly ByteRange[]): ByteRange[] {
   const out: ByteRange[] = [];

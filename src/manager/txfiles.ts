@@ -13,8 +13,10 @@ import { rethrowIfBug, RewindError } from '../core/index.js';
 import { mapReadOnly } from '../platform/index.js';
 import {
   parseSealedRedo,
+  parseSegmentFileName,
   parseUndo,
   REDO_HEADER_BYTES,
+  segmentFileName,
   TRAILER_BYTES,
   UNDO_HEADER_BYTES,
   type RedoRecord,
@@ -39,7 +41,10 @@ export class TxFiles {
   readonly indexDir: string;
   private readonly volumeCount: () => number;
   private readonly fds = new Map<string, number>();
-  /** Mapped files by `2 * idx` (redo) and `2 * idx + 1` (undo), least recently used first; null: pread it. */
+  /**
+   * Mapped files by `2 * idx` (redo) and `2 * idx + 1` (undo), least recently used first; null:
+   * pread it.
+   */
   private readonly maps = new Map<number, Buffer | null>();
   private readonly cache = new Map<number, TxIndex>();
   private cachedItems = 0;
@@ -53,15 +58,32 @@ export class TxFiles {
   }
 
   redoPath(idx: number): string {
-    return path.join(this.redoDir, `${String(idx).padStart(16, '0')}.redo`);
+    return path.join(this.redoDir, segmentFileName(idx, 'redo'));
   }
 
   undoPath(idx: number): string {
-    return path.join(this.undoDir, `${String(idx).padStart(16, '0')}.undo`);
+    return path.join(this.undoDir, segmentFileName(idx, 'undo'));
   }
 
   indexPath(idx: number): string {
-    return path.join(this.indexDir, `${String(idx).padStart(16, '0')}.idx`);
+    return path.join(this.indexDir, segmentFileName(idx, 'idx'));
+  }
+
+  /**
+   * Removes the files of transactions without a committed row, and temp files: left by a crash
+   * before the row was written (the agent still holds the segment and resends it), or, for an index
+   * file, a stale cache entry.
+   */
+  async removeUncataloged(committed: ReadonlySet<number>): Promise<void> {
+    for (const dir of [this.redoDir, this.undoDir, this.indexDir]) {
+      if (!fs.existsSync(dir)) continue; // the index dir is made on first use
+      for (const name of await fsp.readdir(dir)) {
+        const file = parseSegmentFileName(name);
+        if (file === undefined || !committed.has(file.index)) {
+          await fsp.rm(path.join(dir, name), { force: true });
+        }
+      }
+    }
   }
 
   /** An open read handle of a transaction file, kept for view reads. */
@@ -177,7 +199,10 @@ export class TxFiles {
     }
   }
 
-  /** Writes the index file (synchronously: a few bytes per record; a failure only costs speed later). */
+  /**
+   * Writes the index file (synchronously: a few bytes per record; a failure only costs speed
+   * later).
+   */
   private store(idx: number, index: TxIndex, binding: Buffer): void {
     const file = this.indexPath(idx);
     try {
@@ -188,7 +213,8 @@ export class TxFiles {
       fs.writeFileSync(file, index.encode(idx, binding));
     } catch (error) {
       rethrowIfBug(error);
-      fs.rmSync(file, { force: true }); // a torn file would be refused anyway; do not keep its space
+      // a torn file would be refused anyway; do not keep its space
+      fs.rmSync(file, { force: true });
     }
   }
 

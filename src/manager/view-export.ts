@@ -1,6 +1,7 @@
 // The NBD face of one volume of a view: read-only for snapshots, writable into the overlay for
-// clones. Reads are synchronous so that none can straddle a transaction being applied.
-import { assert, rethrowIfBug } from '../core/index.js';
+// clones. Reads are synchronous so that none can straddle a transaction being applied. An operating
+// error (a file cut short, a disk error) is answered EIO and logged; a programmer error crashes.
+import { assert, errorMessage, rethrowIfBug, type LogFunction } from '../core/index.js';
 import {
   NbdErrno,
   type BlockStatusCallback,
@@ -19,12 +20,17 @@ export class ViewExport implements ExportBackend {
   readonly multiConn = true; // no per-connection cache; FLUSH syncs the shared overlay
   private readonly view: View;
   private readonly volume: number;
+  private readonly log: LogFunction;
 
-  constructor(view: View, volume: number, name: string, sizeBytes: number) {
+  constructor(
+    view: View,
+    options: { volume: number; name: string; sizeBytes: number; log: LogFunction },
+  ) {
     this.view = view;
-    this.volume = volume;
-    this.name = name;
-    this.sizeBytes = sizeBytes;
+    this.volume = options.volume;
+    this.name = options.name;
+    this.sizeBytes = options.sizeBytes;
+    this.log = options.log;
     this.readOnly = view.kind === 'snapshot';
     this.description = `${view.kind} ${view.name} at seq ${view.seq}`;
   }
@@ -41,6 +47,7 @@ export class ViewExport implements ExportBackend {
       data = this.view.read(this.volume, offsetBytes, lengthBytes);
     } catch (error) {
       rethrowIfBug(error);
+      this.failed('read', offsetBytes, lengthBytes, error);
       return done(NbdErrno.EIO);
     }
     done(0, data);
@@ -67,13 +74,23 @@ export class ViewExport implements ExportBackend {
       work();
     } catch (error) {
       rethrowIfBug(error);
+      this.failed('write', -1, 0, error);
       return done(NbdErrno.EIO);
     }
     if (!sync) return done(0);
     this.overlay.flush().then(
       () => done(0),
-      () => done(NbdErrno.EIO),
+      (error: unknown) => {
+        rethrowIfBug(error);
+        this.failed('flush', -1, 0, error);
+        done(NbdErrno.EIO);
+      },
     );
+  }
+
+  private failed(what: string, offsetBytes: number, lengthBytes: number, error: unknown): void {
+    const where = offsetBytes >= 0 ? ` at ${offsetBytes} (${lengthBytes} bytes)` : '';
+    this.log('error', `${this.name}: ${what}${where} failed, answered EIO: ${errorMessage(error)}`);
   }
 
   blockStatus(offsetBytes: number, lengthBytes: number, done: BlockStatusCallback): void {

@@ -1,6 +1,6 @@
 // The contract between the NBD server (protocol only) and what it exports (volumes, views, clones).
-// Callbacks rather than promises: the write path handles tens of thousands of requests a second and a
-// promise per request costs measurable time (see DESIGN.md, performance notes).
+// Callbacks rather than promises: the write path handles tens of thousands of requests a second and
+// a promise per request costs measurable time (see DESIGN.md, performance notes).
 
 /** NBD error numbers a backend may answer with (NBD spec "Error values"). */
 export const NbdErrno = {
@@ -43,7 +43,9 @@ export interface ExportBackend {
   writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void;
   trim(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void;
   flush(done: DoneCallback): void;
-  /** base:allocation extents starting at offsetBytes and covering at least one byte of the range. */
+  /**
+   * base:allocation extents starting at offsetBytes and covering at least one byte of the range.
+   */
   blockStatus(offsetBytes: number, lengthBytes: number, done: BlockStatusCallback): void;
 }
 

@@ -2,7 +2,7 @@
 // dispatches requests to the export backend, bounds in-flight work, and writes replies batched per
 // event-loop turn. Anything the network sends is handled here without throwing.
 import type { Socket } from 'node:net';
-import { assert, assertNever } from '../core/index.js';
+import { assert, assertNever, type LogFunction, type LogLevel } from '../core/index.js';
 import { NbdErrno, type BlockStatusExtent, type ExportRegistry } from './backend.js';
 import { ByteQueue } from './byte-queue.js';
 import { Handshake, clientFlagsValid, type OptionOutcome } from './handshake.js';
@@ -36,8 +36,7 @@ import {
   type Session,
 } from './transmission.js';
 
-export type LogLevel = 'info' | 'warn' | 'error';
-export type LogFunction = (level: LogLevel, msg: string, fields?: object) => void;
+export type { LogFunction, LogLevel } from '../core/index.js';
 
 export interface ConnectionLimits {
   maxPayloadBytes: number;
@@ -64,8 +63,8 @@ export const INFLIGHT_REQUESTS_MAX = 4096;
 const REQUEST_OVERHEAD_BYTES = 256;
 /**
  * A rejected or oversized WRITE payload up to this size is read and discarded (no allocation) and
- * answered with an error; beyond it the stream is treated as a denial of service and closed. The spec
- * says payloads up to 2^25 bytes SHOULD NOT be treated as such; fio sends up to 64 MiB.
+ * answered with an error; beyond it the stream is treated as a denial of service and closed. The
+ * spec says payloads up to 2^25 bytes SHOULD NOT be treated as such; fio sends up to 64 MiB.
  */
 export const WRITE_DRAIN_BYTES_MAX = 4 * PAYLOAD_BYTES_NOT_DOS;
 /** How long a gracefully ending connection may take to flush its last replies. */

@@ -245,7 +245,9 @@ export class Handshake {
     return { kind: 'continue', replies };
   }
 
-  /** INFO_EXPORT always; NAME, DESCRIPTION, BLOCK_SIZE when asked for (each once); others ignored. */
+  /**
+   * INFO_EXPORT always; NAME, DESCRIPTION, BLOCK_SIZE when asked for (each once); others ignored.
+   */
   private infoReplies(
     option: number,
     backend: ExportBackend,

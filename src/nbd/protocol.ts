@@ -1,5 +1,6 @@
-// NBD wire constants (magics, options, replies, flags, commands, chunk types) and the small encoders
-// for fixed-layout messages. Every number the server puts on or reads from the wire is named here.
+// NBD wire constants (magics, options, replies, flags, commands, chunk types) and the small
+// encoders for fixed-layout messages. Every number the server puts on or reads from the wire is
+// named here.
 import { assert } from '../core/index.js';
 
 export const INIT_MAGIC = 0x4e42444d41474943n; // "NBDMAGIC"

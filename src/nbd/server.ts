@@ -13,13 +13,18 @@ import { PAYLOAD_BYTES_NOT_DOS, type BlockSizes } from './protocol.js';
 
 export interface NbdServerOptions {
   log?: LogFunction;
-  /** Largest READ or WRITE payload accepted, and the advertised maximum block size. Default 32 MiB. */
+  /**
+   * Largest READ or WRITE payload accepted, and the advertised maximum block size. Default 32 MiB.
+   */
   maxPayloadBytes?: number;
   /** Options per handshake before the connection is dropped. Default 32 (as nbdkit). */
   maxOptions?: number;
   /** Largest option data read; larger gets ERR_TOO_BIG (or a close). Default 64 KiB. */
   maxOptionDataBytes?: number;
-  /** Request bytes in flight plus reply bytes queued per connection before reading pauses. Default 64 MiB. */
+  /**
+   * Request bytes in flight plus reply bytes queued per connection before reading pauses. Default
+   * 64 MiB.
+   */
   inflightBytesMax?: number;
   /** A client that has not finished the handshake by then is dropped; 0 disables. Default 60 s. */
   handshakeTimeoutMs?: number;
@@ -32,7 +37,10 @@ export interface ListenAddress {
 
 const MIB = 1024 * 1024;
 const PREFERRED_BLOCK_BYTES = 4096;
-/** The smallest in-flight budget: above a socket's write high-water mark so 'drain' always follows a pause. */
+/**
+ * The smallest in-flight budget: above a socket's write high-water mark so 'drain' always follows a
+ * pause.
+ */
 const INFLIGHT_BYTES_MAX_MIN = MIB;
 
 function noLog(): void {
@@ -129,8 +137,8 @@ export class NbdServer {
   }
 
   /**
-   * Stops accepting, answers new requests with ESHUTDOWN, lets in-flight requests finish, then closes
-   * every socket. Resolves when the listener and all connections are closed.
+   * Stops accepting, answers new requests with ESHUTDOWN, lets in-flight requests finish, then
+   * closes every socket. Resolves when the listener and all connections are closed.
    */
   close(): Promise<void> {
     if (this.closedPromise) return this.closedPromise;
@@ -159,7 +167,9 @@ export class NbdServer {
     return victims.length;
   }
 
-  /** Open connections using `exportName`, or all open connections (handshakes included) without it. */
+  /**
+   * Open connections using `exportName`, or all open connections (handshakes included) without it.
+   */
   connectionCount(exportName?: string): number {
     if (exportName === undefined) return this.connections.size;
     return this.byExport.get(exportName)?.size ?? 0;

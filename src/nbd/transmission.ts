@@ -69,7 +69,9 @@ const FLAGS_KNOWN =
   CommandFlag.REQ_ONE |
   CommandFlag.FAST_ZERO;
 
-/** Flags valid per command, FUA aside (FUA is valid on every command once SEND_FUA is advertised). */
+/**
+ * Flags valid per command, FUA aside (FUA is valid on every command once SEND_FUA is advertised).
+ */
 function flagsAllowed(type: number): number {
   switch (type) {
     case Command.READ:
@@ -151,10 +153,11 @@ function checkRange(request: Request, session: Session): Rejection | undefined {
 }
 
 /**
- * Validates a request (never DISC). Order, close to nbdkit's validate_request: unknown command, write
- * on a read-only export (EPERM beats ENOSPC), flags, unadvertised command, FLUSH arguments, zero
- * length, payload size, range; FAST_ZERO last so that a bad range still reports as such. FAST_ZERO is
- * never advertised, so the spec asks for EINVAL (not ENOTSUP, which means "could not zero fast").
+ * Validates a request (never DISC). Order, close to nbdkit's validate_request: unknown command,
+ * write on a read-only export (EPERM beats ENOSPC), flags, unadvertised command, FLUSH arguments,
+ * zero length, payload size, range; FAST_ZERO last so that a bad range still reports as such.
+ * FAST_ZERO is never advertised, so the spec asks for EINVAL (not ENOTSUP, which means "could not
+ * zero fast").
  */
 export function validateRequest(request: Request, session: Session): Rejection | undefined {
   const { type } = request;
@@ -187,7 +190,8 @@ export function wireErrno(errno: number): number {
 
 /**
  * Turns backend extents into what goes on the wire: flags limited to base:allocation bits, equal
- * neighbours merged, total clipped to the request, REQ_ONE → exactly one extent, at most `extentsMax`.
+ * neighbours merged, total clipped to the request, REQ_ONE → exactly one extent, at most
+ * `extentsMax`.
  */
 export function shapeExtents(
   extents: readonly BlockStatusExtent[],

@@ -165,7 +165,8 @@ export function preadFully(
       positionBytes + done,
     );
     if (n === 0) {
-      target.fill(0, targetOffset + done, targetOffset + lengthBytes); // past EOF of a sparse file reads as zeroes
+      // past EOF of a sparse file reads as zeroes
+      target.fill(0, targetOffset + done, targetOffset + lengthBytes);
       return;
     }
     done += n;

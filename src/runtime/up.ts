@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { Agent, agentSpoolDir, type VolumeSpec } from '../agent/index.js';
+import { Agent, agentSpoolDir, type ShipperTarget, type VolumeSpec } from '../agent/index.js';
 import { startApi } from '../api/index.js';
 import { Manager } from '../manager/index.js';
 import { NbdServer } from '../nbd/index.js';
@@ -94,11 +94,11 @@ export async function startUp(options: UpOptions): Promise<Running> {
  */
 async function openAgent(
   options: Pick<UpOptions, 'dataDir' | 'nbd' | 'volumes' | 'sealBytes' | 'sealMs' | 'spoolBytes'>,
-  manager: ConstructorParameters<typeof Agent>[0]['manager'],
+  manager: ShipperTarget,
   log: ReturnType<typeof makeLog>,
   moreExports: (() => ExportBackend[])[],
 ): Promise<{ agent: Agent; nbd: NbdServer; nbdAddress: Endpoint }> {
-  const agent = new Agent({
+  const agent = await Agent.open({
     dataDir: options.dataDir,
     volumes: options.volumes,
     sealBytes: options.sealBytes,
@@ -107,7 +107,6 @@ async function openAgent(
     manager,
     log,
   });
-  await agent.open();
   const agentExports = agent.exports();
   const nbd = new NbdServer(
     new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)),
@@ -118,7 +117,9 @@ async function openAgent(
   return { agent, nbd, nbdAddress };
 }
 
-/** Opens a manager whose removed views drop their NBD clients on the server set in `nbdRef` later. */
+/**
+ * Opens a manager whose removed views drop their NBD clients on the server set in `nbdRef` later.
+ */
 async function openManager(
   dataDir: string,
   token: string,
@@ -127,7 +128,7 @@ async function openManager(
   nbdRef: { server?: NbdServer },
   localSpoolDir?: string,
 ): Promise<Manager> {
-  const manager = new Manager({
+  return Manager.open({
     dataDir,
     token,
     log,
@@ -137,8 +138,6 @@ async function openManager(
       for (const name of removed) nbdRef.server?.disconnectExport(name);
     },
   });
-  await manager.open();
-  return manager;
 }
 
 /** A secret kept in `file` (mode 0600), created on first use so a restart reuses it. */

@@ -1,8 +1,9 @@
 // Agent <-> manager wire protocol: length-prefixed frames, each a JSON header plus optional bytes.
-// Every length is checked before allocation; a frame larger than FRAME_BYTES_MAX ends the session.
+// Every length is checked before allocation; a frame larger than FRAME_BYTES_MAX ends the session;
+// every header is decoded into a typed message at the edge (decodeMessage).
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import { RewindError } from '../core/index.js';
+import { assert, assertNever, RewindError } from '../core/index.js';
 
 export const PROTOCOL_VERSION = 1;
 /** u32 total length, u32 JSON length. */
@@ -16,7 +17,8 @@ export interface VolumeInfo {
   sizeBytes: number;
 }
 
-export type Message =
+/** What the agent sends the manager. */
+export type AgentMessage =
   | {
       type: 'hello';
       protocol: number;
@@ -26,8 +28,6 @@ export type Message =
       volumes: VolumeInfo[];
       seqNext: number;
     }
-  | { type: 'welcome'; seqCommitted: number; segmentCommitted: number }
-  | { type: 'error'; code: string; message: string }
   | {
       type: 'segment';
       index: number;
@@ -46,9 +46,6 @@ export type Message =
       bytes: number;
       name: string;
     }
-  | { type: 'ack'; index: number; seqLast: number }
-  | { type: 'refused'; index: number; code: string; message: string }
-  | { type: 'seal'; id: number }
   | { type: 'sealed'; id: number; seqLast: number }
   | {
       type: 'status';
@@ -60,10 +57,22 @@ export type Message =
       failure?: string;
       restoring?: RestoringState;
     }
-  // Production restore (manager -> agent): take volumes offline, write through the normal write
-  // path, bring them back online. The agent answers each with the matching reply.
-  | { type: 'restore-begin'; id: number; volumes: string[] }
+  // Replies to the manager's production-restore commands.
   | { type: 'restore-ready'; id: number; seqLast: number }
+  | { type: 'restore-written'; id: number; chunk: number; errno: number }
+  | { type: 'restore-done'; id: number; seqLast: number }
+  | { type: 'restore-failed'; id: number; message: string };
+
+/** What the manager sends the agent. */
+export type ManagerMessage =
+  | { type: 'welcome'; seqCommitted: number; segmentCommitted: number }
+  | { type: 'error'; code: string; message: string }
+  | { type: 'ack'; index: number; seqLast: number }
+  | { type: 'refused'; index: number; code: string; message: string }
+  | { type: 'seal'; id: number }
+  // Production restore: take volumes offline, write through the normal write path, bring them back
+  // online. The agent answers each with the matching reply.
+  | { type: 'restore-begin'; id: number; volumes: string[] }
   | {
       type: 'restore-write';
       id: number;
@@ -73,10 +82,159 @@ export type Message =
       length: number;
       zero: boolean;
     }
-  | { type: 'restore-written'; id: number; chunk: number; errno: number }
-  | { type: 'restore-end'; id: number; abandon: boolean }
-  | { type: 'restore-done'; id: number; seqLast: number }
-  | { type: 'restore-failed'; id: number; message: string };
+  | { type: 'restore-end'; id: number; abandon: boolean };
+
+export type Message = AgentMessage | ManagerMessage;
+
+/** The kinds of field a message carries; every message is checked against its row below. */
+type FieldKind = 'int' | 'u32' | 'string' | 'bool' | 'strings' | 'volumes' | 'restoring';
+type Schema = Readonly<Record<string, FieldKind>>;
+
+/** Each message's required fields (optional ones in OPTIONAL_FIELDS); exhaustive over types. */
+const FIELDS: { readonly [K in Message['type']]: Schema } = {
+  hello: {
+    protocol: 'int',
+    token: 'string',
+    volumeSetId: 'string',
+    volumeSetName: 'string',
+    volumes: 'volumes',
+    seqNext: 'int',
+  },
+  segment: { index: 'int', seqFirst: 'int', seqLast: 'int', fileCrc: 'u32', bytes: 'int' },
+  'segment-file': { index: 'int', seqFirst: 'int', seqLast: 'int', bytes: 'int', name: 'string' },
+  sealed: { id: 'int', seqLast: 'int' },
+  status: {
+    seqCaptured: 'int',
+    timeCapturedNs: 'string',
+    spoolBytes: 'int',
+    sealedPending: 'int',
+    mode: 'string',
+  },
+  'restore-ready': { id: 'int', seqLast: 'int' },
+  'restore-written': { id: 'int', chunk: 'int', errno: 'int' },
+  'restore-done': { id: 'int', seqLast: 'int' },
+  'restore-failed': { id: 'int', message: 'string' },
+  welcome: { seqCommitted: 'int', segmentCommitted: 'int' },
+  error: { code: 'string', message: 'string' },
+  ack: { index: 'int', seqLast: 'int' },
+  refused: { index: 'int', code: 'string', message: 'string' },
+  seal: { id: 'int' },
+  'restore-begin': { id: 'int', volumes: 'strings' },
+  'restore-write': {
+    id: 'int',
+    chunk: 'int',
+    volume: 'string',
+    offset: 'int',
+    length: 'int',
+    zero: 'bool',
+  },
+  'restore-end': { id: 'int', abandon: 'bool' },
+};
+
+const OPTIONAL_FIELDS: { readonly [K in Message['type']]?: Schema } = {
+  status: { failure: 'string', restoring: 'restoring' },
+};
+
+const AGENT_TYPES: ReadonlySet<string> = new Set<AgentMessage['type']>([
+  'hello',
+  'segment',
+  'segment-file',
+  'sealed',
+  'status',
+  'restore-ready',
+  'restore-written',
+  'restore-done',
+  'restore-failed',
+]);
+
+/** Bounds on decoded fields: a string or a list longer than a frame header is refused. */
+const STRING_CHARS_MAX = FRAME_JSON_BYTES_MAX;
+const LIST_ITEMS_MAX = 4096;
+
+function fieldOk(kind: FieldKind, value: unknown): boolean {
+  switch (kind) {
+    case 'int':
+      return Number.isSafeInteger(value) && (value as number) >= 0;
+    case 'u32':
+      return (
+        Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= 0xffffffff
+      );
+    case 'string':
+      return typeof value === 'string' && value.length <= STRING_CHARS_MAX;
+    case 'bool':
+      return typeof value === 'boolean';
+    case 'strings':
+      return (
+        Array.isArray(value) &&
+        value.length <= LIST_ITEMS_MAX &&
+        value.every((item) => fieldOk('string', item))
+      );
+    case 'volumes':
+      return (
+        Array.isArray(value) &&
+        value.length <= LIST_ITEMS_MAX &&
+        value.every(
+          (item: unknown) =>
+            typeof item === 'object' &&
+            item !== null &&
+            fieldOk('string', (item as VolumeInfo).name) &&
+            fieldOk('int', (item as VolumeInfo).sizeBytes),
+        )
+      );
+    case 'restoring':
+      return (
+        typeof value === 'object' &&
+        value !== null &&
+        fieldOk('int', (value as RestoringState).id) &&
+        fieldOk('strings', (value as RestoringState).volumes)
+      );
+    default:
+      return assertNever(kind, 'field kind');
+  }
+}
+
+/**
+ * A frame's JSON header as a typed message, or a REWIND_PROTOCOL error naming what is wrong: an
+ * unknown type, a missing field or one of the wrong kind. Fields a message does not define are
+ * dropped, so nothing unchecked gets past the edge.
+ */
+export function decodeMessage(header: unknown): Message {
+  if (typeof header !== 'object' || header === null) {
+    throw new RewindError('REWIND_PROTOCOL', 'bad frame: header is not an object');
+  }
+  const fields = header as Record<string, unknown>;
+  const type = fields.type;
+  if (typeof type !== 'string' || !Object.hasOwn(FIELDS, type)) {
+    throw new RewindError(
+      'REWIND_PROTOCOL',
+      `bad frame: unknown message type ${JSON.stringify(type)?.slice(0, 64)}`,
+    );
+  }
+  const known = type as Message['type'];
+  const out: Record<string, unknown> = { type: known };
+  for (const [name, kind] of Object.entries(FIELDS[known])) {
+    if (!fieldOk(kind, fields[name])) {
+      throw new RewindError('REWIND_PROTOCOL', `bad frame: ${known} needs ${name} (${kind})`);
+    }
+    out[name] = fields[name];
+  }
+  for (const [name, kind] of Object.entries(OPTIONAL_FIELDS[known] ?? {})) {
+    if (fields[name] === undefined) continue;
+    if (!fieldOk(kind, fields[name])) {
+      throw new RewindError('REWIND_PROTOCOL', `bad frame: ${known} has a bad ${name} (${kind})`);
+    }
+    out[name] = fields[name];
+  }
+  return out as Message;
+}
+
+export function isAgentMessage(message: Message): message is AgentMessage {
+  return AGENT_TYPES.has(message.type);
+}
+
+export function isManagerMessage(message: Message): message is ManagerMessage {
+  return !AGENT_TYPES.has(message.type);
+}
 
 /** Volumes an agent holds offline for a restore (kept in its state across restarts). */
 export interface RestoringState {
@@ -122,7 +280,10 @@ export class FrameReader {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     const frames: { message: Message; payload: Buffer }[] = [];
-    for (let guard = 0; this.buffered >= FRAME_PREFIX_BYTES; guard++) {
+    // Every frame takes at least its prefix: the loop ends within buffered / prefix turns.
+    const turnsMax = Math.ceil(this.buffered / FRAME_PREFIX_BYTES);
+    for (let turn = 0; this.buffered >= FRAME_PREFIX_BYTES; turn++) {
+      assert(turn <= turnsMax, 'each frame consumes its prefix');
       const prefix = this.peek(FRAME_PREFIX_BYTES);
       const total = prefix.readUInt32LE(0);
       const jsonBytes = prefix.readUInt32LE(4);
@@ -134,20 +295,16 @@ export class FrameReader {
       }
       if (this.buffered < FRAME_PREFIX_BYTES + total) break;
       const frame = this.take(FRAME_PREFIX_BYTES + total);
-      let message: Message;
+      let header: unknown;
       try {
-        message = JSON.parse(
+        header = JSON.parse(
           frame.subarray(FRAME_PREFIX_BYTES, FRAME_PREFIX_BYTES + jsonBytes).toString('utf8'),
-        ) as Message;
+        ) as unknown;
       } catch (error) {
         throw new RewindError('REWIND_PROTOCOL', 'bad frame: header is not JSON', { cause: error });
       }
-      if (typeof message !== 'object' || message === null || typeof message.type !== 'string') {
-        throw new RewindError('REWIND_PROTOCOL', 'bad frame: header has no type');
-      }
+      const message = decodeMessage(header);
       frames.push({ message, payload: frame.subarray(FRAME_PREFIX_BYTES + jsonBytes) });
-      if (guard > 1_000_000)
-        throw new RewindError('REWIND_PROTOCOL', 'too many frames in one read');
     }
     return frames;
   }

@@ -55,9 +55,14 @@ export class PlanBuffer implements FileReadPlan {
 /** Read-ahead of a transaction file read sequentially: first and largest window. */
 const READ_AHEAD_MIN_BYTES = 32 * 1024;
 const READ_AHEAD_MAX_BYTES = 128 * 1024;
-/** A read of a file starting at most this far after where the last one ended counts as sequential. */
+/**
+ * A read of a file starting at most this far after where the last one ended counts as sequential.
+ */
 const SEQUENTIAL_SKIP_BYTES = 256 * 1024;
-/** The shared scratch buffer for coalesced reads is kept up to this size; larger reads get their own. */
+/**
+ * The shared scratch buffer for coalesced reads is kept up to this size; larger reads get their
+ * own.
+ */
 const SCRATCH_KEEP_BYTES = 8 * 1024 * 1024;
 
 interface Window {
@@ -83,7 +88,10 @@ interface Window {
  */
 export class ReadAhead {
   private readonly totalBytesMax: number;
-  /** By key: the file offset where the last read ended, the current window size, and how many reads in a row were sequential. */
+  /**
+   * By key: the file offset where the last read ended, the current window size, and how many reads
+   * in a row were sequential.
+   */
   private readonly last = new Map<number, { expected: number; size: number; streak: number }>();
   /** Windows by key, least recently used first. */
   private readonly windows = new Map<number, Window>();
@@ -115,7 +123,8 @@ export class ReadAhead {
     const now = ++this.fetches;
     let last = this.last.get(key);
     if (last === undefined) {
-      if (this.last.size >= 65536) this.last.clear(); // only a hint: forgetting it costs one direct read
+      // only a hint: forgetting it costs one direct read
+      if (this.last.size >= 65536) this.last.clear();
       last = { expected: -1, size: 0, streak: 0 };
       this.last.set(key, last);
     }
@@ -134,7 +143,8 @@ export class ReadAhead {
       return undefined;
     }
     last.streak += 1;
-    if (last.streak < 2) return undefined; // twice in a row: a random read lands near the last one now and then
+    // twice in a row: a random read lands near the last one now and then
+    if (last.streak < 2) return undefined;
     const size = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, 2 * last.size));
     const length = Math.max(size, end - start);
     if (length > READ_AHEAD_MAX_BYTES) return undefined; // as large as a window: read it directly
@@ -185,7 +195,10 @@ function scratchBuffer(bytes: number): Buffer {
   return scratch;
 }
 
-/** Reads every piece of `plan` into `target`: from a read-ahead window, one pread, or one pread of the group's span. */
+/**
+ * Reads every piece of `plan` into `target`: from a read-ahead window, one pread, or one pread of
+ * the group's span.
+ */
 export function runFileReads(target: Buffer, plan: FileReadPlan, readAhead: ReadAhead): void {
   const groups = plan.groups;
   const pieces = plan.pieces;

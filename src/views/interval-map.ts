@@ -1,16 +1,27 @@
-// Interval map for views: half-open byte ranges to a value and a source offset, kept in a B+-tree of sorted leaf arrays.
+// Interval map for views: half-open byte ranges to a value and a source offset, kept in a B+-tree
+// of sorted leaf arrays.
 import { assert } from '../core/index.js';
 
 /** The largest position: 2^53 is exact, and so is every difference of two positions up to it. */
 const POSITION_MAX = 2 ** 53;
-/** Node capacity: arrays this long shift in well under a microsecond and keep the tree 3-4 levels deep at 1M entries. */
+/**
+ * Node capacity: arrays this long shift in well under a microsecond and keep the tree 3-4 levels
+ * deep at 1M entries.
+ */
 const NODE_SIZE_MAX_DEFAULT = 64;
-/** Below 4 a split or merge could leave a node with fewer than 2 items, and the tree would stop being balanced. */
+/**
+ * Below 4 a split or merge could leave a node with fewer than 2 items, and the tree would stop
+ * being balanced.
+ */
 const NODE_SIZE_MAX_MIN = 4;
-/** Bounds every descent: 2^53 entries at the smallest fanout still fit in fewer levels than this. */
+/**
+ * Bounds every descent: 2^53 entries at the smallest fanout still fit in fewer levels than this.
+ */
 const DEPTH_MAX = 64;
 
-/** A mapped range: `valueOffset` is the position in the value's source that corresponds to `start`. */
+/**
+ * A mapped range: `valueOffset` is the position in the value's source that corresponds to `start`.
+ */
 export interface Mapped<T> {
   start: number;
   end: number;
@@ -37,7 +48,10 @@ export type PieceVisitor<T> = (
 ) => void;
 
 export interface IntervalMapOptions {
-  /** Most entries per leaf and children per branch; small values make tests exercise splits and merges. */
+  /**
+   * Most entries per leaf and children per branch; small values make tests exercise splits and
+   * merges.
+   */
   nodeSizeMax?: number;
 }
 
@@ -53,7 +67,10 @@ export class IntervalMap<T> {
     this.tree = new EntryTree<T>(this.nodeSizeMax);
   }
 
-  /** Number of entries (touching pieces of one source with continuing offsets are kept as one entry). */
+  /**
+   * Number of entries (touching pieces of one source with continuing offsets are kept as one
+   * entry).
+   */
   get size(): number {
     return this.tree.size;
   }
@@ -72,7 +89,10 @@ export class IntervalMap<T> {
     this.insertCoalesced(entry);
   }
 
-  /** Maps only the unmapped parts of [start, end); each part keeps its offset relative to `start`. Returns the parts added. */
+  /**
+   * Maps only the unmapped parts of [start, end); each part keeps its offset relative to `start`.
+   * Returns the parts added.
+   */
   fillGaps(start: number, end: number, value: T, valueOffset: number): number {
     assertRange(start, end);
     assertValueOffset(valueOffset, end - start);
@@ -95,7 +115,10 @@ export class IntervalMap<T> {
     this.unmap(start, end);
   }
 
-  /** The pieces covering exactly [start, end) in order, gaps included, clipped to the range: O(log n + k). */
+  /**
+   * The pieces covering exactly [start, end) in order, gaps included, clipped to the range: O(log n
+   * + k).
+   */
   query(start: number, end: number): Array<Piece<T>> {
     assertRange(start, end);
     const pieces: Array<Piece<T>> = [];
@@ -112,8 +135,9 @@ export class IntervalMap<T> {
   }
 
   /**
-   * Visits the pieces covering exactly [start, end) in order, gaps included (value undefined), clipped
-   * to the range, like `query` but without allocating a piece per entry. `visit` must not change the map.
+   * Visits the pieces covering exactly [start, end) in order, gaps included (value undefined),
+   * clipped to the range, like `query` but without allocating a piece per entry. `visit` must not
+   * change the map.
    */
   forEachPiece(start: number, end: number, visit: PieceVisitor<T>): void {
     assertRange(start, end);
@@ -245,7 +269,9 @@ export class IntervalMap<T> {
     }
   }
 
-  /** Inserts an entry into an unmapped range, joining it with touching entries of the same source. */
+  /**
+   * Inserts an entry into an unmapped range, joining it with touching entries of the same source.
+   */
   private insertCoalesced(entry: Mapped<T>): void {
     if (this.insertJoined(entry)) return;
     // A join across two leaves: find both neighbours, then join or insert one step at a time.
@@ -298,7 +324,10 @@ export class IntervalMap<T> {
   }
 }
 
-/** `keys[i]` is exactly the smallest start in `children[i]`, so a descent never lands right of its floor. */
+/**
+ * `keys[i]` is exactly the smallest start in `children[i]`, so a descent never lands right of its
+ * floor.
+ */
 interface Branch<T> {
   readonly isLeaf: false;
   keys: number[];
@@ -308,9 +337,10 @@ interface Branch<T> {
 type TreeNode<T> = Leaf<T> | Branch<T>;
 
 /**
- * Up to `capacity` entries, sorted by start, in two arrays allocated once: `numbers` holds the starts, ends and
- * value offsets in three segments of `capacity` unboxed doubles, `values` the values. Searching a leaf reads a few
- * contiguous cache lines; an object per entry would cost a pointer chase and boxed numbers for every entry read.
+ * Up to `capacity` entries, sorted by start, in two arrays allocated once: `numbers` holds the
+ * starts, ends and value offsets in three segments of `capacity` unboxed doubles, `values` the
+ * values. Searching a leaf reads a few contiguous cache lines; an object per entry would cost a
+ * pointer chase and boxed numbers for every entry read.
  */
 class Leaf<T> {
   readonly isLeaf = true;
@@ -322,12 +352,14 @@ class Leaf<T> {
 
   constructor(capacity: number) {
     this.capacity = capacity;
-    // A fractional fill makes V8 store the array as unboxed doubles from the start, never changing representation.
+    // A fractional fill makes V8 store the array as unboxed doubles from the start, never changing
+    // representation.
     this.numbers = new Array<number>(3 * capacity).fill(0.5);
     this.values = new Array<T | undefined>(capacity).fill(undefined);
   }
 
-  // start() and end() skip the bounds assert: they run inside every binary search, and callers stay below count.
+  // start() and end() skip the bounds assert: they run inside every binary search, and callers stay
+  // below count.
   start(index: number): number {
     return this.numbers[index] as number;
   }
@@ -352,7 +384,10 @@ class Leaf<T> {
     this.numbers[this.capacity + index] = end;
   }
 
-  /** Moves an entry's start (and its value offset with it) without reordering: the caller keeps the order. */
+  /**
+   * Moves an entry's start (and its value offset with it) without reordering: the caller keeps the
+   * order.
+   */
   setStart(index: number, start: number, valueOffset: number): void {
     assert(index < this.count, 'interval map: leaf index past its entries');
     this.numbers[index] = start;
@@ -458,7 +493,10 @@ class Leaf<T> {
   }
 }
 
-/** A B+-tree of entries keyed by start. Overlaps are `IntervalMap`'s to rule out; only insertJoined looks at them. */
+/**
+ * A B+-tree of entries keyed by start. Overlaps are `IntervalMap`'s to rule out; only insertJoined
+ * looks at them.
+ */
 class EntryTree<T> {
   private readonly sizeMax: number;
   private readonly sizeMin: number;
@@ -522,7 +560,10 @@ class EntryTree<T> {
     return tree;
   }
 
-  /** Calls `visit` for the entries overlapping [start, end), in order, without copying them: O(log n + k). */
+  /**
+   * Calls `visit` for the entries overlapping [start, end), in order, without copying them: O(log n
+   * + k).
+   */
   visitOverlapping(start: number, end: number, visit: PieceVisitor<T>): void {
     let leaf: Leaf<T> | undefined = this.descend(start);
     let index = leaf.countStartsAtMost(start) - 1;
@@ -544,9 +585,10 @@ class EntryTree<T> {
   }
 
   /**
-   * Inserts `entry` in one descent, joined with a touching neighbour of the same source, and returns true; or
-   * returns false, changing nothing, when an entry overlaps it or a join would cross leaves. Most inserts (random
-   * or sequential writes) qualify, and this costs a third of finding the neighbours first and inserting after.
+   * Inserts `entry` in one descent, joined with a touching neighbour of the same source, and
+   * returns true; or returns false, changing nothing, when an entry overlaps it or a join would
+   * cross leaves. Most inserts (random or sequential writes) qualify, and this costs a third of
+   * finding the neighbours first and inserting after.
    */
   insertJoined(entry: Mapped<T>): boolean {
     const leaf = this.descend(entry.start);
@@ -713,7 +755,10 @@ class EntryTree<T> {
     if (this.pathDepth > 0 && leaf.count < this.sizeMin) this.rebalance(this.pathDepth - 1);
   }
 
-  /** Moves the start of entry `index` of the path's leaf; it must stay between its neighbours' ranges. */
+  /**
+   * Moves the start of entry `index` of the path's leaf; it must stay between its neighbours'
+   * ranges.
+   */
   private setStartAt(leaf: Leaf<T>, index: number, start: number, valueOffset: number): void {
     assert(
       index === 0 || leaf.end(index - 1) <= start,
@@ -736,7 +781,10 @@ class EntryTree<T> {
       this.insertChild(this.pathDepth - 1, splitLeaf(leaf, leaf.count >>> 1));
   }
 
-  /** The leaf at the end of the path has a new minimum: copy it up while it is also its parent's minimum. */
+  /**
+   * The leaf at the end of the path has a new minimum: copy it up while it is also its parent's
+   * minimum.
+   */
   private updateMinKey(key: number): void {
     for (let depth = this.pathDepth - 1; depth >= 0; depth -= 1) {
       const index = at(this.pathIndexes, depth);
@@ -745,7 +793,9 @@ class EntryTree<T> {
     }
   }
 
-  /** Adds `child` right after the path's node at `depth`, splitting upwards while nodes overflow. */
+  /**
+   * Adds `child` right after the path's node at `depth`, splitting upwards while nodes overflow.
+   */
   private insertChild(depth: number, child: TreeNode<T>): void {
     if (depth < 0) {
       this.root = {
@@ -769,7 +819,10 @@ class EntryTree<T> {
     this.insertChild(depth - 1, right);
   }
 
-  /** The path's child under the node at `depth` is under half full: merge it with a sibling or even them out. */
+  /**
+   * The path's child under the node at `depth` is under half full: merge it with a sibling or even
+   * them out.
+   */
   private rebalance(depth: number): void {
     const parent = at(this.pathNodes, depth);
     const index = at(this.pathIndexes, depth);
@@ -820,7 +873,10 @@ function merge<T>(left: TreeNode<T>, right: TreeNode<T>): void {
   }
 }
 
-/** Splits the items of two siblings evenly; `left` keeps its first half, a new node (returned) replaces `right`. */
+/**
+ * Splits the items of two siblings evenly; `left` keeps its first half, a new node (returned)
+ * replaces `right`.
+ */
 function redistribute<T>(left: TreeNode<T>, right: TreeNode<T>): TreeNode<T> {
   const half = (nodeSize(left) + nodeSize(right)) >>> 1;
   if (left.isLeaf && right.isLeaf) {
@@ -881,7 +937,9 @@ function gapPiece(start: number, end: number): Gap {
   return { start, end, value: undefined, valueOffset: 0 };
 }
 
-/** Touching entries of one source whose offsets continue can be one entry without changing any byte. */
+/**
+ * Touching entries of one source whose offsets continue can be one entry without changing any byte.
+ */
 function canJoin<T>(left: Mapped<T>, right: Mapped<T>): boolean {
   return (
     left.end === right.start &&

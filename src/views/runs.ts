@@ -4,7 +4,9 @@
 // in k lists, in typed arrays with no object per run; the result loads into an IntervalMap in O(n).
 import { assert } from '../core/index.js';
 
-/** Runs in typed arrays; `offset` is the position in the run's source that corresponds to `start`. */
+/**
+ * Runs in typed arrays; `offset` is the position in the run's source that corresponds to `start`.
+ */
 export class Runs {
   count = 0;
   start: Float64Array;
@@ -63,9 +65,9 @@ export class Runs {
 }
 
 /**
- * Lists in priority order, concatenated in `runs`: list i is runs [bounds[i], bounds[i + 1]), sorted
- * by start and disjoint. Returns one sorted, disjoint list holding, for every byte some list maps,
- * the run of the first list that maps it (clipped; its offset moved along with its start).
+ * Lists in priority order, concatenated in `runs`: list i is runs [bounds[i], bounds[i + 1]),
+ * sorted by start and disjoint. Returns one sorted, disjoint list holding, for every byte some list
+ * maps, the run of the first list that maps it (clipped; its offset moved along with its start).
  * `runs` is consumed: its arrays may be reused for the result.
  */
 export function overlay(runs: Runs, bounds: readonly number[]): Runs {
@@ -104,7 +106,9 @@ export function overlay(runs: Runs, bounds: readonly number[]): Runs {
   return current;
 }
 
-/** Merges runs [aFrom, aTo) (wins) and [bFrom, bTo) of `runs` into `out`, which has room for them. */
+/**
+ * Merges runs [aFrom, aTo) (wins) and [bFrom, bTo) of `runs` into `out`, which has room for them.
+ */
 function mergePair(
   runs: Runs,
   aFrom: number,

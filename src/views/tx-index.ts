@@ -193,7 +193,9 @@ export class TxIndex {
     return { from, to: low };
   }
 
-  /** The index file: header, then the 256 binding bytes, then the arrays (each padded to 8 bytes). */
+  /**
+   * The index file: header, then the 256 binding bytes, then the arrays (each padded to 8 bytes).
+   */
   encode(segmentIndex: number, binding: Buffer): Buffer {
     assert(binding.length === TX_INDEX_BINDING_BYTES, 'transaction index: binding is 256 bytes');
     const r = this.recordCount;
@@ -212,7 +214,8 @@ export class TxIndex {
       this.extentKind,
     ];
     const bodyBytes = arrays.reduce((sum, array) => sum + align8(array.byteLength), 0);
-    const out = Buffer.alloc(TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES + bodyBytes); // zeroed: padding and reserved bytes
+    // zeroed: padding and reserved bytes
+    const out = Buffer.alloc(TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES + bodyBytes);
     let at = TX_INDEX_HEADER_BYTES + TX_INDEX_BINDING_BYTES;
     binding.copy(out, TX_INDEX_HEADER_BYTES);
     for (const array of arrays) {

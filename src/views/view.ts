@@ -1,5 +1,5 @@
-// A view of a whole volume set at one seq, built from the history (DESIGN.md "Views"): per volume an
-// interval map from byte ranges to where their bytes lie at that seq (a redo payload, an undo
+// A view of a whole volume set at one seq, built from the history (DESIGN.md "Views"): per volume
+// an interval map from byte ranges to where their bytes lie at that seq (a redo payload, an undo
 // extent, zeroes) and the replica everywhere else. A clone adds a private overlay on top.
 import { assert, mergeRanges, RewindError, type ByteRange } from '../core/index.js';
 import type { RedoRecord, UndoExtent } from '../log/index.js';
@@ -27,7 +27,9 @@ export interface HistoryTx {
   seqLast: number;
 }
 
-/** What a view needs to know of a replica: which chunks may hold data; the others read as zeroes. */
+/**
+ * What a view needs to know of a replica: which chunks may hold data; the others read as zeroes.
+ */
 export interface ReplicaAllocation {
   readonly allocChunkBytes: number;
   chunkMayHoldData(chunk: number): boolean;
@@ -53,9 +55,14 @@ export interface History {
 
 const ZERO: ViewSource = { kind: 'zero', idx: 0, id: 0 };
 
-/** Pieces of one source closer than this in its file are read with one pread (the gap is read too). */
+/**
+ * Pieces of one source closer than this in its file are read with one pread (the gap is read too).
+ */
 const FILE_GAP_BYTES = 16 * 1024;
-/** Replica pieces closer than this are read with one pread straight into the target; the pieces in between are written over afterwards. */
+/**
+ * Replica pieces closer than this are read with one pread straight into the target; the pieces in
+ * between are written over afterwards.
+ */
 const REPLICA_GAP_BYTES = 16 * 1024;
 /** Read-ahead windows kept per view for its synchronous reads. */
 const READ_AHEAD_TOTAL_BYTES = 32 * 1024 * 1024;
@@ -317,7 +324,9 @@ export class View {
     return this.maps.reduce((sum, map) => sum + map.size, 0);
   }
 
-  /** Reads the view's bytes (synchronously: a read never straddles an apply, see ARCHITECTURE.md). */
+  /**
+   * Reads the view's bytes (synchronously: a read never straddles an apply, see ARCHITECTURE.md).
+   */
   read(volume: number, offsetBytes: number, lengthBytes: number): Buffer {
     const target = Buffer.allocUnsafe(lengthBytes);
     const overlay = this.overlays?.[volume];
@@ -354,7 +363,8 @@ export class View {
 
   /**
    * Looks up the pieces of the range, reads its replica pieces and fills its zero pieces into
-   * `target`, and puts groups for its transaction-file pieces in `plan`. Returns whether there are any.
+   * `target`, and puts groups for its transaction-file pieces in `plan`. Returns whether there are
+   * any.
    */
   private readReplicaAndZeroes(
     volume: number,
@@ -467,7 +477,10 @@ export class View {
     return true;
   }
 
-  /** Replica bytes [start, end) into `target` at `at`; chunks never written with data are zeroes without a read. */
+  /**
+   * Replica bytes [start, end) into `target` at `at`; chunks never written with data are zeroes
+   * without a read.
+   */
   private readReplica(
     volume: number,
     target: Buffer,
@@ -540,7 +553,9 @@ export class View {
   }
 }
 
-/** The pieces of one read, in typed arrays (reads are synchronous, so one list serves every view). */
+/**
+ * The pieces of one read, in typed arrays (reads are synchronous, so one list serves every view).
+ */
 class PieceList {
   count = 0;
   start: Float64Array = new Float64Array(256);

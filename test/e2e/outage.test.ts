@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { ExportBackend } from '../../src/nbd/backend.js';
-import type { LogEntry } from '../../src/manager/manager.js';
+import type { LogEntry } from '../../src/manager/index.js';
 import { startAgent, startManager, type Running } from '../../src/runtime/up.js';
 import { rng } from '../support/model.js';
 import { until } from '../support/process.js';

@@ -328,14 +328,24 @@ test('diff, history, bookmarks and image export agree with the model', async () 
     // Export at the bookmark: equal to the model, sparse, with the right checksum.
     const file = path.join(dir, 'a-at-20.img');
     const job = await running.manager!.exporter.settled(
-      (await running.manager!.exporter.start('a', '@before-trouble', file, false)).id,
+      (
+        await running.manager!.exporter.start({
+          volume: 'a',
+          at: '@before-trouble',
+          file,
+          overwrite: false,
+        })
+      ).id,
     );
     assert.equal(job.state, 'done', job.message ?? '');
     const image = fs.readFileSync(file);
     const model = replay(SIZES, history, 20)[0] as Buffer;
     assert.ok(image.equals(model), 'the exported image equals the model');
     assert.equal(job.sha256, createHash('sha256').update(model).digest('hex'));
-    await assert.rejects(running.manager!.exporter.start('a', '20', file, false), /exists/);
+    await assert.rejects(
+      running.manager!.exporter.start({ volume: 'a', at: '20', file, overwrite: false }),
+      /exists/,
+    );
     assert.equal(fs.existsSync(`${file}.partial`), false);
   } finally {
     await running?.close();

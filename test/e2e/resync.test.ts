@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { ExportBackend } from '../../src/nbd/backend.js';
-import type { LogEntry } from '../../src/manager/manager.js';
+import type { LogEntry } from '../../src/manager/index.js';
 import { startUp, type Running } from '../../src/runtime/up.js';
 import type { VolumeSpec } from '../../src/agent/agent.js';
 import { rng } from '../support/model.js';

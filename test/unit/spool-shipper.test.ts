@@ -15,11 +15,44 @@ import {
   scanRedo,
 } from '../../src/log/redo.js';
 import { Spool } from '../../src/agent/spool.js';
-import { Shipper } from '../../src/agent/shipper.js';
-import type { Agent } from '../../src/agent/agent.js';
+import { Shipper, type AgentCommands, type ShipperSource } from '../../src/agent/shipper.js';
 import { FrameReader, sendFrame } from '../../src/ship/protocol.js';
 
 const VOLUME_SET = Buffer.alloc(16, 9);
+
+/** The agent as the shipper sees it, over a real spool; commits are recorded. */
+function fakeSource(spool: Spool, committed: number[] = []): ShipperSource {
+  return {
+    hello: () => ({
+      volumeSetId: '09090909-0909-0909-0909-090909090909',
+      volumeSetName: 'test',
+      volumes: [{ name: 'v', sizeBytes: 1 << 30 }],
+      seqNext: 1,
+    }),
+    sealed: () => spool.sealed,
+    committed: async (index) => {
+      committed.push(index);
+      await spool.release(index); // as the agent does: an acknowledged segment leaves the spool
+    },
+    report: () => ({
+      seqCaptured: 15,
+      timeCapturedNs: 15n,
+      spoolBytes: spool.totalBytes,
+      sealedPending: spool.sealed.length,
+      mode: 'logging',
+      failure: undefined,
+      restoring: undefined,
+    }),
+  };
+}
+
+/** These tests send no commands; one that arrives fails the test. */
+const refusingCommands: AgentCommands = {
+  seal: () => Promise.reject(new Error('unexpected seal')),
+  restoreBegin: () => Promise.reject(new Error('unexpected restore')),
+  restoreWrite: () => assert.fail('unexpected restore write'),
+  restoreEnd: () => Promise.reject(new Error('unexpected restore')),
+};
 
 function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-spool-'));
@@ -175,22 +208,12 @@ describe('shipper', () => {
         await spool.append(...records(seq, 1), seq, 1, BigInt(seq), BigInt(seq));
         await spool.seal();
       }
-      const agent = {
-        volumeSetId: '09090909-0909-0909-0909-090909090909',
-        volumeSetName: 'test',
-        volumeInfo: () => [{ name: 'v', sizeBytes: 1 << 30 }],
-        committed: async () => undefined,
-        seal: async () => 15,
-        status: () => ({
-          seqCaptured: 15,
-          timeCapturedNs: 15n,
-          spoolBytes: spool.totalBytes,
-          sealedPending: spool.sealed.length,
-          mode: 'logging',
-          failure: undefined,
-        }),
-      } as unknown as Agent;
-      shipper = new Shipper(agent, spool, { host: '127.0.0.1', port, token: 't' }, () => undefined);
+      shipper = new Shipper({
+        source: fakeSource(spool),
+        commands: refusingCommands,
+        target: { host: '127.0.0.1', port, token: 't' },
+        log: () => undefined,
+      });
       shipper.start();
       for (let waited = 0; received.length < 4; waited += 20) {
         assert.ok(waited < 20_000, `all four segments arrive (got ${received.join(',')})`);
@@ -199,6 +222,65 @@ describe('shipper', () => {
       assert.deepEqual(received, [1, 2, 3, 4]);
     } finally {
       await shipper?.stop();
+      spool.close();
+      server.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a segment the manager leaves unanswered is resent on a new connection after its timeout', async () => {
+    const dir = tmpDir();
+    const sessions: number[][] = [];
+    // The first session takes segment 1 and never answers (a turn that never ends); the next
+    // one acknowledges it.
+    const server = net.createServer((socket) => {
+      const seen: number[] = [];
+      sessions.push(seen);
+      const answers = sessions.length > 1;
+      const reader = new FrameReader();
+      socket.on('data', (chunk: Buffer) => {
+        for (const { message } of reader.push(chunk)) {
+          if (message.type === 'hello')
+            sendFrame(socket, { type: 'welcome', seqCommitted: 0, segmentCommitted: 0 });
+          if (message.type === 'segment') {
+            seen.push(message.index);
+            if (answers)
+              sendFrame(socket, { type: 'ack', index: message.index, seqLast: message.seqLast });
+          }
+        }
+      });
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+    const committed: number[] = [];
+    const logged: string[] = [];
+    const shipper = new Shipper({
+      source: fakeSource(spool, committed),
+      commands: refusingCommands,
+      target: { host: '127.0.0.1', port, token: 't', ackTimeoutMs: 600 },
+      log: (_level, message) => logged.push(message),
+    });
+    try {
+      await spool.append(...records(1, 2), 1, 2, 1n, 2n);
+      await spool.seal();
+      shipper.start();
+      for (let waited = 0; !committed.includes(1); waited += 20) {
+        assert.ok(
+          waited < 20_000,
+          `segment 1 is acknowledged in the end (sessions ${JSON.stringify(sessions)})`,
+        );
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(sessions.slice(0, 2), [[1], [1]], 'sent, unanswered, sent again');
+      assert.equal(shipper.ackTimeouts, 1);
+      assert.ok(
+        logged.some((line) => /segment 1 unanswered by the manager/.test(line)),
+        logged.join('\n'),
+      );
+    } finally {
+      await shipper.stop();
       spool.close();
       server.close();
       fs.rmSync(dir, { recursive: true, force: true });
