@@ -3,7 +3,7 @@
 // Cleaning is lazy (DRBD activity-log style): a committed region is cleared only once it has gone
 // quiet, so a busy region costs one durable mark, not one per commit.
 import fs from 'node:fs';
-import { assert } from '../core/index.js';
+import { assert, bitClear, bitGet, bitSet } from '../core/index.js';
 import { fdatasyncAsync } from '../platform/index.js';
 
 export const REGION_BYTES_DEFAULT = 1024 * 1024;
@@ -42,7 +42,7 @@ export class DirtyMap {
   }
 
   isMarked(region: number): boolean {
-    return ((this.bits[region >> 3] ?? 0) & (1 << (region & 7))) !== 0;
+    return bitGet(this.bits, region);
   }
 
   /** Regions marked on disk: after an unclean stop these may differ from the replica. */
@@ -79,7 +79,7 @@ export class DirtyMap {
       this.lastSeq.set(region, seq);
       this.lastTouchMs.set(region, nowMs);
       if (!this.isMarked(region)) {
-        this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) | (1 << (region & 7));
+        bitSet(this.bits, region);
         this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
         this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
         newlyMarked = true;
@@ -133,7 +133,7 @@ export class DirtyMap {
     const pressure = this.lastSeq.size > hotMax;
     for (const [region, seq] of this.lastSeq) {
       if (!this.clearable(region, seq, seqCommitted, nowMs, quietMs, pressure)) continue;
-      this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) & ~(1 << (region & 7));
+      bitClear(this.bits, region);
       this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
       this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
       this.lastSeq.delete(region);
@@ -151,8 +151,7 @@ export class DirtyMap {
 
   /** Marks every region and makes that durable (a pre-existing image before its first sync). */
   async markAll(): Promise<void> {
-    for (let region = 0; region < this.regionCount; region++)
-      this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) | (1 << (region & 7));
+    for (let region = 0; region < this.regionCount; region++) bitSet(this.bits, region);
     this.dirtyBytesLow = 0;
     this.dirtyBytesHigh = this.bits.length;
     await this.persist();

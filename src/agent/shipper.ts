@@ -307,7 +307,8 @@ export class Shipper {
               reply({ type: 'restore-written', id: message.id, chunk: message.chunk, errno }),
           );
         } catch (error) {
-          failed(message.id)(error);
+          rethrowIfBug(error);
+          reply({ type: 'restore-failed', id: message.id, message: errorMessage(error) });
         }
         return;
       case 'restore-end':

@@ -6,3 +6,4 @@ export * from './checksum.js';
 export * from './time.js';
 export * from './crash.js';
 export * from './log.js';
+export * from './bits.js';

@@ -14,7 +14,3 @@ export function formatTimeNs(ns: bigint): string {
   const micros = (ns / 1000n) % 1_000_000n;
   return `${iso.slice(0, 19)}.${micros.toString().padStart(6, '0')}Z`;
 }
-
-export function msToNs(ms: number): bigint {
-  return BigInt(Math.round(ms)) * 1_000_000n;
-}

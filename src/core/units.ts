@@ -42,10 +42,6 @@ export interface ByteRange {
   length: number;
 }
 
-export function rangeEnd(range: ByteRange): number {
-  return range.offset + range.length;
-}
-
 /** Sorts and merges overlapping or touching ranges. */
 export function mergeRanges(ranges: readonly ByteRange[]): ByteRange[] {
   const sorted = ranges.filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);

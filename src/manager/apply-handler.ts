@@ -3,7 +3,7 @@
 // main thread (InThreadApply in apply-pool.ts), where the simulated disk and clock live.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import { assert, RewindError } from '../core/index.js';
+import { assert, bitGet, RewindError } from '../core/index.js';
 import { mapFile } from '../platform/index.js';
 import { saveUndo, syncReplicas, writeRedo, type ReplicaTarget } from './apply.js';
 import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-messages.js';
@@ -31,7 +31,7 @@ export class ApplyHandler {
       index: ref.index,
       file: ref.file,
       fd: handle.fd,
-      chunkMayHoldData: (chunk) => ((bits[chunk >> 3] ?? 0) & (1 << (chunk & 7))) !== 0,
+      chunkMayHoldData: (chunk) => bitGet(bits, chunk),
     };
   }
 

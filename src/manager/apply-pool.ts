@@ -3,7 +3,7 @@
 // carried back with their codes (ENOSPC stays ENOSPC, so a full disk is still backpressure). A
 // worker that dies is replaced on the next request.
 import { Worker } from 'node:worker_threads';
-import { reviveError, RewindError } from '../core/index.js';
+import { rethrowIfBug, reviveError, RewindError } from '../core/index.js';
 import type { RedoRecord, UndoHeader } from '../log/index.js';
 import type { UndoResult } from './apply.js';
 import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-messages.js';
@@ -132,7 +132,11 @@ export class ApplyWorker implements Applier {
   async close(): Promise<void> {
     const worker = this.worker;
     if (!worker) return;
-    await this.request({ type: 'close' }).catch(() => undefined);
+    try {
+      await this.request({ type: 'close' });
+    } catch (error) {
+      rethrowIfBug(error); // a worker that already stopped has nothing left to close
+    }
     this.worker = undefined;
     await worker.terminate();
   }

@@ -1,7 +1,6 @@
 // One transaction's trip through the manager: save the undo (replica bytes the redo will overwrite,
 // read ascending, each byte once, zero runs without bytes, durable before the replica is touched),
 // then apply the newest write of each range in offset order and make the replica durable.
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { assert, assertNever, crc32c, mergeRanges, type ByteRange } from '../core/index.js';
@@ -11,6 +10,7 @@ import {
   fsyncDir,
   isZero,
   preadFully,
+  writeFullySync,
   writeZeroesSync,
   zeroRange,
 } from '../platform/index.js';
@@ -242,12 +242,7 @@ async function applyPiece(
 ): Promise<void> {
   switch (source) {
     case 'data': {
-      const bytes = buf.subarray(sourceOffset, sourceOffset + (end - start));
-      let done = 0;
-      for (let guard = 0; done < bytes.length; guard++) {
-        assert(guard <= bytes.length, 'replica write makes progress');
-        done += fs.writeSync(replica.fd, bytes, done, bytes.length - done, start + done);
-      }
+      writeFullySync(replica.fd, buf.subarray(sourceOffset, sourceOffset + (end - start)), start);
       return;
     }
     case 'zero':

@@ -3,7 +3,8 @@
 // building the undo of a huge trim over a sparse replica skips reading terabytes of zeroes.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fdatasyncAsync } from '../platform/index.js';
+import { bitBytes, bitGet, bitSet } from '../core/index.js';
+import { fdatasyncAsync, preadFully, writeFullySync } from '../platform/index.js';
 
 export const ALLOC_CHUNK_BYTES = 1024 * 1024;
 
@@ -52,11 +53,11 @@ export class ReplicaVolume {
     const chunks = Math.ceil(sizeBytes / ALLOC_CHUNK_BYTES);
     // Shared memory: the apply worker reads the bitmap while building undo; only this thread writes
     // it.
-    const alloc = Buffer.from(new SharedArrayBuffer(Math.ceil(chunks / 8)));
+    const alloc = Buffer.from(new SharedArrayBuffer(bitBytes(chunks)));
     const exists = fs.existsSync(allocFile);
     const allocFd = fs.openSync(allocFile, exists ? 'r+' : 'w+');
-    if (exists) fs.readSync(allocFd, alloc, 0, alloc.length, 0);
-    else fs.writeSync(allocFd, alloc, 0, alloc.length, 0);
+    if (exists) preadFully(allocFd, alloc, 0, alloc.length, 0);
+    else writeFullySync(allocFd, alloc, 0);
     return new ReplicaVolume(index, name, sizeBytes, file, fd, allocFd, alloc);
   }
 
@@ -71,7 +72,7 @@ export class ReplicaVolume {
 
   /** False only when no byte of the chunk was ever written with data. */
   chunkMayHoldData(chunk: number): boolean {
-    return ((this.alloc[chunk >> 3] ?? 0) & (1 << (chunk & 7))) !== 0;
+    return bitGet(this.alloc, chunk);
   }
 
   markData(offsetBytes: number, lengthBytes: number): void {
@@ -79,7 +80,7 @@ export class ReplicaVolume {
     const last = Math.floor((offsetBytes + lengthBytes - 1) / ALLOC_CHUNK_BYTES);
     for (let chunk = first; chunk <= last; chunk++) {
       if (!this.chunkMayHoldData(chunk)) {
-        this.alloc[chunk >> 3] = (this.alloc[chunk >> 3] ?? 0) | (1 << (chunk & 7));
+        bitSet(this.alloc, chunk);
         this.allocChanged = true;
       }
     }
@@ -88,7 +89,7 @@ export class ReplicaVolume {
   /** Persists the bitmap before any data is written under new bits (a superset is always safe). */
   async persistAlloc(): Promise<void> {
     if (!this.allocChanged) return;
-    fs.writeSync(this.allocFd, this.alloc, 0, this.alloc.length, 0);
+    writeFullySync(this.allocFd, this.alloc, 0);
     await fdatasyncAsync(this.allocFd);
     this.allocChanged = false;
   }

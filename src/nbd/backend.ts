@@ -1,6 +1,6 @@
 // The contract between the NBD server (protocol only) and what it exports (volumes, views, clones).
 // Callbacks rather than promises: the write path handles tens of thousands of requests a second and
-// a promise per request costs measurable time (see DESIGN.md, performance notes).
+// a promise per request costs measurable time (docs/BENCHMARKS.md).
 
 /** NBD error numbers a backend may answer with (NBD spec "Error values"). */
 export const NbdErrno = {
@@ -13,7 +13,6 @@ export const NbdErrno = {
   ENOTSUP: 95,
   ESHUTDOWN: 108,
 } as const;
-export type NbdErrnoValue = (typeof NbdErrno)[keyof typeof NbdErrno];
 
 /** Called exactly once per request. `errno` 0 means success. */
 export type DoneCallback = (errno: number) => void;

@@ -59,11 +59,6 @@ export async function linkFileDurable(source: string, file: string, data: Buffer
 }
 const LINK_UNSUPPORTED = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP']);
 
-export async function unlinkDurable(file: string): Promise<void> {
-  await fsp.rm(file, { force: true });
-  await fsyncDir(path.dirname(file));
-}
-
 export async function ensureDir(dir: string): Promise<void> {
   await fsp.mkdir(dir, { recursive: true });
 }
@@ -139,12 +134,24 @@ export async function zeroRange(
   }
 }
 
-export function writeZeroesSync(fd: number, offsetBytes: number, lengthBytes: number): void {
+/**
+ * Writes all of `data` at `positionBytes`: a write may take fewer bytes than asked (a signal, a
+ * file system near full), so it is repeated for the rest; one that takes none is an error.
+ */
+export function writeFullySync(fd: number, data: Uint8Array, positionBytes: number): void {
   let done = 0;
-  for (let guard = 0; done < lengthBytes; guard++) {
+  while (done < data.length) {
+    const n = fs.writeSync(fd, data, done, data.length - done, positionBytes + done);
+    if (n <= 0)
+      throw new RewindError('REWIND_IO', `a write at ${positionBytes + done} wrote nothing`);
+    done += n;
+  }
+}
+
+export function writeZeroesSync(fd: number, offsetBytes: number, lengthBytes: number): void {
+  for (let done = 0; done < lengthBytes; done += ZERO_CHUNK.length) {
     const n = Math.min(ZERO_CHUNK.length, lengthBytes - done);
-    done += fs.writeSync(fd, ZERO_CHUNK, 0, n, offsetBytes + done);
-    if (guard > lengthBytes) throw new Error('writeZeroesSync made no progress');
+    writeFullySync(fd, ZERO_CHUNK.subarray(0, n), offsetBytes + done);
   }
 }
 
@@ -213,29 +220,6 @@ export function mapFile(file: string): Buffer | undefined {
     return mapReadOnly(fd); // the mapping outlives the descriptor
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-export async function preadFullyAsync(
-  handle: fsp.FileHandle,
-  target: Buffer,
-  targetOffset: number,
-  lengthBytes: number,
-  positionBytes: number,
-): Promise<void> {
-  let done = 0;
-  while (done < lengthBytes) {
-    const { bytesRead } = await handle.read(
-      target,
-      targetOffset + done,
-      lengthBytes - done,
-      positionBytes + done,
-    );
-    if (bytesRead === 0) {
-      target.fill(0, targetOffset + done, targetOffset + lengthBytes);
-      return;
-    }
-    done += bytesRead;
   }
 }
 

@@ -1,8 +1,8 @@
 // A clone's private overlay for one volume: a sparse data file at volume offsets plus a journal of
 // written ranges (checksummed entries; a torn tail is cut on open). Writes never reach the replica.
 import fs from 'node:fs';
-import { assert, crc32c } from '../core/index.js';
-import { fdatasyncAsync, writeZeroesSync } from '../platform/index.js';
+import { crc32c } from '../core/index.js';
+import { fdatasyncAsync, writeFullySync, writeZeroesSync } from '../platform/index.js';
 import { IntervalMap } from './interval-map.js';
 
 const ENTRY_BYTES = 24; // u8 kind, 3 pad, u64 offset, u64 length, u32 crc32c of the first 20 bytes
@@ -48,11 +48,7 @@ export class Overlay {
   }
 
   write(offsetBytes: number, data: Buffer): void {
-    let done = 0;
-    for (let guard = 0; done < data.length; guard++) {
-      assert(guard <= data.length, 'overlay write makes progress');
-      done += fs.writeSync(this.dataFd, data, done, data.length - done, offsetBytes + done);
-    }
+    writeFullySync(this.dataFd, data, offsetBytes);
     this.record('data', offsetBytes, data.length);
   }
 
@@ -67,7 +63,7 @@ export class Overlay {
     entry.writeBigUInt64LE(BigInt(offsetBytes), 4);
     entry.writeBigUInt64LE(BigInt(lengthBytes), 12);
     entry.writeUInt32LE(crc32c(entry.subarray(0, 20)), 20);
-    fs.writeSync(this.journalFd, entry, 0, ENTRY_BYTES, this.journalBytes);
+    writeFullySync(this.journalFd, entry, this.journalBytes);
     this.journalBytes += ENTRY_BYTES;
     this.map.set(offsetBytes, offsetBytes + lengthBytes, kind, offsetBytes);
   }

@@ -1,6 +1,7 @@
-// A view of a whole volume set at one seq, built from the history (DESIGN.md "Views"): per volume
-// an interval map from byte ranges to where their bytes lie at that seq (a redo payload, an undo
-// extent, zeroes) and the replica everywhere else. A clone adds a private overlay on top.
+// A view of a whole volume set at one seq, built from the history (docs/ARCHITECTURE.md, "Views
+// and clones"): per volume an interval map from byte ranges to where their bytes lie at that seq
+// (a redo payload, an undo extent, zeroes) and the replica everywhere else. A clone adds a private
+// overlay on top.
 import { assert, mergeRanges, RewindError, type ByteRange } from '../core/index.js';
 import type { RedoRecord, UndoExtent } from '../log/index.js';
 import { preadFully } from '../platform/index.js';
