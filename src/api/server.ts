@@ -6,6 +6,7 @@ import { parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { Manager } from '../manager/index.js';
 import { blockHistory, diff } from '../manager/index.js';
 import { tokensEqual } from '../ship/index.js';
+import { registerRetentionRoutes } from './retention-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
 
 const STATUS_BY_CODE: Record<string, number> = {
@@ -59,6 +60,7 @@ export async function startApi(
     });
   });
   app.get('/api/status', async () => manager.status());
+  registerRetentionRoutes(app, manager);
   app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>('/api/seal', async (request) =>
     manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
   );

@@ -13,6 +13,12 @@ import {
   type Endpoint,
   type Running,
 } from '../runtime/index.js';
+import {
+  registerRetentionCommand,
+  retentionFromOptions,
+  withRetentionOptions,
+  type RetentionFlags,
+} from './retention.js';
 
 function endpoint(text: string, what: string): Endpoint {
   const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(text);
@@ -92,27 +98,29 @@ const withServer = (command: Command): Command =>
       'API token file (default $REWIND_TOKEN; needed off loopback and for rewind manager)',
     );
 
-program
-  .command('up')
-  .description('run agent and manager in one process (the embedded default)')
-  .option('--data <dir>', 'data directory', './rewind-data')
-  .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
-  .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
-  .option(
-    '--volume <name:size|name:path>',
-    'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device',
-    volumeSpec,
-    [],
-  )
-  .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
-  .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
-  .option(
-    '--spool-bytes <size>',
-    'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)',
-    '16G',
-  )
-  .action(
-    async (options: {
+withRetentionOptions(
+  program
+    .command('up')
+    .description('run agent and manager in one process (the embedded default)')
+    .option('--data <dir>', 'data directory', './rewind-data')
+    .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
+    .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
+    .option(
+      '--volume <name:size|name:path>',
+      'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device',
+      volumeSpec,
+      [],
+    )
+    .option('--seal-bytes <size>', 'seal the active segment at this size', '64M')
+    .option('--seal-ms <ms>', 'seal the active segment at this age', '1000')
+    .option(
+      '--spool-bytes <size>',
+      'bound on segments waiting to ship; past it the agent runs degraded (dirty map only)',
+      '16G',
+    ),
+).action(
+  async (
+    options: {
       data: string;
       nbd: string;
       http: string;
@@ -120,23 +128,26 @@ program
       sealBytes: string;
       sealMs: string;
       spoolBytes: string;
-    }) => {
-      const running = await startUp({
-        dataDir: options.data,
-        nbd: endpoint(options.nbd, '--nbd'),
-        http: endpoint(options.http, '--http'),
-        volumes: options.volume,
-        sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
-        sealMs: Number(options.sealMs),
-        spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
-      });
-      printVolumes(running);
-      console.log(`API: ${running.httpAddress}`);
-      if (running.apiTokenFile)
-        console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
-      stopOnSignals(running);
-    },
-  );
+    } & RetentionFlags,
+  ) => {
+    const retention = retentionFromOptions(options);
+    const running = await startUp({
+      ...(retention ? { retention } : {}),
+      dataDir: options.data,
+      nbd: endpoint(options.nbd, '--nbd'),
+      http: endpoint(options.http, '--http'),
+      volumes: options.volume,
+      sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
+      sealMs: Number(options.sealMs),
+      spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
+    });
+    printVolumes(running);
+    console.log(`API: ${running.httpAddress}`);
+    if (running.apiTokenFile)
+      console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+    stopOnSignals(running);
+  },
+);
 
 function printVolumes(running: Running): void {
   const { host, port } = running.nbdAddress;
@@ -157,11 +168,13 @@ function token(options: { token?: string; tokenFile?: string }): string {
   return value;
 }
 
-program
-  .command('manager')
-  .description(
-    'run the manager alone (backup host): receives segments from an agent, serves views and the API',
-  )
+withRetentionOptions(
+  program
+    .command('manager')
+    .description(
+      'run the manager alone (backup host): receives segments from an agent, serves views and the API',
+    ),
+)
   .option('--data <dir>', 'data directory', './rewind-manager')
   .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
   .option('--nbd <host:port>', 'NBD listen address for snapshots and clones', '127.0.0.1:10810')
@@ -171,19 +184,23 @@ program
   .option('--tls-cert <file>', 'TLS certificate (PEM) for the agent link')
   .option('--tls-key <file>', 'TLS private key (PEM) for the agent link')
   .action(
-    async (options: {
-      data: string;
-      listen: string;
-      nbd: string;
-      http: string;
-      token?: string;
-      tokenFile?: string;
-      tlsCert?: string;
-      tlsKey?: string;
-    }) => {
+    async (
+      options: {
+        data: string;
+        listen: string;
+        nbd: string;
+        http: string;
+        token?: string;
+        tokenFile?: string;
+        tlsCert?: string;
+        tlsKey?: string;
+      } & RetentionFlags,
+    ) => {
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
         throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
+      const retention = retentionFromOptions(options);
       const running = await startManager({
+        ...(retention ? { retention } : {}),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
         nbd: endpoint(options.nbd, '--nbd'),
@@ -400,9 +417,13 @@ interface LogLine {
   offset: number;
   length: number;
   resync: boolean;
+  /** A thinned range: written somewhere in seqFirst..seq, kept as one point at seq. */
+  seqFirst?: number;
 }
 const logLine = (e: LogLine): string =>
-  `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
+  e.kind === 'thinned'
+    ? `${e.seq}\t${e.time}\t${e.volume}\tthinned(${e.seqFirst ?? '?'}..${e.seq})\t${e.offset}\t${e.length}`
+    : `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 const positiveInt = (text: string): number => {
   if (!/^\d+$/.test(text) || Number(text) < 1)
@@ -465,20 +486,64 @@ withServer(
       'name a point (default: the last committed write); use it as @NAME wherever a POINT is taken',
     )
     .option('--at <point>', 'the point to name')
-    .option('--remove', 'remove the bookmark instead'),
-).action(async (name: string, options: { server?: string; at?: string; remove?: boolean }) => {
-  if (options.remove) {
-    await json(server(options), 'DELETE', `/api/bookmarks/${encodeURIComponent(name)}`);
-    return console.log(`removed bookmark ${name}`);
-  }
-  const b = await json<{ name: string; seq: number; time: string }>(
-    server(options),
-    'POST',
-    '/api/bookmarks',
-    { name, ...(options.at !== undefined ? { at: options.at } : {}) },
-  );
-  console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})`);
-});
+    .option('--remove', 'remove the bookmark instead')
+    .option('--pin', 'keep history from this bookmark on: retention never drops it')
+    .option('--until <time>', 'with --pin: only until this ISO-8601 time')
+    .option('--unpin', 'let retention drop history before and after it again'),
+).action(
+  async (
+    name: string,
+    options: {
+      server?: string;
+      at?: string;
+      remove?: boolean;
+      pin?: boolean;
+      until?: string;
+      unpin?: boolean;
+    },
+  ) => {
+    if (options.remove) {
+      await json(server(options), 'DELETE', `/api/bookmarks/${encodeURIComponent(name)}`);
+      return console.log(`removed bookmark ${name}`);
+    }
+    if (options.unpin) {
+      await json(server(options), 'DELETE', `/api/bookmarks/${encodeURIComponent(name)}/pin`);
+      return console.log(`bookmark @${name} unpinned`);
+    }
+    if (options.until !== undefined && !options.pin) {
+      throw new RewindError('REWIND_BAD_ARGUMENT', '--until goes with --pin');
+    }
+    if (options.pin && options.at === undefined) {
+      const pinned = await json<{ name: string; seq: number; pinnedUntil: string }>(
+        server(options),
+        'PUT',
+        `/api/bookmarks/${encodeURIComponent(name)}/pin`,
+        options.until !== undefined ? { until: options.until } : {},
+      );
+      return console.log(
+        `bookmark @${pinned.name} (seq ${pinned.seq}) pinned ${pinned.pinnedUntil === 'forever' ? 'until unpinned' : `until ${pinned.pinnedUntil}`}`,
+      );
+    }
+    const b = await json<{ name: string; seq: number; time: string }>(
+      server(options),
+      'POST',
+      '/api/bookmarks',
+      { name, ...(options.at !== undefined ? { at: options.at } : {}) },
+    );
+    console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})`);
+    if (options.pin) {
+      await json(
+        server(options),
+        'PUT',
+        `/api/bookmarks/${encodeURIComponent(name)}/pin`,
+        options.until !== undefined ? { until: options.until } : {},
+      );
+      console.log(
+        `bookmark @${b.name} pinned ${options.until !== undefined ? `until ${options.until}` : 'until unpinned'}`,
+      );
+    }
+  },
+);
 
 withServer(
   program
@@ -486,14 +551,18 @@ withServer(
     .description('list bookmarks with their seq and time')
     .option('--json', 'print JSON'),
 ).action(async (options: { server?: string; json?: boolean }) => {
-  const list = await json<{ name: string; seq: number; time: string }[]>(
-    server(options),
-    'GET',
-    '/api/bookmarks',
-  );
+  const list = await json<
+    { name: string; seq: number; time: string; pinnedUntil: string | null }[]
+  >(server(options), 'GET', '/api/bookmarks');
   if (options.json) return console.log(JSON.stringify(list));
   if (list.length === 0) return console.log('no bookmarks');
-  for (const b of list) console.log(`@${b.name}\tseq ${b.seq}\t${b.time}`);
+  for (const b of list) {
+    const pin =
+      b.pinnedUntil === null
+        ? ''
+        : `\tpinned${b.pinnedUntil === 'forever' ? '' : ` until ${b.pinnedUntil}`}`;
+    console.log(`@${b.name}\tseq ${b.seq}\t${b.time}${pin}`);
+  }
 });
 
 /** Polls a job until it settles, with a progress bar on a terminal. */
@@ -733,6 +802,10 @@ withServer(
 );
 
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());
+
+registerRetentionCommand(program, withServer, (options, method, route, body) =>
+  json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+);
 
 export async function main(argv: string[]): Promise<void> {
   try {

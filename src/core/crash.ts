@@ -5,7 +5,8 @@ const spec = /^([a-z-]+):(\d+)$/.exec(process.env.REWIND_CRASH_AT ?? '');
 const target = spec ? { name: spec[1] as string, hit: Number(spec[2]) } : undefined;
 let hits = 0;
 
-export type CrashPointName = 'append' | 'fsync' | 'seal' | 'ship' | 'undo' | 'apply' | 'commit';
+export type CrashPointName =
+  'append' | 'fsync' | 'seal' | 'ship' | 'undo' | 'apply' | 'commit' | 'merge' | 'swap';
 
 export function crashPoint(name: CrashPointName): void {
   if (target === undefined || target.name !== name) return;

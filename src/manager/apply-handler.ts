@@ -6,6 +6,7 @@ import fsp from 'node:fs/promises';
 import { assert, bitGet, RewindError } from '../core/index.js';
 import { mapFile } from '../platform/index.js';
 import { saveUndo, syncReplicas, writeRedo, type ReplicaTarget } from './apply.js';
+import { mergeUndos } from './retention-merge.js';
 import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-messages.js';
 
 export class ApplyHandler {
@@ -63,6 +64,11 @@ export class ApplyHandler {
           request.replicas.map((ref) => this.target(ref)),
         );
         return { id: request.id };
+      }
+      case 'merge': {
+        const header = { ...request.header, volumeSetId: Buffer.from(request.header.volumeSetId) };
+        const merged = await mergeUndos(request.inputs, request.file, header, request.volumeCount);
+        return { id: request.id, undo: merged };
       }
       case 'sync':
         // Runs beside the next transaction's undo (the fdatasync waits in the threadpool).

@@ -30,6 +30,14 @@ export type ApplyRequest =
       replicas: ReplicaRef[];
     }
   | { id: number; type: 'sync'; replicas: ReplicaRef[] }
+  | {
+      id: number;
+      type: 'merge';
+      inputs: readonly string[];
+      file: string;
+      header: UndoHeader;
+      volumeCount: number;
+    }
   | { id: number; type: 'close' };
 
 export type ApplyResponse = { id: number; undo?: UndoResult; error?: SerializedError };

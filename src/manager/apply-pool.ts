@@ -33,6 +33,13 @@ export interface Applier {
   ): Promise<void>;
   /** Makes the replicas durable (fdatasync); another request may run meanwhile. */
   syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void>;
+  /** Merges undo files (oldest first) into `file`, earliest before-image first (retention). */
+  mergeUndo(
+    inputs: readonly string[],
+    file: string,
+    header: UndoHeader,
+    volumeCount: number,
+  ): Promise<UndoResult>;
   close(): Promise<void>;
 }
 
@@ -83,6 +90,24 @@ export class InThreadApply implements Applier {
     await this.handler.handle({ id: this.nextId++, type: 'sync', replicas: replicas.map(refOf) });
   }
 
+  async mergeUndo(
+    inputs: readonly string[],
+    file: string,
+    header: UndoHeader,
+    volumeCount: number,
+  ): Promise<UndoResult> {
+    const response = await this.handler.handle({
+      id: this.nextId++,
+      type: 'merge',
+      inputs,
+      file,
+      header,
+      volumeCount,
+    });
+    if (!response.undo) throw new Error('the apply handler answered a merge without a result');
+    return response.undo;
+  }
+
   async close(): Promise<void> {
     await this.handler.handle({ id: this.nextId++, type: 'close' });
   }
@@ -127,6 +152,17 @@ export class ApplyWorker implements Applier {
 
   async syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void> {
     await this.request({ type: 'sync', replicas: replicas.map(refOf) });
+  }
+
+  async mergeUndo(
+    inputs: readonly string[],
+    file: string,
+    header: UndoHeader,
+    volumeCount: number,
+  ): Promise<UndoResult> {
+    const response = await this.request({ type: 'merge', inputs, file, header, volumeCount });
+    if (!response.undo) throw new Error('apply worker answered a merge without a result');
+    return response.undo;
   }
 
   async close(): Promise<void> {

@@ -4,7 +4,13 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { assert, assertNever, crc32c, mergeRanges, type ByteRange } from '../core/index.js';
-import { parseUndo, UndoBuilder, type RedoRecord, type UndoExtent } from '../log/index.js';
+import {
+  parseUndo,
+  UndoBuilder,
+  type RedoRecord,
+  type UndoExtent,
+  type UndoHeader,
+} from '../log/index.js';
 import {
   fdatasyncAsync,
   fsyncDir,
@@ -30,7 +36,8 @@ export interface ReplicaTarget {
 
 const READ_PIECE_BYTES = 4 * 1024 * 1024;
 const ZERO_BLOCK_BYTES = 4096;
-const UNDO_FLUSH_BYTES = 16 * 1024 * 1024;
+/** Undo bytes built up before they are written out (bounds the memory of one undo). */
+export const UNDO_FLUSH_BYTES = 16 * 1024 * 1024;
 
 export interface UndoResult {
   bytes: number;
@@ -45,11 +52,37 @@ export async function saveUndo(
   records: readonly RedoRecord[],
   replicas: readonly ReplicaTarget[],
 ): Promise<UndoResult> {
+  return writeUndoFile(file, header, replicas.length, async (builder, flush) => {
+    for (const replica of replicas) {
+      const ranges = mergeRanges(
+        records
+          .filter((r) => r.volume === replica.index)
+          .map((r) => ({ offset: r.offsetBytes, length: r.lengthBytes })),
+      );
+      for (const range of ranges) {
+        addRangeToUndo(builder, replica, range);
+        if (builder.pendingBytes >= UNDO_FLUSH_BYTES) await flush();
+      }
+    }
+  });
+}
+
+/**
+ * Writes an undo segment whose extents `fill` adds to the builder (calling `flush` to stream what
+ * it has so far, every UNDO_FLUSH_BYTES or so): a temp file, fdatasync, rename, fsync of the
+ * directory; then it is read back and verified against the checksum it was written with.
+ */
+export async function writeUndoFile(
+  file: string,
+  header: UndoHeader,
+  volumeCount: number,
+  fill: (builder: UndoBuilder, flush: () => Promise<void>) => Promise<void>,
+): Promise<UndoResult> {
   const temp = `${file}.tmp`;
   const handle = await fsp.open(temp, 'w');
   let bytes = 0;
   let crc = 0;
-  const flush = async (pieces: Buffer[]): Promise<void> => {
+  const write = async (pieces: Buffer[]): Promise<void> => {
     for (const piece of pieces) crc = crc32c(piece, crc);
     if (pieces.length === 0) return;
     const { bytesWritten } = await handle.writev(pieces, bytes);
@@ -59,18 +92,8 @@ export async function saveUndo(
   };
   try {
     const builder = new UndoBuilder(header);
-    for (const replica of replicas) {
-      const ranges = mergeRanges(
-        records
-          .filter((r) => r.volume === replica.index)
-          .map((r) => ({ offset: r.offsetBytes, length: r.lengthBytes })),
-      );
-      for (const range of ranges) {
-        addRangeToUndo(builder, replica, range);
-        if (builder.pendingBytes >= UNDO_FLUSH_BYTES) await flush(builder.drain());
-      }
-    }
-    await flush(builder.finish());
+    await fill(builder, () => write(builder.drain()));
+    await write(builder.finish());
     await handle.datasync();
   } finally {
     await handle.close();
@@ -78,7 +101,7 @@ export async function saveUndo(
   await fsp.rename(temp, file);
   await fsyncDir(path.dirname(file));
   // Read back and verify what was just written (pair assertion: checked on write and on read).
-  const parsed = parseUndo(await fsp.readFile(file), file, replicas.length);
+  const parsed = parseUndo(await fsp.readFile(file), file, volumeCount);
   assert(parsed.fileCrc === crc, 'undo file reads back with the checksum it was written with');
   return { bytes, fileCrc: crc, extents: parsed.extents };
 }

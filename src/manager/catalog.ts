@@ -1,11 +1,16 @@
 // The manager's catalog in SQLite (WAL): the volume set, its volumes, every transaction with its
-// durable state, views and bookmarks. The single source of truth for what is committed.
+// durable state, views, bookmarks and what retention did to the history. The single source of truth
+// for what is committed and what is kept.
 import Database from 'better-sqlite3';
 import { RewindError } from '../core/index.js';
 
 export type TxState = 'received' | 'undo-saved' | 'applied' | 'committed';
-/** `resync-end` is the last transaction of a resync: its seqLast is consistent again. */
-export type TxKind = 'redo' | 'resync' | 'resync-end';
+/**
+ * `resync-end` is the last transaction of a resync: its seqLast is consistent again. `merged` is a
+ * run of transactions thinned into one (retention): no redo, one undo holding the earliest
+ * before-image of every byte the run wrote, so only its first and last points remain.
+ */
+export type TxKind = 'redo' | 'resync' | 'resync-end' | 'merged';
 
 export interface TxRow {
   idx: number;
@@ -22,6 +27,32 @@ export interface TxRow {
   state: TxState;
   receivedAt: string;
   committedAt: string | null;
+  /** Generation of the undo file: 0 is the one written at receive, a merge writes the next. */
+  undoGen: number;
+  /** A merged transaction: the first segment index merged into it. */
+  firstIdx: number | null;
+  /** A merged transaction: the tier it was thinned into (its label, e.g. `1h`) and when. */
+  tier: string | null;
+  thinnedAt: string | null;
+}
+
+/** What retention did to a span of history: thinned into a tier, or dropped (and why). */
+export interface RetentionEventRow {
+  kind: 'dropped';
+  seqFirst: number;
+  seqLast: number;
+  timeFirstUs: number;
+  timeLastUs: number;
+  reason: string;
+  at: string;
+}
+
+/** A merged transaction's new undo, written durably before the rows are swapped. */
+export interface MergedUndo {
+  undoGen: number;
+  undoBytes: number;
+  undoCrc: number;
+  tier: string;
 }
 
 export interface ViewRow {
@@ -52,6 +83,9 @@ CREATE TABLE IF NOT EXISTS views (
   name TEXT PRIMARY KEY, kind TEXT NOT NULL, seq INTEGER NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bookmarks (
   name TEXT PRIMARY KEY, seq INTEGER NOT NULL, time_us INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retention_events (
+  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, seq_first INTEGER NOT NULL, seq_last INTEGER NOT NULL,
+  time_first_us INTEGER NOT NULL, time_last_us INTEGER NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS restores (
   id INTEGER PRIMARY KEY, spec TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
   bytes_total INTEGER NOT NULL DEFAULT 0, bytes_done INTEGER NOT NULL DEFAULT 0,
@@ -63,6 +97,8 @@ export interface BookmarkRow {
   seq: number;
   timeUs: number;
   createdAt: string;
+  /** Pinned: retention never drops history from this point on ('forever', or until an ISO time). */
+  pinnedUntil: string | null;
 }
 
 /** A production restore: `spec` is its JSON request; `running` until done or failed. */
@@ -85,7 +121,20 @@ const RESTORE_COLUMNS = `id, spec, seq, state, bytes_total AS bytesTotal, bytes_
 
 const TX_COLUMNS = `idx, kind, seq_first AS seqFirst, seq_last AS seqLast, time_first_us AS timeFirstUs,
   time_last_us AS timeLastUs, record_count AS recordCount, redo_bytes AS redoBytes, redo_crc AS redoCrc,
-  undo_bytes AS undoBytes, undo_crc AS undoCrc, state, received_at AS receivedAt, committed_at AS committedAt`;
+  undo_bytes AS undoBytes, undo_crc AS undoCrc, state, received_at AS receivedAt, committed_at AS committedAt,
+  undo_gen AS undoGen, first_idx AS firstIdx, tier, thinned_at AS thinnedAt`;
+
+/** Columns added after the first catalogs were written: added to an older catalog when opened. */
+const ADDED_COLUMNS: { table: string; column: string; definition: string }[] = [
+  { table: 'transactions', column: 'undo_gen', definition: 'INTEGER NOT NULL DEFAULT 0' },
+  { table: 'transactions', column: 'first_idx', definition: 'INTEGER' },
+  { table: 'transactions', column: 'tier', definition: 'TEXT' },
+  { table: 'transactions', column: 'thinned_at', definition: 'TEXT' },
+  { table: 'bookmarks', column: 'pinned_until', definition: 'TEXT' },
+];
+
+const BOOKMARK_COLUMNS =
+  'name, seq, time_us AS timeUs, created_at AS createdAt, pinned_until AS pinnedUntil';
 
 export class Catalog {
   private readonly db: Database.Database;
@@ -96,6 +145,14 @@ export class Catalog {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL'); // a commit is the durable point of a transaction
     this.db.exec(SCHEMA);
+    for (const added of ADDED_COLUMNS) {
+      const columns = this.db.prepare(`PRAGMA table_info(${added.table})`).all() as {
+        name: string;
+      }[];
+      if (!columns.some((c) => c.name === added.column)) {
+        this.db.exec(`ALTER TABLE ${added.table} ADD COLUMN ${added.column} ${added.definition}`);
+      }
+    }
   }
 
   getMeta(key: string): string | undefined {
@@ -124,7 +181,7 @@ export class Catalog {
       .run(idx, name, sizeBytes, new Date().toISOString());
   }
 
-  insertTx(row: Omit<TxRow, 'committedAt'>): void {
+  insertTx(row: Omit<TxRow, 'committedAt' | 'undoGen' | 'firstIdx' | 'tier' | 'thinnedAt'>): void {
     this.db
       .prepare(
         `INSERT INTO transactions (idx, kind, seq_first, seq_last, time_first_us, time_last_us, record_count,
@@ -213,7 +270,8 @@ export class Catalog {
   txAtOrBeforeTime(timeUs: number): TxRow | undefined {
     return this.db
       .prepare(
-        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0 AND time_first_us <= ? ORDER BY idx DESC LIMIT 1`,
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed'
+           AND (record_count > 0 OR kind = 'merged') AND time_first_us <= ? ORDER BY idx DESC LIMIT 1`,
       )
       .get(timeUs) as TxRow | undefined;
   }
@@ -258,18 +316,13 @@ export class Catalog {
 
   bookmarks(): BookmarkRow[] {
     return this.db
-      .prepare(
-        'SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks ORDER BY seq, name',
-      )
+      .prepare(`SELECT ${BOOKMARK_COLUMNS} FROM bookmarks ORDER BY seq, name`)
       .all() as BookmarkRow[];
   }
 
   bookmark(name: string): BookmarkRow | undefined {
-    return this.db
-      .prepare(
-        'SELECT name, seq, time_us AS timeUs, created_at AS createdAt FROM bookmarks WHERE name = ?',
-      )
-      .get(name) as BookmarkRow | undefined;
+    return this.db.prepare(`SELECT ${BOOKMARK_COLUMNS} FROM bookmarks WHERE name = ?`).get(name) as
+      BookmarkRow | undefined;
   }
 
   addBookmark(row: BookmarkRow): void {
@@ -291,6 +344,207 @@ export class Catalog {
 
   removeBookmark(name: string): boolean {
     return this.db.prepare('DELETE FROM bookmarks WHERE name = ?').run(name).changes > 0;
+  }
+
+  /** Pins a bookmark ('forever' or until an ISO time) or unpins it (null); false when unknown. */
+  pinBookmark(name: string, until: string | null): boolean {
+    return (
+      this.db.prepare('UPDATE bookmarks SET pinned_until = ? WHERE name = ?').run(until, name)
+        .changes > 0
+    );
+  }
+
+  // ---- Retention (retention.ts) ----
+
+  /** Bytes of every committed transaction's redo and undo files: the journal on this host. */
+  journalBytes(): number {
+    const row = this.db
+      .prepare(
+        `SELECT IFNULL(SUM(redo_bytes + undo_bytes), 0) AS bytes FROM transactions WHERE state = 'committed'`,
+      )
+      .get() as { bytes: number };
+    return row.bytes;
+  }
+
+  /** Journal bytes of transactions committed at or after `sinceIso` (the rate it grows at). */
+  journalBytesSince(sinceIso: string): number {
+    const row = this.db
+      .prepare(
+        `SELECT IFNULL(SUM(redo_bytes + undo_bytes), 0) AS bytes FROM transactions
+           WHERE state = 'committed' AND kind != 'merged' AND committed_at >= ?`,
+      )
+      .get(sinceIso) as { bytes: number };
+    return row.bytes;
+  }
+
+  /**
+   * Swaps the committed transactions `firstIdx`..`lastIdx` for one merged transaction under
+   * `lastIdx`, in one SQLite transaction: its undo (already durable) is `merged`, it spans their
+   * seqs and capture times, it has no redo and no records of its own.
+   */
+  mergeTxs(firstIdx: number, lastIdx: number, merged: MergedUndo, thinnedAt: string): TxRow {
+    const swap = this.db.transaction((): TxRow => {
+      const first = this.tx(firstIdx);
+      const last = this.tx(lastIdx);
+      const count = this.db
+        .prepare(
+          `SELECT COUNT(*) AS n FROM transactions WHERE idx BETWEEN ? AND ? AND state = 'committed'`,
+        )
+        .get(firstIdx, lastIdx) as { n: number };
+      if (!first || !last || count.n !== lastIdx - firstIdx + 1) {
+        throw new Error(`transactions ${firstIdx}..${lastIdx} are not all committed rows`);
+      }
+      this.db.prepare('DELETE FROM transactions WHERE idx >= ? AND idx < ?').run(firstIdx, lastIdx);
+      this.db
+        .prepare(
+          `UPDATE transactions SET kind = 'merged', seq_first = ?, time_first_us = ?, record_count = 0,
+             redo_bytes = 0, redo_crc = 0, undo_gen = ?, undo_bytes = ?, undo_crc = ?, first_idx = ?,
+             tier = ?, thinned_at = ? WHERE idx = ?`,
+        )
+        .run(
+          first.seqFirst,
+          first.timeFirstUs,
+          merged.undoGen,
+          merged.undoBytes,
+          merged.undoCrc,
+          first.firstIdx ?? first.idx,
+          merged.tier,
+          thinnedAt,
+          lastIdx,
+        );
+      return this.tx(lastIdx) as TxRow;
+    });
+    return swap();
+  }
+
+  /**
+   * Drops every committed transaction up to `lastIdx`, in one SQLite transaction, and records why:
+   * the oldest restorable point becomes `lastIdx`'s last seq.
+   */
+  dropTxs(lastIdx: number, reason: string, at: string): { seqFirst: number; seqLast: number } {
+    const drop = this.db.transaction(() => {
+      const first = this.firstTx();
+      const last = this.tx(lastIdx);
+      if (!first || !last || last.state !== 'committed') {
+        throw new Error(`no committed transaction ${lastIdx} to drop up to`);
+      }
+      this.db.prepare('DELETE FROM transactions WHERE idx <= ?').run(lastIdx);
+      this.setMeta('oldestSeq', String(last.seqLast));
+      this.setMeta('oldestTimeUs', String(last.timeLastUs));
+      const previous = this.db
+        .prepare(
+          `SELECT id, reason, seq_last AS seqLast FROM retention_events ORDER BY id DESC LIMIT 1`,
+        )
+        .get() as { id: number; reason: string; seqLast: number } | undefined;
+      if (previous && previous.reason === reason && previous.seqLast === first.seqFirst - 1) {
+        this.db
+          .prepare(
+            'UPDATE retention_events SET seq_last = ?, time_last_us = ?, at = ? WHERE id = ?',
+          )
+          .run(last.seqLast, last.timeLastUs, at, previous.id);
+      } else {
+        this.db
+          .prepare(
+            `INSERT INTO retention_events (kind, seq_first, seq_last, time_first_us, time_last_us, reason, at)
+               VALUES ('dropped', ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(first.seqFirst, last.seqLast, first.timeFirstUs, last.timeLastUs, reason, at);
+      }
+      return { seqFirst: first.seqFirst, seqLast: last.seqLast };
+    });
+    return drop();
+  }
+
+  /** The oldest restorable point once history was dropped (undefined: nothing dropped yet). */
+  oldestPoint(): { seq: number; timeUs: number } | undefined {
+    const seq = this.getMeta('oldestSeq');
+    if (seq === undefined) return undefined;
+    return { seq: Number(seq), timeUs: Number(this.getMeta('oldestTimeUs') ?? 0) };
+  }
+
+  /** The drop that took point `seq` away (its records were seq + 1 on), if one did. */
+  droppedAt(seq: number): RetentionEventRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT kind, seq_first AS seqFirst, seq_last AS seqLast, time_first_us AS timeFirstUs,
+           time_last_us AS timeLastUs, reason, at FROM retention_events
+         WHERE seq_first <= ? AND seq_last > ? ORDER BY id DESC LIMIT 1`,
+      )
+      .get(seq + 1, seq) as RetentionEventRow | undefined;
+  }
+
+  /** Committed transactions `firstIdx`..`lastIdx`, oldest first. */
+  txsBetween(firstIdx: number, lastIdx: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND idx BETWEEN ? AND ? ORDER BY idx`,
+      )
+      .all(firstIdx, lastIdx) as TxRow[];
+  }
+
+  /** The oldest committed transactions, up to `limit`, whose last write is before `timeUs`. */
+  committedTxsBefore(timeUs: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND time_last_us < ?
+           ORDER BY idx LIMIT ?`,
+      )
+      .all(timeUs, limit) as TxRow[];
+  }
+
+  /** The oldest committed transactions, up to `limit`. */
+  oldestTxs(limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' ORDER BY idx LIMIT ?`,
+      )
+      .all(limit) as TxRow[];
+  }
+
+  /** The last seq of the newest merged transaction: every write after it is still a point. */
+  lastMergedSeq(): number | undefined {
+    const row = this.db
+      .prepare(`SELECT MAX(seq_last) AS seq FROM transactions WHERE kind = 'merged'`)
+      .get() as { seq: number | null };
+    return row.seq ?? undefined;
+  }
+
+  /**
+   * Per span of last-write times [fromUs, toUs): its transactions, the points they keep (every
+   * record of an unmerged one, one per merged one), their bytes and their first and last times.
+   */
+  spanStats(
+    fromUs: number,
+    toUs: number,
+  ): {
+    transactions: number;
+    points: number;
+    bytes: number;
+    firstUs: number | null;
+    lastUs: number | null;
+  } {
+    return this.db
+      .prepare(
+        `SELECT COUNT(*) AS transactions,
+           IFNULL(SUM(CASE WHEN kind = 'merged' THEN 1 ELSE record_count END), 0) AS points,
+           IFNULL(SUM(redo_bytes + undo_bytes), 0) AS bytes,
+           MIN(time_first_us) AS firstUs, MAX(time_last_us) AS lastUs
+         FROM transactions WHERE state = 'committed' AND time_last_us >= ? AND time_last_us < ?`,
+      )
+      .get(fromUs, toUs) as {
+      transactions: number;
+      points: number;
+      bytes: number;
+      firstUs: number | null;
+      lastUs: number | null;
+    };
+  }
+
+  /** Merged transactions, oldest first (the undo generation of each is in its row). */
+  mergedTxs(): TxRow[] {
+    return this.db
+      .prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE kind = 'merged' ORDER BY idx`)
+      .all() as TxRow[];
   }
 
   addRestore(spec: string, seq: number): number {

@@ -6,3 +6,11 @@ export type { StepRequest, StepResult } from './view-registry.js';
 export type { RestoreSpec, RestorePlan, RestoreStatus } from './restore.js';
 export type { ExportJob } from './image-export.js';
 export { blockHistory, diff } from './queries.js';
+export type { RetentionStatus, Simulation } from './retention.js';
+export {
+  policyFrom,
+  policyText,
+  DEFAULT_POLICY,
+  type PolicyText,
+  type RetentionPolicy,
+} from './retention-policy.js';

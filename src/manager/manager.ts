@@ -25,6 +25,8 @@ import { ImageExporter } from './image-export.js';
 import { PointResolver } from './points.js';
 import { ReplicaVolume } from './replica.js';
 import { Restorer } from './restore.js';
+import { Retention } from './retention.js';
+import type { PolicyText, RetentionPolicy } from './retention-policy.js';
 import { StoredHistory, type LogEntry, type LogFilter } from './stored-history.js';
 import { TxPipeline } from './transactions.js';
 import { TxFiles } from './txfiles.js';
@@ -43,6 +45,10 @@ export interface ManagerOptions {
    */
   applier?: Applier;
   openCatalog?: (file: string) => Catalog;
+  /** Where retention builds merged undos (default: a worker thread of its own). */
+  retentionMerger?: Applier;
+  /** The retention policy's settings given at start (flags, config file); the rest as stored. */
+  retention?: PolicyText;
   /**
    * `rewind up`: the spool directory of the agent in this process. Segments it names are read
    * from there and linked into the redo directory rather than sent over the link and copied.
@@ -66,6 +72,8 @@ export interface ManagerStatus {
   offline: { restore: number; volumes: string[] } | null;
   transactions: number;
   views: number;
+  /** Redo and undo on this host (the retention policy bounds it). */
+  journalBytes: number;
 }
 
 export interface Bookmark {
@@ -86,6 +94,8 @@ interface Parts {
   points: PointResolver;
   registry: ViewRegistry;
   link: AgentLink;
+  retention: Retention;
+  merger: Applier;
 }
 
 export class Manager {
@@ -102,6 +112,8 @@ export class Manager {
   private readonly points: PointResolver;
   private readonly registry: ViewRegistry;
   private readonly link: AgentLink;
+  readonly retention: Retention;
+  private readonly merger: Applier;
 
   private constructor(parts: Parts) {
     this.options = parts.options;
@@ -114,6 +126,8 @@ export class Manager {
     this.points = parts.points;
     this.registry = parts.registry;
     this.link = parts.link;
+    this.retention = parts.retention;
+    this.merger = parts.merger;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -151,20 +165,36 @@ export class Manager {
     const replicas: ReplicaVolume[] = [];
     const txFiles = new TxFiles(root, () => replicas.length);
     const applier = options.applier ?? new ApplyWorker();
+    const merger = options.retentionMerger ?? new ApplyWorker();
     try {
       await ensureDir(txFiles.redoDir);
       await ensureDir(txFiles.undoDir);
+      for (const row of catalog.mergedTxs()) {
+        txFiles.setLayout(row.idx, { hasRedo: false, undoGen: row.undoGen });
+      }
       for (const volume of catalog.volumes()) {
         replicas.push(
           ReplicaVolume.open(path.join(root, 'replica'), volume.idx, volume.name, volume.sizeBytes),
         );
       }
-      const manager = Manager.assemble({ options, root, catalog, replicas, txFiles, applier });
+      const policy = Retention.policyOf(catalog, options.retention);
+      const manager = Manager.assemble({
+        options,
+        root,
+        catalog,
+        replicas,
+        txFiles,
+        applier,
+        merger,
+        policy,
+      });
       await manager.pipeline.recover();
       await manager.registry.load();
+      manager.retention.start();
       return manager;
     } catch (error) {
       rethrowIfBug(error);
+      await merger.close();
       await applier.close();
       for (const replica of replicas) replica.close();
       txFiles.close();
@@ -180,18 +210,22 @@ export class Manager {
     replicas: ReplicaVolume[];
     txFiles: TxFiles;
     applier: Applier;
+    merger: Applier;
+    policy: RetentionPolicy;
   }): Manager {
-    const { options, root, catalog, replicas, txFiles, applier } = opened;
+    const { options, root, catalog, replicas, txFiles, applier, merger, policy } = opened;
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
-    const undoTakers: { registry?: ViewRegistry } = {};
+    const later: { registry?: ViewRegistry; retention?: Retention } = {};
     const pipeline = new TxPipeline({
       catalog,
       txFiles,
       replicas,
       applier,
       log: options.log,
-      onUndo: (idx, extents) => undoTakers.registry?.addUndo(idx, extents),
+      onUndo: (idx, extents) => later.registry?.addUndo(idx, extents),
+      admission: () => later.retention?.admission(),
+      onCommitted: (row) => later.retention?.committed(row),
     });
     const history = new StoredHistory({
       catalog,
@@ -221,6 +255,8 @@ export class Manager {
       txContaining: (seq) => catalog.txContaining(seq),
       firstTx: () => catalog.firstTx(),
       txAtOrBeforeTime: (timeUs) => catalog.txAtOrBeforeTime(timeUs),
+      oldestPoint: () => catalog.oldestPoint(),
+      droppedAt: (seq) => catalog.droppedAt(seq),
       recordsOf: (idx) => history.recordsOf(idx),
       gapStartNs: (idx) => history.gapStartNs(idx),
     });
@@ -233,7 +269,22 @@ export class Manager {
       log: options.log,
       ...(options.onExportsChanged ? { onExportsChanged: options.onExportsChanged } : {}),
     });
-    undoTakers.registry = registry;
+    later.registry = registry;
+    const retention = new Retention(
+      {
+        catalog,
+        txFiles,
+        volumeCount: () => replicas.length,
+        exclusive: (work) => pipeline.exclusive(work),
+        viewPins: () => registry.pins(),
+        rebuildViewsBefore: (seq) => registry.rebuildBefore(seq),
+        merger,
+        log: options.log,
+        dataDir: root,
+      },
+      policy,
+    );
+    later.retention = retention;
     const manager: Manager = new Manager({
       options,
       catalog,
@@ -245,6 +296,8 @@ export class Manager {
       points,
       registry,
       link,
+      retention,
+      merger,
     });
     return manager;
   }
@@ -359,9 +412,31 @@ export class Manager {
         seq,
         timeUs: Number(timeNs / 1000n),
         createdAt: new Date().toISOString(),
+        pinnedUntil: null,
       });
       return { name, seq, time: formatTimeNs(timeNs) };
     });
+  }
+
+  /** Pins a bookmark ('forever', or until an ISO time) so history from it on is never dropped. */
+  pinBookmark(name: string, until: string | null): Bookmark & { pinnedUntil: string | null } {
+    if (until !== null && until !== 'forever' && Number.isNaN(Date.parse(until))) {
+      throw new RewindError('REWIND_BAD_ARGUMENT', `--until "${until}" is not a time`, {
+        hint: 'an ISO-8601 time, e.g. 2027-01-31T00:00:00Z',
+      });
+    }
+    if (!this.catalog.pinBookmark(name, until)) {
+      throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${name}"`, {
+        hint: 'rewind bookmarks lists them',
+      });
+    }
+    const row = this.catalog.bookmark(name);
+    return {
+      name,
+      seq: row?.seq ?? 0,
+      time: formatTimeNs(BigInt(row?.timeUs ?? 0) * 1000n),
+      pinnedUntil: until,
+    };
   }
 
   removeBookmark(name: string): void {
@@ -372,12 +447,13 @@ export class Manager {
     }
   }
 
-  bookmarks(): (Bookmark & { createdAt: string })[] {
+  bookmarks(): (Bookmark & { createdAt: string; pinnedUntil: string | null })[] {
     return this.catalog.bookmarks().map((b) => ({
       name: b.name,
       seq: b.seq,
       time: formatTimeNs(BigInt(b.timeUs) * 1000n),
       createdAt: b.createdAt,
+      pinnedUntil: b.pinnedUntil,
     }));
   }
 
@@ -413,13 +489,16 @@ export class Manager {
         : null,
       transactions: committed.idx,
       views: this.registry.views.size,
+      journalBytes: this.catalog.journalBytes(),
     };
   }
 
   async close(): Promise<void> {
+    await this.retention.stop();
     await this.link.close();
     await this.pipeline.close();
     this.registry.close();
+    await this.merger.close();
     await this.applier.close();
     for (const replica of this.replicaList) replica.close();
     this.txFiles.close();

@@ -53,7 +53,7 @@ function isoToNs(text: string): bigint {
 /** What resolving a point reads of the history. */
 export interface PointSource extends Pick<
   Catalog,
-  'bookmark' | 'tx' | 'txContaining' | 'firstTx' | 'txAtOrBeforeTime'
+  'bookmark' | 'tx' | 'txContaining' | 'firstTx' | 'txAtOrBeforeTime' | 'oldestPoint' | 'droppedAt'
 > {
   committed(): CommittedPosition;
   /**
@@ -96,9 +96,20 @@ export class PointResolver {
       );
     }
     const start = this.historyStart();
-    if (start === undefined || point.seq < start) throw beforeHistory(`seq ${point.seq}`, start);
+    if (start === undefined || point.seq < start)
+      throw this.beforeHistory(`seq ${point.seq}`, start, point.seq);
+    this.refuseThinned(point.seq);
     this.refuseInsideResync(point.seq);
     return point.seq;
+  }
+
+  /**
+   * Refuses a seq strictly inside a run that retention thinned into one transaction: only the run's
+   * first and last points were kept.
+   */
+  refuseThinned(seq: number): void {
+    const tx = this.source.txContaining(seq);
+    if (tx && tx.kind === 'merged' && seq < tx.seqLast) throw thinned(`seq ${seq}`, tx);
   }
 
   /** The seq `steps` writes from `from` (negative: back), refused when it is not restorable. */
@@ -114,8 +125,9 @@ export class PointResolver {
     }
     const start = this.historyStart();
     if (steps < 0 && (start === undefined || target < start)) {
-      throw beforeHistory(`${what} is at seq ${from}; ${-steps} back`, start);
+      throw this.beforeHistory(`${what} is at seq ${from}; ${-steps} back`, start, target);
     }
+    this.refuseThinned(target);
     this.refuseInsideResync(target);
     return target;
   }
@@ -125,8 +137,10 @@ export class PointResolver {
    * undefined while that resync is still arriving.
    */
   historyStart(): number | undefined {
+    const dropped = this.source.oldestPoint();
+    if (dropped) return dropped.seq; // retention dropped what was before it
     let tx = this.source.firstTx();
-    if (!tx || tx.kind === 'redo') return tx ? tx.seqFirst - 1 : 0;
+    if (!tx || tx.kind === 'redo' || tx.kind === 'merged') return tx ? tx.seqFirst - 1 : 0;
     while (tx && tx.kind === 'resync') tx = this.source.tx(tx.idx + 1);
     return tx && tx.kind === 'resync-end' ? tx.seqLast : undefined;
   }
@@ -134,7 +148,7 @@ export class PointResolver {
   /** Refuses a seq inside a resync, which has no per-write history, naming the points around it. */
   refuseInsideResync(seq: number): void {
     const tx = this.source.txContaining(seq);
-    if (!tx || tx.kind === 'redo') return;
+    if (!tx || tx.kind === 'redo' || tx.kind === 'merged') return; // merged: refuseThinned
     if (tx.kind === 'resync-end' && seq === tx.seqLast) return; // the consistent point after it
     // One resync spans consecutive transactions up to its resync-end: the window is all of them.
     let first = tx;
@@ -179,12 +193,35 @@ export class PointResolver {
       this.refuseInsideResync(committed.seq);
       return committed.seq;
     }
+    const oldest = this.source.oldestPoint();
+    if (oldest && timeNs < BigInt(oldest.timeUs) * 1000n) {
+      throw this.beforeHistory(`time ${text}`, oldest.seq, oldest.seq - 1);
+    }
     const tx = this.source.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
     if (!tx) {
       if (this.historyStart() === 0) return 0; // before the first write: the baseline
       throw new RewindError('REWIND_POINT_INVALID', `time ${text} is before the history starts`);
     }
+    if (tx.kind === 'merged') {
+      // Only the state after the run's last write was kept; a time inside the run has none.
+      if (timeNs < BigInt(tx.timeLastUs) * 1000n) throw thinned(`time ${text}`, tx);
+      this.refuseInsideGap(tx.seqLast, timeNs, text);
+      return tx.seqLast;
+    }
     return this.seqAtTimeIn(tx, timeNs, text);
+  }
+
+  /** The refusal of a point before `start`, naming the drop that took it when retention did. */
+  private beforeHistory(what: string, start: number | undefined, seq: number): RewindError {
+    const dropped = start === undefined ? undefined : this.source.droppedAt(seq);
+    if (!dropped || start === undefined) return beforeHistory(what, start);
+    const oldest = this.source.oldestPoint();
+    const oldestTime = oldest ? ` (${formatTimeNs(BigInt(oldest.timeUs) * 1000n)})` : '';
+    return new RewindError(
+      'REWIND_POINT_INVALID',
+      `${what} is no longer kept: seqs ${dropped.seqFirst - 1}..${dropped.seqLast - 1} were dropped on ${dropped.at} (${dropped.reason})`,
+      { hint: `the oldest kept point is seq ${start}${oldestTime}` },
+    );
   }
 
   private seqAtTimeIn(tx: TxRow, timeNs: bigint, text: string): number {
@@ -217,6 +254,19 @@ export class PointResolver {
       );
     }
   }
+}
+
+/** The refusal of a point inside a run thinned into `tx`, naming the points kept around it. */
+function thinned(what: string, tx: TxRow): RewindError {
+  const when = tx.thinnedAt ?? 'an earlier retention step';
+  const end = formatTimeNs(BigInt(tx.timeLastUs) * 1000n);
+  return new RewindError(
+    'REWIND_POINT_INVALID',
+    `${what} is no longer kept: seqs ${tx.seqFirst}..${tx.seqLast} were thinned into one ${tx.tier ?? ''} point on ${when}`,
+    {
+      hint: `the nearest kept points are seq ${tx.seqFirst - 1} (before the run) and seq ${tx.seqLast} (${end})`,
+    },
+  );
 }
 
 /** The refusal of a point before `start` (historyStart()), also while the history has not begun. */

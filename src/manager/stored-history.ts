@@ -8,6 +8,7 @@ import {
   parseSealedRedo,
   REDO_HEADER_BYTES,
   type RedoRecord,
+  type UndoExtent,
 } from '../log/index.js';
 import { preadFully } from '../platform/index.js';
 import type { History, HistoryTx, TxIndex } from '../views/index.js';
@@ -15,16 +16,21 @@ import type { Catalog, TxKind } from './catalog.js';
 import type { ReplicaVolume } from './replica.js';
 import type { TxFiles } from './txfiles.js';
 
-/** One committed write as `rewind log` shows it. */
+/**
+ * One committed write as `rewind log` shows it; or, kind `thinned`, a byte range written somewhere
+ * in seqs `seqFirst`..`seq` that retention thinned into one point (at `seq`, `time`).
+ */
 export interface LogEntry {
   seq: number;
   time: string;
   volume: string;
-  kind: 'write' | 'zero' | 'trim';
+  kind: 'write' | 'zero' | 'trim' | 'thinned';
   offset: number;
   length: number;
   /** Part of a resync transaction: the region's content at that moment, not a client write. */
   resync: boolean;
+  /** Thinned: the first seq of the run. */
+  seqFirst?: number;
 }
 
 export interface LogFilter {
@@ -112,6 +118,7 @@ export class StoredHistory implements History {
 
   /** A committed transaction's records, synchronously: from the cache, else a verifying parse. */
   recordsOf(idx: number): readonly RedoRecord[] {
+    if (!this.txFiles.hasRedo(idx)) return []; // merged: no records of its own
     const cached = this.txFiles.cached(idx);
     if (cached) return cached.records;
     const file = this.txFiles.redoPath(idx);
@@ -133,13 +140,44 @@ export class StoredHistory implements History {
     const from = filter.from ?? 1;
     const to = Math.min(filter.to ?? this.committedSeq(), this.committedSeq());
     for (const tx of this.catalog.committedTxs(from, to)) {
-      const { records } = await this.txFiles.index(tx.idx);
-      for (const record of records) {
+      const index = await this.txFiles.index(tx.idx);
+      if (tx.kind === 'merged') {
+        yield* this.thinnedEntries(tx, index.undo, volume);
+        continue;
+      }
+      for (const record of index.records) {
         if (record.seq < from || record.seq > to) continue;
         if (volume !== undefined && record.volume !== volume) continue;
         yield this.logEntry(record, tx.kind);
       }
     }
+  }
+
+  /** A merged transaction's ranges (its undo's extents) as log entries at its last seq. */
+  private *thinnedEntries(
+    tx: { seqFirst: number; seqLast: number; timeLastUs: number },
+    extents: readonly UndoExtent[],
+    volume: number | undefined,
+  ): Generator<LogEntry> {
+    const time = formatTimeNs(BigInt(tx.timeLastUs) * 1000n);
+    for (const extent of extents) {
+      if (volume !== undefined && extent.volume !== volume) continue;
+      yield {
+        seq: tx.seqLast,
+        seqFirst: tx.seqFirst,
+        time,
+        volume: (this.replicas[extent.volume] as ReplicaVolume).name,
+        kind: 'thinned',
+        offset: extent.offsetBytes,
+        length: extent.lengthBytes,
+        resync: false,
+      };
+    }
+  }
+
+  /** Whether any transaction holding seqs after `from` up to `to` was thinned. */
+  thinnedBetween(from: number, to: number): boolean {
+    return this.catalog.committedTxs(from + 1, to).some((tx) => tx.kind === 'merged');
   }
 
   logEntry(record: RedoRecord, kind: TxKind): LogEntry {

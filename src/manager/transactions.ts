@@ -84,6 +84,10 @@ export interface TxPipelineOptions {
   log: LogFunction;
   /** Open views take a transaction's undo extents, before its replica writes (the one callback). */
   onUndo: (idx: number, extents: readonly UndoExtent[]) => void;
+  /** Why a new segment must wait now (the journal is full and its policy stops applying). */
+  admission?: () => string | undefined;
+  /** A transaction committed (retention looks at the journal again). */
+  onCommitted?: (row: TxRow) => void;
 }
 
 type StoreResult = Awaited<ReturnType<Applier['saveUndo']>>;
@@ -107,6 +111,8 @@ export class TxPipeline {
   private readonly applier: Applier;
   private readonly log: LogFunction;
   private readonly onUndo: TxPipelineOptions['onUndo'];
+  private readonly admission: () => string | undefined;
+  private readonly onCommitted: (row: TxRow) => void;
   /** Transactions, view builds and other exclusive work, one after the other. */
   private queue: Promise<unknown> = Promise.resolve();
   /** Set from the catalog by recover(), which must run before anything else. */
@@ -130,6 +136,8 @@ export class TxPipeline {
     this.applier = options.applier;
     this.log = options.log;
     this.onUndo = options.onUndo;
+    this.admission = options.admission ?? (() => undefined);
+    this.onCommitted = options.onCommitted ?? (() => undefined);
   }
 
   // ---- positions ----
@@ -208,6 +216,15 @@ export class TxPipeline {
     const committed = this.committedPosition;
     if (index <= committed.idx) {
       const row = this.catalog.tx(index);
+      if (row === undefined || row.kind === 'merged') {
+        // Committed, and since thinned or dropped by retention: nothing to compare it with, and
+        // nothing of it is applied again.
+        this.log(
+          'info',
+          `segment ${index} was committed and its history since thinned or dropped; acknowledged again`,
+        );
+        return { kind: 'ack', index, seqLast: arrival.seqLast };
+      }
       // A resend after a lost ack is answered idempotently (applied once) when it is byte for
       // byte the committed segment; anything else under that index is refused.
       if (
@@ -230,6 +247,11 @@ export class TxPipeline {
         'REWIND_BUSY',
         `segment ${index} waits behind segment ${this.busyFrom}, which the manager could not store`,
       );
+    }
+    const waiting = this.admission();
+    if (waiting !== undefined) {
+      this.busyFrom = index;
+      return this.refusal(index, 'REWIND_BUSY', waiting);
     }
     if (index !== committed.idx + 1 || arrival.seqFirst !== committed.seq + 1) {
       return this.refusal(
@@ -443,6 +465,7 @@ export class TxPipeline {
     };
     this.turn = undefined;
     this.wakeCommitWaiters();
+    this.onCommitted(row);
   }
 
   // ---- the early store of the next segment ----
@@ -610,7 +633,7 @@ export class TxPipeline {
         break;
       }
     }
-    await this.txFiles.removeUncataloged(new Set(this.catalog.committedTxs().map((t) => t.idx)));
+    await this.txFiles.removeUncataloged(this.catalog.committedTxs());
     this.committedPosition = this.lastCommitted();
     this.recovered = true;
   }
@@ -650,6 +673,10 @@ function rowOf(arrival: Arrival, parsed: SealedRedo, undo: StoreResult, received
     state: 'undo-saved',
     receivedAt,
     committedAt: null,
+    undoGen: 0,
+    firstIdx: null,
+    tier: null,
+    thinnedAt: null,
   };
 }
 

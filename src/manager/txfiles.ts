@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { rethrowIfBug, RewindError } from '../core/index.js';
+import { assert, rethrowIfBug, RewindError } from '../core/index.js';
 import { mapReadOnly } from '../platform/index.js';
 import {
   parseSealedRedo,
@@ -35,6 +35,14 @@ const MAPPED_FILES_MAX = 4096;
 /** Parsed transactions kept in memory, counted in records plus extents (about 30 bytes each). */
 const CACHE_ITEMS_MAX = 4_000_000;
 
+/** Which files a transaction has: a redo (not when merged) and the undo of a generation. */
+export interface TxLayout {
+  hasRedo: boolean;
+  undoGen: number;
+}
+
+const DEFAULT_LAYOUT: TxLayout = { hasRedo: true, undoGen: 0 };
+
 export class TxFiles {
   readonly redoDir: string;
   readonly undoDir: string;
@@ -49,6 +57,11 @@ export class TxFiles {
   private readonly cache = new Map<number, TxIndex>();
   private cachedItems = 0;
   private indexDirMade = false;
+  /**
+   * Transactions whose files differ from the default (a redo, and the undo of generation 0): merged
+   * ones, with no redo and a later undo generation. Set from the catalog.
+   */
+  private readonly layouts = new Map<number, TxLayout>();
 
   constructor(root: string, volumeCount: () => number) {
     this.redoDir = path.join(root, 'redo');
@@ -57,16 +70,55 @@ export class TxFiles {
     this.volumeCount = volumeCount;
   }
 
+  /** Records that transaction `idx` is merged: no redo, its undo of generation `undoGen`. */
+  setLayout(idx: number, layout: TxLayout): void {
+    this.layouts.set(idx, layout);
+  }
+
+  private layoutOf(idx: number): TxLayout {
+    return this.layouts.get(idx) ?? DEFAULT_LAYOUT;
+  }
+
+  hasRedo(idx: number): boolean {
+    return this.layoutOf(idx).hasRedo;
+  }
+
   redoPath(idx: number): string {
+    assert(this.layoutOf(idx).hasRedo, `transaction ${idx} has a redo file`);
     return path.join(this.redoDir, segmentFileName(idx, 'redo'));
   }
 
-  undoPath(idx: number): string {
-    return path.join(this.undoDir, segmentFileName(idx, 'undo'));
+  undoPath(idx: number, undoGen = this.layoutOf(idx).undoGen): string {
+    return path.join(this.undoDir, segmentFileName(idx, 'undo', undoGen));
   }
 
-  indexPath(idx: number): string {
-    return path.join(this.indexDir, segmentFileName(idx, 'idx'));
+  indexPath(idx: number, undoGen = this.layoutOf(idx).undoGen): string {
+    return path.join(this.indexDir, segmentFileName(idx, 'idx', undoGen));
+  }
+
+  /**
+   * Forgets every handle, mapping and cached index of transaction `idx` (its files are about to be
+   * replaced or removed). Mappings already handed out stay valid: Linux keeps an unlinked file's
+   * pages for as long as they are mapped.
+   */
+  evict(idx: number): void {
+    for (const file of this.layoutOf(idx).hasRedo ? [this.redoPath(idx)] : []) this.closeFd(file);
+    this.closeFd(this.undoPath(idx));
+    this.maps.delete(2 * idx);
+    this.maps.delete(2 * idx + 1);
+    const cached = this.cache.get(idx);
+    if (cached) {
+      this.cache.delete(idx);
+      this.cachedItems -= cached.items;
+    }
+    this.layouts.delete(idx);
+  }
+
+  private closeFd(file: string): void {
+    const fd = this.fds.get(file);
+    if (fd === undefined) return;
+    this.fds.delete(file);
+    fs.closeSync(fd);
   }
 
   /**
@@ -74,14 +126,21 @@ export class TxFiles {
    * before the row was written (the agent still holds the segment and resends it), or, for an index
    * file, a stale cache entry.
    */
-  async removeUncataloged(committed: ReadonlySet<number>): Promise<void> {
+  async removeUncataloged(
+    committed: readonly { idx: number; kind: string; undoGen: number }[],
+  ): Promise<void> {
+    const rows = new Map(committed.map((row) => [row.idx, row]));
+    const kept = (dir: string, name: string): boolean => {
+      const file = parseSegmentFileName(name);
+      const row = file && rows.get(file.index);
+      if (!file || !row) return false;
+      if (dir === this.redoDir) return row.kind !== 'merged' && file.generation === 0;
+      return file.generation === row.undoGen; // an undo or index of an older (or unswapped) merge
+    };
     for (const dir of [this.redoDir, this.undoDir, this.indexDir]) {
       if (!fs.existsSync(dir)) continue; // the index dir is made on first use
       for (const name of await fsp.readdir(dir)) {
-        const file = parseSegmentFileName(name);
-        if (file === undefined || !committed.has(file.index)) {
-          await fsp.rm(path.join(dir, name), { force: true });
-        }
+        if (!kept(dir, name)) await fsp.rm(path.join(dir, name), { force: true });
       }
     }
   }
@@ -127,7 +186,7 @@ export class TxFiles {
       this.cache.set(idx, cached);
       return cached;
     }
-    const redoFile = this.redoPath(idx);
+    const redoFile = this.hasRedo(idx) ? this.redoPath(idx) : undefined;
     const undoFile = this.undoPath(idx);
     const indexFile = this.indexPath(idx);
     let binding: Buffer | undefined;
@@ -146,8 +205,14 @@ export class TxFiles {
       rethrowIfBug(error);
       // Missing, damaged or stale: the full parse below verifies everything and says what is wrong.
     }
-    const [redoBuf, undoBuf] = await Promise.all([fsp.readFile(redoFile), fsp.readFile(undoFile)]);
-    const redo = parseSealedRedo(redoBuf, redoFile, this.volumeCount());
+    const [redoBuf, undoBuf] = await Promise.all([
+      redoFile === undefined ? Promise.resolve(undefined) : fsp.readFile(redoFile),
+      fsp.readFile(undoFile),
+    ]);
+    const records =
+      redoBuf === undefined
+        ? []
+        : parseSealedRedo(redoBuf, redoFile as string, this.volumeCount()).records;
     const undo = parseUndo(undoBuf, undoFile, this.volumeCount());
     if (undo.header.segmentIndex !== idx) {
       throw new RewindError(
@@ -155,7 +220,7 @@ export class TxFiles {
         `${undoFile} belongs to transaction ${undo.header.segmentIndex}, expected ${idx}`,
       );
     }
-    const entry = TxIndex.fromLists(redo.records, undo.extents);
+    const entry = TxIndex.fromLists(records, undo.extents);
     // The binding of the buffers just verified, not of a second read of the files.
     this.store(idx, entry, Buffer.concat([bindingOf(redoBuf), bindingOf(undoBuf)]));
     this.cacheEntry(idx, entry);
@@ -176,7 +241,8 @@ export class TxFiles {
   ): void {
     const index = entry instanceof TxIndex ? entry : TxIndex.fromLists(entry.records, entry.undo);
     try {
-      this.store(idx, index, readBinding(this.redoPath(idx), this.undoPath(idx)));
+      const redoFile = this.hasRedo(idx) ? this.redoPath(idx) : undefined;
+      this.store(idx, index, readBinding(redoFile, this.undoPath(idx)));
     } catch (error) {
       rethrowIfBug(error);
       // Best-effort: without an index file the next cold load parses the files in full.
@@ -225,8 +291,12 @@ export class TxFiles {
   }
 }
 
-/** Header and trailer of a whole segment file in memory (redo and undo share both sizes). */
-function bindingOf(buf: Buffer): Buffer {
+/**
+ * Header and trailer of a whole segment file in memory (redo and undo share both sizes); zeroes for
+ * a merged transaction's redo, which it does not have.
+ */
+function bindingOf(buf: Buffer | undefined): Buffer {
+  if (buf === undefined) return Buffer.alloc(REDO_HEADER_BYTES + TRAILER_BYTES);
   return Buffer.concat([
     buf.subarray(0, REDO_HEADER_BYTES),
     buf.subarray(buf.length - TRAILER_BYTES),
@@ -234,10 +304,10 @@ function bindingOf(buf: Buffer): Buffer {
 }
 
 /** Header and trailer of the redo file, then of the undo file, as they are on disk now. */
-function readBinding(redoFile: string, undoFile: string): Buffer {
+function readBinding(redoFile: string | undefined, undoFile: string): Buffer {
   const binding = Buffer.alloc(TX_INDEX_BINDING_BYTES);
-  let at = 0;
-  for (const file of [redoFile, undoFile]) {
+  let at = redoFile === undefined ? REDO_HEADER_BYTES + TRAILER_BYTES : 0;
+  for (const file of redoFile === undefined ? [undoFile] : [redoFile, undoFile]) {
     const fd = fs.openSync(file, 'r');
     try {
       const size = fs.fstatSync(fd).size;

@@ -154,6 +154,40 @@ export class ViewRegistry {
     }
   }
 
+  /**
+   * What the views hold against retention: every open view's point stays addressable and bounds the
+   * oldest point; history after a private view's point may not change at all while it reads.
+   */
+  pins(): {
+    keepPoints: number[];
+    floorSeq: number | undefined;
+    frozenAfterSeq: number | undefined;
+  } {
+    const named = [...this.views.values()].map((v) => v.seq);
+    const internal = [...this.internalViews].map((v) => v.seq);
+    const all = [...named, ...internal];
+    return {
+      keepPoints: named,
+      floorSeq: all.length > 0 ? Math.min(...all) : undefined,
+      frozenAfterSeq: internal.length > 0 ? Math.min(...internal) : undefined,
+    };
+  }
+
+  /**
+   * Rebuilds, at their own points, the views that read history before `seq` (retention just swapped
+   * transactions there); each takes its new maps in one synchronous step. Runs between
+   * transactions.
+   */
+  async rebuildBefore(seq: number): Promise<void> {
+    for (const view of this.views.values()) {
+      if (view.seq >= seq) continue;
+      const seqBefore = view.seq;
+      const rebuilt = await View.build(view.name, view.kind, view.seq, this.history, view.overlays);
+      assert(view.seq === seqBefore, 'a view does not move while retention rebuilds it');
+      view.adopt(rebuilt);
+    }
+  }
+
   /** A transaction's undo is durable and its replica writes come next: every view maps it first. */
   addUndo(idx: number, extents: readonly UndoExtent[]): void {
     for (const view of this.views.values()) view.addUndo(idx, extents);
@@ -198,6 +232,15 @@ export class ViewRegistry {
           );
         }
         for (const overlay of overlays) await overlay.discard();
+      }
+      if (this.history.thinnedBetween(Math.min(from, target), Math.max(from, target))) {
+        // Thinned history has no writes to step across: the view is built anew at the target.
+        view.adopt(await View.build(view.name, view.kind, target, this.history, view.overlays));
+        this.options.catalog.updateViewSeq(name, target);
+        const crossed: LogEntry[] = [];
+        const range = { from: Math.min(from, target) + 1, to: Math.max(from, target) };
+        for await (const entry of this.history.log(range)) crossed.push(entry);
+        return { from, to: target, crossed };
       }
       const crossed = await view.stepTo(target);
       this.options.catalog.updateViewSeq(name, target);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { Agent, agentSpoolDir, type ShipperTarget, type VolumeSpec } from '../agent/index.js';
 import { startApi } from '../api/index.js';
-import { Manager } from '../manager/index.js';
+import { Manager, type PolicyText } from '../manager/index.js';
 import { NbdServer } from '../nbd/index.js';
 import type { ExportBackend } from '../nbd/index.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
@@ -26,6 +26,8 @@ export interface UpOptions {
   sealMs: number;
   spoolBytes?: number;
   quiet?: boolean;
+  /** Retention settings given at start (the rest as stored, or the defaults). */
+  retention?: PolicyText;
 }
 
 export interface Running {
@@ -52,14 +54,14 @@ export async function startUp(options: UpOptions): Promise<Running> {
   const nbdRef: { server?: NbdServer } = {};
   // Agent and manager share the process and the data directory: sealed segments are handed over
   // by name (the manager reads and links the agent's file) rather than sent over the link.
-  const manager = await openManager(
-    options.dataDir,
+  const manager = await openManager({
+    dataDir: options.dataDir,
     token,
-    undefined,
     log,
     nbdRef,
-    agentSpoolDir(options.dataDir),
-  );
+    localSpoolDir: agentSpoolDir(options.dataDir),
+    ...(options.retention ? { retention: options.retention } : {}),
+  });
   const link = await manager.listen('127.0.0.1', 0);
   const { agent, nbd, nbdAddress } = await openAgent(
     options,
@@ -120,20 +122,18 @@ async function openAgent(
 /**
  * Opens a manager whose removed views drop their NBD clients on the server set in `nbdRef` later.
  */
-async function openManager(
-  dataDir: string,
-  token: string,
-  tlsOptions: { cert: Buffer; key: Buffer } | undefined,
-  log: ReturnType<typeof makeLog>,
-  nbdRef: { server?: NbdServer },
-  localSpoolDir?: string,
-): Promise<Manager> {
+async function openManager(options: {
+  dataDir: string;
+  token: string;
+  tls?: { cert: Buffer; key: Buffer };
+  log: ReturnType<typeof makeLog>;
+  nbdRef: { server?: NbdServer };
+  localSpoolDir?: string;
+  retention?: PolicyText;
+}): Promise<Manager> {
+  const { nbdRef, ...rest } = options;
   return Manager.open({
-    dataDir,
-    token,
-    log,
-    ...(localSpoolDir !== undefined ? { localSpoolDir } : {}),
-    ...(tlsOptions ? { tls: tlsOptions } : {}),
+    ...rest,
     onExportsChanged: (removed) => {
       for (const name of removed) nbdRef.server?.disconnectExport(name);
     },
@@ -173,6 +173,7 @@ export interface ManagerRunOptions {
   apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
   quiet?: boolean;
+  retention?: PolicyText;
 }
 
 /** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
@@ -182,7 +183,14 @@ export async function startManager(
   const log = makeLog(options.quiet ?? false);
   await ensureDir(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
-  const manager = await openManager(options.dataDir, options.token, options.tls, log, nbdRef);
+  const manager = await openManager({
+    dataDir: options.dataDir,
+    token: options.token,
+    log,
+    nbdRef,
+    ...(options.tls ? { tls: options.tls } : {}),
+    ...(options.retention ? { retention: options.retention } : {}),
+  });
   const linkAddress = await manager.listen(options.listen.host, options.listen.port);
   const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
   nbdRef.server = nbd;

@@ -79,7 +79,7 @@ export class View {
   /** Sources by id, and their file handles (-1 until first read). */
   private readonly sourceById: ViewSource[] = [ZERO];
   private readonly fdById: number[] = [-1];
-  private readonly readAhead = new ReadAhead(READ_AHEAD_TOTAL_BYTES);
+  private readAhead = new ReadAhead(READ_AHEAD_TOTAL_BYTES);
 
   private constructor(
     name: string,
@@ -216,6 +216,23 @@ export class View {
     if (index.recordKind[i] === KIND_WRITE)
       map.set(start, end, this.source('redo', idx), index.recordPayload[i] as number);
     else map.set(start, end, ZERO, start);
+  }
+
+  /**
+   * Takes over the maps, sources and seq of `rebuilt`, a view built anew: at the same seq over
+   * history whose transaction files changed (retention merged some: the bytes it gives are the
+   * same), or at another seq (a step across thinned history). One synchronous swap, so a reader
+   * sees the old maps or the new ones. Overlays (a clone's own writes) are kept.
+   */
+  adopt(rebuilt: View): void {
+    assert(rebuilt.maps.length === this.maps.length, 'a view adopts maps of the same volumes');
+    this.seq = rebuilt.seq;
+    this.maps.splice(0, this.maps.length, ...rebuilt.maps);
+    this.sources.clear();
+    for (const [key, source] of rebuilt.sources) this.sources.set(key, source);
+    this.sourceById.splice(0, this.sourceById.length, ...rebuilt.sourceById);
+    this.fdById.splice(0, this.fdById.length, ...rebuilt.fdById);
+    this.readAhead = rebuilt.readAhead;
   }
 
   /**
