@@ -7,6 +7,7 @@ import type { VolumeSpec } from '../agent/index.js';
 import fs from 'node:fs';
 import type { RestoreStatus } from '../manager/index.js';
 import type { Endpoint, Running } from '../runtime/index.js';
+import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './freeze.js';
 
 /**
  * The processes' code (agent, manager, HTTP server, SQLite) is loaded only by the commands that
@@ -62,11 +63,18 @@ function server(options: { server?: string; apiTokenFile?: string }): string {
   );
 }
 
-async function call(base: string, method: string, route: string, body?: object): Promise<Response> {
+async function call(
+  base: string,
+  method: string,
+  route: string,
+  body?: object,
+  signal?: AbortSignal,
+): Promise<Response> {
   let response: Response;
   try {
     response = await fetch(`${base}${route}`, {
       method,
+      ...(signal ? { signal } : {}),
       headers: {
         ...(body ? { 'content-type': 'application/json' } : {}),
         ...(apiToken ? { authorization: `Bearer ${apiToken}` } : {}),
@@ -74,6 +82,7 @@ async function call(base: string, method: string, route: string, body?: object):
       ...(body ? { body: JSON.stringify(body) } : {}),
     });
   } catch (error) {
+    if (signal?.aborted) throw error;
     throw new RewindError(
       'REWIND_BUSY',
       `cannot reach the Rewind API at ${base}: ${errorMessage((error as Error).cause ?? error)}`,
@@ -94,8 +103,14 @@ async function call(base: string, method: string, route: string, body?: object):
   return response;
 }
 
-async function json<T>(base: string, method: string, route: string, body?: object): Promise<T> {
-  return (await (await call(base, method, route, body)).json()) as T;
+async function json<T>(
+  base: string,
+  method: string,
+  route: string,
+  body?: object,
+  signal?: AbortSignal,
+): Promise<T> {
+  return (await (await call(base, method, route, body, signal)).json()) as T;
 }
 
 // Commander's own errors become the one documented line (main() prints them): the settings are
@@ -516,7 +531,22 @@ withServer(
     .option('--remove', 'remove the bookmark instead')
     .option('--pin', 'keep history from this bookmark on: retention never drops it')
     .option('--until <time>', 'with --pin: only until this ISO-8601 time')
-    .option('--unpin', 'let retention drop history before and after it again'),
+    .option('--unpin', 'let retention drop history before and after it again')
+    .option('--wait', 'seal first and name the sealed seq once it is committed')
+    .option(
+      '--freeze <dir>',
+      'fsfreeze this mounted filesystem around the seal (repeatable; implies --wait)',
+      collect,
+      [],
+    )
+    .option('--freeze-ms <ms>', 'longest the filesystems stay frozen', String(FROZEN_MS_DEFAULT))
+    .option('--pre <command>', 'run before freezing (sh -c), e.g. a database checkpoint')
+    .option('--post <command>', 'run after the thaw, also when something failed after --pre')
+    .option('--hook-ms <ms>', 'longest a --pre or --post command may run', String(HOOK_MS_DEFAULT))
+    .addHelpText(
+      'after',
+      '\nA bookmark taken right after writing a file may lack it (it is still in the filesystem cache): --freeze makes the filesystem write it out first.',
+    ),
 ).action(
   async (
     name: string,
@@ -527,6 +557,12 @@ withServer(
       pin?: boolean;
       until?: string;
       unpin?: boolean;
+      wait?: boolean;
+      freeze: string[];
+      freezeMs: string;
+      pre?: string;
+      post?: string;
+      hookMs: string;
     },
   ) => {
     if (options.remove) {
@@ -540,7 +576,17 @@ withServer(
     if (options.until !== undefined && !options.pin) {
       throw new RewindError('REWIND_BAD_ARGUMENT', '--until goes with --pin');
     }
-    if (options.pin && options.at === undefined) {
+    const consistent =
+      options.wait === true ||
+      options.freeze.length > 0 ||
+      options.pre !== undefined ||
+      options.post !== undefined;
+    if (consistent && options.at !== undefined)
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        '--at names a point that exists; --wait, --freeze, --pre and --post make a new one',
+      );
+    if (options.pin && options.at === undefined && !consistent) {
       const pinned = await json<{ name: string; seq: number; pinnedUntil: string }>(
         server(options),
         'PUT',
@@ -551,13 +597,19 @@ withServer(
         `bookmark @${pinned.name} (seq ${pinned.seq}) pinned ${pinned.pinnedUntil === 'forever' ? 'until unpinned' : `until ${pinned.pinnedUntil}`}`,
       );
     }
-    const b = await json<{ name: string; seq: number; time: string }>(
-      server(options),
-      'POST',
-      '/api/bookmarks',
-      { name, ...(options.at !== undefined ? { at: options.at } : {}) },
-    );
-    console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})`);
+    const b = consistent
+      ? await consistentBookmark(server(options), name, options)
+      : await json<{ name: string; seq: number; time: string }>(
+          server(options),
+          'POST',
+          '/api/bookmarks',
+          { name, ...(options.at !== undefined ? { at: options.at } : {}) },
+        );
+    const frozen =
+      'frozenMs' in b && options.freeze.length > 0
+        ? `; ${options.freeze.join(', ')} frozen ${String(b.frozenMs)} ms`
+        : '';
+    console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})${frozen}`);
     if (options.pin) {
       await json(
         server(options),
@@ -571,6 +623,43 @@ withServer(
     }
   },
 );
+
+/** pre hook, freeze, seal and wait for the commit, thaw, bookmark at the sealed seq, post hook. */
+function consistentBookmark(
+  base: string,
+  name: string,
+  options: {
+    freeze: string[];
+    freezeMs: string;
+    pre?: string;
+    post?: string;
+    hookMs: string;
+  },
+): Promise<{ name: string; seq: number; time: string; frozenMs: number }> {
+  return takeConsistentBookmark({
+    name,
+    freeze: options.freeze,
+    pre: options.pre,
+    post: options.post,
+    frozenMsMax: milliseconds(options.freezeMs, '--freeze-ms'),
+    hookMsMax: milliseconds(options.hookMs, '--hook-ms'),
+    sealCommitted: async (timeoutMs, signal) =>
+      (
+        await json<{ seqLast: number }>(
+          base,
+          'POST',
+          '/api/seal',
+          { wait: true, timeoutMs },
+          signal,
+        )
+      ).seqLast,
+    bookmark: (seq) =>
+      json<{ name: string; seq: number; time: string }>(base, 'POST', '/api/bookmarks', {
+        name,
+        at: String(seq),
+      }),
+  });
+}
 
 withServer(
   program
@@ -856,7 +945,9 @@ export async function main(argv: string[]): Promise<void> {
     const hint = error instanceof RewindError && error.hint ? ` (${error.hint})` : '';
     console.error(`rewind: ${errorMessage(error)}${hint}`);
     if (process.argv.includes('--debug')) console.error(error);
-    process.exitCode = 1;
+    // A command interrupted by a signal has set 128 + its number already (130 for Ctrl-C).
+    const interrupted = typeof process.exitCode === 'number' && process.exitCode > 128;
+    if (!interrupted) process.exitCode = 1;
     const guard = setTimeout(() => {
       console.error('rewind: exiting with handles still open after the failure');
       process.exit(1);
