@@ -8,6 +8,8 @@ import fs from 'node:fs';
 import type { RestoreStatus } from '../manager/index.js';
 import type { Endpoint, Running } from '../runtime/index.js';
 import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './freeze.js';
+import { refuseIfMapped, stepMapped, type MapApi } from './map.js';
+import { addMapCommands } from './map-commands.js';
 
 /**
  * The processes' code (agent, manager, HTTP server, SQLite) is loaded only by the commands that
@@ -415,6 +417,14 @@ withServer(
     .command('rm <name>')
     .description('remove a snapshot or clone (its NBD clients are disconnected)'),
 ).action(async (name: string, options: { server?: string }) => {
+  await refuseIfMapped(
+    server(options),
+    { name, volume: undefined, production: false },
+    {
+      action: { what: `remove ${name}`, why: 'its NBD clients (nbdfuse) would be cut off' },
+      mountedOnly: false,
+    },
+  );
   await json(server(options), 'DELETE', `/api/views/${encodeURIComponent(name)}`);
   console.log(`removed ${name}`);
 });
@@ -506,12 +516,18 @@ withServer(
       ...(options.to !== undefined ? { to: options.to } : {}),
       discardWrites: options.discardWrites === true,
     };
-    const result = await json<{ from: number; to: number; crossed: LogLine[] }>(
-      server(options),
-      'POST',
-      `/api/views/${encodeURIComponent(name)}/step`,
-      body,
+    // A view this machine has mapped has its device's caches dropped around the step, so no
+    // read after it returns a block from before (and the step is refused while it is mounted).
+    const { result, flushed } = await stepMapped({ server: server(options) }, name, () =>
+      json<{ from: number; to: number; crossed: LogLine[] }>(
+        server(options),
+        'POST',
+        `/api/views/${encodeURIComponent(name)}/step`,
+        body,
+      ),
     );
+    for (const record of flushed)
+      process.stderr.write(`${record.volume}@${name}: caches of ${record.loop} dropped\n`);
     if (options.json) return console.log(JSON.stringify(result));
     console.log(
       `${name}: seq ${result.from} -> ${result.to} (${result.crossed.length} writes crossed)`,
@@ -760,6 +776,7 @@ withServer(
       if (options.json) return console.log(JSON.stringify(status));
       return console.log(`restore #${status.id} abandoned: ${status.message ?? ''}`);
     }
+    if (!options.dryRun) await refuseRestoreWhileMapped(base, volumes, options.fromClone);
     const body = {
       volumes,
       ...(options.at !== undefined ? { at: options.at } : {}),
@@ -805,6 +822,42 @@ withServer(
     }
   },
 );
+
+/**
+ * A production volume this machine has mapped would lose its filesystem under it (the restore
+ * disconnects its NBD clients), and a mounted clone may not have written back what the restore
+ * is to copy from it: both are refused, with what to do.
+ */
+async function refuseRestoreWhileMapped(
+  base: string,
+  volumes: string[],
+  fromClone: string | undefined,
+): Promise<void> {
+  for (const volume of volumes)
+    await refuseIfMapped(
+      base,
+      { name: volume, volume: undefined, production: true },
+      {
+        action: {
+          what: `restore ${volume}`,
+          why: 'the restore disconnects its NBD clients: a filesystem on it would fail, and its cache could be written back over the restored volume',
+        },
+        mountedOnly: false,
+      },
+    );
+  if (fromClone !== undefined)
+    await refuseIfMapped(
+      base,
+      { name: fromClone, volume: undefined, production: false },
+      {
+        action: {
+          what: `restore from ${fromClone}`,
+          why: 'what the mounted filesystem has not written back yet is not in the clone',
+        },
+        mountedOnly: true,
+      },
+    );
+}
 
 withServer(
   program
@@ -916,6 +969,26 @@ withServer(
     for (const r of result.ranges) console.log(`${r.offset}:${r.length}`);
   },
 );
+
+function mapApi(options: { server?: string; apiTokenFile?: string; nbd?: string }): MapApi {
+  const base = server(options);
+  return {
+    server: base,
+    nbd: endpoint(options.nbd ?? process.env.REWIND_NBD ?? '127.0.0.1:10809', '--nbd'),
+    views: () =>
+      json<{ name: string; kind: 'snapshot' | 'clone'; seq: number; exports: string[] }[]>(
+        base,
+        'GET',
+        '/api/views',
+      ),
+    volumes: async () =>
+      (await json<{ volumes: { name: string }[] }>(base, 'GET', '/api/status')).volumes.map(
+        (v) => v.name,
+      ),
+  };
+}
+
+addMapCommands(program, { withServer, api: mapApi });
 
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());
 

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import type FsExt from 'fs-ext';
 import { errorCode, rethrowIfBug, RewindError } from '../core/index.js';
+import { deviceMajor, deviceMinor } from './devices.js';
 
 // CommonJS with a native addon: required as it is (its types name the functions it exports).
 const fsExt = createRequire(import.meta.url)('fs-ext') as typeof FsExt;
@@ -119,18 +120,6 @@ function commandLineOf(pid: number): string | undefined {
     rethrowIfBug(error);
     return undefined; // it ended meanwhile, or another pid namespace hides it
   }
-}
-
-// Linux's dev_t: the major number is bits 8-19 and 32-43, the minor bits 0-7 and 20-31. These
-// are numbers past 2^32, so the arithmetic is done with BigInt.
-function deviceMajor(dev: number): number {
-  const d = BigInt(dev);
-  return Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn));
-}
-
-function deviceMinor(dev: number): number {
-  const d = BigInt(dev);
-  return Number((d & 0xffn) | ((d >> 12n) & ~0xffn));
 }
 
 function hex2(n: number): string {
