@@ -21,3 +21,4 @@ if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]
   npm ci --no-audit --no-fund || npm install --no-audit --no-fund
 fi
 npm run build
+touch dist/.built # scripts/up starts without building until a source is newer

@@ -353,7 +353,7 @@ async function mountRecord(
   return { record: updated, note };
 }
 
-/** Read-only and no journal replay: a snapshot's device is read-only, a replay would need writes. */
+/** Read-only, no journal replay: a snapshot's device is read-only, and a replay writes. */
 function readOnlyOptions(type: string): string {
   switch (type) {
     case 'ext3':

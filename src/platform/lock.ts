@@ -13,8 +13,16 @@ import type FsExt from 'fs-ext';
 import { errorCode, rethrowIfBug, RewindError } from '../core/index.js';
 import { deviceMajor, deviceMinor } from './devices.js';
 
-// CommonJS with a native addon: required as it is (its types name the functions it exports).
-const fsExt = createRequire(import.meta.url)('fs-ext') as typeof FsExt;
+/**
+ * fs-ext, loaded on first use: its addon is not context-aware, and loading it in a worker thread
+ * (the manager's apply worker imports platform/) crashes the process. Locks are taken on the main
+ * thread only. CommonJS: required as it is (its types name the functions it exports).
+ */
+let fsExt: typeof FsExt | undefined;
+function flockSync(fd: number, flags: 'exnb'): void {
+  fsExt ??= createRequire(import.meta.url)('fs-ext') as typeof FsExt;
+  fsExt.flockSync(fd, flags);
+}
 
 /** A lock held by this process until `release` (or until the process ends, however it ends). */
 export interface FileLock {
@@ -44,7 +52,7 @@ export function lockExclusive(
 ): FileLock {
   const fd = fs.openSync(file, options.create ? 'a+' : 'r');
   try {
-    fsExt.flockSync(fd, 'exnb');
+    flockSync(fd, 'exnb');
   } catch (error) {
     fs.closeSync(fd);
     if (errorCode(error) !== 'EAGAIN' && errorCode(error) !== 'EWOULDBLOCK') throw error;
