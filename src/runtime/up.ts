@@ -17,6 +17,7 @@ import { NbdServer } from '../nbd/index.js';
 import type { ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
 import { CombinedRegistry } from './registry.js';
+import { logDestination, logFormat } from './log.js';
 import { listenOn, StartScope } from './start.js';
 
 export interface Endpoint {
@@ -50,7 +51,7 @@ export interface Running {
 export function makeLog(
   quiet: boolean,
 ): (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void {
-  const logger = pino({ level: quiet ? 'warn' : 'info' }, pino.destination(2));
+  const logger = pino({ level: quiet ? 'warn' : 'info' }, logDestination(logFormat()));
   return (level, message, fields) => logger[level](fields ?? {}, message);
 }
 

@@ -78,3 +78,31 @@ test('mount points from /proc/self/mountinfo, octal escapes undone', () => {
   ].join('\n');
   assert.deepEqual([...mountPoints(text)].sort(), ['/', '/mnt/with space', '/proc']);
 });
+
+test('REWIND_LOG_FORMAT is json or pretty; anything else is refused before a data directory exists', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-cli-'));
+  try {
+    const result = spawnSync(
+      process.execPath,
+      [
+        BIN,
+        'up',
+        '--data',
+        path.join(dir, 'data'),
+        '--nbd',
+        '127.0.0.1:0',
+        '--http',
+        '127.0.0.1:0',
+      ],
+      { env: { ...process.env, REWIND_LOG_FORMAT: 'xml' }, timeout: 20_000 },
+    );
+    assert.equal(result.status, 1);
+    assert.match(
+      result.stderr.toString(),
+      /^rewind: REWIND_LOG_FORMAT "xml" is not json or pretty\n$/,
+    );
+    assert.equal(fs.existsSync(path.join(dir, 'data')), false);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
