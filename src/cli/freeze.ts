@@ -98,8 +98,15 @@ async function frozenSeal(
   const frozen: string[] = [];
   const startedMs = Date.now();
   let frozenMs = 0;
-  // The bound covers the freezes, the seal and its commit: past it everything is thawed.
-  const deadline = AbortSignal.any([signal, AbortSignal.timeout(options.frozenMsMax)]);
+  // The bound covers the freezes, the seal and its commit: past it everything is thawed. (A
+  // timer of our own, not AbortSignal.timeout/any: Node may collect those signals before they
+  // fire, and then the wait would never end.)
+  const bound = new AbortController();
+  const deadline = bound.signal;
+  const onInterrupt = (): void => bound.abort(signal.reason);
+  signal.addEventListener('abort', onInterrupt, { once: true });
+  if (signal.aborted) onInterrupt();
+  const timer = setTimeout(() => bound.abort(frozenTooLong(options)), options.frozenMsMax);
   let seq: number;
   try {
     for (const mountpoint of options.freeze) {
@@ -115,6 +122,8 @@ async function frozenSeal(
       throw error;
     }
   } finally {
+    clearTimeout(timer);
+    signal.removeEventListener('abort', onInterrupt);
     await thawAll(frozen);
     if (frozen.length > 0) frozenMs = Date.now() - startedMs;
   }
@@ -123,9 +132,13 @@ async function frozenSeal(
   return { ...bookmark, frozenMs };
 }
 
+/** Why the frozen part stopped: interrupted (a signal) or past --freeze-ms. */
 function boundExceeded(options: ConsistentBookmark, deadline: AbortSignal): unknown {
   const reason: unknown = deadline.reason;
-  if (reason instanceof RewindError) return reason; // interrupted
+  return reason instanceof RewindError ? reason : frozenTooLong(options);
+}
+
+function frozenTooLong(options: ConsistentBookmark): RewindError {
   return new RewindError(
     'REWIND_BUSY',
     `no bookmark taken: the seal was not committed within --freeze-ms ${options.frozenMsMax} (the filesystems are thawed again)`,
