@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 # g++, make and python3 build the native npm addons (better-sqlite3, the mmap addon) from source.
-for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux g++:g++ make:make python3:python3; do
+for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux fsfreeze:util-linux blkid:util-linux losetup:mount g++:g++ make:make python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -21,3 +21,4 @@ if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]
   npm ci --no-audit --no-fund || npm install --no-audit --no-fund
 fi
 npm run build
+touch dist/.built # scripts/up starts without building until a source is newer

@@ -374,6 +374,8 @@ class Simulation {
     const options: AgentOptions = {
       dataDir: AGENT_DIR,
       volumes: VOLUMES,
+      // flock is the kernel's, not the simulated disk's; the simulation runs one agent anyway.
+      lockImage: (file) => ({ file, release: () => undefined }),
       sealBytes: 64 * 1024,
       sealMs: 300,
       spoolBytes: 1024 * 1024,

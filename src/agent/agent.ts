@@ -22,8 +22,10 @@ import {
   ensureDir,
   fdatasyncAsync,
   isBlockDevice,
+  lockExclusive,
   sizeOf,
   writeFileDurable,
+  type FileLock,
 } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
@@ -54,6 +56,11 @@ export interface AgentOptions {
   spoolBytes?: number;
   manager: ShipperTarget;
   log: LogFunction;
+  /**
+   * Locks a production image for the life of the agent (default: lockExclusive, a flock). The
+   * deterministic simulation's disk has no kernel locks and runs one agent: it passes its own.
+   */
+  lockImage?: (file: string, options: Parameters<typeof lockExclusive>[1]) => FileLock;
 }
 
 interface StoredVolume {
@@ -90,6 +97,8 @@ interface OpenedState {
   volumes: ProductionVolume[];
   spool: Spool;
   recovery: SpoolRecovery;
+  /** The production images, locked for the life of the agent. */
+  imageLocks: FileLock[];
 }
 
 export class Agent implements ShipperSource, AgentCommands {
@@ -105,6 +114,7 @@ export class Agent implements ShipperSource, AgentCommands {
   private readonly state: AgentState;
   private readonly spool: Spool;
   private readonly shipper: Shipper;
+  private readonly imageLocks: FileLock[];
   private sealTimer: NodeJS.Timeout | undefined;
   private cleanTimer: NodeJS.Timeout | undefined;
 
@@ -114,6 +124,7 @@ export class Agent implements ShipperSource, AgentCommands {
     this.volumes = opened.volumes;
     this.spool = opened.spool;
     this.recovery = opened.recovery;
+    this.imageLocks = opened.imageLocks;
     this.dirtyAtStart = opened.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
     const log = this.options.log;
     this.pipeline = new WritePipeline(this.spool, {
@@ -150,9 +161,25 @@ export class Agent implements ShipperSource, AgentCommands {
     );
     const wasClean = state.cleanShutdown;
     const volumes: ProductionVolume[] = [];
+    const imageLocks: FileLock[] = [];
+    const lockImage = (stored: StoredVolume): void => {
+      imageLocks.push(
+        (options.lockImage ?? lockExclusive)(stored.path, {
+          create: false,
+          describe: `production image ${stored.path} (volume ${stored.name})`,
+          hint: 'an image can be protected by one agent only: stop the other one, or give this volume another image',
+        }),
+      );
+    };
     try {
-      for (const [index, stored] of state.volumes.entries())
+      // Every image that exists is locked before anything is written (the others are created in
+      // the data directory, which the runtime holds locked, and locked once created).
+      for (const stored of state.volumes) if (fs.existsSync(stored.path)) lockImage(stored);
+      for (const [index, stored] of state.volumes.entries()) {
+        const created = !fs.existsSync(stored.path);
         volumes.push(await openVolume(stateDir, index, stored));
+        if (created) lockImage(stored);
+      }
       // Write-ahead for the first sync: every region of a pre-existing image is marked before the
       // state that names the volume is saved, so a crash during the sync resyncs it all again.
       for (const volume of volumes) if (preexisting.has(volume.name)) await volume.dirty.markAll();
@@ -171,6 +198,7 @@ export class Agent implements ShipperSource, AgentCommands {
         volumes,
         spool: opened.spool,
         recovery: opened.recovery,
+        imageLocks,
       });
       await agent.start({ wasClean, preexisting: volumes.filter((v) => preexisting.has(v.name)) });
       return agent;
@@ -180,6 +208,7 @@ export class Agent implements ShipperSource, AgentCommands {
         fs.closeSync(volume.fd);
         volume.dirty.close();
       }
+      for (const lock of imageLocks) lock.release();
       throw error;
     }
   }
@@ -532,6 +561,7 @@ export class Agent implements ShipperSource, AgentCommands {
     this.state.cleanShutdown =
       this.pipeline.degraded === undefined && this.pipeline.failure === undefined;
     await this.saveState();
+    for (const lock of this.imageLocks) lock.release();
   }
 
   // ---- what the shipper ships and reports ----
@@ -556,6 +586,19 @@ export class Agent implements ShipperSource, AgentCommands {
   get volumeSetName(): string {
     return this.state.volumeSetName;
   }
+}
+
+/**
+ * The checks of a volume list that need nothing opened: names, duplicates, existing images, and
+ * the list the data directory already protects (volumes may only be added). Throws what
+ * Agent.open would; reads the stored state and creates or changes nothing.
+ */
+export function checkVolumes(dataDir: string, given: VolumeSpec[]): void {
+  const file = path.join(agentStateDir(dataDir), 'state.json');
+  const stored = fs.existsSync(file)
+    ? (JSON.parse(fs.readFileSync(file, 'utf8')) as AgentState).volumes
+    : [];
+  reconcileVolumes(stored, given, dataDir);
 }
 
 function sizeOfExisting(file: string): number {
@@ -711,6 +754,12 @@ function reconcileVolumes(
       continue;
     }
     const file = wantedPath ?? path.join(dataDir, 'production', `${spec.name}.img`);
+    const twin = out.find((v) => v.path === file);
+    if (twin)
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        `volumes "${twin.name}" and "${spec.name}" name the same image ${file}`,
+      );
     const sizeBytes = wantedPath ? sizeOfExisting(wantedPath) : (spec.sizeBytes as number);
     out.push({ name: spec.name, sizeBytes, path: file });
   }

@@ -1,18 +1,21 @@
 // The `rewind` command line: argv to API calls (or to starting the processes); no domain logic.
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { errorMessage, formatBytes, parseSize, rethrowIfBug, RewindError } from '../core/index.js';
 import { Presets, SingleBar } from 'cli-progress';
 import path from 'node:path';
 import type { VolumeSpec } from '../agent/index.js';
 import fs from 'node:fs';
 import type { RestoreStatus } from '../manager/index.js';
-import {
-  startAgent,
-  startManager,
-  startUp,
-  type Endpoint,
-  type Running,
-} from '../runtime/index.js';
+import type { Endpoint, Running } from '../runtime/index.js';
+import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './freeze.js';
+import { refuseIfMapped, stepMapped, type MapApi } from './map.js';
+import { addMapCommands } from './map-commands.js';
+
+/**
+ * The processes' code (agent, manager, HTTP server, SQLite) is loaded only by the commands that
+ * start them: it is most of a client command's start-up time otherwise (0.5 s of 0.7 s here).
+ */
+const runtime = (): Promise<typeof import('../runtime/index.js')> => import('../runtime/index.js');
 import {
   registerRetentionCommand,
   retentionFromOptions,
@@ -22,7 +25,8 @@ import {
 
 function endpoint(text: string, what: string): Endpoint {
   const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(text);
-  if (!match) throw new RewindError('REWIND_BAD_ARGUMENT', `${what} "${text}" is not HOST:PORT`);
+  if (!match || Number(match[2]) > 65535)
+    throw new RewindError('REWIND_BAD_ARGUMENT', `${what} "${text}" is not HOST:PORT`);
   return { host: (match[1] as string).replace(/^\[|\]$/g, ''), port: Number(match[2]) };
 }
 
@@ -41,6 +45,16 @@ function volumeSpec(text: string, previous: VolumeSpec[]): VolumeSpec[] {
   return [...previous, spec];
 }
 
+/** A duration option in whole milliseconds (at least 1). */
+function milliseconds(text: string, what: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 1 || !Number.isSafeInteger(Number(text)))
+    throw new RewindError(
+      'REWIND_BAD_ARGUMENT',
+      `${what} "${text}" is not a number of milliseconds`,
+    );
+  return Number(text);
+}
+
 let apiToken: string | undefined = process.env.REWIND_TOKEN;
 
 function server(options: { server?: string; apiTokenFile?: string }): string {
@@ -51,11 +65,18 @@ function server(options: { server?: string; apiTokenFile?: string }): string {
   );
 }
 
-async function call(base: string, method: string, route: string, body?: object): Promise<Response> {
+async function call(
+  base: string,
+  method: string,
+  route: string,
+  body?: object,
+  signal?: AbortSignal,
+): Promise<Response> {
   let response: Response;
   try {
     response = await fetch(`${base}${route}`, {
       method,
+      ...(signal ? { signal } : {}),
       headers: {
         ...(body ? { 'content-type': 'application/json' } : {}),
         ...(apiToken ? { authorization: `Bearer ${apiToken}` } : {}),
@@ -63,6 +84,7 @@ async function call(base: string, method: string, route: string, body?: object):
       ...(body ? { body: JSON.stringify(body) } : {}),
     });
   } catch (error) {
+    if (signal?.aborted) throw error;
     throw new RewindError(
       'REWIND_BUSY',
       `cannot reach the Rewind API at ${base}: ${errorMessage((error as Error).cause ?? error)}`,
@@ -83,13 +105,29 @@ async function call(base: string, method: string, route: string, body?: object):
   return response;
 }
 
-async function json<T>(base: string, method: string, route: string, body?: object): Promise<T> {
-  return (await (await call(base, method, route, body)).json()) as T;
+async function json<T>(
+  base: string,
+  method: string,
+  route: string,
+  body?: object,
+  signal?: AbortSignal,
+): Promise<T> {
+  return (await (await call(base, method, route, body, signal)).json()) as T;
 }
 
+// Commander's own errors become the one documented line (main() prints them): the settings are
+// made before any subcommand is added, so every subcommand inherits them.
 const program = new Command('rewind')
   .description('Continuous data protection for block devices over NBD')
-  .showHelpAfterError();
+  .version(packageVersion(), '-V, --version', 'print the version')
+  .exitOverride()
+  .configureOutput({ outputError: () => undefined });
+
+function packageVersion(): string {
+  // dist/src/cli/main.js -> the package.json of the checkout or the installed package.
+  const file = new URL('../../../package.json', import.meta.url);
+  return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
+}
 const withServer = (command: Command): Command =>
   command
     .option('--server <url>', 'Rewind API (default $REWIND_SERVER or http://127.0.0.1:7420)')
@@ -131,14 +169,16 @@ withRetentionOptions(
     } & RetentionFlags,
   ) => {
     const retention = retentionFromOptions(options);
-    const running = await startUp({
+    const running = await (
+      await runtime()
+    ).startUp({
       ...(retention ? { retention } : {}),
       dataDir: options.data,
       nbd: endpoint(options.nbd, '--nbd'),
       http: endpoint(options.http, '--http'),
       volumes: options.volume,
       sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
-      sealMs: Number(options.sealMs),
+      sealMs: milliseconds(options.sealMs, '--seal-ms'),
       spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
     });
     printVolumes(running);
@@ -199,7 +239,9 @@ withRetentionOptions(
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
         throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
       const retention = retentionFromOptions(options);
-      const running = await startManager({
+      const running = await (
+        await runtime()
+      ).startManager({
         ...(retention ? { retention } : {}),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
@@ -255,7 +297,9 @@ program
       sealMs: string;
       spoolBytes: string;
     }) => {
-      const running = await startAgent({
+      const running = await (
+        await runtime()
+      ).startAgent({
         dataDir: options.data,
         nbd: endpoint(options.nbd, '--nbd'),
         manager: endpoint(options.manager, '--manager'),
@@ -263,7 +307,7 @@ program
         ...(options.tlsCa ? { tlsCa: fs.readFileSync(options.tlsCa) } : {}),
         volumes: options.volume,
         sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
-        sealMs: Number(options.sealMs),
+        sealMs: milliseconds(options.sealMs, '--seal-ms'),
         spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
       });
       printVolumes(running);
@@ -373,6 +417,14 @@ withServer(
     .command('rm <name>')
     .description('remove a snapshot or clone (its NBD clients are disconnected)'),
 ).action(async (name: string, options: { server?: string }) => {
+  await refuseIfMapped(
+    server(options),
+    { name, volume: undefined, production: false },
+    {
+      action: { what: `remove ${name}`, why: 'its NBD clients (nbdfuse) would be cut off' },
+      mountedOnly: false,
+    },
+  );
   await json(server(options), 'DELETE', `/api/views/${encodeURIComponent(name)}`);
   console.log(`removed ${name}`);
 });
@@ -464,12 +516,18 @@ withServer(
       ...(options.to !== undefined ? { to: options.to } : {}),
       discardWrites: options.discardWrites === true,
     };
-    const result = await json<{ from: number; to: number; crossed: LogLine[] }>(
-      server(options),
-      'POST',
-      `/api/views/${encodeURIComponent(name)}/step`,
-      body,
+    // A view this machine has mapped has its device's caches dropped around the step, so no
+    // read after it returns a block from before (and the step is refused while it is mounted).
+    const { result, flushed } = await stepMapped({ server: server(options) }, name, () =>
+      json<{ from: number; to: number; crossed: LogLine[] }>(
+        server(options),
+        'POST',
+        `/api/views/${encodeURIComponent(name)}/step`,
+        body,
+      ),
     );
+    for (const record of flushed)
+      process.stderr.write(`${record.volume}@${name}: caches of ${record.loop} dropped\n`);
     if (options.json) return console.log(JSON.stringify(result));
     console.log(
       `${name}: seq ${result.from} -> ${result.to} (${result.crossed.length} writes crossed)`,
@@ -489,7 +547,22 @@ withServer(
     .option('--remove', 'remove the bookmark instead')
     .option('--pin', 'keep history from this bookmark on: retention never drops it')
     .option('--until <time>', 'with --pin: only until this ISO-8601 time')
-    .option('--unpin', 'let retention drop history before and after it again'),
+    .option('--unpin', 'let retention drop history before and after it again')
+    .option('--wait', 'seal first and name the sealed seq once it is committed')
+    .option(
+      '--freeze <dir>',
+      'fsfreeze this mounted filesystem around the seal (repeatable; implies --wait)',
+      collect,
+      [],
+    )
+    .option('--freeze-ms <ms>', 'longest the filesystems stay frozen', String(FROZEN_MS_DEFAULT))
+    .option('--pre <command>', 'run before freezing (sh -c), e.g. a database checkpoint')
+    .option('--post <command>', 'run after the thaw, also when something failed after --pre')
+    .option('--hook-ms <ms>', 'longest a --pre or --post command may run', String(HOOK_MS_DEFAULT))
+    .addHelpText(
+      'after',
+      '\nA bookmark taken right after writing a file may lack it (it is still in the filesystem cache): --freeze makes the filesystem write it out first.',
+    ),
 ).action(
   async (
     name: string,
@@ -500,6 +573,12 @@ withServer(
       pin?: boolean;
       until?: string;
       unpin?: boolean;
+      wait?: boolean;
+      freeze: string[];
+      freezeMs: string;
+      pre?: string;
+      post?: string;
+      hookMs: string;
     },
   ) => {
     if (options.remove) {
@@ -513,7 +592,17 @@ withServer(
     if (options.until !== undefined && !options.pin) {
       throw new RewindError('REWIND_BAD_ARGUMENT', '--until goes with --pin');
     }
-    if (options.pin && options.at === undefined) {
+    const consistent =
+      options.wait === true ||
+      options.freeze.length > 0 ||
+      options.pre !== undefined ||
+      options.post !== undefined;
+    if (consistent && options.at !== undefined)
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        '--at names a point that exists; --wait, --freeze, --pre and --post make a new one',
+      );
+    if (options.pin && options.at === undefined && !consistent) {
       const pinned = await json<{ name: string; seq: number; pinnedUntil: string }>(
         server(options),
         'PUT',
@@ -524,13 +613,19 @@ withServer(
         `bookmark @${pinned.name} (seq ${pinned.seq}) pinned ${pinned.pinnedUntil === 'forever' ? 'until unpinned' : `until ${pinned.pinnedUntil}`}`,
       );
     }
-    const b = await json<{ name: string; seq: number; time: string }>(
-      server(options),
-      'POST',
-      '/api/bookmarks',
-      { name, ...(options.at !== undefined ? { at: options.at } : {}) },
-    );
-    console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})`);
+    const b = consistent
+      ? await consistentBookmark(server(options), name, options)
+      : await json<{ name: string; seq: number; time: string }>(
+          server(options),
+          'POST',
+          '/api/bookmarks',
+          { name, ...(options.at !== undefined ? { at: options.at } : {}) },
+        );
+    const frozen =
+      'frozenMs' in b && options.freeze.length > 0
+        ? `; ${options.freeze.join(', ')} frozen ${String(b.frozenMs)} ms`
+        : '';
+    console.log(`bookmark @${b.name} = seq ${b.seq} (${b.time})${frozen}`);
     if (options.pin) {
       await json(
         server(options),
@@ -544,6 +639,43 @@ withServer(
     }
   },
 );
+
+/** pre hook, freeze, seal and wait for the commit, thaw, bookmark at the sealed seq, post hook. */
+function consistentBookmark(
+  base: string,
+  name: string,
+  options: {
+    freeze: string[];
+    freezeMs: string;
+    pre?: string;
+    post?: string;
+    hookMs: string;
+  },
+): Promise<{ name: string; seq: number; time: string; frozenMs: number }> {
+  return takeConsistentBookmark({
+    name,
+    freeze: options.freeze,
+    pre: options.pre,
+    post: options.post,
+    frozenMsMax: milliseconds(options.freezeMs, '--freeze-ms'),
+    hookMsMax: milliseconds(options.hookMs, '--hook-ms'),
+    sealCommitted: async (timeoutMs, signal) =>
+      (
+        await json<{ seqLast: number }>(
+          base,
+          'POST',
+          '/api/seal',
+          { wait: true, timeoutMs },
+          signal,
+        )
+      ).seqLast,
+    bookmark: (seq) =>
+      json<{ name: string; seq: number; time: string }>(base, 'POST', '/api/bookmarks', {
+        name,
+        at: String(seq),
+      }),
+  });
+}
 
 withServer(
   program
@@ -644,6 +776,7 @@ withServer(
       if (options.json) return console.log(JSON.stringify(status));
       return console.log(`restore #${status.id} abandoned: ${status.message ?? ''}`);
     }
+    if (!options.dryRun) await refuseRestoreWhileMapped(base, volumes, options.fromClone);
     const body = {
       volumes,
       ...(options.at !== undefined ? { at: options.at } : {}),
@@ -689,6 +822,42 @@ withServer(
     }
   },
 );
+
+/**
+ * A production volume this machine has mapped would lose its filesystem under it (the restore
+ * disconnects its NBD clients), and a mounted clone may not have written back what the restore
+ * is to copy from it: both are refused, with what to do.
+ */
+async function refuseRestoreWhileMapped(
+  base: string,
+  volumes: string[],
+  fromClone: string | undefined,
+): Promise<void> {
+  for (const volume of volumes)
+    await refuseIfMapped(
+      base,
+      { name: volume, volume: undefined, production: true },
+      {
+        action: {
+          what: `restore ${volume}`,
+          why: 'the restore disconnects its NBD clients: a filesystem on it would fail, and its cache could be written back over the restored volume',
+        },
+        mountedOnly: false,
+      },
+    );
+  if (fromClone !== undefined)
+    await refuseIfMapped(
+      base,
+      { name: fromClone, volume: undefined, production: false },
+      {
+        action: {
+          what: `restore from ${fromClone}`,
+          why: 'what the mounted filesystem has not written back yet is not in the clone',
+        },
+        mountedOnly: true,
+      },
+    );
+}
 
 withServer(
   program
@@ -801,20 +970,61 @@ withServer(
   },
 );
 
+function mapApi(options: { server?: string; apiTokenFile?: string; nbd?: string }): MapApi {
+  const base = server(options);
+  return {
+    server: base,
+    nbd: endpoint(options.nbd ?? process.env.REWIND_NBD ?? '127.0.0.1:10809', '--nbd'),
+    views: () =>
+      json<{ name: string; kind: 'snapshot' | 'clone'; seq: number; exports: string[] }[]>(
+        base,
+        'GET',
+        '/api/views',
+      ),
+    volumes: async () =>
+      (await json<{ volumes: { name: string }[] }>(base, 'GET', '/api/status')).volumes.map(
+        (v) => v.name,
+      ),
+  };
+}
+
+addMapCommands(program, { withServer, api: mapApi });
+
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());
 
 registerRetentionCommand(program, withServer, (options, method, route, body) =>
   json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
 );
 
+/** A start that failed closes what it opened; should anything still hold the process, it ends. */
+const FAILED_EXIT_GRACE_MS = 10_000;
+
 export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (error) {
     rethrowIfBug(error); // a bug prints its stack and exits non-zero
+    if (error instanceof CommanderError) {
+      // --help and --version end this way with status 0; help shown for a missing command, 1.
+      process.exitCode = error.exitCode;
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return;
+      if (error.code === 'commander.help') return;
+      const command = argv.slice(2).find((a) => program.commands.some((c) => c.name() === a));
+      console.error(
+        `rewind: ${error.message.replace(/^error: /, '')} (see rewind ${command ?? ''}${command ? ' ' : ''}--help)`,
+      );
+      return;
+    }
     const hint = error instanceof RewindError && error.hint ? ` (${error.hint})` : '';
     console.error(`rewind: ${errorMessage(error)}${hint}`);
     if (process.argv.includes('--debug')) console.error(error);
-    process.exitCode = 1;
+    // A command interrupted by a signal has set 128 + its number already (130 for Ctrl-C).
+    const interrupted = typeof process.exitCode === 'number' && process.exitCode > 128;
+    if (!interrupted) process.exitCode = 1;
+    const guard = setTimeout(() => {
+      console.error('rewind: exiting with handles still open after the failure');
+      process.exit(1);
+    }, FAILED_EXIT_GRACE_MS);
+    guard.unref();
   }
 }

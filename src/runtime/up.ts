@@ -4,13 +4,21 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { Agent, agentSpoolDir, type ShipperTarget, type VolumeSpec } from '../agent/index.js';
+import {
+  Agent,
+  agentSpoolDir,
+  checkVolumes,
+  type ShipperTarget,
+  type VolumeSpec,
+} from '../agent/index.js';
 import { startApi } from '../api/index.js';
 import { Manager, type PolicyText } from '../manager/index.js';
 import { NbdServer } from '../nbd/index.js';
 import type { ExportBackend } from '../nbd/index.js';
-import { ensureDir, writeFileDurable } from '../platform/index.js';
+import { writeFileDurable } from '../platform/index.js';
 import { CombinedRegistry } from './registry.js';
+import { logDestination, logFormat } from './log.js';
+import { listenOn, StartScope } from './start.js';
 
 export interface Endpoint {
   host: string;
@@ -43,13 +51,26 @@ export interface Running {
 export function makeLog(
   quiet: boolean,
 ): (level: 'info' | 'warn' | 'error', message: string, fields?: object) => void {
-  const logger = pino({ level: quiet ? 'warn' : 'info' }, pino.destination(2));
+  const logger = pino({ level: quiet ? 'warn' : 'info' }, logDestination(logFormat()));
   return (level, message, fields) => logger[level](fields ?? {}, message);
 }
 
+/**
+ * `rewind up`. The volume list is checked and the data directory locked before anything is
+ * created; a start that fails later closes what it opened and leaves no data directory it made.
+ */
 export async function startUp(options: UpOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
-  await ensureDir(options.dataDir);
+  checkVolumes(options.dataDir, options.volumes);
+  const scope = await StartScope.open(options.dataDir, 'rewind up', log);
+  return scope.run(() => openUp(options, scope, log));
+}
+
+async function openUp(
+  options: UpOptions,
+  scope: StartScope,
+  log: ReturnType<typeof makeLog>,
+): Promise<Running> {
   const token = await localToken(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
   // Agent and manager share the process and the data directory: sealed segments are handed over
@@ -62,19 +83,23 @@ export async function startUp(options: UpOptions): Promise<Running> {
     localSpoolDir: agentSpoolDir(options.dataDir),
     ...(options.retention ? { retention: options.retention } : {}),
   });
+  scope.onFailure('manager', () => manager.close());
   const link = await manager.listen('127.0.0.1', 0);
   const { agent, nbd, nbdAddress } = await openAgent(
     options,
     { host: '127.0.0.1', port: link.port, token, localFiles: true },
     log,
     [() => manager.exports()],
+    scope,
   );
   nbdRef.server = nbd;
   // On loopback the API is as open as the machine; anywhere else it needs the token.
   const apiToken = isLoopback(options.http.host)
     ? undefined
     : await loadOrCreateSecret(apiTokenFile(options.dataDir));
-  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
+  const api = await listenOn('HTTP API', '--http', options.http, () =>
+    startApi(manager, options.http.host, options.http.port, apiToken),
+  );
   return {
     nbdAddress,
     httpAddress: api.address,
@@ -86,6 +111,7 @@ export async function startUp(options: UpOptions): Promise<Running> {
       await nbd.close();
       await agent.close();
       await manager.close();
+      scope.release();
     },
   };
 }
@@ -99,6 +125,7 @@ async function openAgent(
   manager: ShipperTarget,
   log: ReturnType<typeof makeLog>,
   moreExports: (() => ExportBackend[])[],
+  scope: StartScope,
 ): Promise<{ agent: Agent; nbd: NbdServer; nbdAddress: Endpoint }> {
   const agent = await Agent.open({
     dataDir: options.dataDir,
@@ -109,13 +136,17 @@ async function openAgent(
     manager,
     log,
   });
+  scope.onFailure('agent', () => agent.close());
   const agentExports = agent.exports();
   const nbd = new NbdServer(
     new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)),
     { log },
   );
   agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
-  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  scope.onFailure('NBD server', () => nbd.close());
+  const nbdAddress = await listenOn('NBD', '--nbd', options.nbd, () =>
+    nbd.listen(options.nbd.host, options.nbd.port),
+  );
   return { agent, nbd, nbdAddress };
 }
 
@@ -181,7 +212,15 @@ export async function startManager(
   options: ManagerRunOptions,
 ): Promise<Running & { linkAddress: Endpoint }> {
   const log = makeLog(options.quiet ?? false);
-  await ensureDir(options.dataDir);
+  const scope = await StartScope.open(options.dataDir, 'rewind manager', log);
+  return scope.run(() => openManagerRun(options, scope, log));
+}
+
+async function openManagerRun(
+  options: ManagerRunOptions,
+  scope: StartScope,
+  log: ReturnType<typeof makeLog>,
+): Promise<Running & { linkAddress: Endpoint }> {
   const nbdRef: { server?: NbdServer } = {};
   const manager = await openManager({
     dataDir: options.dataDir,
@@ -191,13 +230,21 @@ export async function startManager(
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.retention ? { retention: options.retention } : {}),
   });
-  const linkAddress = await manager.listen(options.listen.host, options.listen.port);
+  scope.onFailure('manager', () => manager.close());
+  const linkAddress = await listenOn('agent link', '--listen', options.listen, () =>
+    manager.listen(options.listen.host, options.listen.port),
+  );
   const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
   nbdRef.server = nbd;
-  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
+  scope.onFailure('NBD server', () => nbd.close());
+  const nbdAddress = await listenOn('NBD', '--nbd', options.nbd, () =>
+    nbd.listen(options.nbd.host, options.nbd.port),
+  );
   // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
-  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
+  const api = await listenOn('HTTP API', '--http', options.http, () =>
+    startApi(manager, options.http.host, options.http.port, apiToken),
+  );
   return {
     nbdAddress,
     httpAddress: api.address,
@@ -209,6 +256,7 @@ export async function startManager(
       await api.app.close();
       await nbd.close();
       await manager.close();
+      scope.release();
     },
   };
 }
@@ -229,13 +277,22 @@ export interface AgentRunOptions {
 /** `rewind agent`: protects production volumes and ships their segments to a remote manager. */
 export async function startAgent(options: AgentRunOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
-  await ensureDir(options.dataDir);
+  checkVolumes(options.dataDir, options.volumes);
+  const scope = await StartScope.open(options.dataDir, 'rewind agent', log);
+  return scope.run(() => openAgentRun(options, scope, log));
+}
+
+async function openAgentRun(
+  options: AgentRunOptions,
+  scope: StartScope,
+  log: ReturnType<typeof makeLog>,
+): Promise<Running> {
   const manager = {
     ...options.manager,
     token: options.token,
     ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}),
   };
-  const { agent, nbd, nbdAddress } = await openAgent(options, manager, log, []);
+  const { agent, nbd, nbdAddress } = await openAgent(options, manager, log, [], scope);
   return {
     nbdAddress,
     httpAddress: '',
@@ -244,6 +301,7 @@ export async function startAgent(options: AgentRunOptions): Promise<Running> {
     async close() {
       await nbd.close();
       await agent.close();
+      scope.release();
     },
   };
 }
