@@ -1,2 +1,3 @@
-// Platform: the Node implementations of disk access (the only module touching node:fs directly).
+// Platform: the Node implementations of disk access and file permissions (node:fs lives here).
 export * from './files.js';
+export * from './permissions.js';
