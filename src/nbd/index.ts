@@ -3,6 +3,7 @@
 export * from './backend.js';
 export {
   NbdServer,
+  checkServerSecurity,
   type NbdServerOptions,
   type ListenAddress,
   type UnixListenOptions,

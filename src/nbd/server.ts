@@ -124,9 +124,7 @@ export class NbdServer {
       preferredBytes: PREFERRED_BLOCK_BYTES,
       maximumBytes: limits.maxPayloadBytes,
     };
-    const access = new AccessPolicy(options.access ?? []);
-    checkSecurity(options.tls, access);
-    if (options.tls) checkCredentials(options.tls);
+    const access = checkServerSecurity(options);
     this.tls = options.tls;
     this.host = {
       registry,
@@ -323,6 +321,19 @@ export class NbdServer {
       for (const resolve of this.idleWaiters.splice(0)) resolve();
     }
   }
+}
+
+/**
+ * Refuses, with a typed error, TLS settings and access rules that cannot work together or
+ * credentials Node cannot use; a server would refuse the same options at construction.
+ */
+export function checkServerSecurity(
+  options: Pick<NbdServerOptions, 'tls' | 'access'>,
+): AccessPolicy {
+  const access = new AccessPolicy(options.access ?? []);
+  checkSecurity(options.tls, access);
+  if (options.tls) checkCredentials(options.tls);
+  return access;
 }
 
 /** Fails fast at start on a certificate, key or CA Node cannot use, instead of at each client. */

@@ -7,31 +7,47 @@ import pino from 'pino';
 import { Agent, agentSpoolDir, type ShipperTarget, type VolumeSpec } from '../agent/index.js';
 import { startApi } from '../api/index.js';
 import { Manager, type PolicyText } from '../manager/index.js';
-import { NbdServer } from '../nbd/index.js';
-import type { ExportBackend } from '../nbd/index.js';
+import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { ensureDir, writeFileDurable } from '../platform/index.js';
+import {
+  nbdSecretFiles,
+  planNbd,
+  serveNbd,
+  type Endpoint,
+  type NbdPlan,
+  type NbdSecurity,
+  type NbdServing,
+} from './nbd-serving.js';
+import { checkPrivate, makeProcessPrivate } from './private-data.js';
 import { CombinedRegistry } from './registry.js';
 
-export interface Endpoint {
-  host: string;
-  port: number;
+/** What every process of Rewind shares: where it keeps its data and how it serves NBD. */
+export interface ProcessOptions {
+  dataDir: string;
+  /** NBD on TCP; undefined serves NBD only on the Unix socket of `nbdSecurity`. */
+  nbd: Endpoint | undefined;
+  /** Unix socket, STARTTLS and access rules of the NBD server. */
+  nbdSecurity?: NbdSecurity;
+  /** Refuse to start when the data directory or a secret file is open to others. */
+  strictPermissions?: boolean;
+  quiet?: boolean;
 }
 
-export interface UpOptions {
-  dataDir: string;
-  nbd: Endpoint;
+export interface UpOptions extends ProcessOptions {
   http: Endpoint;
   volumes: VolumeSpec[];
   sealBytes: number;
   sealMs: number;
   spoolBytes?: number;
-  quiet?: boolean;
   /** Retention settings given at start (the rest as stored, or the defaults). */
   retention?: PolicyText;
 }
 
 export interface Running {
-  nbdAddress: Endpoint;
+  /** The NBD TCP address, when NBD listens on TCP. */
+  nbdAddress: Endpoint | undefined;
+  /** How NBD is served (TCP, Unix socket, TLS mode), to print the URIs clients use. */
+  nbdServing: Pick<NbdServing, 'tcp' | 'unixPath' | 'tlsMode'>;
   httpAddress: string;
   /** Where the HTTP API token is, when the API requires one. */
   apiTokenFile?: string;
@@ -47,9 +63,38 @@ export function makeLog(
   return (level, message, fields) => logger[level](fields ?? {}, message);
 }
 
+/** Before anything is created: a private umask, and the data directory checked (docs/SECURITY.md). */
+async function prepareDataDir(
+  options: ProcessOptions,
+  log: ReturnType<typeof makeLog>,
+): Promise<void> {
+  makeProcessPrivate();
+  await checkPrivate({
+    dataDir: options.dataDir,
+    secretFiles: nbdSecretFiles(options.nbdSecurity),
+    strict: options.strictPermissions ?? false,
+    log,
+  });
+  await ensureDir(options.dataDir);
+}
+
+/** Runs `start`; when it fails, closes what was opened before it (in reverse order), then rethrows. */
+async function orClose<T>(
+  opened: readonly { close(): Promise<void> }[],
+  start: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await start();
+  } catch (error) {
+    for (const item of [...opened].reverse()) await item.close();
+    throw error;
+  }
+}
+
 export async function startUp(options: UpOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
-  await ensureDir(options.dataDir);
+  const plan = planNbd(options.nbd, options.nbdSecurity);
+  await prepareDataDir(options, log);
   const token = await localToken(options.dataDir);
   const nbdRef: { server?: NbdServer } = {};
   // Agent and manager share the process and the data directory: sealed segments are handed over
@@ -62,21 +107,27 @@ export async function startUp(options: UpOptions): Promise<Running> {
     localSpoolDir: agentSpoolDir(options.dataDir),
     ...(options.retention ? { retention: options.retention } : {}),
   });
-  const link = await manager.listen('127.0.0.1', 0);
-  const { agent, nbd, nbdAddress } = await openAgent(
-    options,
-    { host: '127.0.0.1', port: link.port, token, localFiles: true },
-    log,
-    [() => manager.exports()],
-  );
+  const { agent, nbd, serving } = await orClose([manager], async () => {
+    const link = await manager.listen('127.0.0.1', 0);
+    return openAgent(
+      options,
+      plan,
+      { host: '127.0.0.1', port: link.port, token, localFiles: true },
+      log,
+      [() => manager.exports()],
+    );
+  });
   nbdRef.server = nbd;
   // On loopback the API is as open as the machine; anywhere else it needs the token.
   const apiToken = isLoopback(options.http.host)
     ? undefined
     : await loadOrCreateSecret(apiTokenFile(options.dataDir));
-  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
+  const api = await orClose([manager, agent, nbd], () =>
+    startApi(manager, options.http.host, options.http.port, apiToken),
+  );
   return {
-    nbdAddress,
+    nbdAddress: serving.tcp,
+    nbdServing: serving,
     httpAddress: api.address,
     ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     agent,
@@ -95,11 +146,12 @@ export async function startUp(options: UpOptions): Promise<Running> {
  * `rewind up`); exports the agent has taken offline refuse new clients and drop connected ones.
  */
 async function openAgent(
-  options: Pick<UpOptions, 'dataDir' | 'nbd' | 'volumes' | 'sealBytes' | 'sealMs' | 'spoolBytes'>,
+  options: Pick<UpOptions, 'dataDir' | 'volumes' | 'sealBytes' | 'sealMs' | 'spoolBytes'>,
+  plan: NbdPlan,
   manager: ShipperTarget,
   log: ReturnType<typeof makeLog>,
   moreExports: (() => ExportBackend[])[],
-): Promise<{ agent: Agent; nbd: NbdServer; nbdAddress: Endpoint }> {
+): Promise<{ agent: Agent; nbd: NbdServer; serving: NbdServing }> {
   const agent = await Agent.open({
     dataDir: options.dataDir,
     volumes: options.volumes,
@@ -110,13 +162,16 @@ async function openAgent(
     log,
   });
   const agentExports = agent.exports();
-  const nbd = new NbdServer(
-    new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)),
-    { log },
+  const serving = await orClose([agent], () =>
+    serveNbd(
+      new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)),
+      plan,
+      log,
+    ),
   );
+  const nbd = serving.server;
   agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
-  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
-  return { agent, nbd, nbdAddress };
+  return { agent, nbd, serving };
 }
 
 /**
@@ -163,16 +218,13 @@ export function apiTokenFile(dataDir: string): string {
   return path.join(dataDir, 'api-token');
 }
 
-export interface ManagerRunOptions {
-  dataDir: string;
+export interface ManagerRunOptions extends ProcessOptions {
   listen: Endpoint;
-  nbd: Endpoint;
   http: Endpoint;
   token: string;
   /** HTTP API token; by default one is created in DATA/api-token. */
   apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
-  quiet?: boolean;
   retention?: PolicyText;
 }
 
@@ -181,7 +233,8 @@ export async function startManager(
   options: ManagerRunOptions,
 ): Promise<Running & { linkAddress: Endpoint }> {
   const log = makeLog(options.quiet ?? false);
-  await ensureDir(options.dataDir);
+  const plan = planNbd(options.nbd, options.nbdSecurity);
+  await prepareDataDir(options, log);
   const nbdRef: { server?: NbdServer } = {};
   const manager = await openManager({
     dataDir: options.dataDir,
@@ -191,15 +244,20 @@ export async function startManager(
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.retention ? { retention: options.retention } : {}),
   });
-  const linkAddress = await manager.listen(options.listen.host, options.listen.port);
-  const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
+  const { linkAddress, serving } = await orClose([manager], async () => ({
+    linkAddress: await manager.listen(options.listen.host, options.listen.port),
+    serving: await serveNbd(new CombinedRegistry([() => manager.exports()]), plan, log),
+  }));
+  const nbd = serving.server;
   nbdRef.server = nbd;
-  const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
   // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
-  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
+  const api = await orClose([manager, nbd], () =>
+    startApi(manager, options.http.host, options.http.port, apiToken),
+  );
   return {
-    nbdAddress,
+    nbdAddress: serving.tcp,
+    nbdServing: serving,
     httpAddress: api.address,
     ...(options.apiToken === undefined ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     linkAddress,
@@ -213,9 +271,7 @@ export async function startManager(
   };
 }
 
-export interface AgentRunOptions {
-  dataDir: string;
-  nbd: Endpoint;
+export interface AgentRunOptions extends ProcessOptions {
   manager: Endpoint;
   token: string;
   tlsCa?: Buffer;
@@ -223,21 +279,22 @@ export interface AgentRunOptions {
   sealBytes: number;
   sealMs: number;
   spoolBytes?: number;
-  quiet?: boolean;
 }
 
 /** `rewind agent`: protects production volumes and ships their segments to a remote manager. */
 export async function startAgent(options: AgentRunOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
-  await ensureDir(options.dataDir);
+  const plan = planNbd(options.nbd, options.nbdSecurity);
+  await prepareDataDir(options, log);
   const manager = {
     ...options.manager,
     token: options.token,
     ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}),
   };
-  const { agent, nbd, nbdAddress } = await openAgent(options, manager, log, []);
+  const { agent, nbd, serving } = await openAgent(options, plan, manager, log, []);
   return {
-    nbdAddress,
+    nbdAddress: serving.tcp,
+    nbdServing: serving,
     httpAddress: '',
     agent,
     manager: undefined,
