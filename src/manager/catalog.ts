@@ -144,7 +144,7 @@ export class Catalog {
   /** Opens the catalog in `file`, or in an open database (the simulation's in-memory one). */
   constructor(file: string | Database.Database) {
     if (typeof file === 'string') {
-      // SQLite creates its WAL and SHM files with the database file's mode: create that one private.
+      // SQLite gives its WAL and SHM files the database file's mode: create that one private.
       fs.closeSync(fs.openSync(file, 'a', FILE_MODE_PRIVATE));
     }
     this.db = typeof file === 'string' ? new Database(file) : file;

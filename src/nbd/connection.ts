@@ -246,7 +246,7 @@ export class Connection {
     return true;
   }
 
-  /** A fresh negotiation: at the start, and again after STARTTLS (the spec keeps no state across). */
+  /** A fresh negotiation: at the start, and again after STARTTLS (no state crosses it). */
   private newHandshake(): Handshake {
     return new Handshake(
       {

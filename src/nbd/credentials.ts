@@ -27,7 +27,7 @@ export const PSK_IDENTITIES_MAX = 10_000;
 /** Key bytes per identity; psktool writes 32 by default, OpenSSL takes at most 512. */
 export const PSK_KEY_BYTES_MAX = 256;
 
-/** Parses a PSK file: one `identity:hexkey` per line (blank lines ignored); `file` names it in errors. */
+/** Parses a PSK file: `identity:hexkey` lines (blank ones ignored); `file` names it in errors. */
 export function parsePskFile(text: string, file: string): Map<string, Buffer> {
   if (Buffer.byteLength(text) > PSK_FILE_BYTES_MAX)
     throw pskError(file, 0, `is larger than ${PSK_FILE_BYTES_MAX} bytes`);

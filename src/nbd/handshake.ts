@@ -32,7 +32,7 @@ export type OptionOutcome =
   | { kind: 'continue'; replies: Buffer[] }
   | { kind: 'abort'; replies: Buffer[] }
   | { kind: 'close'; reason: string }
-  /** The ACK is sent in plain text, then the TLS handshake starts; option haggling restarts after it. */
+  /** The ACK goes out in plain text, then the TLS handshake starts; haggling restarts after it. */
   | { kind: 'starttls'; replies: Buffer[] }
   | { kind: 'transmission'; replies: Buffer[]; session: Session };
 
@@ -355,7 +355,7 @@ export class Handshake {
     const backend = this.resolve(request.exportName);
     if (!backend)
       return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
-    // ERR_TLS_REQD is only for INFO, GO and EXPORT_NAME; here a TLS-only export is a policy refusal.
+    // ERR_TLS_REQD is only for INFO, GO and EXPORT_NAME; here a TLS-only export is a refusal.
     const decision = this.decide(backend);
     if (decision.kind !== 'allowed')
       return this.error(option, OptionReply.ERR_POLICY, decision.reason);

@@ -64,7 +64,7 @@ const PSK_CIPHERS_TLS12 = [
   'DHE-PSK-AES128-GCM-SHA256',
   'DHE-PSK-CHACHA20-POLY1305',
 ].join(':');
-/** How long connecting to an existing socket file may take to tell a live server from a stale file. */
+/** The connect that tells a live server on an existing socket file from a stale file. */
 const SOCKET_PROBE_TIMEOUT_MS = 2000;
 
 const MIB = 1024 * 1024;
@@ -151,7 +151,7 @@ export class NbdServer {
 
   /**
    * Starts listening on a Unix socket at `socketPath` with the given mode and group. A socket file
-   * left by a server that is gone is replaced; a live one, or anything that is not a socket, is not.
+   * left by a server that is gone is replaced; a live one, or anything not a socket, is not.
    */
   async listenUnix(socketPath: string, options: UnixListenOptions): Promise<string> {
     assert((options.mode & ~0o777) === 0, 'socket mode holds only permission bits');

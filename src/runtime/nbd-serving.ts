@@ -30,7 +30,7 @@ export interface UnixSocketSpec {
   group?: string;
 }
 
-/** Credential files of STARTTLS: a certificate and key (and optionally a client CA), or a PSK file. */
+/** STARTTLS credential files: a certificate and key (and maybe a client CA), or a PSK file. */
 export interface NbdTlsFiles {
   /** By default `require` when credentials are given. */
   mode?: TlsMode;
@@ -65,7 +65,7 @@ export function nbdSecretFiles(security: NbdSecurity | undefined): string[] {
   );
 }
 
-/** An NBD configuration checked whole (files read, group found, rules parsed) before anything starts. */
+/** An NBD configuration checked whole (files read, group found, rules parsed) up front. */
 export interface NbdPlan {
   tcp: Endpoint | undefined;
   unix: { path: string; options: UnixListenOptions } | undefined;

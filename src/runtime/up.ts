@@ -63,7 +63,7 @@ export function makeLog(
   return (level, message, fields) => logger[level](fields ?? {}, message);
 }
 
-/** Before anything is created: a private umask, and the data directory checked (docs/SECURITY.md). */
+/** Before anything is created: a private umask, the data directory checked (SECURITY.md). */
 async function prepareDataDir(
   options: ProcessOptions,
   log: ReturnType<typeof makeLog>,
@@ -78,7 +78,7 @@ async function prepareDataDir(
   await ensureDir(options.dataDir);
 }
 
-/** Runs `start`; when it fails, closes what was opened before it (in reverse order), then rethrows. */
+/** Runs `start`; if it fails, closes what was opened before it (last first) and rethrows. */
 async function orClose<T>(
   opened: readonly { close(): Promise<void> }[],
   start: () => Promise<T>,
