@@ -53,7 +53,7 @@ export async function scanExposed(root: string): Promise<ExposureReport> {
     } catch (error) {
       rethrowIfBug(error);
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // removed meanwhile
-      throw error;
+      throw scanError(entry, error);
     }
     report.entries += 1;
     const kind = stat.isDirectory() ? 'directory' : stat.isFile() ? 'file' : undefined;
@@ -64,11 +64,24 @@ export async function scanExposed(root: string): Promise<ExposureReport> {
       if (report.examples.length < EXAMPLES_MAX) report.examples.push({ path: entry, mode, kind });
     }
     if (kind === 'directory') {
-      const names = await fsp.readdir(entry);
+      let names: string[];
+      try {
+        names = await fsp.readdir(entry);
+      } catch (error) {
+        rethrowIfBug(error);
+        throw scanError(entry, error);
+      }
       for (const name of names.sort().reverse()) pending.push(path.join(entry, name));
     }
   }
   return report;
+}
+
+function scanError(entry: string, error: unknown): RewindError {
+  return new RewindError('REWIND_IO', `cannot check the permissions of ${entry}`, {
+    cause: error,
+    hint: `${(error as Error).message}; the data directory must belong to the user running Rewind`,
+  });
 }
 
 /** Permission bits of `file` (following symlinks), or undefined when it does not exist. */

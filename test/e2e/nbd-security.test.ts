@@ -3,15 +3,16 @@
 // nbds://, nbds+unix:// and nbd+unix:// URIs, X.509 certificates made by openssl and PSK files
 // made by psktool; every byte read back compared with the test's own model; plain clients against
 // `require`, an untrusted certificate, a wrong PSK and the wrong identity for a view refused; a
-// Unix socket of mode 0660 refusing `nobody` outside its group; and, as `nobody`, nothing of the
-// data directory readable.
+// Unix socket of mode 0660 refusing `nobody` outside its group; as `nobody`, nothing of the data
+// directory readable; and `rewind manager` with `rewind agent` serving only on Unix sockets over TLS.
 import assert from 'node:assert/strict';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import { startAgent, startManager, type Running } from '../../src/runtime/up.js';
 import { BIN, freePort, startRewind, startUpProcess, until } from '../support/process.js';
 import { haveTool, makePki, writePskFile } from '../support/tls.js';
 
@@ -54,6 +55,22 @@ function runOk(command: string, args: string[]): string {
   return result.stdout;
 }
 
+/** For servers in this process: the event loop must keep running while the client does. */
+function runAsync(command: string, args: string[]): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      command,
+      args,
+      { encoding: 'utf8', timeout: TOOL_TIMEOUT_MS },
+      (error, stdout, stderr) => {
+        if (error && typeof error.code !== 'number')
+          reject(new Error(`${command} failed to run: ${error.message}`));
+        else resolve({ status: error ? (error.code as number) : 0, stdout, stderr });
+      },
+    );
+  });
+}
+
 function runFails(command: string, args: string[], what: string): Result {
   const result = run(command, args);
   assert.notEqual(result.status, 0, `${what} should fail: ${command} ${args.join(' ')}`);
@@ -85,7 +102,8 @@ function dirFor(name: string, mode = 0o700): string {
 function makeModel(file: string): Buffer {
   const model = Buffer.alloc(SIZE);
   randomBytes(MIB).copy(model, 0);
-  fs.writeFileSync(file, model, { mode: 0o644 });
+  fs.writeFileSync(file, model);
+  fs.chmodSync(file, 0o644); // whatever the umask (in-process starts set 077): nobody reads it
   return model;
 }
 
@@ -472,6 +490,80 @@ test(
       );
     } finally {
       await stop(child);
+    }
+  },
+);
+
+test(
+  'rewind manager and rewind agent serve NBD on Unix sockets over TLS: production written through the agent, the view read from the manager',
+  { skip: skipClients, timeout: 120_000 },
+  async () => {
+    const dir = dirFor('split');
+    const pskFile = path.join(dir, 'keys.psk');
+    writePskFile(pskFile, ['alice', 'bob']);
+    fs.chmodSync(pskFile, 0o600);
+    const managerSocket = path.join(dir, 'manager.sock');
+    const agentSocket = path.join(dir, 'agent.sock');
+    const any = { host: '127.0.0.1', port: 0 };
+    const running: Running[] = [];
+    try {
+      const manager = await startManager({
+        dataDir: path.join(dir, 'm'),
+        listen: any,
+        nbd: undefined,
+        nbdSecurity: {
+          unix: { path: managerSocket },
+          tls: { pskFile },
+          allow: ['*@*=psk:alice'],
+        },
+        http: any,
+        token: 'link-token',
+        quiet: true,
+      });
+      running.push(manager);
+      assert.equal(manager.nbdAddress, undefined, 'no TCP listener');
+      const agent = await startAgent({
+        dataDir: path.join(dir, 'a'),
+        nbd: undefined,
+        nbdSecurity: { unix: { path: agentSocket, mode: 0o600 }, tls: { pskFile } },
+        manager: { host: '127.0.0.1', port: manager.linkAddress.port },
+        token: 'link-token',
+        volumes: [{ name: 'v', sizeBytes: SIZE }],
+        sealBytes: 1 << 20,
+        sealMs: 100,
+        quiet: true,
+      });
+      running.push(agent);
+      for (const socket of [managerSocket, agentSocket])
+        assert.equal(fs.statSync(socket).mode & 0o777, 0o600, `${socket} is the owner's only`);
+      const uri = (socket: string, user: string, name: string): string =>
+        `nbds+unix://${user}@/${name}?socket=${socket}&tls-psk-file=${pskFile}`;
+      const model = makeModel(path.join(dir, 'model.img'));
+      const written = await runAsync('nbdcopy', [
+        path.join(dir, 'model.img'),
+        uri(agentSocket, 'bob', 'v'),
+      ]);
+      assert.equal(written.status, 0, written.stderr);
+      const plain = await runAsync('nbdinfo', [`nbd+unix:///v?socket=${agentSocket}`]);
+      assert.notEqual(plain.status, 0, 'a plain client of the agent is refused');
+      await until(
+        'the agent is connected',
+        () => (manager.manager?.status() as { agentConnected: boolean }).agentConnected,
+      );
+      const { seqLast } = await (manager.manager as NonNullable<Running['manager']>).seal(true);
+      await (manager.manager as NonNullable<Running['manager']>).createView(
+        'split',
+        'snapshot',
+        String(seqLast),
+      );
+      const viaView = path.join(dir, 'view.img');
+      const read = await runAsync('nbdcopy', [uri(managerSocket, 'alice', 'v@split'), viaView]);
+      assert.equal(read.status, 0, read.stderr);
+      assertImage(viaView, model, 'the view from the manager, as alice');
+      const bob = await runAsync('nbdinfo', [uri(managerSocket, 'bob', 'v@split')]);
+      assert.notEqual(bob.status, 0, 'bob is refused the view');
+    } finally {
+      for (const item of running.reverse()) await item.close();
     }
   },
 );
