@@ -4,6 +4,7 @@ import { newRequest, encodeRequest } from './nbd-fuzz-oracle.js';
 import {
   HandshakeFuzzer,
   type ExportInfo,
+  type FuzzTls,
   type ServedExports,
   type Session,
 } from './nbd-fuzz-handshake.js';
@@ -44,10 +45,11 @@ export class PlainClient {
     exports: ServedExports,
     exportInfo: ExportInfo,
     structured: boolean,
+    tls?: FuzzTls,
   ): Promise<PlainClient> {
     const wire = await Wire.connect(endpoint.host, endpoint.port, timeoutMs);
     try {
-      const handshake = new HandshakeFuzzer(wire, new Rng(0), exports, new Stats());
+      const handshake = new HandshakeFuzzer(wire, new Rng(0), exports, new Stats(), tls);
       return new PlainClient(wire, await handshake.negotiate(exportInfo, structured));
     } catch (error) {
       wire.destroy();

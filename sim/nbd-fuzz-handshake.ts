@@ -2,7 +2,11 @@
 // malformed, mutated and oversized options along the way) end in transmission; hostile ones (bad
 // magic, unknown client flags, truncated or absurdly long options, unknown or oversized EXPORT_NAME,
 // ABORT, floods, random bytes) must end with the typed reply the spec names, or a close with no reply.
-// Every reply is checked against the fuzzer's own reading of the spec.
+// Against a TLS server the same runs go through STARTTLS: before TLS under `require` every option
+// but STARTTLS and ABORT must get ERR_TLS_REQD (EXPORT_NAME a close), after it the negotiation
+// starts over and STARTTLS again is ERR_INVALID. Every reply is checked against the fuzzer's own
+// reading of the spec.
+import type tls from 'node:tls';
 import type { Negotiated } from './nbd-fuzz-oracle.js';
 import { Stats, Violation } from './nbd-fuzz-report.js';
 import type { Rng } from './nbd-fuzz-rng.js';
@@ -46,6 +50,12 @@ export interface ServedExports {
 
 export interface Session extends Negotiated {
   export: ExportInfo;
+}
+
+/** How the target speaks TLS, and the credentials the fuzzer proves itself with. */
+export interface FuzzTls {
+  mode: 'on' | 'require';
+  client: tls.ConnectionOptions;
 }
 
 /** Option data above this may also be refused with ERR_TOO_BIG (a valid INFO/GO/META request is smaller). */
@@ -264,12 +274,14 @@ export class HandshakeFuzzer {
   private noZeroes = true;
   private lastSet: { name: Buffer; id: number | undefined } | undefined;
   private blockSizes: { minimum: number; maximum: number } | undefined;
+  private tlsActive = false;
 
   constructor(
     private readonly wire: Wire,
     private readonly rng: Rng,
     private readonly exports: ServedExports,
     private readonly stats: Stats,
+    private readonly tls?: FuzzTls,
   ) {}
 
   async run(scenario: HandshakeScenario): Promise<Session | undefined> {
@@ -290,6 +302,7 @@ export class HandshakeFuzzer {
   async negotiate(exportInfo: ExportInfo, structured: boolean): Promise<Session> {
     await this.readGreeting();
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
+    if (this.tls?.mode === 'require') await this.option(Opt.STARTTLS, Buffer.alloc(0));
     if (structured) await this.option(Opt.STRUCTURED_REPLY, Buffer.alloc(0));
     const session = await this.go(infoData(Buffer.from(exportInfo.name), [Info.BLOCK_SIZE]));
     if (!session)
@@ -307,12 +320,21 @@ export class HandshakeFuzzer {
       (this.fixed ? CLIENT_FLAG_FIXED_NEWSTYLE : 0) | (this.noZeroes ? CLIENT_FLAG_NO_ZEROES : 0),
     );
     const target = this.pickTarget();
+    if (!this.fixed && this.tls?.mode === 'require') {
+      // TLS needs fixed newstyle, so such a client can only be refused.
+      await this.closeWithoutReply('a client without fixed newstyle under TLS require', false);
+      return undefined;
+    }
     if (!this.fixed) return this.exportName(target);
+    if (this.tls) await this.beforeTls(target);
     const preludes = this.rng.int(0, 5);
     for (let index = 0; index < preludes; index += 1) {
       const session = await this.prelude(this.rng.weighted(PRELUDE_WEIGHTS), target);
       if (session) return session;
     }
+    // Under require a plain EXPORT_NAME would be closed: TLS first (unless a prelude did it).
+    if (this.tls?.mode === 'require' && !this.tlsActive)
+      await this.option(Opt.STARTTLS, Buffer.alloc(0));
     if (this.rng.chance(0.15)) return this.exportName(target);
     const infoTypes = this.rng.chance(0.3)
       ? [Info.BLOCK_SIZE, ...this.randomInfoTypes()]
@@ -320,9 +342,48 @@ export class HandshakeFuzzer {
     return this.go(infoData(target, infoTypes));
   }
 
+  /**
+   * Before TLS: under require, a few options that must all get ERR_TLS_REQD (or, for an oversized
+   * one, ERR_TOO_BIG), then STARTTLS; under on, STARTTLS now half of the time.
+   */
+  private async beforeTls(target: Buffer): Promise<void> {
+    if (this.tls?.mode === 'require') {
+      for (let index = this.rng.int(0, 2); index > 0; index -= 1)
+        await this.prelude(this.rng.weighted(PRELUDE_WEIGHTS), target);
+      if (this.rng.chance(0.1)) await this.option(Opt.STARTTLS, this.rng.bytes(4)); // ERR_INVALID
+    }
+    if (!this.tlsActive && (this.tls?.mode === 'require' || this.rng.chance(0.5)))
+      await this.option(Opt.STARTTLS, Buffer.alloc(0));
+  }
+
+  /** After STARTTLS was acknowledged: TLS on the wire, and nothing negotiated before it is kept. */
+  private async startTls(): Promise<void> {
+    if (!this.tls) throw new Violation('option reply', 'STARTTLS acknowledged by a NOTLS server');
+    try {
+      await this.wire.upgrade(this.tls.client);
+    } catch (error) {
+      throw new Violation(
+        'tls',
+        `TLS handshake after the STARTTLS ACK failed: ${error instanceof Error ? error.message : String(error)}`,
+      );
+    }
+    this.wire.note('⇄ TLS started');
+    this.stats.scenario('tls:started');
+    this.tlsActive = true;
+    this.structured = false;
+    this.lastSet = undefined;
+    this.blockSizes = undefined;
+  }
+
+  /** Under require before TLS, every option but STARTTLS and ABORT is ERR_TLS_REQD. */
+  private get tlsRequiredNow(): boolean {
+    return this.tls?.mode === 'require' && !this.tlsActive;
+  }
+
   /** GO and, without waiting for its replies, an option the server reads in transmission as garbage. */
   private async pipelinedAfterGo(): Promise<undefined> {
     this.sendClientFlags(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES);
+    if (this.tls?.mode === 'require') await this.option(Opt.STARTTLS, Buffer.alloc(0));
     const target = Buffer.from(this.exports.writable.name);
     this.send(Opt.GO, infoData(target, []));
     this.wire.write(encodeOption(Opt.LIST, Buffer.alloc(0)));
@@ -458,7 +519,8 @@ export class HandshakeFuzzer {
       const option = this.rng.pick([Opt.LIST, 0x4000 + index, Opt.STARTTLS]);
       this.send(option, Buffer.alloc(0));
       try {
-        await this.replies(option, this.expect(option, Buffer.alloc(0), true));
+        const outcome = await this.replies(option, this.expect(option, Buffer.alloc(0), true));
+        if (option === Opt.STARTTLS && outcome.final.type === Rep.ACK) await this.startTls();
       } catch (error) {
         // A server may end a flood it deems a denial of service: a close, never a wrong reply.
         if (error instanceof PeerClosed && this.wire.pendingBytes === 0) return;
@@ -580,6 +642,7 @@ export class HandshakeFuzzer {
     this.send(option, data);
     const outcome = await this.replies(option, this.expect(option, data, false));
     this.afterOption(option, data, outcome);
+    if (option === Opt.STARTTLS && outcome.final.type === Rep.ACK) await this.startTls();
   }
 
   /** GO, whose ACK enters transmission; undefined when it was refused (as expected). */
@@ -602,6 +665,11 @@ export class HandshakeFuzzer {
 
   private async exportName(target: Buffer): Promise<Session | undefined> {
     this.send(Opt.EXPORT_NAME, target);
+    if (this.tlsRequiredNow) {
+      // "as this request cannot error, it MUST terminate the session".
+      await this.closeWithoutReply('EXPORT_NAME before TLS under require', false);
+      return undefined;
+    }
     const exportInfo = this.resolve(target);
     if (!exportInfo) {
       await this.closeWithoutReply('EXPORT_NAME for an unknown export', false);
@@ -635,6 +703,9 @@ export class HandshakeFuzzer {
   }
 
   private finalsFor(option: number, data: Buffer): readonly number[] {
+    // FORCEDTLS: "it MUST reply with NBD_REP_ERR_TLS_REQD if TLS has not been initiated".
+    if (this.tlsRequiredNow && option !== Opt.STARTTLS && option !== Opt.ABORT)
+      return [Rep.ERR_TLS_REQD];
     switch (option) {
       case Opt.ABORT:
         return [Rep.ACK];
@@ -646,10 +717,14 @@ export class HandshakeFuzzer {
         // A repeated request MAY be failed with ERR_INVALID.
         return this.structured ? [Rep.ACK, Rep.ERR_INVALID] : [Rep.ACK];
       case Opt.STARTTLS:
-        // "MUST respond with NBD_REP_ERR_POLICY ..., NBD_REP_ERR_UNSUP ... or another error explicitly permitted".
-        return data.length > 0
-          ? [Rep.ERR_POLICY, Rep.ERR_UNSUP, Rep.ERR_INVALID]
-          : [Rep.ERR_POLICY, Rep.ERR_UNSUP];
+        if (!this.tls)
+          // "MUST respond with NBD_REP_ERR_POLICY ..., NBD_REP_ERR_UNSUP ... or another error explicitly permitted".
+          return data.length > 0
+            ? [Rep.ERR_POLICY, Rep.ERR_UNSUP, Rep.ERR_INVALID]
+            : [Rep.ERR_POLICY, Rep.ERR_UNSUP];
+        // "The client MUST NOT send any additional data"; once TLS runs, "MUST reply with ERR_INVALID".
+        if (data.length > 0 || this.tlsActive) return [Rep.ERR_INVALID];
+        return [Rep.ACK];
       case Opt.INFO:
       case Opt.GO:
         return this.infoFinals(data);

@@ -155,6 +155,7 @@ class Run {
       exports,
       writable,
       false,
+      this.target.tls,
     );
     try {
       for (const canary of this.layout.canaries)
@@ -182,9 +183,13 @@ class Run {
     const wire = await Wire.connect(this.endpoint.host, this.endpoint.port, this.options.timeoutMs);
     this.stats.connections += 1;
     try {
-      const session = await new HandshakeFuzzer(wire, plan.rng, this.exports, this.stats).run(
-        plan.scenario,
-      );
+      const session = await new HandshakeFuzzer(
+        wire,
+        plan.rng,
+        this.exports,
+        this.stats,
+        this.target.tls,
+      ).run(plan.scenario);
       if (!session) return;
       this.stats.transmissions += 1;
       const model = this.models[slot];
@@ -215,6 +220,7 @@ class Run {
       this.exports,
       this.exports.writable,
       rng.chance(0.5),
+      this.target.tls,
     );
     try {
       const canary = rng.pick(this.layout.canaries);
@@ -298,6 +304,7 @@ class Run {
       known,
       exportInfo,
       false,
+      this.target.tls,
     );
     try {
       if (flushFirst) await client.flush();

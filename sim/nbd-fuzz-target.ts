@@ -1,21 +1,30 @@
 // What the fuzzer attacks. `memory`: an in-process NbdServer over a MemoryBackend (fast, and a thrown
-// exception is caught as a violation). `rewind`: a real `rewind up` child process on a temporary data
+// exception is caught as a violation); `memory-tls` and `memory-tls-on`: the same with STARTTLS
+// (PSK) required, or offered. `rewind`: a real `rewind up` child process on a temporary data
 // directory; its protected volume's bytes are in DATA/production/v.img, its views come from the
-// replica. Both serve a writable export and, after `freeze`, a read-only copy of it.
+// replica. All serve a writable export and, after `freeze`, a read-only copy of it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MemoryBackend, MemoryRegistry, NbdServer } from '../src/nbd/index.js';
-import type { ExportInfo, ServedExports } from './nbd-fuzz-handshake.js';
+import type { ExportInfo, FuzzTls, ServedExports } from './nbd-fuzz-handshake.js';
 import type { Endpoint } from './nbd-fuzz-client.js';
 
-export type TargetKind = 'memory' | 'rewind';
+export type TargetKind = 'memory' | 'memory-tls' | 'memory-tls-on' | 'rewind';
+export const TARGET_KINDS: readonly TargetKind[] = [
+  'memory',
+  'memory-tls',
+  'memory-tls-on',
+  'rewind',
+];
 
 export interface Target {
   readonly endpoint: Endpoint;
   readonly writable: ExportInfo;
+  /** How the target speaks TLS, if it does. */
+  readonly tls?: FuzzTls;
   /** Copies the writable export's current content into a read-only export; returns what is served. */
   freeze(): Promise<ServedExports>;
   /** The writable export's stored bytes, read beside the server rather than through it. */
@@ -30,10 +39,26 @@ export interface Target {
 const VOLUME = 'v';
 
 export function startTarget(kind: TargetKind, sizeBytes: number): Promise<Target> {
-  return kind === 'memory' ? startMemory(sizeBytes) : startRewind(sizeBytes);
+  switch (kind) {
+    case 'memory':
+      return startMemory(sizeBytes, undefined);
+    case 'memory-tls':
+      return startMemory(sizeBytes, 'require');
+    case 'memory-tls-on':
+      return startMemory(sizeBytes, 'on');
+    case 'rewind':
+      return startRewind(sizeBytes);
+  }
 }
 
-async function startMemory(sizeBytes: number): Promise<Target> {
+/** The fuzzer's PSK identity and key (any key works: both sides are in this process). */
+const FUZZ_PSK_IDENTITY = 'fuzzer';
+const FUZZ_PSK_KEY = Buffer.alloc(32, 0x5f);
+
+async function startMemory(
+  sizeBytes: number,
+  tlsMode: FuzzTls['mode'] | undefined,
+): Promise<Target> {
   const problems: string[] = [];
   const volume = new MemoryBackend({ name: VOLUME, sizeBytes, description: 'fuzzed volume' });
   const registry = new MemoryRegistry([volume], VOLUME);
@@ -41,7 +66,25 @@ async function startMemory(sizeBytes: number): Promise<Target> {
     log: (level, message, fields) => {
       if (level === 'error') problems.push(`${message} ${JSON.stringify(fields ?? {})}`);
     },
+    ...(tlsMode === undefined
+      ? {}
+      : {
+          tls: {
+            mode: tlsMode,
+            credentials: { kind: 'psk', keys: new Map([[FUZZ_PSK_IDENTITY, FUZZ_PSK_KEY]]) },
+          },
+        }),
   });
+  const tls: FuzzTls | undefined =
+    tlsMode === undefined
+      ? undefined
+      : {
+          mode: tlsMode,
+          client: {
+            pskCallback: () => ({ identity: FUZZ_PSK_IDENTITY, psk: FUZZ_PSK_KEY }),
+            checkServerIdentity: () => undefined,
+          },
+        };
   // The server runs in this process: an exception it throws from a socket handler lands here.
   const onUncaught = (error: Error): void => {
     problems.push(`uncaught exception in the server: ${error.stack ?? error.message}`);
@@ -52,6 +95,7 @@ async function startMemory(sizeBytes: number): Promise<Target> {
   return {
     endpoint,
     writable,
+    ...(tls ? { tls } : {}),
     freeze: async () => {
       const frozen = new MemoryBackend({
         name: `${VOLUME}-frozen`,

@@ -1,7 +1,8 @@
 // The fuzzer's raw client socket: exact-length reads that each carry a deadline (so the fuzzer never
-// hangs on a silent server), detection of who closed the connection, and a short transcript of the
-// recent exchange that goes into every violation report.
+// hangs on a silent server), detection of who closed the connection, the switch to TLS after
+// STARTTLS, and a short transcript of the recent exchange that goes into every violation report.
 import net from 'node:net';
+import tls from 'node:tls';
 
 /** The peer closed (or reset) the connection before the bytes asked for arrived. */
 export class PeerClosed extends Error {
@@ -41,17 +42,55 @@ export class Wire {
   serverClosedFirst = false;
   private readonly transcript: string[] = [];
   private readonly closeListeners = new Set<() => void>();
+  private readonly listeners = {
+    data: (chunk: Buffer): void => this.onData(chunk),
+    closed: (): void => this.onClosed(),
+  };
 
   private constructor(
-    private readonly socket: net.Socket,
+    private socket: net.Socket,
     readonly timeoutMs: number,
   ) {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onClosed());
-    socket.on('close', () => this.onClosed());
+    this.attach(socket);
+  }
+
+  private attach(socket: net.Socket): void {
+    socket.on('data', this.listeners.data);
+    socket.on('end', this.listeners.closed);
+    socket.on('close', this.listeners.closed);
     // Resets are normal after a server-side hard disconnect; the close event reports them.
-    socket.on('error', () => this.onClosed());
+    socket.on('error', this.listeners.closed);
+  }
+
+  /**
+   * Runs the client side of TLS on the connection (after STARTTLS was acknowledged); from then on
+   * every read and write goes through it. Rejects when the TLS handshake fails or times out.
+   */
+  async upgrade(options: tls.ConnectionOptions): Promise<void> {
+    if (this.bufferedBytes > 0) throw new Error('bytes left unread before TLS');
+    const plain = this.socket;
+    plain.off('data', this.listeners.data);
+    plain.off('end', this.listeners.closed);
+    plain.off('close', this.listeners.closed);
+    const secure = tls.connect({ ...options, socket: plain });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        secure.destroy();
+        reject(new ReadTimeout(0, this.timeoutMs));
+      }, this.timeoutMs);
+      secure.once('secureConnect', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      secure.once('error', (error: Error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
+    });
+    plain.off('error', this.listeners.closed);
+    this.socket = secure;
+    this.attach(secure);
   }
 
   static connect(host: string, port: number, timeoutMs: number): Promise<Wire> {

@@ -9,8 +9,9 @@ import { parseArgs } from 'node:util';
 import { SLOTS_MAX } from './nbd-fuzz-model.js';
 import { FAST_ZERO_NOT_ADVERTISED } from './nbd-fuzz-oracle.js';
 import { runFuzz, type FuzzOptions, type FuzzReport } from './nbd-fuzz-run.js';
+import { TARGET_KINDS, type TargetKind } from './nbd-fuzz-target.js';
 
-const USAGE = `usage: node dist/sim/nbd-fuzz.js [--requests N] [--seed S] [--target memory|rewind] [--concurrency C]
+const USAGE = `usage: node dist/sim/nbd-fuzz.js [--requests N] [--seed S] [--target memory|memory-tls|memory-tls-on|rewind] [--concurrency C]
        [--check-every N] [--timeout-ms MS] [--replay CONNECTION] [--tolerate RULE]... [--json]
   --tolerate RULE  do not enforce the errno of one oracle rule (a known server deviation); such replies
                    are counted under "tolerated deviations" instead (rule names as in violation reports,
@@ -53,9 +54,9 @@ function parseOptions(argv: string[]): FuzzOptions & { json: boolean } {
     console.log(USAGE);
     process.exit(0);
   }
-  const target = values.target ?? 'memory';
-  if (target !== 'memory' && target !== 'rewind')
-    throw new UsageError(`--target must be memory or rewind\n${USAGE}`);
+  const target = (values.target ?? 'memory') as TargetKind;
+  if (!TARGET_KINDS.includes(target))
+    throw new UsageError(`--target must be one of ${TARGET_KINDS.join(', ')}\n${USAGE}`);
   const replay =
     values.replay === undefined
       ? undefined

@@ -20,6 +20,7 @@ import type {
 import { NbdErrno } from '../nbd/index.js';
 import {
   ensureDir,
+  FILE_MODE_PRIVATE,
   fdatasyncAsync,
   isBlockDevice,
   lockExclusive,
@@ -783,7 +784,7 @@ async function openVolume(
 ): Promise<ProductionVolume> {
   if (!fs.existsSync(stored.path)) {
     await ensureDir(path.dirname(stored.path));
-    const fd = fs.openSync(stored.path, 'w');
+    const fd = fs.openSync(stored.path, 'w', FILE_MODE_PRIVATE);
     fs.ftruncateSync(fd, stored.sizeBytes);
     fs.fsyncSync(fd);
     fs.closeSync(fd);

@@ -4,7 +4,7 @@
 // quiet, so a busy region costs one durable mark, not one per commit.
 import fs from 'node:fs';
 import { assert, bitClear, bitGet, bitSet } from '../core/index.js';
-import { fdatasyncAsync } from '../platform/index.js';
+import { FILE_MODE_PRIVATE, fdatasyncAsync } from '../platform/index.js';
 
 export const REGION_BYTES_DEFAULT = 1024 * 1024;
 
@@ -30,7 +30,7 @@ export class DirtyMap {
     const regionCount = Math.max(1, Math.ceil(volumeSizeBytes / regionBytes));
     const byteCount = Math.ceil(regionCount / 8);
     const exists = fs.existsSync(file);
-    const fd = fs.openSync(file, exists ? 'r+' : 'w+');
+    const fd = fs.openSync(file, exists ? 'r+' : 'w+', FILE_MODE_PRIVATE);
     const bits = Buffer.alloc(byteCount);
     if (exists) {
       fs.readSync(fd, bits, 0, Math.min(byteCount, fs.fstatSync(fd).size), 0);

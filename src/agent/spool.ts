@@ -17,7 +17,13 @@ import {
   scanRedo,
   SEGMENT_FLAG_RESYNC,
 } from '../log/index.js';
-import { fdatasyncAsync, fsyncDir, writevAsync } from '../platform/index.js';
+import {
+  DIR_MODE_PRIVATE,
+  FILE_MODE_PRIVATE,
+  fdatasyncAsync,
+  fsyncDir,
+  writevAsync,
+} from '../platform/index.js';
 
 /** Appends up to this many bytes are written synchronously (see append). */
 const SYNC_APPEND_BYTES_MAX = 256 * 1024;
@@ -99,7 +105,7 @@ export class Spool {
     seqAcked: number,
     indexAcked: number,
   ): Promise<{ spool: Spool; recovery: SpoolRecovery }> {
-    await fsp.mkdir(dir, { recursive: true });
+    await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE_PRIVATE });
     const names = (await fsp.readdir(dir)).sort();
     const spool = new Spool(dir, volumeSetId, volumeCount, indexAcked + 1, seqAcked + 1);
     const recovery: SpoolRecovery = { tornBytes: 0, tornReason: undefined, recoveredRecords: 0 };
@@ -331,7 +337,7 @@ export class Spool {
       createdNs,
       flags,
     });
-    const fd = fs.openSync(file, 'w+');
+    const fd = fs.openSync(file, 'w+', FILE_MODE_PRIVATE);
     fs.writeSync(fd, header, 0, header.length, 0);
     const active: ActiveSegment = {
       index,

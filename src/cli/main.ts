@@ -6,7 +6,13 @@ import path from 'node:path';
 import type { VolumeSpec } from '../agent/index.js';
 import fs from 'node:fs';
 import type { RestoreStatus } from '../manager/index.js';
-import type { Endpoint, Running } from '../runtime/index.js';
+import type {
+  Endpoint,
+  NbdTlsFiles,
+  ProcessOptions,
+  Running,
+  UnixSocketSpec,
+} from '../runtime/index.js';
 import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './freeze.js';
 import { refuseIfMapped, stepMapped, type MapApi } from './map.js';
 import { addMapCommands } from './map-commands.js';
@@ -53,6 +59,104 @@ function milliseconds(text: string, what: string): number {
       `${what} "${text}" is not a number of milliseconds`,
     );
   return Number(text);
+}
+
+/** Commander's collector for a repeatable option. */
+const appendTo = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** The NBD and data-directory flags `up`, `agent` and `manager` share (docs/SECURITY.md). */
+interface ServingFlags {
+  nbd: string;
+  nbdUnix?: string;
+  nbdUnixMode?: string;
+  nbdUnixGroup?: string;
+  nbdTls?: 'off' | 'on' | 'require';
+  nbdTlsCert?: string;
+  nbdTlsKey?: string;
+  nbdTlsCa?: string;
+  nbdTlsPsk?: string;
+  nbdAllow: string[];
+  strictPermissions?: boolean;
+}
+
+function withServing(command: Command, nbdDefault: string, nbdWhat: string): Command {
+  return command
+    .option('--nbd <host:port|off>', `NBD listen address ${nbdWhat} (off: no TCP)`, nbdDefault)
+    .option(
+      '--nbd-unix <path>',
+      'also serve NBD on this Unix socket (nbd+unix:///EXPORT?socket=PATH)',
+    )
+    .option(
+      '--nbd-unix-mode <mode>',
+      'permission bits of the NBD socket (default 0600, 0660 with --nbd-unix-group)',
+    )
+    .option('--nbd-unix-group <group>', 'group of the NBD socket (name or gid)')
+    .addOption(
+      new Option(
+        '--nbd-tls <mode>',
+        'NBD STARTTLS: off, on (the client chooses) or require (default: require with credentials, else off)',
+      ).choices(['off', 'on', 'require']),
+    )
+    .option('--nbd-tls-cert <file>', 'NBD TLS certificate chain (PEM)')
+    .option('--nbd-tls-key <file>', 'NBD TLS private key (PEM)')
+    .option('--nbd-tls-ca <file>', 'NBD clients must present a certificate signed by this CA (PEM)')
+    .option('--nbd-tls-psk <file>', 'NBD TLS-PSK keys: IDENTITY:HEXKEY lines, as psktool writes')
+    .option(
+      '--nbd-allow <rule>',
+      'only these clients may use matching exports: PATTERN=psk:ID|cert:CN|tls[,...] (repeatable)',
+      appendTo,
+      [],
+    )
+    .option(
+      '--strict-permissions',
+      'refuse to start when the data directory or a key file is open to group or others',
+    );
+}
+
+function socketMode(text: string): number {
+  if (!/^0?[0-7]{3}$/.test(text))
+    throw new RewindError('REWIND_BAD_ARGUMENT', `--nbd-unix-mode "${text}" is not an octal mode`, {
+      hint: 'e.g. 0660 (owner and group may connect)',
+    });
+  return Number.parseInt(text, 8);
+}
+
+function servingOptions(
+  flags: ServingFlags,
+): Pick<ProcessOptions, 'nbd' | 'nbdSecurity' | 'strictPermissions'> {
+  if (flags.nbdUnix === undefined && (flags.nbdUnixMode ?? flags.nbdUnixGroup) !== undefined)
+    throw new RewindError(
+      'REWIND_BAD_ARGUMENT',
+      '--nbd-unix-mode and --nbd-unix-group need --nbd-unix',
+    );
+  const unix: UnixSocketSpec | undefined =
+    flags.nbdUnix === undefined
+      ? undefined
+      : {
+          path: path.resolve(flags.nbdUnix),
+          ...(flags.nbdUnixMode === undefined ? {} : { mode: socketMode(flags.nbdUnixMode) }),
+          ...(flags.nbdUnixGroup === undefined ? {} : { group: flags.nbdUnixGroup }),
+        };
+  const tls: NbdTlsFiles = {
+    ...(flags.nbdTls === undefined ? {} : { mode: flags.nbdTls }),
+    ...(flags.nbdTlsCert === undefined ? {} : { certFile: flags.nbdTlsCert }),
+    ...(flags.nbdTlsKey === undefined ? {} : { keyFile: flags.nbdTlsKey }),
+    ...(flags.nbdTlsCa === undefined ? {} : { caFile: flags.nbdTlsCa }),
+    ...(flags.nbdTlsPsk === undefined ? {} : { pskFile: flags.nbdTlsPsk }),
+  };
+  return {
+    nbd: flags.nbd === 'off' ? undefined : endpoint(flags.nbd, '--nbd'),
+    nbdSecurity: { ...(unix ? { unix } : {}), tls, allow: flags.nbdAllow },
+    strictPermissions: flags.strictPermissions === true,
+  };
+}
+
+function printServing(running: Running): void {
+  const mode = running.nbdServing.tlsMode;
+  if (mode !== 'off')
+    console.log(
+      `NBD TLS: ${mode}${mode === 'on' ? ' (nbds:// URIs for TLS, nbd:// without)' : ''}`,
+    );
 }
 
 let apiToken: string | undefined = process.env.REWIND_TOKEN;
@@ -137,11 +241,14 @@ const withServer = (command: Command): Command =>
     );
 
 withRetentionOptions(
-  program
-    .command('up')
-    .description('run agent and manager in one process (the embedded default)')
-    .option('--data <dir>', 'data directory', './rewind-data')
-    .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
+  withServing(
+    program
+      .command('up')
+      .description('run agent and manager in one process (the embedded default)')
+      .option('--data <dir>', 'data directory', './rewind-data'),
+    '127.0.0.1:10809',
+    'for volumes, snapshots and clones',
+  )
     .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
     .option(
       '--volume <name:size|name:path>',
@@ -158,9 +265,8 @@ withRetentionOptions(
     ),
 ).action(
   async (
-    options: {
+    options: ServingFlags & {
       data: string;
-      nbd: string;
       http: string;
       volume: VolumeSpec[];
       sealBytes: string;
@@ -174,14 +280,15 @@ withRetentionOptions(
     ).startUp({
       ...(retention ? { retention } : {}),
       dataDir: options.data,
-      nbd: endpoint(options.nbd, '--nbd'),
+      ...servingOptions(options),
       http: endpoint(options.http, '--http'),
       volumes: options.volume,
       sealBytes: parseSize(options.sealBytes, '--seal-bytes'),
       sealMs: milliseconds(options.sealMs, '--seal-ms'),
       spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
     });
-    printVolumes(running);
+    await printVolumes(running);
+    printServing(running);
     console.log(`API: ${running.httpAddress}`);
     if (running.apiTokenFile)
       console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
@@ -189,12 +296,11 @@ withRetentionOptions(
   },
 );
 
-function printVolumes(running: Running): void {
-  const { host, port } = running.nbdAddress;
+async function printVolumes(running: Running): Promise<void> {
+  const { nbdUris } = await runtime();
   for (const volume of running.agent?.volumes ?? [])
-    console.log(
-      `volume ${volume.name}: nbd://${host}:${port}/${volume.name} (${volume.sizeBytes} bytes)`,
-    );
+    for (const uri of nbdUris(running.nbdServing, volume.name))
+      console.log(`volume ${volume.name}: ${uri} (${volume.sizeBytes} bytes)`);
 }
 
 function token(options: { token?: string; tokenFile?: string }): string {
@@ -209,15 +315,18 @@ function token(options: { token?: string; tokenFile?: string }): string {
 }
 
 withRetentionOptions(
-  program
-    .command('manager')
-    .description(
-      'run the manager alone (backup host): receives segments from an agent, serves views and the API',
-    ),
+  withServing(
+    program
+      .command('manager')
+      .description(
+        'run the manager alone (backup host): receives segments from an agent, serves views and the API',
+      ),
+    '127.0.0.1:10810',
+    'for snapshots and clones',
+  ),
 )
   .option('--data <dir>', 'data directory', './rewind-manager')
   .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
-  .option('--nbd <host:port>', 'NBD listen address for snapshots and clones', '127.0.0.1:10810')
   .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
   .option('--token <token>', 'shared secret agents must present')
   .option('--token-file <file>', 'read the shared secret from a file')
@@ -225,10 +334,9 @@ withRetentionOptions(
   .option('--tls-key <file>', 'TLS private key (PEM) for the agent link')
   .action(
     async (
-      options: {
+      options: ServingFlags & {
         data: string;
         listen: string;
-        nbd: string;
         http: string;
         token?: string;
         tokenFile?: string;
@@ -245,7 +353,7 @@ withRetentionOptions(
         ...(retention ? { retention } : {}),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
-        nbd: endpoint(options.nbd, '--nbd'),
+        ...servingOptions(options),
         http: endpoint(options.http, '--http'),
         token: token(options),
         ...(options.tlsCert && options.tlsKey
@@ -257,7 +365,9 @@ withRetentionOptions(
       console.log(
         `agents: ${running.linkAddress.host}:${running.linkAddress.port}${options.tlsCert ? ' (TLS)' : ''}`,
       );
-      console.log(`views: nbd://${running.nbdAddress.host}:${running.nbdAddress.port}/VOLUME@NAME`);
+      for (const uri of (await runtime()).nbdUris(running.nbdServing, 'VOLUME@NAME'))
+        console.log(`views: ${uri}`);
+      printServing(running);
       console.log(`API: ${running.httpAddress}`);
       if (running.apiTokenFile)
         console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
@@ -265,13 +375,16 @@ withRetentionOptions(
     },
   );
 
-program
-  .command('agent')
-  .description(
-    'run the agent alone (production host): protects volumes, ships segments to a manager',
-  )
-  .option('--data <dir>', 'data directory', './rewind-agent')
-  .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
+withServing(
+  program
+    .command('agent')
+    .description(
+      'run the agent alone (production host): protects volumes, ships segments to a manager',
+    )
+    .option('--data <dir>', 'data directory', './rewind-agent'),
+  '127.0.0.1:10809',
+  'for the protected volumes',
+)
   .requiredOption('--manager <host:port>', 'manager address (its --listen)')
   .option('--token <token>', 'shared secret')
   .option('--token-file <file>', 'read the shared secret from a file')
@@ -285,23 +398,24 @@ program
     '16G',
   )
   .action(
-    async (options: {
-      data: string;
-      nbd: string;
-      manager: string;
-      token?: string;
-      tokenFile?: string;
-      tlsCa?: string;
-      volume: VolumeSpec[];
-      sealBytes: string;
-      sealMs: string;
-      spoolBytes: string;
-    }) => {
+    async (
+      options: ServingFlags & {
+        data: string;
+        manager: string;
+        token?: string;
+        tokenFile?: string;
+        tlsCa?: string;
+        volume: VolumeSpec[];
+        sealBytes: string;
+        sealMs: string;
+        spoolBytes: string;
+      },
+    ) => {
       const running = await (
         await runtime()
       ).startAgent({
         dataDir: options.data,
-        nbd: endpoint(options.nbd, '--nbd'),
+        ...servingOptions(options),
         manager: endpoint(options.manager, '--manager'),
         token: token(options),
         ...(options.tlsCa ? { tlsCa: fs.readFileSync(options.tlsCa) } : {}),
@@ -310,7 +424,8 @@ program
         sealMs: milliseconds(options.sealMs, '--seal-ms'),
         spoolBytes: parseSize(options.spoolBytes, '--spool-bytes'),
       });
-      printVolumes(running);
+      await printVolumes(running);
+      printServing(running);
       stopOnSignals(running);
     },
   );
@@ -476,7 +591,6 @@ const logLine = (e: LogLine): string =>
   e.kind === 'thinned'
     ? `${e.seq}\t${e.time}\t${e.volume}\tthinned(${e.seqFirst ?? '?'}..${e.seq})\t${e.offset}\t${e.length}`
     : `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
 const positiveInt = (text: string): number => {
   if (!/^\d+$/.test(text) || Number(text) < 1)
     throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not a positive number of writes`);
@@ -552,7 +666,7 @@ withServer(
     .option(
       '--freeze <dir>',
       'fsfreeze this mounted filesystem around the seal (repeatable; implies --wait)',
-      collect,
+      appendTo,
       [],
     )
     .option('--freeze-ms <ms>', 'longest the filesystems stay frozen', String(FROZEN_MS_DEFAULT))
@@ -739,7 +853,7 @@ withServer(
     .option(
       '--range <offset:length>',
       'only this byte range (repeatable; one volume; K/M/G/T suffixes)',
-      collect,
+      appendTo,
       [],
     )
     .option('--from-clone <name>', "write the clone's current content instead of the history")

@@ -12,6 +12,7 @@ import {
   type UndoHeader,
 } from '../log/index.js';
 import {
+  FILE_MODE_PRIVATE,
   fdatasyncAsync,
   fsyncDir,
   isZero,
@@ -79,7 +80,7 @@ export async function writeUndoFile(
   fill: (builder: UndoBuilder, flush: () => Promise<void>) => Promise<void>,
 ): Promise<UndoResult> {
   const temp = `${file}.tmp`;
-  const handle = await fsp.open(temp, 'w');
+  const handle = await fsp.open(temp, 'w', FILE_MODE_PRIVATE);
   let bytes = 0;
   let crc = 0;
   const write = async (pieces: Buffer[]): Promise<void> => {

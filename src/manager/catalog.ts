@@ -2,7 +2,9 @@
 // durable state, views, bookmarks and what retention did to the history. The single source of truth
 // for what is committed and what is kept.
 import Database from 'better-sqlite3';
+import fs from 'node:fs';
 import { RewindError } from '../core/index.js';
+import { FILE_MODE_PRIVATE } from '../platform/index.js';
 
 export type TxState = 'received' | 'undo-saved' | 'applied' | 'committed';
 /**
@@ -141,6 +143,10 @@ export class Catalog {
 
   /** Opens the catalog in `file`, or in an open database (the simulation's in-memory one). */
   constructor(file: string | Database.Database) {
+    if (typeof file === 'string') {
+      // SQLite gives its WAL and SHM files the database file's mode: create that one private.
+      fs.closeSync(fs.openSync(file, 'a', FILE_MODE_PRIVATE));
+    }
     this.db = typeof file === 'string' ? new Database(file) : file;
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL'); // a commit is the durable point of a transaction

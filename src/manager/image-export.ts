@@ -7,7 +7,14 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { errorMessage, RewindError, type LogFunction } from '../core/index.js';
-import { fdatasyncAsync, fsyncDir, isZero, writeAsync, ZERO_CHUNK } from '../platform/index.js';
+import {
+  FILE_MODE_PRIVATE,
+  fdatasyncAsync,
+  fsyncDir,
+  isZero,
+  writeAsync,
+  ZERO_CHUNK,
+} from '../platform/index.js';
 import type { View } from '../views/index.js';
 
 /** What an image export needs from the manager. */
@@ -113,7 +120,7 @@ export class ImageExporter {
     zeroPieces: (offset: number, length: number) => { lengthBytes: number; zero: boolean }[],
   ): Promise<void> {
     const partial = `${job.file}.partial`;
-    const fd = fs.openSync(partial, 'w');
+    const fd = fs.openSync(partial, 'w', FILE_MODE_PRIVATE);
     try {
       fs.ftruncateSync(fd, job.bytesTotal); // all holes; data is written where the view has any
       const hash = createHash('sha256');

@@ -4,7 +4,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { bitBytes, bitGet, bitSet } from '../core/index.js';
-import { fdatasyncAsync, preadFully, writeFullySync } from '../platform/index.js';
+import {
+  DIR_MODE_PRIVATE,
+  FILE_MODE_PRIVATE,
+  fdatasyncAsync,
+  preadFully,
+  writeFullySync,
+} from '../platform/index.js';
 
 export const ALLOC_CHUNK_BYTES = 1024 * 1024;
 
@@ -40,10 +46,10 @@ export class ReplicaVolume {
   }
 
   static open(dir: string, index: number, name: string, sizeBytes: number): ReplicaVolume {
-    fs.mkdirSync(dir, { recursive: true });
+    fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE_PRIVATE });
     const file = path.join(dir, `${name}.img`);
     if (!fs.existsSync(file)) {
-      const created = fs.openSync(file, 'w');
+      const created = fs.openSync(file, 'w', FILE_MODE_PRIVATE);
       fs.ftruncateSync(created, sizeBytes);
       fs.fsyncSync(created);
       fs.closeSync(created);
@@ -55,7 +61,7 @@ export class ReplicaVolume {
     // it.
     const alloc = Buffer.from(new SharedArrayBuffer(bitBytes(chunks)));
     const exists = fs.existsSync(allocFile);
-    const allocFd = fs.openSync(allocFile, exists ? 'r+' : 'w+');
+    const allocFd = fs.openSync(allocFile, exists ? 'r+' : 'w+', FILE_MODE_PRIVATE);
     if (exists) preadFully(allocFd, alloc, 0, alloc.length, 0);
     else writeFullySync(allocFd, alloc, 0);
     return new ReplicaVolume(index, name, sizeBytes, file, fd, allocFd, alloc);

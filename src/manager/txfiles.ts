@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { assert, rethrowIfBug, RewindError } from '../core/index.js';
-import { mapReadOnly } from '../platform/index.js';
+import { DIR_MODE_PRIVATE, FILE_MODE_PRIVATE, mapReadOnly } from '../platform/index.js';
 import {
   parseSealedRedo,
   parseSegmentFileName,
@@ -273,10 +273,10 @@ export class TxFiles {
     const file = this.indexPath(idx);
     try {
       if (!this.indexDirMade) {
-        fs.mkdirSync(this.indexDir, { recursive: true });
+        fs.mkdirSync(this.indexDir, { recursive: true, mode: DIR_MODE_PRIVATE });
         this.indexDirMade = true;
       }
-      fs.writeFileSync(file, index.encode(idx, binding));
+      fs.writeFileSync(file, index.encode(idx, binding), { mode: FILE_MODE_PRIVATE });
     } catch (error) {
       rethrowIfBug(error);
       // a torn file would be refused anyway; do not keep its space

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { assert, RewindError, type LogFunction } from '../core/index.js';
 import type { ExportBackend } from '../nbd/index.js';
 import type { UndoExtent } from '../log/index.js';
+import { DIR_MODE_PRIVATE } from '../platform/index.js';
 import { Overlay, View } from '../views/index.js';
 import type { Catalog } from './catalog.js';
 import type { PointResolver } from './points.js';
@@ -265,7 +266,7 @@ export class ViewRegistry {
 
   private openOverlays(name: string): Overlay[] {
     const dir = path.join(this.options.clonesDir, name);
-    fs.mkdirSync(dir, { recursive: true });
+    fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE_PRIVATE });
     return this.history.replicas.map((replica) =>
       Overlay.open(
         path.join(dir, `${replica.name}.img`),

@@ -1,11 +1,18 @@
 // One client connection: parses the byte stream through the handshake and transmission phases,
-// dispatches requests to the export backend, bounds in-flight work, and writes replies batched per
-// event-loop turn. Anything the network sends is handled here without throwing.
+// upgrades it to TLS on STARTTLS, dispatches requests to the export backend, bounds in-flight work,
+// and writes replies batched per event-loop turn. Anything the network sends is handled here
+// without throwing.
 import type { Socket } from 'node:net';
 import { assert, assertNever, type LogFunction, type LogLevel } from '../core/index.js';
+import { describePeer, type AccessPolicy, type Peer, type TlsMode } from './access.js';
 import { NbdErrno, type BlockStatusExtent, type ExportRegistry } from './backend.js';
 import { ByteQueue } from './byte-queue.js';
-import { Handshake, clientFlagsValid, type OptionOutcome } from './handshake.js';
+import {
+  Handshake,
+  clientFlagsRefusal,
+  clientFlagsValid,
+  type OptionOutcome,
+} from './handshake.js';
 import {
   CLIENT_FLAGS_BYTES,
   Command,
@@ -46,13 +53,23 @@ export interface ConnectionLimits {
   handshakeTimeoutMs: number;
 }
 
+/** The outcome of a TLS handshake; exactly one of the two runs. */
+export interface TlsHandshakeDone {
+  secure(socket: Socket, peer: Peer, details: { protocol: string; cipher: string }): void;
+  failed(reason: string): void;
+}
+
 /** What a connection needs from its server. */
 export interface ConnectionHost {
   readonly registry: ExportRegistry;
   readonly limits: ConnectionLimits;
   readonly blockSizes: BlockSizes;
   readonly log: LogFunction;
+  readonly tlsMode: TlsMode;
+  readonly access: AccessPolicy;
   isShuttingDown(): boolean;
+  /** Runs the server side of a TLS handshake on `socket`, whose STARTTLS ACK has been sent. */
+  startTls(socket: Socket, done: TlsHandshakeDone): void;
   onTransmission(connection: Connection): void;
   onClosed(connection: Connection): void;
 }
@@ -80,6 +97,8 @@ type Phase =
   | { kind: 'requestHeader' }
   | { kind: 'writePayload'; request: Request }
   | { kind: 'writeDrain'; request: Request; rejection: Rejection; remainingBytes: number }
+  /** STARTTLS acknowledged: the TLS handshake owns the socket until it ends. */
+  | { kind: 'tls' }
   | { kind: 'closing' };
 
 /** Commands that reach the backend (DISC is handled inline, CACHE is never advertised). */
@@ -99,6 +118,10 @@ const QUIET_SOCKET_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ETIMEDOUT', 'ECONNA
 export class Connection {
   private readonly queue = new ByteQueue();
   private phase: Phase = { kind: 'clientFlags' };
+  /** The plain socket, then the TLS socket over it once STARTTLS succeeded. */
+  private socket: Socket;
+  private clientFlags = 0;
+  private peer: Peer = { kind: 'plain' };
   private handshake: Handshake | undefined;
   private session: Session | undefined;
   private optionCount = 0;
@@ -111,21 +134,25 @@ export class Connection {
   private ended = false;
   private closed = false;
   private readonly limits: ConnectionLimits;
-  private readonly remote: string;
+  private readonly listeners = {
+    data: (chunk: Buffer): void => this.onData(chunk),
+    drain: (): void => this.maybeResume(),
+    timeout: (): void => this.onTimeout(),
+    error: (error: NodeJS.ErrnoException): void => this.onSocketError(error),
+    close: (): void => this.onClose(),
+  };
 
+  /** `remote` names the peer in logs (`ADDRESS:PORT`, or the Unix socket's path). */
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly host: ConnectionHost,
+    private readonly remote: string,
   ) {
+    this.socket = socket;
     this.limits = host.limits;
-    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     socket.setNoDelay(true);
     socket.setTimeout(this.limits.handshakeTimeoutMs);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.maybeResume());
-    socket.on('timeout', () => this.onTimeout());
-    socket.on('error', (error: NodeJS.ErrnoException) => this.onSocketError(error));
-    socket.on('close', () => this.onClose());
+    this.attach(socket);
     this.send([encodeGreeting()]);
   }
 
@@ -191,6 +218,8 @@ export class Connection {
         return this.readWritePayload(phase.request);
       case 'writeDrain':
         return this.drainWrite(phase);
+      case 'tls':
+        return false;
       case 'closing':
         this.queue.clear();
         return false;
@@ -206,17 +235,31 @@ export class Connection {
       this.hardClose('client sent unknown handshake flags', 'warn', { clientFlags });
       return false;
     }
-    this.handshake = new Handshake(
+    const refusal = clientFlagsRefusal(clientFlags, this.host.tlsMode);
+    if (refusal !== null) {
+      this.hardClose(refusal, 'warn', { clientFlags });
+      return false;
+    }
+    this.clientFlags = clientFlags;
+    this.handshake = this.newHandshake();
+    this.phase = { kind: 'optionHeader' };
+    return true;
+  }
+
+  /** A fresh negotiation: at the start, and again after STARTTLS (no state crosses it). */
+  private newHandshake(): Handshake {
+    return new Handshake(
       {
         registry: this.host.registry,
         blockSizes: this.host.blockSizes,
         maxPayloadBytes: this.limits.maxPayloadBytes,
+        tlsMode: this.host.tlsMode,
+        access: this.host.access,
+        peer: this.peer,
         isShuttingDown: () => this.host.isShuttingDown(),
       },
-      clientFlags,
+      this.clientFlags,
     );
-    this.phase = { kind: 'optionHeader' };
-    return true;
   }
 
   private readOptionHeader(): boolean {
@@ -278,6 +321,9 @@ export class Connection {
       case 'close':
         this.hardClose(outcome.reason);
         return;
+      case 'starttls':
+        this.beginTls(outcome.replies);
+        return;
       case 'transmission':
         this.send(outcome.replies);
         this.enterTransmission(outcome.session);
@@ -287,6 +333,80 @@ export class Connection {
     }
   }
 
+  // ---- TLS -----------------------------------------------------------------------------------
+
+  /**
+   * Sends the STARTTLS ACK in plain text and hands the socket to the TLS handshake once the ACK
+   * is out. Bytes already read behind STARTTLS belong to the TLS handshake and are given back.
+   */
+  private beginTls(replies: Buffer[]): void {
+    const plain = this.socket;
+    this.phase = { kind: 'tls' };
+    plain.pause();
+    plain.off('data', this.listeners.data);
+    plain.off('drain', this.listeners.drain);
+    plain.off('timeout', this.listeners.timeout);
+    plain.setTimeout(0); // the TLS handshake has its own timeout
+    if (this.queue.lengthBytes > 0) plain.unshift(this.queue.take(this.queue.lengthBytes));
+    this.queue.clear();
+    this.uncork();
+    plain.write(Buffer.concat(replies), (error) => {
+      if (this.closed) return;
+      if (error) {
+        this.tlsFailed(`the STARTTLS reply could not be sent: ${error.message}`);
+        return;
+      }
+      this.host.startTls(plain, {
+        secure: (socket, peer, details) => this.onTlsSecure(plain, socket, peer, details),
+        failed: (reason) => this.tlsFailed(reason),
+      });
+    });
+  }
+
+  private onTlsSecure(
+    plain: Socket,
+    socket: Socket,
+    peer: Peer,
+    details: { protocol: string; cipher: string },
+  ): void {
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    assert(this.phase.kind === 'tls', 'TLS secured outside the TLS phase');
+    // From here on the TLS socket is the connection; the plain one only reports its own end.
+    plain.off('close', this.listeners.close);
+    this.socket = socket;
+    this.peer = peer;
+    socket.setTimeout(this.limits.handshakeTimeoutMs);
+    this.attach(socket);
+    this.handshake = this.newHandshake();
+    this.phase = { kind: 'optionHeader' };
+    this.host.log('info', 'nbd client started TLS', {
+      remote: this.remote,
+      peer: describePeer(peer),
+      ...details,
+    });
+    this.pump();
+  }
+
+  private tlsFailed(reason: string): void {
+    if (this.closed) return;
+    this.host.log('warn', `nbd TLS handshake failed: ${reason}`, { remote: this.remote });
+    this.phase = { kind: 'closing' };
+    this.socket.destroy();
+    // The TLS layer owns the plain socket now and may not report its close: end it here.
+    this.onClose();
+  }
+
+  private attach(socket: Socket): void {
+    socket.on('data', this.listeners.data);
+    socket.on('drain', this.listeners.drain);
+    socket.on('timeout', this.listeners.timeout);
+    socket.on('error', this.listeners.error);
+    socket.on('close', this.listeners.close);
+  }
+
   private enterTransmission(session: Session): void {
     this.session = session;
     this.socket.setTimeout(0);
@@ -294,6 +414,7 @@ export class Connection {
     this.host.onTransmission(this);
     this.host.log('info', 'nbd client entered transmission', {
       remote: this.remote,
+      peer: describePeer(this.peer),
       export: session.backend.name,
       structuredReplies: session.structuredReplies,
       baseAllocation: session.allocationContextId !== undefined,
@@ -593,15 +714,22 @@ export class Connection {
   }
 
   private hardClose(reason: string, level: LogLevel = 'warn', fields: object = {}): void {
-    if (this.closed || this.socket.destroyed) return;
+    if (this.closed) return;
+    if (this.socket.destroyed) {
+      if (this.phase.kind === 'tls') this.onClose(); // the TLS layer ended it and may not say so
+      return;
+    }
     this.host.log(level, `nbd connection closed: ${reason}`, {
       remote: this.remote,
       export: this.exportName,
       ...fields,
     });
+    const duringTls = this.phase.kind === 'tls';
     this.phase = { kind: 'closing' };
     this.queue.clear();
     this.socket.destroy();
+    // During a TLS handshake the plain socket may not report its close (the TLS layer owns it).
+    if (duringTls) this.onClose();
   }
 
   private onTimeout(): void {

@@ -1,5 +1,7 @@
 // Option haggling of the fixed newstyle handshake: decodes each option, decides the replies and
-// whether the connection continues, aborts, closes or enters transmission. No sockets here.
+// whether the connection continues, aborts, closes, starts TLS or enters transmission, and who may
+// use which export (TLS mode and access rules). No sockets here.
+import type { AccessPolicy, Peer, TlsMode } from './access.js';
 import type { ExportBackend, ExportRegistry } from './backend.js';
 import {
   BASE_ALLOCATION,
@@ -30,18 +32,35 @@ export type OptionOutcome =
   | { kind: 'continue'; replies: Buffer[] }
   | { kind: 'abort'; replies: Buffer[] }
   | { kind: 'close'; reason: string }
+  /** The ACK goes out in plain text, then the TLS handshake starts; haggling restarts after it. */
+  | { kind: 'starttls'; replies: Buffer[] }
   | { kind: 'transmission'; replies: Buffer[]; session: Session };
 
 export interface HandshakeContext {
   registry: ExportRegistry;
   blockSizes: BlockSizes;
   maxPayloadBytes: number;
+  tlsMode: TlsMode;
+  access: AccessPolicy;
+  /** What the client proved: `plain` until STARTTLS, then fixed for the connection. */
+  peer: Peer;
   isShuttingDown(): boolean;
 }
 
 /** True when the client flags hold only bits the server knows (otherwise the server must close). */
 export function clientFlagsValid(clientFlags: number): boolean {
   return (clientFlags & ~CLIENT_FLAGS_KNOWN) === 0;
+}
+
+/**
+ * Why a client with these flags cannot be served in this TLS mode, or null. TLS needs the fixed
+ * newstyle handshake (the spec keeps other clients in NOTLS mode), so under `require` such a
+ * client could only ever be refused: it is closed at once.
+ */
+export function clientFlagsRefusal(clientFlags: number, tlsMode: TlsMode): string | null {
+  if (tlsMode === 'require' && (clientFlags & ClientFlag.FIXED_NEWSTYLE) === 0)
+    return 'TLS is required and the client does not speak the fixed newstyle handshake';
+  return null;
 }
 
 /** Bounds-checked reader over one option's data; every read returns undefined past the end. */
@@ -122,6 +141,7 @@ function decodeMetaRequest(data: Buffer): MetaRequest | undefined {
 
 export class Handshake {
   readonly noZeroes: boolean;
+  private readonly fixedNewstyle: boolean;
   private structuredReplies = false;
   /** base:allocation selected by the last SET_META_CONTEXT, for this export name only. */
   private allocationSelectedFor: string | undefined;
@@ -131,12 +151,14 @@ export class Handshake {
     clientFlags: number,
   ) {
     this.noZeroes = (clientFlags & ClientFlag.NO_ZEROES) !== 0;
+    this.fixedNewstyle = (clientFlags & ClientFlag.FIXED_NEWSTYLE) !== 0;
   }
 
   /** Handles one complete option; `data` has already been bounded by the caller. */
   handleOption(option: number, data: Buffer): OptionOutcome {
     if (option === Option.ABORT)
       return { kind: 'abort', replies: [encodeOptionReply(option, OptionReply.ACK)] };
+    if (this.tlsRequired() && option !== Option.STARTTLS) return this.beforeTls(option);
     if (option === Option.EXPORT_NAME) return this.exportName(data);
     if (this.context.isShuttingDown())
       return this.error(option, OptionReply.ERR_SHUTDOWN, 'server is shutting down');
@@ -152,7 +174,7 @@ export class Handshake {
       case Option.SET_META_CONTEXT:
         return this.metaContext(option, data);
       case Option.STARTTLS:
-        return this.error(option, OptionReply.ERR_UNSUP, 'TLS is not supported');
+        return this.startTls(option, data);
       case Option.EXTENDED_HEADERS:
         return this.error(option, OptionReply.ERR_UNSUP, 'extended headers are not supported');
       default:
@@ -169,6 +191,34 @@ export class Handshake {
     return this.error(option, OptionReply.ERR_TOO_BIG, 'option data too long');
   }
 
+  /** FORCEDTLS: before TLS, every option but STARTTLS and ABORT is refused. */
+  private tlsRequired(): boolean {
+    return this.context.tlsMode === 'require' && this.context.peer.kind === 'plain';
+  }
+
+  private beforeTls(option: number): OptionOutcome {
+    // EXPORT_NAME cannot be answered with an error: the spec says terminate.
+    if (option === Option.EXPORT_NAME)
+      return { kind: 'close', reason: 'EXPORT_NAME without TLS while TLS is required' };
+    return this.error(
+      option,
+      OptionReply.ERR_TLS_REQD,
+      'TLS is required on this server: negotiate STARTTLS first (an nbds:// URI)',
+    );
+  }
+
+  private startTls(option: number, data: Buffer): OptionOutcome {
+    if (data.length !== 0)
+      return this.error(option, OptionReply.ERR_INVALID, 'STARTTLS takes no data');
+    if (this.context.tlsMode === 'off')
+      return this.error(option, OptionReply.ERR_POLICY, 'TLS is off on this server');
+    if (!this.fixedNewstyle)
+      return this.error(option, OptionReply.ERR_POLICY, 'TLS needs the fixed newstyle handshake');
+    if (this.context.peer.kind !== 'plain')
+      return this.error(option, OptionReply.ERR_INVALID, 'TLS is already active');
+    return { kind: 'starttls', replies: [encodeOptionReply(option, OptionReply.ACK)] };
+  }
+
   private error(option: number, replyType: OptionErrorReply, message: string): OptionOutcome {
     const payload = encodeString(message);
     return { kind: 'continue', replies: [encodeOptionReply(option, replyType, payload)] };
@@ -181,6 +231,10 @@ export class Handshake {
 
   private refusal(backend: ExportBackend): string | null {
     return this.context.registry.refusal?.(backend.name) ?? null;
+  }
+
+  private decide(backend: ExportBackend): ReturnType<AccessPolicy['decide']> {
+    return this.context.access.decide(backend.name, this.context.peer);
   }
 
   private sessionFor(backend: ExportBackend): Session {
@@ -204,6 +258,9 @@ export class Handshake {
     const backend = this.resolve(exportName);
     if (!backend)
       return { kind: 'close', reason: `EXPORT_NAME for unknown export "${exportName}"` };
+    const decision = this.decide(backend);
+    if (decision.kind !== 'allowed')
+      return { kind: 'close', reason: `EXPORT_NAME refused: ${decision.reason}` };
     const refusal = this.refusal(backend);
     if (refusal !== null) return { kind: 'close', reason: `EXPORT_NAME refused: ${refusal}` };
     const session = this.sessionFor(backend);
@@ -217,8 +274,10 @@ export class Handshake {
 
   private list(option: number, data: Buffer): OptionOutcome {
     if (data.length !== 0) return this.error(option, OptionReply.ERR_INVALID, 'LIST takes no data');
+    // Exports this client may not use are left out (the spec allows it for TLS-only exports).
     const replies = this.context.registry
       .list()
+      .filter((backend) => this.decide(backend).kind === 'allowed')
       .map((backend) =>
         encodeOptionReply(
           option,
@@ -236,6 +295,11 @@ export class Handshake {
     const backend = this.resolve(request.exportName);
     if (!backend)
       return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
+    const decision = this.decide(backend);
+    if (decision.kind === 'tls-required')
+      return this.error(option, OptionReply.ERR_TLS_REQD, decision.reason);
+    if (decision.kind === 'refused')
+      return this.error(option, OptionReply.ERR_POLICY, decision.reason);
     const refusal = this.refusal(backend);
     if (refusal !== null) return this.error(option, OptionReply.ERR_POLICY, refusal);
     const session = this.sessionFor(backend);
@@ -291,6 +355,10 @@ export class Handshake {
     const backend = this.resolve(request.exportName);
     if (!backend)
       return this.error(option, OptionReply.ERR_UNKNOWN, `unknown export "${request.exportName}"`);
+    // ERR_TLS_REQD is only for INFO, GO and EXPORT_NAME; here a TLS-only export is a refusal.
+    const decision = this.decide(backend);
+    if (decision.kind !== 'allowed')
+      return this.error(option, OptionReply.ERR_POLICY, decision.reason);
     const matches = isSet
       ? request.queries.some((query) => query === BASE_ALLOCATION)
       : request.queries.length === 0 ||

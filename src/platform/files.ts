@@ -10,6 +10,16 @@ import { promisify } from 'node:util';
 import { rethrowIfBug, RewindError } from '../core/index.js';
 
 const execFileAsync = promisify(execFile);
+
+/**
+ * Data at rest is private: every file Rewind creates is the owner's alone, every directory too
+ * (history holds every past version of every block). Given explicitly at each create, so the
+ * process umask cannot widen them; `rewind up/agent/manager` also set UMASK_PRIVATE for anything
+ * a library creates (SQLite's WAL and SHM files take the database file's mode).
+ */
+export const FILE_MODE_PRIVATE = 0o600;
+export const DIR_MODE_PRIVATE = 0o700;
+export const UMASK_PRIVATE = 0o077;
 // CommonJS whose types declare a default export it does not have at run time: required as it is.
 const mmap = createRequire(import.meta.url)('@riaskov/mmap-io') as typeof MmapIo.default;
 
@@ -28,7 +38,7 @@ export async function writeFileDurable(
   data: Buffer | string | readonly Buffer[],
 ): Promise<void> {
   const temp = `${file}.tmp-${process.pid}`;
-  const handle = await fsp.open(temp, 'w');
+  const handle = await fsp.open(temp, 'w', FILE_MODE_PRIVATE);
   try {
     if (Array.isArray(data)) await handle.writev(data as Buffer[]);
     else await handle.writeFile(data as Buffer | string);
@@ -60,7 +70,7 @@ export async function linkFileDurable(source: string, file: string, data: Buffer
 const LINK_UNSUPPORTED = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP']);
 
 export async function ensureDir(dir: string): Promise<void> {
-  await fsp.mkdir(dir, { recursive: true });
+  await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE_PRIVATE });
 }
 
 export function isBlockDevice(file: string): boolean {

@@ -1,2 +1,3 @@
 // Runtime: assembles the processes (`rewind up`, `rewind agent`, `rewind manager`).
 export * from './up.js';
+export * from './nbd-serving.js';

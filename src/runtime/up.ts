@@ -13,33 +13,49 @@ import {
 } from '../agent/index.js';
 import { startApi } from '../api/index.js';
 import { Manager, type PolicyText } from '../manager/index.js';
-import { NbdServer } from '../nbd/index.js';
-import type { ExportBackend } from '../nbd/index.js';
+import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
+import {
+  nbdSecretFiles,
+  planNbd,
+  serveNbd,
+  type Endpoint,
+  type NbdPlan,
+  type NbdSecurity,
+  type NbdServing,
+} from './nbd-serving.js';
+import { checkPrivate, makeProcessPrivate } from './private-data.js';
 import { CombinedRegistry } from './registry.js';
 import { logDestination, logFormat } from './log.js';
 import { listenOn, StartScope } from './start.js';
 
-export interface Endpoint {
-  host: string;
-  port: number;
+/** What every process of Rewind shares: where it keeps its data and how it serves NBD. */
+export interface ProcessOptions {
+  dataDir: string;
+  /** NBD on TCP; undefined serves NBD only on the Unix socket of `nbdSecurity`. */
+  nbd: Endpoint | undefined;
+  /** Unix socket, STARTTLS and access rules of the NBD server. */
+  nbdSecurity?: NbdSecurity;
+  /** Refuse to start when the data directory or a secret file is open to others. */
+  strictPermissions?: boolean;
+  quiet?: boolean;
 }
 
-export interface UpOptions {
-  dataDir: string;
-  nbd: Endpoint;
+export interface UpOptions extends ProcessOptions {
   http: Endpoint;
   volumes: VolumeSpec[];
   sealBytes: number;
   sealMs: number;
   spoolBytes?: number;
-  quiet?: boolean;
   /** Retention settings given at start (the rest as stored, or the defaults). */
   retention?: PolicyText;
 }
 
 export interface Running {
-  nbdAddress: Endpoint;
+  /** The NBD TCP address, when NBD listens on TCP. */
+  nbdAddress: Endpoint | undefined;
+  /** How NBD is served (TCP, Unix socket, TLS mode), to print the URIs clients use. */
+  nbdServing: Pick<NbdServing, 'tcp' | 'unixPath' | 'tlsMode'>;
   httpAddress: string;
   /** Where the HTTP API token is, when the API requires one. */
   apiTokenFile?: string;
@@ -56,18 +72,41 @@ export function makeLog(
 }
 
 /**
- * `rewind up`. The volume list is checked and the data directory locked before anything is
- * created; a start that fails later closes what it opened and leaves no data directory it made.
+ * Before anything is created: the NBD plan checked (listeners, TLS credentials, access rules), a
+ * private umask, the data directory and key files checked for group or other access
+ * (SECURITY.md); then the data directory is locked (StartScope).
+ */
+async function prepareStart(
+  options: ProcessOptions,
+  command: string,
+  log: ReturnType<typeof makeLog>,
+): Promise<{ plan: NbdPlan; scope: StartScope }> {
+  const plan = planNbd(options.nbd, options.nbdSecurity);
+  makeProcessPrivate();
+  await checkPrivate({
+    dataDir: options.dataDir,
+    secretFiles: nbdSecretFiles(options.nbdSecurity),
+    strict: options.strictPermissions ?? false,
+    log,
+  });
+  return { plan, scope: await StartScope.open(options.dataDir, command, log) };
+}
+
+/**
+ * `rewind up`. The volume list and the NBD plan are checked and the data directory locked before
+ * anything is created; a start that fails later closes what it opened and leaves no data
+ * directory it made.
  */
 export async function startUp(options: UpOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
   checkVolumes(options.dataDir, options.volumes);
-  const scope = await StartScope.open(options.dataDir, 'rewind up', log);
-  return scope.run(() => openUp(options, scope, log));
+  const { plan, scope } = await prepareStart(options, 'rewind up', log);
+  return scope.run(() => openUp(options, plan, scope, log));
 }
 
 async function openUp(
   options: UpOptions,
+  plan: NbdPlan,
   scope: StartScope,
   log: ReturnType<typeof makeLog>,
 ): Promise<Running> {
@@ -85,8 +124,9 @@ async function openUp(
   });
   scope.onFailure('manager', () => manager.close());
   const link = await manager.listen('127.0.0.1', 0);
-  const { agent, nbd, nbdAddress } = await openAgent(
+  const { agent, nbd, serving } = await openAgent(
     options,
+    plan,
     { host: '127.0.0.1', port: link.port, token, localFiles: true },
     log,
     [() => manager.exports()],
@@ -101,7 +141,8 @@ async function openUp(
     startApi(manager, options.http.host, options.http.port, apiToken),
   );
   return {
-    nbdAddress,
+    nbdAddress: serving.tcp,
+    nbdServing: serving,
     httpAddress: api.address,
     ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     agent,
@@ -121,12 +162,13 @@ async function openUp(
  * `rewind up`); exports the agent has taken offline refuse new clients and drop connected ones.
  */
 async function openAgent(
-  options: Pick<UpOptions, 'dataDir' | 'nbd' | 'volumes' | 'sealBytes' | 'sealMs' | 'spoolBytes'>,
+  options: Pick<UpOptions, 'dataDir' | 'volumes' | 'sealBytes' | 'sealMs' | 'spoolBytes'>,
+  plan: NbdPlan,
   manager: ShipperTarget,
   log: ReturnType<typeof makeLog>,
   moreExports: (() => ExportBackend[])[],
   scope: StartScope,
-): Promise<{ agent: Agent; nbd: NbdServer; nbdAddress: Endpoint }> {
+): Promise<{ agent: Agent; nbd: NbdServer; serving: NbdServing }> {
   const agent = await Agent.open({
     dataDir: options.dataDir,
     volumes: options.volumes,
@@ -138,16 +180,15 @@ async function openAgent(
   });
   scope.onFailure('agent', () => agent.close());
   const agentExports = agent.exports();
-  const nbd = new NbdServer(
+  const serving = await serveNbd(
     new CombinedRegistry([() => agentExports, ...moreExports], (name) => agent.refusal(name)),
-    { log },
+    plan,
+    log,
   );
+  const nbd = serving.server;
   agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
   scope.onFailure('NBD server', () => nbd.close());
-  const nbdAddress = await listenOn('NBD', '--nbd', options.nbd, () =>
-    nbd.listen(options.nbd.host, options.nbd.port),
-  );
-  return { agent, nbd, nbdAddress };
+  return { agent, nbd, serving };
 }
 
 /**
@@ -194,16 +235,13 @@ export function apiTokenFile(dataDir: string): string {
   return path.join(dataDir, 'api-token');
 }
 
-export interface ManagerRunOptions {
-  dataDir: string;
+export interface ManagerRunOptions extends ProcessOptions {
   listen: Endpoint;
-  nbd: Endpoint;
   http: Endpoint;
   token: string;
   /** HTTP API token; by default one is created in DATA/api-token. */
   apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
-  quiet?: boolean;
   retention?: PolicyText;
 }
 
@@ -212,12 +250,13 @@ export async function startManager(
   options: ManagerRunOptions,
 ): Promise<Running & { linkAddress: Endpoint }> {
   const log = makeLog(options.quiet ?? false);
-  const scope = await StartScope.open(options.dataDir, 'rewind manager', log);
-  return scope.run(() => openManagerRun(options, scope, log));
+  const { plan, scope } = await prepareStart(options, 'rewind manager', log);
+  return scope.run(() => openManagerRun(options, plan, scope, log));
 }
 
 async function openManagerRun(
   options: ManagerRunOptions,
+  plan: NbdPlan,
   scope: StartScope,
   log: ReturnType<typeof makeLog>,
 ): Promise<Running & { linkAddress: Endpoint }> {
@@ -234,19 +273,18 @@ async function openManagerRun(
   const linkAddress = await listenOn('agent link', '--listen', options.listen, () =>
     manager.listen(options.listen.host, options.listen.port),
   );
-  const nbd = new NbdServer(new CombinedRegistry([() => manager.exports()]), { log });
+  const serving = await serveNbd(new CombinedRegistry([() => manager.exports()]), plan, log);
+  const nbd = serving.server;
   nbdRef.server = nbd;
   scope.onFailure('NBD server', () => nbd.close());
-  const nbdAddress = await listenOn('NBD', '--nbd', options.nbd, () =>
-    nbd.listen(options.nbd.host, options.nbd.port),
-  );
   // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
     startApi(manager, options.http.host, options.http.port, apiToken),
   );
   return {
-    nbdAddress,
+    nbdAddress: serving.tcp,
+    nbdServing: serving,
     httpAddress: api.address,
     ...(options.apiToken === undefined ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     linkAddress,
@@ -261,9 +299,7 @@ async function openManagerRun(
   };
 }
 
-export interface AgentRunOptions {
-  dataDir: string;
-  nbd: Endpoint;
+export interface AgentRunOptions extends ProcessOptions {
   manager: Endpoint;
   token: string;
   tlsCa?: Buffer;
@@ -271,19 +307,19 @@ export interface AgentRunOptions {
   sealBytes: number;
   sealMs: number;
   spoolBytes?: number;
-  quiet?: boolean;
 }
 
 /** `rewind agent`: protects production volumes and ships their segments to a remote manager. */
 export async function startAgent(options: AgentRunOptions): Promise<Running> {
   const log = makeLog(options.quiet ?? false);
   checkVolumes(options.dataDir, options.volumes);
-  const scope = await StartScope.open(options.dataDir, 'rewind agent', log);
-  return scope.run(() => openAgentRun(options, scope, log));
+  const { plan, scope } = await prepareStart(options, 'rewind agent', log);
+  return scope.run(() => openAgentRun(options, plan, scope, log));
 }
 
 async function openAgentRun(
   options: AgentRunOptions,
+  plan: NbdPlan,
   scope: StartScope,
   log: ReturnType<typeof makeLog>,
 ): Promise<Running> {
@@ -292,9 +328,10 @@ async function openAgentRun(
     token: options.token,
     ...(options.tlsCa ? { tls: { ca: options.tlsCa.toString('utf8') } } : {}),
   };
-  const { agent, nbd, nbdAddress } = await openAgent(options, manager, log, [], scope);
+  const { agent, nbd, serving } = await openAgent(options, plan, manager, log, [], scope);
   return {
-    nbdAddress,
+    nbdAddress: serving.tcp,
+    nbdServing: serving,
     httpAddress: '',
     agent,
     manager: undefined,

@@ -2,7 +2,12 @@
 // written ranges (checksummed entries; a torn tail is cut on open). Writes never reach the replica.
 import fs from 'node:fs';
 import { crc32c } from '../core/index.js';
-import { fdatasyncAsync, writeFullySync, writeZeroesSync } from '../platform/index.js';
+import {
+  FILE_MODE_PRIVATE,
+  fdatasyncAsync,
+  writeFullySync,
+  writeZeroesSync,
+} from '../platform/index.js';
 import { IntervalMap } from './interval-map.js';
 
 const ENTRY_BYTES = 24; // u8 kind, 3 pad, u64 offset, u64 length, u32 crc32c of the first 20 bytes
@@ -21,12 +26,16 @@ export class Overlay {
 
   static open(dataFile: string, journalFile: string, sizeBytes: number): Overlay {
     if (!fs.existsSync(dataFile)) {
-      const fd = fs.openSync(dataFile, 'w');
+      const fd = fs.openSync(dataFile, 'w', FILE_MODE_PRIVATE);
       fs.ftruncateSync(fd, sizeBytes);
       fs.closeSync(fd);
     }
     const dataFd = fs.openSync(dataFile, 'r+');
-    const journalFd = fs.openSync(journalFile, fs.existsSync(journalFile) ? 'r+' : 'w+');
+    const journalFd = fs.openSync(
+      journalFile,
+      fs.existsSync(journalFile) ? 'r+' : 'w+',
+      FILE_MODE_PRIVATE,
+    );
     const journal = fs.readFileSync(journalFile);
     const overlay = new Overlay(dataFd, journalFd, 0);
     let at = 0;

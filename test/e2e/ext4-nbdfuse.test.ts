@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { startUp, type Running } from '../../src/runtime/up.js';
+import { nbdPort } from '../support/process.js';
 import type { View } from '../../src/views/view.js';
 
 const SIZE = 64 * 1024 * 1024;
@@ -162,7 +163,7 @@ test(
     const { dir, attached, mnt } = setup('rewind-ext4-');
     const running = await startFs(dir);
     try {
-      const loop = await attached.attach(`nbd://127.0.0.1:${running.nbdAddress.port}/fs`);
+      const loop = await attached.attach(`nbd://127.0.0.1:${nbdPort(running)}/fs`);
       await run('mkfs.ext4', ['-q', '-F', loop]);
       await attached.mount();
       const points: { seq: number; files: Record<string, string> }[] = [];
@@ -209,7 +210,7 @@ test(
     const manager = (): NonNullable<Running['manager']> =>
       running.manager as NonNullable<Running['manager']>;
     try {
-      const uri = `nbd://127.0.0.1:${running.nbdAddress.port}/fs`;
+      const uri = `nbd://127.0.0.1:${nbdPort(running)}/fs`;
       const loop = await attached.attach(uri);
       await run('mkfs.ext4', ['-q', '-F', loop]);
       await attached.mount();

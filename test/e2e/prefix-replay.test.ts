@@ -14,6 +14,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { startUp, type Running } from '../../src/runtime/up.js';
+import { nbdPort } from '../support/process.js';
 
 const SIZE = 32 * 1024 * 1024;
 const tools = [
@@ -149,7 +150,7 @@ test(
     let mounted = false;
     let fuse: ChildProcess | undefined;
     try {
-      const port = await proxy.start(running.nbdAddress.port);
+      const port = await proxy.start(nbdPort(running));
       fuse = spawn('nbdfuse', ['-C', '1', fuseDir, `nbd://127.0.0.1:${port}/fs`], {
         stdio: 'ignore',
       });

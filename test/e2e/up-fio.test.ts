@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { startUp } from '../../src/runtime/up.js';
+import { nbdPort } from '../support/process.js';
 
 const missing = ['fio'].filter((t) => spawnSync('which', [t]).status !== 0);
 
@@ -25,7 +26,7 @@ test(
       quiet: true,
     });
     try {
-      const uri = `nbd://127.0.0.1:${running.nbdAddress.port}/v`;
+      const uri = `nbd://127.0.0.1:${nbdPort(running)}/v`;
       const fio = await new Promise<{ status: number | null; out: string }>((resolve) => {
         const child = spawnTool(
           'fio',

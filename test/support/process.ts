@@ -65,3 +65,9 @@ export function exited(p: RewindProcess): Promise<unknown> {
     ? Promise.resolve()
     : new Promise((r) => p.child.once('exit', r));
 }
+
+/** The NBD TCP port of an in-process Rewind (these tests serve NBD on TCP). */
+export function nbdPort(running: { nbdAddress: { port: number } | undefined }): number {
+  assert.ok(running.nbdAddress, 'NBD listens on TCP');
+  return running.nbdAddress.port;
+}

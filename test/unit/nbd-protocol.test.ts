@@ -573,7 +573,7 @@ test('ABORT is acknowledged and the server closes', async () => {
   });
 });
 
-test('unknown options, STARTTLS and EXTENDED_HEADERS get ERR_UNSUP with their data skipped', async () => {
+test('unknown options and EXTENDED_HEADERS get ERR_UNSUP with their data skipped; STARTTLS without TLS gets ERR_POLICY', async () => {
   await withServer(async ({ port }) => {
     const client = await RawClient.connect(port);
     await greet(client);
@@ -583,7 +583,7 @@ test('unknown options, STARTTLS and EXTENDED_HEADERS get ERR_UNSUP with their da
       P.OptionReply.ERR_UNSUP,
     ]);
     client.write(optionBytes(P.Option.STARTTLS));
-    assert.equal((await readOptionReply(client)).type, P.OptionReply.ERR_UNSUP);
+    assert.equal((await readOptionReply(client)).type, P.OptionReply.ERR_POLICY);
     client.write(optionBytes(P.Option.EXTENDED_HEADERS));
     assert.equal((await readOptionReply(client)).type, P.OptionReply.ERR_UNSUP);
     client.write(optionBytes(P.Option.GO, infoData('vol')));
