@@ -136,6 +136,13 @@ const ADDED_COLUMNS: { table: string; column: string; definition: string }[] = [
 const BOOKMARK_COLUMNS =
   'name, seq, time_us AS timeUs, created_at AS createdAt, pinned_until AS pinnedUntil';
 
+/** A timeline window as integers (bound numbers may arrive as REAL; bucket arithmetic is integer). */
+const WINDOW_CTE = `WITH w AS (SELECT CAST(@fromUs AS INTEGER) AS f, CAST(@toUs AS INTEGER) AS t,
+  CAST(@bucketUs AS INTEGER) AS b)`;
+/** A transaction lies inside the window and inside one bucket of it. */
+const INSIDE_ONE_BUCKET = `time_first_us >= w.f AND time_last_us < w.t
+  AND (time_first_us - w.f) / w.b = (time_last_us - w.f) / w.b`;
+
 export class Catalog {
   private readonly db: Database.Database;
 
@@ -279,6 +286,135 @@ export class Catalog {
   firstTx(): TxRow | undefined {
     return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions ORDER BY idx LIMIT 1`).get() as
       TxRow | undefined;
+  }
+
+  // ---- The console's timeline (timeline.ts): bounded queries over capture time and seq ----
+
+  /** Committed transactions with records whose capture times overlap [fromUs, toUs), oldest first. */
+  txsInTime(fromUs: number, toUs: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0
+           AND time_last_us >= ? AND time_first_us < ? ORDER BY idx LIMIT ?`,
+      )
+      .all(fromUs, toUs, limit) as TxRow[];
+  }
+
+  /** The newest committed transaction with records captured before `toUs` and at or after `fromUs`. */
+  lastTxInTime(fromUs: number, toUs: number): TxRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0
+           AND time_last_us >= ? AND time_first_us < ? ORDER BY idx DESC LIMIT 1`,
+      )
+      .get(fromUs, toUs) as TxRow | undefined;
+  }
+
+  /**
+   * Per bucket of `bucketUs` from `fromUs`, the records and payload bytes of the committed
+   * transactions lying wholly inside one bucket of [fromUs, toUs). Payload bytes are the redo
+   * file's size less its header, trailer and record headers (`fixedBytes`, `recordHeaderBytes`).
+   */
+  bucketTotals(
+    window: { fromUs: number; toUs: number; bucketUs: number },
+    layout: { fixedBytes: number; recordHeaderBytes: number },
+  ): { bucket: number; writes: number; bytes: number }[] {
+    return this.db
+      .prepare(
+        `${WINDOW_CTE} SELECT (time_first_us - w.f) / w.b AS bucket, SUM(record_count) AS writes,
+           SUM(redo_bytes - @fixedBytes - @recordHeaderBytes * record_count) AS bytes
+         FROM transactions, w WHERE state = 'committed' AND record_count > 0 AND ${INSIDE_ONE_BUCKET}
+         GROUP BY bucket`,
+      )
+      .all({ ...window, ...layout }) as { bucket: number; writes: number; bytes: number }[];
+  }
+
+  /** Committed transactions overlapping [fromUs, toUs) that do not lie wholly inside one bucket of it. */
+  txsAcrossBuckets(
+    window: { fromUs: number; toUs: number; bucketUs: number },
+    limit: number,
+  ): TxRow[] {
+    return this.db
+      .prepare(
+        `${WINDOW_CTE} SELECT ${TX_COLUMNS} FROM transactions, w
+         WHERE state = 'committed' AND record_count > 0 AND time_last_us >= w.f AND time_first_us < w.t
+           AND NOT (${INSIDE_ONE_BUCKET}) ORDER BY idx LIMIT @limit`,
+      )
+      .all({ ...window, limit }) as TxRow[];
+  }
+
+  /** Committed transactions holding a seq at or after `seq`, oldest first. */
+  txsFromSeq(seq: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_last >= ? AND record_count > 0
+           ORDER BY idx LIMIT ?`,
+      )
+      .all(seq, limit) as TxRow[];
+  }
+
+  /** Committed transactions holding a seq at or before `seq`, newest first. */
+  txsBeforeSeq(seq: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_first <= ? AND record_count > 0
+           ORDER BY idx DESC LIMIT ?`,
+      )
+      .all(seq, limit) as TxRow[];
+  }
+
+  /**
+   * Resync windows (a run of resync transactions and the resync-end closing it) that may overlap
+   * [fromUs, toUs): the first transaction of each, the one closing it (none while it is still
+   * arriving), and the capture time of the last write before it (0 when it is the first).
+   */
+  resyncWindows(
+    fromUs: number,
+    toUs: number,
+    limit: number,
+  ): { first: TxRow; last: TxRow | undefined; beforeUs: number }[] {
+    const starts = this.db
+      .prepare(
+        `SELECT s.idx AS idx, IFNULL(p.time_last_us, 0) AS beforeUs,
+           (SELECT MIN(e.idx) FROM transactions e WHERE e.idx >= s.idx AND e.kind = 'resync-end'
+              AND e.state = 'committed') AS endIdx
+         FROM transactions s LEFT JOIN transactions p ON p.idx = s.idx - 1
+         WHERE s.state = 'committed' AND s.kind != 'redo' AND (p.idx IS NULL OR p.kind != 'resync')
+           AND IFNULL(p.time_last_us, s.time_first_us) < ?
+         ORDER BY s.idx`,
+      )
+      .all(toUs) as { idx: number; beforeUs: number; endIdx: number | null }[];
+    const windows: { first: TxRow; last: TxRow | undefined; beforeUs: number }[] = [];
+    for (const start of starts) {
+      const last = start.endIdx === null ? undefined : this.tx(start.endIdx);
+      if (last && last.timeLastUs < fromUs) continue;
+      windows.push({ first: this.tx(start.idx) as TxRow, last, beforeUs: start.beforeUs });
+      if (windows.length >= limit) break;
+    }
+    return windows;
+  }
+
+  /** The capture times of the first and the last committed write, if any. */
+  timeSpan(): { firstUs: number; lastUs: number } | undefined {
+    const row = this.db
+      .prepare(
+        `SELECT MIN(time_first_us) AS firstUs, MAX(time_last_us) AS lastUs FROM transactions
+         WHERE state = 'committed' AND record_count > 0`,
+      )
+      .get() as { firstUs: number | null; lastUs: number | null };
+    return row.firstUs === null || row.lastUs === null
+      ? undefined
+      : { firstUs: row.firstUs, lastUs: row.lastUs };
+  }
+
+  /** Bytes of the committed transactions' redo and undo files, and how many there are. */
+  journal(): { bytes: number; transactions: number } {
+    return this.db
+      .prepare(
+        `SELECT IFNULL(SUM(redo_bytes + undo_bytes), 0) AS bytes, COUNT(*) AS transactions
+         FROM transactions WHERE state = 'committed'`,
+      )
+      .get() as { bytes: number; transactions: number };
   }
 
   views(): ViewRow[] {
