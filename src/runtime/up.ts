@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { Agent, agentSpoolDir, type ShipperTarget, type VolumeSpec } from '../agent/index.js';
-import { startApi } from '../api/index.js';
+import { consoleUrl, startApi } from '../api/index.js';
 import { Manager, type PolicyText } from '../manager/index.js';
 import { NbdServer } from '../nbd/index.js';
 import type { ExportBackend } from '../nbd/index.js';
@@ -33,6 +33,8 @@ export interface UpOptions {
 export interface Running {
   nbdAddress: Endpoint;
   httpAddress: string;
+  /** The web console (with the API token in its fragment when the API needs one); '' for an agent. */
+  consoleUrl: string;
   /** Where the HTTP API token is, when the API requires one. */
   apiTokenFile?: string;
   agent: Agent | undefined;
@@ -74,10 +76,14 @@ export async function startUp(options: UpOptions): Promise<Running> {
   const apiToken = isLoopback(options.http.host)
     ? undefined
     : await loadOrCreateSecret(apiTokenFile(options.dataDir));
-  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
+  const api = await startApi(manager, options.http.host, options.http.port, apiToken, {
+    role: 'up',
+    nbd: nbdAddress,
+  });
   return {
     nbdAddress,
     httpAddress: api.address,
+    consoleUrl: consoleUrl(api.address, apiToken),
     ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     agent,
     manager,
@@ -197,10 +203,14 @@ export async function startManager(
   const nbdAddress = await nbd.listen(options.nbd.host, options.nbd.port);
   // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
-  const api = await startApi(manager, options.http.host, options.http.port, apiToken);
+  const api = await startApi(manager, options.http.host, options.http.port, apiToken, {
+    role: 'manager',
+    nbd: nbdAddress,
+  });
   return {
     nbdAddress,
     httpAddress: api.address,
+    consoleUrl: consoleUrl(api.address, apiToken),
     ...(options.apiToken === undefined ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     linkAddress,
     agent: undefined,
@@ -239,6 +249,7 @@ export async function startAgent(options: AgentRunOptions): Promise<Running> {
   return {
     nbdAddress,
     httpAddress: '',
+    consoleUrl: '',
     agent,
     manager: undefined,
     async close() {
