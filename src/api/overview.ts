@@ -5,6 +5,8 @@
 import type { ExportJob, Manager, ManagerStatus, RestoreStatus } from '../manager/index.js';
 
 export interface Overview extends Omit<ManagerStatus, 'volumes' | 'views'> {
+  /** A resync is arriving: its last transaction (resync-end) is not committed yet. */
+  resyncing: boolean;
   journalBytes: number;
   volumes: {
     name: string;
@@ -59,6 +61,7 @@ export class OverviewSource {
     const exports = this.manager.exporter.list();
     return {
       ...status,
+      resyncing: this.manager.catalog.lastTx()?.kind === 'resync',
       journalBytes: this.journalBytes(),
       volumes: volumes.map((volume, index) => ({
         ...volume,

@@ -3,7 +3,7 @@
 // clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
 import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { parseSize, RewindError, type ByteRange } from '../core/index.js';
+import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
 import { tokensEqual } from '../ship/index.js';
@@ -88,6 +88,12 @@ export async function startApi(
     return reply.type(contentType).send(body);
   });
   app.get('/api/overview', async () => overview.overview());
+  app.get<{ Querystring: { at?: string } }>('/api/points/resolve', async (request) => {
+    if (typeof request.query.at !== 'string')
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'resolve needs at (a POINT)');
+    const seq = manager.resolvePoint(request.query.at);
+    return { seq, time: seq === 0 ? null : formatTimeNs(await manager.history.seqTimeNs(seq)) };
+  });
   new EventStreams(manager, overview).register(app);
   await registerConsole(app, options);
   app.get<{ Querystring: { from?: string; to?: string; buckets?: string } }>(
@@ -96,11 +102,14 @@ export async function startApi(
       const q = request.query;
       const span = manager.catalog.timeSpan();
       const nowUs = Date.now() * 1000;
-      const toUs = q.to !== undefined ? parseTimeUs(q.to, 'to') : (span?.lastUs ?? nowUs) + 1;
+      // By default the whole history, with a margin so that its first and last writes show.
+      const marginUs = span ? Math.max(1, Math.ceil((span.lastUs - span.firstUs) / 50)) : 0;
+      const toUs =
+        q.to !== undefined ? parseTimeUs(q.to, 'to') : (span?.lastUs ?? nowUs) + marginUs + 1;
       const fromUs =
         q.from !== undefined
           ? parseTimeUs(q.from, 'from')
-          : Math.min(span?.firstUs ?? nowUs, toUs - 1);
+          : Math.max(0, Math.min((span?.firstUs ?? nowUs) - marginUs, toUs - 1));
       const buckets =
         q.buckets !== undefined ? parseCount(q.buckets, 'buckets') : TIMELINE_BUCKETS_DEFAULT;
       return timeline.buckets({ fromUs, toUs, buckets });
