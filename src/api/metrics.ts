@@ -18,7 +18,7 @@ const MODES = ['logging', 'degraded', 'failed', 'disconnected'] as const;
 /** Seconds: from a few milliseconds of a small segment to the minutes of a huge resync. */
 const DURATION_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
-/** Default process metrics dropped: gauges whose names end in _total (promtool's lint refuses them). */
+/** Default process metrics dropped: gauges named like counters (promtool refuses them). */
 const NON_COUNTERS_NAMED_TOTAL = [
   'nodejs_active_handles_total',
   'nodejs_active_requests_total',

@@ -48,7 +48,7 @@ export class OverviewSource {
     return this.journal.bytes;
   }
 
-  /** Per volume index, what the agent reported as captured (checked when the message was decoded). */
+  /** Per volume index, what the agent reported as captured (checked where it was decoded). */
   captured(): readonly ({ writes: number; bytes: number } | undefined)[] {
     return this.manager.agentStatus?.captured ?? [];
   }

@@ -1,6 +1,6 @@
-// The manager's HTTP API (fastify): status, log, seal, snapshots and clones, recovery, the console's
-// timeline, events and page, and the Prometheus metrics. The CLI and the web console are its
-// clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
+// The manager's HTTP API (fastify): status, log, seal, snapshots and clones, recovery, the
+// console's timeline, events and page, and the Prometheus metrics. The CLI and the web console
+// are its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
 import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';

@@ -473,6 +473,23 @@ withServer(
 
 withServer(
   program
+    .command('point <point>')
+    .description('the seq a POINT resolves to, and the capture time of that write (or the refusal)')
+    .option('--json', 'print JSON'),
+).action(async (point: string, options: { server?: string; json?: boolean }) => {
+  const resolved = await json<{ seq: number; time: string | null }>(
+    server(options),
+    'GET',
+    `/api/points/resolve?${new URLSearchParams({ at: point }).toString()}`,
+  );
+  if (options.json) return console.log(JSON.stringify(resolved));
+  console.log(
+    `seq ${resolved.seq}${resolved.time ? ` (captured ${resolved.time})` : ' (before the first write)'}`,
+  );
+});
+
+withServer(
+  program
     .command('blockmap <volume>')
     .description('which regions of a volume the writes between two points changed (from the log)')
     .option('--from <point>', 'after this point (default 0)')

@@ -136,7 +136,7 @@ const ADDED_COLUMNS: { table: string; column: string; definition: string }[] = [
 const BOOKMARK_COLUMNS =
   'name, seq, time_us AS timeUs, created_at AS createdAt, pinned_until AS pinnedUntil';
 
-/** A timeline window as integers (bound numbers may arrive as REAL; bucket arithmetic is integer). */
+/** A timeline window as integers (bound numbers may arrive as REAL; buckets need integers). */
 const WINDOW_CTE = `WITH w AS (SELECT CAST(@fromUs AS INTEGER) AS f, CAST(@toUs AS INTEGER) AS t,
   CAST(@bucketUs AS INTEGER) AS b)`;
 /** A transaction lies inside the window and inside one bucket of it. */
@@ -290,7 +290,7 @@ export class Catalog {
 
   // ---- The console's timeline (timeline.ts): bounded queries over capture time and seq ----
 
-  /** Committed transactions with records whose capture times overlap [fromUs, toUs), oldest first. */
+  /** Committed transactions with records captured in [fromUs, toUs), oldest first. */
   txsInTime(fromUs: number, toUs: number, limit: number): TxRow[] {
     return this.db
       .prepare(
@@ -300,7 +300,7 @@ export class Catalog {
       .all(fromUs, toUs, limit) as TxRow[];
   }
 
-  /** The newest committed transaction with records captured before `toUs` and at or after `fromUs`. */
+  /** The newest committed transaction with records captured in [fromUs, toUs). */
   lastTxInTime(fromUs: number, toUs: number): TxRow | undefined {
     return this.db
       .prepare(
@@ -329,7 +329,7 @@ export class Catalog {
       .all({ ...window, ...layout }) as { bucket: number; writes: number; bytes: number }[];
   }
 
-  /** Committed transactions overlapping [fromUs, toUs) that do not lie wholly inside one bucket of it. */
+  /** Committed transactions overlapping [fromUs, toUs) but not inside one bucket of it. */
   txsAcrossBuckets(
     window: { fromUs: number; toUs: number; bucketUs: number },
     limit: number,

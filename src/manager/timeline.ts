@@ -42,18 +42,18 @@ export interface TimelineHistory {
   volumeSize(volume: number): number;
   seqCommitted(): number;
   records(idx: number): Promise<RecordColumns>;
-  /** A resync's first transaction: the capture time (µs) from which history is missing, 0 when unknown. */
+  /** A resync's first transaction: the capture time (µs) history is missing from; 0: unknown. */
   gapStartUs(idx: number): number;
 }
 
 /** Buckets one timeline answer may have (a chart is at most a few thousand pixels wide). */
 export const TIMELINE_BUCKETS_MAX = 4000;
-/** Transactions crossing buckets loaded from their indexes per answer; past it they are spread evenly. */
+/** Transactions crossing buckets read from their indexes per answer; past it, spread evenly. */
 const INDEXES_PER_ANSWER_MAX = 512;
 /**
- * Transactions crossing buckets taken into an answer. Capture times follow seq order, so at most one
- * transaction crosses each bucket boundary (and one each edge of the window): this is never reached
- * unless the clock went back.
+ * Transactions crossing buckets taken into an answer. Capture times follow seq order, so at most
+ * one transaction crosses each bucket boundary (and one each edge of the window): this is never
+ * reached unless the clock went back.
  */
 const CROSSING_TXS_MAX = 2 * TIMELINE_BUCKETS_MAX + 2;
 /** Writes listed one by one when the window holds at most this many. */
@@ -159,7 +159,7 @@ export interface BlockMap {
   toSeq: number;
   sizeBytes: number;
   cellBytes: number;
-  /** Per cell: the writes that touched it and the bytes of it they covered (overlaps counted again). */
+  /** Per cell: the writes that touched it, and the bytes of it they covered (overlaps again). */
   writes: number[];
   bytes: number[];
   /** Distinct bytes written in the window (merged ranges). */

@@ -33,7 +33,7 @@ export interface UpOptions {
 export interface Running {
   nbdAddress: Endpoint;
   httpAddress: string;
-  /** The web console (with the API token in its fragment when the API needs one); '' for an agent. */
+  /** The console's URL (with #token= when the API needs one); '' for an agent. */
   consoleUrl: string;
   /** Where the HTTP API token is, when the API requires one. */
   apiTokenFile?: string;

@@ -250,7 +250,7 @@ export class TimelineChart {
   }
 }
 
-/** uPlot's bundled path builders (bars, stepped); this build has them, so a missing one is a bug. */
+/** uPlot's path builders (bars, stepped): this build has them, so a missing one is a bug. */
 function pathBuilder<O>(
   make: ((options: O) => uPlot.Series.PathBuilder) | undefined,
   options: O,

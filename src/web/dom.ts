@@ -3,11 +3,14 @@
 import { ApiError } from './api.js';
 
 type Child = Node | string | number | null | undefined | false;
-/** A listener may be async: it handles its own errors, and a rejection it lets through is a bug the browser reports. */
+/**
+ * A listener may be async: it handles its own errors, and a rejection it lets through is a bug,
+ * shown by the console's bug banner.
+ */
 type Listener = (event: Event) => void | Promise<void>;
 type Attributes = Record<string, string | number | boolean | null | undefined | Listener>;
 
-/** `h('button', { class: 'primary', onclick: go }, 'Go')`: attributes, `on*` listeners, children. */
+/** `h('button', { onclick: go }, 'Go')`: attributes, `on*` listeners, then the children. */
 export function h<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   attributes: Attributes = {},

@@ -1,6 +1,7 @@
 // The Rewind web console: takes the token from the address, starts the live feed, draws the header
 // and navigation, and routes `#/screen?params` to the screens of routes.ts. Keyboard: each screen
 // in the navigation has a key, `?` lists them all.
+import { rethrowIfBug, showBugs } from './bugs.js';
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
 import { adoptTokenFromFragment, getJson, onTokenNeeded, setToken } from './api.js';
@@ -60,6 +61,7 @@ class Console implements App {
   }
 
   async start(): Promise<void> {
+    showBugs();
     adoptTokenFromFragment();
     onTokenNeeded((reason) => this.askToken(reason));
     window.addEventListener('hashchange', () => this.route());
@@ -67,6 +69,7 @@ class Console implements App {
     try {
       this.info = await getJson<Info>('/api/info');
     } catch (error) {
+      rethrowIfBug(error);
       replace(this.main, errorBox(error, 'Loading the console'));
       return;
     }
@@ -119,6 +122,7 @@ class Console implements App {
       app: this,
     });
     void Promise.resolve(rendering).catch((error: unknown) => {
+      rethrowIfBug(error);
       if (controller.signal.aborted) return;
       append(root, errorBox(error, `Showing ${screen.title}`));
     });

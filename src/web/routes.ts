@@ -1,5 +1,5 @@
-// The console's route table: every screen, in the order of the navigation. Adding a screen is adding
-// a file in screens/ and a line here.
+// The console's route table: every screen, in the order of the navigation. Adding a screen is
+// adding a file in screens/ and a line here.
 import type { Screen } from './screen.js';
 import { overview } from './screens/overview.js';
 import { timeline } from './screens/timeline.js';

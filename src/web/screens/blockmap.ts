@@ -1,6 +1,7 @@
-// Block map: which regions of a volume the writes between two points changed (from the log), as a
-// grid of equal cells; a cell (clicked, or chosen with the arrow keys and Enter) shows the history of
-// its range, newest first, a page at a time.
+// Block map: which regions of a volume the writes between two points changed (from the log), as
+// a grid of equal cells; a cell (clicked, or chosen with the arrow keys and Enter) shows the
+// history of its range, newest first, a page at a time.
+import { rethrowIfBug } from '../bugs.js';
 import { call, getJson, query } from '../api.js';
 import {
   emptyState,
@@ -33,6 +34,7 @@ export const blockMap: Screen = {
     try {
       overview = await getJson<Overview>('/api/overview');
     } catch (error) {
+      rethrowIfBug(error);
       replace(root, h('h1', {}, 'Block map'), errorBox(error, 'Loading the volumes'));
       return;
     }
@@ -98,6 +100,7 @@ export const blockMap: Screen = {
         `/api/volumes/${encodeURIComponent(volumeName)}/blockmap${query({ from, to, cells: CELLS })}`,
       );
     } catch (error) {
+      rethrowIfBug(error);
       replace(grid, errorBox(error, 'Loading the block map'));
       return;
     }
@@ -122,7 +125,11 @@ function drawGrid(element: HTMLElement, detail: HTMLElement, map: BlockMap, app:
       'data-writes': writes,
       'aria-label': `${formatBytes(offset)} +${formatBytes(length)}: ${writes} writes`,
       title: `${offset}:${length} — ${writes} writes, ${formatBytes(map.bytes[i] ?? 0)}`,
-      onclick: () => void showHistory(detail, map, offset, length, app),
+      onclick: (event: Event) => {
+        for (const cell of cells) cell.classList.remove('selected');
+        (event.currentTarget as HTMLElement).classList.add('selected');
+        void showHistory(detail, map, offset, length, app);
+      },
     });
   });
   const grid = h(
@@ -220,6 +227,7 @@ async function showHistory(
         : null,
     );
   } catch (error) {
+    rethrowIfBug(error);
     replace(element, errorBox(error, 'Loading the history of the range'));
   }
 }

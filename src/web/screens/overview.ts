@@ -1,6 +1,7 @@
 // Overview: the volume set and each volume, the agent's connection and mode, captured and
 // committed seq, lag in writes and seconds, spool and journal bytes, open snapshots and clones,
 // and running tasks (restores, image exports). Live: redrawn from each overview event.
+import { rethrowIfBug } from '../bugs.js';
 import { getJson } from '../api.js';
 import {
   emptyState,
@@ -28,6 +29,7 @@ export const overview: Screen = {
     try {
       draw(context, body, app.feed.overview ?? (await getJson<Overview>('/api/overview')));
     } catch (error) {
+      rethrowIfBug(error);
       replace(body, errorBox(error, 'Loading the overview'));
     }
     app.feed.onOverview((value) => draw(context, body, value), signal);

@@ -1,10 +1,11 @@
 // A picked point: the seq a POINT (seq, time, @bookmark) resolves to and the writes around it; from
 // here a snapshot or clone is opened, the point bookmarked, a volume exported, production restored.
+import { rethrowIfBug } from '../bugs.js';
 import { getJson, getLines, postJson, query } from '../api.js';
 import { errorBox, field, formatBytes, h, kindOf, loading, replace, table } from '../dom.js';
 import type { App, Screen } from '../screen.js';
-import type { Bookmark, LogEntry, ResolvedPoint, ViewInfo } from '../types.js';
-import { exportForm } from './view.js';
+import type { LogEntry, ResolvedPoint, ViewInfo } from '../types.js';
+import { bookmarkForm, exportForm } from '../forms.js';
 
 /** Writes shown on each side of the point. */
 const AROUND_WRITES = 5;
@@ -19,6 +20,7 @@ export const point: Screen = {
     try {
       resolved = await getJson<ResolvedPoint>(`/api/points/resolve${query({ at })}`);
     } catch (error) {
+      rethrowIfBug(error);
       replace(
         root,
         h('h1', {}, `Point ${at}`),
@@ -100,6 +102,7 @@ export const point: Screen = {
         ),
       );
     } catch (error) {
+      rethrowIfBug(error);
       replace(around, errorBox(error, 'Loading the writes around the point'));
     }
   },
@@ -138,6 +141,7 @@ function openForm(app: App, seq: number): HTMLElement {
             });
             app.navigate('view', { name: view.name });
           } catch (error) {
+            rethrowIfBug(error);
             replace(result, errorBox(error, `Opening ${name.value}`));
           }
         },
@@ -145,44 +149,6 @@ function openForm(app: App, seq: number): HTMLElement {
       field('Name', name),
       field('As', kind),
       h('button', { type: 'submit', class: 'primary' }, 'Open snapshot or clone'),
-    ),
-    result,
-  );
-}
-
-export function bookmarkForm(seq: () => number): HTMLElement {
-  const name = h('input', {
-    type: 'text',
-    name: 'bookmark',
-    required: true,
-    placeholder: 'before-upgrade',
-  });
-  const result = h('div', { 'aria-live': 'polite' });
-  return h(
-    'section',
-    { class: 'card' },
-    h('h2', {}, 'Bookmark it'),
-    h(
-      'form',
-      {
-        onsubmit: async (event: Event) => {
-          event.preventDefault();
-          try {
-            const bookmark = await postJson<Bookmark>('/api/bookmarks', {
-              name: name.value,
-              at: String(seq()),
-            });
-            replace(
-              result,
-              h('div', { class: 'ok', role: 'status' }, `@${bookmark.name} = seq ${bookmark.seq}`),
-            );
-          } catch (error) {
-            replace(result, errorBox(error, `Bookmarking seq ${seq()}`));
-          }
-        },
-      },
-      field('Name', name),
-      h('button', { type: 'submit' }, 'Bookmark'),
     ),
     result,
   );

@@ -1,6 +1,7 @@
 // Restore production from the page: whole volumes or byte ranges of one, to a point of the history
 // or from a clone. The dry run's figures come first; then a confirmation that names the volumes
 // going offline; then progress while it runs, and the point that undoes it once it is done.
+import { rethrowIfBug } from '../bugs.js';
 import { getJson, postJson } from '../api.js';
 import {
   emptyState,
@@ -39,6 +40,7 @@ export const restore: Screen = {
         getJson<RestoreStatus[]>('/api/restores'),
       ]);
     } catch (error) {
+      rethrowIfBug(error);
       replace(root, h('h1', {}, 'Restore production'), errorBox(error, 'Loading the volumes'));
       return;
     }
@@ -159,6 +161,7 @@ function form(
     try {
       plan = await postJson<RestorePlan>('/api/restores', { ...spec(), dryRun: true });
     } catch (error) {
+      rethrowIfBug(error);
       replace(planBox, errorBox(error, 'The dry run'));
       return;
     }
@@ -190,6 +193,7 @@ function form(
         history.replaceState(null, '', app.href('restore', { id: started.id }));
         await follow(app, status, started.id, signal);
       } catch (error) {
+        rethrowIfBug(error);
         replace(status, errorBox(error, 'Starting the restore'));
       }
     });
@@ -304,6 +308,7 @@ async function follow(
     try {
       r = await getJson<RestoreStatus>(`/api/restores/${id}`);
     } catch (error) {
+      rethrowIfBug(error);
       replace(element, errorBox(error, `Following restore #${id}`));
       return;
     }
@@ -342,6 +347,7 @@ function settled(app: App, r: RestoreStatus): HTMLElement {
                 await postJson(`/api/restores/${r.id}/abandon`, {});
                 app.navigate('restore', { id: r.id });
               } catch (error) {
+                rethrowIfBug(error);
                 alert(error instanceof Error ? error.message : String(error));
               }
             },

@@ -3,6 +3,7 @@
 // restores marked; under it the writes of the window, a page at a time (the log is paged by seq,
 // never loaded whole). Quick picks (latest, a bookmark, a time, a seq) and a click on the chart
 // open that point.
+import { rethrowIfBug } from '../bugs.js';
 import { getJson, getLines, query } from '../api.js';
 import { TimelineChart } from '../chart.js';
 import {
@@ -68,6 +69,7 @@ export const timeline: Screen = {
       try {
         current = await getJson<Timeline>(path);
       } catch (error) {
+        rethrowIfBug(error);
         replace(status, errorBox(error, 'Loading the timeline'));
         return;
       }
@@ -80,7 +82,7 @@ export const timeline: Screen = {
       chartBox.hidden = false;
       replace(status);
       chart.update(current);
-      drawSummary(summary, current);
+      drawSummary(summary, current, app);
       drawWrites(writes, current, app, signal);
     };
 
@@ -176,6 +178,7 @@ async function quickPicks(app: App): Promise<HTMLElement> {
   try {
     bookmarks = await getJson<Bookmark[]>('/api/bookmarks');
   } catch (error) {
+    rethrowIfBug(error);
     return errorBox(error, 'Loading the bookmarks');
   }
   const open = (at: string): void => {
@@ -230,7 +233,7 @@ async function quickPicks(app: App): Promise<HTMLElement> {
   );
 }
 
-function drawSummary(element: HTMLElement, t: Timeline): void {
+function drawSummary(element: HTMLElement, t: Timeline, app: App): void {
   const resolution = t.list
     ? 'single writes'
     : t.resolution === 'writes'
@@ -253,10 +256,24 @@ function drawSummary(element: HTMLElement, t: Timeline): void {
       { 'data-testid': 'window-writes' },
       `${formatCount(Math.round(t.writesTotal))} ${Math.round(t.writesTotal) === 1 ? 'write' : 'writes'}, ${formatBytes(t.bytes.reduce((a, b) => a + b, 0))} in this window`,
     ),
+    t.seqFirst !== null && t.seqLast !== null
+      ? h(
+          'a',
+          {
+            class: 'button small',
+            href: app.href('blockmap', { from: t.seqFirst - 1, to: t.seqLast }),
+            'data-testid': 'window-blockmap',
+          },
+          'Block map of this window',
+        )
+      : null,
   );
 }
 
-/** The writes of the window, a page at a time: seqs are gap-free, so page k starts at seqFirst + k * rows. */
+/**
+ * The writes of the window, a page at a time: seqs are gap-free, so page k starts at
+ * seqFirst + k * rows.
+ */
 function drawWrites(element: HTMLElement, t: Timeline, app: App, signal: AbortSignal): void {
   if (t.seqFirst === null || t.seqLast === null) {
     replace(
@@ -316,6 +333,7 @@ function drawWrites(element: HTMLElement, t: Timeline, app: App, signal: AbortSi
         ),
       );
     } catch (error) {
+      rethrowIfBug(error);
       replace(rows, errorBox(error, 'Loading the writes'));
     }
   };

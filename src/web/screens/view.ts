@@ -1,6 +1,7 @@
 // An open snapshot or clone: its NBD URIs with ready-to-paste nbdcopy, qemu-img and nbdfuse
 // commands; stepping it by buttons or keys (one write, N, to a point) showing the writes crossed;
 // bookmarking its point, exporting a volume, restoring production from it, removing it.
+import { rethrowIfBug } from '../bugs.js';
 import { deleteJson, getJson, postJson } from '../api.js';
 import {
   emptyState,
@@ -10,20 +11,16 @@ import {
   h,
   kindOf,
   loading,
-  progress,
   replace,
   table,
   typingInField,
 } from '../dom.js';
 import type { App, Screen } from '../screen.js';
-import type { ExportJob, StepResult, ViewInfo } from '../types.js';
-import { bookmarkForm } from './point.js';
+import type { StepResult, ViewInfo } from '../types.js';
+import { bookmarkForm, exportForm } from '../forms.js';
 
 /** Writes crossed listed after a step (the count is always given). */
 const CROSSED_SHOWN_MAX = 200;
-/** How often a running export is asked for its progress, and for how long at most (a day). */
-const EXPORT_POLL_MS = 300;
-const EXPORT_POLLS_MAX = (24 * 3600 * 1000) / EXPORT_POLL_MS;
 
 export const view: Screen = {
   path: 'view',
@@ -35,6 +32,7 @@ export const view: Screen = {
     try {
       views = await getJson<ViewInfo[]>('/api/views');
     } catch (error) {
+      rethrowIfBug(error);
       replace(root, h('h1', {}, name), errorBox(error, 'Loading the snapshots and clones'));
       return;
     }
@@ -88,6 +86,7 @@ export const view: Screen = {
         drawPosition();
         drawCrossed(crossed, result);
       } catch (error) {
+        rethrowIfBug(error);
         replace(crossed, errorBox(error, 'Stepping'));
       } finally {
         busy = false;
@@ -174,6 +173,7 @@ export const view: Screen = {
                   await deleteJson(`/api/views/${encodeURIComponent(name)}`);
                   app.navigate('overview');
                 } catch (error) {
+                  rethrowIfBug(error);
                   replace(crossed, errorBox(error, `Removing ${name}`));
                 }
               },
@@ -274,62 +274,4 @@ function copyButton(text: string): HTMLButtonElement {
     );
   });
   return button;
-}
-
-/** Writes a raw image of one volume at `at` to a file on the manager's host, with progress. */
-export function exportForm(app: App, at: () => string): HTMLElement {
-  const volumes = app.feed.overview?.volumes.map((v) => v.name) ?? [];
-  const volume = h(
-    'select',
-    { name: 'volume' },
-    ...volumes.map((v) => h('option', { value: v }, v)),
-  );
-  const file = h('input', {
-    type: 'text',
-    name: 'file',
-    required: true,
-    placeholder: '/backup/db.img (on the manager host)',
-  });
-  const result = h('div', { 'aria-live': 'polite' });
-  return h(
-    'section',
-    { class: 'card' },
-    h('h2', {}, 'Export an image'),
-    h(
-      'form',
-      {
-        onsubmit: async (event: Event) => {
-          event.preventDefault();
-          try {
-            let job = await postJson<ExportJob>('/api/exports', {
-              volume: volume.value,
-              at: at(),
-              file: file.value,
-            });
-            for (let polls = 0; job.state === 'running' && polls < EXPORT_POLLS_MAX; polls++) {
-              replace(result, progress(job.bytesDone, job.bytesTotal, `export #${job.id}`));
-              await new Promise((resolve) => setTimeout(resolve, EXPORT_POLL_MS));
-              job = await getJson<ExportJob>(`/api/exports/${job.id}`);
-            }
-            replace(
-              result,
-              job.state === 'done'
-                ? h(
-                    'div',
-                    { class: 'ok', role: 'status' },
-                    `${job.file}: sha256 ${job.sha256 ?? ''}`,
-                  )
-                : errorBox(new Error(job.message ?? 'failed'), `Export #${job.id}`),
-            );
-          } catch (error) {
-            replace(result, errorBox(error, 'Exporting'));
-          }
-        },
-      },
-      field('Volume', volume),
-      field('File', file, 'absolute path on the manager host; sparse; SHA-256 printed'),
-      h('button', { type: 'submit' }, 'Export'),
-    ),
-    result,
-  );
 }
