@@ -128,8 +128,9 @@ describe('the web console in chromium', { skip }, () => {
   let times: number[] = []; // capture time (µs) of each seq, from the log
   const pageErrors: string[] = [];
 
-  const shot = async (name: string): Promise<void> => {
-    await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+  /** A screenshot of what the viewport shows (or the whole page). */
+  const shot = async (name: string, options: { fullPage?: boolean } = {}): Promise<void> => {
+    await page.screenshot({ path: path.join(shots, `${name}.png`), ...options });
   };
   const text = async (selector: string): Promise<string> =>
     (await page.locator(selector).first().textContent({ timeout: WAIT_MS })) ?? '';
@@ -292,6 +293,12 @@ describe('the web console in chromium', { skip }, () => {
     assert.equal(await text('[data-testid=lag]'), '0 writes');
     assert.equal(await text('[data-testid=feed-state]'), 'live');
     await shot('overview');
+    const bookmark = await fetch(`${base}/api/bookmarks`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'before-burst', at: String(SLOW_WRITES) }),
+    });
+    assert.equal(bookmark.status, 201);
     // The rest of the history: a burst on v, then one write on w.
     await nbdsh(`nbd://127.0.0.1:${nbdPort}/v`, BURST_SCRIPT);
     execFileSync(
@@ -344,8 +351,9 @@ describe('the web console in chromium', { skip }, () => {
     );
     await shot('timeline');
     const t = (seq: number): number => times[seq] as number;
-    // Writes 1..20 (50 ms apart): listed one by one.
-    await zoomTo(t(1) - 10_000, t(20) + 10_000);
+    // Writes 1..20, listed one by one. The writes are at least 50 ms apart and a drag is precise
+    // to a pixel (a few ms of the whole history), so each window has 25 ms to spare.
+    await zoomTo(t(1) - 25_000, t(20) + 25_000);
     await page.waitForSelector('[data-testid=chart][data-resolution=single]');
     await page.waitForFunction(
       () => document.querySelectorAll('[data-testid=writes] tbody tr').length === 20,
@@ -355,7 +363,7 @@ describe('the web console in chromium', { skip }, () => {
       Array.from({ length: 20 }, (_, i) => i + 1),
     );
     // One write alone in the window: seq 7, at 6 * 64 KiB.
-    await zoomTo(t(7) - 10_000, t(7) + 10_000);
+    await zoomTo(t(7) - 20_000, t(7) + 20_000);
     await page.waitForFunction(
       () => document.querySelectorAll('[data-testid=writes] tbody tr').length === 1,
     );
@@ -390,7 +398,7 @@ describe('the web console in chromium', { skip }, () => {
     await open('#/timeline');
     await page.waitForSelector('[data-testid=chart][data-from-us]');
     const t = (seq: number): number => times[seq] as number;
-    await zoomTo(t(10) - 5_000, t(14) + 5_000);
+    await zoomTo(t(10) - 25_000, t(14) + 25_000);
     await page.waitForFunction(
       () => document.querySelectorAll('[data-testid=writes] tbody tr').length === 5,
     );
@@ -455,14 +463,15 @@ describe('the web console in chromium', { skip }, () => {
       .reverse();
     assert.ok(expected.length > 1 && expected.includes(6));
     assert.deepEqual(seqs, expected.slice(0, 50));
-    await shot('blockmap');
+    await shot('blockmap', { fullPage: true });
   });
 
   test('a restore run from the page leaves production equal to the model, and its undo point undoes it', async () => {
     const last = writes.length;
-    const restore = async (at: number, expectedBytes: number): Promise<number> => {
+    const restore = async (at: number, expectedBytes: number, ranges = ''): Promise<number> => {
       await page.fill('input[name=at]', String(at));
       await page.uncheck('input[name=volume][value=w]');
+      await page.fill('textarea[name=ranges]', ranges);
       await page.click('text=Dry run');
       await page.waitForSelector('[data-testid=plan-total]');
       const total = Number(
@@ -497,14 +506,34 @@ describe('the web console in chromium', { skip }, () => {
       copy('v').equals(model(last)),
       'after the undo, production v equals the model at the last seq',
     );
+    // Partial: 64 KiB of v back to seq 20, around a block nothing wrote after seq 20 (so that the
+    // range is only partly written since).
+    const touched = new Uint8Array(SIZES[0] as number);
+    for (const w of after20) touched.fill(1, w.offset, w.offset + w.length);
+    const quiet = touched.indexOf(0, 64 * KiB);
+    assert.ok(quiet > 0, 'some block of v was not written after seq 20');
+    const start = Math.floor(quiet / (4 * KiB)) * 4 * KiB - 32 * KiB;
+    const partial = touched.subarray(start, start + 64 * KiB).reduce((sum, b) => sum + b, 0);
+    assert.ok(
+      partial > 0 && partial < 64 * KiB,
+      `a partial restore writes some of 64 KiB: ${partial}`,
+    );
+    await open('#/restore');
+    await restore(20, partial, `${start}:64K`);
+    const expected = model(last);
+    model(20).copy(expected, start, start, start + 64 * KiB);
+    assert.ok(copy('v').equals(expected), `only ${start}:64K of v is back at seq 20`);
     // The restores are marked on the timeline.
     const timeline = await api<{ restores: { id: number }[] }>(
       `/api/timeline?from=${times[1]}&to=${Date.now() * 1000}`,
     );
     assert.deepEqual(
       timeline.restores.map((r) => r.id),
-      [1, 2],
+      [1, 2, 3],
     );
+    await open('#/timeline');
+    await page.waitForSelector('[data-testid=chart][data-from-us]');
+    await shot('timeline-restores');
     assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
   });
 
