@@ -2,7 +2,13 @@
 // its volumes, the agent's connection and mode, captured and committed seq, lag, spool and journal
 // bytes, open views, and running tasks (restores, image exports). Built from the Manager's public
 // methods only.
-import type { ExportJob, Manager, ManagerStatus, RestoreStatus } from '../manager/index.js';
+import type {
+  CommitEvent,
+  ExportJob,
+  Manager,
+  ManagerStatus,
+  RestoreStatus,
+} from '../manager/index.js';
 
 export interface Overview extends Omit<ManagerStatus, 'volumes' | 'views'> {
   /** A resync is arriving: its last transaction (resync-end) is not committed yet. */
@@ -26,15 +32,24 @@ export interface Overview extends Omit<ManagerStatus, 'volumes' | 'views'> {
 
 /** Finished restores and exports the overview still lists. */
 const FINISHED_TASKS_SHOWN = 5;
-/** The journal's size is summed from the catalog at most this often. */
-const JOURNAL_REFRESH_MS = 2000;
-
 export class OverviewSource {
   private readonly manager: Manager;
-  private journal = { bytes: 0, atMs: -Infinity };
+  /**
+   * The journal's bytes: summed from the catalog once (a scan of every transaction row), then
+   * kept up by each commit. Nothing removes transactions yet; retention will have to subtract.
+   */
+  private journal: number | undefined;
+  private readonly onCommit = (event: CommitEvent): void => {
+    if (this.journal !== undefined) this.journal += event.tx.redoBytes + event.tx.undoBytes;
+  };
 
   constructor(manager: Manager) {
     this.manager = manager;
+    manager.commitObservers.add(this.onCommit);
+  }
+
+  close(): void {
+    this.manager.commitObservers.delete(this.onCommit);
   }
 
   status(): ManagerStatus {
@@ -42,10 +57,8 @@ export class OverviewSource {
   }
 
   journalBytes(): number {
-    const now = performance.now();
-    if (now - this.journal.atMs >= JOURNAL_REFRESH_MS)
-      this.journal = { bytes: this.manager.catalog.journal().bytes, atMs: now };
-    return this.journal.bytes;
+    this.journal ??= this.manager.catalog.journal().bytes;
+    return this.journal;
   }
 
   /** Per volume index, what the agent reported as captured (checked where it was decoded). */

@@ -4,7 +4,7 @@
 import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';
-import type { Manager } from '../manager/index.js';
+import type { CommitEvent, Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
 import { tokensEqual } from '../ship/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
@@ -81,8 +81,14 @@ export async function startApi(
   registerRetentionRoutes(app, manager);
   const overview = new OverviewSource(manager);
   const timeline = Timeline.of(manager.history, manager.catalog);
+  const onCommit = (event: CommitEvent): void => timeline.committed(event.tx);
+  manager.commitObservers.add(onCommit);
   const metrics = new Metrics(manager, overview, options.role);
-  app.addHook('onClose', async () => metrics.close());
+  app.addHook('onClose', async () => {
+    manager.commitObservers.delete(onCommit);
+    metrics.close();
+    overview.close();
+  });
   app.get('/metrics', async (_request, reply) => {
     const { contentType, body } = await metrics.text();
     return reply.type(contentType).send(body);

@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS transactions (
   undo_crc INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, received_at TEXT NOT NULL, committed_at TEXT);
 CREATE INDEX IF NOT EXISTS transactions_seq ON transactions (seq_last);
 CREATE INDEX IF NOT EXISTS transactions_time ON transactions (time_last_us);
+CREATE INDEX IF NOT EXISTS transactions_resync ON transactions (idx) WHERE kind != 'redo';
 CREATE TABLE IF NOT EXISTS views (
   name TEXT PRIMARY KEY, kind TEXT NOT NULL, seq INTEGER NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bookmarks (
@@ -135,13 +136,6 @@ const ADDED_COLUMNS: { table: string; column: string; definition: string }[] = [
 
 const BOOKMARK_COLUMNS =
   'name, seq, time_us AS timeUs, created_at AS createdAt, pinned_until AS pinnedUntil';
-
-/** A timeline window as integers (bound numbers may arrive as REAL; buckets need integers). */
-const WINDOW_CTE = `WITH w AS (SELECT CAST(@fromUs AS INTEGER) AS f, CAST(@toUs AS INTEGER) AS t,
-  CAST(@bucketUs AS INTEGER) AS b)`;
-/** A transaction lies inside the window and inside one bucket of it. */
-const INSIDE_ONE_BUCKET = `time_first_us >= w.f AND time_last_us < w.t
-  AND (time_first_us - w.f) / w.b = (time_last_us - w.f) / w.b`;
 
 export class Catalog {
   private readonly db: Database.Database;
@@ -288,79 +282,79 @@ export class Catalog {
       TxRow | undefined;
   }
 
-  // ---- The console's timeline (timeline.ts): bounded queries over capture time and seq ----
+  // ---- The console's timeline (timeline.ts) ----
+  // Capture time follows seq order, so the transactions overlapping a window of time are a run of
+  // consecutive indexes: two seeks on the time index find it, and every query below reads only
+  // the rows of that run (by rowid), not the whole table.
+
+  /**
+   * The run of transaction indexes that may overlap [fromUs, toUs): from the first one ending at
+   * or after `fromUs` to the first one ending at or after `toUs` (or the last one).
+   */
+  private idxRun(fromUs: number, toUs: number): { first: number; last: number } | undefined {
+    const seek = this.db.prepare(
+      `SELECT idx FROM transactions WHERE time_last_us >= ? ORDER BY time_last_us, idx LIMIT 1`,
+    );
+    const first = (seek.get(fromUs) as { idx: number } | undefined)?.idx;
+    if (first === undefined) return undefined;
+    const last =
+      (seek.get(toUs) as { idx: number } | undefined)?.idx ??
+      (this.db.prepare('SELECT MAX(idx) AS idx FROM transactions').get() as { idx: number }).idx;
+    return { first, last };
+  }
 
   /** Committed transactions with records captured in [fromUs, toUs), oldest first. */
   txsInTime(fromUs: number, toUs: number, limit: number): TxRow[] {
+    const run = this.idxRun(fromUs, toUs);
+    if (!run) return [];
     return this.db
       .prepare(
-        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0
-           AND time_last_us >= ? AND time_first_us < ? ORDER BY idx LIMIT ?`,
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE idx BETWEEN ? AND ? AND state = 'committed'
+           AND record_count > 0 AND time_last_us >= ? AND time_first_us < ? ORDER BY idx LIMIT ?`,
       )
-      .all(fromUs, toUs, limit) as TxRow[];
+      .all(run.first, run.last, fromUs, toUs, limit) as TxRow[];
   }
 
-  /** The newest committed transaction with records captured in [fromUs, toUs). */
-  lastTxInTime(fromUs: number, toUs: number): TxRow | undefined {
-    return this.db
-      .prepare(
-        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND record_count > 0
-           AND time_last_us >= ? AND time_first_us < ? ORDER BY idx DESC LIMIT 1`,
-      )
-      .get(fromUs, toUs) as TxRow | undefined;
-  }
-
-  /**
-   * Per bucket of `bucketUs` from `fromUs`, the records and payload bytes of the committed
-   * transactions lying wholly inside one bucket of [fromUs, toUs). Payload bytes are the redo
-   * file's size less its header, trailer and record headers (`fixedBytes`, `recordHeaderBytes`).
-   */
-  bucketTotals(
-    window: { fromUs: number; toUs: number; bucketUs: number },
-    layout: { fixedBytes: number; recordHeaderBytes: number },
-  ): { bucket: number; writes: number; bytes: number }[] {
-    return this.db
-      .prepare(
-        `${WINDOW_CTE} SELECT (time_first_us - w.f) / w.b AS bucket, SUM(record_count) AS writes,
-           SUM(redo_bytes - @fixedBytes - @recordHeaderBytes * record_count) AS bytes
-         FROM transactions, w WHERE state = 'committed' AND record_count > 0 AND ${INSIDE_ONE_BUCKET}
-         GROUP BY bucket`,
-      )
-      .all({ ...window, ...layout }) as { bucket: number; writes: number; bytes: number }[];
-  }
-
-  /** Committed transactions overlapping [fromUs, toUs) but not inside one bucket of it. */
-  txsAcrossBuckets(
-    window: { fromUs: number; toUs: number; bucketUs: number },
+  /** Committed transactions with writes after index `afterIdx`, in order (for the timeline). */
+  txSummariesAfter(
+    afterIdx: number,
     limit: number,
-  ): TxRow[] {
+  ): Pick<
+    TxRow,
+    'idx' | 'timeFirstUs' | 'timeLastUs' | 'seqFirst' | 'seqLast' | 'recordCount' | 'redoBytes'
+  >[] {
     return this.db
       .prepare(
-        `${WINDOW_CTE} SELECT ${TX_COLUMNS} FROM transactions, w
-         WHERE state = 'committed' AND record_count > 0 AND time_last_us >= w.f AND time_first_us < w.t
-           AND NOT (${INSIDE_ONE_BUCKET}) ORDER BY idx LIMIT @limit`,
+        `SELECT idx, time_first_us AS timeFirstUs, time_last_us AS timeLastUs, seq_first AS seqFirst,
+           seq_last AS seqLast, record_count AS recordCount, redo_bytes AS redoBytes
+         FROM transactions WHERE idx > ? AND state = 'committed' AND record_count > 0
+         ORDER BY idx LIMIT ?`,
       )
-      .all({ ...window, limit }) as TxRow[];
+      .all(afterIdx, limit) as ReturnType<Catalog['txSummariesAfter']>;
   }
 
-  /** Committed transactions holding a seq at or after `seq`, oldest first. */
+  /** Committed transactions holding a seq at or after `seq`, oldest first (a seek on seq_last). */
   txsFromSeq(seq: number, limit: number): TxRow[] {
     return this.db
       .prepare(
-        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_last >= ? AND record_count > 0
-           ORDER BY idx LIMIT ?`,
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE seq_last >= ? AND state = 'committed'
+           AND record_count > 0 ORDER BY seq_last, idx LIMIT ?`,
       )
       .all(seq, limit) as TxRow[];
   }
 
   /** Committed transactions holding a seq at or before `seq`, newest first. */
   txsBeforeSeq(seq: number, limit: number): TxRow[] {
+    // The transaction holding `seq` is the first ending at or after it; the rest precede it.
+    const holding = this.db
+      .prepare(`SELECT idx FROM transactions WHERE seq_last >= ? ORDER BY seq_last, idx LIMIT 1`)
+      .get(seq) as { idx: number } | undefined;
     return this.db
       .prepare(
-        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND seq_first <= ? AND record_count > 0
-           ORDER BY idx DESC LIMIT ?`,
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE idx <= ? AND seq_first <= ?
+           AND state = 'committed' AND record_count > 0 ORDER BY idx DESC LIMIT ?`,
       )
-      .all(seq, limit) as TxRow[];
+      .all(holding?.idx ?? Number.MAX_SAFE_INTEGER, seq, limit) as TxRow[];
   }
 
   /**
@@ -373,13 +367,14 @@ export class Catalog {
     toUs: number,
     limit: number,
   ): { first: TxRow; last: TxRow | undefined; beforeUs: number }[] {
+    // The partial index on resync transactions keeps this to them, however long the history.
     const starts = this.db
       .prepare(
         `SELECT s.idx AS idx, IFNULL(p.time_last_us, 0) AS beforeUs,
-           (SELECT MIN(e.idx) FROM transactions e WHERE e.idx >= s.idx AND e.kind = 'resync-end'
+           (SELECT MIN(e.idx) FROM transactions e WHERE e.kind = 'resync-end' AND e.idx >= s.idx
               AND e.state = 'committed') AS endIdx
          FROM transactions s LEFT JOIN transactions p ON p.idx = s.idx - 1
-         WHERE s.state = 'committed' AND s.kind != 'redo' AND (p.idx IS NULL OR p.kind != 'resync')
+         WHERE s.kind != 'redo' AND s.state = 'committed' AND (p.idx IS NULL OR p.kind != 'resync')
            AND IFNULL(p.time_last_us, s.time_first_us) < ?
          ORDER BY s.idx`,
       )
@@ -394,17 +389,20 @@ export class Catalog {
     return windows;
   }
 
-  /** The capture times of the first and the last committed write, if any. */
+  /** The capture times of the first and the last committed write, if any (two seeks). */
   timeSpan(): { firstUs: number; lastUs: number } | undefined {
-    const row = this.db
-      .prepare(
-        `SELECT MIN(time_first_us) AS firstUs, MAX(time_last_us) AS lastUs FROM transactions
-         WHERE state = 'committed' AND record_count > 0`,
-      )
-      .get() as { firstUs: number | null; lastUs: number | null };
-    return row.firstUs === null || row.lastUs === null
-      ? undefined
-      : { firstUs: row.firstUs, lastUs: row.lastUs };
+    const edge = (order: 'ASC' | 'DESC'): number | undefined =>
+      (
+        this.db
+          .prepare(
+            `SELECT time_first_us AS firstUs, time_last_us AS lastUs FROM transactions
+             WHERE state = 'committed' AND record_count > 0 ORDER BY idx ${order} LIMIT 1`,
+          )
+          .get() as { firstUs: number; lastUs: number } | undefined
+      )?.[order === 'ASC' ? 'firstUs' : 'lastUs'];
+    const firstUs = edge('ASC');
+    const lastUs = edge('DESC');
+    return firstUs === undefined || lastUs === undefined ? undefined : { firstUs, lastUs };
   }
 
   /** Bytes of the committed transactions' redo and undo files, and how many there are. */

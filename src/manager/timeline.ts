@@ -4,9 +4,9 @@
 // (transactions, bookmarks, resync windows, restores), pages of the write log by seq, the history
 // of a byte range newest first, and the block map of a volume between two seqs.
 import { formatTimeNs, mergeRanges, RewindError, type ByteRange } from '../core/index.js';
-import { RECORD_HEADER_BYTES, REDO_HEADER_BYTES, TRAILER_BYTES } from '../log/index.js';
 import { KIND_WRITE, KIND_ZERO } from '../views/index.js';
-import type { Catalog, TxKind, TxRow } from './catalog.js';
+import type { Catalog, TxKind } from './catalog.js';
+import { TxPrefix, type TxSummary } from './tx-prefix.js';
 import type { LogEntry, StoredHistory } from './stored-history.js';
 
 /** A transaction's records as columns (a TxIndex is one). */
@@ -24,9 +24,7 @@ export interface RecordColumns {
 export type TimelineCatalog = Pick<
   Catalog,
   | 'txsInTime'
-  | 'lastTxInTime'
-  | 'bucketTotals'
-  | 'txsAcrossBuckets'
+  | 'txSummariesAfter'
   | 'txsFromSeq'
   | 'txsBeforeSeq'
   | 'resyncWindows'
@@ -48,18 +46,16 @@ export interface TimelineHistory {
 
 /** Buckets one timeline answer may have (a chart is at most a few thousand pixels wide). */
 export const TIMELINE_BUCKETS_MAX = 4000;
-/** Transactions crossing buckets read from their indexes per answer; past it, spread evenly. */
-const INDEXES_PER_ANSWER_MAX = 512;
 /**
- * Transactions crossing buckets taken into an answer. Capture times follow seq order, so at most
- * one transaction crosses each bucket boundary (and one each edge of the window): this is never
- * reached unless the clock went back.
+ * Transaction indexes read per answer for the bucket boundaries that fall inside a transaction
+ * (at most one per boundary, since capture time follows seq order); past it, a transaction's
+ * writes are taken as spread evenly over its time span and the answer says it is not exact.
  */
-const CROSSING_TXS_MAX = 2 * TIMELINE_BUCKETS_MAX + 2;
+const INDEXES_PER_ANSWER_MAX = 512;
 /** Writes listed one by one when the window holds at most this many. */
 export const TIMELINE_WRITES_MAX = 500;
-/** Transaction marks per answer (more: only the count is said). */
-const TX_MARKS_MAX = 2000;
+/** Transaction marks per answer (more: none, and the answer says so). */
+const TX_MARKS_MAX = 1000;
 /** Resync windows, bookmarks and restores marked per answer. */
 const MARKS_MAX = 1000;
 /** Log entries per page. */
@@ -69,17 +65,13 @@ const SCAN_RECORDS_MAX = 2_000_000;
 /** Transactions fetched from the catalog per step of a scan. */
 const SCAN_TXS_STEP = 256;
 /** Records one block map may count (a wider window is refused with a hint). */
-const BLOCKMAP_RECORDS_MAX = 5_000_000;
+const BLOCKMAP_RECORDS_MAX = 2_000_000;
+/** Long scans let the event loop (the write path, in rewind up) run after this many records. */
+const SCAN_YIELD_RECORDS = 20_000;
 /** Cells a block map may have. */
 export const BLOCKMAP_CELLS_MAX = 65_536;
 /** Cells are whole multiples of this (the smallest block a client writes). */
 const BLOCKMAP_CELL_ALIGN_BYTES = 4096;
-/** A redo file's bytes that are not payload: header and trailer, plus a header per record. */
-const REDO_LAYOUT = {
-  fixedBytes: REDO_HEADER_BYTES + TRAILER_BYTES,
-  recordHeaderBytes: RECORD_HEADER_BYTES,
-};
-
 export interface TimelineWindow {
   fromUs: number;
   toUs: number;
@@ -170,6 +162,9 @@ export interface BlockMap {
 
 export class Timeline {
   private readonly history: TimelineHistory;
+  private prefix: TxPrefix | undefined;
+  private prefixLoading: Promise<TxPrefix> | undefined;
+  private readonly pendingCommits: TxSummary[] = [];
 
   constructor(history: TimelineHistory) {
     this.history = history;
@@ -189,27 +184,47 @@ export class Timeline {
     });
   }
 
+  /** A transaction just committed (Timeline.of wires this to the manager's commit observers). */
+  committed(tx: TxSummary): void {
+    if (this.prefix) this.prefix.append(tx);
+    else if (this.prefixLoading) this.pendingCommits.push(tx);
+  }
+
+  /** The running totals, loaded from the catalog on first use. */
+  private async totals(): Promise<TxPrefix> {
+    if (this.prefix) return this.prefix;
+    this.prefixLoading ??= TxPrefix.load((afterIdx, limit) =>
+      this.history.catalog.txSummariesAfter(afterIdx, limit),
+    ).then((prefix) => {
+      // Commits during the load: those it read already are ignored by append.
+      for (const tx of this.pendingCommits.splice(0)) prefix.append(tx);
+      this.prefix = prefix;
+      return prefix;
+    });
+    return this.prefixLoading;
+  }
+
   /** Writes and bytes per bucket of [fromUs, toUs), with the marks inside it. */
   async buckets(window: TimelineWindow): Promise<TimelineAnswer> {
     const { fromUs, toUs } = checkWindow(window);
     const bucketUs = Math.max(1, Math.ceil((toUs - fromUs) / window.buckets));
     const count = Math.ceil((toUs - fromUs) / bucketUs);
-    const writes = new Array<number>(count).fill(0);
-    const bytes = new Array<number>(count).fill(0);
+    const counter = new BoundaryCounter(await this.totals(), (idx) => this.history.records(idx));
+    // The window's edges first, so that they are read exactly whatever the interior costs.
+    const first = await counter.before(fromUs);
+    const last = await counter.before(toUs);
+    const writes: number[] = [];
+    const bytes: number[] = [];
+    let previous = first;
+    for (let b = 0; b < count; b++) {
+      const next = b === count - 1 ? last : await counter.before(fromUs + (b + 1) * bucketUs);
+      writes.push(next.seq - previous.seq);
+      bytes.push(next.bytes - previous.bytes);
+      previous = next;
+    }
+    const writesTotal = last.seq - first.seq;
+    const exact = !counter.spread;
     const catalog = this.history.catalog;
-    const span = { fromUs, toUs, bucketUs };
-    for (const row of catalog.bucketTotals(span, REDO_LAYOUT)) {
-      writes[row.bucket] = (writes[row.bucket] as number) + row.writes;
-      bytes[row.bucket] = (bytes[row.bucket] as number) + row.bytes;
-    }
-    const crossing = catalog.txsAcrossBuckets(span, CROSSING_TXS_MAX);
-    const exact = crossing.length <= INDEXES_PER_ANSWER_MAX;
-    for (const [i, tx] of crossing.entries()) {
-      if (i < INDEXES_PER_ANSWER_MAX) await this.countRecords(tx, span, writes, bytes);
-      else spreadEvenly(tx, span, writes, bytes);
-    }
-    const writesTotal = writes.reduce((sum, n) => sum + n, 0);
-    const edges = writesTotal > 0 ? await this.seqEdges(fromUs, toUs) : undefined;
     const marks = catalog.txsInTime(fromUs, toUs, TX_MARKS_MAX + 1);
     const spanAll = catalog.timeSpan();
     return {
@@ -219,15 +234,15 @@ export class Timeline {
       writes,
       bytes,
       exact,
-      resolution: crossing.length > 0 && exact ? 'writes' : 'transactions',
-      seqFirst: edges?.seqFirst ?? null,
-      seqLast: edges?.seqLast ?? null,
+      resolution: counter.reads > 0 ? 'writes' : 'transactions',
+      seqFirst: writesTotal > 0 ? first.seq + 1 : null,
+      seqLast: writesTotal > 0 ? last.seq : null,
       writesTotal,
       list:
-        exact && writesTotal > 0 && writesTotal <= TIMELINE_WRITES_MAX
-          ? await this.writesIn(fromUs, toUs)
-          : exact && writesTotal === 0
-            ? []
+        writesTotal === 0
+          ? []
+          : writesTotal <= TIMELINE_WRITES_MAX
+            ? await this.writesIn(fromUs, toUs)
             : null,
       transactions: marks.slice(0, TX_MARKS_MAX).map((tx) => ({
         idx: tx.idx,
@@ -252,49 +267,6 @@ export class Timeline {
         seqCommitted: this.history.seqCommitted(),
       },
     };
-  }
-
-  /** Adds the records of `tx` captured in the window to their buckets. */
-  private async countRecords(
-    tx: TxRow,
-    span: { fromUs: number; toUs: number; bucketUs: number },
-    writes: number[],
-    bytes: number[],
-  ): Promise<void> {
-    const records = await this.history.records(tx.idx);
-    for (let i = 0; i < records.recordCount; i++) {
-      const timeUs = Number((records.recordTimeNs[i] as bigint) / 1000n);
-      if (timeUs < span.fromUs || timeUs >= span.toUs) continue;
-      const bucket = Math.floor((timeUs - span.fromUs) / span.bucketUs);
-      writes[bucket] = (writes[bucket] as number) + 1;
-      if (records.recordKind[i] === KIND_WRITE)
-        bytes[bucket] = (bytes[bucket] as number) + (records.recordLength[i] as number);
-    }
-  }
-
-  /** The first and last seq captured in [fromUs, toUs), given that there is one. */
-  private async seqEdges(
-    fromUs: number,
-    toUs: number,
-  ): Promise<{ seqFirst: number; seqLast: number } | undefined> {
-    const catalog = this.history.catalog;
-    const first = catalog.txsInTime(fromUs, toUs, 1)[0];
-    const last = catalog.lastTxInTime(fromUs, toUs);
-    if (!first || !last) return undefined;
-    const inWindow = (timeNs: bigint): boolean => {
-      const timeUs = Number(timeNs / 1000n);
-      return timeUs >= fromUs && timeUs < toUs;
-    };
-    let seqFirst: number | undefined;
-    const firstRecords = await this.history.records(first.idx);
-    for (let i = 0; i < firstRecords.recordCount && seqFirst === undefined; i++)
-      if (inWindow(firstRecords.recordTimeNs[i] as bigint)) seqFirst = firstRecords.seqFirst + i;
-    let seqLast: number | undefined;
-    const lastRecords = await this.history.records(last.idx);
-    for (let i = lastRecords.recordCount - 1; i >= 0 && seqLast === undefined; i--)
-      if (inWindow(lastRecords.recordTimeNs[i] as bigint)) seqLast = lastRecords.seqFirst + i;
-    if (seqFirst === undefined || seqLast === undefined) return undefined;
-    return { seqFirst, seqLast };
   }
 
   /** Every write captured in [fromUs, toUs) (the caller knows there are few). */
@@ -382,6 +354,7 @@ export class Timeline {
         while (seq <= tx.seqLast && seq <= toSeq && !full()) {
           const i = seq - records.seqFirst;
           scanned += 1;
+          if (scanned % SCAN_YIELD_RECORDS === 0) await yieldTurn();
           seq += 1;
           if (volume === undefined || records.recordVolume[i] === volume)
             entries.push(this.entry(records, i, tx.kind));
@@ -423,6 +396,7 @@ export class Timeline {
         while (seq >= records.seqFirst && !full()) {
           const i = seq - records.seqFirst;
           scanned += 1;
+          if (scanned % SCAN_YIELD_RECORDS === 0) await yieldTurn();
           seq -= 1;
           if (records.recordVolume[i] !== volume) continue;
           const at = records.recordOffset[i] as number;
@@ -474,6 +448,7 @@ export class Timeline {
           const offset = records.recordOffset[i] as number;
           const length = records.recordLength[i] as number;
           ranges.push({ offset, length });
+          if (ranges.length % SCAN_YIELD_RECORDS === 0) await yieldTurn();
           if (ranges.length > BLOCKMAP_RECORDS_MAX)
             throw new RewindError(
               'REWIND_BAD_ARGUMENT',
@@ -539,27 +514,9 @@ function checkLimit(value: number, max: number, what: string): void {
     throw new RewindError('REWIND_BAD_ARGUMENT', `${what} must be 1..${max}, not ${value}`);
 }
 
-/** A transaction too many to read: its writes and bytes spread evenly over its time span. */
-function spreadEvenly(
-  tx: TxRow,
-  span: { fromUs: number; toUs: number; bucketUs: number },
-  writes: number[],
-  bytes: number[],
-): void {
-  const payload =
-    tx.redoBytes - REDO_LAYOUT.fixedBytes - REDO_LAYOUT.recordHeaderBytes * tx.recordCount;
-  const lengthUs = Math.max(1, tx.timeLastUs - tx.timeFirstUs + 1);
-  const firstUs = Math.max(span.fromUs, tx.timeFirstUs);
-  const lastUs = Math.min(span.toUs - 1, tx.timeLastUs);
-  for (let b = Math.floor((firstUs - span.fromUs) / span.bucketUs); ; b++) {
-    const bucketFromUs = span.fromUs + b * span.bucketUs;
-    if (bucketFromUs > lastUs || b >= writes.length) break;
-    const overlapUs =
-      Math.min(lastUs + 1, bucketFromUs + span.bucketUs) - Math.max(firstUs, bucketFromUs);
-    const share = overlapUs / lengthUs;
-    writes[b] = (writes[b] as number) + tx.recordCount * share;
-    bytes[b] = (bytes[b] as number) + payload * share;
-  }
+/** Lets other work of the event loop run in the middle of a long scan. */
+function yieldTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Counts one write in the cells its range touches, with the bytes of each it covers. */
@@ -571,5 +528,68 @@ function addToCells(range: ByteRange, cellBytes: number, writes: number[], bytes
       Math.min(end, (cell + 1) * cellBytes) - Math.max(range.offset, cell * cellBytes);
     writes[cell] = (writes[cell] as number) + 1;
     bytes[cell] = (bytes[cell] as number) + covered;
+  }
+}
+
+/**
+ * Writes (as the last seq) and payload bytes captured before a moment, for the bucket boundaries
+ * of one answer: the running totals up to the last transaction that ended before it, plus, when
+ * the moment falls inside a transaction, that transaction's records before it, from its index (at
+ * most INDEXES_PER_ANSWER_MAX indexes per answer; past that, a linear share of the transaction).
+ */
+class BoundaryCounter {
+  reads = 0;
+  spread = false;
+  private readonly prefix: TxPrefix;
+  private readonly records: (idx: number) => Promise<RecordColumns>;
+  /** Per transaction read: its records' capture times and the payload bytes before each. */
+  private readonly read = new Map<number, { timeNs: BigUint64Array; bytesBefore: Float64Array }>();
+
+  constructor(prefix: TxPrefix, records: (idx: number) => Promise<RecordColumns>) {
+    this.prefix = prefix;
+    this.records = records;
+  }
+
+  async before(us: number): Promise<{ seq: number; bytes: number }> {
+    const position = this.prefix.endingAtOrAfter(us);
+    const base = this.prefix.totalsBefore(position);
+    if (position === this.prefix.count) return base;
+    const tx = this.prefix.at(position);
+    if (tx.timeFirstUs >= us) return base;
+    const inside = await this.inside(tx);
+    if (!inside) {
+      this.spread = true;
+      const share = (us - tx.timeFirstUs) / (tx.timeLastUs - tx.timeFirstUs + 1);
+      return { seq: base.seq + tx.recordCount * share, bytes: base.bytes + tx.bytes * share };
+    }
+    // Records captured before `us` (their µs floor below it): times ascend within a transaction.
+    const limitNs = BigInt(us) * 1000n;
+    let low = 0;
+    let high = inside.timeNs.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if ((inside.timeNs[middle] as bigint) < limitNs) low = middle + 1;
+      else high = middle;
+    }
+    return { seq: base.seq + low, bytes: base.bytes + (inside.bytesBefore[low] as number) };
+  }
+
+  private async inside(
+    tx: TxSummary,
+  ): Promise<{ timeNs: BigUint64Array; bytesBefore: Float64Array } | undefined> {
+    const known = this.read.get(tx.idx);
+    if (known) return known;
+    if (this.reads >= INDEXES_PER_ANSWER_MAX) return undefined;
+    this.reads += 1;
+    const records = await this.records(tx.idx);
+    const bytesBefore = new Float64Array(records.recordCount + 1);
+    for (let i = 0; i < records.recordCount; i++) {
+      const payload =
+        records.recordKind[i] === KIND_WRITE ? (records.recordLength[i] as number) : 0;
+      bytesBefore[i + 1] = (bytesBefore[i] as number) + payload;
+    }
+    const entry = { timeNs: records.recordTimeNs.subarray(0, records.recordCount), bytesBefore };
+    this.read.set(tx.idx, entry);
+    return entry;
   }
 }

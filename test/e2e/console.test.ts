@@ -523,10 +523,15 @@ describe('the web console in chromium', { skip }, () => {
     const expected = model(last);
     model(20).copy(expected, start, start, start + 64 * KiB);
     assert.ok(copy('v').equals(expected), `only ${start}:64K of v is back at seq 20`);
-    // The restores are marked on the timeline.
-    const timeline = await api<{ restores: { id: number }[] }>(
-      `/api/timeline?from=${times[1]}&to=${Date.now() * 1000}`,
-    );
+    // The restores are marked on the timeline, and their writes (committed after the timeline
+    // loaded its running totals) are counted in it.
+    const timeline = await api<{
+      restores: { id: number }[];
+      writesTotal: number;
+      history: { seqCommitted: number };
+    }>(`/api/timeline?from=${times[1]}&to=${Date.now() * 1000}`);
+    assert.ok(timeline.history.seqCommitted > last);
+    assert.equal(timeline.writesTotal, timeline.history.seqCommitted);
     assert.deepEqual(
       timeline.restores.map((r) => r.id),
       [1, 2, 3],

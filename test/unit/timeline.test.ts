@@ -54,7 +54,11 @@ function history(random: Rng, count: number): { writes: Write[]; kinds: Map<numb
   return { writes, kinds };
 }
 
-function setUp(seed: number, count: number) {
+/**
+ * The history cataloged in a real (in-memory) catalog: the first half before the timeline's first
+ * answer (which loads its running totals from the catalog), the rest as commits after it.
+ */
+async function setUp(seed: number, count: number) {
   const random = rng(seed);
   const { writes, kinds } = history(random, count);
   const catalog = new Catalog(new Database(':memory:'));
@@ -65,11 +69,21 @@ function setUp(seed: number, count: number) {
     byTx.set(w.tx, list);
   }
   const columns = new Map<number, RecordColumns>();
+  let committed = 0;
+  const timeline = new Timeline({
+    catalog,
+    volumeNames: NAMES,
+    volumeSize: (volume) => SIZES[volume] as number,
+    seqCommitted: () => committed,
+    records: async (idx) => columns.get(idx) as RecordColumns,
+    gapStartUs: () => 0,
+  });
+  const half = Math.floor(byTx.size / 2);
   for (const [idx, list] of byTx) {
     const first = list[0] as Write;
     const last = list[list.length - 1] as Write;
     const payload = list.reduce((sum, w) => sum + (w.kind === 'write' ? w.length : 0), 0);
-    catalog.insertTx({
+    const row = {
       idx,
       kind: kinds.get(idx) ?? 'redo',
       seqFirst: first.seq,
@@ -82,9 +96,10 @@ function setUp(seed: number, count: number) {
       redoCrc: 0,
       undoBytes: 0,
       undoCrc: 0,
-      state: 'committed',
+      state: 'committed' as const,
       receivedAt: new Date().toISOString(),
-    });
+    };
+    catalog.insertTx(row);
     columns.set(idx, {
       seqFirst: first.seq,
       recordCount: list.length,
@@ -95,23 +110,18 @@ function setUp(seed: number, count: number) {
       // Sub-µs digits the catalog does not keep, so buckets must floor as the catalog does.
       recordTimeNs: BigUint64Array.from(
         list,
-        (w) => BigInt(w.timeUs) * 1000n + BigInt(w.seq % 1000),
+        (w) => BigInt(w.timeUs) * 1000n + BigInt(w.seq % 2 === 0 ? 0 : w.seq % 1000),
       ),
     });
+    committed = last.seq;
+    if (idx === half) await timeline.buckets({ fromUs: 1, toUs: 2, buckets: 1 });
+    if (idx > half) timeline.committed(row);
   }
-  const timeline = new Timeline({
-    catalog,
-    volumeNames: NAMES,
-    volumeSize: (volume) => SIZES[volume] as number,
-    seqCommitted: () => writes.length,
-    records: async (idx) => columns.get(idx) as RecordColumns,
-    gapStartUs: () => 0,
-  });
   return { random, writes, kinds, catalog, timeline };
 }
 
 test('timeline buckets, seq edges and listed writes equal a direct count', async () => {
-  const { random, writes, timeline } = setUp(17, 4000);
+  const { random, writes, timeline } = await setUp(17, 4000);
   const firstUs = (writes[0] as Write).timeUs;
   const lastUs = (writes[writes.length - 1] as Write).timeUs;
   let listed = 0;
@@ -120,7 +130,14 @@ test('timeline buckets, seq edges and listed writes equal a direct count', async
     // Windows from the whole history down to a few µs around one write.
     const around = random.pick(writes).timeUs;
     const widthUs = Math.max(1, Math.floor((lastUs - firstUs + 10) / 2 ** random.int(28)));
-    const fromUs = Math.max(0, around - random.int(widthUs));
+    // Some windows start or end exactly at a write's capture time.
+    const roll = random.int(4);
+    const fromUs =
+      roll === 0
+        ? around
+        : roll === 1
+          ? around - widthUs
+          : Math.max(0, around - random.int(widthUs));
     const toUs = fromUs + widthUs;
     const buckets = 1 + random.int(600);
     const answer = await timeline.buckets({ fromUs, toUs, buckets });
@@ -160,7 +177,7 @@ test('timeline buckets, seq edges and listed writes equal a direct count', async
 });
 
 test('a window with more crossing transactions than it may read spreads them, keeping totals', async () => {
-  const { writes, timeline } = setUp(5, 40_000);
+  const { writes, timeline } = await setUp(5, 40_000);
   const fromUs = (writes[0] as Write).timeUs;
   const toUs = (writes[writes.length - 1] as Write).timeUs + 1;
   const answer = await timeline.buckets({ fromUs, toUs, buckets: 4000 });
@@ -172,7 +189,7 @@ test('a window with more crossing transactions than it may read spreads them, ke
 });
 
 test('log pages, range histories and block maps equal the list of writes', async () => {
-  const { random, writes, timeline } = setUp(23, 3000);
+  const { random, writes, timeline } = await setUp(23, 3000);
   for (let round = 0; round < 20; round++) {
     const fromSeq = 1 + random.int(writes.length);
     const toSeq = Math.min(writes.length, fromSeq + random.int(1500));
@@ -260,7 +277,7 @@ test('log pages, range histories and block maps equal the list of writes', async
 });
 
 test('resync windows are marked from the write before them to their end', async () => {
-  const { writes, kinds, timeline } = setUp(31, 3000);
+  const { writes, kinds, timeline } = await setUp(31, 3000);
   const fromUs = (writes[0] as Write).timeUs;
   const toUs = (writes[writes.length - 1] as Write).timeUs + 1;
   const answer = await timeline.buckets({ fromUs, toUs, buckets: 100 });

@@ -33,8 +33,12 @@ const PAGE_ROWS = 50;
 const ZOOM_FACTOR = 4;
 /** Narrowest window (µs). */
 const WINDOW_MIN_US = 2;
-/** While following, the chart is redrawn at most this often. */
+/**
+ * While following, the chart is redrawn at most this often, and never sooner than this many times
+ * the last answer took (a long history's whole timeline costs the server a scan of its rows).
+ */
 const FOLLOW_REFRESH_MS = 1000;
+const FOLLOW_COST_FACTOR = 20;
 
 export const timeline: Screen = {
   path: 'timeline',
@@ -55,6 +59,7 @@ export const timeline: Screen = {
     const status = h('div', {}, loading('the timeline'));
     const follow = h('input', { type: 'checkbox', checked: !windowGiven });
     let current: Timeline | undefined;
+    let lastLoadMs = 0;
 
     const load = async (): Promise<void> => {
       const buckets = Math.min(
@@ -67,7 +72,9 @@ export const timeline: Screen = {
         buckets,
       })}`;
       try {
+        const startedMs = performance.now();
         current = await getJson<Timeline>(path);
+        lastLoadMs = performance.now() - startedMs;
       } catch (error) {
         rethrowIfBug(error);
         replace(status, errorBox(error, 'Loading the timeline'));
@@ -158,7 +165,8 @@ export const timeline: Screen = {
     signal.addEventListener('abort', () => clearTimeout(refreshTimer));
     app.feed.onCommit(() => {
       if (!follow.checked || refreshTimer !== undefined) return;
-      const waitMs = Math.max(0, refreshAt + FOLLOW_REFRESH_MS - Date.now());
+      const everyMs = Math.max(FOLLOW_REFRESH_MS, FOLLOW_COST_FACTOR * lastLoadMs);
+      const waitMs = Math.max(0, refreshAt + everyMs - Date.now());
       refreshTimer = window.setTimeout(() => {
         refreshTimer = undefined;
         refreshAt = Date.now();
