@@ -53,6 +53,10 @@ function records(idx: number): Promise<RecordColumns> {
       (_, i) => ((idx * 7 + i) % 1024) * 4096,
     ),
     recordLength: new Float64Array(WRITES_PER_TX).fill(WRITE_BYTES),
+    extentCount: 0,
+    extentVolume: new Uint16Array(0),
+    extentOffset: new Float64Array(0),
+    extentLength: new Float64Array(0),
     recordTimeNs: BigUint64Array.from(
       { length: WRITES_PER_TX },
       (_, i) => BigInt(Math.round(T0_US + idx * TX_EVERY_US + i * step)) * 1000n,

@@ -35,12 +35,12 @@ const FINISHED_TASKS_SHOWN = 5;
 export class OverviewSource {
   private readonly manager: Manager;
   /**
-   * The journal's bytes: summed from the catalog once (a scan of every transaction row), then
-   * kept up by each commit. Nothing removes transactions yet; retention will have to subtract.
+   * The journal's bytes: summed from the catalog (a scan of every transaction row) once, and
+   * again after retention thinned or dropped history; kept up by each commit in between.
    */
-  private journal: number | undefined;
+  private journal: { bytes: number; shape: string } | undefined;
   private readonly onCommit = (event: CommitEvent): void => {
-    if (this.journal !== undefined) this.journal += event.tx.redoBytes + event.tx.undoBytes;
+    if (this.journal) this.journal.bytes += event.tx.redoBytes + event.tx.undoBytes;
   };
 
   constructor(manager: Manager) {
@@ -57,8 +57,10 @@ export class OverviewSource {
   }
 
   journalBytes(): number {
-    this.journal ??= this.manager.catalog.journal().bytes;
-    return this.journal;
+    const shape = this.manager.catalog.historyShape();
+    if (this.journal?.shape !== shape)
+      this.journal = { bytes: this.manager.catalog.journalBytes(), shape };
+    return this.journal.bytes;
   }
 
   /** Per volume index, what the agent reported as captured (checked where it was decoded). */

@@ -466,6 +466,10 @@ withServer(
       console.log(
         `resync\tseq ${g.seqFirst}..${g.seqLast ?? '?'}\t${iso(g.fromUs)} .. ${g.toUs === null ? 'still arriving' : iso(g.toUs)} (no per-write history)`,
       );
+    for (const r of t.thinned)
+      console.log(
+        `thinned\tseq ${r.seqFirst}..${r.seqLast}\t${iso(r.fromUs)} .. ${iso(r.toUs)} (one point at seq ${r.seqLast}${r.tier ? `, tier ${r.tier}` : ''})`,
+      );
     for (const r of t.restores)
       console.log(`restore #${r.id}\t${r.state}\t${r.volumes.join(',')} to seq ${r.seq}`);
   },
@@ -543,6 +547,13 @@ interface TimelineLine {
   seqLast: number | null;
   bookmarks: { name: string; seq: number; timeUs: number }[];
   gaps: { seqFirst: number; seqLast: number | null; fromUs: number; toUs: number | null }[];
+  thinned: {
+    seqFirst: number;
+    seqLast: number;
+    fromUs: number;
+    toUs: number;
+    tier: string | null;
+  }[];
   restores: { id: number; state: string; volumes: string[]; seq: number }[];
 }
 

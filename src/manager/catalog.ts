@@ -315,20 +315,28 @@ export class Catalog {
       .all(run.first, run.last, fromUs, toUs, limit) as TxRow[];
   }
 
-  /** Committed transactions with writes after index `afterIdx`, in order (for the timeline). */
+  /** Committed transactions with writes (or thinned ones) after `afterIdx`, for the timeline. */
   txSummariesAfter(
     afterIdx: number,
     limit: number,
   ): Pick<
     TxRow,
-    'idx' | 'timeFirstUs' | 'timeLastUs' | 'seqFirst' | 'seqLast' | 'recordCount' | 'redoBytes'
+    | 'idx'
+    | 'kind'
+    | 'timeFirstUs'
+    | 'timeLastUs'
+    | 'seqFirst'
+    | 'seqLast'
+    | 'recordCount'
+    | 'redoBytes'
   >[] {
     return this.db
       .prepare(
-        `SELECT idx, time_first_us AS timeFirstUs, time_last_us AS timeLastUs, seq_first AS seqFirst,
-           seq_last AS seqLast, record_count AS recordCount, redo_bytes AS redoBytes
-         FROM transactions WHERE idx > ? AND state = 'committed' AND record_count > 0
-         ORDER BY idx LIMIT ?`,
+        `SELECT idx, kind, time_first_us AS timeFirstUs, time_last_us AS timeLastUs,
+           seq_first AS seqFirst, seq_last AS seqLast, record_count AS recordCount,
+           redo_bytes AS redoBytes
+         FROM transactions WHERE idx > ? AND state = 'committed'
+           AND (record_count > 0 OR kind = 'merged') ORDER BY idx LIMIT ?`,
       )
       .all(afterIdx, limit) as ReturnType<Catalog['txSummariesAfter']>;
   }
@@ -338,7 +346,7 @@ export class Catalog {
     return this.db
       .prepare(
         `SELECT ${TX_COLUMNS} FROM transactions WHERE seq_last >= ? AND state = 'committed'
-           AND record_count > 0 ORDER BY seq_last, idx LIMIT ?`,
+           AND (record_count > 0 OR kind = 'merged') ORDER BY seq_last, idx LIMIT ?`,
       )
       .all(seq, limit) as TxRow[];
   }
@@ -352,9 +360,20 @@ export class Catalog {
     return this.db
       .prepare(
         `SELECT ${TX_COLUMNS} FROM transactions WHERE idx <= ? AND seq_first <= ?
-           AND state = 'committed' AND record_count > 0 ORDER BY idx DESC LIMIT ?`,
+           AND state = 'committed' AND (record_count > 0 OR kind = 'merged')
+         ORDER BY idx DESC LIMIT ?`,
       )
       .all(holding?.idx ?? Number.MAX_SAFE_INTEGER, seq, limit) as TxRow[];
+  }
+
+  /** Thinned (merged) transactions whose time span overlaps [fromUs, toUs), oldest first. */
+  mergedInTime(fromUs: number, toUs: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE kind != 'redo' AND kind = 'merged'
+           AND time_last_us >= ? AND time_first_us < ? ORDER BY idx LIMIT ?`,
+      )
+      .all(fromUs, toUs, limit) as TxRow[];
   }
 
   /**
@@ -374,7 +393,8 @@ export class Catalog {
            (SELECT MIN(e.idx) FROM transactions e WHERE e.kind = 'resync-end' AND e.idx >= s.idx
               AND e.state = 'committed') AS endIdx
          FROM transactions s LEFT JOIN transactions p ON p.idx = s.idx - 1
-         WHERE s.kind != 'redo' AND s.state = 'committed' AND (p.idx IS NULL OR p.kind != 'resync')
+         WHERE s.kind != 'redo' AND s.kind IN ('resync', 'resync-end') AND s.state = 'committed'
+           AND (p.idx IS NULL OR p.kind != 'resync')
            AND IFNULL(p.time_last_us, s.time_first_us) < ?
          ORDER BY s.idx`,
       )
@@ -405,14 +425,21 @@ export class Catalog {
     return firstUs === undefined || lastUs === undefined ? undefined : { firstUs, lastUs };
   }
 
-  /** Bytes of the committed transactions' redo and undo files, and how many there are. */
-  journal(): { bytes: number; transactions: number } {
-    return this.db
+  /**
+   * What retention changes when it thins or drops history, cheaply (the partial index on
+   * non-redo transactions): the first transaction, and the merged ones. Commits leave it as it is.
+   */
+  historyShape(): string {
+    const first = this.db.prepare('SELECT MIN(idx) AS idx FROM transactions').get() as {
+      idx: number | null;
+    };
+    const merged = this.db
       .prepare(
-        `SELECT IFNULL(SUM(redo_bytes + undo_bytes), 0) AS bytes, COUNT(*) AS transactions
-         FROM transactions WHERE state = 'committed'`,
+        `SELECT COUNT(*) AS n, IFNULL(SUM(idx), 0) AS idxSum, IFNULL(SUM(seq_first), 0) AS seqSum
+         FROM transactions WHERE kind != 'redo' AND kind = 'merged'`,
       )
-      .get() as { bytes: number; transactions: number };
+      .get() as { n: number; idxSum: number; seqSum: number };
+    return `${first.idx ?? 0}:${merged.n}:${merged.idxSum}:${merged.seqSum}`;
   }
 
   views(): ViewRow[] {

@@ -18,6 +18,11 @@ export interface RecordColumns {
   readonly recordOffset: Float64Array;
   readonly recordLength: Float64Array;
   readonly recordTimeNs: BigUint64Array;
+  /** The undo's extents: for a thinned (merged) transaction, the ranges its run wrote. */
+  readonly extentCount: number;
+  readonly extentVolume: Uint16Array;
+  readonly extentOffset: Float64Array;
+  readonly extentLength: Float64Array;
 }
 
 /** The catalog queries the timeline runs (Catalog has them). */
@@ -25,6 +30,8 @@ export type TimelineCatalog = Pick<
   Catalog,
   | 'txsInTime'
   | 'txSummariesAfter'
+  | 'mergedInTime'
+  | 'historyShape'
   | 'txsFromSeq'
   | 'txsBeforeSeq'
   | 'resyncWindows'
@@ -117,6 +124,14 @@ export interface TimelineAnswer {
   }[];
   transactionsTruncated: boolean;
   bookmarks: { name: string; seq: number; timeUs: number }[];
+  /** Runs retention thinned into one point (merged): their writes' own times are gone. */
+  thinned: {
+    seqFirst: number;
+    seqLast: number;
+    fromUs: number;
+    toUs: number;
+    tier: string | null;
+  }[];
   /** Windows without per-write history (resyncs): no point inside is restorable. */
   gaps: { seqFirst: number; seqLast: number | null; fromUs: number; toUs: number | null }[];
   restores: {
@@ -164,6 +179,7 @@ export class Timeline {
   private readonly history: TimelineHistory;
   private prefix: TxPrefix | undefined;
   private prefixLoading: Promise<TxPrefix> | undefined;
+  private prefixShape = '';
   private readonly pendingCommits: TxSummary[] = [];
 
   constructor(history: TimelineHistory) {
@@ -186,19 +202,29 @@ export class Timeline {
 
   /** A transaction just committed (Timeline.of wires this to the manager's commit observers). */
   committed(tx: TxSummary): void {
-    if (this.prefix) this.prefix.append(tx);
-    else if (this.prefixLoading) this.pendingCommits.push(tx);
+    if (this.prefixLoading) this.pendingCommits.push(tx);
+    else this.prefix?.append(tx);
   }
 
-  /** The running totals, loaded from the catalog on first use. */
+  /**
+   * The running totals, loaded from the catalog on first use, and again once retention has
+   * thinned or dropped history since (the catalog's history shape tells).
+   */
   private async totals(): Promise<TxPrefix> {
-    if (this.prefix) return this.prefix;
+    const shape = this.history.catalog.historyShape();
+    if (this.prefix && this.prefixShape === shape) return this.prefix;
+    if (this.prefix) {
+      this.prefix = undefined;
+      this.prefixLoading = undefined;
+    }
     this.prefixLoading ??= TxPrefix.load((afterIdx, limit) =>
       this.history.catalog.txSummariesAfter(afterIdx, limit),
     ).then((prefix) => {
       // Commits during the load: those it read already are ignored by append.
       for (const tx of this.pendingCommits.splice(0)) prefix.append(tx);
       this.prefix = prefix;
+      this.prefixShape = shape;
+      this.prefixLoading = undefined;
       return prefix;
     });
     return this.prefixLoading;
@@ -226,6 +252,13 @@ export class Timeline {
     const exact = !counter.spread;
     const catalog = this.history.catalog;
     const marks = catalog.txsInTime(fromUs, toUs, TX_MARKS_MAX + 1);
+    const thinned = catalog.mergedInTime(fromUs, toUs, MARKS_MAX).map((tx) => ({
+      seqFirst: tx.seqFirst,
+      seqLast: tx.seqLast,
+      fromUs: tx.timeFirstUs,
+      toUs: tx.timeLastUs,
+      tier: tx.tier ?? null,
+    }));
     const spanAll = catalog.timeSpan();
     return {
       fromUs,
@@ -241,9 +274,10 @@ export class Timeline {
       list:
         writesTotal === 0
           ? []
-          : writesTotal <= TIMELINE_WRITES_MAX
+          : writesTotal <= TIMELINE_WRITES_MAX && thinned.length === 0
             ? await this.writesIn(fromUs, toUs)
             : null,
+      thinned,
       transactions: marks.slice(0, TX_MARKS_MAX).map((tx) => ({
         idx: tx.idx,
         kind: tx.kind,
@@ -350,6 +384,12 @@ export class Timeline {
       for (const tx of txs) {
         if (seq > toSeq || full()) break;
         const records = await this.history.records(tx.idx);
+        if (tx.kind === 'merged') {
+          // A thinned run: one entry per volume, at its last seq, covering what it wrote.
+          if (tx.seqLast <= toSeq) entries.push(...this.thinnedEntries(tx, records, volume));
+          seq = tx.seqLast + 1;
+          continue;
+        }
         seq = Math.max(seq, records.seqFirst);
         while (seq <= tx.seqLast && seq <= toSeq && !full()) {
           const i = seq - records.seqFirst;
@@ -392,6 +432,14 @@ export class Timeline {
       for (const tx of txs) {
         if (full()) break;
         const records = await this.history.records(tx.idx);
+        if (tx.kind === 'merged') {
+          // A thinned run: the ranges it wrote that touch `range`, at its last seq.
+          const touching = { offset, length, volume };
+          if (tx.seqLast <= seq)
+            entries.push(...this.thinnedEntries(tx, records, volume, touching));
+          seq = Math.min(seq, tx.seqFirst - 1);
+          continue;
+        }
         seq = Math.min(seq, tx.seqLast);
         while (seq >= records.seqFirst && !full()) {
           const i = seq - records.seqFirst;
@@ -442,6 +490,20 @@ export class Timeline {
       for (const tx of txs) {
         if (tx.seqFirst > toSeq) break;
         const records = await this.history.records(tx.idx);
+        if (tx.kind === 'merged') {
+          // A thinned run with any seq in the window: each range it wrote, once.
+          for (let e = 0; e < records.extentCount; e++) {
+            if (records.extentVolume[e] !== volume) continue;
+            const extent = {
+              offset: records.extentOffset[e] as number,
+              length: records.extentLength[e] as number,
+            };
+            ranges.push(extent);
+            addToCells(extent, cellBytes, writes, bytes);
+          }
+          seq = tx.seqLast + 1;
+          continue;
+        }
         for (let i = Math.max(0, seq - records.seqFirst); i < records.recordCount; i++) {
           if (records.seqFirst + i > toSeq) break;
           if (records.recordVolume[i] !== volume) continue;
@@ -484,8 +546,51 @@ export class Timeline {
       kind: code === KIND_WRITE ? 'write' : code === KIND_ZERO ? 'zero' : 'trim',
       offset: records.recordOffset[i] as number,
       length: records.recordLength[i] as number,
-      resync: kind !== 'redo',
+      resync: kind === 'resync' || kind === 'resync-end',
     };
+  }
+
+  /**
+   * A thinned run's entries (kind `thinned`, at its last seq, `seqFirst` its first): per volume
+   * the span of the ranges it wrote, or, given `touching`, each range it wrote that touches it.
+   */
+  private thinnedEntries(
+    tx: { seqFirst: number; seqLast: number; timeLastUs: number },
+    records: RecordColumns,
+    volume: number | undefined,
+    touching?: { offset: number; length: number; volume: number },
+  ): LogEntry[] {
+    const time = formatTimeNs(BigInt(tx.timeLastUs) * 1000n);
+    const entry = (v: number, offset: number, length: number): LogEntry => ({
+      seq: tx.seqLast,
+      seqFirst: tx.seqFirst,
+      time,
+      volume: this.history.volumeNames[v] ?? '?',
+      kind: 'thinned',
+      offset,
+      length,
+      resync: false,
+    });
+    const out: LogEntry[] = [];
+    const spans = new Map<number, { start: number; end: number }>();
+    for (let e = 0; e < records.extentCount; e++) {
+      const v = records.extentVolume[e] as number;
+      if (volume !== undefined && v !== volume) continue;
+      const start = records.extentOffset[e] as number;
+      const end = start + (records.extentLength[e] as number);
+      if (touching) {
+        if (start < touching.offset + touching.length && touching.offset < end)
+          out.push(entry(v, start, end - start));
+        continue;
+      }
+      const span = spans.get(v);
+      spans.set(v, {
+        start: Math.min(span?.start ?? start, start),
+        end: Math.max(span?.end ?? end, end),
+      });
+    }
+    for (const [v, span] of spans) out.push(entry(v, span.start, span.end - span.start));
+    return out;
   }
 
   private volumeIndex(name: string): number {
@@ -556,9 +661,10 @@ class BoundaryCounter {
     if (position === this.prefix.count) return base;
     const tx = this.prefix.at(position);
     if (tx.timeFirstUs >= us) return base;
-    const inside = await this.inside(tx);
+    const inside = tx.thinned ? undefined : await this.inside(tx);
     if (!inside) {
-      this.spread = true;
+      // A thinned run has no times per write any more: that is the history, not an estimate.
+      if (!tx.thinned) this.spread = true;
       const share = (us - tx.timeFirstUs) / (tx.timeLastUs - tx.timeFirstUs + 1);
       return { seq: base.seq + tx.recordCount * share, bytes: base.bytes + tx.bytes * share };
     }

@@ -10,7 +10,14 @@ import type { TxRow } from './catalog.js';
 
 export type TxSummary = Pick<
   TxRow,
-  'idx' | 'timeFirstUs' | 'timeLastUs' | 'seqFirst' | 'seqLast' | 'recordCount' | 'redoBytes'
+  | 'idx'
+  | 'kind'
+  | 'timeFirstUs'
+  | 'timeLastUs'
+  | 'seqFirst'
+  | 'seqLast'
+  | 'recordCount'
+  | 'redoBytes'
 >;
 
 /** Rows read from the catalog per event-loop turn while loading (about 10 ms of work). */
@@ -18,8 +25,12 @@ const LOAD_CHUNK_ROWS = 2000;
 /** Room for this many transactions at first; it doubles as needed. */
 const CAPACITY_INITIAL = 1024;
 
-/** A transaction's payload bytes: its redo file less the header, trailer and record headers. */
-export function payloadBytes(tx: Pick<TxRow, 'redoBytes' | 'recordCount'>): number {
+/**
+ * A transaction's payload bytes: its redo file less the header, trailer and record headers; a
+ * thinned (merged) one has no redo left, so its bytes are not known any more (0).
+ */
+export function payloadBytes(tx: Pick<TxRow, 'kind' | 'redoBytes' | 'recordCount'>): number {
+  if (tx.kind === 'merged') return 0;
   return tx.redoBytes - REDO_HEADER_BYTES - TRAILER_BYTES - RECORD_HEADER_BYTES * tx.recordCount;
 }
 
@@ -33,6 +44,8 @@ export class TxPrefix {
   private seqLast = new Float64Array(CAPACITY_INITIAL);
   /** Payload bytes of every transaction up to and including this one. */
   private bytesThrough = new Float64Array(CAPACITY_INITIAL);
+  /** 1 for a thinned (merged) transaction: its writes' own times are gone. */
+  private thinned = new Uint8Array(CAPACITY_INITIAL);
 
   /** Reads every committed transaction with writes, `read` giving the next rows after an index. */
   static async load(read: (afterIdx: number, limit: number) => TxSummary[]): Promise<TxPrefix> {
@@ -52,7 +65,7 @@ export class TxPrefix {
 
   /** Adds the next committed transaction (ignored without writes, or when already here). */
   append(tx: TxSummary): void {
-    if (tx.recordCount === 0 || tx.idx <= this.lastIdx) return;
+    if ((tx.recordCount === 0 && tx.kind !== 'merged') || tx.idx <= this.lastIdx) return;
     if (this.count === this.idx.length) this.grow();
     const at = this.count;
     const before = at === 0 ? 0 : (this.bytesThrough[at - 1] as number);
@@ -62,6 +75,7 @@ export class TxPrefix {
     this.seqFirst[at] = tx.seqFirst;
     this.seqLast[at] = tx.seqLast;
     this.bytesThrough[at] = before + payloadBytes(tx);
+    this.thinned[at] = tx.kind === 'merged' ? 1 : 0;
     this.count += 1;
   }
 
@@ -78,13 +92,20 @@ export class TxPrefix {
   }
 
   /** The transaction at `position`, with the writes and payload bytes before it. */
-  at(position: number): TxSummary & { seqBefore: number; bytesBefore: number; bytes: number } {
+  at(position: number): TxSummary & {
+    seqBefore: number;
+    bytesBefore: number;
+    bytes: number;
+    thinned: boolean;
+  } {
     assert(position >= 0 && position < this.count, 'a prefix position in use');
     const bytesBefore = position === 0 ? 0 : (this.bytesThrough[position - 1] as number);
     const seqFirst = this.seqFirst[position] as number;
     const seqLast = this.seqLast[position] as number;
+    const thinned = this.thinned[position] === 1;
     return {
       idx: this.idx[position] as number,
+      kind: thinned ? 'merged' : 'redo', // thinned or not is all the timeline asks
       timeFirstUs: this.firstUs[position] as number,
       timeLastUs: this.lastUs[position] as number,
       seqFirst,
@@ -94,6 +115,7 @@ export class TxPrefix {
       seqBefore: seqFirst - 1,
       bytesBefore,
       bytes: (this.bytesThrough[position] as number) - bytesBefore,
+      thinned,
     };
   }
 
@@ -125,5 +147,8 @@ export class TxPrefix {
     this.seqFirst = bigger(this.seqFirst);
     this.seqLast = bigger(this.seqLast);
     this.bytesThrough = bigger(this.bytesThrough);
+    const thinned = new Uint8Array(this.thinned.length * 2);
+    thinned.set(this.thinned);
+    this.thinned = thinned;
   }
 }

@@ -1,8 +1,8 @@
 // The timeline chart (uPlot): writes/s as bars and bytes/s as a line over one window of capture
-// time, with its marks drawn over the plot: resync windows (no per-write history) hatched, restores
-// as bands, transactions as a strip along the bottom, bookmarks as dashed lines, and, once the
-// window is narrow enough to list them, every single write as a tick with its seq. Dragging selects
-// a window to zoom into; a click picks that moment.
+// time, with its marks drawn over the plot: resync windows (no per-write history) hatched, runs
+// thinned by retention and restores as bands, transactions as a strip along the bottom, bookmarks
+// as dashed lines, and, once the window is narrow enough to list them, every single write as a
+// tick with its seq. Dragging selects a window to zoom into; a click picks that moment.
 import uPlot from 'uplot';
 import { formatBytes, formatDuration, isoFromUs } from './dom.js';
 import type { Timeline } from './types.js';
@@ -21,6 +21,8 @@ const COLORS = {
   restore: 'rgba(142, 68, 173, 0.18)',
   restoreLine: '#8e44ad',
   bookmark: '#e67e22',
+  thinned: 'rgba(120, 130, 145, 0.18)',
+  thinnedText: '#5b6779',
   tx: ['#9aa7b8', '#c7d0dc'],
   write: '#1b2b45',
 };
@@ -192,6 +194,15 @@ export class TimelineChart {
         x0 + 3 * ratio,
         top + 24 * ratio,
       );
+    }
+    for (const run of data.thinned) {
+      const x0 = xOf(run.fromUs);
+      const x1 = Math.max(x0 + 2 * ratio, xOf(run.toUs));
+      ctx.fillStyle = COLORS.thinned;
+      ctx.fillRect(x0, top, x1 - x0, height);
+      ctx.fillStyle = COLORS.thinnedText;
+      const label = `thinned${run.tier ? ` (${run.tier})` : ''}: one point at seq ${run.seqLast}`;
+      ctx.fillText(label, x0 + 3 * ratio, top + 52 * ratio);
     }
     for (const restore of data.restores) {
       const x0 = xOf(restore.fromUs);

@@ -140,7 +140,8 @@ export function table(
 }
 
 /** The kind of a log entry as the CLI prints it (resync records marked). */
-export function kindOf(entry: { kind: string; resync: boolean }): string {
+export function kindOf(entry: { kind: string; resync: boolean; seqFirst?: number }): string {
+  if (entry.kind === 'thinned') return `thinned (${entry.seqFirst ?? '?'}…)`;
   return entry.resync ? `resync-${entry.kind}` : entry.kind;
 }
 

@@ -5,10 +5,12 @@ export interface LogEntry {
   seq: number;
   time: string;
   volume: string;
-  kind: 'write' | 'zero' | 'trim';
+  /** `thinned`: ranges written somewhere in seqFirst..seq, kept by retention as one point. */
+  kind: 'write' | 'zero' | 'trim' | 'thinned';
   offset: number;
   length: number;
   resync: boolean;
+  seqFirst?: number;
 }
 
 export interface RestoreStatus {
@@ -114,6 +116,13 @@ export interface Timeline {
   transactionsTruncated: boolean;
   bookmarks: { name: string; seq: number; timeUs: number }[];
   gaps: { seqFirst: number; seqLast: number | null; fromUs: number; toUs: number | null }[];
+  thinned: {
+    seqFirst: number;
+    seqLast: number;
+    fromUs: number;
+    toUs: number;
+    tier: string | null;
+  }[];
   restores: {
     id: number;
     state: string;

@@ -22,6 +22,12 @@ interface Write {
 const SIZES = [8 << 20, 2 << 20];
 const NAMES = ['db', 'logs'];
 const KIND_CODE = { write: 1, zero: 2, trim: 3 } as const;
+const NO_EXTENTS = {
+  extentCount: 0,
+  extentVolume: new Uint16Array(0),
+  extentOffset: new Float64Array(0),
+  extentLength: new Float64Array(0),
+};
 
 /** Writes in bursts (several in one µs, then quiet for up to seconds), cut into transactions. */
 function history(random: Rng, count: number): { writes: Write[]; kinds: Map<number, TxKind> } {
@@ -112,12 +118,13 @@ async function setUp(seed: number, count: number) {
         list,
         (w) => BigInt(w.timeUs) * 1000n + BigInt(w.seq % 2 === 0 ? 0 : w.seq % 1000),
       ),
+      ...NO_EXTENTS,
     });
     committed = last.seq;
     if (idx === half) await timeline.buckets({ fromUs: 1, toUs: 2, buckets: 1 });
     if (idx > half) timeline.committed(row);
   }
-  return { random, writes, kinds, catalog, timeline };
+  return { random, writes, kinds, catalog, timeline, columns, byTx };
 }
 
 test('timeline buckets, seq edges and listed writes equal a direct count', async () => {
@@ -299,4 +306,82 @@ test('resync windows are marked from the write before them to their end', async 
   }
   assert.ok(runs.length >= 3, `resync runs in the history: ${runs.length}`);
   assert.deepEqual(answer.gaps, runs);
+});
+
+test('after retention thins and drops history, the timeline counts what is left', async () => {
+  const { writes, kinds, catalog, timeline, columns, byTx } = await setUp(41, 3000);
+  const whole = async (): Promise<Awaited<ReturnType<Timeline['buckets']>>> =>
+    timeline.buckets({
+      fromUs: (writes[0] as Write).timeUs,
+      toUs: (writes[writes.length - 1] as Write).timeUs + 1,
+      buckets: 50,
+    });
+  assert.equal((await whole()).writesTotal, writes.length);
+  // Drop the first five transactions; thin a run of five redo transactions in the middle into
+  // one, as retention does: no records of its own, its undo's extents the ranges it wrote.
+  catalog.dropTxs(5, 'test', new Date().toISOString());
+  const redo = [...byTx.keys()].filter((idx) => idx > 20 && !kinds.has(idx));
+  const run = redo
+    .slice(0, 5)
+    .filter((idx, i, all) => i === 0 || idx === (all[i - 1] as number) + 1);
+  assert.ok(run.length >= 2, 'a run of consecutive redo transactions to thin');
+  const first = run[0] as number;
+  const last = run[run.length - 1] as number;
+  const thinnedWrites = run.flatMap((idx) => byTx.get(idx) ?? []);
+  catalog.mergeTxs(first, last, { undoGen: 1, undoBytes: 0, undoCrc: 0, tier: '1h' }, 'now');
+  const v0 = thinnedWrites.filter((w) => w.volume === 0);
+  columns.set(last, {
+    seqFirst: (thinnedWrites[0] as Write).seq,
+    recordCount: 0,
+    recordKind: new Uint8Array(0),
+    recordVolume: new Uint16Array(0),
+    recordOffset: new Float64Array(0),
+    recordLength: new Float64Array(0),
+    recordTimeNs: new BigUint64Array(0),
+    extentCount: v0.length,
+    extentVolume: new Uint16Array(v0.length),
+    extentOffset: Float64Array.from(v0, (w) => w.offset),
+    extentLength: Float64Array.from(v0, (w) => w.length),
+  });
+  const dropped = [1, 2, 3, 4, 5].flatMap((idx) => byTx.get(idx) ?? []).length;
+  const after = await whole();
+  // The totals were rebuilt: the dropped writes are gone, the thinned ones still count.
+  assert.equal(after.writesTotal, writes.length - dropped);
+  assert.equal(after.seqFirst, dropped + 1);
+  assert.deepEqual(
+    after.thinned.map((t) => [t.seqFirst, t.seqLast, t.tier]),
+    [
+      [
+        (thinnedWrites[0] as Write).seq,
+        (thinnedWrites[thinnedWrites.length - 1] as Write).seq,
+        '1h',
+      ],
+    ],
+  );
+  assert.ok(after.exact, 'a thinned run is the history, not an estimate');
+  // The log shows the run as one entry on volume 0 at its last seq, and nothing of it otherwise.
+  const page = await timeline.logPage({
+    fromSeq: (thinnedWrites[0] as Write).seq,
+    toSeq: (thinnedWrites[thinnedWrites.length - 1] as Write).seq,
+    limit: 100,
+  });
+  assert.deepEqual(
+    page.entries.map((e) => [e.kind, e.seq, e.seqFirst, e.volume]),
+    [
+      [
+        'thinned',
+        (thinnedWrites[thinnedWrites.length - 1] as Write).seq,
+        (thinnedWrites[0] as Write).seq,
+        'db',
+      ],
+    ],
+  );
+  // The block map over the run counts its ranges (on volume 0), once each.
+  const map = await timeline.blockMap({
+    volume: 'db',
+    fromSeq: (thinnedWrites[0] as Write).seq - 1,
+    toSeq: (thinnedWrites[thinnedWrites.length - 1] as Write).seq,
+    cells: 64,
+  });
+  assert.equal(map.writesTotal, v0.length);
 });

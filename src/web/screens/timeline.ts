@@ -129,6 +129,8 @@ export const timeline: Screen = {
         'Drag across the chart to zoom into a window; click a moment to open the volume set as of then. ',
         h('span', { class: 'swatch gap' }),
         ' resync window (no per-write history) ',
+        h('span', { class: 'swatch thinned' }),
+        ' thinned by retention ',
         h('span', { class: 'swatch restore' }),
         ' restore ',
         h('span', { class: 'swatch bookmark' }),
