@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 # g++, make and python3 build the native npm addons (better-sqlite3, the mmap addon) from source;
-# openssl and psktool (gnutls-bin) make the NBD TLS tests' certificates and PSK files.
-for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux fsfreeze:util-linux blkid:util-linux setpriv:util-linux losetup:mount g++:g++ make:make python3:python3 openssl:openssl psktool:gnutls-bin; do
+# openssl and psktool (gnutls-bin) make the NBD TLS tests' certificates and PSK files; chromium
+# runs the console's browser tests (playwright-core drives it; no browser is downloaded) and
+# promtool (package prometheus) checks the format of GET /metrics.
+for pair in nbdinfo:libnbd-bin nbdsh:python3-libnbd qemu-io:qemu-utils fio:fio fusermount3:fuse3 mkfs.ext4:e2fsprogs nbdkit:nbdkit fallocate:util-linux fsfreeze:util-linux blkid:util-linux setpriv:util-linux losetup:mount g++:g++ make:make python3:python3 openssl:openssl psktool:gnutls-bin chromium:chromium promtool:prometheus; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -524,6 +524,9 @@ export class Agent implements ShipperSource, AgentCommands {
   status(): AgentReport {
     return {
       restoring: this.state.restoring,
+      captured: this.volumes.map((v) => ({
+        ...(this.pipeline.captured[v.index] ?? { writes: 0, bytes: 0 }),
+      })),
       seqCaptured: this.pipeline.seqCaptured,
       timeCapturedNs: this.pipeline.timeCapturedNs,
       spoolBytes: this.spool.totalBytes,

@@ -138,6 +138,8 @@ export class WritePipeline {
   /** Last seq whose record reached the log and whose reply went out. */
   seqCaptured: number;
   timeCapturedNs = 0n;
+  /** Per volume index: client writes logged since start, and the bytes they cover (for metrics). */
+  readonly captured: { writes: number; bytes: number }[] = [];
   private failed: unknown;
   degraded: DegradedState | undefined;
   private readonly spool: Spool;
@@ -484,6 +486,11 @@ export class WritePipeline {
     if (lastRecord) {
       this.seqCaptured = lastRecord.seq;
       this.timeCapturedNs = lastRecord.timeNs;
+    }
+    for (const op of records) {
+      const counts = (this.captured[op.volume.index] ??= { writes: 0, bytes: 0 });
+      counts.writes += 1;
+      counts.bytes += op.lengthBytes;
     }
     if (errnos.size > 0) await this.compensate([...errnos.keys()]);
     for (const op of batch) {

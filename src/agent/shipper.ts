@@ -53,6 +53,8 @@ export interface AgentReport {
   mode: string;
   failure: string | undefined;
   restoring: RestoringState | undefined;
+  /** Per volume index: client writes logged since the agent started, and their bytes. */
+  captured?: { writes: number; bytes: number }[];
 }
 
 /** What the shipper ships and reports: the volume set, the spool's sealed segments, the status. */
@@ -436,6 +438,7 @@ export class Shipper {
       mode: status.mode,
       ...(failure ? { failure } : {}),
       ...(status.restoring ? { restoring: status.restoring } : {}),
+      ...(status.captured ? { captured: status.captured } : {}),
     });
   }
 

@@ -1,13 +1,18 @@
-// The manager's HTTP API (fastify): status, log, seal, snapshots and clones. The CLI and any UI are
-// its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
+// The manager's HTTP API (fastify): status, log, seal, snapshots and clones, recovery, the
+// console's timeline, events and page, and the Prometheus metrics. The CLI and the web console
+// are its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
 import { Readable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { parseSize, RewindError, type ByteRange } from '../core/index.js';
-import type { Manager } from '../manager/index.js';
-import { blockHistory, diff } from '../manager/index.js';
+import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';
+import type { CommitEvent, Manager } from '../manager/index.js';
+import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
 import { tokensEqual } from '../ship/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
+import { isConsoleAsset, registerConsole, type ConsoleInfo } from './console.js';
+import { EventStreams } from './events.js';
+import { Metrics } from './metrics.js';
+import { OverviewSource } from './overview.js';
 
 const STATUS_BY_CODE: Record<string, number> = {
   REWIND_BAD_ARGUMENT: 400,
@@ -18,16 +23,29 @@ const STATUS_BY_CODE: Record<string, number> = {
   REWIND_AUTH: 401,
 };
 
+/** What the API serves besides the manager's own state (the console's /api/info). */
+export type ApiOptions = ConsoleInfo;
+
+/** Timeline buckets when none are asked for. */
+const TIMELINE_BUCKETS_DEFAULT = 200;
+/** Log entries per page of GET /api/log?limit= and history entries per answer, by default. */
+const PAGE_DEFAULT = 1000;
+/** Block map cells by default. */
+const BLOCKMAP_CELLS_DEFAULT = 256;
+
 export async function startApi(
   manager: Manager,
   host: string,
   port: number,
   token: string | undefined,
+  options: ApiOptions = { role: 'up', nbd: null },
 ): Promise<{ app: FastifyInstance; address: string }> {
   const app = Fastify({ logger: false });
   let failures = 0;
   app.addHook('onRequest', async (request, reply) => {
     if (token === undefined) return;
+    // The console's page and assets load without a token; the page then asks for one.
+    if (isConsoleAsset(request.method, request.url)) return;
     const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? '';
     if (tokensEqual(given, token)) return;
     // Guessing is slowed down (each failure delays the answer a little more, capped) and logged.
@@ -61,6 +79,48 @@ export async function startApi(
   });
   app.get('/api/status', async () => manager.status());
   registerRetentionRoutes(app, manager);
+  const overview = new OverviewSource(manager);
+  const timeline = Timeline.of(manager.history, manager.catalog);
+  const onCommit = (event: CommitEvent): void => timeline.committed(event.tx);
+  manager.commitObservers.add(onCommit);
+  const metrics = new Metrics(manager, overview, options.role);
+  app.addHook('onClose', async () => {
+    manager.commitObservers.delete(onCommit);
+    metrics.close();
+    overview.close();
+  });
+  app.get('/metrics', async (_request, reply) => {
+    const { contentType, body } = await metrics.text();
+    return reply.type(contentType).send(body);
+  });
+  app.get('/api/overview', async () => overview.overview());
+  app.get<{ Querystring: { at?: string } }>('/api/points/resolve', async (request) => {
+    if (typeof request.query.at !== 'string')
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'resolve needs at (a POINT)');
+    const seq = manager.resolvePoint(request.query.at);
+    return { seq, time: seq === 0 ? null : formatTimeNs(await manager.history.seqTimeNs(seq)) };
+  });
+  new EventStreams(manager, overview).register(app);
+  await registerConsole(app, options);
+  app.get<{ Querystring: { from?: string; to?: string; buckets?: string } }>(
+    '/api/timeline',
+    async (request) => {
+      const q = request.query;
+      const span = manager.catalog.timeSpan();
+      const nowUs = Date.now() * 1000;
+      // By default the whole history, with a margin so that its first and last writes show.
+      const marginUs = span ? Math.max(1, Math.ceil((span.lastUs - span.firstUs) / 50)) : 0;
+      const toUs =
+        q.to !== undefined ? parseTimeUs(q.to, 'to') : (span?.lastUs ?? nowUs) + marginUs + 1;
+      const fromUs =
+        q.from !== undefined
+          ? parseTimeUs(q.from, 'from')
+          : Math.max(0, Math.min((span?.firstUs ?? nowUs) - marginUs, toUs - 1));
+      const buckets =
+        q.buckets !== undefined ? parseCount(q.buckets, 'buckets') : TIMELINE_BUCKETS_DEFAULT;
+      return timeline.buckets({ fromUs, toUs, buckets });
+    },
+  );
   app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>('/api/seal', async (request) =>
     manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
   );
@@ -99,10 +159,24 @@ export async function startApi(
     await manager.removeView(request.params.name);
     return { removed: request.params.name };
   });
-  app.get<{ Querystring: { volume?: string; from?: string; to?: string } }>(
+  app.get<{ Querystring: { volume?: string; from?: string; to?: string; limit?: string } }>(
     '/api/log',
     async (request, reply) => {
       const q = request.query;
+      if (q.limit !== undefined) {
+        // One page: at most `limit` entries, and where the next page starts (header, and 204 when
+        // the range is exhausted at once).
+        const page = await timeline.logPage({
+          fromSeq: q.from ? parseSeq(q.from, 'from') : 1,
+          ...(q.to ? { toSeq: parseSeq(q.to, 'to') } : {}),
+          limit: parseCount(q.limit, 'limit'),
+          ...(q.volume ? { volume: q.volume } : {}),
+        });
+        if (page.nextSeq !== null) void reply.header('rewind-next-seq', String(page.nextSeq));
+        return reply
+          .type('application/x-ndjson')
+          .send(page.entries.map((entry) => `${JSON.stringify(entry)}\n`).join(''));
+      }
       const filter = {
         ...(q.volume ? { volume: q.volume } : {}),
         ...(q.from ? { from: parseSeq(q.from, 'from') } : {}),
@@ -183,14 +257,42 @@ export async function startApi(
   app.get<{ Params: { id: string } }>('/api/exports/:id', async (request) =>
     manager.exporter.status(parseId(request.params.id)),
   );
-  app.get<{ Params: { volume: string }; Querystring: { range?: string } }>(
-    '/api/volumes/:volume/history',
-    async (request) => {
-      if (typeof request.query.range !== 'string')
-        throw new RewindError('REWIND_BAD_ARGUMENT', 'history needs range=OFFSET:LENGTH');
-      return blockHistory(manager, request.params.volume, parseRange(request.query.range));
-    },
-  );
+  app.get('/api/exports', async () => manager.exporter.list());
+  app.get<{
+    Params: { volume: string };
+    Querystring: { range?: string; limit?: string; before?: string };
+  }>('/api/volumes/:volume/history', async (request, reply) => {
+    const q = request.query;
+    if (typeof q.range !== 'string')
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'history needs range=OFFSET:LENGTH');
+    const range = parseRange(q.range);
+    if (q.limit === undefined && q.before === undefined)
+      return blockHistory(manager, request.params.volume, range);
+    // Bounded: the newest `limit` entries at or before seq `before`, and where older ones start.
+    const page = await timeline.rangeHistory({
+      volume: request.params.volume,
+      range,
+      limit: q.limit !== undefined ? parseCount(q.limit, 'limit') : PAGE_DEFAULT,
+      ...(q.before !== undefined ? { beforeSeq: parseSeq(q.before, 'before') } : {}),
+    });
+    if (page.nextBeforeSeq !== null)
+      void reply.header('rewind-next-before-seq', String(page.nextBeforeSeq));
+    return page.entries;
+  });
+  app.get<{
+    Params: { volume: string };
+    Querystring: { from?: string; to?: string; cells?: string };
+  }>('/api/volumes/:volume/blockmap', async (request) => {
+    const q = request.query;
+    const fromSeq = q.from !== undefined ? seqOrPoint(manager, q.from) : 0;
+    const toSeq = q.to !== undefined ? seqOrPoint(manager, q.to) : manager.seqCommitted();
+    return timeline.blockMap({
+      volume: request.params.volume,
+      fromSeq,
+      toSeq,
+      cells: q.cells !== undefined ? parseCount(q.cells, 'cells') : BLOCKMAP_CELLS_DEFAULT,
+    });
+  });
   app.get<{ Params: { volume: string }; Querystring: { from?: string; to?: string } }>(
     '/api/volumes/:volume/diff',
     async (request) => {
@@ -208,6 +310,33 @@ function parseSeq(text: string, what: string): number {
   if (!/^\d+$/.test(text))
     throw new RewindError('REWIND_BAD_ARGUMENT', `--${what} "${text}" is not a seq`);
   return Number(text);
+}
+
+function parseCount(text: string, what: string): number {
+  if (!/^\d+$/.test(text))
+    throw new RewindError('REWIND_BAD_ARGUMENT', `${what} "${text}" is not a positive number`);
+  return Number(text);
+}
+
+/** A time as µs since the epoch, an ISO-8601 time or a relative time ("1 hour ago"). */
+function parseTimeUs(text: string, what: string): number {
+  if (/^\d+$/.test(text.trim())) return Number(text.trim());
+  const point = parsePoint(text);
+  if (point.kind !== 'time')
+    throw new RewindError('REWIND_BAD_ARGUMENT', `${what} "${text}" is not a time`);
+  return Number(point.timeNs / 1000n);
+}
+
+/** A seq as given (any committed one, even inside a resync), or a POINT resolved to one. */
+function seqOrPoint(manager: Manager, text: string): number {
+  if (!/^\d+$/.test(text.trim())) return manager.resolvePoint(text);
+  const seq = Number(text.trim());
+  if (seq > manager.seqCommitted())
+    throw new RewindError(
+      'REWIND_POINT_INVALID',
+      `seq ${seq} is not committed yet (last committed: ${manager.seqCommitted()})`,
+    );
+  return seq;
 }
 
 function parseId(text: string): number {

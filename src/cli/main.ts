@@ -290,6 +290,7 @@ withRetentionOptions(
     await printVolumes(running);
     printServing(running);
     console.log(`API: ${running.httpAddress}`);
+    console.log(`console: ${running.consoleUrl}`);
     if (running.apiTokenFile)
       console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
     stopOnSignals(running);
@@ -369,6 +370,7 @@ withRetentionOptions(
         console.log(`views: ${uri}`);
       printServing(running);
       console.log(`API: ${running.httpAddress}`);
+      console.log(`console: ${running.consoleUrl}`);
       if (running.apiTokenFile)
         console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
       stopOnSignals(running);
@@ -544,6 +546,12 @@ withServer(
   console.log(`removed ${name}`);
 });
 
+const positiveInt = (text: string): number => {
+  if (!/^\d+$/.test(text) || Number(text) < 1)
+    throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not a positive number`);
+  return Number(text);
+};
+
 withServer(
   program
     .command('log')
@@ -551,6 +559,7 @@ withServer(
     .option('--volume <name>', 'only this volume')
     .option('--from <seq>', 'first seq')
     .option('--to <seq>', 'last seq')
+    .option('--limit <n>', 'at most n writes, then say where the next page starts', positiveInt)
     .option('--json', 'one JSON object per line'),
 ).action(
   async (options: {
@@ -558,13 +567,16 @@ withServer(
     volume?: string;
     from?: string;
     to?: string;
+    limit?: number;
     json?: boolean;
   }) => {
     const query = new URLSearchParams();
     if (options.volume) query.set('volume', options.volume);
     if (options.from) query.set('from', options.from);
     if (options.to) query.set('to', options.to);
-    const text = await (await call(server(options), 'GET', `/api/log?${query.toString()}`)).text();
+    if (options.limit !== undefined) query.set('limit', String(options.limit));
+    const response = await call(server(options), 'GET', `/api/log?${query.toString()}`);
+    const text = await response.text();
     for (const line of text.split('\n')) {
       if (!line) continue;
       if (options.json) console.log(line);
@@ -572,8 +584,145 @@ withServer(
         console.log(logLine(JSON.parse(line) as LogLine));
       }
     }
+    const next = response.headers.get('rewind-next-seq');
+    // On stderr, so that --json output stays one object per line.
+    if (options.limit !== undefined && next !== null)
+      console.error(`more: rewind log --from ${next} --limit ${options.limit}`);
   },
 );
+
+withServer(
+  program
+    .command('timeline')
+    .description(
+      'writes and bytes over time, in buckets, with transactions, bookmarks, resync windows and restores',
+    )
+    .option(
+      '--from <time>',
+      'start: ISO-8601, relative ("1 hour ago") or µs since the epoch (default: the first write)',
+    )
+    .option('--to <time>', 'end, exclusive (default: just after the last committed write)')
+    .option('--buckets <n>', 'number of buckets (default 200)', positiveInt)
+    .option('--json', 'print JSON'),
+).action(
+  async (options: {
+    server?: string;
+    from?: string;
+    to?: string;
+    buckets?: number;
+    json?: boolean;
+  }) => {
+    const query = new URLSearchParams();
+    if (options.from) query.set('from', options.from);
+    if (options.to) query.set('to', options.to);
+    if (options.buckets !== undefined) query.set('buckets', String(options.buckets));
+    const t = await json<TimelineLine>(server(options), 'GET', `/api/timeline?${query.toString()}`);
+    if (options.json) return console.log(JSON.stringify(t));
+    const iso = (us: number): string => new Date(us / 1000).toISOString();
+    console.log(
+      `${iso(t.fromUs)} .. ${iso(t.toUs)}: ${Math.round(t.writesTotal)} writes${t.seqFirst !== null ? ` (seq ${t.seqFirst}..${t.seqLast})` : ''}, buckets of ${t.bucketUs} µs${t.exact ? '' : ' (approximate)'}`,
+    );
+    t.writes.forEach((writes, i) => {
+      if (writes > 0)
+        console.log(
+          `${iso(t.fromUs + i * t.bucketUs)}\t${Math.round(writes)} writes\t${formatBytes(Math.round(t.bytes[i] ?? 0))}`,
+        );
+    });
+    for (const b of t.bookmarks) console.log(`bookmark @${b.name}\tseq ${b.seq}\t${iso(b.timeUs)}`);
+    for (const g of t.gaps)
+      console.log(
+        `resync\tseq ${g.seqFirst}..${g.seqLast ?? '?'}\t${iso(g.fromUs)} .. ${g.toUs === null ? 'still arriving' : iso(g.toUs)} (no per-write history)`,
+      );
+    for (const r of t.thinned)
+      console.log(
+        `thinned\tseq ${r.seqFirst}..${r.seqLast}\t${iso(r.fromUs)} .. ${iso(r.toUs)} (one point at seq ${r.seqLast}${r.tier ? `, tier ${r.tier}` : ''})`,
+      );
+    for (const r of t.restores)
+      console.log(`restore #${r.id}\t${r.state}\t${r.volumes.join(',')} to seq ${r.seq}`);
+  },
+);
+
+withServer(
+  program
+    .command('point <point>')
+    .description('the seq a POINT resolves to, and the capture time of that write (or the refusal)')
+    .option('--json', 'print JSON'),
+).action(async (point: string, options: { server?: string; json?: boolean }) => {
+  const resolved = await json<{ seq: number; time: string | null }>(
+    server(options),
+    'GET',
+    `/api/points/resolve?${new URLSearchParams({ at: point }).toString()}`,
+  );
+  if (options.json) return console.log(JSON.stringify(resolved));
+  console.log(
+    `seq ${resolved.seq}${resolved.time ? ` (captured ${resolved.time})` : ' (before the first write)'}`,
+  );
+});
+
+withServer(
+  program
+    .command('blockmap <volume>')
+    .description('which regions of a volume the writes between two points changed (from the log)')
+    .option('--from <point>', 'after this point (default 0)')
+    .option('--to <point>', 'up to and including this point (default: the last committed write)')
+    .option('--cells <n>', 'number of equal cells (default 256)', positiveInt)
+    .option('--json', 'print JSON'),
+).action(
+  async (
+    volume: string,
+    options: { server?: string; from?: string; to?: string; cells?: number; json?: boolean },
+  ) => {
+    const query = new URLSearchParams();
+    if (options.from) query.set('from', options.from);
+    if (options.to) query.set('to', options.to);
+    if (options.cells !== undefined) query.set('cells', String(options.cells));
+    const map = await json<{
+      fromSeq: number;
+      toSeq: number;
+      cellBytes: number;
+      writes: number[];
+      bytes: number[];
+      changedBytes: number;
+      writesTotal: number;
+    }>(
+      server(options),
+      'GET',
+      `/api/volumes/${encodeURIComponent(volume)}/blockmap?${query.toString()}`,
+    );
+    if (options.json) return console.log(JSON.stringify(map));
+    console.log(
+      `${volume}: seq ${map.fromSeq} .. ${map.toSeq}: ${map.writesTotal} writes changed ${formatBytes(map.changedBytes)}; cells of ${formatBytes(map.cellBytes)}`,
+    );
+    map.writes.forEach((writes, cell) => {
+      if (writes > 0)
+        console.log(
+          `${cell * map.cellBytes}:${map.cellBytes}\t${writes} writes\t${formatBytes(map.bytes[cell] ?? 0)}`,
+        );
+    });
+  },
+);
+
+interface TimelineLine {
+  fromUs: number;
+  toUs: number;
+  bucketUs: number;
+  writes: number[];
+  bytes: number[];
+  exact: boolean;
+  writesTotal: number;
+  seqFirst: number | null;
+  seqLast: number | null;
+  bookmarks: { name: string; seq: number; timeUs: number }[];
+  gaps: { seqFirst: number; seqLast: number | null; fromUs: number; toUs: number | null }[];
+  thinned: {
+    seqFirst: number;
+    seqLast: number;
+    fromUs: number;
+    toUs: number;
+    tier: string | null;
+  }[];
+  restores: { id: number; state: string; volumes: string[]; seq: number }[];
+}
 
 // ---- Recovery ----
 interface LogLine {
@@ -591,11 +740,6 @@ const logLine = (e: LogLine): string =>
   e.kind === 'thinned'
     ? `${e.seq}\t${e.time}\t${e.volume}\tthinned(${e.seqFirst ?? '?'}..${e.seq})\t${e.offset}\t${e.length}`
     : `${e.seq}\t${e.time}\t${e.volume}\t${e.resync ? `resync-${e.kind}` : e.kind}\t${e.offset}\t${e.length}`;
-const positiveInt = (text: string): number => {
-  if (!/^\d+$/.test(text) || Number(text) < 1)
-    throw new RewindError('REWIND_BAD_ARGUMENT', `"${text}" is not a positive number of writes`);
-  return Number(text);
-};
 
 withServer(
   program
@@ -1041,17 +1185,25 @@ withServer(
       'every write that touched a byte range, newest first (which write last changed a block)',
     )
     .requiredOption('--range <offset:length>', 'the byte range (K/M/G/T suffixes)')
+    .option('--limit <n>', 'only the newest n writes', positiveInt)
     .option('--json', 'print JSON'),
-).action(async (volume: string, options: { server?: string; range: string; json?: boolean }) => {
-  const list = await json<LogLine[]>(
-    server(options),
-    'GET',
-    `/api/volumes/${encodeURIComponent(volume)}/history?range=${encodeURIComponent(options.range)}`,
-  );
-  if (options.json) return console.log(JSON.stringify(list));
-  if (list.length === 0) return console.log('no write touched that range');
-  for (const e of list) console.log(logLine(e));
-});
+).action(
+  async (
+    volume: string,
+    options: { server?: string; range: string; limit?: number; json?: boolean },
+  ) => {
+    const query = new URLSearchParams({ range: options.range });
+    if (options.limit !== undefined) query.set('limit', String(options.limit));
+    const list = await json<LogLine[]>(
+      server(options),
+      'GET',
+      `/api/volumes/${encodeURIComponent(volume)}/history?${query.toString()}`,
+    );
+    if (options.json) return console.log(JSON.stringify(list));
+    if (list.length === 0) return console.log('no write touched that range');
+    for (const e of list) console.log(logLine(e));
+  },
+);
 
 withServer(
   program

@@ -43,6 +43,8 @@ export interface AgentStatus {
   failure: string | undefined;
   restoring: RestoringState | undefined;
   receivedAtMs: number;
+  /** Per volume index, the client writes the agent has logged since it started, and their bytes. */
+  captured: readonly { writes: number; bytes: number }[] | undefined;
 }
 
 type Hello = Extract<AgentMessage, { type: 'hello' }>;
@@ -262,6 +264,7 @@ export class AgentLink {
           failure: message.failure,
           restoring: message.restoring,
           receivedAtMs: Date.now(),
+          captured: message.captured,
         };
         return;
       case 'sealed': {

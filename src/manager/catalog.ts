@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS transactions (
   undo_crc INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, received_at TEXT NOT NULL, committed_at TEXT);
 CREATE INDEX IF NOT EXISTS transactions_seq ON transactions (seq_last);
 CREATE INDEX IF NOT EXISTS transactions_time ON transactions (time_last_us);
+CREATE INDEX IF NOT EXISTS transactions_resync ON transactions (idx) WHERE kind != 'redo';
 CREATE TABLE IF NOT EXISTS views (
   name TEXT PRIMARY KEY, kind TEXT NOT NULL, seq INTEGER NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bookmarks (
@@ -285,6 +286,166 @@ export class Catalog {
   firstTx(): TxRow | undefined {
     return this.db.prepare(`SELECT ${TX_COLUMNS} FROM transactions ORDER BY idx LIMIT 1`).get() as
       TxRow | undefined;
+  }
+
+  // ---- The console's timeline (timeline.ts) ----
+  // Capture time follows seq order, so the transactions overlapping a window of time are a run of
+  // consecutive indexes: two seeks on the time index find it, and every query below reads only
+  // the rows of that run (by rowid), not the whole table.
+
+  /**
+   * The run of transaction indexes that may overlap [fromUs, toUs): from the first one ending at
+   * or after `fromUs` to the first one ending at or after `toUs` (or the last one).
+   */
+  private idxRun(fromUs: number, toUs: number): { first: number; last: number } | undefined {
+    const seek = this.db.prepare(
+      `SELECT idx FROM transactions WHERE time_last_us >= ? ORDER BY time_last_us, idx LIMIT 1`,
+    );
+    const first = (seek.get(fromUs) as { idx: number } | undefined)?.idx;
+    if (first === undefined) return undefined;
+    const last =
+      (seek.get(toUs) as { idx: number } | undefined)?.idx ??
+      (this.db.prepare('SELECT MAX(idx) AS idx FROM transactions').get() as { idx: number }).idx;
+    return { first, last };
+  }
+
+  /** Committed transactions with records captured in [fromUs, toUs), oldest first. */
+  txsInTime(fromUs: number, toUs: number, limit: number): TxRow[] {
+    const run = this.idxRun(fromUs, toUs);
+    if (!run) return [];
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE idx BETWEEN ? AND ? AND state = 'committed'
+           AND record_count > 0 AND time_last_us >= ? AND time_first_us < ? ORDER BY idx LIMIT ?`,
+      )
+      .all(run.first, run.last, fromUs, toUs, limit) as TxRow[];
+  }
+
+  /** Committed transactions with writes (or thinned ones) after `afterIdx`, for the timeline. */
+  txSummariesAfter(
+    afterIdx: number,
+    limit: number,
+  ): Pick<
+    TxRow,
+    | 'idx'
+    | 'kind'
+    | 'timeFirstUs'
+    | 'timeLastUs'
+    | 'seqFirst'
+    | 'seqLast'
+    | 'recordCount'
+    | 'redoBytes'
+  >[] {
+    return this.db
+      .prepare(
+        `SELECT idx, kind, time_first_us AS timeFirstUs, time_last_us AS timeLastUs,
+           seq_first AS seqFirst, seq_last AS seqLast, record_count AS recordCount,
+           redo_bytes AS redoBytes
+         FROM transactions WHERE idx > ? AND state = 'committed'
+           AND (record_count > 0 OR kind = 'merged') ORDER BY idx LIMIT ?`,
+      )
+      .all(afterIdx, limit) as ReturnType<Catalog['txSummariesAfter']>;
+  }
+
+  /** Committed transactions holding a seq at or after `seq`, oldest first (a seek on seq_last). */
+  txsFromSeq(seq: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE seq_last >= ? AND state = 'committed'
+           AND (record_count > 0 OR kind = 'merged') ORDER BY seq_last, idx LIMIT ?`,
+      )
+      .all(seq, limit) as TxRow[];
+  }
+
+  /** Committed transactions holding a seq at or before `seq`, newest first. */
+  txsBeforeSeq(seq: number, limit: number): TxRow[] {
+    // The transaction holding `seq` is the first ending at or after it; the rest precede it.
+    const holding = this.db
+      .prepare(`SELECT idx FROM transactions WHERE seq_last >= ? ORDER BY seq_last, idx LIMIT 1`)
+      .get(seq) as { idx: number } | undefined;
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE idx <= ? AND seq_first <= ?
+           AND state = 'committed' AND (record_count > 0 OR kind = 'merged')
+         ORDER BY idx DESC LIMIT ?`,
+      )
+      .all(holding?.idx ?? Number.MAX_SAFE_INTEGER, seq, limit) as TxRow[];
+  }
+
+  /** Thinned (merged) transactions whose time span overlaps [fromUs, toUs), oldest first. */
+  mergedInTime(fromUs: number, toUs: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE kind != 'redo' AND kind = 'merged'
+           AND time_last_us >= ? AND time_first_us < ? ORDER BY idx LIMIT ?`,
+      )
+      .all(fromUs, toUs, limit) as TxRow[];
+  }
+
+  /**
+   * Resync windows (a run of resync transactions and the resync-end closing it) that may overlap
+   * [fromUs, toUs): the first transaction of each, the one closing it (none while it is still
+   * arriving), and the capture time of the last write before it (0 when it is the first).
+   */
+  resyncWindows(
+    fromUs: number,
+    toUs: number,
+    limit: number,
+  ): { first: TxRow; last: TxRow | undefined; beforeUs: number }[] {
+    // The partial index on resync transactions keeps this to them, however long the history.
+    const starts = this.db
+      .prepare(
+        `SELECT s.idx AS idx, IFNULL(p.time_last_us, 0) AS beforeUs,
+           (SELECT MIN(e.idx) FROM transactions e WHERE e.kind = 'resync-end' AND e.idx >= s.idx
+              AND e.state = 'committed') AS endIdx
+         FROM transactions s LEFT JOIN transactions p ON p.idx = s.idx - 1
+         WHERE s.kind != 'redo' AND s.kind IN ('resync', 'resync-end') AND s.state = 'committed'
+           AND (p.idx IS NULL OR p.kind != 'resync')
+           AND IFNULL(p.time_last_us, s.time_first_us) < ?
+         ORDER BY s.idx`,
+      )
+      .all(toUs) as { idx: number; beforeUs: number; endIdx: number | null }[];
+    const windows: { first: TxRow; last: TxRow | undefined; beforeUs: number }[] = [];
+    for (const start of starts) {
+      const last = start.endIdx === null ? undefined : this.tx(start.endIdx);
+      if (last && last.timeLastUs < fromUs) continue;
+      windows.push({ first: this.tx(start.idx) as TxRow, last, beforeUs: start.beforeUs });
+      if (windows.length >= limit) break;
+    }
+    return windows;
+  }
+
+  /** The capture times of the first and the last committed write, if any (two seeks). */
+  timeSpan(): { firstUs: number; lastUs: number } | undefined {
+    const edge = (order: 'ASC' | 'DESC'): number | undefined =>
+      (
+        this.db
+          .prepare(
+            `SELECT time_first_us AS firstUs, time_last_us AS lastUs FROM transactions
+             WHERE state = 'committed' AND record_count > 0 ORDER BY idx ${order} LIMIT 1`,
+          )
+          .get() as { firstUs: number; lastUs: number } | undefined
+      )?.[order === 'ASC' ? 'firstUs' : 'lastUs'];
+    const firstUs = edge('ASC');
+    const lastUs = edge('DESC');
+    return firstUs === undefined || lastUs === undefined ? undefined : { firstUs, lastUs };
+  }
+
+  /**
+   * What retention changes when it thins or drops history, cheaply (the partial index on
+   * non-redo transactions): the first transaction, and the merged ones. Commits leave it as it is.
+   */
+  historyShape(): string {
+    const first = this.db.prepare('SELECT MIN(idx) AS idx FROM transactions').get() as {
+      idx: number | null;
+    };
+    const merged = this.db
+      .prepare(
+        `SELECT COUNT(*) AS n, IFNULL(SUM(idx), 0) AS idxSum, IFNULL(SUM(seq_first), 0) AS seqSum
+         FROM transactions WHERE kind != 'redo' AND kind = 'merged'`,
+      )
+      .get() as { n: number; idxSum: number; seqSum: number };
+    return `${first.idx ?? 0}:${merged.n}:${merged.idxSum}:${merged.seqSum}`;
   }
 
   views(): ViewRow[] {

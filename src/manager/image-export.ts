@@ -157,6 +157,11 @@ export class ImageExporter {
     return { ...job };
   }
 
+  /** Every export of this process, oldest first (they are not kept across restarts). */
+  list(): ExportJob[] {
+    return [...this.jobs.values()].map((job) => ({ ...job }));
+  }
+
   async settled(id: number): Promise<ExportJob> {
     await this.running.get(id);
     return this.status(id);

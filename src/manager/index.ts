@@ -1,5 +1,11 @@
 // Manager: receives segments, saves undo, applies and commits, serves views, restores and exports.
-export { Manager, type Bookmark, type ManagerOptions, type ManagerStatus } from './manager.js';
+export {
+  Manager,
+  type Bookmark,
+  type CommitEvent,
+  type ManagerOptions,
+  type ManagerStatus,
+} from './manager.js';
 export type { AgentStatus } from './agent-link.js';
 export type { LogEntry, LogFilter } from './stored-history.js';
 export type { StepRequest, StepResult } from './view-registry.js';
@@ -14,3 +20,19 @@ export {
   type PolicyText,
   type RetentionPolicy,
 } from './retention-policy.js';
+export {
+  Timeline,
+  TIMELINE_BUCKETS_MAX,
+  TIMELINE_WRITES_MAX,
+  LOG_PAGE_MAX,
+  BLOCKMAP_CELLS_MAX,
+  type TimelineAnswer,
+  type TimelineHistory,
+  type TimelineCatalog,
+  type RecordColumns,
+  type LogPage,
+  type RangeHistoryPage,
+  type BlockMap,
+} from './timeline.js';
+export type { TxRow, TxKind } from './catalog.js';
+export { parsePoint, type Point } from './points.js';

@@ -28,7 +28,7 @@ import { Restorer } from './restore.js';
 import { Retention } from './retention.js';
 import type { PolicyText, RetentionPolicy } from './retention-policy.js';
 import { StoredHistory, type LogEntry, type LogFilter } from './stored-history.js';
-import { TxPipeline } from './transactions.js';
+import { TxPipeline, type CommitEvent } from './transactions.js';
 import { TxFiles } from './txfiles.js';
 import { VIEW_NAME, ViewRegistry, type StepRequest, type StepResult } from './view-registry.js';
 
@@ -96,7 +96,10 @@ interface Parts {
   link: AgentLink;
   retention: Retention;
   merger: Applier;
+  commitObservers: Set<(event: CommitEvent) => void>;
 }
+
+export type { CommitEvent };
 
 export class Manager {
   readonly options: ManagerOptions;
@@ -114,6 +117,8 @@ export class Manager {
   private readonly link: AgentLink;
   readonly retention: Retention;
   private readonly merger: Applier;
+  /** Called after each commit (the console's events, the metrics); an observer must not throw. */
+  readonly commitObservers: Set<(event: CommitEvent) => void>;
 
   private constructor(parts: Parts) {
     this.options = parts.options;
@@ -128,6 +133,7 @@ export class Manager {
     this.link = parts.link;
     this.retention = parts.retention;
     this.merger = parts.merger;
+    this.commitObservers = parts.commitObservers;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -217,6 +223,7 @@ export class Manager {
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
     const later: { registry?: ViewRegistry; retention?: Retention } = {};
+    const commitObservers = new Set<(event: CommitEvent) => void>();
     const pipeline = new TxPipeline({
       catalog,
       txFiles,
@@ -225,7 +232,10 @@ export class Manager {
       log: options.log,
       onUndo: (idx, extents) => later.registry?.addUndo(idx, extents),
       admission: () => later.retention?.admission(),
-      onCommitted: (row) => later.retention?.committed(row),
+      onCommitted: (event) => {
+        later.retention?.committed(event.tx);
+        for (const observe of commitObservers) observe(event);
+      },
     });
     const history = new StoredHistory({
       catalog,
@@ -298,6 +308,7 @@ export class Manager {
       link,
       retention,
       merger,
+      commitObservers,
     });
     return manager;
   }

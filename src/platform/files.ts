@@ -82,6 +82,16 @@ export function isBlockDevice(file: string): boolean {
   }
 }
 
+/** True when `file` exists and is a regular file (the console's built assets, for one). */
+export function isFile(file: string): boolean {
+  try {
+    return fs.statSync(file).isFile();
+  } catch (error) {
+    rethrowIfBug(error);
+    return false;
+  }
+}
+
 /** Shared zero buffer for small zero writes; never written into. */
 export const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 /** Ranges at least this long are punched (files) or discarded (devices) rather than written. */

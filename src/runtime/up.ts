@@ -11,7 +11,7 @@ import {
   type ShipperTarget,
   type VolumeSpec,
 } from '../agent/index.js';
-import { startApi } from '../api/index.js';
+import { consoleUrl, startApi } from '../api/index.js';
 import { Manager, type PolicyText } from '../manager/index.js';
 import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
@@ -57,6 +57,8 @@ export interface Running {
   /** How NBD is served (TCP, Unix socket, TLS mode), to print the URIs clients use. */
   nbdServing: Pick<NbdServing, 'tcp' | 'unixPath' | 'tlsMode'>;
   httpAddress: string;
+  /** The console's URL (with #token= when the API needs one); '' for an agent. */
+  consoleUrl: string;
   /** Where the HTTP API token is, when the API requires one. */
   apiTokenFile?: string;
   agent: Agent | undefined;
@@ -138,12 +140,16 @@ async function openUp(
     ? undefined
     : await loadOrCreateSecret(apiTokenFile(options.dataDir));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
-    startApi(manager, options.http.host, options.http.port, apiToken),
+    startApi(manager, options.http.host, options.http.port, apiToken, {
+      role: 'up',
+      nbd: serving.tcp ?? null,
+    }),
   );
   return {
     nbdAddress: serving.tcp,
     nbdServing: serving,
     httpAddress: api.address,
+    consoleUrl: consoleUrl(api.address, apiToken),
     ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     agent,
     manager,
@@ -280,12 +286,16 @@ async function openManagerRun(
   // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
-    startApi(manager, options.http.host, options.http.port, apiToken),
+    startApi(manager, options.http.host, options.http.port, apiToken, {
+      role: 'manager',
+      nbd: serving.tcp ?? null,
+    }),
   );
   return {
     nbdAddress: serving.tcp,
     nbdServing: serving,
     httpAddress: api.address,
+    consoleUrl: consoleUrl(api.address, apiToken),
     ...(options.apiToken === undefined ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
     linkAddress,
     agent: undefined,
@@ -333,6 +343,7 @@ async function openAgentRun(
     nbdAddress: serving.tcp,
     nbdServing: serving,
     httpAddress: '',
+    consoleUrl: '',
     agent,
     manager: undefined,
     async close() {

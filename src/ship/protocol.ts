@@ -56,6 +56,8 @@ export type AgentMessage =
       mode: string;
       failure?: string;
       restoring?: RestoringState;
+      /** Per volume index: client writes logged since the agent started, and their bytes. */
+      captured?: { writes: number; bytes: number }[];
     }
   // Replies to the manager's production-restore commands.
   | { type: 'restore-ready'; id: number; seqLast: number }
@@ -87,7 +89,7 @@ export type ManagerMessage =
 export type Message = AgentMessage | ManagerMessage;
 
 /** The kinds of field a message carries; every message is checked against its row below. */
-type FieldKind = 'int' | 'u32' | 'string' | 'bool' | 'strings' | 'volumes' | 'restoring';
+type FieldKind = 'int' | 'u32' | 'string' | 'bool' | 'strings' | 'volumes' | 'restoring' | 'counts';
 type Schema = Readonly<Record<string, FieldKind>>;
 
 /** Each message's required fields (optional ones in OPTIONAL_FIELDS); exhaustive over types. */
@@ -132,7 +134,7 @@ const FIELDS: { readonly [K in Message['type']]: Schema } = {
 };
 
 const OPTIONAL_FIELDS: { readonly [K in Message['type']]?: Schema } = {
-  status: { failure: 'string', restoring: 'restoring' },
+  status: { failure: 'string', restoring: 'restoring', captured: 'counts' },
 };
 
 const AGENT_TYPES: ReadonlySet<string> = new Set<AgentMessage['type']>([
@@ -179,6 +181,18 @@ function fieldOk(kind: FieldKind, value: unknown): boolean {
             item !== null &&
             fieldOk('string', (item as VolumeInfo).name) &&
             fieldOk('int', (item as VolumeInfo).sizeBytes),
+        )
+      );
+    case 'counts':
+      return (
+        Array.isArray(value) &&
+        value.length <= LIST_ITEMS_MAX &&
+        value.every(
+          (item: unknown) =>
+            typeof item === 'object' &&
+            item !== null &&
+            fieldOk('int', (item as { writes: unknown }).writes) &&
+            fieldOk('int', (item as { bytes: unknown }).bytes),
         )
       );
     case 'restoring':
