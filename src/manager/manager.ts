@@ -28,7 +28,7 @@ import { Restorer } from './restore.js';
 import { Retention } from './retention.js';
 import type { PolicyText, RetentionPolicy } from './retention-policy.js';
 import { StoredHistory, type LogEntry, type LogFilter } from './stored-history.js';
-import { TxPipeline } from './transactions.js';
+import { TxPipeline, type CommitEvent } from './transactions.js';
 import { TxFiles } from './txfiles.js';
 import { VIEW_NAME, ViewRegistry, type StepRequest, type StepResult } from './view-registry.js';
 
@@ -49,6 +49,12 @@ export interface ManagerOptions {
   retentionMerger?: Applier;
   /** The retention policy's settings given at start (flags, config file); the rest as stored. */
   retention?: PolicyText;
+  /** Retention starts its background work at open unless false (the simulation starts it). */
+  startRetention?: boolean;
+  /** How often retention looks for work when it has none (the simulation looks more often). */
+  retentionIdleMs?: number;
+  /** Called after each commit from open on (recovery's commits included). */
+  onCommitted?: (event: CommitEvent) => void;
   /**
    * `rewind up`: the spool directory of the agent in this process. Segments it names are read
    * from there and linked into the redo directory rather than sent over the link and copied.
@@ -96,7 +102,10 @@ interface Parts {
   link: AgentLink;
   retention: Retention;
   merger: Applier;
+  commitObservers: Set<(event: CommitEvent) => void>;
 }
+
+export type { CommitEvent };
 
 export class Manager {
   readonly options: ManagerOptions;
@@ -114,6 +123,8 @@ export class Manager {
   private readonly link: AgentLink;
   readonly retention: Retention;
   private readonly merger: Applier;
+  /** Called after each commit (the console's events, the metrics); an observer must not throw. */
+  readonly commitObservers: Set<(event: CommitEvent) => void>;
 
   private constructor(parts: Parts) {
     this.options = parts.options;
@@ -128,6 +139,7 @@ export class Manager {
     this.link = parts.link;
     this.retention = parts.retention;
     this.merger = parts.merger;
+    this.commitObservers = parts.commitObservers;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -190,7 +202,7 @@ export class Manager {
       });
       await manager.pipeline.recover();
       await manager.registry.load();
-      manager.retention.start();
+      if (options.startRetention !== false) manager.retention.start();
       return manager;
     } catch (error) {
       rethrowIfBug(error);
@@ -217,6 +229,9 @@ export class Manager {
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
     const later: { registry?: ViewRegistry; retention?: Retention } = {};
+    const commitObservers = new Set<(event: CommitEvent) => void>(
+      options.onCommitted ? [options.onCommitted] : [],
+    );
     const pipeline = new TxPipeline({
       catalog,
       txFiles,
@@ -225,7 +240,10 @@ export class Manager {
       log: options.log,
       onUndo: (idx, extents) => later.registry?.addUndo(idx, extents),
       admission: () => later.retention?.admission(),
-      onCommitted: (row) => later.retention?.committed(row),
+      onCommitted: (event) => {
+        later.retention?.committed(event.tx);
+        for (const observe of commitObservers) observe(event);
+      },
     });
     const history = new StoredHistory({
       catalog,
@@ -281,6 +299,10 @@ export class Manager {
         merger,
         log: options.log,
         dataDir: root,
+        historyStart: () => points.historyStart(),
+        ...(options.retentionIdleMs !== undefined
+          ? { idleIntervalMs: options.retentionIdleMs }
+          : {}),
       },
       policy,
     );
@@ -298,6 +320,7 @@ export class Manager {
       link,
       retention,
       merger,
+      commitObservers,
     });
     return manager;
   }

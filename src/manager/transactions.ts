@@ -26,6 +26,7 @@ import {
   parseUndo,
   SEGMENT_FLAG_RESYNC,
   SEGMENT_FLAG_RESYNC_END,
+  type RedoRecord,
   type SealedRedo,
   type UndoExtent,
 } from '../log/index.js';
@@ -86,8 +87,16 @@ export interface TxPipelineOptions {
   onUndo: (idx: number, extents: readonly UndoExtent[]) => void;
   /** Why a new segment must wait now (the journal is full and its policy stops applying). */
   admission?: () => string | undefined;
-  /** A transaction committed (retention looks at the journal again). */
-  onCommitted?: (row: TxRow) => void;
+  /** A transaction committed (retention, the console's events, the metrics, the simulation). */
+  onCommitted?: (event: CommitEvent) => void;
+}
+
+/** A transaction just committed, for observers. */
+export interface CommitEvent {
+  tx: TxRow;
+  records: readonly RedoRecord[];
+  /** Replica writes and their fdatasync; undefined when recovery found them already done. */
+  applyMs: number | undefined;
 }
 
 type StoreResult = Awaited<ReturnType<Applier['saveUndo']>>;
@@ -112,7 +121,7 @@ export class TxPipeline {
   private readonly log: LogFunction;
   private readonly onUndo: TxPipelineOptions['onUndo'];
   private readonly admission: () => string | undefined;
-  private readonly onCommitted: (row: TxRow) => void;
+  private readonly onCommitted: (event: CommitEvent) => void;
   /** Transactions, view builds and other exclusive work, one after the other. */
   private queue: Promise<unknown> = Promise.resolve();
   /** Set from the catalog by recover(), which must run before anything else. */
@@ -248,7 +257,10 @@ export class TxPipeline {
         `segment ${index} waits behind segment ${this.busyFrom}, which the manager could not store`,
       );
     }
-    const waiting = this.admission();
+    // A resync window already begun is let through to its end: history must get back to a
+    // consistent point (a full journal cannot drop a window that has no end yet).
+    const inResync = this.catalog.tx(committed.idx)?.kind === 'resync';
+    const waiting = inResync ? undefined : this.admission();
     if (waiting !== undefined) {
       this.busyFrom = index;
       return this.refusal(index, 'REWIND_BUSY', waiting);
@@ -433,7 +445,9 @@ export class TxPipeline {
     this.txFiles.remember(row.idx, { records: parsed.records, undo: extents });
     // Open views take the before-image now, before the replica changes under them.
     this.onUndo(row.idx, extents);
+    let applyMs: number | undefined;
     if (row.state !== 'applied') {
+      const applyStartedMs = performance.now();
       await markApplied(parsed.records, this.replicas);
       await this.applier.writeRedo(
         this.txFiles.redoPath(row.idx),
@@ -450,6 +464,7 @@ export class TxPipeline {
       this.advance('syncing');
       await this.applier.syncReplicas(replicasOf(parsed.records, this.replicas));
       crashPoint('apply'); // replica written, state still undo-saved (a restart applies it again)
+      applyMs = performance.now() - applyStartedMs;
     } else {
       this.advance('written');
       this.startEarlyAfter(row.idx);
@@ -465,7 +480,7 @@ export class TxPipeline {
     };
     this.turn = undefined;
     this.wakeCommitWaiters();
-    this.onCommitted(row);
+    this.onCommitted({ tx: row, records: parsed.records, applyMs });
   }
 
   // ---- the early store of the next segment ----
