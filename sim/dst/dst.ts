@@ -33,9 +33,11 @@ import {
   SEGMENT_FLAG_RESYNC_END,
   type SealedRedo,
 } from '../../src/log/index.js';
+import { RewindError } from '../../src/core/index.js';
 import { InThreadApply } from '../../src/manager/apply-pool.js';
 import { Catalog } from '../../src/manager/catalog.js';
-import { Manager } from '../../src/manager/manager.js';
+import { Manager, type CommitEvent } from '../../src/manager/manager.js';
+import type { PolicyText } from '../../src/manager/retention-policy.js';
 import type { ExportBackend } from '../../src/nbd/backend.js';
 import { zeroTools } from '../../src/platform/index.js';
 import { SimNetwork } from './link.js';
@@ -83,15 +85,32 @@ export interface RunReport {
   steps: { agent: number; manager: number };
   /** In crash-at-every-step mode: whether the crash happened (the step was reached). */
   crashedAtStep: boolean;
+  /** ... and whether it hit the manager inside a retention step (a merge or a drop). */
+  crashedInRetention: boolean;
   seqLast: number;
   transactions: number;
   resyncRecords: number;
   viewsChecked: number;
   /** Segments whose redo copy and undo the managers began while the previous one was being made durable. */
   earlyStores: number;
+  /** What retention did: runs thinned, drops, and sampled points it refused as no longer kept. */
+  retention: { merges: number; drops: number; refusedPoints: number };
   simulatedSeconds: number;
   /** Digest of the run's event trace and final state: equal for equal seeds (determinism). */
   digest: string;
+}
+
+/** One committed write as the simulation captured it. */
+interface CapturedRecord {
+  seq: number;
+  volume: number;
+  kind: string;
+  offset: number;
+  length: number;
+  data: Buffer | undefined;
+  resync: boolean;
+  resyncEnd: boolean;
+  tx: number;
 }
 
 type OpKind = 'write' | 'zero';
@@ -262,6 +281,13 @@ class Simulation {
   downUntil = { agent: 0, manager: 0 };
   /** Disk calls are counted (and a crash-at-step may fire) during the fault phase only. */
   counting = false;
+  /**
+   * Every committed write as the manager committed it, captured at commit (and at each manager's
+   * start, for one committed just before a crash), before retention may thin or drop its redo.
+   */
+  readonly captured = new Map<number, CapturedRecord>();
+  /** The managers' retention policy: scaled to seconds of simulated time; drawn per seed. */
+  readonly retention: PolicyText;
 
   constructor(readonly options: RunOptions) {
     this.world = new World(options.seed);
@@ -283,6 +309,17 @@ class Simulation {
       ],
     );
     this.net = new SimNetwork(this.world);
+    const drawn: PolicyText = {
+      keepEveryWrite: random.pick(['1s', '2s', '4s']),
+      keep: random.pick(['1s:6s,3s:60s', '2s:10s,5s:90s', '1s:5s,2s:9s,4s:120s', '2s:20s']),
+      journalMax: random.pick(['2M', '8M', '1G', '1G']),
+      onFull: random.chance(0.2) ? 'stop-applying' : 'drop-oldest',
+    };
+    // A crash-at-every-step run's fault phase lasts about a second: its retention thins and
+    // drops within it, so that crashes land inside merges and drops too.
+    this.retention = options.crashAt
+      ? { keepEveryWrite: '100ms', keep: '1s:2s,1s:60s', journalMax: '256K', onFull: 'drop-oldest' }
+      : drawn;
     this.report = {
       seed: options.seed,
       ops: { writes: 0, zeroes: 0, flushes: 0, failed: 0, unknown: 0 },
@@ -292,11 +329,13 @@ class Simulation {
       disk: { injectedEio: 0, injectedEnospc: 0 },
       steps: { agent: 0, manager: 0 },
       crashedAtStep: false,
+      crashedInRetention: false,
       seqLast: 0,
       transactions: 0,
       resyncRecords: 0,
       viewsChecked: 0,
       earlyStores: 0,
+      retention: { merges: 0, drops: 0, refusedPoints: 0 },
       simulatedSeconds: 0,
       digest: '',
     };
@@ -312,7 +351,11 @@ class Simulation {
     const crashAt = this.options.crashAt;
     if (crashAt?.who !== who || crashAt.step !== step) return;
     this.report.crashedAtStep = true;
-    this.event(`${proc.name}: crash right after its disk call ${step}`);
+    const retention = who === 'manager' ? this.manager?.retention.working : undefined;
+    this.report.crashedInRetention = retention !== undefined;
+    this.event(
+      `${proc.name}: crash right after its disk call ${step}${retention ? ` (in a retention ${retention})` : ''}`,
+    );
     if (who === 'agent') this.crashAgent(crashAt.powerLoss);
     else this.crashManager(crashAt.powerLoss);
     this.downUntil[who] = Date.now() + this.world.random.int(1000);
@@ -339,6 +382,11 @@ class Simulation {
       token: TOKEN,
       log: this.log(proc.name),
       applier: new InThreadApply(),
+      retentionMerger: new InThreadApply(),
+      retention: this.retention,
+      startRetention: false,
+      retentionIdleMs: 250,
+      onCommitted: (event: CommitEvent) => this.capture(event.tx.idx, event.tx.kind),
       openCatalog: () => {
         // The catalog is SQLite with synchronous=FULL: a commit is durable, nothing else is. A
         // crash keeps exactly the committed state, which serialize() captures.
@@ -366,7 +414,50 @@ class Simulation {
       return;
     }
     this.manager = manager;
+    // A transaction committed just before a crash was not seen at its commit: captured now,
+    // before this manager's retention runs at all.
+    for (const tx of manager.history.txsAfter(0))
+      this.capture(tx.idx, manager.catalog.tx(tx.idx)?.kind ?? 'redo');
+    proc.run(() => manager.retention.start());
     this.event(`${proc.name} up, committed seq ${manager.seqCommitted()}`);
+  }
+
+  /** Adds what the current manager's retention did to the report (before it goes). */
+  countRetention(): void {
+    const steps = this.manager?.retention.status().steps;
+    if (!steps) return;
+    this.report.retention.merges += steps.merges;
+    this.report.retention.drops += steps.drops;
+  }
+
+  /** Keeps a committed transaction's records with their payloads (read past the disk's faults). */
+  capture(idx: number, kind: string): void {
+    if (kind === 'merged') return; // thinned after it was captured
+    const file = path.join(MANAGER_DIR, 'manager', 'redo', `${String(idx).padStart(16, '0')}.redo`);
+    const bytes = this.disk.peek(file);
+    if (!bytes) throw new Error(`committed transaction ${idx} has no redo file to capture`);
+    const parsed: SealedRedo = parseSealedRedo(Buffer.from(bytes), `redo ${idx}`, VOLUMES.length);
+    const resync = (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0;
+    const resyncEnd = (parsed.header.flags & SEGMENT_FLAG_RESYNC_END) !== 0;
+    for (const r of parsed.records) {
+      if (this.captured.has(r.seq)) continue;
+      this.captured.set(r.seq, {
+        seq: r.seq,
+        volume: r.volume,
+        kind: r.kind,
+        offset: r.offsetBytes,
+        length: r.lengthBytes,
+        data:
+          r.kind === 'write'
+            ? Buffer.from(
+                bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes),
+              )
+            : undefined,
+        resync,
+        resyncEnd,
+        tx: idx,
+      });
+    }
   }
 
   async startAgent(): Promise<void> {
@@ -484,10 +575,13 @@ class Simulation {
     if (!proc?.alive) return;
     proc.alive = false;
     this.report.earlyStores += this.manager?.earlyStores ?? 0;
+    this.countRetention();
     this.manager = undefined;
     this.net.cutAll(proc);
     this.catalogImage = this.catalogDb?.serialize();
-    this.catalogDb?.close();
+    // Not closed: the dead process's code may still run up to its next disk call, and its
+    // catalog calls must find an open database (as a killed process's last statements would);
+    // nothing reads that handle again, and the garbage collector closes it.
     this.catalogDb = undefined;
     if (powerLoss) {
       const lost = this.disk.powerLoss(MANAGER_DIR);
@@ -672,14 +766,31 @@ class Simulation {
   }
 
   async viewImages(seq: number): Promise<Buffer[]> {
+    const images = await this.viewImagesOrRefusal(seq);
+    if (images instanceof RewindError) throw images;
+    return images;
+  }
+
+  /** The images at `seq`, or the refusal of a point retention no longer keeps. */
+  async viewImagesOrRefusal(seq: number): Promise<Buffer[] | RewindError> {
     const manager = this.manager as Manager;
     const proc = this.managerProc as SimProcess;
     const name = `check-${seq}`;
-    const view = await this.world.settle(
-      proc.run(() => manager.createView(name, 'snapshot', String(seq))),
-      60_000,
-      `view at ${seq}`,
-    );
+    let view;
+    try {
+      view = await this.world.settle(
+        proc.run(() => manager.createView(name, 'snapshot', String(seq))),
+        60_000,
+        `view at ${seq}`,
+      );
+    } catch (error) {
+      if (
+        error instanceof RewindError &&
+        /no longer kept|before the history starts/.test(error.message)
+      )
+        return error;
+      throw error;
+    }
     const images = VOLUMES.map((v, i) => proc.run(() => view.read(i, 0, v.sizeBytes)));
     await this.world.settle(
       proc.run(() => manager.removeView(name)),
@@ -690,51 +801,16 @@ class Simulation {
     return images;
   }
 
-  /** Every committed transaction's records, with their payloads, in seq order. */
-  history(): {
-    seq: number;
-    volume: number;
-    kind: string;
-    offset: number;
-    length: number;
-    data: Buffer | undefined;
-    resync: boolean;
-    resyncEnd: boolean;
-    tx: number;
-  }[] {
+  /** Every committed write, with its payload, in seq order (as captured at commit). */
+  history(): CapturedRecord[] {
     const manager = this.manager as Manager;
-    const out = [];
-    const txs = manager.history.txsAfter(0);
-    this.report.transactions = txs.length;
-    let expected = txs[0]?.seqFirst ?? 1;
-    for (const tx of txs) {
-      const fd = manager.history.redoFd(tx.idx);
-      const bytes = Buffer.alloc(fs.fstatSync(fd).size);
-      fs.readSync(fd, bytes, 0, bytes.length, 0);
-      const parsed: SealedRedo = parseSealedRedo(bytes, `redo ${tx.idx}`, VOLUMES.length);
-      const resync = (parsed.header.flags & SEGMENT_FLAG_RESYNC) !== 0;
-      const resyncEnd = (parsed.header.flags & SEGMENT_FLAG_RESYNC_END) !== 0;
-      for (const r of parsed.records) {
-        if (r.seq !== expected)
-          throw new Error(
-            `history: seq ${r.seq} follows seq ${expected - 1} (transaction ${tx.idx})`,
-          );
-        expected += 1;
-        out.push({
-          seq: r.seq,
-          volume: r.volume,
-          kind: r.kind,
-          offset: r.offsetBytes,
-          length: r.lengthBytes,
-          data:
-            r.kind === 'write'
-              ? bytes.subarray(r.payloadOffsetBytes, r.payloadOffsetBytes + r.lengthBytes)
-              : undefined,
-          resync,
-          resyncEnd,
-          tx: tx.idx,
-        });
-      }
+    this.report.transactions = manager.history.txsAfter(0).length;
+    const seqLast = manager.seqCommitted();
+    const out: CapturedRecord[] = [];
+    for (let seq = 1; seq <= seqLast; seq++) {
+      const record = this.captured.get(seq);
+      if (!record) throw new Error(`history: seq ${seq} was committed but never captured`);
+      out.push(record);
     }
     return out;
   }
@@ -795,8 +871,21 @@ class Simulation {
     const points = records
       .filter((r, i) => !r.resync || (r.resyncEnd && records[i + 1]?.tx !== r.tx))
       .map((r) => r.seq);
-    for (let i = 0; i < 6 && points.length > 0; i++) samples.add(this.world.random.pick(points));
+    // Retention's points: the oldest kept one and both ends of every thinned run must be kept.
+    const status = manager.retention.status();
+    const keptRegion = points.filter((seq) => seq >= status.everyWriteFromSeq);
+    for (let i = 0; i < 6 && keptRegion.length > 0; i++)
+      samples.add(this.world.random.pick(keptRegion));
+    for (let i = 0; i < 2 && points.length > 0; i++) samples.add(this.world.random.pick(points));
     if (this.options.everySeq) for (const seq of points) samples.add(seq);
+    const mustKeep = new Set<number>([status.oldestSeq]);
+    for (const tx of manager.catalog.mergedTxs()) {
+      mustKeep.add(tx.seqLast);
+      if (tx.seqFirst - 1 >= status.oldestSeq) mustKeep.add(tx.seqFirst - 1);
+      samples.add(tx.seqFirst); // inside the run (unless it is one write): refused
+    }
+    for (const seq of mustKeep) samples.add(seq);
+    if (status.oldestSeq > 0) samples.add(status.oldestSeq - 1); // dropped: refused
     const model = VOLUMES.map((v) => Buffer.alloc(v.sizeBytes));
     let applied = 0;
     for (const seq of [...samples].sort((a, b) => a - b)) {
@@ -806,7 +895,16 @@ class Simulation {
         if (r.data) r.data.copy(image, r.offset);
         else image.fill(0, r.offset, r.offset + r.length);
       }
-      const images = await this.viewImages(seq);
+      const images = await this.viewImagesOrRefusal(seq);
+      if (images instanceof RewindError) {
+        const tx = manager.catalog.txContaining(seq);
+        const thinned = tx?.kind === 'merged' && seq < tx.seqLast;
+        if (mustKeep.has(seq) || !(thinned || seq < status.oldestSeq)) {
+          throw new Error(`seq ${seq} was refused though retention keeps it: ${images.message}`);
+        }
+        this.report.retention.refusedPoints += 1;
+        continue;
+      }
       images.forEach((image, i) => {
         if (!image.equals(model[i] as Buffer))
           throw new Error(
@@ -850,6 +948,7 @@ class Simulation {
       if (this.world.failures.length > 0)
         throw new Error(`unexpected error in a live process: ${this.world.failures[0]}`);
       this.report.earlyStores += this.manager?.earlyStores ?? 0;
+      this.countRetention();
       const stats = this.disk.stats();
       this.report.disk = { injectedEio: stats.injectedEio, injectedEnospc: stats.injectedEnospc };
       this.report.link = {
@@ -869,7 +968,7 @@ class Simulation {
       // Stop what is still running (as a crash: nothing is waited for), then restore the real world.
       if (this.agentProc) this.agentProc.alive = false;
       if (this.managerProc) this.managerProc.alive = false;
-      this.catalogDb?.close();
+      this.catalogDb = undefined; // left to the garbage collector, as after a crash
       zeroTools.run = realZeroTools;
       this.disk.uninstall();
       this.world.uninstall();
@@ -912,6 +1011,8 @@ export interface CrashStepsReport {
   steps: { agent: number; manager: number };
   runs: number;
   crashed: number;
+  /** Runs whose crash hit the manager inside a retention merge or drop. */
+  inRetention: number;
   byCase: Record<string, number>;
 }
 
@@ -939,6 +1040,7 @@ export async function runCrashSteps(
     steps: probe.steps,
     runs: 0,
     crashed: 0,
+    inRetention: 0,
     byCase: {},
   };
   for (const crashAt of cases) {
@@ -946,6 +1048,7 @@ export async function runCrashSteps(
     report.runs += 1;
     if (run.crashedAtStep) {
       report.crashed += 1;
+      if (run.crashedInRetention) report.inRetention += 1;
       const key = `${crashAt.who} ${crashAt.powerLoss ? 'power loss' : 'kill'}`;
       report.byCase[key] = (report.byCase[key] ?? 0) + 1;
     }
@@ -1015,7 +1118,7 @@ async function crashStepsMain(args: ReturnType<typeof parseArgs>): Promise<void>
     if (args.json) console.log(JSON.stringify(report));
     else
       console.log(
-        `seed ${seed}: ok  ${args.ops} client operations; disk calls in the fault phase: agent ${report.steps.agent}, manager ${report.steps.manager}; ${report.runs} runs, ${report.crashed} crashed at their step (${Object.entries(
+        `seed ${seed}: ok  ${args.ops} client operations; disk calls in the fault phase: agent ${report.steps.agent}, manager ${report.steps.manager}; ${report.runs} runs, ${report.crashed} crashed at their step, ${report.inRetention} inside a retention step (${Object.entries(
           report.byCase,
         )
           .map(([k, v]) => `${k} ${v}`)
@@ -1063,7 +1166,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       if (args.json) console.log(JSON.stringify(report));
       else
         console.log(
-          `seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  clean stops ${report.agentCleanStops}  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  ${report.simulatedSeconds} s simulated  digest ${report.digest}`,
+          `seed ${seed}: ok  ops ${report.ops.writes}w/${report.ops.zeroes}z/${report.ops.flushes}f (failed ${report.ops.failed}, unanswered ${report.ops.unknown})  crashes a:${report.crashes.agentKill}+${report.crashes.agentPowerLoss}p m:${report.crashes.managerKill}+${report.crashes.managerPowerLoss}p  clean stops ${report.agentCleanStops}  cuts ${report.link.cuts} partitions ${report.link.partitions}  eio ${report.disk.injectedEio} enospc ${report.disk.injectedEnospc}  seq ${report.seqLast} in ${report.transactions} tx (${report.resyncRecords} resync)  views ${report.viewsChecked}  retention ${report.retention.merges} thinned/${report.retention.drops} dropped/${report.retention.refusedPoints} refused  ${report.simulatedSeconds} s simulated  digest ${report.digest}`,
         );
     }
     console.log(

@@ -551,15 +551,15 @@ export class Catalog {
    */
   mergeTxs(firstIdx: number, lastIdx: number, merged: MergedUndo, thinnedAt: string): TxRow {
     const swap = this.db.transaction((): TxRow => {
-      const first = this.tx(firstIdx);
-      const last = this.tx(lastIdx);
-      const count = this.db
-        .prepare(
-          `SELECT COUNT(*) AS n FROM transactions WHERE idx BETWEEN ? AND ? AND state = 'committed'`,
-        )
-        .get(firstIdx, lastIdx) as { n: number };
-      if (!first || !last || count.n !== lastIdx - firstIdx + 1) {
-        throw new Error(`transactions ${firstIdx}..${lastIdx} are not all committed rows`);
+      const rows = this.txsBetween(firstIdx, lastIdx);
+      const first = rows[0];
+      const last = rows[rows.length - 1];
+      // Earlier merges took rows out, so indexes have gaps; seqs never do.
+      const contiguous = rows.every(
+        (row, i) => i === 0 || row.seqFirst === (rows[i - 1] as TxRow).seqLast + 1,
+      );
+      if (!first || !last || first.idx !== firstIdx || last.idx !== lastIdx || !contiguous) {
+        throw new Error(`transactions ${firstIdx}..${lastIdx} are not one committed, gap-free run`);
       }
       this.db.prepare('DELETE FROM transactions WHERE idx >= ? AND idx < ?').run(firstIdx, lastIdx);
       this.db

@@ -49,6 +49,12 @@ export interface ManagerOptions {
   retentionMerger?: Applier;
   /** The retention policy's settings given at start (flags, config file); the rest as stored. */
   retention?: PolicyText;
+  /** Retention starts its background work at open unless false (the simulation starts it). */
+  startRetention?: boolean;
+  /** How often retention looks for work when it has none (the simulation looks more often). */
+  retentionIdleMs?: number;
+  /** Called after each commit from open on (recovery's commits included). */
+  onCommitted?: (event: CommitEvent) => void;
   /**
    * `rewind up`: the spool directory of the agent in this process. Segments it names are read
    * from there and linked into the redo directory rather than sent over the link and copied.
@@ -196,7 +202,7 @@ export class Manager {
       });
       await manager.pipeline.recover();
       await manager.registry.load();
-      manager.retention.start();
+      if (options.startRetention !== false) manager.retention.start();
       return manager;
     } catch (error) {
       rethrowIfBug(error);
@@ -223,7 +229,9 @@ export class Manager {
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
     const later: { registry?: ViewRegistry; retention?: Retention } = {};
-    const commitObservers = new Set<(event: CommitEvent) => void>();
+    const commitObservers = new Set<(event: CommitEvent) => void>(
+      options.onCommitted ? [options.onCommitted] : [],
+    );
     const pipeline = new TxPipeline({
       catalog,
       txFiles,
@@ -291,6 +299,10 @@ export class Manager {
         merger,
         log: options.log,
         dataDir: root,
+        historyStart: () => points.historyStart(),
+        ...(options.retentionIdleMs !== undefined
+          ? { idleIntervalMs: options.retentionIdleMs }
+          : {}),
       },
       policy,
     );

@@ -12,6 +12,7 @@ import {
   crashPoint,
   errorMessage,
   formatTimeNs,
+  nowNs,
   rethrowIfBug,
   type LogFunction,
 } from '../core/index.js';
@@ -61,6 +62,10 @@ export interface RetentionHost {
   log: LogFunction;
   /** The file system holding the journal ('auto' limits are a share of its size). */
   dataDir: string;
+  /** The first restorable point (PointResolver.historyStart), undefined before there is one. */
+  historyStart(): number | undefined;
+  /** Between runs with nothing to do (default IDLE_INTERVAL_MS; the simulation looks more often). */
+  idleIntervalMs?: number;
 }
 
 export interface RetentionAlert {
@@ -143,6 +148,8 @@ export class Retention {
   private lastError: string | undefined;
   /** The last drop of history the policy still promised, for the alerts. */
   private promisedDrop: { message: string; atMs: number } | undefined;
+  /** The step under way, if any (the simulation counts crashes inside one). */
+  working: 'merge' | 'drop' | undefined;
   /** The journal as of the last plan plus what committed since, against the limit then. */
   private approxJournalBytes = 0;
   private approxJournalBytesMax = Number.POSITIVE_INFINITY;
@@ -218,7 +225,8 @@ export class Retention {
       })
       .finally(() => {
         this.running = undefined;
-        if (!this.stopped) this.schedule(this.pending > 0 ? 0 : IDLE_INTERVAL_MS);
+        const idleMs = this.host.idleIntervalMs ?? IDLE_INTERVAL_MS;
+        if (!this.stopped) this.schedule(this.pending > 0 ? 0 : idleMs);
       });
   }
 
@@ -252,8 +260,13 @@ export class Retention {
     this.pending = planned.actions.length;
     const action = planned.actions[0];
     if (action === undefined) return false;
-    if (action.kind === 'drop') await this.drop(action);
-    else await this.merge(action);
+    this.working = action.kind;
+    try {
+      if (action.kind === 'drop') await this.drop(action);
+      else await this.merge(action);
+    } finally {
+      this.working = undefined;
+    }
     this.lastError = undefined;
     return true;
   }
@@ -284,7 +297,7 @@ export class Retention {
 
   private plan(policy: RetentionPolicy, mergeTxsMax: number): Plan {
     const catalog = this.host.catalog;
-    const nowUs = Date.now() * 1000;
+    const nowUs = nowUsOfCapture();
     // The plan needs every transaction older than the every-write window (few, once thinned),
     // plus the oldest ones when the journal is over its limit (drops take a prefix).
     const old = catalog.committedTxsBefore(nowUs - policy.keepEveryWriteMs * 1000, PLAN_TXS_MAX);
@@ -379,7 +392,7 @@ export class Retention {
     const dropped = await this.host.exclusive(async () => {
       const floor = minDefined(
         this.host.viewPins().floorSeq,
-        this.pinnedBookmarkFloor(Date.now() * 1000),
+        this.pinnedBookmarkFloor(nowUsOfCapture()),
       );
       if (floor !== undefined && last.seqLast > floor) return undefined;
       const range = catalog.dropTxs(last.idx, action.reason, new Date().toISOString());
@@ -394,7 +407,7 @@ export class Retention {
     this.freedBytes += bytes;
     const message = `retention: dropped seq ${dropped.seqFirst}..${dropped.seqLast} (${rows.length} transactions, ${bytes} bytes): ${action.reason}; the oldest point is now seq ${dropped.seqLast} (${formatTimeNs(BigInt(last.timeLastUs) * 1000n)})`;
     if (action.promised) {
-      this.promisedDrop = { message, atMs: Date.now() };
+      this.promisedDrop = { message, atMs: nowUsOfCapture() / 1000 };
       this.host.log('error', `${message}; this was history the policy keeps`);
     } else {
       this.host.log('info', message);
@@ -422,11 +435,12 @@ export class Retention {
   status(): RetentionStatus {
     const catalog = this.host.catalog;
     const policy = this.policyNow;
-    const nowMs = Date.now();
+    const nowMs = nowUsOfCapture() / 1000;
     const { max, warn } = this.journalLimits(policy);
     const journalBytes = catalog.journalBytes();
     const oldest = this.oldestPoint();
-    const since = new Date(nowMs - RATE_WINDOW_MS).toISOString();
+    // committed_at is stamped from the wall clock (Date), capture times from nowNs.
+    const since = new Date(Date.now() - RATE_WINDOW_MS).toISOString();
     const bytesPerSecond = catalog.journalBytesSince(since) / (RATE_WINDOW_MS / 1000);
     const secondsUntilLimit =
       bytesPerSecond > 0 && journalBytes < max
@@ -455,12 +469,17 @@ export class Retention {
     };
   }
 
-  /** The oldest restorable point: where the last drop left it, or before the first transaction. */
+  /**
+   * The oldest restorable point: where the last drop left it, else where the history starts (the
+   * state before the first write, or the end of a resync it begins with).
+   */
   private oldestPoint(): { seq: number; timeUs: number } {
     const dropped = this.host.catalog.oldestPoint();
     if (dropped) return dropped;
     const first = this.host.catalog.firstTx();
-    return { seq: first ? first.seqFirst - 1 : 0, timeUs: first?.timeFirstUs ?? 0 };
+    const seq = this.host.historyStart() ?? (first ? first.seqLast : 0);
+    const tx = seq > 0 ? this.host.catalog.txContaining(seq) : undefined;
+    return { seq, timeUs: tx?.timeLastUs ?? first?.timeFirstUs ?? 0 };
   }
 
   private tierStatus(policy: RetentionPolicy, nowMs: number): TierStatus[] {
@@ -578,6 +597,14 @@ function planTx(row: TxRow): PlanTx {
     redoBytes: row.redoBytes,
     tier: row.tier,
   };
+}
+
+/**
+ * Now on the clock capture times are taken on (core nowNs): ages of history are measured against
+ * the times its writes were stamped with, in the simulation too.
+ */
+function nowUsOfCapture(): number {
+  return Number(nowNs() / 1000n);
 }
 
 function minDefined(a: number | undefined, b: number | undefined): number | undefined {

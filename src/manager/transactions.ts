@@ -88,8 +88,8 @@ export interface TxPipelineOptions {
   /** Why a new segment must wait now (the journal is full and its policy stops applying). */
   admission?: () => string | undefined;
   /**
-   * A transaction committed: retention looks at the journal again, the console's events and the
-   * metrics take it. It must not throw.
+   * A transaction committed: retention looks at the journal again, the console's events, the
+   * metrics and the simulation take it. It must not throw.
    */
   onCommitted?: (event: CommitEvent) => void;
 }
@@ -260,7 +260,10 @@ export class TxPipeline {
         `segment ${index} waits behind segment ${this.busyFrom}, which the manager could not store`,
       );
     }
-    const waiting = this.admission();
+    // A resync window already begun is let through to its end: history must get back to a
+    // consistent point (a full journal cannot drop a window that has no end yet).
+    const inResync = this.catalog.tx(committed.idx)?.kind === 'resync';
+    const waiting = inResync ? undefined : this.admission();
     if (waiting !== undefined) {
       this.busyFrom = index;
       return this.refusal(index, 'REWIND_BUSY', waiting);

@@ -25,7 +25,7 @@ function line(r: RunReport): string {
     r.crashes.agentPowerLoss +
     r.crashes.managerKill +
     r.crashes.managerPowerLoss;
-  return `seed ${r.seed}: ${r.ops.writes} writes, ${r.ops.flushes} flushes, ${r.ops.failed} failed, ${r.ops.unknown} unanswered; ${crashes} crashes, ${r.agentCleanStops} clean stops after a failure, ${r.link.cuts} cuts, ${r.link.partitions} partitions, ${r.disk.injectedEio} EIO, ${r.disk.injectedEnospc} ENOSPC; seq ${r.seqLast} in ${r.transactions} tx (${r.earlyStores} stored early), ${r.viewsChecked} views checked`;
+  return `seed ${r.seed}: ${r.ops.writes} writes, ${r.ops.flushes} flushes, ${r.ops.failed} failed, ${r.ops.unknown} unanswered; ${crashes} crashes, ${r.agentCleanStops} clean stops after a failure, ${r.link.cuts} cuts, ${r.link.partitions} partitions, ${r.disk.injectedEio} EIO, ${r.disk.injectedEnospc} ENOSPC; seq ${r.seqLast} in ${r.transactions} tx (${r.earlyStores} stored early), ${r.viewsChecked} views checked; retention ${r.retention.merges} thinned, ${r.retention.drops} dropped, ${r.retention.refusedPoints} points refused`;
 }
 
 test('fixed seeds survive crashes, power loss, link and disk faults', async () => {
@@ -37,6 +37,8 @@ test('fixed seeds survive crashes, power loss, link and disk faults', async () =
     views: 0,
     earlyStores: 0,
     cleanStops: 0,
+    merges: 0,
+    drops: 0,
   };
   for (const seed of FIXED_SEEDS) {
     const report = await runSimulation({ seed, ops: OPS });
@@ -48,6 +50,8 @@ test('fixed seeds survive crashes, power loss, link and disk faults', async () =
     totals.views += report.viewsChecked;
     totals.earlyStores += report.earlyStores;
     totals.cleanStops += report.agentCleanStops;
+    totals.merges += report.retention.merges;
+    totals.drops += report.retention.drops;
     assert.ok(report.seqLast > 0, `seed ${seed}: a history was written`);
   }
   // The fixed set must actually exercise the faults it claims to survive.
@@ -59,6 +63,8 @@ test('fixed seeds survive crashes, power loss, link and disk faults', async () =
   assert.ok(totals.cleanStops > 0, `clean stops after a failure: ${JSON.stringify(totals)}`);
   // And the manager's overlap: a segment's undo built while the one before it is made durable.
   assert.ok(totals.earlyStores > 0, `segments stored early: ${JSON.stringify(totals)}`);
+  // And retention, thinning and dropping while all of the above happens.
+  assert.ok(totals.merges > 0 && totals.drops > 0, `retention worked: ${JSON.stringify(totals)}`);
 });
 
 test('a seed replays exactly (the same trace and final state)', async () => {
@@ -71,16 +77,21 @@ test('a seed replays exactly (the same trace and final state)', async () => {
 });
 
 // The long form walks every step: node dist/sim/dst/dst.js --crash-steps --seeds 1..5 (RESILIENCE.md).
-test('crash right after every 9th disk call of either side, killed or powered off', async () => {
+// 90 operations: the fault phase then lasts long enough for retention to thin and drop in it.
+test('crash right after every 11th disk call of either side, killed or powered off', async () => {
   const report = await runCrashSteps({
     seed: 1,
-    ops: 40,
-    stride: 9,
+    ops: 90,
+    stride: 11,
     sides: ['agent', 'manager'],
     modes: ['kill', 'power'],
   });
   console.log(
-    `crash steps: seed 1, disk calls agent ${report.steps.agent} manager ${report.steps.manager}, ${report.runs} runs, ${report.crashed} crashed at their step ${JSON.stringify(report.byCase)}`,
+    `crash steps: seed 1, disk calls agent ${report.steps.agent} manager ${report.steps.manager}, ${report.runs} runs, ${report.crashed} crashed at their step, ${report.inRetention} inside a retention step ${JSON.stringify(report.byCase)}`,
+  );
+  assert.ok(
+    report.inRetention > 0,
+    'some crashes hit the manager inside a retention merge or drop',
   );
   assert.ok(
     report.steps.agent > 50 && report.steps.manager > 50,
