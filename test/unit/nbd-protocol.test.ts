@@ -1429,7 +1429,8 @@ test('validateRequest: read-only beats range, range errno depends on the command
   const request = {
     type: P.Command.WRITE,
     flags: 0,
-    cookie: 0n,
+    cookieHigh: 0,
+    cookieLow: 0,
     offsetBytes: undefined,
     lengthBytes: 1,
   };
