@@ -27,7 +27,9 @@ import {
 } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
-import { Spool, type SealedSegment, type SpoolRecovery } from './spool.js';
+import { Spool, type SealedSegment, type SpoolOptions, type SpoolRecovery } from './spool.js';
+import { InThreadEngine } from './write-engine.js';
+import { WorkerEngine } from './worker-engine.js';
 import {
   Shipper,
   type AgentCommands,
@@ -54,6 +56,10 @@ export interface AgentOptions {
   spoolBytes?: number;
   manager: ShipperTarget;
   log: LogFunction;
+  /** Where batches are written: a worker thread (default) or this thread (the simulation). */
+  writeEngine?: 'worker' | 'in-thread';
+  /** Spool tuning (tests and the simulation): preallocation, direct I/O, aligned batch size. */
+  spool?: SpoolOptions;
 }
 
 interface StoredVolume {
@@ -117,6 +123,8 @@ export class Agent implements ShipperSource, AgentCommands {
     this.dirtyAtStart = opened.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
     const log = this.options.log;
     this.pipeline = new WritePipeline(this.spool, {
+      engine:
+        this.options.writeEngine === 'in-thread' ? new InThreadEngine() : WorkerEngine.start(),
       sealBytes: this.options.sealBytes,
       spoolBytesMax: this.spoolBytesMax,
       onDegraded: (reason) =>
@@ -150,6 +158,7 @@ export class Agent implements ShipperSource, AgentCommands {
     );
     const wasClean = state.cleanShutdown;
     const volumes: ProductionVolume[] = [];
+    let agent: Agent | undefined;
     try {
       for (const [index, stored] of state.volumes.entries())
         volumes.push(await openVolume(stateDir, index, stored));
@@ -164,8 +173,13 @@ export class Agent implements ShipperSource, AgentCommands {
         volumes.length,
         state.seqAcked,
         state.segmentAcked,
+        {
+          segmentBytes: options.sealBytes,
+          onWarning: (message) => options.log('warn', message),
+          ...options.spool,
+        },
       );
-      const agent = new Agent({
+      agent = new Agent({
         options,
         state,
         volumes,
@@ -176,6 +190,7 @@ export class Agent implements ShipperSource, AgentCommands {
       return agent;
     } catch (error) {
       rethrowIfBug(error);
+      await agent?.pipeline.close(); // its write engine (a worker thread) stops with it
       for (const volume of volumes) {
         fs.closeSync(volume.fd);
         volume.dirty.close();
@@ -519,6 +534,7 @@ export class Agent implements ShipperSource, AgentCommands {
     // A cleaning started before close() still writes the dirty maps: their descriptors stay open
     // until it is done (a closed number could by then name another file).
     await this.cleaningDone;
+    await this.spool.settle();
     this.spool.close();
     for (const volume of this.volumes) {
       fs.fsyncSync(volume.fd);

@@ -135,6 +135,34 @@ export async function zeroRange(
 }
 
 /**
+ * How files are preallocated (util-linux `fallocate --length`: blocks reserved, nothing written);
+ * the deterministic simulation, whose files exist only in memory, replaces it.
+ */
+export const preallocateTools = {
+  run: async (file: string, lengthBytes: number, timeoutMs: number): Promise<void> => {
+    await execFileAsync('fallocate', ['--length', String(lengthBytes), file], {
+      timeout: timeoutMs,
+    });
+  },
+};
+
+/** statfs magic numbers of the memory file systems (linux/magic.h). */
+const MEMORY_FILE_SYSTEMS: ReadonlySet<number> = new Set([0x01021994, 0x858458f6]); // tmpfs, ramfs
+
+/**
+ * True when `dir` lies on tmpfs or ramfs, where there is no disk to write to directly; false
+ * when it does not or cannot be told (a directory that does not exist yet, no statfs).
+ */
+export function fileSystemIsMemory(dir: string): boolean {
+  try {
+    return MEMORY_FILE_SYSTEMS.has(fs.statfsSync(dir).type);
+  } catch (error) {
+    rethrowIfBug(error);
+    return false;
+  }
+}
+
+/**
  * Writes all of `data` at `positionBytes`: a write may take fewer bytes than asked (a signal, a
  * file system near full), so it is repeated for the rest; one that takes none is an error.
  */
@@ -205,6 +233,45 @@ export function mapReadOnly(fd: number): Buffer | undefined {
     rethrowIfBug(error);
     return undefined;
   }
+}
+
+/** Where memory shared between threads is made: a tmpfs every Linux has, so no disk behind it. */
+const SHARED_MEMORY_DIR = '/dev/shm';
+
+/**
+ * Memory that this thread and a worker thread both map: a file on /dev/shm, unlinked at once,
+ * mapped read-write and shared. The mapping is page-aligned (direct I/O can write from it) and
+ * reaches the worker as the descriptor number (`mapShared(fd, bytes)` there): descriptors belong
+ * to the process. Undefined when there is no /dev/shm or the mapping is refused; the caller then
+ * works without a worker. The caller closes `fd` when neither thread needs the memory any more.
+ */
+export function createSharedMemory(bytes: number): { buffer: Buffer; fd: number } | undefined {
+  const file = path.join(
+    SHARED_MEMORY_DIR,
+    `rewind-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`,
+  );
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'wx+', 0o600);
+  } catch (error) {
+    rethrowIfBug(error);
+    return undefined;
+  }
+  try {
+    fs.unlinkSync(file);
+    fs.ftruncateSync(fd, bytes);
+    return { buffer: mapShared(fd, bytes), fd };
+  } catch (error) {
+    rethrowIfBug(error);
+    fs.closeSync(fd);
+    return undefined;
+  }
+}
+
+/** The shared memory of createSharedMemory, mapped again (in the worker thread) from its fd. */
+export function mapShared(fd: number, bytes: number): Buffer {
+  const readWrite = (mmap.PROT_READ | mmap.PROT_WRITE) as 3;
+  return mmap.map(bytes, readWrite, mmap.MAP_SHARED, fd, 0);
 }
 
 /** A whole file that never changes again, mapped read-only (see mapReadOnly), or undefined. */
