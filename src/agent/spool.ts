@@ -290,6 +290,14 @@ export class Spool {
       return { tornBytes: buf.length, tornReason: reason, recoveredRecords: 0 };
     }
     const scan = scanRedo(buf, file, this.volumeCount);
+    if (scan.header.segmentIndex < this.nextIndex && scan.header.seqFirst < this.seqNext) {
+      // A recycled file renamed for a new segment whose header never reached the disk: it still
+      // holds the header of the segment it was before. Nothing in it was ever made durable for
+      // the new segment (an fdatasync would have covered that header), so it holds no record;
+      // the dirty map's resync logs what its lost records wrote.
+      await this.recycleFile(file);
+      return { tornBytes: 0, tornReason: undefined, recoveredRecords: 0 };
+    }
     if (scan.trailer !== undefined) {
       // The crash came after the trailer was written but before the rename: finish the seal.
       const fd = fs.openSync(file, 'r+');
@@ -301,14 +309,6 @@ export class Spool {
       await fsyncDir(this.dir);
       this.adoptSealed(sealedFile, buf.subarray(0, scan.validBytes));
       return { tornBytes: 0, tornReason: undefined, recoveredRecords: scan.records.length };
-    }
-    if (scan.header.segmentIndex < this.nextIndex && scan.header.seqFirst < this.seqNext) {
-      // A recycled file renamed for a new segment whose header never reached the disk: it still
-      // holds the header of the segment it was before. Nothing in it was ever made durable for
-      // the new segment (an fdatasync would have covered that header), so it holds no record;
-      // the dirty map's resync logs what its lost records wrote.
-      await this.recycleFile(file);
-      return { tornBytes: 0, tornReason: undefined, recoveredRecords: 0 };
     }
     if (scan.header.seqFirst !== this.seqNext || scan.header.segmentIndex !== this.nextIndex) {
       throw new RewindError(

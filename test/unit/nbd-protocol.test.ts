@@ -18,6 +18,8 @@ import {
 } from '../../src/nbd/index.js';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
 import {
+  cookieOf,
+  decodeRequestHeader,
   shapeExtents,
   validateRequest,
   transmissionFlagsFor,
@@ -1447,4 +1449,35 @@ test('validateRequest: read-only beats range, range errno depends on the command
     validateRequest({ ...request, type: P.Command.READ, offsetBytes: 4096 }, session)?.errno,
     NbdErrno.EINVAL,
   );
+});
+
+test('request headers decode without BigInt: u64 offsets up to 2^53 - 1, beyond it undefined; the cookie whole', () => {
+  fc.assert(
+    fc.property(
+      fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      (offset, cookie) => {
+        const header = Buffer.alloc(P.REQUEST_HEADER_BYTES);
+        header.writeUInt32BE(P.REQUEST_MAGIC, 0);
+        header.writeBigUInt64BE(cookie, 8);
+        header.writeBigUInt64BE(offset, 16);
+        const request = decodeRequestHeader(header);
+        assert.ok(request);
+        const safe = offset <= BigInt(Number.MAX_SAFE_INTEGER);
+        assert.equal(request.offsetBytes, safe ? Number(offset) : undefined);
+        assert.equal(cookieOf(request), cookie);
+      },
+    ),
+  );
+  for (const [offset, expected] of [
+    [2n ** 53n - 1n, Number.MAX_SAFE_INTEGER],
+    [2n ** 53n, undefined],
+    [2n ** 64n - 1n, undefined],
+    [2n ** 32n, 2 ** 32],
+  ] as const) {
+    const header = Buffer.alloc(P.REQUEST_HEADER_BYTES);
+    header.writeUInt32BE(P.REQUEST_MAGIC, 0);
+    header.writeBigUInt64BE(offset, 16);
+    assert.equal(decodeRequestHeader(header)?.offsetBytes, expected, `offset ${offset}`);
+  }
 });
