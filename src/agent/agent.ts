@@ -627,6 +627,26 @@ class ProductionExport implements ExportBackend {
     );
   }
 
+  /** A large write as the socket pieces it arrived in: never joined on the event loop. */
+  writePieces(
+    offsetBytes: number,
+    pieces: readonly Buffer[],
+    fua: boolean,
+    done: DoneCallback,
+  ): void {
+    let lengthBytes = 0;
+    for (const piece of pieces) lengthBytes += piece.length;
+    this.agent.pipeline.submitRecord(
+      'write',
+      this.volume,
+      offsetBytes,
+      lengthBytes,
+      pieces,
+      fua,
+      done,
+    );
+  }
+
   writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void {
     this.agent.pipeline.submitRecord(
       'zero',

@@ -13,6 +13,31 @@ import {
   type RecordKind,
 } from '../log/index.js';
 
+/**
+ * A write's payload: one buffer, or the pieces it arrived in from the socket, in order (a large
+ * write spread over several reads is not joined: that copy would run on the event loop).
+ */
+export type Payload = Buffer | readonly Buffer[];
+
+export function payloadPieces(payload: Payload): readonly Buffer[] {
+  return Buffer.isBuffer(payload) ? [payload] : payload;
+}
+
+/** CRC-32C of a payload, piece after piece. */
+export function payloadCrc(payload: Payload): number {
+  if (Buffer.isBuffer(payload)) return crc32c(payload);
+  let crc = 0;
+  for (const piece of payload as readonly Buffer[]) crc = crc32c(piece, crc);
+  return crc;
+}
+
+/** Copies a payload into `target` at `at`; returns the bytes copied. */
+export function copyPayload(payload: Payload, target: Buffer, at: number): number {
+  let done = 0;
+  for (const piece of payloadPieces(payload)) done += piece.copy(target, at + done);
+  return done;
+}
+
 /** What a batch's layout needs of each record. */
 export interface LaidOutRecord {
   readonly type: RecordKind;
@@ -21,7 +46,7 @@ export interface LaidOutRecord {
   readonly timeNs: bigint;
   readonly offsetBytes: number;
   readonly lengthBytes: number;
-  readonly data: Buffer | undefined;
+  readonly data: Payload | undefined;
 }
 
 /** Where a laid-out batch lies in its buffer and where it goes in the log. */
@@ -63,10 +88,9 @@ export function layOutBatch(
     writeU64LE(buffer, record.lengthBytes, at + 32);
     at += RECORD_HEADER_BYTES;
     if (record.type === 'write') {
-      const data = record.data as Buffer;
-      assert(data.length === record.lengthBytes, 'payload length matches its record');
-      data.copy(buffer, at);
-      at += data.length;
+      const copied = copyPayload(record.data as Payload, buffer, at);
+      assert(copied === record.lengthBytes, 'payload length matches its record');
+      at += copied;
     }
   }
   if (pad.bytes > 0) {

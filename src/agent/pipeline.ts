@@ -23,6 +23,7 @@ import { NbdErrno, type DoneCallback } from '../nbd/index.js';
 import { fdatasyncAsync, isZero, readFullyAsync, writeAsync } from '../platform/index.js';
 import type { DirtyMap } from './dirty-map.js';
 import type { LogReservation, Spool } from './spool.js';
+import type { Payload } from './batch-io.js';
 import { writeProduction, type WriteEngine } from './write-engine.js';
 
 export interface ProductionVolume {
@@ -42,7 +43,7 @@ interface RecordOp {
   timeNs: bigint;
   offsetBytes: number;
   lengthBytes: number;
-  data: Buffer | undefined;
+  data: Payload | undefined;
   fua: boolean;
   done: DoneCallback;
 }
@@ -158,7 +159,7 @@ export class WritePipeline {
     volume: ProductionVolume,
     offsetBytes: number,
     lengthBytes: number,
-    data: Buffer | undefined,
+    data: Payload | undefined,
     fua: boolean,
     done: DoneCallback,
   ): void {
@@ -653,5 +654,8 @@ export class WritePipeline {
 
 /** Bytes the records of a batch add to the log. */
 function logBytes(records: readonly RecordOp[]): number {
-  return records.reduce((sum, op) => sum + RECORD_HEADER_BYTES + (op.data?.length ?? 0), 0);
+  return records.reduce(
+    (sum, op) => sum + RECORD_HEADER_BYTES + (op.type === 'write' ? op.lengthBytes : 0),
+    0,
+  );
 }

@@ -740,7 +740,7 @@ export async function writeAllAt(
   // writev may write less than asked (large batches): continue with what is left.
   for (let guard = 0; written < bytes; guard++) {
     assert(guard < 1_000_000, 'writev makes progress');
-    const rest = sliceFrom(pieces, written).slice(0, 1024);
+    const rest = sliceFrom(pieces, written);
     written +=
       bytes <= SYNC_APPEND_BYTES_MAX
         ? fs.writevSync(fd, rest, positionBytes + written)
@@ -748,7 +748,8 @@ export async function writeAllAt(
   }
 }
 
-function sliceFrom(pieces: readonly Buffer[], skipBytes: number): Buffer[] {
+/** The pieces after the first `skipBytes` bytes (views), at most IOV_MAX of them. */
+export function sliceFrom(pieces: readonly Buffer[], skipBytes: number): Buffer[] {
   const out: Buffer[] = [];
   let skip = skipBytes;
   for (const piece of pieces) {
@@ -758,9 +759,13 @@ function sliceFrom(pieces: readonly Buffer[], skipBytes: number): Buffer[] {
     }
     out.push(skip > 0 ? piece.subarray(skip) : piece);
     skip = 0;
+    if (out.length === IOV_MAX) break;
   }
   return out;
 }
+
+/** Linux's limit on the buffers of one writev. */
+const IOV_MAX = 1024;
 
 /**
  * Bytes after `validBytes` up to the last one that is not zero: what was cut. The zeroes of a

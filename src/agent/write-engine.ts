@@ -5,7 +5,7 @@
 // batches checksummed and logged on a worker thread from shared memory while it writes their
 // production copies. Both put the same bytes in the log (test/unit/write-engine.test.ts).
 import fs from 'node:fs';
-import { assert, assertNever, crc32c, isDiskFull, rethrowIfBug } from '../core/index.js';
+import { assert, assertNever, isDiskFull, rethrowIfBug } from '../core/index.js';
 import {
   chainRecordHeader,
   encodePadAt,
@@ -16,12 +16,13 @@ import { NbdErrno } from '../nbd/index.js';
 import {
   PUNCH_THRESHOLD_BYTES,
   writeAsync,
+  writevAsync,
   writeZeroesSync,
   zeroRange,
 } from '../platform/index.js';
-import type { LaidOutRecord } from './batch-io.js';
+import { payloadCrc, payloadPieces, type LaidOutRecord, type Payload } from './batch-io.js';
 import type { ProductionVolume } from './pipeline.js';
-import { writeAllAt, type LogReservation } from './spool.js';
+import { sliceFrom, writeAllAt, type LogReservation } from './spool.js';
 
 /** One record of a batch, as the pipeline holds it. */
 export interface EngineRecord extends LaidOutRecord {
@@ -75,11 +76,11 @@ export class InThreadEngine implements WriteEngine {
           offsetBytes: record.offsetBytes,
           lengthBytes: record.lengthBytes,
         },
-        record.data ? crc32c(record.data) : 0,
+        record.data ? payloadCrc(record.data) : 0,
       );
       crc = chainRecordHeader(headers, crc, at);
       pieces.push(headers.subarray(at, at + RECORD_HEADER_BYTES));
-      if (record.data) pieces.push(record.data);
+      if (record.data) for (const piece of payloadPieces(record.data)) pieces.push(piece);
     }
     if (reservation.padBytes > 0) {
       const pad = Buffer.allocUnsafe(reservation.padBytes);
@@ -160,20 +161,40 @@ function writeSynchronously(record: EngineRecord): void {
     writeZeroesSync(fd, record.offsetBytes, record.lengthBytes);
     return;
   }
-  const data = record.data as Buffer;
+  const data = record.data as Payload;
+  if (Buffer.isBuffer(data)) {
+    let done = 0;
+    for (let guard = 0; done < data.length; guard++) {
+      assert(guard <= data.length, 'writeSync makes progress');
+      done += fs.writeSync(fd, data, done, data.length - done, record.offsetBytes + done);
+    }
+    return;
+  }
+  const pieces = payloadPieces(data);
   let done = 0;
-  for (let guard = 0; done < data.length; guard++) {
-    assert(guard <= data.length, 'writeSync makes progress');
-    done += fs.writeSync(fd, data, done, data.length - done, record.offsetBytes + done);
+  for (let guard = 0; done < record.lengthBytes; guard++) {
+    assert(guard <= record.lengthBytes, 'writevSync makes progress');
+    done += fs.writevSync(fd, sliceFrom(pieces, done), record.offsetBytes + done);
   }
 }
 
 async function writeAsynchronously(record: EngineRecord): Promise<void> {
   const { fd } = record.volume;
   switch (record.type) {
-    case 'write':
-      await writeAsync(fd, record.data as Buffer, record.offsetBytes);
+    case 'write': {
+      const data = record.data as Payload;
+      if (Buffer.isBuffer(data)) {
+        await writeAsync(fd, data, record.offsetBytes);
+        return;
+      }
+      const pieces = payloadPieces(data);
+      let done = 0;
+      for (let guard = 0; done < record.lengthBytes; guard++) {
+        assert(guard <= record.lengthBytes, 'writev makes progress');
+        done += await writevAsync(fd, sliceFrom(pieces, done), record.offsetBytes + done);
+      }
       return;
+    }
     case 'zero':
     case 'trim':
       await zeroRange(

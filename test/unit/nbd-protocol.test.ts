@@ -1481,3 +1481,66 @@ test('request headers decode without BigInt: u64 offsets up to 2^53 - 1, beyond 
     assert.equal(decodeRequestHeader(header)?.offsetBytes, expected, `offset ${offset}`);
   }
 });
+
+/** A memory backend that also takes writes as pieces, and counts how each write arrived. */
+class PiecesBackend extends MemoryBackend {
+  joined = 0;
+  inPieces = 0;
+  piecesSeen = 0;
+  override write(offsetBytes: number, data: Buffer, fua: boolean, done: DoneCallback): void {
+    this.joined += 1;
+    super.write(offsetBytes, data, fua, done);
+  }
+  writePieces(
+    offsetBytes: number,
+    pieces: readonly Buffer[],
+    fua: boolean,
+    done: DoneCallback,
+  ): void {
+    this.inPieces += 1;
+    this.piecesSeen += pieces.length;
+    super.write(offsetBytes, Buffer.concat(pieces), fua, done);
+  }
+}
+
+test('a write whose payload spans socket reads reaches a backend that takes pieces as those pieces, byte for byte', async () => {
+  const backend = new PiecesBackend({ name: 'pieces', sizeBytes: 4 * SIZE_BYTES });
+  await withServer(
+    async ({ port }) => {
+      const { client } = await openSession(port, { exportName: 'pieces' });
+      const large = Buffer.alloc(SIZE_BYTES);
+      for (let at = 0; at < large.length; at += 4) large.writeUInt32LE((at * 2654435761) >>> 0, at);
+      const bytes = requestBytes(
+        { type: P.Command.WRITE, cookie: 9n, offsetBytes: 4096n, lengthBytes: large.length },
+        large,
+      );
+      // In several TCP writes, so the server surely reads it in several chunks.
+      for (let at = 0; at < bytes.length; at += 100_000)
+        client.write(bytes.subarray(at, at + 100_000));
+      assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 9n });
+      client.write(
+        requestBytes(
+          { type: P.Command.WRITE, cookie: 10n, lengthBytes: 512 },
+          Buffer.alloc(512, 1),
+        ),
+      );
+      assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 10n });
+      client.write(
+        requestBytes({
+          type: P.Command.READ,
+          cookie: 11n,
+          offsetBytes: 4096n,
+          lengthBytes: large.length,
+        }),
+      );
+      assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 11n });
+      assert.ok((await client.read(large.length)).equals(large), 'read back equal');
+      assert.equal(backend.inPieces, 1, 'the large write came as pieces');
+      assert.ok(backend.piecesSeen > 1, 'more than one piece');
+      assert.equal(backend.joined, 1, 'the small one in one chunk came whole');
+      client.destroy();
+    },
+    {},
+    [backend],
+  );
+});
