@@ -149,7 +149,7 @@ export function writeRangeSync(
   }
 }
 
-/** The production writes of a laid-out batch, in seq order: [volume, offset, payload position, length]. */
+/** The production writes of a laid-out batch, in seq order: volume, offset, payload, length. */
 export function productionWrites(
   buffer: Buffer,
   startBytes: number,

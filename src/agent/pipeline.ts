@@ -22,19 +22,12 @@ import {
 import { NbdErrno, type DoneCallback } from '../nbd/index.js';
 import { fdatasyncAsync, isZero, readFullyAsync, writeAsync } from '../platform/index.js';
 import type { DirtyMap } from './dirty-map.js';
+import type { ProductionVolume } from './production-volume.js';
 import type { LogReservation, Spool } from './spool.js';
 import type { Payload } from './batch-io.js';
 import { writeProduction, type WriteEngine } from './write-engine.js';
 
-export interface ProductionVolume {
-  readonly name: string;
-  readonly index: number;
-  readonly sizeBytes: number;
-  readonly path: string;
-  readonly fd: number;
-  readonly blockDevice: boolean;
-  readonly dirty: DirtyMap;
-}
+export type { ProductionVolume } from './production-volume.js';
 
 interface RecordOp {
   type: RecordKind;

@@ -1,7 +1,8 @@
-// The agent's spool: one active redo segment being appended to, and sealed segments waiting to ship.
-// Owns segment file naming, the log space each batch reserves and the running checksum, sealing,
-// recovery of a torn active segment, and the segment files themselves: released files are
-// recycled and new ones preallocated in the background, so appends overwrite blocks that exist.
+// The agent's spool: one active redo segment being appended to, and sealed segments waiting to
+// ship. Owns segment file naming, the log space each batch reserves and the running checksum,
+// sealing, recovery of a torn active segment, and the segment files themselves: released files
+// are recycled and new ones preallocated in the background, so appends overwrite blocks that
+// exist.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -81,7 +82,10 @@ interface ActiveSegment {
   timeLastNs: bigint;
   createdMs: number;
   flags: number;
-  /** Format version of the header: a version 1 or 2 segment recovered after an upgrade is sealed as one. */
+  /**
+   * Format version of the header: a version 1 or 2 segment recovered after an upgrade is sealed
+   * as one.
+   */
   version: number;
   /** Size of the file when this segment took it (a recycled or preallocated file), else 0. */
   fileBytes: number;
@@ -186,8 +190,8 @@ export class Spool {
   }
 
   /**
-   * Opens the spool: verifies sealed segments, keeps the valid prefix of an active segment left by a
-   * crash (cutting a torn tail) and seals it. `seqAcked`/`indexAcked` come from the agent state.
+   * Opens the spool: verifies sealed segments, keeps the valid prefix of an active segment left by
+   * a crash (cutting a torn tail) and seals it. `seqAcked`/`indexAcked` come from the agent state.
    */
   static async open(
     dir: string,
@@ -728,7 +732,7 @@ function padPiece(reservation: LogReservation): Buffer {
   return piece;
 }
 
-/** Writes `pieces` back to back at `positionBytes`: small ones here, large ones on the threadpool. */
+/** Writes `pieces` back to back at `positionBytes`: small ones here, large on the threadpool. */
 export async function writeAllAt(
   fd: number,
   pieces: readonly Buffer[],

@@ -79,7 +79,7 @@ export class WorkerEngine implements WriteEngine {
     this.worker.on('exit', (code) => this.stop(`exit code ${code}`));
   }
 
-  /** A worker engine, or the in-thread engine alone when shared memory cannot be had (no /dev/shm). */
+  /** A worker engine, or the in-thread engine alone without shared memory (no /dev/shm). */
   static start(): WriteEngine {
     const arena = createSharedMemory(WORKER_ARENA_BYTES);
     if (arena === undefined) return new InThreadEngine();

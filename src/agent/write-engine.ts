@@ -21,7 +21,7 @@ import {
   zeroRange,
 } from '../platform/index.js';
 import { payloadCrc, payloadPieces, type LaidOutRecord, type Payload } from './batch-io.js';
-import type { ProductionVolume } from './pipeline.js';
+import type { ProductionVolume } from './production-volume.js';
 import { sliceFrom, writeAllAt, type LogReservation } from './spool.js';
 
 /** One record of a batch, as the pipeline holds it. */

@@ -15,28 +15,36 @@ const setup = workerData as WorkerSetup;
 const arena = mapShared(setup.arenaFd, setup.arenaBytes);
 
 port.on('message', (request: WorkerRequest) => {
-  port.postMessage(handle(request));
+  // Whatever handle() throws (a bug) goes back as an error, to be thrown again on the main thread.
+  Promise.resolve(request)
+    .then(handle)
+    .then(
+      (response) => port.postMessage(response),
+      (error: unknown) =>
+        port.postMessage({
+          id: request.id,
+          chainOut: 0,
+          logError: undefined,
+          error: serializeError(error),
+        } satisfies WorkerResponse),
+    );
 });
 
 function handle(request: WorkerRequest): WorkerResponse {
+  const { placement } = request;
+  const chainOut = finishBatch(arena, placement);
+  let logError: WorkerResponse['logError'];
   try {
-    const { placement } = request;
-    const chainOut = finishBatch(arena, placement);
-    let logError: WorkerResponse['logError'];
-    try {
-      writeRangeSync(
-        request.logFd,
-        arena,
-        placement.startBytes,
-        placement.endBytes,
-        placement.logPositionBytes,
-      );
-    } catch (error) {
-      rethrowIfBug(error);
-      logError = serializeError(error);
-    }
-    return { id: request.id, chainOut, logError };
+    writeRangeSync(
+      request.logFd,
+      arena,
+      placement.startBytes,
+      placement.endBytes,
+      placement.logPositionBytes,
+    );
   } catch (error) {
-    return { id: request.id, chainOut: 0, logError: undefined, error: serializeError(error) };
+    rethrowIfBug(error);
+    logError = serializeError(error);
   }
+  return { id: request.id, chainOut, logError };
 }

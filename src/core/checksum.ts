@@ -8,7 +8,7 @@ export function crc32c(data: Uint8Array, previous = 0): number {
   return nativeCrc32c(data, previous) >>> 0;
 }
 
-/** Below this many bytes crc32cRange is cheaper than a native call (measured: 44 bytes 97 ns vs 509 ns). */
+/** Below this many bytes crc32cRange beats a native call (measured: 44 bytes 97 ns vs 509 ns). */
 export const CRC_SMALL_BYTES_MAX = 256;
 
 const POLY_REFLECTED = 0x82f63b78;

@@ -120,7 +120,7 @@ export function encodePadAt(
   return bytes;
 }
 
-/** Writes a safe integer as u64 little-endian without a BigInt (the hot path writes four a record). */
+/** Writes a safe integer as u64 little-endian without a BigInt (a record header has four). */
 export function writeU64LE(buf: Buffer, value: number, at: number): void {
   buf.writeUInt32LE(value % TWO_POW_32, at);
   buf.writeUInt32LE(Math.floor(value / TWO_POW_32), at + 4);

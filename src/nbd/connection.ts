@@ -118,7 +118,7 @@ export class Connection {
   private outgoing: Buffer[] = [];
   private flushScheduled = false;
   private microtaskFlushQueued = false;
-  /** Simple replies are encoded into this buffer; [gatheredStart, gatheredEnd) is not queued yet. */
+  /** Simple replies are encoded here; [gatheredStart, gatheredEnd) is not queued yet. */
   private gathered: Buffer | undefined;
   private gatheredStart = 0;
   private gatheredEnd = 0;

@@ -138,7 +138,7 @@ export function optionName(option: number): string {
   return `UNKNOWN(${option})`;
 }
 
-/** Largest high half of a u64 whose value is still a safe integer (2^53 - 1 = 0x1fffff_ffffffff). */
+/** The largest high half of a u64 that is still a safe integer (2^53 - 1 = 0x1fffff_ffffffff). */
 const SAFE_HIGH_MAX = 0x1fffff;
 
 /** u64 from the wire as a Number, or undefined when it is beyond Number.MAX_SAFE_INTEGER. */
