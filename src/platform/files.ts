@@ -1,15 +1,13 @@
 // Durable file operations: the only place that knows how to make creates, renames and unlinks
 // survive a crash (fsync of the directory), and how to zero a range without writing it.
 import type MmapIo from '@riaskov/mmap-io';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { rethrowIfBug, RewindError } from '../core/index.js';
+import { runTool } from './tool-helper.js';
 
-const execFileAsync = promisify(execFile);
 // CommonJS whose types declare a default export it does not have at run time: required as it is.
 const mmap = createRequire(import.meta.url)('@riaskov/mmap-io') as typeof MmapIo.default;
 
@@ -91,9 +89,8 @@ export const PUNCH_THRESHOLD_BYTES = 1024 * 1024;
  * files exist only in memory, replaces it.
  */
 export const zeroTools = {
-  run: async (command: 'fallocate' | 'blkdiscard', args: string[]): Promise<void> => {
-    await execFileAsync(command, args, { timeout: 120_000 });
-  },
+  run: (command: 'fallocate' | 'blkdiscard', args: string[]): Promise<void> =>
+    runTool(command, args, 120_000),
 };
 
 /**
@@ -139,11 +136,8 @@ export async function zeroRange(
  * the deterministic simulation, whose files exist only in memory, replaces it.
  */
 export const preallocateTools = {
-  run: async (file: string, lengthBytes: number, timeoutMs: number): Promise<void> => {
-    await execFileAsync('fallocate', ['--length', String(lengthBytes), file], {
-      timeout: timeoutMs,
-    });
-  },
+  run: (file: string, lengthBytes: number, timeoutMs: number): Promise<void> =>
+    runTool('fallocate', ['--length', String(lengthBytes), file], timeoutMs),
 };
 
 /** statfs magic numbers of the memory file systems (linux/magic.h). */
