@@ -16,6 +16,8 @@ export interface FioJob {
   /** Fixed time after a warm-up, or a fixed number of operations. */
   length: { rampSeconds: number; runSeconds: number } | { ios: number };
   rateIops?: number;
+  /** Log the job's write IOPS every this many ms (FioResult.iopsPerInterval). */
+  iopsLogMs?: number;
 }
 
 export interface FioDirection {
@@ -33,6 +35,8 @@ export interface FioResult {
   /** Read plus write operations per second. */
   iops: number;
   bytesPerSecond: number;
+  /** With iopsLogMs: the jobs' summed operations per second in each interval, in order. */
+  iopsPerInterval: number[];
 }
 
 interface FioJsonDirection {
@@ -47,7 +51,7 @@ interface FioJson {
 
 const milliseconds = (seconds: number): string => `${Math.round(seconds * 1000)}ms`;
 
-function jobArgs(name: string, job: FioJob): string[] {
+function jobArgs(name: string, job: FioJob, logPrefix: string): string[] {
   const args = [
     `--name=${name}`,
     '--ioengine=nbd',
@@ -61,6 +65,8 @@ function jobArgs(name: string, job: FioJob): string[] {
   ];
   if (job.readPercent !== undefined) args.push(`--rwmixread=${job.readPercent}`);
   if (job.rateIops !== undefined) args.push(`--rate_iops=${job.rateIops}`);
+  if (job.iopsLogMs !== undefined)
+    args.push(`--write_iops_log=${logPrefix}-${name}`, `--log_avg_msec=${job.iopsLogMs}`);
   if ('ios' in job.length)
     args.push(`--io_size=${job.length.ios * job.blockBytes}`, `--number_ios=${job.length.ios}`);
   else
@@ -78,18 +84,41 @@ export async function runFio(
   workDir: string,
   timeoutMs: number,
 ): Promise<FioResult> {
-  const output = path.join(workDir, `fio-${process.pid}-${Date.now()}.json`);
+  const stem = `fio-${process.pid}-${Date.now()}`;
+  const output = path.join(workDir, `${stem}.json`);
+  const logPrefix = path.join(workDir, stem);
   const args = [
     '--output-format=json',
     `--output=${output}`,
-    ...jobs.flatMap((job, index) => jobArgs(`job${index}`, job)),
+    ...jobs.flatMap((job, index) => jobArgs(`job${index}`, job, logPrefix)),
   ];
   try {
     await runToolOrThrow('fio', args, timeoutMs);
-    return summarize(JSON.parse(fs.readFileSync(output, 'utf8')) as FioJson);
+    const result = summarize(JSON.parse(fs.readFileSync(output, 'utf8')) as FioJson);
+    result.iopsPerInterval = readIopsLogs(workDir, stem);
+    return result;
   } finally {
     fs.rmSync(output, { force: true });
+    for (const name of fs.readdirSync(workDir))
+      if (name.startsWith(stem)) fs.rmSync(path.join(workDir, name), { force: true });
   }
+}
+
+/**
+ * fio's iops logs (`PREFIX-jobN_iops.1.log`: "msec, value, direction, ...", one line per
+ * interval): the value of each interval summed over the jobs.
+ */
+function readIopsLogs(workDir: string, stem: string): number[] {
+  const sums: number[] = [];
+  for (const name of fs.readdirSync(workDir)) {
+    if (!name.startsWith(stem) || !name.includes('_iops.')) continue;
+    const lines = fs.readFileSync(path.join(workDir, name), 'utf8').trim().split('\n');
+    lines.forEach((line, index) => {
+      const value = Number(line.split(',')[1]);
+      if (Number.isFinite(value)) sums[index] = (sums[index] ?? 0) + value;
+    });
+  }
+  return sums;
 }
 
 function summarize(report: FioJson): FioResult {
@@ -102,6 +131,7 @@ function summarize(report: FioJson): FioResult {
     write,
     iops: read.iops + write.iops,
     bytesPerSecond: read.bytesPerSecond + write.bytesPerSecond,
+    iopsPerInterval: [],
   };
 }
 

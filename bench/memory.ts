@@ -56,7 +56,7 @@ export async function measureSparseAgent(
 export function peakRows(memory: PeakMemory): Row[] {
   const roles = [
     { role: 'rewind up', label: 'rewind up (agent + manager), all up runs' },
-    { role: 'agent', label: 'rewind agent, all split runs' },
+    { role: 'agent', label: 'rewind agent, all agent runs (alone and split)' },
     { role: 'manager', label: 'rewind manager, all split runs' },
   ];
   return roles.flatMap(({ role, label }) => {

@@ -140,9 +140,9 @@ export class Scope {
     this.graceMs = graceMs;
   }
 
-  /** A fresh directory under the system temp dir, removed when the scope closes. */
-  dir(label: string): string {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `rewind-bench-${label}-`));
+  /** A fresh directory under `base` (the system temp dir), removed when the scope closes. */
+  dir(label: string, base = os.tmpdir()): string {
+    const dir = fs.mkdtempSync(path.join(base, `rewind-bench-${label}-`));
     this.dirs.push(dir);
     tempDirs.add(dir);
     return dir;

@@ -2,10 +2,11 @@
 // with fio's nbd ioengine, and prints one table of absolute figures, ratios and the targets
 // (PASS/MISS; a MISS never fails the process). --json prints the same rows as JSON, --short runs
 // every measurement briefly (about 2 s per workload, one repetition, small histories and volumes),
-// --only ingest,rpo,apply,views,memory runs some sections (to rerun a disturbed one).
+// --only agent,ingest,rpo,apply,views,memory runs some sections (to rerun a disturbed one).
 // Progress goes to stderr so that stdout holds only the result.
 import os from 'node:os';
 import { parseArgs } from 'node:util';
+import { measureAgentAlone } from './agent-alone.js';
 import { measureApply } from './apply.js';
 import { FULL, SHORT, type Mode } from './config.js';
 import { measureIngest } from './ingest.js';
@@ -74,6 +75,7 @@ type Section = (mode: Mode, memory: PeakMemory, progress: (text: string) => void
 
 /** The sections in the order they run; --only picks some of them. */
 const SECTIONS: Record<string, Section> = {
+  agent: measureAgentAlone,
   ingest: measureIngest,
   rpo: measureRpo,
   apply: measureApply,

@@ -4,6 +4,7 @@
 // `rewind agent`. Every runner waits until its server is ready and leaves stopping it to the scope.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, nbdReachable, type Managed, type Scope } from './processes.js';
@@ -25,12 +26,43 @@ export interface VolumeSize {
   sizeBytes: number;
 }
 
-/** A sparse file of `sizeBytes` in a new temp dir of the scope. */
-function sparseFile(scope: Scope, label: string, sizeBytes: number): string {
-  const file = path.join(scope.dir(label), 'disk.img');
+/** Where a server's files go and what its image holds when it starts. */
+export interface Placement {
+  /** The directory its temp dirs are made in (the system temp dir, or a tmpfs). */
+  base: string;
+  /** A fresh sparse file, or one written whole once (zeroes, fsynced) before the server starts. */
+  image: 'sparse' | 'written';
+}
+
+export const ON_DISK_SPARSE: Placement = { base: os.tmpdir(), image: 'sparse' };
+
+/** Zeroes written over the whole image at this size per write. */
+const FILL_CHUNK_BYTES = 1024 * 1024;
+
+/** The image file of `sizeBytes` in a new temp dir of the scope, sparse or written once. */
+function imageFile(scope: Scope, label: string, sizeBytes: number, placement: Placement): string {
+  const file = path.join(scope.dir(label, placement.base), 'disk.img');
   fs.writeFileSync(file, '');
-  fs.truncateSync(file, sizeBytes);
+  if (placement.image === 'sparse') {
+    fs.truncateSync(file, sizeBytes);
+    return file;
+  }
+  // Every block allocated and written (what a volume in use looks like), then made durable so its
+  // writeback does not run into the measurement.
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const zeroes = Buffer.alloc(FILL_CHUNK_BYTES);
+    for (let at = 0; at < sizeBytes; at += FILL_CHUNK_BYTES)
+      fs.writeSync(fd, zeroes, 0, Math.min(FILL_CHUNK_BYTES, sizeBytes - at), at);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
   return file;
+}
+
+function sparseFile(scope: Scope, label: string, sizeBytes: number): string {
+  return imageFile(scope, label, sizeBytes, ON_DISK_SPARSE);
 }
 
 async function waitNbd(server: Managed, uri: string): Promise<void> {
@@ -38,8 +70,12 @@ async function waitNbd(server: Managed, uri: string): Promise<void> {
 }
 
 /** nbdkit's file plugin with its defaults (parallel thread model, 16 threads, no cache flags). */
-export async function startNbdkit(scope: Scope, sizeBytes: number): Promise<NbdEndpoint> {
-  const file = sparseFile(scope, 'nbdkit', sizeBytes);
+export async function startNbdkit(
+  scope: Scope,
+  sizeBytes: number,
+  placement: Placement = ON_DISK_SPARSE,
+): Promise<NbdEndpoint> {
+  const file = imageFile(scope, 'nbdkit', sizeBytes, placement);
   const port = await freePort();
   const server = scope.start('nbdkit', 'nbdkit', [
     '--foreground',
@@ -184,6 +220,46 @@ export async function startRewindAgent(
     READY_TIMEOUT_MS,
   );
   return { process: server, dataDir, uri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}` };
+}
+
+/**
+ * `rewind agent` alone, the deployment with the manager on another host, here one that is not
+ * reachable at all (nobody listens on its port): segments pile up in the spool, which is what the
+ * agent does while its manager is away. Its data dir (spool, state, production image) is placed
+ * like the peer's image; a written-once image is given by path (its first protection reads it
+ * all and logs nothing, as it holds only zeroes).
+ */
+export async function startAgentAlone(
+  scope: Scope,
+  sizeBytes: number,
+  placement: Placement,
+): Promise<NbdEndpoint> {
+  const dataDir = scope.dir('agent', placement.base);
+  const volume =
+    placement.image === 'sparse'
+      ? `v:${sizeBytes}`
+      : `v:${imageFile(scope, 'agent-image', sizeBytes, placement)}`;
+  const [nbdPort, unreachablePort] = [await freePort(), await freePort()];
+  const server = scope.start('rewind agent', process.execPath, [
+    REWIND_BIN,
+    'agent',
+    '--manager',
+    `127.0.0.1:${unreachablePort}`,
+    '--data',
+    dataDir,
+    '--nbd',
+    `127.0.0.1:${nbdPort}`,
+    '--token',
+    randomBytes(16).toString('hex'),
+    '--volume',
+    volume,
+  ]);
+  await server.waitUntil(
+    'its volume line',
+    () => server.output.includes('volume v: nbd://'),
+    READY_TIMEOUT_MS,
+  );
+  return { uri: `nbd://127.0.0.1:${nbdPort}/v`, process: server };
 }
 
 /** The ingest runner of each server: a fresh one serving one volume of `sizeBytes`. */

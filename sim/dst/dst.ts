@@ -39,7 +39,7 @@ import { Catalog } from '../../src/manager/catalog.js';
 import { Manager, type CommitEvent } from '../../src/manager/manager.js';
 import type { PolicyText } from '../../src/manager/retention-policy.js';
 import type { ExportBackend } from '../../src/nbd/backend.js';
-import { zeroTools } from '../../src/platform/index.js';
+import { preallocateTools, zeroTools } from '../../src/platform/index.js';
 import { SimNetwork } from './link.js';
 import { SimFs } from './sim-fs.js';
 import { World, type SimProcess } from './world.js';
@@ -470,6 +470,11 @@ class Simulation {
       sealBytes: 64 * 1024,
       sealMs: 300,
       spoolBytes: 1024 * 1024,
+      // Its disk lives on this thread: a worker would escape it. Batches of 8 KiB and more end
+      // on a 4 KiB boundary (the pad records of large batches), and segment files are recycled
+      // and preallocated as in production.
+      writeEngine: 'in-thread',
+      spool: { alignedBatchBytesMin: 8 * 1024 },
       manager: {
         host: 'manager.sim',
         port: 0,
@@ -935,10 +940,25 @@ class Simulation {
     }
   };
 
+  /**
+   * util-linux fallocate --length, on the simulated disk: the file grows to the length, reading
+   * as zeroes (not durable until an fsync, like any size change there).
+   */
+  private preallocateInMemory = async (file: string, lengthBytes: number): Promise<void> => {
+    const fd = fs.openSync(file, 'r+');
+    try {
+      if (fs.fstatSync(fd).size < lengthBytes) fs.ftruncateSync(fd, lengthBytes);
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+
   async run(): Promise<RunReport> {
     this.disk.install();
     const realZeroTools = zeroTools.run;
     zeroTools.run = this.punchInMemory;
+    const realPreallocate = preallocateTools.run;
+    preallocateTools.run = this.preallocateInMemory;
     try {
       await this.startManager();
       await this.startAgent();
@@ -970,6 +990,7 @@ class Simulation {
       if (this.managerProc) this.managerProc.alive = false;
       this.catalogDb = undefined; // left to the garbage collector, as after a crash
       zeroTools.run = realZeroTools;
+      preallocateTools.run = realPreallocate;
       this.disk.uninstall();
       this.world.uninstall();
     }

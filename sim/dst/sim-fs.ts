@@ -79,7 +79,9 @@ const FD_BASE = 1_000_000;
 const SECTOR = 512;
 /** Content is stored sparsely in chunks of this size (absent chunk = zeroes). */
 const CHUNK = 64 * 1024;
-const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND } = fs.constants;
+const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_DIRECT } = fs.constants;
+/** Direct I/O's unit on the simulated disks (a logical sector). */
+const DIRECT_ALIGN_BYTES = 512;
 
 const FLAGS: Readonly<Record<string, number>> = {
   r: O_RDONLY,
@@ -277,6 +279,8 @@ interface OpenFile {
   readonly readable: boolean;
   readonly writable: boolean;
   readonly append: boolean;
+  /** Opened with O_DIRECT: every write must start and end on a 512-byte sector (else EINVAL). */
+  readonly direct: boolean;
   position: number;
 }
 
@@ -731,6 +735,12 @@ export class SimFs {
       ['fs', 'readdirSync', 'path', (file: string) => this.sync(() => this.readdir(file))],
       [
         'fs',
+        'renameSync',
+        'two-paths',
+        (from: string, to: string) => this.sync(() => this.rename(from, to)),
+      ],
+      [
+        'fs',
         'read',
         'fd',
         (...args: unknown[]) =>
@@ -1047,6 +1057,7 @@ export class SimFs {
       readable: mode !== O_WRONLY,
       writable: mode !== O_RDONLY,
       append: (bits & O_APPEND) !== 0,
+      direct: (bits & O_DIRECT) !== 0,
       position: 0,
     });
     return fd;
@@ -1094,6 +1105,12 @@ export class SimFs {
     if (!file.writable) throw fsError('EBADF', syscall);
     const explicit = positionOf(position);
     const at = file.append ? file.inode.cached.size : (explicit ?? file.position);
+    if (file.direct) {
+      // Linux refuses a direct write whose position or length is not a multiple of the block.
+      const bytes = buffers.reduce((sum, b) => sum + b.length, 0);
+      if (at % DIRECT_ALIGN_BYTES !== 0 || bytes % DIRECT_ALIGN_BYTES !== 0)
+        throw fsError('EINVAL', syscall);
+    }
     const n = this.writeAt(file.disk, file.inode, at, buffers, syscall);
     if (file.append || explicit === null) file.position = at + n;
     return n;

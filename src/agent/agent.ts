@@ -30,7 +30,9 @@ import {
 } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
 import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
-import { Spool, type SealedSegment, type SpoolRecovery } from './spool.js';
+import { Spool, type SealedSegment, type SpoolOptions, type SpoolRecovery } from './spool.js';
+import { InThreadEngine } from './write-engine.js';
+import { WorkerEngine } from './worker-engine.js';
 import {
   Shipper,
   type AgentCommands,
@@ -62,6 +64,10 @@ export interface AgentOptions {
    * deterministic simulation's disk has no kernel locks and runs one agent: it passes its own.
    */
   lockImage?: (file: string, options: Parameters<typeof lockExclusive>[1]) => FileLock;
+  /** Where batches are written: a worker thread (default) or this thread (the simulation). */
+  writeEngine?: 'worker' | 'in-thread';
+  /** Spool tuning (tests and the simulation): preallocation, direct I/O, aligned batch size. */
+  spool?: SpoolOptions;
 }
 
 interface StoredVolume {
@@ -129,6 +135,8 @@ export class Agent implements ShipperSource, AgentCommands {
     this.dirtyAtStart = opened.volumes.reduce((sum, v) => sum + v.dirty.markedCount, 0);
     const log = this.options.log;
     this.pipeline = new WritePipeline(this.spool, {
+      engine:
+        this.options.writeEngine === 'in-thread' ? new InThreadEngine() : WorkerEngine.start(),
       sealBytes: this.options.sealBytes,
       spoolBytesMax: this.spoolBytesMax,
       onDegraded: (reason) =>
@@ -172,6 +180,7 @@ export class Agent implements ShipperSource, AgentCommands {
         }),
       );
     };
+    let agent: Agent | undefined;
     try {
       // Every image that exists is locked before anything is written (the others are created in
       // the data directory, which the runtime holds locked, and locked once created).
@@ -192,8 +201,13 @@ export class Agent implements ShipperSource, AgentCommands {
         volumes.length,
         state.seqAcked,
         state.segmentAcked,
+        {
+          segmentBytes: options.sealBytes,
+          onWarning: (message) => options.log('warn', message),
+          ...options.spool,
+        },
       );
-      const agent = new Agent({
+      agent = new Agent({
         options,
         state,
         volumes,
@@ -205,6 +219,7 @@ export class Agent implements ShipperSource, AgentCommands {
       return agent;
     } catch (error) {
       rethrowIfBug(error);
+      await agent?.pipeline.close(); // its write engine (a worker thread) stops with it
       for (const volume of volumes) {
         fs.closeSync(volume.fd);
         volume.dirty.close();
@@ -552,6 +567,7 @@ export class Agent implements ShipperSource, AgentCommands {
     // A cleaning started before close() still writes the dirty maps: their descriptors stay open
     // until it is done (a closed number could by then name another file).
     await this.cleaningDone;
+    await this.spool.settle();
     this.spool.close();
     for (const volume of this.volumes) {
       fs.fsyncSync(volume.fd);
@@ -653,6 +669,26 @@ class ProductionExport implements ExportBackend {
       offsetBytes,
       data.length,
       data,
+      fua,
+      done,
+    );
+  }
+
+  /** A large write as the socket pieces it arrived in: never joined on the event loop. */
+  writePieces(
+    offsetBytes: number,
+    pieces: readonly Buffer[],
+    fua: boolean,
+    done: DoneCallback,
+  ): void {
+    let lengthBytes = 0;
+    for (const piece of pieces) lengthBytes += piece.length;
+    this.agent.pipeline.submitRecord(
+      'write',
+      this.volume,
+      offsetBytes,
+      lengthBytes,
+      pieces,
       fua,
       done,
     );

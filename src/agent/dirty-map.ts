@@ -7,6 +7,13 @@ import { assert, bitClear, bitGet, bitSet } from '../core/index.js';
 import { FILE_MODE_PRIVATE, fdatasyncAsync } from '../platform/index.js';
 
 export const REGION_BYTES_DEFAULT = 1024 * 1024;
+/**
+ * A write that newly marks a region right after a marked one looks sequential: this many regions
+ * after it are marked in the same durable write, so a sequential stream pays one dirty-map
+ * fdatasync per 32 MiB rather than one per batch. A region marked ahead is owned by the same seq
+ * and cleaned like any other; the price is at most this many regions more to resync after a crash.
+ */
+export const MARK_AHEAD_REGIONS = 32;
 
 export class DirtyMap {
   readonly regionBytes: number;
@@ -79,13 +86,26 @@ export class DirtyMap {
       this.lastSeq.set(region, seq);
       this.lastTouchMs.set(region, nowMs);
       if (!this.isMarked(region)) {
-        bitSet(this.bits, region);
-        this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
-        this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
+        this.mark(region);
         newlyMarked = true;
       }
     }
+    if (newlyMarked && first > 0 && this.isMarked(first - 1)) {
+      const end = Math.min(this.regionCount - 1, last + MARK_AHEAD_REGIONS);
+      for (let region = last + 1; region <= end; region++) {
+        if (this.isMarked(region)) continue;
+        this.mark(region);
+        this.lastSeq.set(region, seq);
+        this.lastTouchMs.set(region, nowMs);
+      }
+    }
     return newlyMarked;
+  }
+
+  private mark(region: number): void {
+    bitSet(this.bits, region);
+    this.dirtyBytesLow = Math.min(this.dirtyBytesLow, region >> 3);
+    this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
   }
 
   private dirtyBytesLow = Number.MAX_SAFE_INTEGER;

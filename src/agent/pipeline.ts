@@ -1,11 +1,10 @@
 // The write path of a volume set: one global seq across volumes, dirty map write-ahead, production
 // pass-through and redo append, group-committed per event-loop turn; replies after both reached the
 // kernel, FLUSH/FUA after both are durable. Everything runs through one queue so seq order is
-// log order is production order for overlapping writes.
-import fs from 'node:fs';
+// log order is production order for overlapping writes. The writing itself is the engine's
+// (write-engine.ts): on this thread, or a worker for large batches.
 import {
   assert,
-  assertNever,
   crashPoint,
   crc32c,
   errorMessage,
@@ -21,27 +20,14 @@ import {
   type RecordKind,
 } from '../log/index.js';
 import { NbdErrno, type DoneCallback } from '../nbd/index.js';
-import {
-  fdatasyncAsync,
-  isZero,
-  PUNCH_THRESHOLD_BYTES,
-  readFullyAsync,
-  writeAsync,
-  writeZeroesSync,
-  zeroRange,
-} from '../platform/index.js';
+import { fdatasyncAsync, isZero, readFullyAsync, writeAsync } from '../platform/index.js';
 import type { DirtyMap } from './dirty-map.js';
-import type { Spool } from './spool.js';
+import type { ProductionVolume } from './production-volume.js';
+import type { LogReservation, Spool } from './spool.js';
+import type { Payload } from './batch-io.js';
+import { writeProduction, type WriteEngine } from './write-engine.js';
 
-export interface ProductionVolume {
-  readonly name: string;
-  readonly index: number;
-  readonly sizeBytes: number;
-  readonly path: string;
-  readonly fd: number;
-  readonly blockDevice: boolean;
-  readonly dirty: DirtyMap;
-}
+export type { ProductionVolume } from './production-volume.js';
 
 interface RecordOp {
   type: RecordKind;
@@ -50,7 +36,7 @@ interface RecordOp {
   timeNs: bigint;
   offsetBytes: number;
   lengthBytes: number;
-  data: Buffer | undefined;
+  data: Payload | undefined;
   fua: boolean;
   done: DoneCallback;
 }
@@ -107,14 +93,14 @@ export interface ResyncResult {
 /** Resync records are appended in groups of about this many payload bytes. */
 const RESYNC_APPEND_BYTES = 8 * 1024 * 1024;
 
-/** Production writes up to this size run synchronously on the event loop (no threadpool hop). */
-const SYNC_WRITE_BYTES_MAX = 256 * 1024;
 /** At most this many operations are processed as one group commit. */
 const BATCH_OPS_MAX = 1024;
 const BATCH_BYTES_MAX = 64 * 1024 * 1024;
 
 export interface PipelineOptions {
   sealBytes: number;
+  /** Where batches are written (a worker, or this thread); closed with the pipeline. */
+  engine: WriteEngine;
   /** Spool bound: a batch that would grow the spool past it switches to degraded mode. */
   spoolBytesMax: number;
   onSealed: () => void;
@@ -143,11 +129,13 @@ export class WritePipeline {
   private failed: unknown;
   degraded: DegradedState | undefined;
   private readonly spool: Spool;
+  private readonly engine: WriteEngine;
   private readonly options: PipelineOptions;
   private closed = false;
 
   constructor(spool: Spool, options: PipelineOptions) {
     this.spool = spool;
+    this.engine = options.engine;
     this.options = options;
     this.seqNext = spool.seqNextExpected;
     this.seqCaptured = this.seqNext - 1;
@@ -166,7 +154,7 @@ export class WritePipeline {
     volume: ProductionVolume,
     offsetBytes: number,
     lengthBytes: number,
-    data: Buffer | undefined,
+    data: Payload | undefined,
     fua: boolean,
     done: DoneCallback,
   ): void {
@@ -226,13 +214,14 @@ export class WritePipeline {
     });
   }
 
-  /** Stops accepting operations and waits until the queue is drained. */
+  /** Stops accepting operations, waits until the queue is drained, and closes the engine. */
   async close(): Promise<void> {
     this.closed = true;
     for (let guard = 0; this.running || this.queue.length > 0; guard++) {
       assert(guard < 600_000, 'pipeline drains');
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
+    await this.engine.close();
   }
 
   private push(op: Op): void {
@@ -459,25 +448,18 @@ export class WritePipeline {
     if (this.degraded !== undefined && records.length > 0)
       return this.processDegraded(batch, records);
     await this.markDirty(records);
-    const logWrite =
-      records.length > 0
-        ? this.appendLog(records).then(() => crashPoint('append'))
-        : Promise.resolve();
-    const errnos = await this.writeProduction(records);
-    try {
-      await logWrite;
-    } catch (error) {
-      rethrowIfBug(error);
-      if (isDiskFull(error) && this.degraded === undefined) {
+    const { logError, errnos } = await this.writeBatch(records);
+    if (logError !== undefined) {
+      if (isDiskFull(logError) && this.degraded === undefined) {
         // The spool's disk is full: the batch was not logged (the spool rolled it back), but it
         // reached production; from here on the agent runs degraded, as with a full spool.
         this.degraded = { sinceNs: records[0]?.timeNs ?? nowNs(), writes: 0 };
-        this.options.onDegraded?.(`the spool's disk is full (${errorMessage(error)})`);
+        this.options.onDegraded?.(`the spool's disk is full (${errorMessage(logError)})`);
         await this.markNeverClean(records); // they were marked with seqs that are handed back now
         return this.finishDegraded(batch, records, errnos);
       }
       // The log is the history: without it no reply may claim success (and seqs would gap).
-      this.fail(error);
+      this.fail(logError);
       for (const op of batch) op.done(NbdErrno.EIO);
       return;
     }
@@ -507,7 +489,7 @@ export class WritePipeline {
    */
   private async processDegraded(batch: (RecordOp | FlushOp)[], records: RecordOp[]): Promise<void> {
     await this.markNeverClean(records);
-    return this.finishDegraded(batch, records, await this.writeProduction(records));
+    return this.finishDegraded(batch, records, await writeProduction(records));
   }
 
   /** Write-ahead for degraded writes: their regions stay dirty until a resync logs them. */
@@ -598,74 +580,41 @@ export class WritePipeline {
     await Promise.all([...toPersist].map((dirty) => dirty.persist()));
   }
 
-  private appendLog(records: readonly RecordOp[]): Promise<void> {
-    const pieces: Buffer[] = [];
-    const headers: Buffer[] = [];
-    const headerBytes = Buffer.allocUnsafe(records.length * RECORD_HEADER_BYTES);
-    records.forEach((op, i) => {
-      const header = headerBytes.subarray(i * RECORD_HEADER_BYTES, (i + 1) * RECORD_HEADER_BYTES);
-      headers.push(header);
-      encodeRecordHeader(
-        {
-          kind: op.type,
-          volume: op.volume.index,
-          seq: op.seq,
-          timeNs: op.timeNs,
-          offsetBytes: op.offsetBytes,
-          lengthBytes: op.lengthBytes,
-        },
-        op.data ? crc32c(op.data) : 0,
-        header,
-      );
-      pieces.push(header);
-      if (op.data) pieces.push(op.data);
-    });
+  /**
+   * The batch's records go to the log (at the place the spool reserves for them) and to
+   * production, through the engine. A log write that failed, or a segment that could not be
+   * started, is returned (the spool is as before the batch); production is written either way.
+   */
+  private async writeBatch(
+    records: readonly RecordOp[],
+  ): Promise<{ logError: unknown; errnos: Map<RecordOp, number> }> {
+    if (records.length === 0) return { logError: undefined, errnos: new Map() };
     const first = records[0] as RecordOp;
     const last = records[records.length - 1] as RecordOp;
-    return this.spool.append(pieces, headers, first.seq, records.length, first.timeNs, last.timeNs);
-  }
-
-  /** Writes each record to production in seq order; overlapping asynchronous writes are chained. */
-  private async writeProduction(records: readonly RecordOp[]): Promise<Map<RecordOp, number>> {
-    const errnos = new Map<RecordOp, number>();
-    const pending: { op: RecordOp; promise: Promise<void> }[] = [];
-    for (const op of records) {
-      const overlapping = pending.filter((p) => p.op.volume === op.volume && overlaps(p.op, op));
-      if (overlapping.length > 0) await Promise.all(overlapping.map((p) => p.promise));
-      const promise = this.writeOne(op).catch((error: unknown) => {
-        errnos.set(op, errnoOf(error));
+    let reservation: LogReservation;
+    try {
+      reservation = await this.spool.reserve({
+        recordCount: records.length,
+        recordBytes: logBytes(records),
+        seqFirst: first.seq,
+        timeFirstNs: first.timeNs,
+        timeLastNs: last.timeNs,
       });
-      pending.push({ op, promise });
+    } catch (error) {
+      rethrowIfBug(error);
+      return { logError: error, errnos: await writeProduction(records) };
     }
-    await Promise.all(pending.map((p) => p.promise));
-    return errnos;
-  }
-
-  private async writeOne(op: RecordOp): Promise<void> {
-    const { fd } = op.volume;
-    switch (op.type) {
-      case 'write': {
-        const data = op.data as Buffer;
-        if (data.length <= SYNC_WRITE_BYTES_MAX) writeFullySync(fd, data, op.offsetBytes);
-        else await writeAsync(fd, data, op.offsetBytes);
-        return;
-      }
-      case 'zero':
-      case 'trim':
-        if (op.lengthBytes < PUNCH_THRESHOLD_BYTES)
-          writeZeroesSync(fd, op.offsetBytes, op.lengthBytes);
-        else
-          await zeroRange(
-            fd,
-            op.volume.path,
-            op.volume.blockDevice,
-            op.offsetBytes,
-            op.lengthBytes,
-          );
-        return;
-      default:
-        assertNever(op.type, 'record kind');
+    const outcome = await this.engine.write({ records, reservation });
+    if (outcome.logError === undefined) {
+      this.spool.commit(reservation, outcome.chainOut);
+      crashPoint('append');
+    } else {
+      this.spool.rollback(reservation);
     }
+    return {
+      logError: outcome.logError,
+      errnos: outcome.productionErrnos as Map<RecordOp, number>,
+    };
   }
 
   /** FLUSH and FUA: the log and the production images involved become durable before the reply. */
@@ -703,25 +652,10 @@ export class WritePipeline {
   }
 }
 
-function overlaps(a: RecordOp, b: RecordOp): boolean {
-  return (
-    a.offsetBytes < b.offsetBytes + b.lengthBytes && b.offsetBytes < a.offsetBytes + a.lengthBytes
-  );
-}
-
-function writeFullySync(fd: number, data: Buffer, positionBytes: number): void {
-  let done = 0;
-  for (let guard = 0; done < data.length; guard++) {
-    assert(guard <= data.length, 'writeSync makes progress');
-    done += fs.writeSync(fd, data, done, data.length - done, positionBytes + done);
-  }
-}
-
-function errnoOf(error: unknown): number {
-  return isDiskFull(error) ? NbdErrno.ENOSPC : NbdErrno.EIO;
-}
-
 /** Bytes the records of a batch add to the log. */
 function logBytes(records: readonly RecordOp[]): number {
-  return records.reduce((sum, op) => sum + RECORD_HEADER_BYTES + (op.data?.length ?? 0), 0);
+  return records.reduce(
+    (sum, op) => sum + RECORD_HEADER_BYTES + (op.type === 'write' ? op.lengthBytes : 0),
+    0,
+  );
 }

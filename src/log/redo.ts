@@ -1,11 +1,17 @@
 // Redo segment format: header, checksummed records in seq order, sealing trailer. Pure codecs over
 // buffers; the agent does the file I/O. Byte layout documented in docs/FORMATS.md.
-import { assert, crc32c, SegmentError } from '../core/index.js';
+import { assert, crc32c, crc32cRange, SegmentError } from '../core/index.js';
 
 export const REDO_MAGIC = Buffer.from('RWNDREDO', 'latin1');
-/** 2: the body CRC chains only what no block checks itself (version 1 summed every byte, and a
- * block that ends in its own CRC-32C adds a constant to a running CRC whatever it holds). */
-export const REDO_VERSION = 2;
+/**
+ * 3: a batch of records may end with a pad record, so the next batch starts on a 4 KiB boundary
+ * of the file (direct I/O, no read-modify-write of a partly cached page). 2: the body CRC chains
+ * only what no block checks itself (version 1 summed every byte, and a block that ends in its own
+ * CRC-32C adds a constant to a running CRC whatever it holds).
+ */
+export const REDO_VERSION = 3;
+/** Version 2 segments (no pad records) are still read, never written. */
+export const REDO_VERSION_V2 = 2;
 /** Version 1 segments are still read (history written before version 2), never written. */
 export const REDO_VERSION_V1 = 1;
 export const REDO_HEADER_BYTES = 64;
@@ -22,6 +28,13 @@ export const VOLUMES_MAX = 65535;
 export type RecordKind = 'write' | 'zero' | 'trim';
 const KIND_CODE: Record<RecordKind, number> = { write: 1, zero: 2, trim: 3 };
 const KIND_BY_CODE: readonly (RecordKind | undefined)[] = [undefined, 'write', 'zero', 'trim'];
+/**
+ * Kind of a pad record (version 3): no seq of its own, followed by `length` filler bytes that end
+ * on a PAD_ALIGN_BYTES boundary of the file. Readers skip it; it is never a RedoRecord.
+ */
+const KIND_PAD = 4;
+/** Pad records end on this boundary: the page size and the direct I/O block. */
+export const PAD_ALIGN_BYTES = 4096;
 
 export const SEGMENT_FLAG_RESYNC = 1;
 /**
@@ -70,12 +83,47 @@ export interface RedoTrailer {
  * block's own CRC recomputed) changes the chain.
  */
 export function chainRedoHeader(header: Buffer): number {
-  return crc32c(header.subarray(0, 60));
+  return crc32cRange(header, 0, 60);
 }
 
-/** Continues the body chain over one encoded record header. */
-export function chainRecordHeader(recordHeader: Buffer, crc: number): number {
-  return crc32c(recordHeader.subarray(0, 44), crc);
+/** Continues the body chain over one encoded record header (at `at` in `buf`). */
+export function chainRecordHeader(buf: Buffer, crc: number, at = 0): number {
+  return crc32cRange(buf, at, at + 44, crc);
+}
+
+const TWO_POW_32 = 2 ** 32;
+
+/** Bytes a pad record at `positionBytes` takes (header and filler) to end on the next boundary. */
+export function padBytesAt(positionBytes: number): number {
+  const filler =
+    (PAD_ALIGN_BYTES - ((positionBytes + RECORD_HEADER_BYTES) % PAD_ALIGN_BYTES)) % PAD_ALIGN_BYTES;
+  return RECORD_HEADER_BYTES + filler;
+}
+
+/**
+ * A pad record at `positionBytes` of the file, encoded into `buf` at `at`, its filler zeroed:
+ * `seqNext` is the seq the next record will carry (a pad takes none). Returns its bytes.
+ */
+export function encodePadAt(
+  buf: Buffer,
+  at: number,
+  positionBytes: number,
+  seqNext: number,
+): number {
+  const bytes = padBytesAt(positionBytes);
+  buf.fill(0, at, at + bytes);
+  buf.writeUInt32LE(RECORD_MAGIC, at);
+  buf[at + 4] = KIND_PAD;
+  writeU64LE(buf, seqNext, at + 8);
+  writeU64LE(buf, bytes - RECORD_HEADER_BYTES, at + 32);
+  buf.writeUInt32LE(crc32cRange(buf, at, at + 44), at + 44);
+  return bytes;
+}
+
+/** Writes a safe integer as u64 little-endian without a BigInt (a record header has four). */
+export function writeU64LE(buf: Buffer, value: number, at: number): void {
+  buf.writeUInt32LE(value % TWO_POW_32, at);
+  buf.writeUInt32LE(Math.floor(value / TWO_POW_32), at + 4);
 }
 
 export function encodeRedoHeader(header: RedoHeader): Buffer {
@@ -107,17 +155,27 @@ export function encodeRecordHeader(
     'payload bounded',
   );
   const buf = target ?? Buffer.allocUnsafe(RECORD_HEADER_BYTES);
-  buf.writeUInt32LE(RECORD_MAGIC, 0);
-  buf.writeUInt8(KIND_CODE[record.kind], 4);
-  buf.writeUInt8(0, 5);
-  buf.writeUInt16LE(record.volume, 6);
-  buf.writeBigUInt64LE(BigInt(record.seq), 8);
-  buf.writeBigUInt64LE(record.timeNs, 16);
-  buf.writeBigUInt64LE(BigInt(record.offsetBytes), 24);
-  buf.writeBigUInt64LE(BigInt(record.lengthBytes), 32);
-  buf.writeUInt32LE(payloadCrc >>> 0, 40);
-  buf.writeUInt32LE(crc32c(buf.subarray(0, 44)), 44);
+  encodeRecordHeaderAt(buf, 0, record, payloadCrc);
   return buf;
+}
+
+/** encodeRecordHeader into `buf` at `at` (a batch's headers share one buffer). */
+export function encodeRecordHeaderAt(
+  buf: Buffer,
+  at: number,
+  record: RecordMeta,
+  payloadCrc: number,
+): void {
+  buf.writeUInt32LE(RECORD_MAGIC, at);
+  buf[at + 4] = KIND_CODE[record.kind];
+  buf[at + 5] = 0;
+  buf.writeUInt16LE(record.volume, at + 6);
+  writeU64LE(buf, record.seq, at + 8);
+  buf.writeBigUInt64LE(record.timeNs, at + 16);
+  writeU64LE(buf, record.offsetBytes, at + 24);
+  writeU64LE(buf, record.lengthBytes, at + 32);
+  buf.writeUInt32LE(payloadCrc >>> 0, at + 40);
+  buf.writeUInt32LE(crc32cRange(buf, at, at + 44), at + 44);
 }
 
 /**
@@ -169,12 +227,12 @@ export function decodeRedoHeader(buf: Buffer, file: string): RedoHeader {
     );
   }
   const version = buf.readUInt16LE(8);
-  if (version !== REDO_VERSION && version !== REDO_VERSION_V1) {
+  if (version !== REDO_VERSION && version !== REDO_VERSION_V2 && version !== REDO_VERSION_V1) {
     throw new SegmentError(
       'REWIND_SEGMENT_CORRUPT',
       file,
       8,
-      `version ${version}, expected ${REDO_VERSION} (or ${REDO_VERSION_V1})`,
+      `version ${version}, expected ${REDO_VERSION} (or ${REDO_VERSION_V2}, ${REDO_VERSION_V1})`,
     );
   }
   // Fixed and reserved fields must hold what this version writes: a later format that uses them is
@@ -225,8 +283,10 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
   const header = decodeRedoHeader(buf, file);
   const records: RedoRecord[] = [];
   let at = REDO_HEADER_BYTES;
-  // Version 1 ran its body CRC over every byte; version 2 chains the header fields only.
-  const v1 = buf.readUInt16LE(8) === REDO_VERSION_V1;
+  // Version 1 ran its body CRC over every byte; versions 2 and 3 chain the header fields only.
+  const version = buf.readUInt16LE(8);
+  const v1 = version === REDO_VERSION_V1;
+  const padsAllowed = version >= REDO_VERSION;
   let crc = v1 ? crc32c(buf.subarray(0, REDO_HEADER_BYTES)) : chainRedoHeader(buf);
   let seqExpected = header.seqFirst;
   let stopReason: SegmentError | undefined;
@@ -234,10 +294,20 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
   const guardMax = buf.length; // every iteration consumes at least one header
   for (let guard = 0; at < buf.length && guard <= guardMax; guard++) {
     if (buf.length - at >= 4 && buf.readUInt32LE(at) === REDO_TRAILER_MAGIC) {
-      const result = decodeTrailerAt(buf, at, file, crc, v1 ? REDO_VERSION_V1 : REDO_VERSION);
+      const result = decodeTrailerAt(buf, at, file, crc, version);
       if (result instanceof SegmentError) stopReason = result;
       else trailer = result;
       break;
+    }
+    if (padsAllowed && buf.length - at >= RECORD_HEADER_BYTES && buf[at + 4] === KIND_PAD) {
+      const pad = decodePadAt(buf, at, file, seqExpected);
+      if (pad instanceof SegmentError) {
+        stopReason = pad;
+        break;
+      }
+      crc = chainRecordHeader(buf, crc, at);
+      at += pad;
+      continue;
     }
     const parsed = decodeRecordAt(buf, at, file, seqExpected, volumeCount);
     if (parsed instanceof SegmentError) {
@@ -246,9 +316,7 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
     }
     records.push(parsed);
     const end = parsed.payloadOffsetBytes + (parsed.kind === 'write' ? parsed.lengthBytes : 0);
-    crc = v1
-      ? crc32c(buf.subarray(at, end), crc)
-      : chainRecordHeader(buf.subarray(at, at + RECORD_HEADER_BYTES), crc);
+    crc = v1 ? crc32c(buf.subarray(at, end), crc) : chainRecordHeader(buf, crc, at);
     at = end;
     seqExpected += 1;
   }
@@ -260,6 +328,67 @@ export function scanRedo(buf: Buffer, file: string, volumeCount: number): ScanRe
     trailer,
     stopReason,
   };
+}
+
+/**
+ * A pad record at `at` (version 3): its bytes (header and filler), or why it is refused. Every
+ * field but the filler length is fixed, its seq is the next record's, and it ends on the boundary;
+ * the filler itself is not read (written as zeroes, covered by nothing).
+ */
+function decodePadAt(
+  buf: Buffer,
+  at: number,
+  file: string,
+  seqExpected: number,
+): number | SegmentError {
+  const magic = buf.readUInt32LE(at);
+  if (magic !== RECORD_MAGIC)
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at,
+      `record magic ${hex(magic)}, expected ${hex(RECORD_MAGIC)}`,
+    );
+  const crcExpected = buf.readUInt32LE(at + 44);
+  const crcActual = crc32cRange(buf, at, at + 44);
+  if (crcExpected !== crcActual)
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 44,
+      `pad header crc32c ${hex(crcActual)}, expected ${hex(crcExpected)}`,
+    );
+  if (buf.readBigUInt64LE(at + 8) !== BigInt(seqExpected))
+    return new SegmentError(
+      'REWIND_SEGMENT_ORDER',
+      file,
+      at + 8,
+      `pad seq ${buf.readBigUInt64LE(at + 8)}, expected ${seqExpected}`,
+    );
+  const bytes = padBytesAt(at);
+  const fixedZero =
+    buf[at + 5] === 0 &&
+    buf.readUInt16LE(at + 6) === 0 &&
+    buf.readBigUInt64LE(at + 16) === 0n &&
+    buf.readBigUInt64LE(at + 24) === 0n &&
+    buf.readUInt32LE(at + 40) === 0;
+  if (!fixedZero)
+    return new SegmentError('REWIND_SEGMENT_CORRUPT', file, at, 'pad record field is not zero');
+  if (buf.readBigUInt64LE(at + 32) !== BigInt(bytes - RECORD_HEADER_BYTES))
+    return new SegmentError(
+      'REWIND_SEGMENT_CORRUPT',
+      file,
+      at + 32,
+      `pad of ${buf.readBigUInt64LE(at + 32)} filler bytes, expected ${bytes - RECORD_HEADER_BYTES} (to the next ${PAD_ALIGN_BYTES}-byte boundary)`,
+    );
+  if (buf.length - at < bytes)
+    return new SegmentError(
+      'REWIND_SEGMENT_TRUNCATED',
+      file,
+      at + RECORD_HEADER_BYTES,
+      `pad filler cut short (${buf.length - at - RECORD_HEADER_BYTES} of ${bytes - RECORD_HEADER_BYTES} bytes)`,
+    );
+  return bytes;
 }
 
 function decodeRecordAt(
@@ -287,7 +416,7 @@ function decodeRecordAt(
     );
   }
   const crcExpected = buf.readUInt32LE(at + 44);
-  const crcActual = crc32c(buf.subarray(at, at + 44));
+  const crcActual = crc32cRange(buf, at, at + 44);
   if (crcExpected !== crcActual) {
     return new SegmentError(
       'REWIND_SEGMENT_CORRUPT',

@@ -39,6 +39,17 @@ export interface ExportBackend {
   readonly multiConn: boolean;
   read(offsetBytes: number, lengthBytes: number, done: ReadCallback): void;
   write(offsetBytes: number, data: Buffer, fua: boolean, done: DoneCallback): void;
+  /**
+   * Optional: a WRITE whose payload arrived in several socket reads, given as those pieces in
+   * order (views, no copy; their lengths sum to the request's). Without it the server joins them
+   * into one Buffer for write().
+   */
+  writePieces?(
+    offsetBytes: number,
+    pieces: readonly Buffer[],
+    fua: boolean,
+    done: DoneCallback,
+  ): void;
   writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void;
   trim(offsetBytes: number, lengthBytes: number, fua: boolean, done: DoneCallback): void;
   flush(done: DoneCallback): void;

@@ -51,6 +51,31 @@ export class ByteQueue {
     return joined;
   }
 
+  /**
+   * Removes the next `lengthBytes` bytes as views of the received chunks, in order (no copy, one
+   * piece per chunk they lie in). The caller checks `lengthBytes` first.
+   */
+  takePieces(lengthBytes: number): Buffer[] {
+    assert(lengthBytes <= this.lengthBytesValue, 'take beyond queued bytes');
+    const pieces: Buffer[] = [];
+    let remainingBytes = lengthBytes;
+    while (remainingBytes > 0) {
+      const chunk = this.chunks[this.head];
+      assert(chunk !== undefined, 'queue accounting broken');
+      const stepBytes = Math.min(remainingBytes, chunk.length - this.headOffset);
+      pieces.push(chunk.subarray(this.headOffset, this.headOffset + stepBytes));
+      this.consume(stepBytes);
+      remainingBytes -= stepBytes;
+    }
+    return pieces;
+  }
+
+  /** True when the next `lengthBytes` bytes lie in one received chunk (take() would not copy). */
+  contiguous(lengthBytes: number): boolean {
+    const first = this.chunks[this.head];
+    return first !== undefined && first.length - this.headOffset >= lengthBytes;
+  }
+
   /** Discards up to `lengthBytes` bytes without copying; returns how many were discarded. */
   skip(lengthBytes: number): number {
     const skippedBytes = Math.min(lengthBytes, this.lengthBytesValue);

@@ -29,11 +29,14 @@ import {
   encodeGreeting,
   encodeOffsetDataHeader,
   encodeSimpleReply,
+  encodeSimpleReplyAt,
   optionName,
+  SIMPLE_REPLY_BYTES,
   type BlockSizes,
   type CommandType,
 } from './protocol.js';
 import {
+  cookieOf,
   decodeRequestHeader,
   shapeExtents,
   validateRequest,
@@ -84,6 +87,11 @@ const REQUEST_OVERHEAD_BYTES = 256;
  * spec says payloads up to 2^25 bytes SHOULD NOT be treated as such; fio sends up to 64 MiB.
  */
 export const WRITE_DRAIN_BYTES_MAX = 4 * PAYLOAD_BYTES_NOT_DOS;
+/**
+ * Successful simple replies (every write, flush, trim, zero) are encoded into shared buffers of
+ * this size (128 replies), so a batch's replies leave as one buffer, not one per reply.
+ */
+const REPLY_BUFFER_BYTES = 128 * SIMPLE_REPLY_BYTES;
 /** How long a gracefully ending connection may take to flush its last replies. */
 const END_LINGER_MS = 30_000;
 /** Oversized option data up to this size is skipped and answered ERR_TOO_BIG; beyond it, close. */
@@ -129,7 +137,14 @@ export class Connection {
   private inflightBytes = 0;
   private readingPaused = false;
   private pumping = false;
-  private corked = false;
+  /** Replies queued and not yet written, in completion order. */
+  private outgoing: Buffer[] = [];
+  private flushScheduled = false;
+  private microtaskFlushQueued = false;
+  /** Simple replies are encoded here; [gatheredStart, gatheredEnd) is not queued yet. */
+  private gathered: Buffer | undefined;
+  private gatheredStart = 0;
+  private gatheredEnd = 0;
   private disconnectRequested = false;
   private ended = false;
   private closed = false;
@@ -349,7 +364,7 @@ export class Connection {
     plain.setTimeout(0); // the TLS handshake has its own timeout
     if (this.queue.lengthBytes > 0) plain.unshift(this.queue.take(this.queue.lengthBytes));
     this.queue.clear();
-    this.uncork();
+    this.flushReplies(); // replies queued before STARTTLS go out in plain text, in order
     plain.write(Buffer.concat(replies), (error) => {
       if (this.closed) return;
       if (error) {
@@ -476,9 +491,15 @@ export class Connection {
 
   private readWritePayload(request: Request): boolean {
     if (this.queue.lengthBytes < request.lengthBytes) return false;
-    const payload = this.queue.take(request.lengthBytes);
     this.phase = { kind: 'requestHeader' };
-    this.dispatch(request, payload);
+    // A payload spread over several socket reads goes to a backend that takes pieces as those
+    // pieces: joining a 1 MiB write copies it (and faults in a fresh MiB) on the event loop.
+    const backend = this.requireSession().backend;
+    if (backend.writePieces !== undefined && !this.queue.contiguous(request.lengthBytes)) {
+      this.dispatchPieces(request, this.queue.takePieces(request.lengthBytes));
+      return true;
+    }
+    this.dispatch(request, this.queue.take(request.lengthBytes));
     return true;
   }
 
@@ -543,6 +564,19 @@ export class Connection {
     }
   }
 
+  /** A WRITE whose payload is in pieces, to a backend that takes them (see readWritePayload). */
+  private dispatchPieces(request: Request, pieces: readonly Buffer[]): void {
+    const backend = this.requireSession().backend;
+    const offsetBytes = request.offsetBytes;
+    assert(offsetBytes !== undefined, 'dispatching an unvalidated offset');
+    assert(backend.writePieces !== undefined, 'pieces only for a backend that takes them');
+    const pending = new Pending(request, REQUEST_OVERHEAD_BYTES + request.lengthBytes);
+    this.inflightCount += 1;
+    this.inflightBytes += pending.costBytes;
+    const fua = (request.flags & CommandFlag.FUA) !== 0;
+    backend.writePieces(offsetBytes, pieces, fua, (errno) => this.onDone(pending, errno));
+  }
+
   /** Marks a request complete; a second call is a backend bug. */
   private complete(pending: Pending): void {
     if (pending.completed)
@@ -557,7 +591,7 @@ export class Connection {
     this.complete(pending);
     const request = pending.request;
     if (errno === 0) {
-      this.send([encodeSimpleReply(0, request.cookie)]);
+      this.queueSimpleReply(request);
     } else {
       this.replyError(request, this.backendRejection(request, errno));
     }
@@ -612,9 +646,9 @@ export class Connection {
   private replyError(request: Request, rejection: Rejection): void {
     assert(rejection.errno !== 0, 'error reply with errno 0');
     if (this.session?.structuredReplies === true) {
-      this.send([encodeErrorChunk(request.cookie, rejection.errno, rejection.message)]);
+      this.send([encodeErrorChunk(cookieOf(request), rejection.errno, rejection.message)]);
     } else {
-      this.send([encodeSimpleReply(rejection.errno, request.cookie)]);
+      this.send([encodeSimpleReply(rejection.errno, cookieOf(request))]);
     }
   }
 
@@ -627,8 +661,8 @@ export class Connection {
     const offsetBytes = request.offsetBytes;
     assert(offsetBytes !== undefined, 'read reply for an unvalidated offset');
     const header = this.requireSession().structuredReplies
-      ? encodeOffsetDataHeader(request.cookie, offsetBytes, totalBytes)
-      : encodeSimpleReply(0, request.cookie);
+      ? encodeOffsetDataHeader(cookieOf(request), offsetBytes, totalBytes)
+      : encodeSimpleReply(0, cookieOf(request));
     this.send([header, ...buffers]);
   }
 
@@ -646,26 +680,69 @@ export class Connection {
     );
     const reqOne = (request.flags & CommandFlag.REQ_ONE) !== 0;
     const shaped = shapeExtents(extents, request.lengthBytes, reqOne, extentsMax);
-    this.send([encodeBlockStatusChunk(request.cookie, session.allocationContextId, shaped)]);
+    this.send([encodeBlockStatusChunk(cookieOf(request), session.allocationContextId, shaped)]);
   }
 
   /**
-   * Writes one reply's buffers back to back. All replies of one event-loop turn are corked and go
-   * out in one writev when the turn ends; one reply's buffers are never split by another reply's.
+   * Queues one reply's buffers back to back behind every reply queued before it, so replies leave
+   * in the order they completed and one reply's buffers are never split by another's. Queued
+   * replies go out together when this event-loop turn's callbacks are done (setImmediate), or
+   * sooner when a batch of writes is answered (queueSimpleReply).
    */
   private send(buffers: readonly Buffer[]): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => this.uncork());
+    this.takeGathered();
+    for (const buffer of buffers) this.outgoing.push(buffer);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flushReplies());
     }
-    for (const buffer of buffers) this.socket.write(buffer);
   }
 
-  private uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
+  /**
+   * A successful simple reply (write, flush, trim, zero), encoded into a shared buffer with its
+   * neighbours. The backend answers a batch of writes in one synchronous loop, so a microtask
+   * queued by the first reply runs once the loop is over and sends the batch's replies in one
+   * socket write, without waiting for the next event-loop turn.
+   */
+  private queueSimpleReply(request: Request): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    if (this.gathered === undefined || this.gatheredEnd === this.gathered.length) {
+      this.takeGathered();
+      this.gathered = Buffer.allocUnsafe(REPLY_BUFFER_BYTES);
+      this.gatheredStart = 0;
+      this.gatheredEnd = 0;
+    }
+    encodeSimpleReplyAt(this.gathered, this.gatheredEnd, 0, request.cookieHigh, request.cookieLow);
+    this.gatheredEnd += SIMPLE_REPLY_BYTES;
+    if (!this.microtaskFlushQueued) {
+      this.microtaskFlushQueued = true;
+      queueMicrotask(() => this.flushReplies());
+    }
+  }
+
+  /** Moves the simple replies gathered so far to the outgoing queue, as one buffer. */
+  private takeGathered(): void {
+    if (this.gathered === undefined || this.gatheredEnd === this.gatheredStart) return;
+    this.outgoing.push(this.gathered.subarray(this.gatheredStart, this.gatheredEnd));
+    this.gatheredStart = this.gatheredEnd;
+  }
+
+  /** Writes every queued reply, in order; several buffers go out as one writev. */
+  private flushReplies(): void {
+    this.microtaskFlushQueued = false;
+    this.flushScheduled = false;
+    this.takeGathered();
+    const outgoing = this.outgoing;
+    if (outgoing.length === 0) return;
+    this.outgoing = [];
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    if (outgoing.length === 1) {
+      this.socket.write(outgoing[0] as Buffer);
+      return;
+    }
+    this.socket.cork();
+    for (const buffer of outgoing) this.socket.write(buffer);
     this.socket.uncork();
   }
 
@@ -707,7 +784,7 @@ export class Connection {
     this.ended = true;
     this.phase = { kind: 'closing' };
     this.queue.clear();
-    this.uncork();
+    this.flushReplies();
     // A peer that never reads its last replies must not keep the socket forever.
     this.socket.setTimeout(END_LINGER_MS);
     this.socket.end(() => this.socket.destroy());

@@ -138,11 +138,14 @@ export function optionName(option: number): string {
   return `UNKNOWN(${option})`;
 }
 
+/** The largest high half of a u64 that is still a safe integer (2^53 - 1 = 0x1fffff_ffffffff). */
+const SAFE_HIGH_MAX = 0x1fffff;
+
 /** u64 from the wire as a Number, or undefined when it is beyond Number.MAX_SAFE_INTEGER. */
 export function readSafeU64(buffer: Buffer, offsetBytes: number): number | undefined {
-  const value = buffer.readBigUInt64BE(offsetBytes);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
-  return Number(value);
+  const high = buffer.readUInt32BE(offsetBytes);
+  if (high > SAFE_HIGH_MAX) return undefined;
+  return high * 2 ** 32 + buffer.readUInt32BE(offsetBytes + 4);
 }
 
 export function encodeGreeting(): Buffer {
@@ -248,6 +251,20 @@ export function encodeSimpleReply(errno: number, cookie: bigint): Buffer {
   buffer.writeUInt32BE(errno, 4);
   buffer.writeBigUInt64BE(cookie, 8);
   return buffer;
+}
+
+/** A simple reply written into `buffer` at `at`, the cookie given as its u32 halves. */
+export function encodeSimpleReplyAt(
+  buffer: Buffer,
+  at: number,
+  errno: number,
+  cookieHigh: number,
+  cookieLow: number,
+): void {
+  buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, at);
+  buffer.writeUInt32BE(errno, at + 4);
+  buffer.writeUInt32BE(cookieHigh, at + 8);
+  buffer.writeUInt32BE(cookieLow, at + 12);
 }
 
 function writeChunkHeader(

@@ -15,7 +15,9 @@ import {
 export interface Request {
   type: number;
   flags: number;
-  cookie: bigint;
+  /** The client's 64-bit cookie as two u32 halves: no BigInt per request on the hot path. */
+  cookieHigh: number;
+  cookieLow: number;
   /** Undefined when the wire offset is beyond Number.MAX_SAFE_INTEGER (always out of range). */
   offsetBytes: number | undefined;
   lengthBytes: number;
@@ -42,10 +44,16 @@ export function decodeRequestHeader(header: Buffer): Request | undefined {
   return {
     flags: header.readUInt16BE(4),
     type: header.readUInt16BE(6),
-    cookie: header.readBigUInt64BE(8),
+    cookieHigh: header.readUInt32BE(8),
+    cookieLow: header.readUInt32BE(12),
     offsetBytes: readSafeU64(header, 16),
     lengthBytes: header.readUInt32BE(24),
   };
+}
+
+/** The request's cookie as one bigint, for the reply encoders off the hot path. */
+export function cookieOf(request: Request): bigint {
+  return (BigInt(request.cookieHigh) << 32n) | BigInt(request.cookieLow);
 }
 
 export function transmissionFlagsFor(backend: ExportBackend, structuredReplies: boolean): number {

@@ -1,15 +1,12 @@
 // Durable file operations: the only place that knows how to make creates, renames and unlinks
 // survive a crash (fsync of the directory), and how to zero a range without writing it.
 import type MmapIo from '@riaskov/mmap-io';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { rethrowIfBug, RewindError } from '../core/index.js';
-
-const execFileAsync = promisify(execFile);
+import { runTool } from './tool-helper.js';
 
 /**
  * Data at rest is private: every file Rewind creates is the owner's alone, every directory too
@@ -20,6 +17,7 @@ const execFileAsync = promisify(execFile);
 export const FILE_MODE_PRIVATE = 0o600;
 export const DIR_MODE_PRIVATE = 0o700;
 export const UMASK_PRIVATE = 0o077;
+
 // CommonJS whose types declare a default export it does not have at run time: required as it is.
 const mmap = createRequire(import.meta.url)('@riaskov/mmap-io') as typeof MmapIo.default;
 
@@ -111,9 +109,8 @@ export const PUNCH_THRESHOLD_BYTES = 1024 * 1024;
  * files exist only in memory, replaces it.
  */
 export const zeroTools = {
-  run: async (command: 'fallocate' | 'blkdiscard', args: string[]): Promise<void> => {
-    await execFileAsync(command, args, { timeout: 120_000 });
-  },
+  run: (command: 'fallocate' | 'blkdiscard', args: string[]): Promise<void> =>
+    runTool(command, args, 120_000),
 };
 
 /**
@@ -151,6 +148,31 @@ export async function zeroRange(
       `zeroing ${lengthBytes} bytes at ${offsetBytes} of ${file} failed`,
       { cause: error, hint: 'is util-linux installed (fallocate, blkdiscard)?' },
     );
+  }
+}
+
+/**
+ * How files are preallocated (util-linux `fallocate --length`: blocks reserved, nothing written);
+ * the deterministic simulation, whose files exist only in memory, replaces it.
+ */
+export const preallocateTools = {
+  run: (file: string, lengthBytes: number, timeoutMs: number): Promise<void> =>
+    runTool('fallocate', ['--length', String(lengthBytes), file], timeoutMs),
+};
+
+/** statfs magic numbers of the memory file systems (linux/magic.h). */
+const MEMORY_FILE_SYSTEMS: ReadonlySet<number> = new Set([0x01021994, 0x858458f6]); // tmpfs, ramfs
+
+/**
+ * True when `dir` lies on tmpfs or ramfs, where there is no disk to write to directly; false
+ * when it does not or cannot be told (a directory that does not exist yet, no statfs).
+ */
+export function fileSystemIsMemory(dir: string): boolean {
+  try {
+    return MEMORY_FILE_SYSTEMS.has(fs.statfsSync(dir).type);
+  } catch (error) {
+    rethrowIfBug(error);
+    return false;
   }
 }
 
@@ -225,6 +247,45 @@ export function mapReadOnly(fd: number): Buffer | undefined {
     rethrowIfBug(error);
     return undefined;
   }
+}
+
+/** Where memory shared between threads is made: a tmpfs every Linux has, so no disk behind it. */
+const SHARED_MEMORY_DIR = '/dev/shm';
+
+/**
+ * Memory that this thread and a worker thread both map: a file on /dev/shm, unlinked at once,
+ * mapped read-write and shared. The mapping is page-aligned (direct I/O can write from it) and
+ * reaches the worker as the descriptor number (`mapShared(fd, bytes)` there): descriptors belong
+ * to the process. Undefined when there is no /dev/shm or the mapping is refused; the caller then
+ * works without a worker. The caller closes `fd` when neither thread needs the memory any more.
+ */
+export function createSharedMemory(bytes: number): { buffer: Buffer; fd: number } | undefined {
+  const file = path.join(
+    SHARED_MEMORY_DIR,
+    `rewind-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`,
+  );
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'wx+', 0o600);
+  } catch (error) {
+    rethrowIfBug(error);
+    return undefined;
+  }
+  try {
+    fs.unlinkSync(file);
+    fs.ftruncateSync(fd, bytes);
+    return { buffer: mapShared(fd, bytes), fd };
+  } catch (error) {
+    rethrowIfBug(error);
+    fs.closeSync(fd);
+    return undefined;
+  }
+}
+
+/** The shared memory of createSharedMemory, mapped again (in the worker thread) from its fd. */
+export function mapShared(fd: number, bytes: number): Buffer {
+  const readWrite = (mmap.PROT_READ | mmap.PROT_WRITE) as 3;
+  return mmap.map(bytes, readWrite, mmap.MAP_SHARED, fd, 0);
 }
 
 /** A whole file that never changes again, mapped read-only (see mapReadOnly), or undefined. */

@@ -5,10 +5,19 @@ import fc from 'fast-check';
 import { crc32c, errorMessage, SegmentError } from '../../src/core/index.js';
 import {
   buildSealedRedo,
+  chainRecordHeader,
+  chainRedoHeader,
+  encodePadAt,
+  encodeRecordHeader,
+  encodeRedoHeader,
+  encodeRedoTrailer,
+  PAD_ALIGN_BYTES,
+  padBytesAt,
   parseSealedRedo,
   scanRedo,
   REDO_HEADER_BYTES,
   RECORD_HEADER_BYTES,
+  REDO_VERSION,
   TRAILER_BYTES,
   type RecordMeta,
   type RedoHeader,
@@ -213,6 +222,131 @@ describe('format version 1 (history written before version 2)', () => {
     }
   });
 });
+
+/** A version 3 segment whose every record is followed by a pad to the next 4 KiB boundary. */
+function paddedRedo(records: readonly Rec[]): { buf: Buffer; padsAt: number[] } {
+  const header = encodeRedoHeader(redoHeader());
+  const pieces: Buffer[] = [header];
+  let crc = chainRedoHeader(header);
+  let at = REDO_HEADER_BYTES;
+  const padsAt: number[] = [];
+  for (const record of records) {
+    const recordHeader = encodeRecordHeader(record, record.data ? crc32c(record.data) : 0);
+    crc = chainRecordHeader(recordHeader, crc);
+    pieces.push(recordHeader);
+    at += RECORD_HEADER_BYTES;
+    if (record.data) {
+      pieces.push(record.data);
+      at += record.data.length;
+    }
+    const pad = Buffer.alloc(padBytesAt(at));
+    encodePadAt(pad, 0, at, record.seq + 1);
+    crc = chainRecordHeader(pad, crc);
+    padsAt.push(at);
+    pieces.push(pad);
+    at += pad.length;
+  }
+  const first = records[0] as Rec;
+  const last = records[records.length - 1] as Rec;
+  pieces.push(
+    encodeRedoTrailer({
+      recordCount: records.length,
+      seqFirst: first.seq,
+      seqLast: last.seq,
+      timeFirstNs: first.timeNs,
+      timeLastNs: last.timeNs,
+      bodyBytes: at,
+      bodyCrc: crc,
+    }),
+  );
+  return { buf: Buffer.concat(pieces), padsAt };
+}
+
+describe('format version 3 pad records', () => {
+  it('are skipped: the records and their seqs are those of the same segment without pads', () => {
+    const records = smallRecords();
+    const { buf, padsAt } = paddedRedo(records);
+    assert.equal(buf.readUInt16LE(8), REDO_VERSION);
+    for (const at of padsAt)
+      assert.equal((at + padBytesAt(at)) % PAD_ALIGN_BYTES, 0, 'on a boundary');
+    const parsed = parseSealedRedo(buf, FILE, VOLUMES);
+    const plain = parseSealedRedo(
+      Buffer.concat(buildSealedRedo(redoHeader(), records)),
+      FILE,
+      VOLUMES,
+    );
+    const fields = (r: RecordMeta): unknown[] => [
+      r.kind,
+      r.volume,
+      r.seq,
+      r.offsetBytes,
+      r.lengthBytes,
+    ];
+    assert.deepEqual(parsed.records.map(fields), plain.records.map(fields));
+    // A pad's own header is covered like any block: each bit flip of it is refused.
+    const first = padsAt[0] as number;
+    for (let bit = 0; bit < RECORD_HEADER_BYTES * 8; bit++) {
+      const copy = Buffer.from(buf);
+      copy[first + (bit >> 3)] = (copy[first + (bit >> 3)] as number) ^ (1 << (bit & 7));
+      assertRefused(
+        () => parseSealedRedo(copy, FILE, VOLUMES),
+        ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_TRUNCATED', 'REWIND_SEGMENT_ORDER'],
+        `pad header bit ${bit}`,
+      );
+    }
+    // A pad rewritten with its CRC fixed up is refused too: wrong seq, length short of the
+    // boundary, a field that must be zero.
+    for (const [name, at, mutate] of [
+      ['seq', 8, (b: Buffer, o: number) => b.writeUInt32LE(b.readUInt32LE(o) + 1, o)],
+      ['length', 32, (b: Buffer, o: number) => b.writeUInt32LE(b.readUInt32LE(o) - 8, o)],
+      ['volume', 6, (b: Buffer, o: number) => b.writeUInt16LE(1, o)],
+      ['time', 16, (b: Buffer, o: number) => b.writeUInt32LE(1, o)],
+    ] as const) {
+      const copy = Buffer.from(buf);
+      mutate(copy, first + at);
+      copy.writeUInt32LE(crc32c(copy.subarray(first, first + 44)), first + 44);
+      assertRefused(
+        () => parseSealedRedo(copy, FILE, VOLUMES),
+        ['REWIND_SEGMENT_CORRUPT', 'REWIND_SEGMENT_ORDER'],
+        `pad ${name} resealed`,
+      );
+    }
+  });
+
+  it('are refused in a version 2 segment, which never had them', () => {
+    const { buf } = paddedRedo(smallRecords());
+    const v2 = Buffer.from(buf);
+    const trailerAt = v2.length - TRAILER_BYTES;
+    v2.writeUInt16LE(2, 8);
+    v2.writeUInt32LE(crc32c(v2.subarray(0, 60)), 60);
+    v2.writeUInt32LE(2, trailerAt + 4);
+    v2.writeUInt32LE(crc32c(v2.subarray(trailerAt, trailerAt + 60)), trailerAt + 60);
+    assertRefused(() => parseSealedRedo(v2, FILE, VOLUMES), ['REWIND_SEGMENT_CORRUPT'], 'v2 pad');
+    assert.match(
+      errorMessage(captured(() => parseSealedRedo(v2, FILE, VOLUMES))),
+      /unknown record kind 4/,
+    );
+  });
+
+  it('a torn pad filler ends the valid prefix at the pad', () => {
+    const { buf, padsAt } = paddedRedo(smallRecords());
+    const second = padsAt[1] as number;
+    const cut = buf.subarray(0, second + RECORD_HEADER_BYTES + 10);
+    const scan = scanRedo(cut, FILE, VOLUMES);
+    assert.equal(scan.records.length, 2);
+    assert.equal(scan.validBytes, second);
+    assert.equal(scan.stopReason?.code, 'REWIND_SEGMENT_TRUNCATED');
+  });
+});
+
+function captured(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  return undefined;
+}
 
 describe('redo segment codec', () => {
   it("refuses a rewrite of any header, record or trailer field even with that block's own CRC recomputed", () => {

@@ -18,6 +18,8 @@ import {
 } from '../../src/nbd/index.js';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
 import {
+  cookieOf,
+  decodeRequestHeader,
   shapeExtents,
   validateRequest,
   transmissionFlagsFor,
@@ -1429,7 +1431,8 @@ test('validateRequest: read-only beats range, range errno depends on the command
   const request = {
     type: P.Command.WRITE,
     flags: 0,
-    cookie: 0n,
+    cookieHigh: 0,
+    cookieLow: 0,
     offsetBytes: undefined,
     lengthBytes: 1,
   };
@@ -1445,5 +1448,99 @@ test('validateRequest: read-only beats range, range errno depends on the command
   assert.equal(
     validateRequest({ ...request, type: P.Command.READ, offsetBytes: 4096 }, session)?.errno,
     NbdErrno.EINVAL,
+  );
+});
+
+test('request headers decode without BigInt: u64 offsets up to 2^53 - 1, beyond it undefined; the cookie whole', () => {
+  fc.assert(
+    fc.property(
+      fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      (offset, cookie) => {
+        const header = Buffer.alloc(P.REQUEST_HEADER_BYTES);
+        header.writeUInt32BE(P.REQUEST_MAGIC, 0);
+        header.writeBigUInt64BE(cookie, 8);
+        header.writeBigUInt64BE(offset, 16);
+        const request = decodeRequestHeader(header);
+        assert.ok(request);
+        const safe = offset <= BigInt(Number.MAX_SAFE_INTEGER);
+        assert.equal(request.offsetBytes, safe ? Number(offset) : undefined);
+        assert.equal(cookieOf(request), cookie);
+      },
+    ),
+  );
+  for (const [offset, expected] of [
+    [2n ** 53n - 1n, Number.MAX_SAFE_INTEGER],
+    [2n ** 53n, undefined],
+    [2n ** 64n - 1n, undefined],
+    [2n ** 32n, 2 ** 32],
+  ] as const) {
+    const header = Buffer.alloc(P.REQUEST_HEADER_BYTES);
+    header.writeUInt32BE(P.REQUEST_MAGIC, 0);
+    header.writeBigUInt64BE(offset, 16);
+    assert.equal(decodeRequestHeader(header)?.offsetBytes, expected, `offset ${offset}`);
+  }
+});
+
+/** A memory backend that also takes writes as pieces, and counts how each write arrived. */
+class PiecesBackend extends MemoryBackend {
+  joined = 0;
+  inPieces = 0;
+  piecesSeen = 0;
+  override write(offsetBytes: number, data: Buffer, fua: boolean, done: DoneCallback): void {
+    this.joined += 1;
+    super.write(offsetBytes, data, fua, done);
+  }
+  writePieces(
+    offsetBytes: number,
+    pieces: readonly Buffer[],
+    fua: boolean,
+    done: DoneCallback,
+  ): void {
+    this.inPieces += 1;
+    this.piecesSeen += pieces.length;
+    super.write(offsetBytes, Buffer.concat(pieces), fua, done);
+  }
+}
+
+test('a write whose payload spans socket reads reaches a backend that takes pieces as those pieces, byte for byte', async () => {
+  const backend = new PiecesBackend({ name: 'pieces', sizeBytes: 4 * SIZE_BYTES });
+  await withServer(
+    async ({ port }) => {
+      const { client } = await openSession(port, { exportName: 'pieces' });
+      const large = Buffer.alloc(SIZE_BYTES);
+      for (let at = 0; at < large.length; at += 4) large.writeUInt32LE((at * 2654435761) >>> 0, at);
+      const bytes = requestBytes(
+        { type: P.Command.WRITE, cookie: 9n, offsetBytes: 4096n, lengthBytes: large.length },
+        large,
+      );
+      // In several TCP writes, so the server surely reads it in several chunks.
+      for (let at = 0; at < bytes.length; at += 100_000)
+        client.write(bytes.subarray(at, at + 100_000));
+      assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 9n });
+      client.write(
+        requestBytes(
+          { type: P.Command.WRITE, cookie: 10n, lengthBytes: 512 },
+          Buffer.alloc(512, 1),
+        ),
+      );
+      assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 10n });
+      client.write(
+        requestBytes({
+          type: P.Command.READ,
+          cookie: 11n,
+          offsetBytes: 4096n,
+          lengthBytes: large.length,
+        }),
+      );
+      assert.deepEqual(await readSimpleReply(client), { errno: 0, cookie: 11n });
+      assert.ok((await client.read(large.length)).equals(large), 'read back equal');
+      assert.equal(backend.inPieces, 1, 'the large write came as pieces');
+      assert.ok(backend.piecesSeen > 1, 'more than one piece');
+      assert.equal(backend.joined, 1, 'the small one in one chunk came whole');
+      client.destroy();
+    },
+    {},
+    [backend],
   );
 });

@@ -12,6 +12,7 @@ import {
   encodeRedoTrailer,
   parseSealedRedo,
   RECORD_HEADER_BYTES,
+  REDO_VERSION,
   scanRedo,
 } from '../../src/log/redo.js';
 import { Spool } from '../../src/agent/spool.js';
@@ -19,6 +20,8 @@ import { Shipper, type AgentCommands, type ShipperSource } from '../../src/agent
 import { FrameReader, sendFrame } from '../../src/ship/protocol.js';
 
 const VOLUME_SET = Buffer.alloc(16, 9);
+/** These tests are about recovery and shipping: no spare files in the directory listings. */
+const PLAIN = { preallocate: false } as const;
 
 /** The agent as the shipper sees it, over a real spool; commits are recorded. */
 function fakeSource(spool: Spool, committed: number[] = []): ShipperSource {
@@ -87,7 +90,7 @@ describe('spool recovery', () => {
   it('a crash after the trailer was written but before the rename finishes the seal', async () => {
     const dir = tmpDir();
     try {
-      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0, PLAIN);
       await spool.append(...records(1, 5), 1, 5, 1n, 5n);
       const active = path.join(dir, '0000000000000001.redo.active');
       const body = fs.readFileSync(active);
@@ -105,7 +108,7 @@ describe('spool recovery', () => {
         }),
       );
       spool.close();
-      const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0, PLAIN);
       assert.equal(reopened.recovery.tornBytes, 0);
       assert.deepEqual(
         reopened.spool.sealed.map((s) => [s.index, s.seqFirst, s.seqLast]),
@@ -127,7 +130,7 @@ describe('spool recovery', () => {
   it('a torn last record is cut, the valid prefix sealed, and a segment already acknowledged removed', async () => {
     const dir = tmpDir();
     try {
-      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0, PLAIN);
       await spool.append(...records(1, 2), 1, 2, 1n, 2n);
       await spool.seal();
       await spool.append(...records(3, 3), 3, 3, 3n, 5n);
@@ -136,7 +139,7 @@ describe('spool recovery', () => {
       const full = fs.statSync(active).size;
       fs.truncateSync(active, full - 100); // the last record lost its final 100 bytes
       // The manager had acknowledged segment 1 before the crash.
-      const reopened = await Spool.open(dir, VOLUME_SET, 1, 2, 1);
+      const reopened = await Spool.open(dir, VOLUME_SET, 1, 2, 1, PLAIN);
       assert.equal(reopened.recovery.recoveredRecords, 2);
       assert.equal(reopened.recovery.tornBytes, RECORD_HEADER_BYTES + 4096 - 100);
       assert.deepEqual(
@@ -154,7 +157,7 @@ describe('spool recovery', () => {
   it('an active segment of format version 1 (written before an upgrade) is recovered and sealed as version 1', async () => {
     const dir = tmpDir();
     try {
-      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0, PLAIN);
       await spool.append(...records(1, 3), 1, 3, 1n, 3n);
       spool.close();
       const active = path.join(dir, '0000000000000001.redo.active');
@@ -162,7 +165,7 @@ describe('spool recovery', () => {
       buf.writeUInt16LE(1, 8); // what a version 1 agent wrote: the records are the same
       buf.writeUInt32LE(crc32c(buf.subarray(0, 60)), 60);
       fs.writeFileSync(active, buf);
-      const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+      const reopened = await Spool.open(dir, VOLUME_SET, 1, 0, 0, PLAIN);
       assert.equal(reopened.recovery.recoveredRecords, 3);
       const sealed = fs.readFileSync(path.join(dir, '0000000000000001.redo'));
       assert.equal(sealed.readUInt32LE(sealed.length - 64 + 4), 1, 'trailer version 1');
@@ -170,7 +173,7 @@ describe('spool recovery', () => {
       // New records go to a new, current-version segment.
       await reopened.spool.append(...records(4, 1), 4, 1, 4n, 4n);
       const next = await reopened.spool.seal();
-      assert.equal(fs.readFileSync(next?.file as string).readUInt16LE(8), 2);
+      assert.equal(fs.readFileSync(next?.file as string).readUInt16LE(8), REDO_VERSION);
       reopened.spool.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
@@ -198,7 +201,7 @@ describe('shipper', () => {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as net.AddressInfo).port;
-    const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0);
+    const { spool } = await Spool.open(dir, VOLUME_SET, 1, 0, 0, PLAIN);
     let shipper: Shipper | undefined;
     try {
       // Segment 1 is 48 MiB, segments 2..4 hold one small record each.
