@@ -64,7 +64,7 @@ export interface RetentionHost {
   dataDir: string;
   /** The first restorable point (PointResolver.historyStart), undefined before there is one. */
   historyStart(): number | undefined;
-  /** Between runs with nothing to do (default IDLE_INTERVAL_MS; the simulation looks more often). */
+  /** Between runs with nothing to do (default IDLE_INTERVAL_MS; the simulation looks sooner). */
   idleIntervalMs?: number;
 }
 
@@ -217,16 +217,20 @@ export class Retention {
 
   private run(): void {
     if (this.running !== undefined || this.stopped) return;
+    let failed = false;
     this.running = this.steps(STEPS_PER_RUN_MAX)
       .catch((error: unknown) => {
         rethrowIfBug(error);
+        failed = true;
         this.lastError = errorMessage(error);
         this.host.log('error', `retention step failed (retried later): ${this.lastError}`);
       })
       .finally(() => {
         this.running = undefined;
         const idleMs = this.host.idleIntervalMs ?? IDLE_INTERVAL_MS;
-        if (!this.stopped) this.schedule(this.pending > 0 ? 0 : idleMs);
+        // A step that failed is tried again after the idle interval, not at once: a lasting
+        // failure (an unreadable undo, a full disk) must not become a loop of plans and retries.
+        if (!this.stopped) this.schedule(this.pending > 0 && !failed ? 0 : idleMs);
       });
   }
 
@@ -256,6 +260,9 @@ export class Retention {
   /** Plans against the history now and carries out the first action; false when idle. */
   private async step(): Promise<boolean> {
     const planned = this.plan(this.policyNow, MERGE_TXS_MAX);
+    // What commits add is counted against this (committed()); a simulation leaves it alone.
+    this.approxJournalBytes = planned.journalBytes;
+    this.approxJournalBytesMax = planned.journalBytesMax;
     this.stuck = planned.stuck;
     this.pending = planned.actions.length;
     const action = planned.actions[0];
@@ -295,7 +302,10 @@ export class Retention {
     }
   }
 
-  private plan(policy: RetentionPolicy, mergeTxsMax: number): Plan {
+  private plan(
+    policy: RetentionPolicy,
+    mergeTxsMax: number,
+  ): Plan & { journalBytes: number; journalBytesMax: number } {
     const catalog = this.host.catalog;
     const nowUs = nowUsOfCapture();
     // The plan needs every transaction older than the every-write window (few, once thinned),
@@ -303,13 +313,11 @@ export class Retention {
     const old = catalog.committedTxsBefore(nowUs - policy.keepEveryWriteMs * 1000, PLAN_TXS_MAX);
     const journalBytes = catalog.journalBytes();
     const { max } = this.journalLimits(policy);
-    this.approxJournalBytes = journalBytes;
-    this.approxJournalBytesMax = max;
     const rows =
       journalBytes > max && old.length < PLAN_TXS_MAX ? catalog.oldestTxs(PLAN_TXS_MAX) : old;
     const pins = this.host.viewPins();
     const floor = minDefined(pins.floorSeq, this.pinnedBookmarkFloor(nowUs));
-    return plan({
+    const planned = plan({
       txs: rows.map(planTx),
       nowUs,
       policy,
@@ -320,6 +328,7 @@ export class Retention {
       dropFloorSeq: floor,
       mergeTxsMax,
     });
+    return { ...planned, journalBytes, journalBytesMax: max };
   }
 
   private pinnedBookmarkFloor(nowUs: number): number | undefined {

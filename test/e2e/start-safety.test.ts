@@ -50,11 +50,14 @@ function tree(dir: string): Record<string, string> {
   return out;
 }
 
-/** The tree once two looks 1.5 s apart agree (at most 20 s). */
+/**
+ * The tree once two looks 3 s apart agree (at most 30 s): longer than the agent's 2 s of quiet
+ * before it cleans a dirty region, so a clean still due cannot fall after the second look.
+ */
 async function settledTree(dir: string): Promise<Record<string, string>> {
   let last = tree(dir);
-  for (let waitedMs = 0; waitedMs < 20_000; waitedMs += 1500) {
-    await new Promise((r) => setTimeout(r, 1500));
+  for (let waitedMs = 0; waitedMs < 30_000; waitedMs += 3000) {
+    await new Promise((r) => setTimeout(r, 3000));
     const now = tree(dir);
     if (JSON.stringify(now) === JSON.stringify(last)) return now;
     last = now;
