@@ -15,7 +15,10 @@ export function withRetentionOptions(command: Command): Command {
     )
     .option('--journal-warn <size>', "warn above this size (or 'auto': 80 % of the limit)")
     .option('--keep-every-write <duration>', 'keep every write for this long (e.g. 4h)')
-    .option('--keep <tiers>', 'then coarser points, EVERY:FOR,... (e.g. 1m:24h,1h:7d,1d:90d)')
+    .option(
+      '--keep <tiers>',
+      'then coarser points, EVERY:FOR,... (default 1m:7d,1h:30d,1d:365d; FOR is the age a tier reaches, past --keep-every-write)',
+    )
     .addOption(
       new Option('--on-journal-full <what>', 'at the limit with only kept history left').choices([
         'drop-oldest',

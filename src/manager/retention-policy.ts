@@ -85,7 +85,7 @@ export function parseTiers(text: string): RetentionTier[] {
     const match = /^\s*([^:]+):([^:]+)\s*$/.exec(part);
     if (!match) {
       throw new RewindError('REWIND_BAD_ARGUMENT', `tier "${part}" is not EVERY:FOR`, {
-        hint: 'e.g. --keep 1m:24h,1h:7d,1d:90d',
+        hint: 'e.g. --keep 1m:7d,1h:30d,1d:365d (each FOR longer than --keep-every-write and the tier before)',
       });
     }
     return {
