@@ -320,6 +320,8 @@ export class Agent implements ShipperSource, AgentCommands {
   // ---- Production restore (driven by the manager over the link) ----
   /** Called with export names whose NBD clients must be disconnected (set by the runtime). */
   onOffline: ((names: string[]) => void) | undefined;
+  /** NBD clients connected to an export now (set by the runtime; reported to the manager). */
+  clientCount: ((name: string) => number) | undefined;
 
   /** Why a new NBD connection to `name` is refused, or null when it is online. */
   refusal(name: string): string | null {
@@ -537,11 +539,13 @@ export class Agent implements ShipperSource, AgentCommands {
   }
 
   status(): AgentReport {
+    const clientCount = this.clientCount;
     return {
       restoring: this.state.restoring,
       captured: this.volumes.map((v) => ({
         ...(this.pipeline.captured[v.index] ?? { writes: 0, bytes: 0 }),
       })),
+      ...(clientCount ? { clients: this.volumes.map((v) => clientCount(v.name)) } : {}),
       seqCaptured: this.pipeline.seqCaptured,
       timeCapturedNs: this.pipeline.timeCapturedNs,
       spoolBytes: this.spool.totalBytes,

@@ -55,6 +55,8 @@ export interface AgentReport {
   restoring: RestoringState | undefined;
   /** Per volume index: client writes logged since the agent started, and their bytes. */
   captured?: { writes: number; bytes: number }[];
+  /** Per volume index: NBD clients connected to the production export now. */
+  clients?: number[];
 }
 
 /** What the shipper ships and reports: the volume set, the spool's sealed segments, the status. */
@@ -439,6 +441,7 @@ export class Shipper {
       ...(failure ? { failure } : {}),
       ...(status.restoring ? { restoring: status.restoring } : {}),
       ...(status.captured ? { captured: status.captured } : {}),
+      ...(status.clients ? { clients: status.clients } : {}),
     });
   }
 

@@ -159,6 +159,12 @@ export async function startApi(
     await manager.removeView(request.params.name);
     return { removed: request.params.name };
   });
+  // A log bound is a seq (inclusive, as it always was) or any other POINT: --from a POINT lists
+  // the writes after it, --to a POINT the writes up to it.
+  const logFrom = (text: string): number =>
+    /^\d+$/.test(text) ? parseSeq(text, 'from') : manager.seqAtOrBefore(text) + 1;
+  const logTo = (text: string): number =>
+    /^\d+$/.test(text) ? parseSeq(text, 'to') : manager.seqAtOrBefore(text);
   app.get<{ Querystring: { volume?: string; from?: string; to?: string; limit?: string } }>(
     '/api/log',
     async (request, reply) => {
@@ -167,8 +173,8 @@ export async function startApi(
         // One page: at most `limit` entries, and where the next page starts (header, and 204 when
         // the range is exhausted at once).
         const page = await timeline.logPage({
-          fromSeq: q.from ? parseSeq(q.from, 'from') : 1,
-          ...(q.to ? { toSeq: parseSeq(q.to, 'to') } : {}),
+          fromSeq: q.from ? logFrom(q.from) : 1,
+          ...(q.to ? { toSeq: logTo(q.to) } : {}),
           limit: parseCount(q.limit, 'limit'),
           ...(q.volume ? { volume: q.volume } : {}),
         });
@@ -179,8 +185,8 @@ export async function startApi(
       }
       const filter = {
         ...(q.volume ? { volume: q.volume } : {}),
-        ...(q.from ? { from: parseSeq(q.from, 'from') } : {}),
-        ...(q.to ? { to: parseSeq(q.to, 'to') } : {}),
+        ...(q.from ? { from: logFrom(q.from) } : {}),
+        ...(q.to ? { to: logTo(q.to) } : {}),
       };
       // Streamed: a long history is never held in memory. A bad filter fails before the first line.
       const entries = manager.log(filter);
@@ -232,6 +238,7 @@ export async function startApi(
         ...(body.at !== undefined ? { at: String(body.at) } : {}),
         ...(body.fromClone !== undefined ? { fromClone: String(body.fromClone) } : {}),
         ...(body.ranges !== undefined ? { ranges: body.ranges.map(parseRange) } : {}),
+        ...(body.force === true ? { force: true } : {}),
       };
       if (body.dryRun === true) return manager.restorer.plan(spec);
       return reply.code(202).send(await manager.restorer.start(spec));

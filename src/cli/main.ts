@@ -557,8 +557,8 @@ withServer(
     .command('log')
     .description('list captured (committed) writes, oldest first')
     .option('--volume <name>', 'only this volume')
-    .option('--from <seq>', 'first seq')
-    .option('--to <seq>', 'last seq')
+    .option('--from <point>', 'first seq, or the writes after a POINT (time, @bookmark)')
+    .option('--to <point>', 'last seq, or the writes up to a POINT (time, @bookmark, latest)')
     .option('--limit <n>', 'at most n writes, then say where the next page starts', positiveInt)
     .option('--json', 'one JSON object per line'),
 ).action(
@@ -805,7 +805,10 @@ withServer(
     .option('--remove', 'remove the bookmark instead')
     .option('--pin', 'keep history from this bookmark on: retention never drops it')
     .option('--until <time>', 'with --pin: only until this ISO-8601 time')
-    .option('--unpin', 'let retention drop history before and after it again')
+    .option(
+      '--unpin',
+      'take the pin away: retention may drop the history from the bookmark on again',
+    )
     .option('--wait', 'seal first and name the sealed seq once it is committed')
     .option(
       '--freeze <dir>',
@@ -1001,7 +1004,14 @@ withServer(
       [],
     )
     .option('--from-clone <name>', "write the clone's current content instead of the history")
-    .option('--dry-run', 'report the ranges and bytes it would write, change nothing')
+    .option(
+      '--dry-run',
+      'report the ranges and bytes it would write and the NBD clients connected, change nothing',
+    )
+    .option(
+      '--force',
+      'restore even with NBD clients connected or the volume mapped here (they are disconnected)',
+    )
     .option(
       '--abandon <id>',
       'give up on a failed restore: its volumes come back online as they are',
@@ -1020,6 +1030,7 @@ withServer(
       range: string[];
       fromClone?: string;
       dryRun?: boolean;
+      force?: boolean;
       abandon?: string;
       json?: boolean;
     },
@@ -1034,9 +1045,11 @@ withServer(
       if (options.json) return console.log(JSON.stringify(status));
       return console.log(`restore #${status.id} abandoned: ${status.message ?? ''}`);
     }
-    if (!options.dryRun) await refuseRestoreWhileMapped(base, volumes, options.fromClone);
+    if (!options.dryRun && options.force !== true)
+      await refuseRestoreWhileMapped(base, volumes, options.fromClone);
     const body = {
       volumes,
+      ...(options.force === true ? { force: true } : {}),
       ...(options.at !== undefined ? { at: options.at } : {}),
       ...(options.fromClone !== undefined ? { fromClone: options.fromClone } : {}),
       ...(options.range.length > 0 ? { ranges: options.range } : {}),
@@ -1047,19 +1060,34 @@ withServer(
         asOfSeq: number;
         source: string;
         bytes: number;
-        volumes: { volume: string; ranges: { offset: number; length: number }[]; bytes: number }[];
+        volumes: {
+          volume: string;
+          ranges: { offset: number; length: number }[];
+          bytes: number;
+          clients: number | null;
+        }[];
       }>(base, 'POST', '/api/restores', { ...body, dryRun: true });
       if (options.json) return console.log(JSON.stringify(plan));
       console.log(
         `dry run: restoring to ${plan.source} would write ${formatBytes(plan.bytes)} (as of committed seq ${plan.asOfSeq})`,
       );
       for (const v of plan.volumes) {
-        console.log(`  ${v.volume}: ${v.ranges.length} ranges, ${formatBytes(v.bytes)}`);
+        const clients =
+          v.clients === null
+            ? 'NBD clients unknown (no agent report)'
+            : `${v.clients} NBD client${v.clients === 1 ? '' : 's'} connected${v.clients > 0 ? ' (the restore is refused without --force)' : ''}`;
+        console.log(
+          `  ${v.volume}: ${v.ranges.length} ranges, ${formatBytes(v.bytes)}; ${clients}`,
+        );
         for (const r of v.ranges) console.log(`    ${r.offset}:${r.length}`);
       }
       return;
     }
     const started = await json<RestoreStatus>(base, 'POST', '/api/restores', body);
+    if (started.clientsDisconnected !== undefined && !options.json)
+      console.error(
+        `--force: ${started.clientsDisconnected} NBD client${started.clientsDisconnected === 1 ? '' : 's'} disconnected`,
+      );
     const status = await follow(
       () => json<RestoreStatus>(base, 'GET', `/api/restores/${started.id}`),
       `restore #${started.id}`,

@@ -45,6 +45,8 @@ export interface AgentStatus {
   receivedAtMs: number;
   /** Per volume index, the client writes the agent has logged since it started, and their bytes. */
   captured: readonly { writes: number; bytes: number }[] | undefined;
+  /** Per volume index, NBD clients connected to the production export (undefined: not told). */
+  clients: readonly number[] | undefined;
 }
 
 type Hello = Extract<AgentMessage, { type: 'hello' }>;
@@ -265,6 +267,7 @@ export class AgentLink {
           restoring: message.restoring,
           receivedAtMs: Date.now(),
           captured: message.captured,
+          clients: message.clients,
         };
         return;
       case 'sealed': {

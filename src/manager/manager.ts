@@ -150,6 +150,7 @@ export class Manager {
       waitCommitted: (seq, timeoutMs) => this.pipeline.waitCommitted(seq, timeoutMs),
       withView: (seq, work) => this.registry.withView(seq, work),
       clone: (name) => this.registry.clone(name),
+      clientsOf: (name) => this.link.agentStatus?.clients?.[this.history.volumeIndex(name)],
       agent: this.link,
       restores: this.catalog,
       note: this.options.log,
@@ -381,6 +382,11 @@ export class Manager {
   /** Resolves an operator's POINT to a committed, restorable seq, or refuses saying why. */
   resolvePoint(text: string): number {
     return this.points.resolve(text);
+  }
+
+  /** The last committed write at or before POINT, for listings (never refused: see points.ts). */
+  seqAtOrBefore(text: string): number {
+    return this.points.seqAtOrBefore(text);
   }
 
   log(filter: LogFilter): AsyncGenerator<LogEntry> {

@@ -1,5 +1,6 @@
 // POINTs: parsing what an operator gave (a seq, "1234", "0" being the state before the first write;
-// an ISO-8601 time; a relative time, "5 minutes ago"; "@NAME" for a bookmark), and resolving it
+// an ISO-8601 time; a relative time, "5 minutes ago"; "@NAME" for a bookmark; "latest", the last
+// committed write; "now", the same once every write captured is committed), and resolving it
 // against the history to a committed, restorable seq, or refusing with the reason and the nearest
 // points that would do.
 import * as chrono from 'chrono-node';
@@ -9,12 +10,18 @@ import type { AgentStatus } from './agent-link.js';
 import type { Catalog, TxRow } from './catalog.js';
 import type { CommittedPosition } from './transactions.js';
 
-export type Point = { kind: 'seq'; seq: number } | { kind: 'time'; timeNs: bigint; text: string };
+export type Point =
+  | { kind: 'seq'; seq: number }
+  | { kind: 'time'; timeNs: bigint; text: string }
+  | { kind: 'latest' }
+  | { kind: 'now' };
 
 const ISO = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$/;
 
 export function parsePoint(text: string, now = new Date()): Point {
   const trimmed = text.trim();
+  if (trimmed.toLowerCase() === 'latest') return { kind: 'latest' };
+  if (trimmed.toLowerCase() === 'now') return { kind: 'now' };
   if (/^\d+$/.test(trimmed)) {
     const seq = Number(trimmed);
     if (!Number.isSafeInteger(seq))
@@ -28,7 +35,7 @@ export function parsePoint(text: string, now = new Date()): Point {
       'REWIND_BAD_ARGUMENT',
       `point "${text}" is not a seq, an ISO-8601 time or a relative time`,
       {
-        hint: 'examples: 1234, 0, 2026-11-24T15:03:12Z, "5 minutes ago"',
+        hint: 'examples: 1234, 0, latest, 2026-11-24T15:03:12Z, "5 minutes ago", @NAME',
       },
     );
   }
@@ -87,6 +94,7 @@ export class PointResolver {
     }
     const point = parsePoint(text);
     if (point.kind === 'time') return this.seqAtTime(point.timeNs, point.text);
+    if (point.kind === 'latest' || point.kind === 'now') return this.latest(point.kind);
     const committed = this.source.committed().seq;
     if (point.seq > committed) {
       throw new RewindError(
@@ -172,6 +180,60 @@ export class PointResolver {
     );
   }
 
+  /**
+   * For the bounds of a listing (`log --from/--to`): the last committed write at or before POINT.
+   * Unlike resolve(), nothing is refused for history that is thinned, dropped or not begun: a time
+   * before the first write is 0, a time after the last committed write is that write.
+   */
+  seqAtOrBefore(text: string): number {
+    const trimmed = text.trim();
+    if (trimmed.startsWith('@')) {
+      const bookmark = this.source.bookmark(trimmed.slice(1));
+      if (!bookmark)
+        throw new RewindError('REWIND_NOT_FOUND', `no bookmark named "${trimmed.slice(1)}"`, {
+          hint: 'rewind bookmarks lists them',
+        });
+      return bookmark.seq;
+    }
+    const point = parsePoint(trimmed);
+    const committed = this.source.committed();
+    if (point.kind === 'seq') return Math.min(point.seq, committed.seq);
+    if (point.kind !== 'time' || point.timeNs >= committed.timeNs) return committed.seq;
+    const tx = this.source.txAtOrBeforeTime(Number(point.timeNs / 1000n) + 1);
+    if (!tx) return this.source.oldestPoint()?.seq ?? 0;
+    if (tx.kind === 'merged')
+      return point.timeNs >= BigInt(tx.timeLastUs) * 1000n ? tx.seqLast : tx.seqFirst - 1;
+    let seq = tx.seqFirst - 1;
+    for (const record of this.source.recordsOf(tx.idx)) {
+      if (record.timeNs > point.timeNs) break;
+      seq = record.seq;
+    }
+    return seq;
+  }
+
+  /**
+   * `latest`: the last committed write. `now`: the same, taken only when the agent's last report
+   * says every write it captured is committed (otherwise "now" would silently mean an older point).
+   */
+  private latest(kind: 'latest' | 'now'): number {
+    const committed = this.source.committed();
+    if (kind === 'now') {
+      const status = this.source.agentStatus();
+      if (status === undefined || status.seqCaptured !== committed.seq) {
+        throw new RewindError(
+          'REWIND_POINT_INVALID',
+          `now: writes captured are not all committed yet (${status === undefined ? 'no report from the agent' : `captured seq ${status.seqCaptured}`}, last committed seq ${committed.seq})`,
+          { hint: 'run rewind seal --wait first, or give latest (the last committed write)' },
+        );
+      }
+    }
+    const start = this.historyStart();
+    if (start === undefined || committed.seq < start)
+      throw this.beforeHistory(kind, start, committed.seq);
+    this.refuseInsideResync(committed.seq);
+    return committed.seq;
+  }
+
   private seqAtTime(timeNs: bigint, text: string): number {
     const committed = this.source.committed();
     if (timeNs > committed.timeNs) {
@@ -198,10 +260,7 @@ export class PointResolver {
       throw this.beforeHistory(`time ${text}`, oldest.seq, oldest.seq - 1);
     }
     const tx = this.source.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
-    if (!tx) {
-      if (this.historyStart() === 0) return 0; // before the first write: the baseline
-      throw new RewindError('REWIND_POINT_INVALID', `time ${text} is before the history starts`);
-    }
+    if (!tx) throw this.beforeFirstWrite(text);
     if (tx.kind === 'merged') {
       // Only the state after the run's last write was kept; a time inside the run has none.
       if (timeNs < BigInt(tx.timeLastUs) * 1000n) throw thinned(`time ${text}`, tx);
@@ -209,6 +268,28 @@ export class PointResolver {
       return tx.seqLast;
     }
     return this.seqAtTimeIn(tx, timeNs, text);
+  }
+
+  /**
+   * A time before the first write. Its state is seq 0 (the empty volume), but a time there is
+   * almost always a mistake (a time zone, a day before protection began), and restoring to it
+   * would zero the volume: refused. Seq 0 is taken when it is asked for by number.
+   */
+  private beforeFirstWrite(text: string): RewindError {
+    const first = this.source.firstTx();
+    const firstTime = first ? ` (${formatTimeNs(BigInt(first.timeFirstUs) * 1000n)})` : '';
+    return new RewindError(
+      'REWIND_POINT_INVALID',
+      first
+        ? `time ${text} is before the first write in the history, seq ${first.seqFirst}${firstTime}`
+        : `time ${text}: nothing has been written yet`,
+      {
+        hint:
+          this.historyStart() === 0
+            ? 'give a later time, or 0 for the empty volume before the first write'
+            : 'give a later time',
+      },
+    );
   }
 
   /** The refusal of a point before `start`, naming the drop that took it when retention did. */
@@ -232,6 +313,7 @@ export class PointResolver {
       seq = record.seq;
       seqTimeNs = record.timeNs;
     }
+    if (seq === 0) throw this.beforeFirstWrite(text); // within the first write's microsecond
     this.refuseInsideResync(seq);
     if (timeNs > seqTimeNs) this.refuseInsideGap(seq, timeNs, text);
     return seq;

@@ -30,6 +30,8 @@ export interface RestoreHost extends LogSource {
   /** A private view at `seq`, held still while `work` runs. */
   withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T>;
   clone(name: string): View;
+  /** NBD clients connected to a production volume, as the agent last said (undefined: unknown). */
+  clientsOf(volume: string): number | undefined;
   /** The agent's end of the restore commands. */
   readonly agent: Pick<AgentLink, 'connected' | 'restoreBegin' | 'restoreWrite' | 'restoreEnd'>;
   readonly restores: Pick<
@@ -48,6 +50,8 @@ export interface RestoreSpec {
   ranges?: ByteRange[];
   /** Take the bytes from this clone's current content instead of the history at POINT. */
   fromClone?: string;
+  /** Restore even with NBD clients connected (they are disconnected as the volume goes offline). */
+  force?: boolean;
 }
 
 export interface RestorePlan {
@@ -55,7 +59,8 @@ export interface RestorePlan {
   /** Committed seq the plan was computed against (a dry run does not wait for the agent). */
   asOfSeq: number;
   source: string;
-  volumes: { volume: string; ranges: ByteRange[]; bytes: number }[];
+  /** `clients`: NBD clients connected to the volume now (null: the agent has not said). */
+  volumes: { volume: string; ranges: ByteRange[]; bytes: number; clients: number | null }[];
   bytes: number;
 }
 
@@ -73,6 +78,8 @@ export interface RestoreStatus {
   message: string | null;
   startedAt: string;
   finishedAt: string | null;
+  /** In the answer to a start with `force`: the NBD clients it disconnects. */
+  clientsDisconnected?: number;
 }
 
 const CHUNK_BYTES = 1024 * 1024;
@@ -128,7 +135,12 @@ export class Restorer {
       if (clone) ranges = mergeRanges([...ranges, ...cloneWrites(clone, this.host, volume)]);
       if (spec.ranges && spec.ranges.length > 0)
         ranges = intersect(ranges, mergeRanges(spec.ranges));
-      volumes.push({ volume, ranges, bytes: ranges.reduce((sum, r) => sum + r.length, 0) });
+      volumes.push({
+        volume,
+        ranges,
+        bytes: ranges.reduce((sum, r) => sum + r.length, 0),
+        clients: this.host.clientsOf(volume) ?? null,
+      });
     }
     return {
       seq,
@@ -159,9 +171,39 @@ export class Restorer {
         { hint: 'wait for it (rewind restores), or abandon it with rewind restore --abandon ID' },
       );
     const seq = this.targetSeq(spec);
+    const disconnected = this.refuseConnected(spec);
     const id = this.host.restores.addRestore(JSON.stringify(spec), seq);
+    if (disconnected > 0)
+      this.host.note(
+        'warn',
+        `restore #${id}: --force given, ${disconnected} NBD clients of ${spec.volumes.join(', ')} are disconnected`,
+      );
     this.launch(id);
-    return this.status(id);
+    return {
+      ...this.status(id),
+      ...(disconnected > 0 ? { clientsDisconnected: disconnected } : {}),
+    };
+  }
+
+  /**
+   * A restore under a connected client is refused unless forced: a mounted filesystem would hit
+   * I/O errors, and a client that reconnects could write its stale cache back over the restored
+   * volume. Returns how many clients a forced restore disconnects.
+   */
+  private refuseConnected(spec: RestoreSpec): number {
+    const connected = spec.volumes
+      .map((volume) => ({ volume, clients: this.host.clientsOf(volume) ?? 0 }))
+      .filter((v) => v.clients > 0);
+    const total = connected.reduce((sum, v) => sum + v.clients, 0);
+    if (total > 0 && spec.force !== true)
+      throw new RewindError(
+        'REWIND_CONFLICT',
+        `${connected.map((v) => `volume ${v.volume} has ${v.clients} NBD client${v.clients === 1 ? '' : 's'} connected`).join(', ')}: a mounted filesystem would see its device change under it`,
+        {
+          hint: 'unmount the filesystem and disconnect the clients (rewind unmap, nbdfuse, qemu) first, or give --force to disconnect them',
+        },
+      );
+    return total;
   }
 
   /** Runs every restore left running (after a restart or a lost link), once the agent is back. */

@@ -193,6 +193,7 @@ async function openAgent(
   );
   const nbd = serving.server;
   agent.onOffline = (names) => names.forEach((name) => nbd.disconnectExport(name));
+  agent.clientCount = (name) => nbd.connectionCount(name);
   scope.onFailure('NBD server', () => nbd.close());
   return { agent, nbd, serving };
 }

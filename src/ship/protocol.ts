@@ -58,6 +58,8 @@ export type AgentMessage =
       restoring?: RestoringState;
       /** Per volume index: client writes logged since the agent started, and their bytes. */
       captured?: { writes: number; bytes: number }[];
+      /** Per volume index: NBD clients connected to the production export now. */
+      clients?: number[];
     }
   // Replies to the manager's production-restore commands.
   | { type: 'restore-ready'; id: number; seqLast: number }
@@ -89,7 +91,8 @@ export type ManagerMessage =
 export type Message = AgentMessage | ManagerMessage;
 
 /** The kinds of field a message carries; every message is checked against its row below. */
-type FieldKind = 'int' | 'u32' | 'string' | 'bool' | 'strings' | 'volumes' | 'restoring' | 'counts';
+type FieldKind =
+  'int' | 'u32' | 'string' | 'bool' | 'strings' | 'ints' | 'volumes' | 'restoring' | 'counts';
 type Schema = Readonly<Record<string, FieldKind>>;
 
 /** Each message's required fields (optional ones in OPTIONAL_FIELDS); exhaustive over types. */
@@ -134,7 +137,7 @@ const FIELDS: { readonly [K in Message['type']]: Schema } = {
 };
 
 const OPTIONAL_FIELDS: { readonly [K in Message['type']]?: Schema } = {
-  status: { failure: 'string', restoring: 'restoring', captured: 'counts' },
+  status: { failure: 'string', restoring: 'restoring', captured: 'counts', clients: 'ints' },
 };
 
 const AGENT_TYPES: ReadonlySet<string> = new Set<AgentMessage['type']>([
@@ -182,6 +185,12 @@ function fieldOk(kind: FieldKind, value: unknown): boolean {
             fieldOk('string', (item as VolumeInfo).name) &&
             fieldOk('int', (item as VolumeInfo).sizeBytes),
         )
+      );
+    case 'ints':
+      return (
+        Array.isArray(value) &&
+        value.length <= LIST_ITEMS_MAX &&
+        value.every((item: unknown) => fieldOk('int', item))
       );
     case 'counts':
       return (
