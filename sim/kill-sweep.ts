@@ -13,7 +13,13 @@
 // - at sampled seqs a snapshot holds exactly that write's bytes and not the next one's.
 // When the manager is the victim, the agent is killed too (0.1 to 0.5 s later, under load), so
 // that what the clients saw answered is final before the checks.
-// Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--manager-share P (0.5)] [--json]
+// With --journal-max SIZE the manager runs with that journal limit, every write kept for 1 s and a
+// point per second for 5 s after it, so that retention thins and drops all through the sweep; the
+// manager's crash points then include merge and swap (the merged undo written, the catalog's swap),
+// the log is checked as runs of seqs (a thinned run covers its seqs; the history starts after the
+// oldest seq retention reports), and the sampled seqs are taken where every write is a point.
+// Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--manager-share P (0.5)]
+//        [--journal-max SIZE] [--json]
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -29,6 +35,7 @@ const FIO_OFFSET = 32 * 1024 * 1024;
 const BLOCKS = FIO_OFFSET / BLOCK;
 const AGENT_POINTS = ['append', 'fsync', 'seal', 'ship'] as const;
 const MANAGER_POINTS = ['undo', 'apply', 'commit'] as const;
+const RETENTION_POINTS = ['merge', 'swap'] as const;
 
 /** Writes block after block (each holds its id), FLUSH every 32; prints each id once answered. */
 const LOAD = `
@@ -62,6 +69,8 @@ interface Options {
   json: boolean;
   /** Share of iterations whose victim is the manager (0.5 unless --manager-share P). */
   managerShare?: number;
+  /** The manager's --journal-max (retention thins and drops all the time); none by default. */
+  journalMax?: string;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -69,11 +78,13 @@ function parseArgs(argv: string[]): Options {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
   };
+  const journalMax = get('--journal-max');
   return {
     iterations: Number(get('--iterations') ?? 20),
     seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)),
     json: argv.includes('--json'),
     managerShare: Number(get('--manager-share') ?? 0.5),
+    ...(journalMax === undefined ? {} : { journalMax }),
   };
 }
 
@@ -129,6 +140,7 @@ class Cluster {
   constructor(
     readonly dir: string,
     readonly ports: Ports,
+    readonly journalMax: string | undefined,
   ) {}
 
   startManager(crashAt?: string): Proc {
@@ -145,6 +157,9 @@ class Cluster {
         `127.0.0.1:${this.ports.http}`,
         '--token',
         'sweep',
+        ...(this.journalMax === undefined
+          ? []
+          : ['--journal-max', this.journalMax, '--keep-every-write', '1s', '--keep', '1s:5s']),
       ],
       crashAt ? { REWIND_CRASH_AT: crashAt } : {},
     );
@@ -206,6 +221,9 @@ interface Iteration {
   fioVerified: number;
   seqLast: number;
   resyncRecords: number;
+  /** With --journal-max: the oldest seq retention reports and the thinned runs in the log. */
+  oldestSeq: number;
+  thinnedRuns: number;
 }
 
 /**
@@ -337,7 +355,12 @@ async function iterate(
   managerShare: number,
 ): Promise<{ result: Iteration; nextId: number }> {
   const victim = victimDraw < 1000 * managerShare ? 'manager' : 'agent';
-  const points = victim === 'agent' ? AGENT_POINTS : MANAGER_POINTS;
+  const points: readonly string[] =
+    victim === 'agent'
+      ? AGENT_POINTS
+      : cluster.journalMax === undefined
+        ? MANAGER_POINTS
+        : [...MANAGER_POINTS, ...RETENTION_POINTS];
   const named = random(4) !== 0; // three in four at a named point, the rest at a random time
   const point = named ? (points[random(points.length)] as string) : 'random';
   const crashAt = named ? `${point}:${1 + random(point === 'append' ? 200 : 8)}` : undefined;
@@ -425,10 +448,14 @@ async function iterate(
           offset: number;
           length: number;
           resync: boolean;
+          seqFirst?: number;
         },
     );
-  log.forEach((e, i) => assert.equal(e.seq, i + 1, `seq gap at ${i + 1}`));
-  const seqLast = log.length;
+  const oldestSeq =
+    cluster.journalMax === undefined
+      ? 0
+      : (await cluster.api<{ oldestSeq: number }>('GET', '/api/retention')).oldestSeq;
+  const seqLast = checkSeqRuns(log, oldestSeq);
   assert.equal(sealed.committed, seqLast, 'everything captured is committed');
   const checked = await checkHistory(
     cluster,
@@ -448,9 +475,30 @@ async function iterate(
       fioVerified: checked.fioVerified,
       seqLast,
       resyncRecords: checked.resync,
+      oldestSeq,
+      thinnedRuns: new Set(log.filter((e) => e.kind === 'thinned').map((e) => e.seq)).size,
     },
     nextId: replied + 2,
   };
+}
+
+/**
+ * The log covers every seq after `oldestSeq` once, in order: a write is its own seq, a thinned run
+ * (one entry per range it wrote, all at its last seq) covers seqFirst..seq. Returns the last seq.
+ */
+function checkSeqRuns(
+  log: readonly { seq: number; kind: string; seqFirst?: number }[],
+  oldestSeq: number,
+): number {
+  let covered = oldestSeq;
+  for (const e of log) {
+    if (e.kind === 'thinned') {
+      if (e.seq === covered && e.seqFirst !== undefined && e.seqFirst <= covered) continue; // same run
+      assert.equal(e.seqFirst, covered + 1, `a thinned run at seq ${e.seq} starts after a gap`);
+    } else assert.equal(e.seq, covered + 1, `seq gap at ${covered + 1}`);
+    covered = e.seq;
+  }
+  return covered;
 }
 
 function probe(uri: string, offsets: number[]): Map<number, number> {
@@ -466,13 +514,13 @@ function probe(uri: string, offsets: number[]): Map<number, number> {
 
 async function checkHistory(
   cluster: Cluster,
-  log: { seq: number; offset: number; length: number; resync: boolean }[],
+  log: { seq: number; kind: string; offset: number; length: number; resync: boolean }[],
   firstId: number,
   replied: number,
   random: (max: number) => number,
   fioSeed: number | undefined,
 ): Promise<{ resync: number; fioVerified: number }> {
-  const seqLast = log.length;
+  const seqLast = log[log.length - 1]?.seq ?? 0;
   const uri = (view: string): string => `nbd://127.0.0.1:${cluster.ports.managerNbd}/v@${view}`;
   await cluster.api('POST', '/api/views', { name: 'last', kind: 'snapshot', at: String(seqLast) });
   // History at the last seq equals production.
@@ -507,15 +555,33 @@ async function checkHistory(
   const fioVerified =
     fioSeed === undefined ? -1 : checkFioWrites(cluster.dir, uri('last'), fioSeed);
   await cluster.api('DELETE', '/api/views/last');
-  // Sampled seqs: the block of the write at seq s holds its bytes at s and something else before.
-  const writes = log.filter((e) => !e.resync && e.length === BLOCK && e.offset < FIO_OFFSET);
+  // Sampled seqs: the block of the write at seq s holds its bytes at s and something else before
+  // (at s - 1, which must be a point too: a write whose previous entry is the write before it).
+  const writes = log.filter(
+    (e, i) =>
+      e.kind !== 'thinned' &&
+      !e.resync &&
+      e.length === BLOCK &&
+      e.offset < FIO_OFFSET &&
+      i > 0 &&
+      log[i - 1]?.kind !== 'thinned' &&
+      log[i - 1]?.seq === e.seq - 1,
+  );
   for (let i = 0; i < 3 && writes.length > 1; i++) {
     const e = writes[1 + random(writes.length - 1)] as { seq: number; offset: number };
-    await cluster.api('POST', '/api/views', { name: 'at', kind: 'snapshot', at: String(e.seq) });
+    // With a small journal, retention may thin or drop the sampled point while this runs: the
+    // refusal says so, and the sample is skipped (anything else fails the sweep).
+    const kept = await refusedAsGone(() =>
+      cluster.api('POST', '/api/views', { name: 'at', kind: 'snapshot', at: String(e.seq) }),
+    );
+    if (!kept) continue;
     const after = probe(uri('at'), [e.offset]).get(e.offset);
-    await cluster.api('POST', `/api/views/at/step`, { back: 1 });
-    const before = probe(uri('at'), [e.offset]).get(e.offset);
+    const stepped = await refusedAsGone(() =>
+      cluster.api('POST', `/api/views/at/step`, { back: 1 }),
+    );
+    const before = stepped ? probe(uri('at'), [e.offset]).get(e.offset) : undefined;
     await cluster.api('DELETE', '/api/views/at');
+    if (!stepped) continue;
     assert.ok(
       after !== undefined && after !== before,
       `seq ${e.seq}: the snapshot at it differs from the one before it in its own block`,
@@ -529,6 +595,22 @@ async function checkHistory(
   return { resync: log.filter((e) => e.resync).length, fioVerified };
 }
 
+/** Runs `call`; false when the manager refused it because retention thinned or dropped the point. */
+async function refusedAsGone(call: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await call();
+    return true;
+  } catch (error) {
+    const message = (error as Error).message;
+    if (
+      /REWIND_POINT_INVALID/.test(message) &&
+      /no longer kept|before the history starts/.test(message)
+    )
+      return false;
+    throw error;
+  }
+}
+
 export async function runSweep(
   options: Options,
   onProgress?: (i: number, it: Iteration) => void,
@@ -540,7 +622,7 @@ export async function runSweep(
     http: await freePort(),
     agentNbd: await freePort(),
   };
-  const cluster = new Cluster(dir, ports);
+  const cluster = new Cluster(dir, ports, options.journalMax);
   const random = prng(options.seed);
   // Victims come from their own stream: `random` is also drawn from by the checks, as many times
   // as the history is long, so the victims of a seed would otherwise depend on timing.
@@ -592,10 +674,12 @@ function summarize(
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const options = parseArgs(process.argv.slice(2));
   const started = Date.now();
-  console.error(`kill sweep: ${options.iterations} iterations, seed ${options.seed}`);
+  console.error(
+    `kill sweep: ${options.iterations} iterations, seed ${options.seed}${options.journalMax ? `, journal limit ${options.journalMax}` : ''}`,
+  );
   runSweep(options, (i, it) =>
     console.error(
-      `${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} stamped and ${it.fioVerified < 0 ? 'no (fio hung, killed)' : it.fioVerified} fio writes answered and found, history to seq ${it.seqLast} checked`,
+      `${i + 1}/${options.iterations} ${it.victim} ${it.point}${it.crashedAtPoint ? ' (at the point)' : ''}: ${it.replied} stamped and ${it.fioVerified < 0 ? 'no (fio hung, killed)' : it.fioVerified} fio writes answered and found, history ${it.oldestSeq}..${it.seqLast} checked${options.journalMax ? `, ${it.thinnedRuns} thinned runs` : ''}`,
     ),
   )
     .then((results) => {

@@ -41,6 +41,37 @@ test(
 );
 
 test(
+  'kill -9 sweep with a 4 MiB journal (short, seeded): the same checks while retention thins and drops, kills inside merges and swaps',
+  { skip, timeout: 240_000 },
+  async (t) => {
+    const results = await runSweep({
+      iterations: 5,
+      seed: 20261202,
+      json: false,
+      managerShare: 0.8,
+      journalMax: '4M',
+    });
+    assert.equal(results.length, 5);
+    assert.ok(
+      results.some((r) => r.oldestSeq > 0),
+      'the oldest history was dropped at the limit',
+    );
+    assert.ok(
+      results.some((r) => r.thinnedRuns > 0),
+      'history was thinned',
+    );
+    assert.ok(
+      results.some((r) => r.point === 'merge' || r.point === 'swap'),
+      'a kill at a retention crash point',
+    );
+    for (const r of results)
+      t.diagnostic(
+        `${r.victim} ${r.point}${r.crashedAtPoint ? ' (at the point)' : ''}: history ${r.oldestSeq}..${r.seqLast}, ${r.thinnedRuns} thinned runs, ${r.replied} stamped and ${r.fioVerified} fio writes answered and found`,
+      );
+  },
+);
+
+test(
   "the sweep's fio check fails when an answered write is lost or stale",
   { skip, timeout: 60_000 },
   async () => {
