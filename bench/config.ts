@@ -102,6 +102,45 @@ export const SUSTAINED = {
 /** The tmpfs where the agent-alone rows put every file of both servers. */
 export const MEMORY_DIR = '/dev/shm';
 
+/**
+ * The retention soak: `rewind up` at a fixed 4 KiB random-write rate, once with a journal limit
+ * far below what the run's writes need (a short every-write window, then coarse tiers) and once
+ * with the default policy (nothing is thinned or dropped within the run), in the same run.
+ */
+export const SOAK = {
+  rateIops: { full: 2000, short: 1000 },
+  seconds: { full: 600, short: 20 },
+  volumeBytes: { full: GiB, short: 128 * MiB },
+  /** Policy flags of the run with retention (16 MiB/s of redo and undo at 2000 IOPS). */
+  policy: {
+    full: [
+      '--journal-max',
+      '1G',
+      '--journal-warn',
+      '768M',
+      '--keep-every-write',
+      '30s',
+      '--keep',
+      '10s:2m,1m:30m',
+    ],
+    short: [
+      '--journal-max',
+      '96M',
+      '--journal-warn',
+      '80M',
+      '--keep-every-write',
+      '3s',
+      '--keep',
+      '2s:30s',
+    ],
+  },
+  everyWriteMs: { full: 30_000, short: 3_000 },
+  sampleMs: { full: 5_000, short: 500 },
+  /** Ingest and RPO with retention against without: at least / at most these ratios. */
+  iopsRatioMin: 0.95,
+  rpoP99RatioMax: 1.5,
+} as const;
+
 export const TARGETS = {
   rpoP99HalfPeakMs: 1000,
   applyRatioRandom4k: 1.2,

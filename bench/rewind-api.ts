@@ -26,6 +26,16 @@ export interface LogEntry {
   resync: boolean;
 }
 
+/** The figures of GET /api/retention the soak reads. */
+export interface RetentionFigures {
+  journalBytes: number;
+  journalBytesMax: number;
+  oldestSeq: number;
+  everyWriteFromSeq: number;
+  alerts: { code: string; message: string }[];
+  steps: { merges: number; drops: number; freedBytes: number; lastError: string | null };
+}
+
 export interface Transaction {
   idx: number;
   seqFirst: number;
@@ -82,6 +92,19 @@ export class RewindApi {
 
   async removeView(name: string): Promise<void> {
     await this.call('DELETE', `/api/views/${encodeURIComponent(name)}`);
+  }
+
+  /** GET /api/retention: the journal, its limits, the oldest point, the every-write window. */
+  async retention(): Promise<RetentionFigures> {
+    return (await (await this.call('GET', '/api/retention')).json()) as RetentionFigures;
+  }
+
+  /** The capture time (epoch ms) of the write a POINT resolves to; undefined at seq 0. */
+  async pointTimeMs(point: string): Promise<number | undefined> {
+    const answer = (await (
+      await this.call('GET', `/api/points/resolve?at=${encodeURIComponent(point)}`)
+    ).json()) as { seq: number; time: string | null };
+    return answer.time === null ? undefined : captureTimeMs(answer.time);
   }
 
   async log(): Promise<LogEntry[]> {

@@ -2,7 +2,8 @@
 // with fio's nbd ioengine, and prints one table of absolute figures, ratios and the issue's targets
 // (PASS/MISS; a MISS never fails the process). --json prints the same rows as JSON, --short runs
 // every measurement briefly (about 2 s per workload, one repetition, small histories and volumes),
-// --only agent,ingest,rpo,apply,views,memory runs some sections (to rerun a disturbed one).
+// --only agent,ingest,rpo,apply,views,memory,soak runs some sections (to rerun a disturbed one;
+// the retention soak alone takes about 20 minutes: `npm run bench -- --only soak`).
 // Progress goes to stderr so that stdout holds only the result.
 import os from 'node:os';
 import { parseArgs } from 'node:util';
@@ -14,6 +15,7 @@ import { measureSparseAgent, peakRows } from './memory.js';
 import { killAll, missingTools, runTool } from './processes.js';
 import { formatTable, PeakMemory, type Row } from './report.js';
 import { measureRpo } from './rpo.js';
+import { measureSoak } from './soak.js';
 import { measureViews } from './views.js';
 
 const TOOLS = ['fio', 'nbdkit', 'qemu-nbd', 'nbdcopy', 'nbdinfo'] as const;
@@ -81,6 +83,7 @@ const SECTIONS: Record<string, Section> = {
   apply: measureApply,
   views: measureViews,
   memory: async (mode, memory, progress) => [await measureSparseAgent(mode, memory, progress)],
+  soak: measureSoak,
 };
 
 /** A section that could not be measured; the others still run and are reported. */

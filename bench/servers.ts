@@ -119,10 +119,11 @@ export interface RewindUp {
 const volumeArgs = (volumes: readonly VolumeSize[]): string[] =>
   volumes.flatMap((v) => ['--volume', `${v.name}:${v.sizeBytes}`]);
 
-/** `rewind up` with default seal size and age, on a fresh data dir. */
+/** `rewind up` with default seal size and age (and `extraArgs`), on a fresh data dir. */
 export async function startRewindUp(
   scope: Scope,
   volumes: readonly VolumeSize[],
+  extraArgs: readonly string[] = [],
 ): Promise<RewindUp> {
   const dataDir = scope.dir('rewind');
   const [nbdPort, httpPort] = [await freePort(), await freePort()];
@@ -136,6 +137,7 @@ export async function startRewindUp(
     '--http',
     `127.0.0.1:${httpPort}`,
     ...volumeArgs(volumes),
+    ...extraArgs,
   ];
   const server = scope.start('rewind up', process.execPath, args);
   await server.waitUntil('its API line', () => server.output.includes('API: '), READY_TIMEOUT_MS);
