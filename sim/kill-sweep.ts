@@ -14,12 +14,12 @@
 // When the manager is the victim, the agent is killed too (0.1 to 0.5 s later, under load), so
 // that what the clients saw answered is final before the checks.
 // With --journal-max SIZE the manager runs with that journal limit, every write kept for 1 s and a
-// point per second for 5 s after it, so that retention thins and drops all through the sweep; the
+// point per second after it (up to the limit), so that retention thins and drops all through; the
 // manager's crash points then include merge and swap (the merged undo written, the catalog's swap),
 // the log is checked as runs of seqs (a thinned run covers its seqs; the history starts after the
 // oldest seq retention reports), and the sampled seqs are taken where every write is a point.
 // Usage: node dist/sim/kill-sweep.js [--iterations N] [--seed S] [--manager-share P (0.5)]
-//        [--journal-max SIZE] [--json]
+//        [--journal-max SIZE] [--manager-points merge,swap,...] [--json]
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -71,6 +71,8 @@ interface Options {
   managerShare?: number;
   /** The manager's --journal-max (retention thins and drops all the time); none by default. */
   journalMax?: string;
+  /** Only these crash points on the manager (e.g. merge,swap); all of them by default. */
+  managerPoints?: string[];
 }
 
 function parseArgs(argv: string[]): Options {
@@ -79,12 +81,14 @@ function parseArgs(argv: string[]): Options {
     return at >= 0 ? argv[at + 1] : undefined;
   };
   const journalMax = get('--journal-max');
+  const managerPoints = get('--manager-points')?.split(',');
   return {
     iterations: Number(get('--iterations') ?? 20),
     seed: Number(get('--seed') ?? Math.floor(Math.random() * 2 ** 31)),
     json: argv.includes('--json'),
     managerShare: Number(get('--manager-share') ?? 0.5),
     ...(journalMax === undefined ? {} : { journalMax }),
+    ...(managerPoints === undefined ? {} : { managerPoints }),
   };
 }
 
@@ -159,7 +163,7 @@ class Cluster {
         'sweep',
         ...(this.journalMax === undefined
           ? []
-          : ['--journal-max', this.journalMax, '--keep-every-write', '1s', '--keep', '1s:5s']),
+          : ['--journal-max', this.journalMax, '--keep-every-write', '1s', '--keep', '1s:1h']),
       ],
       crashAt ? { REWIND_CRASH_AT: crashAt } : {},
     );
@@ -224,6 +228,8 @@ interface Iteration {
   /** With --journal-max: the oldest seq retention reports and the thinned runs in the log. */
   oldestSeq: number;
   thinnedRuns: number;
+  /** With --journal-max: merges and drops the manager made since it last started. */
+  retentionSteps: number;
 }
 
 /**
@@ -353,17 +359,21 @@ async function iterate(
   victimDraw: number,
   firstId: number,
   managerShare: number,
+  managerPoints: readonly string[] | undefined,
 ): Promise<{ result: Iteration; nextId: number }> {
   const victim = victimDraw < 1000 * managerShare ? 'manager' : 'agent';
   const points: readonly string[] =
     victim === 'agent'
       ? AGENT_POINTS
-      : cluster.journalMax === undefined
-        ? MANAGER_POINTS
-        : [...MANAGER_POINTS, ...RETENTION_POINTS];
+      : (managerPoints ??
+        (cluster.journalMax === undefined
+          ? MANAGER_POINTS
+          : [...MANAGER_POINTS, ...RETENTION_POINTS]));
   const named = random(4) !== 0; // three in four at a named point, the rest at a random time
   const point = named ? (points[random(points.length)] as string) : 'random';
-  const crashAt = named ? `${point}:${1 + random(point === 'append' ? 200 : 8)}` : undefined;
+  // A process reaches a retention step a few times in its short life, an append hundreds.
+  const hits = point === 'append' ? 200 : point === 'merge' || point === 'swap' ? 2 : 8;
+  const crashAt = named ? `${point}:${1 + random(hits)}` : undefined;
   // The manager keeps running across agent kills; it is restarted (with its crash point) when it
   // is the victim.
   let manager = cluster.manager;
@@ -451,10 +461,14 @@ async function iterate(
           seqFirst?: number;
         },
     );
-  const oldestSeq =
+  const retention =
     cluster.journalMax === undefined
-      ? 0
-      : (await cluster.api<{ oldestSeq: number }>('GET', '/api/retention')).oldestSeq;
+      ? undefined
+      : await cluster.api<{ oldestSeq: number; steps: { merges: number; drops: number } }>(
+          'GET',
+          '/api/retention',
+        );
+  const oldestSeq = retention?.oldestSeq ?? 0;
   const seqLast = checkSeqRuns(log, oldestSeq);
   assert.equal(sealed.committed, seqLast, 'everything captured is committed');
   const checked = await checkHistory(
@@ -476,6 +490,7 @@ async function iterate(
       seqLast,
       resyncRecords: checked.resync,
       oldestSeq,
+      retentionSteps: (retention?.steps.merges ?? 0) + (retention?.steps.drops ?? 0),
       thinnedRuns: new Set(log.filter((e) => e.kind === 'thinned').map((e) => e.seq)).size,
     },
     nextId: replied + 2,
@@ -637,6 +652,7 @@ export async function runSweep(
         victims(1000),
         nextId,
         options.managerShare ?? 0.5,
+        options.managerPoints,
       );
       nextId = next;
       results.push(result);
