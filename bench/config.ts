@@ -125,9 +125,9 @@ export const SOAK = {
     ],
     short: [
       '--journal-max',
-      '96M',
+      '40M',
       '--journal-warn',
-      '80M',
+      '32M',
       '--keep-every-write',
       '3s',
       '--keep',

@@ -63,7 +63,7 @@ async function soakRun(
         const nowMs = Date.now();
         const [status, retention] = [await up.api.status(), await up.api.retention()];
         result.samples += 1;
-        result.lagSeconds.push(status.lagSeconds);
+        if (status.seqCommitted > 0) result.lagSeconds.push(status.lagSeconds);
         result.journalMaxSeen = Math.max(result.journalMaxSeen, retention.journalBytes);
         result.journalBytesMax = retention.journalBytesMax;
         result.last = retention;

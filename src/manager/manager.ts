@@ -28,7 +28,7 @@ import { Restorer } from './restore.js';
 import { Retention } from './retention.js';
 import type { PolicyText, RetentionPolicy } from './retention-policy.js';
 import { StoredHistory, type LogEntry, type LogFilter } from './stored-history.js';
-import { TxPipeline, type CommitEvent } from './transactions.js';
+import { TxPipeline, type CommitEvent, type CommittedPosition } from './transactions.js';
 import { TxFiles } from './txfiles.js';
 import { VIEW_NAME, ViewRegistry, type StepRequest, type StepResult } from './view-registry.js';
 
@@ -488,15 +488,37 @@ export class Manager {
 
   // ---- status and shutdown ----
 
+  /** Since when writes are captured while none is committed yet (their times are not known). */
+  private uncommittedSinceMs: number | undefined;
+
+  /**
+   * How far the committed point lags behind the last captured write, in capture time. Before the
+   * first commit the last committed write has no time: the lag is then counted from when the
+   * manager first saw captured writes waiting (a lower bound), never from the epoch.
+   */
+  private lagSeconds(
+    agent: AgentStatus | undefined,
+    seqCaptured: number,
+    committed: CommittedPosition,
+  ): number {
+    if (!agent || seqCaptured <= committed.seq) {
+      this.uncommittedSinceMs = undefined;
+      return 0;
+    }
+    if (committed.seq > 0) {
+      this.uncommittedSinceMs = undefined;
+      return Math.max(0, Number(agent.timeCapturedNs - committed.timeNs) / 1e9);
+    }
+    this.uncommittedSinceMs ??= agent.receivedAtMs;
+    return Math.max(0, (Date.now() - this.uncommittedSinceMs) / 1000);
+  }
+
   status(): ManagerStatus {
     const agent = this.link.agentStatus;
     const connected = this.link.connected;
     const committed = this.pipeline.committed;
     const seqCaptured = Math.max(agent?.seqCaptured ?? committed.seq, committed.seq);
-    const lagSeconds =
-      agent && seqCaptured > committed.seq
-        ? Math.max(0, Number(agent.timeCapturedNs - committed.timeNs) / 1e9)
-        : 0;
+    const lagSeconds = this.lagSeconds(agent, seqCaptured, committed);
     return {
       volumeSet: {
         id: this.catalog.getMeta('volumeSetId') ?? null,
