@@ -151,6 +151,11 @@ export class Manager {
       withView: (seq, work) => this.registry.withView(seq, work),
       clone: (name) => this.registry.clone(name),
       clientsOf: (name) => this.link.agentStatus?.clients?.[this.history.volumeIndex(name)],
+      agentReportAfter: async (afterMs, timeoutMs) => {
+        const deadline = Date.now() + timeoutMs;
+        while ((this.link.agentStatus?.receivedAtMs ?? 0) < afterMs && Date.now() < deadline)
+          await new Promise((resolve) => setTimeout(resolve, 50));
+      },
       agent: this.link,
       restores: this.catalog,
       note: this.options.log,

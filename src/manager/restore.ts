@@ -32,6 +32,8 @@ export interface RestoreHost extends LogSource {
   clone(name: string): View;
   /** NBD clients connected to a production volume, as the agent last said (undefined: unknown). */
   clientsOf(volume: string): number | undefined;
+  /** Resolves once the agent reported after `afterMs` (epoch ms), or after `timeoutMs` anyway. */
+  agentReportAfter(afterMs: number, timeoutMs: number): Promise<void>;
   /** The agent's end of the restore commands. */
   readonly agent: Pick<AgentLink, 'connected' | 'restoreBegin' | 'restoreWrite' | 'restoreEnd'>;
   readonly restores: Pick<
@@ -83,6 +85,8 @@ export interface RestoreStatus {
 }
 
 const CHUNK_BYTES = 1024 * 1024;
+/** How long after a client closed the agent's report surely no longer counts it (4 reports). */
+const AGENT_REPORT_SETTLE_MS = 1000;
 /** A zero run is sent as one record up to this size (a record's length is a u64; keep it sane). */
 const ZERO_RUN_BYTES_MAX = 1024 * 1024 * 1024;
 const WINDOW_CHUNKS = 8;
@@ -171,7 +175,7 @@ export class Restorer {
         { hint: 'wait for it (rewind restores), or abandon it with rewind restore --abandon ID' },
       );
     const seq = this.targetSeq(spec);
-    const disconnected = this.refuseConnected(spec);
+    const disconnected = await this.refuseConnected(spec);
     const id = this.host.restores.addRestore(JSON.stringify(spec), seq);
     if (disconnected > 0)
       this.host.note(
@@ -190,10 +194,18 @@ export class Restorer {
    * I/O errors, and a client that reconnects could write its stale cache back over the restored
    * volume. Returns how many clients a forced restore disconnects.
    */
-  private refuseConnected(spec: RestoreSpec): number {
-    const connected = spec.volumes
-      .map((volume) => ({ volume, clients: this.host.clientsOf(volume) ?? 0 }))
-      .filter((v) => v.clients > 0);
+  private async refuseConnected(spec: RestoreSpec): Promise<number> {
+    const count = (): { volume: string; clients: number }[] =>
+      spec.volumes
+        .map((volume) => ({ volume, clients: this.host.clientsOf(volume) ?? 0 }))
+        .filter((v) => v.clients > 0);
+    let connected = count();
+    if (connected.length > 0 && spec.force !== true) {
+      // A client that went away a moment ago (`rewind unmap` just before the restore) may still
+      // be in the agent's last report: its next reports decide.
+      await this.host.agentReportAfter(Date.now() + AGENT_REPORT_SETTLE_MS, 2000);
+      connected = count();
+    }
     const total = connected.reduce((sum, v) => sum + v.clients, 0);
     if (total > 0 && spec.force !== true)
       throw new RewindError(

@@ -108,6 +108,20 @@ test(
       assert.equal(await client.read(), 'read', 'the client still works');
       assert.ok(fs.readFileSync(production).equals(before), 'production is unchanged');
 
+      // Disconnected a moment before the restore (as after rewind unmap): taken, not refused.
+      client.stop();
+      await new Promise((resolve) => client!.child.once('exit', resolve));
+      const right = await manager.restorer.start({ volumes: ['v'], at: '2' });
+      assert.equal(right.clientsDisconnected, undefined);
+      const rightDone = await manager.restorer.settled(right.id);
+      assert.equal(rightDone.state, 'done', rightDone.message ?? '');
+
+      client = new Client(uri);
+      await until('the client connects again', () => client!.out.includes('connected'));
+      await until(
+        'the agent reports the client again',
+        () => manager.agentStatus?.clients?.[0] === 1,
+      );
       const started = await manager.restorer.start({ volumes: ['v'], at: '1', force: true });
       assert.equal(started.clientsDisconnected, 1);
       const done = await manager.restorer.settled(started.id);
