@@ -152,7 +152,13 @@ export interface RestorePlan {
   seq: number;
   asOfSeq: number;
   source: string;
-  volumes: { volume: string; ranges: { offset: number; length: number }[]; bytes: number }[];
+  /** `clients`: NBD clients connected to the volume now (null: the agent has not said). */
+  volumes: {
+    volume: string;
+    ranges: { offset: number; length: number }[];
+    bytes: number;
+    clients: number | null;
+  }[];
   bytes: number;
 }
 

@@ -173,11 +173,12 @@ function form(
         `Restoring to ${plan.source} would write ${formatBytes(plan.bytes)} (${formatCount(plan.bytes)} bytes), as of committed seq ${plan.asOfSeq}.`,
       ),
       table(
-        ['volume', 'ranges', 'bytes'],
+        ['volume', 'ranges', 'bytes', 'NBD clients connected'],
         plan.volumes.map((v) => [
           v.volume,
           formatCount(v.ranges.length),
           `${formatBytes(v.bytes)} (${formatCount(v.bytes)})`,
+          v.clients === null ? 'unknown' : formatCount(v.clients),
         ]),
       ),
     );
@@ -244,13 +245,18 @@ function confirmRestore(
   start: (body: Record<string, unknown>) => Promise<void>,
 ): void {
   const volumes = plan.volumes.map((v) => v.volume);
+  const clients = plan.volumes.reduce((sum, v) => sum + (v.clients ?? 0), 0);
   const stopped = h('input', { type: 'checkbox', name: 'stopped', required: true });
+  // The manager refuses a restore under connected clients unless told to disconnect them.
+  const force = h('input', { type: 'checkbox', name: 'force', 'data-testid': 'force' });
   const go = h(
     'button',
     { type: 'submit', value: 'restore', class: 'danger', disabled: true },
     `Take ${volumes.join(', ')} offline and restore`,
   );
-  stopped.addEventListener('change', () => (go.disabled = !stopped.checked));
+  const ready = (): boolean => stopped.checked && (clients === 0 || force.checked);
+  stopped.addEventListener('change', () => (go.disabled = !ready()));
+  force.addEventListener('change', () => (go.disabled = !ready()));
   const dialog = h(
     'dialog',
     { class: 'confirm', 'data-testid': 'confirm', 'aria-label': 'confirm the restore' },
@@ -279,6 +285,14 @@ function confirmRestore(
         stopped,
         ` I have stopped the applications using ${volumes.join(', ')}`,
       ),
+      clients > 0
+        ? h(
+            'label',
+            { class: 'inline warning' },
+            force,
+            ` ${formatCount(clients)} NBD client${clients === 1 ? ' is' : 's are'} still connected (a mounted filesystem, a VM): disconnect ${clients === 1 ? 'it' : 'them'} and restore anyway`,
+          )
+        : '',
       h(
         'div',
         { class: 'toolbar' },
@@ -288,9 +302,9 @@ function confirmRestore(
     ),
   );
   dialog.addEventListener('close', () => {
-    const confirmed = dialog.returnValue === 'restore' && stopped.checked;
+    const confirmed = dialog.returnValue === 'restore' && ready();
     dialog.remove();
-    if (confirmed) void start(body);
+    if (confirmed) void start(clients > 0 ? { ...body, force: true } : body);
   });
   document.body.append(dialog);
   dialog.showModal();
