@@ -300,15 +300,20 @@ export async function startApi(
       cells: q.cells !== undefined ? parseCount(q.cells, 'cells') : BLOCKMAP_CELLS_DEFAULT,
     });
   });
-  app.get<{ Params: { volume: string }; Querystring: { from?: string; to?: string } }>(
-    '/api/volumes/:volume/diff',
-    async (request) => {
-      const { from, to } = request.query;
-      if (typeof from !== 'string' || typeof to !== 'string')
-        throw new RewindError('REWIND_BAD_ARGUMENT', 'diff needs from and to (POINTs)');
-      return diff(manager, request.params.volume, from, to);
-    },
-  );
+  app.get<{
+    Params: { volume: string };
+    Querystring: { from?: string; to?: string; clone?: string };
+  }>('/api/volumes/:volume/diff', async (request) => {
+    const { from, to, clone } = request.query;
+    if (typeof clone === 'string') {
+      if (from !== undefined || to !== undefined)
+        throw new RewindError('REWIND_BAD_ARGUMENT', 'give either clone or from and to');
+      return manager.restorer.cloneRanges(request.params.volume, clone);
+    }
+    if (typeof from !== 'string' || typeof to !== 'string')
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'diff needs from and to (POINTs), or clone');
+    return diff(manager, request.params.volume, from, to);
+  });
   const address = await app.listen({ host, port });
   return { app, address };
 }

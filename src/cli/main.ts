@@ -1236,15 +1236,43 @@ withServer(
 withServer(
   program
     .command('diff <volume>')
-    .description('byte ranges written between two points (from the log, not by comparing images)')
-    .requiredOption('--from <point>', 'one point')
-    .requiredOption('--to <point>', 'the other point')
+    .description(
+      'byte ranges written between two points (from the log, not by comparing images), or by a clone',
+    )
+    .option('--from <point>', 'one point')
+    .option('--to <point>', 'the other point')
+    .option(
+      '--clone <name>',
+      'the ranges this clone wrote itself (what restore --from-clone takes)',
+    )
     .option('--json', 'print JSON'),
 ).action(
   async (
     volume: string,
-    options: { server?: string; from: string; to: string; json?: boolean },
+    options: { server?: string; from?: string; to?: string; clone?: string; json?: boolean },
   ) => {
+    if (options.clone !== undefined) {
+      if (options.from !== undefined || options.to !== undefined)
+        throw new RewindError('REWIND_BAD_ARGUMENT', 'give either --clone or --from and --to');
+      const written = await json<{
+        clone: string;
+        seq: number;
+        ranges: { offset: number; length: number }[];
+        bytes: number;
+      }>(
+        server(options),
+        'GET',
+        `/api/volumes/${encodeURIComponent(volume)}/diff?${new URLSearchParams({ clone: options.clone }).toString()}`,
+      );
+      if (options.json) return console.log(JSON.stringify(written));
+      console.log(
+        `${volume}: clone ${written.clone} (from seq ${written.seq}) wrote ${written.ranges.length} ranges, ${formatBytes(written.bytes)}`,
+      );
+      for (const r of written.ranges) console.log(`${r.offset}:${r.length}`);
+      return;
+    }
+    if (options.from === undefined || options.to === undefined)
+      throw new RewindError('REWIND_BAD_ARGUMENT', 'diff needs --from and --to, or --clone');
     const query = new URLSearchParams({ from: options.from, to: options.to });
     const result = await json<{
       from: number;

@@ -127,6 +127,25 @@ export class Restorer {
     return this.host.clone(spec.fromClone as string).seq;
   }
 
+  /**
+   * The byte ranges of `volume` a clone wrote itself (its overlay), merged: what
+   * `restore --from-clone` takes from it beyond the history, and what `rewind diff --clone` lists.
+   */
+  cloneRanges(
+    volume: string,
+    cloneName: string,
+  ): { clone: string; seq: number; ranges: ByteRange[]; bytes: number } {
+    this.host.volumeIndex(volume); // refuses an unknown volume by name
+    const clone = this.host.clone(cloneName);
+    const ranges = mergeRanges(cloneWrites(clone, this.host, volume));
+    return {
+      clone: clone.name,
+      seq: clone.seq,
+      ranges,
+      bytes: ranges.reduce((sum, r) => sum + r.length, 0),
+    };
+  }
+
   /** The ranges to write per volume, against the history committed now. */
   async plan(spec: RestoreSpec): Promise<RestorePlan> {
     this.validate(spec);

@@ -5,11 +5,13 @@
 // - diff and history agree with the model; bookmarks resolve and survive a restart;
 // - an exported image equals the model byte for byte, is sparse, and its SHA-256 matches.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { promisify } from 'node:util';
 import type { ByteRange } from '../../src/core/index.js';
 import type { ExportBackend } from '../../src/nbd/backend.js';
 import { blockHistory, diff } from '../../src/manager/queries.js';
@@ -217,6 +219,21 @@ test('restore to a random point equals the model; restoring to the seq before it
     const clone = await manager.createView('fix', 'clone', String(partialPoint));
     const cloneExport = manager.exports().find((e) => e.name === 'a@fix')!;
     await call((d) => cloneExport.write(8192, Buffer.alloc(4096, 0x42), false, d));
+    await call((d) => cloneExport.write(12288, Buffer.alloc(512, 0x43), false, d));
+    // rewind diff --clone: exactly the ranges the clone wrote itself, merged; the other volume none.
+    const cloneDiff = await promisify(execFile)(
+      process.execPath,
+      ['bin/rewind.js', 'diff', 'a', '--clone', 'fix', '--json'],
+      { env: { ...process.env, REWIND_SERVER: running.httpAddress }, timeout: 20_000 },
+    );
+    assert.deepEqual(JSON.parse(cloneDiff.stdout), {
+      clone: 'fix',
+      seq: partialPoint,
+      ranges: [{ offset: 8192, length: 4096 + 512 }],
+      bytes: 4608,
+    });
+    assert.deepEqual(manager.restorer.cloneRanges('b', 'fix').ranges, []);
+    assert.throws(() => manager.restorer.cloneRanges('a', 'nope'), /No snapshot or clone|no/i);
     const fromClone = await manager.restorer.settled(
       (
         await manager.restorer.start({
