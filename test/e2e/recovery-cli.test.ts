@@ -1,7 +1,8 @@
 // The recovery workflow through the `rewind` CLI against a real `rewind up` process and real NBD
 // clients: bookmark, step, history, diff, export, restore (dry run, real, undo), and restore
-// safety: a connected client is disconnected, new connections are refused with the reason, and a
-// kill -9 in the middle of a restore is followed, after the restart, by the restore completing.
+// safety: a connected client is disconnected by a forced restore, new connections are refused
+// with the reason, and a kill -9 in the middle of a restore is followed, after the restart, by
+// the restore completing.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -231,7 +232,9 @@ test(
         assert.ok(waited < 10_000, 'the reader connects');
         await new Promise((r) => setTimeout(r, 20));
       }
-      restore = spawn(process.execPath, [BIN, 'restore', 'v', '--at', '@good'], {
+      // A client is connected: the restore needs --force, which disconnects it (without it the
+      // restore is refused: test/e2e/restore-clients.test.ts).
+      restore = spawn(process.execPath, [BIN, 'restore', 'v', '--at', '@good', '--force'], {
         env: { ...process.env, REWIND_SERVER: `http://127.0.0.1:${http}` },
         stdio: 'ignore',
       });
