@@ -32,7 +32,7 @@ export interface RetentionFigures {
   journalBytesMax: number;
   oldestSeq: number;
   everyWriteFromSeq: number;
-  alerts: { code: string; message: string }[];
+  alerts: { level: string; message: string }[];
   steps: { merges: number; drops: number; freedBytes: number; lastError: string | null };
 }
 

@@ -11,7 +11,7 @@ import { runFio } from './fio.js';
 import { sleep, withScope } from './processes.js';
 import { atLeast, atMost, percentile, row, type PeakMemory, type Row } from './report.js';
 import type { RetentionFigures } from './rewind-api.js';
-import { startRewindUp } from './servers.js';
+import { startRewindUp, type RewindUp } from './servers.js';
 
 const MiB = 1024 * 1024;
 
@@ -26,6 +26,32 @@ interface SoakRun {
   everyWriteHeldMinMs: number | undefined;
   last: RetentionFigures | undefined;
   samples: number;
+  /** Samples whose every-write point was thinned away before its time could be read. */
+  skipped: number;
+  /** The sampler's failure, if it failed (the run then reports it instead of figures). */
+  failure: Error | undefined;
+}
+
+/**
+ * The capture time of the every-write point `seq`, epoch ms (`historyStartMs` at seq 0).
+ * Retention may thin that point into a coarser run between the two requests: then the point is
+ * read again from a fresh status, at most three times; undefined if it kept moving.
+ */
+async function everyWriteFromMs(
+  api: RewindUp['api'],
+  seq: number,
+  historyStartMs: number,
+): Promise<number | undefined> {
+  let point = seq;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return (await api.pointTimeMs(String(point))) ?? historyStartMs;
+    } catch (error) {
+      if (!/REWIND_POINT_INVALID/.test((error as Error).message)) throw error;
+      point = (await api.retention()).everyWriteFromSeq;
+    }
+  }
+  return undefined;
 }
 
 async function soakRun(
@@ -51,9 +77,12 @@ async function soakRun(
       everyWriteHeldMinMs: undefined,
       last: undefined,
       samples: 0,
+      skipped: 0,
+      failure: undefined,
     };
     let writing = true;
-    const sampler = (async () => {
+    // A failing sample stops the sampler and fails the run after fio, never the process.
+    const sampler = (async (): Promise<void> => {
       // The every-write window is full once it has been written for its length plus a seal age.
       const warmMs = SOAK.everyWriteMs[key] + 2000;
       let lastReport = Date.now();
@@ -68,9 +97,13 @@ async function soakRun(
         result.journalBytesMax = retention.journalBytesMax;
         result.last = retention;
         if (withRetention && nowMs - startedMs >= warmMs) {
-          const fromMs = await up.api.pointTimeMs(String(retention.everyWriteFromSeq));
-          const heldMs = nowMs - (fromMs ?? startedMs);
-          result.everyWriteHeldMinMs = Math.min(result.everyWriteHeldMinMs ?? heldMs, heldMs);
+          const fromMs = await everyWriteFromMs(up.api, retention.everyWriteFromSeq, startedMs);
+          if (fromMs === undefined) {
+            result.skipped += 1;
+          } else {
+            const heldMs = nowMs - fromMs;
+            result.everyWriteHeldMinMs = Math.min(result.everyWriteHeldMinMs ?? heldMs, heldMs);
+          }
         }
         if (nowMs - lastReport >= 60_000) {
           lastReport = nowMs;
@@ -79,7 +112,9 @@ async function soakRun(
           );
         }
       }
-    })();
+    })().catch((error: unknown) => {
+      result.failure = error instanceof Error ? error : new Error(String(error));
+    });
     try {
       const fio = await runFio(
         [
@@ -104,6 +139,7 @@ async function soakRun(
     }
     memory.record('rewind up', up.process.peakRssBytes());
     await up.process.stop(mode.graceMs);
+    if (result.failure) throw new Error(`soak: sampling failed: ${result.failure.message}`);
     if (result.lagSeconds.length === 0) throw new Error('soak: no sample was taken');
     return result;
   });
@@ -141,7 +177,7 @@ export async function measureSoak(
         label: 'shortest every-write window held',
         value: (kept.everyWriteHeldMinMs ?? 0) / 1000,
         unit: 's',
-        detail: `promised ${SOAK.everyWriteMs[key] / 1000} s; alerts at the end: ${kept.last?.alerts.map((a) => a.code).join(', ') || 'none'}`,
+        detail: `promised ${SOAK.everyWriteMs[key] / 1000} s; ${kept.skipped} samples skipped (their point thinned meanwhile); alerts at the end: ${kept.last?.alerts.map((a) => a.message).join('; ') || 'none'}`,
       },
       atLeast(kept.everyWriteHeldMinMs ?? 0, SOAK.everyWriteMs[key], '>= the promised window'),
     ),
