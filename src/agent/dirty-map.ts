@@ -4,7 +4,7 @@
 // quiet, so a busy region costs one durable mark, not one per commit.
 import fs from 'node:fs';
 import { assert, bitClear, bitGet, bitSet } from '../core/index.js';
-import { FILE_MODE_PRIVATE, fdatasyncAsync } from '../platform/index.js';
+import { FILE_MODE_PRIVATE, fdatasyncAsync, writeFullySync } from '../platform/index.js';
 
 export const REGION_BYTES_DEFAULT = 1024 * 1024;
 /**
@@ -42,7 +42,7 @@ export class DirtyMap {
     if (exists) {
       fs.readSync(fd, bits, 0, Math.min(byteCount, fs.fstatSync(fd).size), 0);
     } else {
-      fs.writeSync(fd, bits, 0, byteCount, 0);
+      writeFullySync(fd, bits, 0);
       fs.fdatasyncSync(fd);
     }
     return new DirtyMap(fd, bits, regionBytes, regionCount);
@@ -115,7 +115,7 @@ export class DirtyMap {
   async persist(): Promise<void> {
     if (this.dirtyBytesHigh > this.dirtyBytesLow) {
       const low = this.dirtyBytesLow;
-      fs.writeSync(this.fd, this.bits, low, this.dirtyBytesHigh - low, low);
+      writeFullySync(this.fd, this.bits.subarray(low, this.dirtyBytesHigh), low);
       this.dirtyBytesLow = Number.MAX_SAFE_INTEGER;
       this.dirtyBytesHigh = 0;
     }
@@ -162,7 +162,7 @@ export class DirtyMap {
     }
     if (cleared > 0) {
       const low = this.dirtyBytesLow;
-      fs.writeSync(this.fd, this.bits, low, this.dirtyBytesHigh - low, low);
+      writeFullySync(this.fd, this.bits.subarray(low, this.dirtyBytesHigh), low);
       this.dirtyBytesLow = Number.MAX_SAFE_INTEGER;
       this.dirtyBytesHigh = 0;
     }

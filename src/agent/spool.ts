@@ -39,6 +39,7 @@ import {
   fsyncDir,
   isZero,
   preallocateTools,
+  writeFullySync,
   writevAsync,
 } from '../platform/index.js';
 
@@ -556,7 +557,7 @@ export class Spool {
       fileBytes = fs.fstatSync(fd).size;
       if (spare.recycled) directFd = this.openDirect(file);
     }
-    fs.writeSync(fd, header, 0, header.length, 0);
+    writeFullySync(fd, header, 0);
     const active: ActiveSegment = {
       index,
       file,
