@@ -246,6 +246,7 @@ export class Manager {
       log: options.log,
       onUndo: (idx, extents) => later.registry?.addUndo(idx, extents),
       admission: () => later.retention?.admission(),
+      makeRoom: (bytes, resync) => later.retention?.makeRoom(bytes, resync),
       onCommitted: (event) => {
         later.retention?.committed(event.tx);
         for (const observe of commitObservers) observe(event);
@@ -597,9 +598,11 @@ function adoptVolumeSet(
     catalog.setMeta('volumeSetId', hello.volumeSetId);
     catalog.setMeta('volumeSetName', hello.volumeSetName);
   }
-  for (let idx = existing.length; idx < hello.volumes.length; idx++) {
+  for (let idx = 0; idx < hello.volumes.length; idx++) {
     const given = hello.volumes[idx] as { name: string; sizeBytes: number };
-    catalog.addVolume(idx, given.name, given.sizeBytes);
-    replicas[idx] = ReplicaVolume.open(replicaDir, idx, given.name, given.sizeBytes);
+    // The replica first, then its row; a disk error between the two (or in an earlier hello)
+    // leaves a replica the next hello opens again, never a row without an open replica.
+    replicas[idx] ??= ReplicaVolume.open(replicaDir, idx, given.name, given.sizeBytes);
+    if (idx >= existing.length) catalog.addVolume(idx, given.name, given.sizeBytes);
   }
 }

@@ -8,6 +8,7 @@ import {
   DIR_MODE_PRIVATE,
   FILE_MODE_PRIVATE,
   fdatasyncAsync,
+  fsyncDirSync,
   preadFully,
   writeFullySync,
 } from '../platform/index.js';
@@ -48,13 +49,14 @@ export class ReplicaVolume {
   static open(dir: string, index: number, name: string, sizeBytes: number): ReplicaVolume {
     fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE_PRIVATE });
     const file = path.join(dir, `${name}.img`);
-    if (!fs.existsSync(file)) {
-      const created = fs.openSync(file, 'w', FILE_MODE_PRIVATE);
-      fs.ftruncateSync(created, sizeBytes);
-      fs.fsyncSync(created);
-      fs.closeSync(created);
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, FILE_MODE_PRIVATE);
+    // New, or created by an open whose fsync failed (its size may not have reached the disk):
+    // sized now and made durable, file and name.
+    if (fs.fstatSync(fd).size < sizeBytes) {
+      fs.ftruncateSync(fd, sizeBytes);
+      fs.fsyncSync(fd);
+      fsyncDirSync(dir);
     }
-    const fd = fs.openSync(file, 'r+');
     const allocFile = path.join(dir, `${name}.alloc`);
     const chunks = Math.ceil(sizeBytes / ALLOC_CHUNK_BYTES);
     // Shared memory: the apply worker reads the bitmap while building undo; only this thread writes

@@ -302,7 +302,7 @@ function expiredPrefix(input: PlanInput): RetentionAction | undefined {
   };
 }
 
-function dropAllowed(input: PlanInput, tx: PlanTx): boolean {
+function dropAllowed(input: { dropFloorSeq: number | undefined }, tx: PlanTx): boolean {
   return input.dropFloorSeq === undefined || tx.seqLast <= input.dropFloorSeq;
 }
 
@@ -389,21 +389,55 @@ function spaceDrops(
     if (bytes <= input.journalBytesMax) break;
     if (!dropAllowed(input, tx)) {
       return {
-        action: last ? dropForSpace(last) : undefined,
+        action: last ? dropForSpace(last.idx) : undefined,
         stuck: `the journal is over its limit, and a pinned bookmark or an open view holds seq ${input.dropFloorSeq}: nothing after it is dropped`,
       };
     }
     bytes -= tx.bytes - (merged.has(tx.idx) ? tx.redoBytes : 0);
     if (tx.kind !== 'resync') last = tx;
   }
-  return { action: last ? dropForSpace(last) : undefined, stuck: undefined };
+  return { action: last ? dropForSpace(last.idx) : undefined, stuck: undefined };
 }
 
-function dropForSpace(last: PlanTx): RetentionAction {
+/** A drop of the oldest history, up to `lastIdx`, for space (promised history, reported loudly). */
+export function dropForSpace(lastIdx: number): Extract<RetentionAction, { kind: 'drop' }> {
   return {
     kind: 'drop',
-    lastIdx: last.idx,
+    lastIdx,
     reason: 'the journal reached its size limit',
     promised: true,
   };
+}
+
+export interface RoomInput {
+  /** The oldest committed transactions, in order (enough of them to make the room). */
+  txs: readonly PlanTx[];
+  /** The committed journal's bytes now, and what the transaction about to commit adds. */
+  journalBytes: number;
+  incomingBytes: number;
+  /** Where the drop brings the journal, with the incoming bytes counted (at most the limit). */
+  targetBytes: number;
+  dropFloorSeq: number | undefined;
+}
+
+/**
+ * The oldest transactions to drop at once so a transaction about to commit fits: the journal
+ * with its bytes is brought to `targetBytes` (a little under the limit, so not every commit has
+ * to drop). The drop ends at a consistent point (never inside a resync window) and never passes
+ * the floor; it may fall short of the target when the floor or `txs` ends first (`short`).
+ */
+export function roomDrop(input: RoomInput): { lastIdx: number | undefined; short: boolean } {
+  let bytes = input.journalBytes + input.incomingBytes;
+  let lastIdx: number | undefined;
+  let pending = 0; // bytes of a resync window not yet closed by a consistent point
+  for (const tx of input.txs) {
+    if (bytes <= input.targetBytes) break;
+    if (!dropAllowed(input, tx)) return { lastIdx, short: true };
+    pending += tx.bytes;
+    if (tx.kind === 'resync') continue;
+    bytes -= pending;
+    pending = 0;
+    lastIdx = tx.idx;
+  }
+  return { lastIdx, short: bytes > input.targetBytes };
 }

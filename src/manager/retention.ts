@@ -23,12 +23,14 @@ import {
   AUTO_JOURNAL_SHARE,
   AUTO_WARN_SHARE,
   DEFAULT_POLICY,
+  dropForSpace,
   formatDuration,
   MERGE_TXS_MAX,
   plan,
   policyFrom,
   policyText,
   promisedSpanMs,
+  roomDrop,
   tierLabel,
   type Plan,
   type PlanTx,
@@ -46,6 +48,16 @@ export interface ViewPins {
   floorSeq: number | undefined;
   /** Private views (restores, exports) read history after this seq: it may not change. */
   frozenAfterSeq: number | undefined;
+}
+
+/** What a drop took out of the catalog: its range, size and the files left to remove. */
+interface Dropped {
+  seqFirst: number;
+  seqLast: number;
+  count: number;
+  bytes: number;
+  timeLastUs: number;
+  files: string[];
 }
 
 export interface RetentionHost {
@@ -127,6 +139,10 @@ const IDLE_INTERVAL_MS = 10_000;
 const STEPS_PER_RUN_MAX = 64;
 /** Rows of history older than the every-write window read per plan (thinned history is short). */
 const PLAN_TXS_MAX = 100_000;
+/** A drop at the limit brings the journal this share under it, so not every commit drops. */
+const ROOM_SLACK_SHARE = 0.01;
+/** The oldest transactions read first to find the drop that makes room (more if short). */
+const ROOM_TXS_FIRST = 256;
 /** Journal growth is measured over this window. */
 const RATE_WINDOW_MS = 10 * 60_000;
 /** The share of the promised span held below which history is reported short (Zerto). */
@@ -150,6 +166,11 @@ export class Retention {
   private promisedDrop: { message: string; atMs: number } | undefined;
   /** The step under way, if any (the simulation counts crashes inside one). */
   working: 'merge' | 'drop' | undefined;
+  /** Files of rows dropped in a turn, waiting for the step under way (a merge may read them). */
+  private deferredFiles: string[] = [];
+  private removing: Promise<void> = Promise.resolve();
+  /** Drops made in a transaction's turn to keep the journal within its limit. */
+  roomDrops = 0;
   /** The journal as of the last plan plus what committed since, against the limit then. */
   private approxJournalBytes = 0;
   private approxJournalBytesMax = Number.POSITIVE_INFINITY;
@@ -196,6 +217,8 @@ export class Retention {
     this.stopped = true;
     clearTimeout(this.timer);
     await this.running;
+    this.flushRemovals();
+    await this.removing;
   }
 
   /** A transaction committed: a run starts at once when the journal may be over its limit. */
@@ -273,6 +296,7 @@ export class Retention {
       else await this.merge(action);
     } finally {
       this.working = undefined;
+      this.flushRemovals();
     }
     this.lastError = undefined;
     return true;
@@ -366,6 +390,9 @@ export class Retention {
       const keep = [...pins.keepPoints, ...catalog.bookmarks().map((b) => b.seq)];
       const frozen = pins.frozenAfterSeq !== undefined && last.seqLast > pins.frozenAfterSeq;
       if (frozen || keep.some((p) => p > first.seqFirst - 1 && p < last.seqLast)) return false;
+      // A drop in a transaction's turn (makeRoom) may have taken some of the run since.
+      const now = catalog.txsBetween(first.idx, last.idx);
+      if (now.length !== rows.length || now[0]?.idx !== first.idx) return false;
       catalog.mergeTxs(
         first.idx,
         last.idx,
@@ -394,33 +421,120 @@ export class Retention {
   }
 
   private async drop(action: Extract<RetentionAction, { kind: 'drop' }>): Promise<void> {
-    const { catalog, txFiles } = this.host;
-    const rows = catalog.txsBetween(0, action.lastIdx);
-    const last = rows[rows.length - 1] as TxRow;
-    const files = rows.map((r) => this.filesOf(r));
-    const dropped = await this.host.exclusive(async () => {
-      const floor = minDefined(
-        this.host.viewPins().floorSeq,
-        this.pinnedBookmarkFloor(nowUsOfCapture()),
-      );
-      if (floor !== undefined && last.seqLast > floor) return undefined;
-      const range = catalog.dropTxs(last.idx, action.reason, new Date().toISOString());
-      for (const row of rows) txFiles.evict(row.idx);
-      return range;
-    });
+    const dropped = await this.host.exclusive(async () => this.dropRows(action));
     if (dropped === undefined) return;
     crashPoint('swap');
-    await this.removeFiles(files.flat());
-    const bytes = rows.reduce((sum, r) => sum + r.redoBytes + r.undoBytes, 0);
+    await this.removeFiles(dropped.files);
+    this.droppedLog(action, dropped);
+  }
+
+  /**
+   * The catalog side of a drop (the caller holds the turn): the rows go in one SQLite
+   * transaction, unless a pin taken since the plan holds them. The files are the caller's to
+   * remove.
+   */
+  private dropRows(action: Extract<RetentionAction, { kind: 'drop' }>): Dropped | undefined {
+    const { catalog, txFiles } = this.host;
+    const rows = catalog.txsBetween(0, action.lastIdx);
+    // Drops take a prefix: none left means a drop in a transaction's turn took them since.
+    const last = rows[rows.length - 1];
+    if (last === undefined) return undefined;
+    const floor = minDefined(
+      this.host.viewPins().floorSeq,
+      this.pinnedBookmarkFloor(nowUsOfCapture()),
+    );
+    if (floor !== undefined && last.seqLast > floor) return undefined;
+    const range = catalog.dropTxs(last.idx, action.reason, new Date().toISOString());
+    for (const row of rows) txFiles.evict(row.idx);
+    return {
+      ...range,
+      count: rows.length,
+      bytes: rows.reduce((sum, r) => sum + r.redoBytes + r.undoBytes, 0),
+      timeLastUs: last.timeLastUs,
+      files: rows.flatMap((r) => this.filesOf(r)),
+    };
+  }
+
+  private droppedLog(action: Extract<RetentionAction, { kind: 'drop' }>, dropped: Dropped): void {
     this.drops += 1;
-    this.freedBytes += bytes;
-    const message = `retention: dropped seq ${dropped.seqFirst}..${dropped.seqLast} (${rows.length} transactions, ${bytes} bytes): ${action.reason}; the oldest point is now seq ${dropped.seqLast} (${formatTimeNs(BigInt(last.timeLastUs) * 1000n)})`;
+    this.freedBytes += dropped.bytes;
+    const message = `retention: dropped seq ${dropped.seqFirst}..${dropped.seqLast} (${dropped.count} transactions, ${dropped.bytes} bytes): ${action.reason}; the oldest point is now seq ${dropped.seqLast} (${formatTimeNs(BigInt(dropped.timeLastUs) * 1000n)})`;
     if (action.promised) {
       this.promisedDrop = { message, atMs: nowUsOfCapture() / 1000 };
       this.host.log('error', `${message}; this was history the policy keeps`);
     } else {
       this.host.log('info', message);
     }
+  }
+
+  // ---- room at the limit, in a transaction's turn ----
+
+  /**
+   * Called in a transaction's turn once its redo and undo are stored, before it is applied and
+   * committed: the journal limit holds at every commit, not only after the next background
+   * step. Under drop-oldest the oldest history goes at once (the catalog's rows now, the files
+   * in the background, after any merge reading them); under stop-applying the transaction
+   * waits, with the reason returned. Pins may keep the journal over its limit (the plan reports
+   * it as stuck); so may one transaction larger than the whole limit, which is let through.
+   */
+  makeRoom(bytes: number, resync: boolean): string | undefined {
+    const { max } = this.journalLimits(this.policyNow);
+    const catalog = this.host.catalog;
+    const journal = catalog.journalBytes();
+    if (journal + bytes <= max || bytes > max) return undefined;
+    const floor = minDefined(
+      this.host.viewPins().floorSeq,
+      this.pinnedBookmarkFloor(nowUsOfCapture()),
+    );
+    const target = Math.max(bytes, max - Math.floor(max * ROOM_SLACK_SHARE));
+    let found: { lastIdx: number | undefined; short: boolean } = {
+      lastIdx: undefined,
+      short: true,
+    };
+    for (let limit = ROOM_TXS_FIRST; ; limit *= 4) {
+      const rows = catalog.oldestTxs(limit);
+      found = roomDrop({
+        txs: rows.map(planTx),
+        journalBytes: journal,
+        incomingBytes: bytes,
+        targetBytes: target,
+        dropFloorSeq: floor,
+      });
+      if (!found.short || rows.length < limit || limit >= PLAN_TXS_MAX) break;
+    }
+    // Nothing can be dropped at all (pins hold even the oldest history, or it is one resync
+    // window with no consistent end yet): waiting would free nothing, so it goes over the limit,
+    // and the plan reports it.
+    if (found.lastIdx === undefined) return undefined;
+    if (this.policyNow.onFull === 'stop-applying') {
+      // A resync window already begun is let through to its end, as at admission.
+      if (resync) return undefined;
+      return `the journal would pass its limit (${journal} bytes held, ${bytes} more, limit ${max}) with only history the policy keeps; applying waits (--on-journal-full stop-applying)`;
+    }
+    const action = dropForSpace(found.lastIdx);
+    const dropped = this.dropRows(action);
+    if (dropped === undefined) return undefined;
+    this.roomDrops += 1;
+    this.droppedLog(action, dropped);
+    this.removeLater(dropped.files);
+    return undefined;
+  }
+
+  /** Files of rows dropped in a turn: removed now, or once the step under way is done. */
+  private removeLater(files: readonly string[]): void {
+    this.deferredFiles.push(...files);
+    if (this.working === undefined) this.flushRemovals();
+  }
+
+  private flushRemovals(): void {
+    if (this.deferredFiles.length === 0) return;
+    const files = this.deferredFiles.splice(0);
+    const removal = this.removing.then(() => this.removeFiles(files));
+    this.removing = removal.catch((error: unknown) => {
+      rethrowIfBug(error);
+      // Left behind: a restart removes files without a row.
+      this.host.log('warn', `retention: could not remove dropped files: ${errorMessage(error)}`);
+    });
   }
 
   private filesOf(row: TxRow): string[] {

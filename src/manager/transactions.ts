@@ -88,6 +88,11 @@ export interface TxPipelineOptions {
   /** Why a new segment must wait now (the journal is full and its policy stops applying). */
   admission?: () => string | undefined;
   /**
+   * A stored transaction of `bytes` (redo plus undo) is about to be applied: retention makes
+   * room for it under the journal limit, or says why it must wait (it is refused as busy).
+   */
+  makeRoom?: (bytes: number, resync: boolean) => string | undefined;
+  /**
    * A transaction committed: retention looks at the journal again, the console's events, the
    * metrics and the simulation take it. It must not throw.
    */
@@ -124,6 +129,7 @@ export class TxPipeline {
   private readonly log: LogFunction;
   private readonly onUndo: TxPipelineOptions['onUndo'];
   private readonly admission: () => string | undefined;
+  private readonly makeRoom: (bytes: number, resync: boolean) => string | undefined;
   private readonly onCommitted: (event: CommitEvent) => void;
   /** Transactions, view builds and other exclusive work, one after the other. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -149,6 +155,7 @@ export class TxPipeline {
     this.log = options.log;
     this.onUndo = options.onUndo;
     this.admission = options.admission ?? (() => undefined);
+    this.makeRoom = options.makeRoom ?? (() => undefined);
     this.onCommitted = options.onCommitted ?? (() => undefined);
   }
 
@@ -291,13 +298,14 @@ export class TxPipeline {
       await this.storeAndRun(arrival, parsed);
     } catch (error) {
       rethrowIfBug(error);
-      if (!isDiskError(error)) throw error;
+      const full = error instanceof RewindError && error.code === 'REWIND_BUSY';
+      if (!full && !isDiskError(error)) throw error;
       this.turn = undefined;
       this.busyFrom = index;
       return this.refusal(
         index,
         'REWIND_BUSY',
-        `the manager cannot store segment ${index} now (${errorMessage(error)}); the agent keeps it and resends`,
+        `the manager cannot ${full ? 'apply' : 'store'} segment ${index} now (${errorMessage(error)}); the agent keeps it and resends`,
       );
     }
     this.busyFrom = undefined;
@@ -391,6 +399,7 @@ export class TxPipeline {
           `segment ${arrival.index} differs from the copy already received`,
         );
       }
+      this.roomFor(existing);
       await this.runTx(existing, parsed);
       return;
     }
@@ -409,7 +418,14 @@ export class TxPipeline {
     const row = rowOf(arrival, parsed, undo, receivedAt);
     this.catalog.insertTx(row);
     this.advance('stored');
+    this.roomFor(row);
     await this.applyAndCommit(row, parsed, undo.extents);
+  }
+
+  /** Room under the journal limit for a stored transaction, or a busy refusal (stop-applying). */
+  private roomFor(row: TxRow): void {
+    const waiting = this.makeRoom(row.redoBytes + row.undoBytes, row.kind === 'resync');
+    if (waiting !== undefined) throw new RewindError('REWIND_BUSY', waiting);
   }
 
   /**

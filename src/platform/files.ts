@@ -30,6 +30,16 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** fsyncDir for the few places that must stay synchronous (opening a replica at a hello). */
+export function fsyncDirSync(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Writes `data` to `file` atomically: temp file, fdatasync, rename, fsync of the directory. */
 export async function writeFileDurable(
   file: string,

@@ -83,6 +83,15 @@ export class FakeAgent {
 
   /** Ships one segment of `records` (seqs assigned in order) and waits for its ack. */
   async ship(records: readonly FakeRecord[]): Promise<void> {
+    const reply = await this.offer(records);
+    assert.equal(reply.type, 'ack', `segment ${this.nextIndex - 1}: ${JSON.stringify(reply)}`);
+  }
+
+  /**
+   * Ships one segment and returns the manager's answer (an ack or a refusal); the next segment
+   * index and seq move on only after an ack, so a refused segment is offered again the same.
+   */
+  async offer(records: readonly FakeRecord[]): Promise<Message> {
     const seqFirst = this.nextSeq;
     const index = this.nextIndex;
     const metas = records.map((r, i) => {
@@ -111,9 +120,11 @@ export class FakeAgent {
       bytes,
     );
     const reply = await this.next('ack');
-    assert.equal(reply.type, 'ack', `segment ${index}: ${JSON.stringify(reply)}`);
-    this.nextIndex += 1;
-    this.nextSeq = seqLast + 1;
+    if (reply.type === 'ack') {
+      this.nextIndex += 1;
+      this.nextSeq = seqLast + 1;
+    }
+    return reply;
   }
 
   close(): void {

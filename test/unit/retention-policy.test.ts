@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import {
   DEFAULT_POLICY,
   plan,
+  roomDrop,
   policyFrom,
   type PlanInput,
   type PlanTx,
@@ -168,5 +169,49 @@ describe('retention plan', () => {
     );
     assert.ok(result.actions.every((a) => a.kind === 'merge'));
     assert.match(result.stuck ?? '', /applying waits/);
+  });
+});
+
+describe('retention: room for a transaction about to commit', () => {
+  const txs = (kinds: PlanTx['kind'][]): PlanTx[] =>
+    history(1, 100)
+      .slice(0, kinds.length)
+      .map((tx, i) => ({ ...tx, kind: kinds[i] as PlanTx['kind'] }));
+
+  it('drops the oldest until the incoming bytes fit under the target', () => {
+    const oldest = txs(['redo', 'redo', 'redo', 'redo', 'redo']);
+    const room = (incomingBytes: number, targetBytes: number): ReturnType<typeof roomDrop> =>
+      roomDrop({
+        txs: oldest,
+        journalBytes: 500,
+        incomingBytes,
+        targetBytes,
+        dropFloorSeq: undefined,
+      });
+    assert.deepEqual(room(0, 500), { lastIdx: undefined, short: false }, 'it fits already');
+    assert.deepEqual(room(100, 550), { lastIdx: oldest[0]?.idx, short: false });
+    assert.deepEqual(room(100, 400), { lastIdx: oldest[1]?.idx, short: false });
+    assert.deepEqual(room(600, 600), { lastIdx: oldest[4]?.idx, short: false }, 'all of it');
+    assert.deepEqual(room(700, 600), { lastIdx: oldest[4]?.idx, short: true }, 'not enough');
+  });
+
+  it('never ends inside a resync window, and never passes the floor', () => {
+    const oldest = txs(['resync', 'resync', 'redo', 'redo']);
+    const room = (targetBytes: number, floor?: number): ReturnType<typeof roomDrop> =>
+      roomDrop({
+        txs: oldest,
+        journalBytes: 400,
+        incomingBytes: 0,
+        targetBytes,
+        dropFloorSeq: floor,
+      });
+    assert.deepEqual(room(350), { lastIdx: oldest[2]?.idx, short: false }, 'through the window');
+    const floor = oldest[1]?.seqLast;
+    assert.deepEqual(
+      room(350, floor),
+      { lastIdx: undefined, short: true },
+      'a window the floor cuts',
+    );
+    assert.deepEqual(room(50, oldest[2]?.seqLast), { lastIdx: oldest[2]?.idx, short: true });
   });
 });
