@@ -878,6 +878,12 @@ class Simulation {
       .map((r) => r.seq);
     // Retention's points: the oldest kept one and both ends of every thinned run must be kept.
     const status = manager.retention.status();
+    const counted = manager.catalog.journalBytesCounted();
+    if (status.journalBytes !== counted) {
+      throw new Error(
+        `the catalog keeps ${status.journalBytes} journal bytes, a recount finds ${counted}`,
+      );
+    }
     const keptRegion = points.filter((seq) => seq >= status.everyWriteFromSeq);
     for (let i = 0; i < 6 && keptRegion.length > 0; i++)
       samples.add(this.world.random.pick(keptRegion));

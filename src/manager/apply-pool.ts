@@ -117,6 +117,12 @@ export class ApplyWorker implements Applier {
   private worker: Worker | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
+  /** The worker thread's nice value (Linux nice is per thread; 0 leaves it as the process's). */
+  private readonly nice: number;
+
+  constructor(options: { nice?: number } = {}) {
+    this.nice = options.nice ?? 0;
+  }
 
   async saveUndo(
     file: string,
@@ -191,7 +197,9 @@ export class ApplyWorker implements Applier {
   }
 
   private spawn(): Worker {
-    const worker = new Worker(new URL('./apply-worker.js', import.meta.url));
+    const worker = new Worker(new URL('./apply-worker.js', import.meta.url), {
+      workerData: { nice: this.nice },
+    });
     worker.unref();
     worker.on('message', (response: ApplyResponse) => {
       const waiter = this.pending.get(response.id);

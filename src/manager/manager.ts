@@ -183,7 +183,8 @@ export class Manager {
     const replicas: ReplicaVolume[] = [];
     const txFiles = new TxFiles(root, () => replicas.length);
     const applier = options.applier ?? new ApplyWorker();
-    const merger = options.retentionMerger ?? new ApplyWorker();
+    // Merges are background work: their thread runs at a lower priority than ingest's.
+    const merger = options.retentionMerger ?? new ApplyWorker({ nice: MERGE_NICE });
     try {
       await ensureDir(txFiles.redoDir);
       await ensureDir(txFiles.undoDir);
@@ -567,6 +568,9 @@ export class Manager {
  * Checks an agent's volume set against the one this manager protects and adopts it the first time;
  * volumes may be added, never changed or removed. New volumes get a replica.
  */
+/** The nice value of retention's merge thread (ingest's threads stay at the process's). */
+const MERGE_NICE = 10;
+
 function adoptVolumeSet(
   catalog: Catalog,
   replicas: ReplicaVolume[],

@@ -48,9 +48,12 @@ async function withManager(
   });
   // The journal as each transaction commits, before the background steps get a turn.
   let worst = 0;
+  const miscounts: string[] = [];
   manager.commitObservers.add(() => {
     const { journalBytes, journalBytesMax } = manager.retention.status();
     worst = Math.max(worst, journalBytes - journalBytesMax);
+    const counted = manager.catalog.journalBytesCounted();
+    if (journalBytes !== counted) miscounts.push(`${journalBytes} kept, ${counted} counted`);
   });
   let agent: FakeAgent | undefined;
   try {
@@ -61,6 +64,7 @@ async function withManager(
       volumes: VOLUMES,
     });
     await body(manager, agent, () => worst);
+    assert.deepEqual(miscounts, [], 'the journal bytes kept by the catalog equal a recount');
   } finally {
     agent?.close();
     await manager.close();
