@@ -65,7 +65,8 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: S3_ATTEMPTS_MAX,
       retryMode: 'standard',
-      requestHandler: { connectionTimeout: config.timeoutMs, requestTimeout: config.timeoutMs },
+      // Idle time, not total: a large upload that keeps moving is not cut off.
+      requestHandler: { connectionTimeout: config.timeoutMs, socketTimeout: config.timeoutMs },
       ...(config.endpoint === undefined ? {} : { endpoint: config.endpoint }),
       ...(config.region === undefined ? {} : { region: config.region }),
     };

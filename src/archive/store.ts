@@ -62,7 +62,7 @@ export interface StoreOptions {
   region?: string;
   /** Refuse to open unless the server enforces object lock (probed). */
   requireObjectLock?: boolean;
-  /** S3: per request, to connect and between bytes (default STORE_TIMEOUT_MS_DEFAULT). */
+  /** S3: per request, to connect and then without a byte moving (STORE_TIMEOUT_MS_DEFAULT). */
   timeoutMs?: number;
 }
 
