@@ -46,7 +46,7 @@ const KEY_ID_BYTES = 8;
 const RESERVED_BYTES = 8;
 
 export interface EncodeOptions {
-  /** 32 bytes: the object is encrypted (always, when given). */
+  /** 32 bytes: the object is encrypted (always, when given). Not changed after first use. */
   key?: Buffer;
   /** zstd level, ZSTD_LEVEL_MIN..ZSTD_LEVEL_MAX; ZSTD_LEVEL_DEFAULT when not given. */
   level?: number;

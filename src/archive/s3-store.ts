@@ -1,5 +1,6 @@
-// The S3 backend of the archive store (AWS SDK for JavaScript v3): objects under s3://BUCKET/PREFIX,
-// the probe of conditional writes and object lock, the mapping of S3 failures to the store's codes.
+// The S3 backend of the archive store (AWS SDK for JavaScript v3): objects under
+// s3://BUCKET/PREFIX, the probe of conditional writes and object lock, and the mapping of S3
+// failures to the store's codes.
 import crypto from 'node:crypto';
 import {
   DeleteObjectCommand,

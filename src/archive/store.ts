@@ -80,26 +80,39 @@ const SEGMENT = '[A-Za-z0-9_-][A-Za-z0-9._-]*';
 const KEY_PATTERN = new RegExp(`^${SEGMENT}(/${SEGMENT})*$`);
 const PREFIX_PATTERN = new RegExp(`^(${SEGMENT}/)*(${SEGMENT})?$`);
 
+/**
+ * A segment is a file or directory name in the directory backend: NAME_MAX is 255 there, and a
+ * temporary file adds 19 characters to the name.
+ */
+export const SEGMENT_BYTES_MAX = 200;
+
+function segmentsFit(key: string): boolean {
+  return key.split('/').every((segment) => segment.length <= SEGMENT_BYTES_MAX);
+}
+
 export function isValidKey(key: string): boolean {
-  return key.length <= KEY_BYTES_MAX && KEY_PATTERN.test(key);
+  return key.length <= KEY_BYTES_MAX && KEY_PATTERN.test(key) && segmentsFit(key);
 }
 
 /**
  * Refuses a key outside the grammar: `/`-separated segments of `[A-Za-z0-9._-]`, none empty and
- * none starting with `.`, at most KEY_BYTES_MAX bytes.
+ * none starting with `.`, each at most SEGMENT_BYTES_MAX and all at most KEY_BYTES_MAX bytes.
  */
 export function checkKey(key: string): void {
   if (typeof key === 'string' && isValidKey(key)) return;
   throw new RewindError('REWIND_BAD_ARGUMENT', `archive key ${JSON.stringify(key)} is not valid`, {
-    hint: '/-separated segments of [A-Za-z0-9._-], none empty or starting with "."',
+    hint: `/-separated segments of [A-Za-z0-9._-], none empty, starting with "." or over ${SEGMENT_BYTES_MAX} bytes`,
   });
 }
 
 /** A list() prefix: whole segments, then possibly the start of one (or nothing). */
 export function checkPrefix(prefix: string): void {
-  if (typeof prefix === 'string' && prefix.length <= KEY_BYTES_MAX && PREFIX_PATTERN.test(prefix)) {
-    return;
-  }
+  const valid =
+    typeof prefix === 'string' &&
+    prefix.length <= KEY_BYTES_MAX &&
+    PREFIX_PATTERN.test(prefix) &&
+    segmentsFit(prefix);
+  if (valid) return;
   throw new RewindError(
     'REWIND_BAD_ARGUMENT',
     `archive prefix ${JSON.stringify(prefix)} is not valid`,

@@ -9,6 +9,7 @@ import {
   CreateBucketCommand,
   DeleteObjectCommand,
   HeadObjectCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
@@ -177,6 +178,22 @@ if (missing !== undefined) {
           process.env[name] = saved;
           await store.close();
         }
+      }
+    });
+
+    it('every probe removed its objects (this server has no lock to keep one)', async () => {
+      const client = rawClient();
+      try {
+        const listed = await client.send(
+          new ListObjectsV2Command({ Bucket: BUCKET, MaxKeys: 1000 }),
+        );
+        const probes = (listed.Contents ?? []).filter((o) => o.Key?.includes('.rewind-probe/'));
+        assert.deepEqual(
+          probes.map((o) => o.Key),
+          [],
+        );
+      } finally {
+        client.destroy();
       }
     });
 

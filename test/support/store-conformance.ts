@@ -73,6 +73,7 @@ const BAD_KEYS = [
   'a\nb',
   'a:b',
   'x'.repeat(1025),
+  `a/${'x'.repeat(201)}`,
 ];
 const BAD_PREFIXES = ['/', '/a', '../', 'a//', '.x', 'a/.b', 'a b'];
 
@@ -216,8 +217,11 @@ export function storeConformance(name: string, harness: StoreHarness): void {
         for (const prefix of BAD_PREFIXES)
           await rejectsWith(store.list(prefix), 'REWIND_BAD_ARGUMENT');
         const good = 'A.b/c-d_e/F9.redo.zst';
+        const long = `${'y'.repeat(200)}/${'z'.repeat(200)}`;
         await store.put(good, Buffer.from('ok'));
-        assert.deepEqual(await store.list(''), [good]);
+        await store.put(long, Buffer.from('ok'));
+        assert.deepEqual(await store.list(''), [good, long]);
+        assert.deepEqual(await store.list('y'), [long]);
       });
     });
 
