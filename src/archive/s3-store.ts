@@ -183,7 +183,8 @@ export class S3Store implements ObjectStore {
         Bucket: this.location.bucket,
         Delete: { Objects: batch.map((key) => ({ Key: this.location.prefix + key })), Quiet: true },
       });
-      const output = await this.call('delete', batch[0] as string, () => this.client.send(command));
+      const named = batch.length > 1 ? `${batch[0]} and ${batch.length - 1} more` : `${batch[0]}`;
+      const output = await this.call('delete', named, () => this.client.send(command));
       const failed = (output.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
       const firstFailed = failed[0];
       if (firstFailed !== undefined) {
