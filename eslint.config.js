@@ -13,6 +13,9 @@ const FS_OWNERS = [
   'src/views/**',
   'src/runtime/**',
   'src/cli/**',
+  // The archive's directory backend and its key file.
+  'src/archive/dir-store.ts',
+  'src/archive/key-file.ts',
 ];
 
 export default tseslint.config(

@@ -17,7 +17,13 @@ export type ErrorCode =
   | 'REWIND_IO'
   | 'REWIND_CONFIG'
   | 'REWIND_BUSY'
-  | 'REWIND_SHUTDOWN';
+  | 'REWIND_SHUTDOWN'
+  | 'REWIND_ARCHIVE_NOT_FOUND'
+  | 'REWIND_ARCHIVE_EXISTS'
+  | 'REWIND_ARCHIVE_UNAVAILABLE'
+  | 'REWIND_ARCHIVE_AUTH'
+  | 'REWIND_ARCHIVE_CORRUPT'
+  | 'REWIND_ARCHIVE_KEY';
 
 /**
  * Brands RewindErrors so `instanceof` holds for one made by another copy of this module (undici
@@ -184,6 +190,12 @@ const REWIND_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   'REWIND_CONFIG',
   'REWIND_BUSY',
   'REWIND_SHUTDOWN',
+  'REWIND_ARCHIVE_NOT_FOUND',
+  'REWIND_ARCHIVE_EXISTS',
+  'REWIND_ARCHIVE_UNAVAILABLE',
+  'REWIND_ARCHIVE_AUTH',
+  'REWIND_ARCHIVE_CORRUPT',
+  'REWIND_ARCHIVE_KEY',
 ]);
 
 function isRewindCode(code: string | undefined): code is ErrorCode {
