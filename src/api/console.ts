@@ -59,8 +59,7 @@ export async function registerConsole(app: FastifyInstance, info: ConsoleInfo): 
   });
 }
 
-/** The console's URL for an API address, carrying the token in its fragment when there is one. */
-export function consoleUrl(address: string, token: string | undefined): string {
-  const base = `${address.replace(/\/$/, '')}/`;
-  return token === undefined ? base : `${base}#token=${encodeURIComponent(token)}`;
+/** The console's URL for an API address, carrying the token in its fragment. */
+export function consoleUrl(address: string, token: string): string {
+  return `${address.replace(/\/$/, '')}/#token=${encodeURIComponent(token)}`;
 }

@@ -16,6 +16,7 @@ import type {
 import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './freeze.js';
 import { refuseIfMapped, stepMapped, type MapApi } from './map.js';
 import { addMapCommands } from './map-commands.js';
+import { forgetServer, knownToken, rememberServer } from './known-servers.js';
 
 /**
  * The processes' code (agent, manager, HTTP server, SQLite) is loaded only by the commands that
@@ -159,14 +160,20 @@ function printServing(running: Running): void {
     );
 }
 
-let apiToken: string | undefined = process.env.REWIND_TOKEN;
+let apiToken: string | undefined;
 
+/**
+ * The API address of a client command, and its token: --api-token-file, else REWIND_TOKEN, else
+ * the token file `rewind up`/`rewind manager` recorded for that address (known-servers.ts).
+ */
 function server(options: { server?: string; apiTokenFile?: string }): string {
-  if (options.apiTokenFile) apiToken = fs.readFileSync(options.apiTokenFile, 'utf8').trim();
-  return (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(
+  const base = (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(
     /\/$/,
     '',
   );
+  if (options.apiTokenFile) apiToken = fs.readFileSync(options.apiTokenFile, 'utf8').trim();
+  else apiToken = process.env.REWIND_TOKEN || knownToken(base);
+  return base;
 }
 
 async function call(
@@ -237,7 +244,7 @@ const withServer = (command: Command): Command =>
     .option('--server <url>', 'Rewind API (default $REWIND_SERVER or http://127.0.0.1:7420)')
     .option(
       '--api-token-file <file>',
-      'API token file (default $REWIND_TOKEN; needed off loopback and for rewind manager)',
+      'API token file (default $REWIND_TOKEN, else the token of a server this user started)',
     );
 
 withRetentionOptions(
@@ -289,10 +296,7 @@ withRetentionOptions(
     });
     await printVolumes(running);
     printServing(running);
-    console.log(`API: ${running.httpAddress}`);
-    console.log(`console: ${running.consoleUrl}`);
-    if (running.apiTokenFile)
-      console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+    printApi(running);
     stopOnSignals(running);
   },
 );
@@ -369,10 +373,7 @@ withRetentionOptions(
       for (const uri of (await runtime()).nbdUris(running.nbdServing, 'VOLUME@NAME'))
         console.log(`views: ${uri}`);
       printServing(running);
-      console.log(`API: ${running.httpAddress}`);
-      console.log(`console: ${running.consoleUrl}`);
-      if (running.apiTokenFile)
-        console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+      printApi(running);
       stopOnSignals(running);
     },
   );
@@ -432,11 +433,34 @@ withServing(
     },
   );
 
+/** API addresses a client on this machine may use for `running` (a wildcard as loopback too). */
+function apiAddresses(running: Running): string[] {
+  const address = running.httpAddress;
+  const loopback = address.replace(/^(https?:\/\/)(0\.0\.0\.0|\[::\])(:\d+)$/, '$1127.0.0.1$3');
+  return loopback === address ? [address] : [address, loopback];
+}
+
+/**
+ * Prints the API address, the console URL (the token in its fragment) and the token file, and
+ * records the token file for this user's CLI under the API address (known-servers.ts).
+ */
+function printApi(running: Running): void {
+  // Recorded before anything is printed: a script that waits for "API:" finds the token.
+  if (running.apiTokenFile) rememberServer(apiAddresses(running), running.apiTokenFile);
+  console.log(`API: ${running.httpAddress}`);
+  console.log(`console: ${running.consoleUrl}`);
+  if (!running.apiTokenFile) return;
+  console.log(
+    `API token: ${running.apiTokenFile} (found by this user's CLI; others: --api-token-file or REWIND_TOKEN)`,
+  );
+}
+
 function stopOnSignals(running: Running): void {
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
     stopping = true;
+    if (running.apiTokenFile) forgetServer(apiAddresses(running));
     running.close().then(
       () => process.exit(0),
       (error: unknown) => {

@@ -57,9 +57,9 @@ export interface Running {
   /** How NBD is served (TCP, Unix socket, TLS mode), to print the URIs clients use. */
   nbdServing: Pick<NbdServing, 'tcp' | 'unixPath' | 'tlsMode'>;
   httpAddress: string;
-  /** The console's URL (with #token= when the API needs one); '' for an agent. */
+  /** The console's URL (with #token=); '' for an agent. */
   consoleUrl: string;
-  /** Where the HTTP API token is, when the API requires one. */
+  /** Where the HTTP API's admin token is (absent for an agent, or a token given in-process). */
   apiTokenFile?: string;
   agent: Agent | undefined;
   manager: Manager | undefined;
@@ -135,10 +135,8 @@ async function openUp(
     scope,
   );
   nbdRef.server = nbd;
-  // On loopback the API is as open as the machine; anywhere else it needs the token.
-  const apiToken = isLoopback(options.http.host)
-    ? undefined
-    : await loadOrCreateSecret(apiTokenFile(options.dataDir));
+  // Every call needs a token, loopback included: any local user can reach 127.0.0.1.
+  const apiToken = await loadOrCreateSecret(apiTokenFile(options.dataDir));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
     startApi(manager, options.http.host, options.http.port, apiToken, {
       role: 'up',
@@ -150,7 +148,7 @@ async function openUp(
     nbdServing: serving,
     httpAddress: api.address,
     consoleUrl: consoleUrl(api.address, apiToken),
-    ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
+    apiTokenFile: apiTokenFile(options.dataDir),
     agent,
     manager,
     async close() {
@@ -237,7 +235,7 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-/** The HTTP API token file of a data directory (created when the API needs a token). */
+/** The HTTP API's admin token file of a data directory (created at the first start). */
 export function apiTokenFile(dataDir: string): string {
   return path.join(dataDir, 'api-token');
 }
@@ -284,7 +282,6 @@ async function openManagerRun(
   const nbd = serving.server;
   nbdRef.server = nbd;
   scope.onFailure('NBD server', () => nbd.close());
-  // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
     startApi(manager, options.http.host, options.http.port, apiToken, {

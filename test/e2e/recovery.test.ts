@@ -17,6 +17,7 @@ import type { ExportBackend } from '../../src/nbd/backend.js';
 import { blockHistory, diff } from '../../src/manager/queries.js';
 import { startUp, type Running } from '../../src/runtime/up.js';
 import { randomHistory, replay, rng, type ModelWrite, type Rng } from '../support/model.js';
+import { apiEnv } from '../support/process.js';
 
 const SIZES = [1024 * 1024, 512 * 1024];
 const NAMES = ['a', 'b'];
@@ -224,7 +225,7 @@ test('restore to a random point equals the model; restoring to the seq before it
     const cloneDiff = await promisify(execFile)(
       process.execPath,
       ['bin/rewind.js', 'diff', 'a', '--clone', 'fix', '--json'],
-      { env: { ...process.env, REWIND_SERVER: running.httpAddress }, timeout: 20_000 },
+      { env: apiEnv(running), timeout: 20_000 },
     );
     assert.deepEqual(JSON.parse(cloneDiff.stdout), {
       clone: 'fix',
