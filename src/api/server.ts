@@ -6,10 +6,10 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { CommitEvent, Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
-import { tokensEqual } from '../ship/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
-import { isConsoleAsset, registerConsole, type ConsoleInfo } from './console.js';
+import { registerAuth } from './auth.js';
+import { registerConsole, type ConsoleInfo } from './console.js';
 import { EventStreams } from './events.js';
 import { Metrics } from './metrics.js';
 import { OverviewSource } from './overview.js';
@@ -21,6 +21,7 @@ const STATUS_BY_CODE: Record<string, number> = {
   REWIND_CONFLICT: 409,
   REWIND_BUSY: 503,
   REWIND_AUTH: 401,
+  REWIND_FORBIDDEN: 403,
 };
 
 /** What the API serves besides the manager's own state (the console's /api/info). */
@@ -41,27 +42,7 @@ export async function startApi(
   options: ApiOptions = { role: 'up', nbd: null },
 ): Promise<{ app: FastifyInstance; address: string }> {
   const app = Fastify({ logger: false });
-  const failures = new FailureDelay();
-  app.addHook('onRequest', async (request, reply) => {
-    // The console's page and assets load without a token; the page then asks for one.
-    if (isConsoleAsset(request.method, request.url)) return;
-    const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? '';
-    if (tokensEqual(given, token)) return;
-    // Guessing is slowed down (each recent failure delays the answer a little more, capped)
-    // and logged; a token is 192 random bits, so this only keeps the log and the CPU quiet.
-    manager.note(
-      'warn',
-      `HTTP API: ${given ? 'wrong' : 'missing'} token from ${request.ip} for ${request.method} ${request.url}`,
-    );
-    await new Promise((resolve) => setTimeout(resolve, failures.next()));
-    await reply.code(401).send({
-      error: {
-        code: 'REWIND_AUTH',
-        message: `${given ? 'wrong' : 'missing'} API token`,
-        hint: 'send Authorization: Bearer TOKEN; the CLI reads REWIND_TOKEN or --api-token-file (the token is in DATA/api-token)',
-      },
-    });
-  });
+  registerAuth(app, manager, token);
   app.setErrorHandler(async (error, _request, reply) => {
     if (error instanceof RewindError) {
       return reply
@@ -315,28 +296,6 @@ export async function startApi(
   });
   const address = await app.listen({ host, port });
   return { app, address };
-}
-
-/** Failures in the current window add this much delay each, up to the cap. */
-const FAILURE_DELAY_STEP_MS = 10;
-const FAILURE_DELAY_MS_MAX = 500;
-/** The failure count starts again after this long. */
-const FAILURE_WINDOW_MS = 60_000;
-
-/** The delay before a refused call is answered: it grows with recent failures, capped. */
-class FailureDelay {
-  private count = 0;
-  private windowStartMs = 0;
-
-  next(): number {
-    const nowMs = Date.now();
-    if (nowMs - this.windowStartMs > FAILURE_WINDOW_MS) {
-      this.windowStartMs = nowMs;
-      this.count = 0;
-    }
-    this.count += 1;
-    return Math.min(FAILURE_DELAY_MS_MAX, FAILURE_DELAY_STEP_MS * this.count);
-  }
 }
 
 function parseSeq(text: string, what: string): number {

@@ -17,6 +17,7 @@ import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './fr
 import { refuseIfMapped, stepMapped, type MapApi } from './map.js';
 import { addMapCommands } from './map-commands.js';
 import { forgetServer, knownToken, rememberServer } from './known-servers.js';
+import { registerAccessCommands } from './access.js';
 
 /**
  * The processes' code (agent, manager, HTTP server, SQLite) is loaded only by the commands that
@@ -1339,6 +1340,9 @@ addMapCommands(program, { withServer, api: mapApi });
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());
 
 registerRetentionCommand(program, withServer, (options, method, route, body) =>
+  json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+);
+registerAccessCommands(program, withServer, (options, method, route, body) =>
   json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
 );
 
