@@ -25,6 +25,8 @@ export interface ConsoleInfo {
   role: 'up' | 'manager';
   /** Where the views' NBD exports are served (VOLUME@NAME), as clients should reach it. */
   nbd: { host: string; port: number } | null;
+  /** The only directory image exports write to (filled in by the API). */
+  exportDir?: string;
 }
 
 export async function registerConsole(app: FastifyInstance, info: ConsoleInfo): Promise<void> {

@@ -161,6 +161,13 @@ function printServing(running: Running): void {
     );
 }
 
+const EXPORT_DIR_HELP =
+  'the only directory rewind export writes to (default DATA/exports; relative names go inside it)';
+
+function exportDirOption(options: { exportDir?: string }): { exportDir?: string } {
+  return options.exportDir === undefined ? {} : { exportDir: path.resolve(options.exportDir) };
+}
+
 let apiToken: string | undefined;
 
 /**
@@ -258,6 +265,7 @@ withRetentionOptions(
     'for volumes, snapshots and clones',
   )
     .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
+    .option('--export-dir <dir>', EXPORT_DIR_HELP)
     .option(
       '--volume <name:size|name:path>',
       'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device',
@@ -280,6 +288,7 @@ withRetentionOptions(
       sealBytes: string;
       sealMs: string;
       spoolBytes: string;
+      exportDir?: string;
     } & RetentionFlags,
   ) => {
     const retention = retentionFromOptions(options);
@@ -287,6 +296,7 @@ withRetentionOptions(
       await runtime()
     ).startUp({
       ...(retention ? { retention } : {}),
+      ...exportDirOption(options),
       dataDir: options.data,
       ...servingOptions(options),
       http: endpoint(options.http, '--http'),
@@ -334,6 +344,7 @@ withRetentionOptions(
   .option('--data <dir>', 'data directory', './rewind-manager')
   .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
   .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
+  .option('--export-dir <dir>', EXPORT_DIR_HELP)
   .option('--token <token>', 'shared secret agents must present')
   .option('--token-file <file>', 'read the shared secret from a file')
   .option('--tls-cert <file>', 'TLS certificate (PEM) for the agent link')
@@ -348,6 +359,7 @@ withRetentionOptions(
         tokenFile?: string;
         tlsCert?: string;
         tlsKey?: string;
+        exportDir?: string;
       } & RetentionFlags,
     ) => {
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
@@ -357,6 +369,7 @@ withRetentionOptions(
         await runtime()
       ).startManager({
         ...(retention ? { retention } : {}),
+        ...exportDirOption(options),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
         ...servingOptions(options),
@@ -1192,7 +1205,10 @@ withServer(
       "write a full raw image of a volume at a point to a file on the manager's host (sparse, SHA-256 printed)",
     )
     .requiredOption('--at <point>', 'the point (seq, time, relative time or @bookmark)')
-    .requiredOption('--to <file>', 'the image file to create')
+    .requiredOption(
+      '--to <file>',
+      "the image file to create, a name inside the manager's export directory",
+    )
     .option('--force', 'replace the file if it exists')
     .option('--json', 'print JSON'),
 ).action(
@@ -1204,7 +1220,8 @@ withServer(
     const started = await json<{ id: number }>(base, 'POST', '/api/exports', {
       volume,
       at: options.at,
-      file: path.resolve(options.to),
+      // As given: the manager resolves it inside its export directory, and refuses a path out.
+      file: options.to,
       force: options.force === true,
     });
     const job = await follow(

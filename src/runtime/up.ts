@@ -49,6 +49,8 @@ export interface UpOptions extends ProcessOptions {
   spoolBytes?: number;
   /** Retention settings given at start (the rest as stored, or the defaults). */
   retention?: PolicyText;
+  /** The only directory image exports write to (default DATA/exports). */
+  exportDir?: string;
 }
 
 export interface Running {
@@ -123,6 +125,7 @@ async function openUp(
     nbdRef,
     localSpoolDir: agentSpoolDir(options.dataDir),
     ...(options.retention ? { retention: options.retention } : {}),
+    ...(options.exportDir !== undefined ? { exportDir: options.exportDir } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const link = await manager.listen('127.0.0.1', 0);
@@ -207,6 +210,7 @@ async function openManager(options: {
   nbdRef: { server?: NbdServer };
   localSpoolDir?: string;
   retention?: PolicyText;
+  exportDir?: string;
 }): Promise<Manager> {
   const { nbdRef, ...rest } = options;
   return Manager.open({
@@ -248,6 +252,8 @@ export interface ManagerRunOptions extends ProcessOptions {
   apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
   retention?: PolicyText;
+  /** The only directory image exports write to (default DATA/exports). */
+  exportDir?: string;
 }
 
 /** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
@@ -273,6 +279,7 @@ async function openManagerRun(
     nbdRef,
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.retention ? { retention: options.retention } : {}),
+    ...(options.exportDir !== undefined ? { exportDir: options.exportDir } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const linkAddress = await listenOn('agent link', '--listen', options.listen, () =>
