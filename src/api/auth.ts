@@ -6,6 +6,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { assert } from '../core/index.js';
 import type { Manager } from '../manager/index.js';
 import { accessOf, refusal, requireRouteAccess, ROLES, type Access } from './access.js';
+import { TOKEN_SCHEMA } from './schemas.js';
 import { TokenStore, TOKEN_TEXT_MAX, type Identity } from './tokens.js';
 
 /** A request no route matched still needs some token before it learns that (then 404). */
@@ -89,10 +90,14 @@ export function registerAuth(
     });
   });
   app.get('/api/tokens', async () => tokens.list());
-  app.post<{ Body: { name?: unknown; role?: unknown } }>('/api/tokens', async (request, reply) => {
-    const body = request.body ?? {};
-    return reply.code(201).send(tokens.create(body.name, body.role));
-  });
+  app.post<{ Body: { name?: unknown; role?: unknown } }>(
+    '/api/tokens',
+    { schema: TOKEN_SCHEMA },
+    async (request, reply) => {
+      const body = request.body ?? {};
+      return reply.code(201).send(tokens.create(body.name, body.role));
+    },
+  );
   app.delete<{ Params: { name: string } }>('/api/tokens/:name', async (request) => {
     tokens.revoke(request.params.name);
     return { revoked: request.params.name };

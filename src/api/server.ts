@@ -9,6 +9,15 @@ import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
 import { registerAuth } from './auth.js';
+import {
+  BOOKMARK_SCHEMA,
+  EMPTY_SCHEMA,
+  EXPORT_SCHEMA,
+  RESTORE_SCHEMA,
+  SEAL_SCHEMA,
+  STEP_SCHEMA,
+  VIEW_SCHEMA,
+} from './schemas.js';
 import { registerConsole, type ConsoleInfo } from './console.js';
 import { EventStreams } from './events.js';
 import { Metrics } from './metrics.js';
@@ -27,6 +36,12 @@ const STATUS_BY_CODE: Record<string, number> = {
 /** What the API serves besides the manager's own state (the console's /api/info). */
 export type ApiOptions = ConsoleInfo;
 
+/** Largest request body (JSON): the biggest real one, a restore's range list, is far smaller. */
+const BODY_BYTES_MAX = 1024 * 1024;
+/** Longest URL, query string included, and longest path parameter (a name). */
+const URL_BYTES_MAX = 8 * 1024;
+const PARAM_BYTES_MAX = 512;
+
 /** Timeline buckets when none are asked for. */
 const TIMELINE_BUCKETS_DEFAULT = 200;
 /** Log entries per page of GET /api/log?limit= and history entries per answer, by default. */
@@ -41,8 +56,39 @@ export async function startApi(
   token: string,
   options: ApiOptions = { role: 'up', nbd: null },
 ): Promise<{ app: FastifyInstance; address: string }> {
-  const app = Fastify({ logger: false });
+  const app = Fastify({
+    logger: false,
+    bodyLimit: BODY_BYTES_MAX,
+    routerOptions: { maxParamLength: PARAM_BYTES_MAX },
+    // Bodies are checked as sent: an unknown field is refused, not dropped, and nothing coerced.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false } },
+  });
+  // Bounded before anything else: a long URL (the query string with it) is refused unread.
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.url.length <= URL_BYTES_MAX) return;
+    await reply.code(414).send({
+      error: {
+        code: 'REWIND_BAD_ARGUMENT',
+        message: `the URL is over ${URL_BYTES_MAX} bytes`,
+        hint: null,
+      },
+    });
+  });
   registerAuth(app, manager, token);
+  // A POST or PUT without a body is an empty object, so its schema names what is missing.
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined && (request.method === 'POST' || request.method === 'PUT'))
+      request.body = {};
+  });
+  app.setNotFoundHandler(async (request, reply) =>
+    reply.code(404).send({
+      error: {
+        code: 'REWIND_NOT_FOUND',
+        message: `no route ${request.method} ${request.url.split('?')[0]?.slice(0, 200) ?? ''}`,
+        hint: 'see docs/CLI.md (HTTP API)',
+      },
+    }),
+  );
   app.setErrorHandler(async (error, _request, reply) => {
     if (error instanceof RewindError) {
       return reply
@@ -81,7 +127,7 @@ export async function startApi(
     return { seq, time: seq === 0 ? null : formatTimeNs(await manager.history.seqTimeNs(seq)) };
   });
   new EventStreams(manager, overview).register(app);
-  await registerConsole(app, options);
+  await registerConsole(app, { ...options, exportDir: manager.exporter.exportDir });
   app.get<{ Querystring: { from?: string; to?: string; buckets?: string } }>(
     '/api/timeline',
     async (request) => {
@@ -101,8 +147,10 @@ export async function startApi(
       return timeline.buckets({ fromUs, toUs, buckets });
     },
   );
-  app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>('/api/seal', async (request) =>
-    manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
+  app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>(
+    '/api/seal',
+    { schema: SEAL_SCHEMA },
+    async (request) => manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
   );
   app.get('/api/views', async () =>
     [...manager.views.values()].map((v) => ({
@@ -114,6 +162,7 @@ export async function startApi(
   );
   app.post<{ Body: { name: string; kind: 'snapshot' | 'clone'; at: string } }>(
     '/api/views',
+    { schema: VIEW_SCHEMA },
     async (request, reply) => {
       const { name, kind, at } = request.body ?? ({} as never);
       if (
@@ -183,7 +232,7 @@ export async function startApi(
   app.post<{
     Params: { name: string };
     Body: { forward?: number; back?: number; to?: string; discardWrites?: boolean };
-  }>('/api/views/:name/step', async (request) => {
+  }>('/api/views/:name/step', { schema: STEP_SCHEMA }, async (request) => {
     const body = request.body ?? {};
     return manager.stepView(request.params.name, {
       ...(body.forward !== undefined ? { forward: body.forward } : {}),
@@ -193,14 +242,21 @@ export async function startApi(
     });
   });
   app.get('/api/bookmarks', async () => manager.bookmarks());
-  app.post<{ Body: { name?: string; at?: string } }>('/api/bookmarks', async (request, reply) => {
-    const { name, at } = request.body ?? {};
-    if (typeof name !== 'string')
-      throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs name (and optionally at, a POINT)');
-    return reply
-      .code(201)
-      .send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
-  });
+  app.post<{ Body: { name?: string; at?: string } }>(
+    '/api/bookmarks',
+    { schema: BOOKMARK_SCHEMA },
+    async (request, reply) => {
+      const { name, at } = request.body ?? {};
+      if (typeof name !== 'string')
+        throw new RewindError(
+          'REWIND_BAD_ARGUMENT',
+          'body needs name (and optionally at, a POINT)',
+        );
+      return reply
+        .code(201)
+        .send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
+    },
+  );
   app.delete<{ Params: { name: string } }>('/api/bookmarks/:name', async (request) => {
     manager.removeBookmark(request.params.name);
     return { removed: request.params.name };
@@ -211,6 +267,7 @@ export async function startApi(
   );
   app.post<{ Body: RestoreSpec & { dryRun?: boolean; ranges?: (ByteRange | string)[] } }>(
     '/api/restores',
+    { schema: RESTORE_SCHEMA },
     async (request, reply) => {
       const body = request.body ?? ({} as never);
       const spec: RestoreSpec = {
@@ -224,17 +281,20 @@ export async function startApi(
       return reply.code(202).send(await manager.restorer.start(spec));
     },
   );
-  app.post<{ Params: { id: string } }>('/api/restores/:id/abandon', async (request) =>
-    manager.restorer.abandon(parseId(request.params.id)),
+  app.post<{ Params: { id: string } }>(
+    '/api/restores/:id/abandon',
+    { schema: EMPTY_SCHEMA },
+    async (request) => manager.restorer.abandon(parseId(request.params.id)),
   );
   app.post<{ Body: { volume?: string; at?: string; file?: string; force?: boolean } }>(
     '/api/exports',
+    { schema: EXPORT_SCHEMA },
     async (request, reply) => {
       const { volume, at, file, force } = request.body ?? {};
       if (typeof volume !== 'string' || typeof at !== 'string' || typeof file !== 'string')
         throw new RewindError(
           'REWIND_BAD_ARGUMENT',
-          'body needs volume, at (a POINT) and file (an absolute path on the manager host)',
+          'body needs volume, at (a POINT) and file (a name inside the export directory)',
         );
       return reply
         .code(202)
