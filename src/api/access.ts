@@ -6,6 +6,7 @@ import { AssertionError, RewindError } from '../core/index.js';
 
 /**
  * audit: reads everything (status, log, views, metrics, the audit log), changes nothing.
+ * (The audit log is read by audit and admin tokens only.)
  * operator: also views and clones, stepping, bookmarks and pins, seal, image exports.
  * admin: also production restores, the retention policy, and the API tokens.
  */
@@ -18,6 +19,8 @@ export type Access = 'public' | readonly Role[];
 const READ: readonly Role[] = ['audit', 'operator', 'admin'];
 const OPERATE: readonly Role[] = ['operator', 'admin'];
 const ADMIN: readonly Role[] = ['admin'];
+/** The audit log is for the auditors and the administrators, not for the operators it records. */
+const AUDITORS: readonly Role[] = ['audit', 'admin'];
 
 /** Every route of the API, `METHOD URL` as fastify registers it (HEAD is checked as GET). */
 export const ROUTE_ACCESS: Readonly<Record<string, Access>> = {
@@ -60,6 +63,7 @@ export const ROUTE_ACCESS: Readonly<Record<string, Access>> = {
   'GET /api/tokens': ADMIN,
   'POST /api/tokens': ADMIN,
   'DELETE /api/tokens/:name': ADMIN,
+  'GET /api/audit': AUDITORS,
 };
 
 /** The table's key of a route; HEAD is answered by the GET route and needs what GET needs. */

@@ -8,6 +8,7 @@ import type { CommitEvent, Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
+import { registerAudit } from './audit.js';
 import { registerAuth } from './auth.js';
 import {
   BOOKMARK_SCHEMA,
@@ -74,7 +75,7 @@ export async function startApi(
       },
     });
   });
-  registerAuth(app, manager, token);
+  registerAudit(app, manager, registerAuth(app, manager, token));
   // A POST or PUT without a body is an empty object, so its schema names what is missing.
   app.addHook('preValidation', async (request) => {
     if (request.body === undefined && (request.method === 'POST' || request.method === 'PUT'))

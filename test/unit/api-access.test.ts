@@ -16,6 +16,7 @@ import {
   ROUTE_ACCESS,
   type Role,
 } from '../../src/api/access.js';
+import { summarize } from '../../src/api/audit.js';
 import { startApi } from '../../src/api/index.js';
 import { ADMIN_TOKEN_NAME, TokenStore } from '../../src/api/tokens.js';
 import { Catalog } from '../../src/manager/catalog.js';
@@ -165,6 +166,50 @@ describe('the route table and the roles over HTTP', () => {
     assert.equal((await call('DELETE', '/api/tokens/t-audit', ADMIN_SECRET)).status, 200);
     assert.equal((await call('GET', '/api/status', audit)).status, 401, 'a revoked token');
     assert.equal((await call('DELETE', '/api/tokens/t-audit', ADMIN_SECRET)).status, 404);
+
+    // The audit log: every state-changing call, refused ones too, by token name, never a secret.
+    assert.equal((await call('POST', '/api/seal', undefined, {})).status, 401);
+    assert.equal((await call('GET', '/api/audit', operator)).status, 403);
+    const log = await call('GET', '/api/audit?limit=100', ADMIN_SECRET);
+    assert.equal(log.status, 200);
+    const rows = log.json as {
+      token: string | null;
+      method: string;
+      route: string;
+      status: number;
+      summary: string;
+    }[];
+    const seen = rows.map((r) => `${r.token ?? '-'} ${r.method} ${r.route} ${r.status}`);
+    for (const expected of [
+      '- POST /api/seal 401',
+      'admin DELETE /api/tokens/:name 404',
+      'admin DELETE /api/tokens/:name 200',
+      't-operator PUT /api/retention/policy 403',
+      't-operator POST /api/restores 403',
+      't-audit POST /api/seal 403',
+      'admin POST /api/tokens 201',
+    ])
+      assert.ok(seen.includes(expected), `audited: ${expected} (in ${seen.join('; ')})`);
+    assert.equal(seen[0], '- POST /api/seal 401', 'newest first');
+    assert.ok(!rows.some((r) => r.method === 'GET'), 'reads are not audited');
+    const text = JSON.stringify(rows);
+    for (const secret of [ADMIN_SECRET, ...secrets.values()])
+      assert.ok(!text.includes(secret), 'no secret in the audit log');
+    assert.match(
+      rows.find((r) => r.route === '/api/tokens/:name')?.summary ?? '',
+      /"name":"t-audit"/,
+    );
+    assert.equal((await call('GET', '/api/audit?limit=0', ADMIN_SECRET)).status, 400);
+  });
+
+  test('audit summaries are short and hold no secret', () => {
+    assert.equal(summarize({ name: 'x' }, { at: '3' }), '{"name":"x","body":{"at":"3"}}');
+    assert.equal(
+      summarize({}, { token: 'rwt_secret', nested: { apiKey: 'k' } }),
+      '{"body":{"token":"[redacted]","nested":{"apiKey":"[redacted]"}}}',
+    );
+    assert.ok(summarize({}, { file: 'x'.repeat(10_000) }).length < 200);
+    assert.ok(summarize({}, { list: Array.from({ length: 1000 }, (_, i) => i) }).length <= 403);
   });
 });
 
