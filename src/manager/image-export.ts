@@ -66,6 +66,12 @@ export class ImageExporter {
     const { volume } = request;
     const index = this.host.volumeIndex(volume);
     const file = resolveExportFile(this.host.exportDir, request.file, request.overwrite);
+    // Two exports to one file would share (and remove) each other's FILE.partial.
+    const busy = [...this.jobs.values()].find((j) => j.state === 'running' && j.file === file);
+    if (busy)
+      throw new RewindError('REWIND_CONFLICT', `export #${busy.id} is writing ${file}`, {
+        hint: 'wait for it (rewind export shows its progress), or give another file',
+      });
     const seq = this.host.resolvePoint(request.at);
     const job: ExportJob = {
       id: this.nextId++,
