@@ -1,8 +1,10 @@
 // The manager's HTTP API (fastify): status, log, seal, snapshots and clones, recovery, the
 // console's timeline, events and page, and the Prometheus metrics. The CLI and the web console
 // are its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
-import { Readable } from 'node:stream';
-import Fastify, { type FastifyInstance } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import { Readable, type Duplex } from 'node:stream';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { CommitEvent, Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
@@ -43,6 +45,34 @@ const BODY_BYTES_MAX = 1024 * 1024;
 const URL_BYTES_MAX = 8 * 1024;
 const PARAM_BYTES_MAX = 512;
 
+/**
+ * A request Node's parser refuses (malformed, headers too large, or the rest of a body sent after
+ * an answer that closed the connection): a typed error on a connection that has had no answer
+ * yet, else the connection is only closed, so no second answer follows the first.
+ */
+function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable || (socket as Socket).bytesWritten > 0) {
+    socket.destroy();
+    return;
+  }
+  const status =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? 431
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? 408
+        : 400;
+  const body = JSON.stringify({
+    error: {
+      code: 'REWIND_BAD_ARGUMENT',
+      message: `malformed HTTP request (${error.code ?? 'parse error'})`,
+      hint: null,
+    },
+  });
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
 /** Timeline buckets when none are asked for. */
 const TIMELINE_BUCKETS_DEFAULT = 200;
 /** Log entries per page of GET /api/log?limit= and history entries per answer, by default. */
@@ -63,6 +93,14 @@ export async function startApi(
     routerOptions: { maxParamLength: PARAM_BYTES_MAX },
     // Bodies are checked as sent: an unknown field is refused, not dropped, and nothing coerced.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false } },
+    clientErrorHandler: answerClientError,
+    // The router's own refusals (a parameter over the limit, a malformed URL) are typed too.
+    frameworkErrors: (error, _request, untyped) => {
+      const reply = untyped as unknown as FastifyReply;
+      void reply.code(error.statusCode ?? 400).send({
+        error: { code: 'REWIND_BAD_ARGUMENT', message: error.message.slice(0, 300), hint: null },
+      });
+    },
   });
   // Bounded before anything else: a long URL (the query string with it) is refused unread.
   app.addHook('onRequest', async (request, reply) => {
