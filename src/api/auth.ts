@@ -55,7 +55,7 @@ export function registerAuth(
     status: 401 | 403,
     error: { code: string; message: string; hint: string },
   ): Promise<void> => {
-    // Guessing is slowed down and logged; a token is 256 random bits, so this only keeps the log
+    // Guessing is slowed down and logged; a token is 192 random bits or more, so this keeps the log
     // and the CPU quiet.
     await new Promise((resolve) => setTimeout(resolve, failures.next()));
     await reply.code(status).send({ error });
