@@ -37,7 +37,10 @@ const STATUS_BY_CODE: Record<string, number> = {
 };
 
 /** What the API serves besides the manager's own state (the console's /api/info). */
-export type ApiOptions = ConsoleInfo;
+export type ApiOptions = ConsoleInfo & {
+  /** Serve HTTPS with this certificate chain and key (PEM), e.g. off loopback. */
+  tls?: { cert: Buffer; key: Buffer };
+};
 
 /** Largest request body (JSON): the biggest real one, a restore's range list, is far smaller. */
 const BODY_BYTES_MAX = 1024 * 1024;
@@ -87,7 +90,11 @@ export async function startApi(
   token: string,
   options: ApiOptions = { role: 'up', nbd: null },
 ): Promise<{ app: FastifyInstance; address: string }> {
+  // One instance type for both: the routes do not care whether the socket under them is TLS.
   const app = Fastify({
+    ...(options.tls
+      ? { https: { cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' } }
+      : {}),
     logger: false,
     bodyLimit: BODY_BYTES_MAX,
     routerOptions: { maxParamLength: PARAM_BYTES_MAX },
@@ -166,7 +173,11 @@ export async function startApi(
     return { seq, time: seq === 0 ? null : formatTimeNs(await manager.history.seqTimeNs(seq)) };
   });
   new EventStreams(manager, overview).register(app);
-  await registerConsole(app, { ...options, exportDir: manager.exporter.exportDir });
+  await registerConsole(app, {
+    role: options.role,
+    nbd: options.nbd,
+    exportDir: manager.exporter.exportDir,
+  });
   app.get<{ Querystring: { from?: string; to?: string; buckets?: string } }>(
     '/api/timeline',
     async (request) => {

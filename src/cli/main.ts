@@ -168,6 +168,24 @@ function exportDirOption(options: { exportDir?: string }): { exportDir?: string 
   return options.exportDir === undefined ? {} : { exportDir: path.resolve(options.exportDir) };
 }
 
+const HTTP_TLS_CERT_HELP = 'serve the HTTP API over HTTPS with this certificate chain (PEM)';
+const HTTP_TLS_KEY_HELP = 'the private key (PEM) of --http-tls-cert';
+
+function httpTlsOption(options: {
+  httpTlsCert?: string;
+  httpTlsKey?: string;
+}): Pick<ProcessOptions, 'httpTls'> {
+  if (options.httpTlsCert === undefined && options.httpTlsKey === undefined) return {};
+  if (options.httpTlsCert === undefined || options.httpTlsKey === undefined)
+    throw new RewindError('REWIND_BAD_ARGUMENT', '--http-tls-cert and --http-tls-key go together');
+  return {
+    httpTls: {
+      certFile: path.resolve(options.httpTlsCert),
+      keyFile: path.resolve(options.httpTlsKey),
+    },
+  };
+}
+
 let apiToken: string | undefined;
 
 /**
@@ -266,6 +284,8 @@ withRetentionOptions(
   )
     .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
     .option('--export-dir <dir>', EXPORT_DIR_HELP)
+    .option('--http-tls-cert <file>', HTTP_TLS_CERT_HELP)
+    .option('--http-tls-key <file>', HTTP_TLS_KEY_HELP)
     .option(
       '--volume <name:size|name:path>',
       'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device',
@@ -289,6 +309,8 @@ withRetentionOptions(
       sealMs: string;
       spoolBytes: string;
       exportDir?: string;
+      httpTlsCert?: string;
+      httpTlsKey?: string;
     } & RetentionFlags,
   ) => {
     const retention = retentionFromOptions(options);
@@ -297,6 +319,7 @@ withRetentionOptions(
     ).startUp({
       ...(retention ? { retention } : {}),
       ...exportDirOption(options),
+      ...httpTlsOption(options),
       dataDir: options.data,
       ...servingOptions(options),
       http: endpoint(options.http, '--http'),
@@ -345,6 +368,8 @@ withRetentionOptions(
   .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
   .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
   .option('--export-dir <dir>', EXPORT_DIR_HELP)
+  .option('--http-tls-cert <file>', HTTP_TLS_CERT_HELP)
+  .option('--http-tls-key <file>', HTTP_TLS_KEY_HELP)
   .option('--token <token>', 'shared secret agents must present')
   .option('--token-file <file>', 'read the shared secret from a file')
   .option('--tls-cert <file>', 'TLS certificate (PEM) for the agent link')
@@ -360,6 +385,8 @@ withRetentionOptions(
         tlsCert?: string;
         tlsKey?: string;
         exportDir?: string;
+        httpTlsCert?: string;
+        httpTlsKey?: string;
       } & RetentionFlags,
     ) => {
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
@@ -370,6 +397,7 @@ withRetentionOptions(
       ).startManager({
         ...(retention ? { retention } : {}),
         ...exportDirOption(options),
+        ...httpTlsOption(options),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
         ...servingOptions(options),

@@ -3,7 +3,9 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createSecureContext } from 'node:tls';
 import pino from 'pino';
+import { errorMessage, RewindError, rethrowIfBug } from '../core/index.js';
 import {
   Agent,
   agentSpoolDir,
@@ -39,6 +41,13 @@ export interface ProcessOptions {
   /** Refuse to start when the data directory or a secret file is open to others. */
   strictPermissions?: boolean;
   quiet?: boolean;
+  /** HTTPS for the HTTP API (`--http-tls-cert`, `--http-tls-key`); the key is checked as private. */
+  httpTls?: HttpTlsFiles;
+}
+
+export interface HttpTlsFiles {
+  certFile: string;
+  keyFile: string;
 }
 
 export interface UpOptions extends ProcessOptions {
@@ -89,7 +98,10 @@ async function prepareStart(
   makeProcessPrivate();
   await checkPrivate({
     dataDir: options.dataDir,
-    secretFiles: nbdSecretFiles(options.nbdSecurity),
+    secretFiles: [
+      ...nbdSecretFiles(options.nbdSecurity),
+      ...(options.httpTls ? [options.httpTls.keyFile] : []),
+    ],
     strict: options.strictPermissions ?? false,
     log,
   });
@@ -144,6 +156,7 @@ async function openUp(
     startApi(manager, options.http.host, options.http.port, apiToken, {
       role: 'up',
       nbd: serving.tcp ?? null,
+      ...httpTls(options, log),
     }),
   );
   return {
@@ -235,6 +248,49 @@ function localToken(dataDir: string): Promise<string> {
   return loadOrCreateSecret(path.join(dataDir, 'link-token'));
 }
 
+/**
+ * The API's TLS credentials, read at start; off loopback without them, a warning (the token
+ * would cross the network in clear text).
+ */
+function httpTls(
+  options: Pick<UpOptions, 'http' | 'httpTls'>,
+  log: ReturnType<typeof makeLog>,
+): { tls?: { cert: Buffer; key: Buffer } } {
+  if (!options.httpTls) {
+    if (!isLoopback(options.http.host))
+      log(
+        'warn',
+        `the HTTP API listens on ${options.http.host} without TLS: API tokens cross the network in clear text; give --http-tls-cert and --http-tls-key`,
+      );
+    return {};
+  }
+  const read = (file: string, what: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (error) {
+      rethrowIfBug(error);
+      throw new RewindError('REWIND_CONFIG', `cannot read ${what} ${file}: ${errorMessage(error)}`);
+    }
+  };
+  const tls = {
+    cert: read(options.httpTls.certFile, '--http-tls-cert'),
+    key: read(options.httpTls.keyFile, '--http-tls-key'),
+  };
+  try {
+    createSecureContext(tls); // a malformed file, or a key that is not the certificate's
+  } catch (error) {
+    rethrowIfBug(error);
+    throw new RewindError(
+      'REWIND_CONFIG',
+      `--http-tls-cert/--http-tls-key: ${errorMessage(error)}`,
+      {
+        hint: 'give the PEM certificate chain and the private key that belongs to it',
+      },
+    );
+  }
+  return { tls };
+}
+
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
@@ -294,6 +350,7 @@ async function openManagerRun(
     startApi(manager, options.http.host, options.http.port, apiToken, {
       role: 'manager',
       nbd: serving.tcp ?? null,
+      ...httpTls(options, log),
     }),
   );
   return {
