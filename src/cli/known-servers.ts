@@ -20,6 +20,8 @@ export interface KnownServer {
 
 /** A record larger than this is not ours: it is ignored rather than parsed. */
 const RECORD_BYTES_MAX = 64 * 1024;
+/** Records looked at for pruning per start (a killed server leaves its record behind). */
+const PRUNE_RECORDS_MAX = 1000;
 
 /**
  * The per-user directory: $REWIND_CONFIG_DIR, else $XDG_CONFIG_HOME/rewind, else
@@ -52,6 +54,7 @@ function recordFile(server: string): string {
 export function rememberServer(servers: readonly string[], tokenFile: string): void {
   const dir = knownServersDir();
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  pruneDead(dir);
   for (const server of servers) {
     const record: KnownServer = {
       version: 1,
@@ -63,6 +66,33 @@ export function rememberServer(servers: readonly string[], tokenFile: string): v
     const temporary = `${file}.${process.pid}.tmp`;
     fs.writeFileSync(temporary, `${JSON.stringify(record)}\n`, { mode: 0o600 });
     fs.renameSync(temporary, file);
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    rethrowIfBug(error);
+    return errorCode(error) !== 'ESRCH'; // EPERM: alive, another user's
+  }
+}
+
+/** Removes the records of servers that are gone (killed before they could remove their own). */
+function pruneDead(dir: string): void {
+  const names = fs.readdirSync(dir).filter((name) => name.endsWith('.json'));
+  for (const name of names.slice(0, PRUNE_RECORDS_MAX)) {
+    const file = path.join(dir, name);
+    let record: KnownServer | undefined;
+    try {
+      record = parseRecord(fs.readFileSync(file, 'utf8').slice(0, RECORD_BYTES_MAX));
+    } catch (error) {
+      rethrowIfBug(error);
+      if (errorCode(error) === 'ENOENT') continue; // removed by another start meanwhile
+      throw error;
+    }
+    if (record && !isAlive(record.pid)) fs.rmSync(file, { force: true });
   }
 }
 

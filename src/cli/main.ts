@@ -487,8 +487,18 @@ function apiAddresses(running: Running): string[] {
  * records the token file for this user's CLI under the API address (known-servers.ts).
  */
 function printApi(running: Running): void {
-  // Recorded before anything is printed: a script that waits for "API:" finds the token.
-  if (running.apiTokenFile) rememberServer(apiAddresses(running), running.apiTokenFile);
+  // Recorded before anything is printed: a script that waits for "API:" finds the token. A
+  // home directory that cannot take it costs only the convenience: say so and go on.
+  if (running.apiTokenFile) {
+    try {
+      rememberServer(apiAddresses(running), running.apiTokenFile);
+    } catch (error) {
+      rethrowIfBug(error);
+      console.error(
+        `rewind: the CLI will not find the API token by itself (${errorMessage(error)}); use --api-token-file or REWIND_TOKEN`,
+      );
+    }
+  }
   console.log(`API: ${running.httpAddress}`);
   console.log(`console: ${running.consoleUrl}`);
   if (!running.apiTokenFile) return;
@@ -497,12 +507,22 @@ function printApi(running: Running): void {
   );
 }
 
+/** Removes this process's token records on stop; one that cannot be removed is only stale. */
+function forgetRecord(running: Running): void {
+  try {
+    forgetServer(apiAddresses(running));
+  } catch (error) {
+    rethrowIfBug(error);
+    console.error(`rewind: the CLI's token record stays behind: ${errorMessage(error)}`);
+  }
+}
+
 function stopOnSignals(running: Running): void {
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
     stopping = true;
-    if (running.apiTokenFile) forgetServer(apiAddresses(running));
+    if (running.apiTokenFile) forgetRecord(running);
     running.close().then(
       () => process.exit(0),
       (error: unknown) => {
