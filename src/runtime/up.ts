@@ -41,7 +41,7 @@ export interface ProcessOptions {
   /** Refuse to start when the data directory or a secret file is open to others. */
   strictPermissions?: boolean;
   quiet?: boolean;
-  /** HTTPS for the HTTP API (`--http-tls-cert`, `--http-tls-key`); the key is checked as private. */
+  /** HTTPS for the HTTP API (--http-tls-cert, --http-tls-key); the key is checked as private. */
   httpTls?: HttpTlsFiles;
 }
 
