@@ -1,7 +1,7 @@
-// The web console's side of the HTTP server: the page and its bundled assets at the root (built by
-// `npm run build` into dist/web; nothing is built at run time), served without a token so the page
-// can load and ask for one, with headers that keep it to its own origin; /api/info for what the
-// console needs to know of this process; and the console URL printed at start.
+// The web console's side of the HTTP server: the page and its bundled assets at the root (built
+// by `npm run build` into dist/web; nothing is built at run time), served without a token
+// (access.ts) so the page can load and ask for one, with headers that keep it to its own origin;
+// /api/info for what the console needs to know of this process; and the console URL printed.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
@@ -25,13 +25,8 @@ export interface ConsoleInfo {
   role: 'up' | 'manager';
   /** Where the views' NBD exports are served (VOLUME@NAME), as clients should reach it. */
   nbd: { host: string; port: number } | null;
-}
-
-/** GET paths served without a token: the page and its assets (they hold no data). */
-export function isConsoleAsset(method: string, url: string): boolean {
-  if (method !== 'GET' && method !== 'HEAD') return false;
-  const pathname = url.split('?')[0] ?? '';
-  return pathname === '/' || pathname === '/index.html' || pathname.startsWith('/assets/');
+  /** The only directory image exports write to (filled in by the API). */
+  exportDir?: string;
 }
 
 export async function registerConsole(app: FastifyInstance, info: ConsoleInfo): Promise<void> {
@@ -59,8 +54,7 @@ export async function registerConsole(app: FastifyInstance, info: ConsoleInfo): 
   });
 }
 
-/** The console's URL for an API address, carrying the token in its fragment when there is one. */
-export function consoleUrl(address: string, token: string | undefined): string {
-  const base = `${address.replace(/\/$/, '')}/`;
-  return token === undefined ? base : `${base}#token=${encodeURIComponent(token)}`;
+/** The console's URL for an API address, carrying the token in its fragment. */
+export function consoleUrl(address: string, token: string): string {
+  return `${address.replace(/\/$/, '')}/#token=${encodeURIComponent(token)}`;
 }

@@ -3,6 +3,7 @@
 import type { FastifyInstance } from 'fastify';
 import { RewindError } from '../core/index.js';
 import type { Manager, PolicyText } from '../manager/index.js';
+import { PIN_SCHEMA, POLICY_SCHEMA } from './schemas.js';
 
 const POLICY_KEYS = ['journalMax', 'journalWarn', 'keepEveryWrite', 'keep', 'onFull'] as const;
 
@@ -31,15 +32,16 @@ export function policyTextFrom(body: unknown): PolicyText {
 
 export function registerRetentionRoutes(app: FastifyInstance, manager: Manager): void {
   app.get('/api/retention', async () => manager.retention.status());
-  app.put('/api/retention/policy', async (request) => {
+  app.put('/api/retention/policy', { schema: POLICY_SCHEMA }, async (request) => {
     manager.retention.setPolicy(policyTextFrom(request.body));
     return manager.retention.status();
   });
-  app.post('/api/retention/simulate', async (request) =>
+  app.post('/api/retention/simulate', { schema: POLICY_SCHEMA }, async (request) =>
     manager.retention.simulate(policyTextFrom(request.body ?? {})),
   );
   app.put<{ Params: { name: string }; Body: { until?: string } }>(
     '/api/bookmarks/:name/pin',
+    { schema: PIN_SCHEMA },
     async (request) => {
       const until = request.body?.until;
       if (until !== undefined && typeof until !== 'string') {

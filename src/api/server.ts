@@ -1,15 +1,27 @@
 // The manager's HTTP API (fastify): status, log, seal, snapshots and clones, recovery, the
 // console's timeline, events and page, and the Prometheus metrics. The CLI and the web console
 // are its clients. Errors are JSON {error: {code, message, hint}} with a fitting HTTP status.
-import { Readable } from 'node:stream';
-import Fastify, { type FastifyInstance } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import { Readable, type Duplex } from 'node:stream';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/index.js';
 import type { CommitEvent, Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
-import { tokensEqual } from '../ship/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
-import { isConsoleAsset, registerConsole, type ConsoleInfo } from './console.js';
+import { registerAudit } from './audit.js';
+import { registerAuth } from './auth.js';
+import {
+  BOOKMARK_SCHEMA,
+  EMPTY_SCHEMA,
+  EXPORT_SCHEMA,
+  RESTORE_SCHEMA,
+  SEAL_SCHEMA,
+  STEP_SCHEMA,
+  VIEW_SCHEMA,
+} from './schemas.js';
+import { registerConsole, type ConsoleInfo } from './console.js';
 import { EventStreams } from './events.js';
 import { Metrics } from './metrics.js';
 import { OverviewSource } from './overview.js';
@@ -21,10 +33,48 @@ const STATUS_BY_CODE: Record<string, number> = {
   REWIND_CONFLICT: 409,
   REWIND_BUSY: 503,
   REWIND_AUTH: 401,
+  REWIND_FORBIDDEN: 403,
 };
 
 /** What the API serves besides the manager's own state (the console's /api/info). */
-export type ApiOptions = ConsoleInfo;
+export type ApiOptions = ConsoleInfo & {
+  /** Serve HTTPS with this certificate chain and key (PEM), e.g. off loopback. */
+  tls?: { cert: Buffer; key: Buffer };
+};
+
+/** Largest request body (JSON): the biggest real one, a restore's range list, is far smaller. */
+const BODY_BYTES_MAX = 1024 * 1024;
+/** Longest URL, query string included, and longest path parameter (a name). */
+const URL_BYTES_MAX = 8 * 1024;
+const PARAM_BYTES_MAX = 512;
+
+/**
+ * A request Node's parser refuses (malformed, headers too large, or the rest of a body sent after
+ * an answer that closed the connection): a typed error on a connection that has had no answer
+ * yet, else the connection is only closed, so no second answer follows the first.
+ */
+function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable || (socket as Socket).bytesWritten > 0) {
+    socket.destroy();
+    return;
+  }
+  const status =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? 431
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? 408
+        : 400;
+  const body = JSON.stringify({
+    error: {
+      code: 'REWIND_BAD_ARGUMENT',
+      message: `malformed HTTP request (${error.code ?? 'parse error'})`,
+      hint: null,
+    },
+  });
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
 
 /** Timeline buckets when none are asked for. */
 const TIMELINE_BUCKETS_DEFAULT = 200;
@@ -37,32 +87,54 @@ export async function startApi(
   manager: Manager,
   host: string,
   port: number,
-  token: string | undefined,
+  token: string,
   options: ApiOptions = { role: 'up', nbd: null },
 ): Promise<{ app: FastifyInstance; address: string }> {
-  const app = Fastify({ logger: false });
-  let failures = 0;
+  // One instance type for both: the routes do not care whether the socket under them is TLS.
+  const app = Fastify({
+    ...(options.tls
+      ? { https: { cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' } }
+      : {}),
+    logger: false,
+    bodyLimit: BODY_BYTES_MAX,
+    routerOptions: { maxParamLength: PARAM_BYTES_MAX },
+    // Bodies are checked as sent: an unknown field is refused, not dropped, and nothing coerced.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false } },
+    clientErrorHandler: answerClientError,
+    // The router's own refusals (a parameter over the limit, a malformed URL) are typed too.
+    frameworkErrors: (error, _request, untyped) => {
+      const reply = untyped as unknown as FastifyReply;
+      void reply.code(error.statusCode ?? 400).send({
+        error: { code: 'REWIND_BAD_ARGUMENT', message: error.message.slice(0, 300), hint: null },
+      });
+    },
+  });
+  // Bounded before anything else: a long URL (the query string with it) is refused unread.
   app.addHook('onRequest', async (request, reply) => {
-    if (token === undefined) return;
-    // The console's page and assets load without a token; the page then asks for one.
-    if (isConsoleAsset(request.method, request.url)) return;
-    const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? '';
-    if (tokensEqual(given, token)) return;
-    // Guessing is slowed down (each failure delays the answer a little more, capped) and logged.
-    failures += 1;
-    manager.note(
-      'warn',
-      `HTTP API: ${given ? 'wrong' : 'missing'} token from ${request.ip} for ${request.method} ${request.url}`,
-    );
-    await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 50 * failures)));
-    await reply.code(401).send({
+    if (request.url.length <= URL_BYTES_MAX) return;
+    await reply.code(414).send({
       error: {
-        code: 'REWIND_AUTH',
-        message: `${given ? 'wrong' : 'missing'} API token`,
-        hint: 'send Authorization: Bearer TOKEN; the CLI reads REWIND_TOKEN or --api-token-file (the token is in DATA/api-token)',
+        code: 'REWIND_BAD_ARGUMENT',
+        message: `the URL is over ${URL_BYTES_MAX} bytes`,
+        hint: null,
       },
     });
   });
+  registerAudit(app, manager, registerAuth(app, manager, token));
+  // A POST or PUT without a body is an empty object, so its schema names what is missing.
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined && (request.method === 'POST' || request.method === 'PUT'))
+      request.body = {};
+  });
+  app.setNotFoundHandler(async (request, reply) =>
+    reply.code(404).send({
+      error: {
+        code: 'REWIND_NOT_FOUND',
+        message: `no route ${request.method} ${request.url.split('?')[0]?.slice(0, 200) ?? ''}`,
+        hint: 'see docs/CLI.md (HTTP API)',
+      },
+    }),
+  );
   app.setErrorHandler(async (error, _request, reply) => {
     if (error instanceof RewindError) {
       return reply
@@ -101,7 +173,11 @@ export async function startApi(
     return { seq, time: seq === 0 ? null : formatTimeNs(await manager.history.seqTimeNs(seq)) };
   });
   new EventStreams(manager, overview).register(app);
-  await registerConsole(app, options);
+  await registerConsole(app, {
+    role: options.role,
+    nbd: options.nbd,
+    exportDir: manager.exporter.exportDir,
+  });
   app.get<{ Querystring: { from?: string; to?: string; buckets?: string } }>(
     '/api/timeline',
     async (request) => {
@@ -121,8 +197,10 @@ export async function startApi(
       return timeline.buckets({ fromUs, toUs, buckets });
     },
   );
-  app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>('/api/seal', async (request) =>
-    manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
+  app.post<{ Body: { wait?: boolean; timeoutMs?: number } }>(
+    '/api/seal',
+    { schema: SEAL_SCHEMA },
+    async (request) => manager.seal(request.body?.wait === true, request.body?.timeoutMs ?? 60_000),
   );
   app.get('/api/views', async () =>
     [...manager.views.values()].map((v) => ({
@@ -134,6 +212,7 @@ export async function startApi(
   );
   app.post<{ Body: { name: string; kind: 'snapshot' | 'clone'; at: string } }>(
     '/api/views',
+    { schema: VIEW_SCHEMA },
     async (request, reply) => {
       const { name, kind, at } = request.body ?? ({} as never);
       if (
@@ -203,7 +282,7 @@ export async function startApi(
   app.post<{
     Params: { name: string };
     Body: { forward?: number; back?: number; to?: string; discardWrites?: boolean };
-  }>('/api/views/:name/step', async (request) => {
+  }>('/api/views/:name/step', { schema: STEP_SCHEMA }, async (request) => {
     const body = request.body ?? {};
     return manager.stepView(request.params.name, {
       ...(body.forward !== undefined ? { forward: body.forward } : {}),
@@ -213,14 +292,21 @@ export async function startApi(
     });
   });
   app.get('/api/bookmarks', async () => manager.bookmarks());
-  app.post<{ Body: { name?: string; at?: string } }>('/api/bookmarks', async (request, reply) => {
-    const { name, at } = request.body ?? {};
-    if (typeof name !== 'string')
-      throw new RewindError('REWIND_BAD_ARGUMENT', 'body needs name (and optionally at, a POINT)');
-    return reply
-      .code(201)
-      .send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
-  });
+  app.post<{ Body: { name?: string; at?: string } }>(
+    '/api/bookmarks',
+    { schema: BOOKMARK_SCHEMA },
+    async (request, reply) => {
+      const { name, at } = request.body ?? {};
+      if (typeof name !== 'string')
+        throw new RewindError(
+          'REWIND_BAD_ARGUMENT',
+          'body needs name (and optionally at, a POINT)',
+        );
+      return reply
+        .code(201)
+        .send(await manager.addBookmark(name, at === undefined ? undefined : String(at)));
+    },
+  );
   app.delete<{ Params: { name: string } }>('/api/bookmarks/:name', async (request) => {
     manager.removeBookmark(request.params.name);
     return { removed: request.params.name };
@@ -231,6 +317,7 @@ export async function startApi(
   );
   app.post<{ Body: RestoreSpec & { dryRun?: boolean; ranges?: (ByteRange | string)[] } }>(
     '/api/restores',
+    { schema: RESTORE_SCHEMA },
     async (request, reply) => {
       const body = request.body ?? ({} as never);
       const spec: RestoreSpec = {
@@ -244,17 +331,20 @@ export async function startApi(
       return reply.code(202).send(await manager.restorer.start(spec));
     },
   );
-  app.post<{ Params: { id: string } }>('/api/restores/:id/abandon', async (request) =>
-    manager.restorer.abandon(parseId(request.params.id)),
+  app.post<{ Params: { id: string } }>(
+    '/api/restores/:id/abandon',
+    { schema: EMPTY_SCHEMA },
+    async (request) => manager.restorer.abandon(parseId(request.params.id)),
   );
   app.post<{ Body: { volume?: string; at?: string; file?: string; force?: boolean } }>(
     '/api/exports',
+    { schema: EXPORT_SCHEMA },
     async (request, reply) => {
       const { volume, at, file, force } = request.body ?? {};
       if (typeof volume !== 'string' || typeof at !== 'string' || typeof file !== 'string')
         throw new RewindError(
           'REWIND_BAD_ARGUMENT',
-          'body needs volume, at (a POINT) and file (an absolute path on the manager host)',
+          'body needs volume, at (a POINT) and file (a name inside the export directory)',
         );
       return reply
         .code(202)

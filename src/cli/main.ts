@@ -16,6 +16,8 @@ import type {
 import { FROZEN_MS_DEFAULT, HOOK_MS_DEFAULT, takeConsistentBookmark } from './freeze.js';
 import { refuseIfMapped, stepMapped, type MapApi } from './map.js';
 import { addMapCommands } from './map-commands.js';
+import { forgetServer, knownToken, rememberServer } from './known-servers.js';
+import { registerAccessCommands } from './access.js';
 
 /**
  * The processes' code (agent, manager, HTTP server, SQLite) is loaded only by the commands that
@@ -159,14 +161,45 @@ function printServing(running: Running): void {
     );
 }
 
-let apiToken: string | undefined = process.env.REWIND_TOKEN;
+const EXPORT_DIR_HELP =
+  'the only directory rewind export writes to (default DATA/exports; relative names go inside it)';
 
+function exportDirOption(options: { exportDir?: string }): { exportDir?: string } {
+  return options.exportDir === undefined ? {} : { exportDir: path.resolve(options.exportDir) };
+}
+
+const HTTP_TLS_CERT_HELP = 'serve the HTTP API over HTTPS with this certificate chain (PEM)';
+const HTTP_TLS_KEY_HELP = 'the private key (PEM) of --http-tls-cert';
+
+function httpTlsOption(options: {
+  httpTlsCert?: string;
+  httpTlsKey?: string;
+}): Pick<ProcessOptions, 'httpTls'> {
+  if (options.httpTlsCert === undefined && options.httpTlsKey === undefined) return {};
+  if (options.httpTlsCert === undefined || options.httpTlsKey === undefined)
+    throw new RewindError('REWIND_BAD_ARGUMENT', '--http-tls-cert and --http-tls-key go together');
+  return {
+    httpTls: {
+      certFile: path.resolve(options.httpTlsCert),
+      keyFile: path.resolve(options.httpTlsKey),
+    },
+  };
+}
+
+let apiToken: string | undefined;
+
+/**
+ * The API address of a client command, and its token: --api-token-file, else REWIND_TOKEN, else
+ * the token file `rewind up`/`rewind manager` recorded for that address (known-servers.ts).
+ */
 function server(options: { server?: string; apiTokenFile?: string }): string {
-  if (options.apiTokenFile) apiToken = fs.readFileSync(options.apiTokenFile, 'utf8').trim();
-  return (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(
+  const base = (options.server ?? process.env.REWIND_SERVER ?? 'http://127.0.0.1:7420').replace(
     /\/$/,
     '',
   );
+  if (options.apiTokenFile) apiToken = fs.readFileSync(options.apiTokenFile, 'utf8').trim();
+  else apiToken = process.env.REWIND_TOKEN || knownToken(base);
+  return base;
 }
 
 async function call(
@@ -237,7 +270,7 @@ const withServer = (command: Command): Command =>
     .option('--server <url>', 'Rewind API (default $REWIND_SERVER or http://127.0.0.1:7420)')
     .option(
       '--api-token-file <file>',
-      'API token file (default $REWIND_TOKEN; needed off loopback and for rewind manager)',
+      'API token file (default $REWIND_TOKEN, else the token of a server this user started)',
     );
 
 withRetentionOptions(
@@ -250,6 +283,9 @@ withRetentionOptions(
     'for volumes, snapshots and clones',
   )
     .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
+    .option('--export-dir <dir>', EXPORT_DIR_HELP)
+    .option('--http-tls-cert <file>', HTTP_TLS_CERT_HELP)
+    .option('--http-tls-key <file>', HTTP_TLS_KEY_HELP)
     .option(
       '--volume <name:size|name:path>',
       'protect a volume (repeatable): NAME:SIZE creates a sparse image, NAME:PATH uses an existing file or device',
@@ -272,6 +308,9 @@ withRetentionOptions(
       sealBytes: string;
       sealMs: string;
       spoolBytes: string;
+      exportDir?: string;
+      httpTlsCert?: string;
+      httpTlsKey?: string;
     } & RetentionFlags,
   ) => {
     const retention = retentionFromOptions(options);
@@ -279,6 +318,8 @@ withRetentionOptions(
       await runtime()
     ).startUp({
       ...(retention ? { retention } : {}),
+      ...exportDirOption(options),
+      ...httpTlsOption(options),
       dataDir: options.data,
       ...servingOptions(options),
       http: endpoint(options.http, '--http'),
@@ -289,10 +330,7 @@ withRetentionOptions(
     });
     await printVolumes(running);
     printServing(running);
-    console.log(`API: ${running.httpAddress}`);
-    console.log(`console: ${running.consoleUrl}`);
-    if (running.apiTokenFile)
-      console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+    printApi(running);
     stopOnSignals(running);
   },
 );
@@ -329,6 +367,9 @@ withRetentionOptions(
   .option('--data <dir>', 'data directory', './rewind-manager')
   .option('--listen <host:port>', 'address agents connect to', '127.0.0.1:7421')
   .option('--http <host:port>', 'HTTP API listen address', '127.0.0.1:7420')
+  .option('--export-dir <dir>', EXPORT_DIR_HELP)
+  .option('--http-tls-cert <file>', HTTP_TLS_CERT_HELP)
+  .option('--http-tls-key <file>', HTTP_TLS_KEY_HELP)
   .option('--token <token>', 'shared secret agents must present')
   .option('--token-file <file>', 'read the shared secret from a file')
   .option('--tls-cert <file>', 'TLS certificate (PEM) for the agent link')
@@ -343,6 +384,9 @@ withRetentionOptions(
         tokenFile?: string;
         tlsCert?: string;
         tlsKey?: string;
+        exportDir?: string;
+        httpTlsCert?: string;
+        httpTlsKey?: string;
       } & RetentionFlags,
     ) => {
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
@@ -352,6 +396,8 @@ withRetentionOptions(
         await runtime()
       ).startManager({
         ...(retention ? { retention } : {}),
+        ...exportDirOption(options),
+        ...httpTlsOption(options),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
         ...servingOptions(options),
@@ -369,10 +415,7 @@ withRetentionOptions(
       for (const uri of (await runtime()).nbdUris(running.nbdServing, 'VOLUME@NAME'))
         console.log(`views: ${uri}`);
       printServing(running);
-      console.log(`API: ${running.httpAddress}`);
-      console.log(`console: ${running.consoleUrl}`);
-      if (running.apiTokenFile)
-        console.log(`API token: ${running.apiTokenFile} (CLI: --api-token-file or REWIND_TOKEN)`);
+      printApi(running);
       stopOnSignals(running);
     },
   );
@@ -432,11 +475,54 @@ withServing(
     },
   );
 
+/** API addresses a client on this machine may use for `running` (a wildcard as loopback too). */
+function apiAddresses(running: Running): string[] {
+  const address = running.httpAddress;
+  const loopback = address.replace(/^(https?:\/\/)(0\.0\.0\.0|\[::\])(:\d+)$/, '$1127.0.0.1$3');
+  return loopback === address ? [address] : [address, loopback];
+}
+
+/**
+ * Prints the API address, the console URL (the token in its fragment) and the token file, and
+ * records the token file for this user's CLI under the API address (known-servers.ts).
+ */
+function printApi(running: Running): void {
+  // Recorded before anything is printed: a script that waits for "API:" finds the token. A
+  // home directory that cannot take it costs only the convenience: say so and go on.
+  if (running.apiTokenFile) {
+    try {
+      rememberServer(apiAddresses(running), running.apiTokenFile);
+    } catch (error) {
+      rethrowIfBug(error);
+      console.error(
+        `rewind: the CLI will not find the API token by itself (${errorMessage(error)}); use --api-token-file or REWIND_TOKEN`,
+      );
+    }
+  }
+  console.log(`API: ${running.httpAddress}`);
+  console.log(`console: ${running.consoleUrl}`);
+  if (!running.apiTokenFile) return;
+  console.log(
+    `API token: ${running.apiTokenFile} (found by this user's CLI; others: --api-token-file or REWIND_TOKEN)`,
+  );
+}
+
+/** Removes this process's token records on stop; one that cannot be removed is only stale. */
+function forgetRecord(running: Running): void {
+  try {
+    forgetServer(apiAddresses(running));
+  } catch (error) {
+    rethrowIfBug(error);
+    console.error(`rewind: the CLI's token record stays behind: ${errorMessage(error)}`);
+  }
+}
+
 function stopOnSignals(running: Running): void {
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
     stopping = true;
+    if (running.apiTokenFile) forgetRecord(running);
     running.close().then(
       () => process.exit(0),
       (error: unknown) => {
@@ -1167,7 +1253,10 @@ withServer(
       "write a full raw image of a volume at a point to a file on the manager's host (sparse, SHA-256 printed)",
     )
     .requiredOption('--at <point>', 'the point (seq, time, relative time or @bookmark)')
-    .requiredOption('--to <file>', 'the image file to create')
+    .requiredOption(
+      '--to <file>',
+      "the image file to create, a name inside the manager's export directory",
+    )
     .option('--force', 'replace the file if it exists')
     .option('--json', 'print JSON'),
 ).action(
@@ -1179,7 +1268,8 @@ withServer(
     const started = await json<{ id: number }>(base, 'POST', '/api/exports', {
       volume,
       at: options.at,
-      file: path.resolve(options.to),
+      // As given: the manager resolves it inside its export directory, and refuses a path out.
+      file: options.to,
       force: options.force === true,
     });
     const job = await follow(
@@ -1315,6 +1405,9 @@ addMapCommands(program, { withServer, api: mapApi });
 program.addOption(new Option('--debug', 'print stack traces').hideHelp());
 
 registerRetentionCommand(program, withServer, (options, method, route, body) =>
+  json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+);
+registerAccessCommands(program, withServer, (options, method, route, body) =>
   json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
 );
 

@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'REWIND_SEQ_GAP'
   | 'REWIND_POINT_INVALID'
   | 'REWIND_AUTH'
+  | 'REWIND_FORBIDDEN'
   | 'REWIND_PROTOCOL'
   | 'REWIND_IO'
   | 'REWIND_CONFIG'
@@ -185,6 +186,7 @@ const REWIND_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   'REWIND_SEQ_GAP',
   'REWIND_POINT_INVALID',
   'REWIND_AUTH',
+  'REWIND_FORBIDDEN',
   'REWIND_PROTOCOL',
   'REWIND_IO',
   'REWIND_CONFIG',

@@ -93,7 +93,33 @@ CREATE TABLE IF NOT EXISTS restores (
   id INTEGER PRIMARY KEY, spec TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
   bytes_total INTEGER NOT NULL DEFAULT 0, bytes_done INTEGER NOT NULL DEFAULT 0,
   seq_first INTEGER, seq_last INTEGER, message TEXT, started_at TEXT NOT NULL, finished_at TEXT);
+CREATE TABLE IF NOT EXISTS api_tokens (
+  name TEXT PRIMARY KEY, role TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY, at TEXT NOT NULL, token TEXT, method TEXT NOT NULL, route TEXT NOT NULL,
+  summary TEXT NOT NULL, status INTEGER NOT NULL);
 `;
+
+/** An HTTP API token made with `rewind token create`: only the SHA-256 of its secret is kept. */
+export interface ApiTokenRow {
+  name: string;
+  role: string;
+  /** Hex SHA-256 of the secret. */
+  sha256: string;
+  createdAt: string;
+}
+
+/** One state-changing HTTP API call: who (a token's name, never its secret), what, the outcome. */
+export interface AuditRow {
+  id: number;
+  at: string;
+  /** The token's name; null when the call had no valid token. */
+  token: string | null;
+  method: string;
+  route: string;
+  summary: string;
+  status: number;
+}
 
 export interface BookmarkRow {
   name: string;
@@ -788,6 +814,46 @@ export class Catalog {
         finishedAt,
         id,
       );
+  }
+
+  apiTokens(): ApiTokenRow[] {
+    return this.db
+      .prepare('SELECT name, role, sha256, created_at AS createdAt FROM api_tokens ORDER BY name')
+      .all() as ApiTokenRow[];
+  }
+
+  /** Adds a token; a name or hash already there is refused (REWIND_CONFLICT). */
+  addApiToken(row: ApiTokenRow): void {
+    const taken = this.db.prepare('SELECT 1 FROM api_tokens WHERE name = ?').get(row.name);
+    if (taken) throw new RewindError('REWIND_CONFLICT', `a token named "${row.name}" exists`);
+    this.db
+      .prepare('INSERT INTO api_tokens (name, role, sha256, created_at) VALUES (?, ?, ?, ?)')
+      .run(row.name, row.role, row.sha256, row.createdAt);
+  }
+
+  /** Removes a token; false when there was none of that name. */
+  removeApiToken(name: string): boolean {
+    return this.db.prepare('DELETE FROM api_tokens WHERE name = ?').run(name).changes > 0;
+  }
+
+  /** Appends to the audit log, keeping at most `rowsMax` rows (the oldest go first). */
+  appendAudit(row: Omit<AuditRow, 'id'>, rowsMax: number): void {
+    const inserted = this.db
+      .prepare(
+        'INSERT INTO audit (at, token, method, route, summary, status) VALUES (?, ?, ?, ?, ?, ?)',
+      )
+      .run(row.at, row.token, row.method, row.route, row.summary, row.status);
+    const id = Number(inserted.lastInsertRowid);
+    if (id > rowsMax) this.db.prepare('DELETE FROM audit WHERE id <= ?').run(id - rowsMax);
+  }
+
+  /** The newest `limit` audit rows, newest first. */
+  audit(limit: number): AuditRow[] {
+    return this.db
+      .prepare(
+        'SELECT id, at, token, method, route, summary, status FROM audit ORDER BY id DESC LIMIT ?',
+      )
+      .all(limit) as AuditRow[];
   }
 
   close(): void {

@@ -1,21 +1,16 @@
 // `rewind export`: writes a full raw image of one volume at a point to a file on the manager's
 // host, sparse where the view holds zeroes (never-written, zeroed or trimmed ranges), with a
 // SHA-256 of the whole logical image so it can be checked with sha256sum. The file is written as
-// FILE.partial and renamed when complete and durable, so a FILE never holds half an image.
+// FILE.partial and renamed when complete and durable, so a FILE never holds half an image. FILE
+// is always inside the export directory (export-path.ts).
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { errorMessage, RewindError, type LogFunction } from '../core/index.js';
-import {
-  FILE_MODE_PRIVATE,
-  fdatasyncAsync,
-  fsyncDir,
-  isZero,
-  writeAsync,
-  ZERO_CHUNK,
-} from '../platform/index.js';
+import { fdatasyncAsync, fsyncDir, isZero, writeAsync, ZERO_CHUNK } from '../platform/index.js';
 import type { View } from '../views/index.js';
+import { checkExportParent, openExportPartial, resolveExportFile } from './export-path.js';
 
 /** What an image export needs from the manager. */
 export interface ExportHost {
@@ -26,6 +21,8 @@ export interface ExportHost {
   withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T>;
   /** The manager's logging. */
   note: LogFunction;
+  /** The only directory exports write to (created at start). */
+  exportDir: string;
 }
 
 export interface ExportJob {
@@ -54,6 +51,11 @@ export class ImageExporter {
     this.host = host;
   }
 
+  /** The only directory exports write to. */
+  get exportDir(): string {
+    return this.host.exportDir;
+  }
+
   /** Checks the request, then starts the export; progress via `status`. */
   async start(request: {
     volume: string;
@@ -61,21 +63,14 @@ export class ImageExporter {
     file: string;
     overwrite: boolean;
   }): Promise<ExportJob> {
-    const { volume, file } = request;
+    const { volume } = request;
     const index = this.host.volumeIndex(volume);
-    if (!path.isAbsolute(file))
-      throw new RewindError(
-        'REWIND_BAD_ARGUMENT',
-        `export file "${file}" must be an absolute path on the manager's host`,
-      );
-    if (!fs.existsSync(path.dirname(file)))
-      throw new RewindError(
-        'REWIND_BAD_ARGUMENT',
-        `directory ${path.dirname(file)} does not exist`,
-      );
-    if (fs.existsSync(file) && !request.overwrite)
-      throw new RewindError('REWIND_CONFLICT', `${file} exists`, {
-        hint: 'give another file, or --force to replace it',
+    const file = resolveExportFile(this.host.exportDir, request.file, request.overwrite);
+    // Two exports to one file would share (and remove) each other's FILE.partial.
+    const busy = [...this.jobs.values()].find((j) => j.state === 'running' && j.file === file);
+    if (busy)
+      throw new RewindError('REWIND_CONFLICT', `export #${busy.id} is writing ${file}`, {
+        hint: 'wait for it (rewind export shows its progress), or give another file',
       });
     const seq = this.host.resolvePoint(request.at);
     const job: ExportJob = {
@@ -120,7 +115,7 @@ export class ImageExporter {
     zeroPieces: (offset: number, length: number) => { lengthBytes: number; zero: boolean }[],
   ): Promise<void> {
     const partial = `${job.file}.partial`;
-    const fd = fs.openSync(partial, 'w', FILE_MODE_PRIVATE);
+    const fd = openExportPartial(job.file);
     try {
       fs.ftruncateSync(fd, job.bytesTotal); // all holes; data is written where the view has any
       const hash = createHash('sha256');
@@ -147,6 +142,7 @@ export class ImageExporter {
     } finally {
       fs.closeSync(fd);
     }
+    checkExportParent(job.file);
     await fsp.rename(partial, job.file);
     await fsyncDir(path.dirname(job.file));
   }

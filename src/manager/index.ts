@@ -34,5 +34,5 @@ export {
   type RangeHistoryPage,
   type BlockMap,
 } from './timeline.js';
-export type { TxRow, TxKind } from './catalog.js';
+export type { TxRow, TxKind, ApiTokenRow, AuditRow } from './catalog.js';
 export { parsePoint, type Point } from './points.js';

@@ -60,6 +60,8 @@ export interface ManagerOptions {
    * from there and linked into the redo directory rather than sent over the link and copied.
    */
   localSpoolDir?: string;
+  /** The only directory image exports write to; default DATA/exports (created at open). */
+  exportDir?: string;
 }
 
 export interface ManagerStatus {
@@ -166,6 +168,7 @@ export class Manager {
       resolvePoint: (text) => this.points.resolve(text),
       withView: (seq, work) => this.registry.withView(seq, work),
       note: this.options.log,
+      exportDir: exportDirOf(this.options),
     });
   }
 
@@ -176,6 +179,7 @@ export class Manager {
   static async open(options: ManagerOptions): Promise<Manager> {
     const root = path.join(options.dataDir, 'manager');
     await ensureDir(root);
+    await ensureDir(exportDirOf(options));
     const catalogFile = path.join(root, 'catalog.sqlite');
     const catalog = options.openCatalog
       ? options.openCatalog(catalogFile)
@@ -609,4 +613,9 @@ function adoptVolumeSet(
     replicas[idx] ??= ReplicaVolume.open(replicaDir, idx, given.name, given.sizeBytes);
     if (idx >= existing.length) catalog.addVolume(idx, given.name, given.sizeBytes);
   }
+}
+
+/** Where image exports go: the directory given at start, else DATA/exports. */
+export function exportDirOf(options: Pick<ManagerOptions, 'dataDir' | 'exportDir'>): string {
+  return path.resolve(options.exportDir ?? path.join(options.dataDir, 'exports'));
 }

@@ -3,7 +3,9 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createSecureContext } from 'node:tls';
 import pino from 'pino';
+import { errorMessage, RewindError, rethrowIfBug } from '../core/index.js';
 import {
   Agent,
   agentSpoolDir,
@@ -39,6 +41,13 @@ export interface ProcessOptions {
   /** Refuse to start when the data directory or a secret file is open to others. */
   strictPermissions?: boolean;
   quiet?: boolean;
+  /** HTTPS for the HTTP API (--http-tls-cert, --http-tls-key); the key is checked as private. */
+  httpTls?: HttpTlsFiles;
+}
+
+export interface HttpTlsFiles {
+  certFile: string;
+  keyFile: string;
 }
 
 export interface UpOptions extends ProcessOptions {
@@ -49,6 +58,8 @@ export interface UpOptions extends ProcessOptions {
   spoolBytes?: number;
   /** Retention settings given at start (the rest as stored, or the defaults). */
   retention?: PolicyText;
+  /** The only directory image exports write to (default DATA/exports). */
+  exportDir?: string;
 }
 
 export interface Running {
@@ -57,9 +68,9 @@ export interface Running {
   /** How NBD is served (TCP, Unix socket, TLS mode), to print the URIs clients use. */
   nbdServing: Pick<NbdServing, 'tcp' | 'unixPath' | 'tlsMode'>;
   httpAddress: string;
-  /** The console's URL (with #token= when the API needs one); '' for an agent. */
+  /** The console's URL (with #token=); '' for an agent. */
   consoleUrl: string;
-  /** Where the HTTP API token is, when the API requires one. */
+  /** Where the HTTP API's admin token is (absent for an agent, or a token given in-process). */
   apiTokenFile?: string;
   agent: Agent | undefined;
   manager: Manager | undefined;
@@ -87,7 +98,10 @@ async function prepareStart(
   makeProcessPrivate();
   await checkPrivate({
     dataDir: options.dataDir,
-    secretFiles: nbdSecretFiles(options.nbdSecurity),
+    secretFiles: [
+      ...nbdSecretFiles(options.nbdSecurity),
+      ...(options.httpTls ? [options.httpTls.keyFile] : []),
+    ],
     strict: options.strictPermissions ?? false,
     log,
   });
@@ -123,6 +137,7 @@ async function openUp(
     nbdRef,
     localSpoolDir: agentSpoolDir(options.dataDir),
     ...(options.retention ? { retention: options.retention } : {}),
+    ...(options.exportDir !== undefined ? { exportDir: options.exportDir } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const link = await manager.listen('127.0.0.1', 0);
@@ -135,14 +150,13 @@ async function openUp(
     scope,
   );
   nbdRef.server = nbd;
-  // On loopback the API is as open as the machine; anywhere else it needs the token.
-  const apiToken = isLoopback(options.http.host)
-    ? undefined
-    : await loadOrCreateSecret(apiTokenFile(options.dataDir));
+  // Every call needs a token, loopback included: any local user can reach 127.0.0.1.
+  const apiToken = await loadOrCreateSecret(apiTokenFile(options.dataDir));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
     startApi(manager, options.http.host, options.http.port, apiToken, {
       role: 'up',
       nbd: serving.tcp ?? null,
+      ...httpTls(options, log),
     }),
   );
   return {
@@ -150,7 +164,7 @@ async function openUp(
     nbdServing: serving,
     httpAddress: api.address,
     consoleUrl: consoleUrl(api.address, apiToken),
-    ...(apiToken ? { apiTokenFile: apiTokenFile(options.dataDir) } : {}),
+    apiTokenFile: apiTokenFile(options.dataDir),
     agent,
     manager,
     async close() {
@@ -209,6 +223,7 @@ async function openManager(options: {
   nbdRef: { server?: NbdServer };
   localSpoolDir?: string;
   retention?: PolicyText;
+  exportDir?: string;
 }): Promise<Manager> {
   const { nbdRef, ...rest } = options;
   return Manager.open({
@@ -233,11 +248,54 @@ function localToken(dataDir: string): Promise<string> {
   return loadOrCreateSecret(path.join(dataDir, 'link-token'));
 }
 
+/**
+ * The API's TLS credentials, read at start; off loopback without them, a warning (the token
+ * would cross the network in clear text).
+ */
+function httpTls(
+  options: Pick<UpOptions, 'http' | 'httpTls'>,
+  log: ReturnType<typeof makeLog>,
+): { tls?: { cert: Buffer; key: Buffer } } {
+  if (!options.httpTls) {
+    if (!isLoopback(options.http.host))
+      log(
+        'warn',
+        `the HTTP API listens on ${options.http.host} without TLS: API tokens cross the network in clear text; give --http-tls-cert and --http-tls-key`,
+      );
+    return {};
+  }
+  const read = (file: string, what: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (error) {
+      rethrowIfBug(error);
+      throw new RewindError('REWIND_CONFIG', `cannot read ${what} ${file}: ${errorMessage(error)}`);
+    }
+  };
+  const tls = {
+    cert: read(options.httpTls.certFile, '--http-tls-cert'),
+    key: read(options.httpTls.keyFile, '--http-tls-key'),
+  };
+  try {
+    createSecureContext(tls); // a malformed file, or a key that is not the certificate's
+  } catch (error) {
+    rethrowIfBug(error);
+    throw new RewindError(
+      'REWIND_CONFIG',
+      `--http-tls-cert/--http-tls-key: ${errorMessage(error)}`,
+      {
+        hint: 'give the PEM certificate chain and the private key that belongs to it',
+      },
+    );
+  }
+  return { tls };
+}
+
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-/** The HTTP API token file of a data directory (created when the API needs a token). */
+/** The HTTP API's admin token file of a data directory (created at the first start). */
 export function apiTokenFile(dataDir: string): string {
   return path.join(dataDir, 'api-token');
 }
@@ -250,6 +308,8 @@ export interface ManagerRunOptions extends ProcessOptions {
   apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
   retention?: PolicyText;
+  /** The only directory image exports write to (default DATA/exports). */
+  exportDir?: string;
 }
 
 /** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
@@ -275,6 +335,7 @@ async function openManagerRun(
     nbdRef,
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.retention ? { retention: options.retention } : {}),
+    ...(options.exportDir !== undefined ? { exportDir: options.exportDir } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const linkAddress = await listenOn('agent link', '--listen', options.listen, () =>
@@ -284,12 +345,12 @@ async function openManagerRun(
   const nbd = serving.server;
   nbdRef.server = nbd;
   scope.onFailure('NBD server', () => nbd.close());
-  // The manager's API always needs a token (it is the backup host's control plane).
   const apiToken = options.apiToken ?? (await loadOrCreateSecret(apiTokenFile(options.dataDir)));
   const api = await listenOn('HTTP API', '--http', options.http, () =>
     startApi(manager, options.http.host, options.http.port, apiToken, {
       role: 'manager',
       nbd: serving.tcp ?? null,
+      ...httpTls(options, log),
     }),
   );
   return {

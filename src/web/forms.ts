@@ -61,7 +61,7 @@ export function exportForm(app: App, at: () => string): HTMLElement {
     type: 'text',
     name: 'file',
     required: true,
-    placeholder: '/backup/db.img (on the manager host)',
+    placeholder: 'db.img (in the export directory)',
   });
   const result = h('div', { 'aria-live': 'polite' });
   return h(
@@ -101,7 +101,11 @@ export function exportForm(app: App, at: () => string): HTMLElement {
         },
       },
       field('Volume', volume),
-      field('File', file, 'absolute path on the manager host; sparse; SHA-256 printed'),
+      field(
+        'File',
+        file,
+        `a name inside the export directory${app.info?.exportDir ? ` ${app.info.exportDir}` : ''} on the manager host; sparse; SHA-256 printed`,
+      ),
       h('button', { type: 'submit' }, 'Export'),
     ),
     result,

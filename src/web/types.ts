@@ -184,4 +184,6 @@ export interface StepResult {
 export interface Info {
   role: 'up' | 'manager';
   nbd: { host: string; port: number } | null;
+  /** The only directory image exports write to; a relative file name goes inside it. */
+  exportDir?: string;
 }

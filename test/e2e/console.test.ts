@@ -15,6 +15,8 @@ import { after, before, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { replay, type ModelWrite } from '../support/model.js';
 import {
+  apiToken,
+  bearer,
   BIN,
   exited,
   freePort,
@@ -134,8 +136,9 @@ describe('the web console in chromium', { skip }, () => {
   };
   const text = async (selector: string): Promise<string> =>
     (await page.locator(selector).first().textContent({ timeout: WAIT_MS })) ?? '';
+  let token = '';
   const api = async <T>(route: string): Promise<T> =>
-    (await (await fetch(`${base}${route}`)).json()) as T;
+    (await (await fetch(`${base}${route}`, { headers: bearer(token) })).json()) as T;
   const copy = (name: string): Buffer => {
     const file = path.join(dir, `${name.replace('@', '-')}.img`);
     execFileSync('nbdcopy', [`nbd://127.0.0.1:${nbdPort}/${name}`, file], { timeout: 60_000 });
@@ -209,6 +212,7 @@ describe('the web console in chromium', { skip }, () => {
       '100',
     ]);
     base = `http://127.0.0.1:${httpPort}`;
+    token = apiToken(path.join(dir, 'data'));
     context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(dir, 'profile-')), {
       executablePath: CHROMIUM,
       headless: true,
@@ -228,6 +232,9 @@ describe('the web console in chromium', { skip }, () => {
     page = context.pages()[0] ?? (await context.newPage());
     page.setDefaultTimeout(WAIT_MS);
     page.on('pageerror', (error) => pageErrors.push(error.message));
+    // The console URL `rewind up` prints: the page keeps the token for this tab.
+    await page.goto(`${base}/#token=${encodeURIComponent(token)}`);
+    await page.waitForSelector('.screen', { timeout: WAIT_MS });
   });
 
   after(async () => {
@@ -295,7 +302,7 @@ describe('the web console in chromium', { skip }, () => {
     await shot('overview');
     const bookmark = await fetch(`${base}/api/bookmarks`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...bearer(token) },
       body: JSON.stringify({ name: 'before-burst', at: String(SLOW_WRITES) }),
     });
     assert.equal(bookmark.status, 201);
@@ -316,7 +323,9 @@ describe('the web console in chromium', { skip }, () => {
       (seq) => document.querySelector('[data-testid=seq-committed]')?.textContent === seq,
       writes.length.toLocaleString('en-US'),
     );
-    const log = await fetch(`${base}/api/log?from=1&limit=${writes.length}`).then((r) => r.text());
+    const log = await fetch(`${base}/api/log?from=1&limit=${writes.length}`, {
+      headers: bearer(token),
+    }).then((r) => r.text());
     const entries = log
       .split('\n')
       .filter((line) => line)

@@ -9,7 +9,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { BIN, exited, freePort, startRewind, startUpProcess } from '../support/process.js';
+import {
+  apiToken,
+  bearer,
+  BIN,
+  exited,
+  freePort,
+  startRewind,
+  startUpProcess,
+} from '../support/process.js';
 
 const NBDSH_PATH = `/usr/bin:${process.env['PATH'] ?? ''}`;
 const missing = ['qemu-io', 'nbdsh'].filter(
@@ -62,7 +70,9 @@ test(
       samples: Sample[];
       types: Map<string, string>;
     }> => {
-      const response = await fetch(`http://127.0.0.1:${http}/metrics`);
+      const response = await fetch(`http://127.0.0.1:${http}/metrics`, {
+        headers: bearer(apiToken(path.join(dir, 'data'))),
+      });
       assert.equal(response.status, 200);
       assert.match(response.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
       const text = await response.text();

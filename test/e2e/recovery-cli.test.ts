@@ -87,6 +87,8 @@ test(
         `v:${SIZE}`,
         '--seal-ms',
         '100',
+        '--export-dir',
+        path.join(dir, 'exports'),
       ]);
       qemuWrite(nbd, 0xa1, 0, MiB); // seq 1
       qemuWrite(nbd, 0xb2, MiB, MiB); // seq 2
@@ -143,8 +145,16 @@ test(
       );
 
       // A full image at the bookmark: equal to the model, sparse, with the SHA-256 printed.
-      const file = path.join(dir, 'good.img');
-      const exported = cli(http, 'export', 'v', '--at', '@good', '--to', file);
+      // A name inside --export-dir; a path out of it is refused and nothing is written there.
+      const file = path.join(dir, 'exports', 'good.img');
+      const exported = cli(http, 'export', 'v', '--at', '@good', '--to', 'good.img');
+      assert.match(exported, new RegExp(`^${file}: v at seq 2`));
+      const outside = path.join(dir, 'outside.img');
+      assert.match(
+        cliResult(http, 'export', 'v', '--at', '@good', '--to', outside).stderr,
+        /is outside the export directory/,
+      );
+      assert.equal(fs.existsSync(outside), false);
       assert.ok(fs.readFileSync(file).equals(model(2)));
       assert.match(
         exported,

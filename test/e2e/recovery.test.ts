@@ -17,6 +17,7 @@ import type { ExportBackend } from '../../src/nbd/backend.js';
 import { blockHistory, diff } from '../../src/manager/queries.js';
 import { startUp, type Running } from '../../src/runtime/up.js';
 import { randomHistory, replay, rng, type ModelWrite, type Rng } from '../support/model.js';
+import { apiEnv } from '../support/process.js';
 
 const SIZES = [1024 * 1024, 512 * 1024];
 const NAMES = ['a', 'b'];
@@ -224,7 +225,7 @@ test('restore to a random point equals the model; restoring to the seq before it
     const cloneDiff = await promisify(execFile)(
       process.execPath,
       ['bin/rewind.js', 'diff', 'a', '--clone', 'fix', '--json'],
-      { env: { ...process.env, REWIND_SERVER: running.httpAddress }, timeout: 20_000 },
+      { env: apiEnv(running), timeout: 20_000 },
     );
     assert.deepEqual(JSON.parse(cloneDiff.stdout), {
       clone: 'fix',
@@ -343,7 +344,8 @@ test('diff, history, bookmarks and image export agree with the model', async () 
     assert.equal(view.seq, 20);
 
     // Export at the bookmark: equal to the model, sparse, with the right checksum.
-    const file = path.join(dir, 'a-at-20.img');
+    // A name inside the export directory (DATA/exports by default).
+    const file = 'a-at-20.img';
     const job = await running.manager!.exporter.settled(
       (
         await running.manager!.exporter.start({
@@ -355,7 +357,8 @@ test('diff, history, bookmarks and image export agree with the model', async () 
       ).id,
     );
     assert.equal(job.state, 'done', job.message ?? '');
-    const image = fs.readFileSync(file);
+    assert.equal(job.file, path.join(fs.realpathSync(dir), 'exports', file));
+    const image = fs.readFileSync(job.file);
     const model = replay(SIZES, history, 20)[0] as Buffer;
     assert.ok(image.equals(model), 'the exported image equals the model');
     assert.equal(job.sha256, createHash('sha256').update(model).digest('hex'));
@@ -363,7 +366,7 @@ test('diff, history, bookmarks and image export agree with the model', async () 
       running.manager!.exporter.start({ volume: 'a', at: '20', file, overwrite: false }),
       /exists/,
     );
-    assert.equal(fs.existsSync(`${file}.partial`), false);
+    assert.equal(fs.existsSync(`${job.file}.partial`), false);
   } finally {
     await running?.close();
     fs.rmSync(dir, { recursive: true, force: true });

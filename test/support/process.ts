@@ -1,6 +1,7 @@
 // Helpers for tests that run `rewind up` as a real child process.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -70,4 +71,24 @@ export function exited(p: RewindProcess): Promise<unknown> {
 export function nbdPort(running: { nbdAddress: { port: number } | undefined }): number {
   assert.ok(running.nbdAddress, 'NBD listens on TCP');
   return running.nbdAddress.port;
+}
+
+/** The admin API token of a data directory (DATA/api-token, made at the first start). */
+export function apiToken(dataDir: string): string {
+  return fs.readFileSync(path.join(dataDir, 'api-token'), 'utf8').trim();
+}
+
+/** Headers that authenticate an API call with `token`. */
+export function bearer(token: string): { authorization: string } {
+  return { authorization: `Bearer ${token}` };
+}
+
+/** The environment a `rewind` client child needs for an in-process server (no recorded token). */
+export function apiEnv(running: { httpAddress: string; apiTokenFile?: string }): NodeJS.ProcessEnv {
+  assert.ok(running.apiTokenFile, 'the API has a token file');
+  return {
+    ...process.env,
+    REWIND_SERVER: running.httpAddress,
+    REWIND_TOKEN: fs.readFileSync(running.apiTokenFile, 'utf8').trim(),
+  };
 }
