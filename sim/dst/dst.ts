@@ -351,10 +351,12 @@ class Simulation {
     const crashAt = this.options.crashAt;
     if (crashAt?.who !== who || crashAt.step !== step) return;
     this.report.crashedAtStep = true;
-    const retention = who === 'manager' ? this.manager?.retention.working : undefined;
-    this.report.crashedInRetention = retention !== undefined;
+    const retention = who === 'manager' ? this.manager?.retention : undefined;
+    const inStep =
+      retention?.working ?? (retention && retention.removalsPending > 0 ? 'drop' : undefined);
+    this.report.crashedInRetention = inStep !== undefined;
     this.event(
-      `${proc.name}: crash right after its disk call ${step}${retention ? ` (in a retention ${retention})` : ''}`,
+      `${proc.name}: crash right after its disk call ${step}${inStep ? ` (in a retention ${inStep})` : ''}`,
     );
     if (who === 'agent') this.crashAgent(crashAt.powerLoss);
     else this.crashManager(crashAt.powerLoss);

@@ -7,6 +7,7 @@ import { assert, bitGet, RewindError } from '../core/index.js';
 import { mapFile } from '../platform/index.js';
 import { saveUndo, syncReplicas, writeRedo, type ReplicaTarget } from './apply.js';
 import { mergeUndos } from './retention-merge.js';
+import { writeIndexFile } from './txfiles.js';
 import type { ApplyRequest, ApplyResponse, ReplicaRef } from './apply-messages.js';
 
 export class ApplyHandler {
@@ -68,7 +69,13 @@ export class ApplyHandler {
       case 'merge': {
         const header = { ...request.header, volumeSetId: Buffer.from(request.header.volumeSetId) };
         const merged = await mergeUndos(request.inputs, request.file, header, request.volumeCount);
-        return { id: request.id, undo: merged };
+        // The index is a cache (verified against the files when loaded): a failure to write it
+        // only means the first view over this transaction parses the undo in full.
+        writeIndexFile(request.indexFile, header.segmentIndex, undefined, request.file, {
+          records: [],
+          undo: merged.extents,
+        });
+        return { id: request.id, undo: { ...merged, extents: [] } };
       }
       case 'sync':
         // Runs beside the next transaction's undo (the fdatasync waits in the threadpool).

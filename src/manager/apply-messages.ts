@@ -35,6 +35,7 @@ export type ApplyRequest =
       type: 'merge';
       inputs: readonly string[];
       file: string;
+      indexFile: string;
       header: UndoHeader;
       volumeCount: number;
     }

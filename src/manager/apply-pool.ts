@@ -33,10 +33,15 @@ export interface Applier {
   ): Promise<void>;
   /** Makes the replicas durable (fdatasync); another request may run meanwhile. */
   syncReplicas(replicas: readonly ReplicaVolume[]): Promise<void>;
-  /** Merges undo files (oldest first) into `file`, earliest before-image first (retention). */
+  /**
+   * Merges undo files (oldest first) into `file`, earliest before-image first (retention), and
+   * writes its view index to `indexFile`, so the main thread never handles the merged extents.
+   * The result's `extents` is empty.
+   */
   mergeUndo(
     inputs: readonly string[],
     file: string,
+    indexFile: string,
     header: UndoHeader,
     volumeCount: number,
   ): Promise<UndoResult>;
@@ -93,6 +98,7 @@ export class InThreadApply implements Applier {
   async mergeUndo(
     inputs: readonly string[],
     file: string,
+    indexFile: string,
     header: UndoHeader,
     volumeCount: number,
   ): Promise<UndoResult> {
@@ -101,6 +107,7 @@ export class InThreadApply implements Applier {
       type: 'merge',
       inputs,
       file,
+      indexFile,
       header,
       volumeCount,
     });
@@ -163,10 +170,18 @@ export class ApplyWorker implements Applier {
   async mergeUndo(
     inputs: readonly string[],
     file: string,
+    indexFile: string,
     header: UndoHeader,
     volumeCount: number,
   ): Promise<UndoResult> {
-    const response = await this.request({ type: 'merge', inputs, file, header, volumeCount });
+    const response = await this.request({
+      type: 'merge',
+      inputs,
+      file,
+      indexFile,
+      header,
+      volumeCount,
+    });
     if (!response.undo) throw new Error('apply worker answered a merge without a result');
     return response.undo;
   }

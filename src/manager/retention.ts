@@ -166,6 +166,8 @@ export class Retention {
   private promisedDrop: { message: string; atMs: number } | undefined;
   /** The step under way, if any (the simulation counts crashes inside one). */
   working: 'merge' | 'drop' | undefined;
+  /** Files of drops made in a turn still being removed (the simulation counts those too). */
+  removalsPending = 0;
   /** Files of rows dropped in a turn, waiting for the step under way (a merge may read them). */
   private deferredFiles: string[] = [];
   private removing: Promise<void> = Promise.resolve();
@@ -381,7 +383,14 @@ export class Retention {
       seqLast: last.seqLast,
     };
     const inputs = rows.map((r) => txFiles.undoPath(r.idx));
-    const merged = await this.host.merger.mergeUndo(inputs, file, header, this.host.volumeCount());
+    const indexFile = txFiles.indexPath(last.idx, undoGen);
+    const merged = await this.host.merger.mergeUndo(
+      inputs,
+      file,
+      indexFile,
+      header,
+      this.host.volumeCount(),
+    );
     crashPoint('merge'); // merged undo durable, rows not swapped (a restart removes the file)
     const old = rows.map((r) => this.filesOf(r));
     const swapped = await this.host.exclusive(async () => {
@@ -400,13 +409,14 @@ export class Retention {
         new Date().toISOString(),
       );
       for (const row of rows) txFiles.evict(row.idx);
+      // Its index file was written beside the merged undo (the next view load reads it).
       txFiles.setLayout(last.idx, { hasRedo: false, undoGen });
-      txFiles.remember(last.idx, { records: [], undo: merged.extents });
       await this.host.rebuildViewsBefore(last.seqLast);
       return true;
     });
     if (!swapped) {
       await fsp.rm(file, { force: true });
+      await fsp.rm(indexFile, { force: true });
       return;
     }
     crashPoint('swap'); // rows swapped, old files still there (a restart removes them)
@@ -529,12 +539,17 @@ export class Retention {
   private flushRemovals(): void {
     if (this.deferredFiles.length === 0) return;
     const files = this.deferredFiles.splice(0);
+    this.removalsPending += 1;
     const removal = this.removing.then(() => this.removeFiles(files));
-    this.removing = removal.catch((error: unknown) => {
-      rethrowIfBug(error);
-      // Left behind: a restart removes files without a row.
-      this.host.log('warn', `retention: could not remove dropped files: ${errorMessage(error)}`);
-    });
+    this.removing = removal
+      .catch((error: unknown) => {
+        rethrowIfBug(error);
+        // Left behind: a restart removes files without a row.
+        this.host.log('warn', `retention: could not remove dropped files: ${errorMessage(error)}`);
+      })
+      .finally(() => {
+        this.removalsPending -= 1;
+      });
   }
 
   private filesOf(row: TxRow): string[] {

@@ -56,7 +56,6 @@ export class TxFiles {
   private readonly maps = new Map<number, Buffer | null>();
   private readonly cache = new Map<number, TxIndex>();
   private cachedItems = 0;
-  private indexDirMade = false;
   /**
    * Transactions whose files differ from the default (a redo, and the undo of generation 0): merged
    * ones, with no redo and a later undo generation. Set from the catalog.
@@ -174,6 +173,9 @@ export class TxFiles {
     return map ?? undefined;
   }
 
+  /** Loads that found no usable index file and parsed the transaction's files in full. */
+  fullParses = 0;
+
   /**
    * The verified record and undo extent lists of a committed transaction: from the cache, else from
    * its index file when that is intact and bound to the current redo and undo files, else from a
@@ -205,6 +207,7 @@ export class TxFiles {
       rethrowIfBug(error);
       // Missing, damaged or stale: the full parse below verifies everything and says what is wrong.
     }
+    this.fullParses += 1;
     const [redoBuf, undoBuf] = await Promise.all([
       redoFile === undefined ? Promise.resolve(undefined) : fsp.readFile(redoFile),
       fsp.readFile(undoFile),
@@ -270,18 +273,7 @@ export class TxFiles {
    * later).
    */
   private store(idx: number, index: TxIndex, binding: Buffer): void {
-    const file = this.indexPath(idx);
-    try {
-      if (!this.indexDirMade) {
-        fs.mkdirSync(this.indexDir, { recursive: true, mode: DIR_MODE_PRIVATE });
-        this.indexDirMade = true;
-      }
-      fs.writeFileSync(file, index.encode(idx, binding), { mode: FILE_MODE_PRIVATE });
-    } catch (error) {
-      rethrowIfBug(error);
-      // a torn file would be refused anyway; do not keep its space
-      fs.rmSync(file, { force: true });
-    }
+    storeIndex(this.indexPath(idx), idx, index, binding);
   }
 
   close(): void {
@@ -289,6 +281,47 @@ export class TxFiles {
     this.fds.clear();
     this.maps.clear();
   }
+}
+
+/** Writes an index file, best effort (a torn or missing one only means a full parse later). */
+function storeIndex(file: string, idx: number, index: TxIndex, binding: Buffer): void {
+  const bytes = index.encode(idx, binding);
+  try {
+    try {
+      fs.writeFileSync(file, bytes, { mode: FILE_MODE_PRIVATE });
+    } catch (error) {
+      rethrowIfBug(error);
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      fs.mkdirSync(path.dirname(file), { recursive: true, mode: DIR_MODE_PRIVATE }); // first one
+      fs.writeFileSync(file, bytes, { mode: FILE_MODE_PRIVATE });
+    }
+  } catch (error) {
+    rethrowIfBug(error);
+    // a torn file would be refused anyway; do not keep its space
+    fs.rmSync(file, { force: true });
+  }
+}
+
+/**
+ * The index file of transaction `idx` from its record and undo lists, bound to its files as they
+ * are now (a retention merge writes its merged undo's index where it built it, off the main
+ * thread).
+ */
+export function writeIndexFile(
+  file: string,
+  idx: number,
+  redoFile: string | undefined,
+  undoFile: string,
+  lists: { records: readonly RedoRecord[]; undo: readonly UndoExtent[] },
+): void {
+  let binding: Buffer;
+  try {
+    binding = readBinding(redoFile, undoFile);
+  } catch (error) {
+    rethrowIfBug(error);
+    return; // no index: the files are parsed in full when first needed
+  }
+  storeIndex(file, idx, TxIndex.fromLists(lists.records, lists.undo), binding);
 }
 
 /**
