@@ -20,6 +20,7 @@ import { ensureDir } from '../platform/index.js';
 import type { View } from '../views/index.js';
 import { AgentLink, type AgentStatus } from './agent-link.js';
 import { ApplyWorker, type Applier } from './apply-pool.js';
+import { Archiver, type ArchiveSettings, type ArchiveStatus } from './archiving.js';
 import { Catalog } from './catalog.js';
 import { ImageExporter } from './image-export.js';
 import { PointResolver } from './points.js';
@@ -60,6 +61,10 @@ export interface ManagerOptions {
    * from there and linked into the redo directory rather than sent over the link and copied.
    */
   localSpoolDir?: string;
+  /** The archive: its opened store, the key (when objects are encrypted) and batching. */
+  archive?: ArchiveSettings;
+  /** The archiver starts at open unless false (tests that start it later). */
+  startArchiver?: boolean;
 }
 
 export interface ManagerStatus {
@@ -103,6 +108,7 @@ interface Parts {
   retention: Retention;
   merger: Applier;
   commitObservers: Set<(event: CommitEvent) => void>;
+  archiver: Archiver | undefined;
 }
 
 export type { CommitEvent };
@@ -123,6 +129,8 @@ export class Manager {
   private readonly link: AgentLink;
   readonly retention: Retention;
   private readonly merger: Applier;
+  /** Packs committed transactions into the archive (undefined without one). */
+  readonly archiver: Archiver | undefined;
   /** Called after each commit (the console's events, the metrics); an observer must not throw. */
   readonly commitObservers: Set<(event: CommitEvent) => void>;
 
@@ -140,6 +148,7 @@ export class Manager {
     this.retention = parts.retention;
     this.merger = parts.merger;
     this.commitObservers = parts.commitObservers;
+    this.archiver = parts.archiver;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -196,6 +205,7 @@ export class Manager {
           ReplicaVolume.open(path.join(root, 'replica'), volume.idx, volume.name, volume.sizeBytes),
         );
       }
+      if (options.archive) Archiver.checkAgainstCatalog(catalog, options.archive);
       const policy = Retention.policyOf(catalog, options.retention);
       const manager = Manager.assemble({
         options,
@@ -210,6 +220,7 @@ export class Manager {
       await manager.pipeline.recover();
       await manager.registry.load();
       if (options.startRetention !== false) manager.retention.start();
+      if (options.startArchiver !== false) manager.archiver?.start();
       return manager;
     } catch (error) {
       rethrowIfBug(error);
@@ -218,6 +229,7 @@ export class Manager {
       for (const replica of replicas) replica.close();
       txFiles.close();
       catalog.close();
+      await options.archive?.store.close();
       throw error;
     }
   }
@@ -236,6 +248,9 @@ export class Manager {
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
     const later: { registry?: ViewRegistry; retention?: Retention } = {};
+    const archiver = options.archive
+      ? new Archiver({ catalog, txFiles, log: options.log }, options.archive)
+      : undefined;
     const commitObservers = new Set<(event: CommitEvent) => void>(
       options.onCommitted ? [options.onCommitted] : [],
     );
@@ -250,6 +265,7 @@ export class Manager {
       makeRoom: (bytes, resync) => later.retention?.makeRoom(bytes, resync),
       onCommitted: (event) => {
         later.retention?.committed(event.tx);
+        archiver?.committed();
         for (const observe of commitObservers) observe(event);
       },
     });
@@ -311,6 +327,7 @@ export class Manager {
         ...(options.retentionIdleMs !== undefined
           ? { idleIntervalMs: options.retentionIdleMs }
           : {}),
+        ...(archiver ? { archivedThroughSeq: () => archiver.archivedThroughSeq() } : {}),
       },
       policy,
     );
@@ -329,6 +346,7 @@ export class Manager {
       retention,
       merger,
       commitObservers,
+      archiver,
     });
     return manager;
   }
@@ -551,7 +569,13 @@ export class Manager {
     };
   }
 
+  /** The archive's state, or undefined when none is configured. */
+  archiveStatus(): ArchiveStatus | undefined {
+    return this.archiver?.status();
+  }
+
   async close(): Promise<void> {
+    await this.archiver?.stop();
     await this.retention.stop();
     await this.link.close();
     await this.pipeline.close();
@@ -561,6 +585,7 @@ export class Manager {
     for (const replica of this.replicaList) replica.close();
     this.txFiles.close();
     this.catalog.close();
+    await this.archiver?.store.close();
   }
 }
 
