@@ -23,6 +23,12 @@ import { addMapCommands } from './map-commands.js';
  */
 const runtime = (): Promise<typeof import('../runtime/index.js')> => import('../runtime/index.js');
 import {
+  archiveFromOptions,
+  registerArchiveCommand,
+  withArchiveOptions,
+  type ArchiveFlags,
+} from './archive.js';
+import {
   registerRetentionCommand,
   retentionFromOptions,
   withRetentionOptions,
@@ -242,8 +248,7 @@ const withServer = (command: Command): Command =>
 
 withRetentionOptions(
   withServing(
-    program
-      .command('up')
+    withArchiveOptions(program.command('up'))
       .description('run agent and manager in one process (the embedded default)')
       .option('--data <dir>', 'data directory', './rewind-data'),
     '127.0.0.1:10809',
@@ -272,13 +277,16 @@ withRetentionOptions(
       sealBytes: string;
       sealMs: string;
       spoolBytes: string;
-    } & RetentionFlags,
+    } & RetentionFlags &
+      ArchiveFlags,
   ) => {
     const retention = retentionFromOptions(options);
+    const archive = archiveFromOptions(options);
     const running = await (
       await runtime()
     ).startUp({
       ...(retention ? { retention } : {}),
+      ...(archive ? { archive } : {}),
       dataDir: options.data,
       ...servingOptions(options),
       http: endpoint(options.http, '--http'),
@@ -317,11 +325,9 @@ function token(options: { token?: string; tokenFile?: string }): string {
 
 withRetentionOptions(
   withServing(
-    program
-      .command('manager')
-      .description(
-        'run the manager alone (backup host): receives segments from an agent, serves views and the API',
-      ),
+    withArchiveOptions(program.command('manager')).description(
+      'run the manager alone (backup host): receives segments from an agent, serves views and the API',
+    ),
     '127.0.0.1:10810',
     'for snapshots and clones',
   ),
@@ -343,15 +349,18 @@ withRetentionOptions(
         tokenFile?: string;
         tlsCert?: string;
         tlsKey?: string;
-      } & RetentionFlags,
+      } & RetentionFlags &
+        ArchiveFlags,
     ) => {
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
         throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
       const retention = retentionFromOptions(options);
+      const archive = archiveFromOptions(options);
       const running = await (
         await runtime()
       ).startManager({
         ...(retention ? { retention } : {}),
+        ...(archive ? { archive } : {}),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
         ...servingOptions(options),
@@ -1317,6 +1326,12 @@ program.addOption(new Option('--debug', 'print stack traces').hideHelp());
 registerRetentionCommand(program, withServer, (options, method, route, body) =>
   json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
 );
+registerArchiveCommand(program, withServer, {
+  json: (options, method, route, body) =>
+    json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+  stream: (options, method, route, body) =>
+    call(server(options), method, route, body),
+});
 
 /** A start that failed closes what it opened; should anything still hold the process, it ends. */
 const FAILED_EXIT_GRACE_MS = 10_000;

@@ -48,6 +48,8 @@ export interface ArchiveSettings {
   batchMs?: number;
   retryMsMax?: number;
   idleRetryMs?: number;
+  /** Bound on DATA/archive-cache, where objects for points older than the journal go. */
+  cacheBytesMax?: number;
 }
 
 export interface ArchiverHost {
@@ -95,7 +97,9 @@ function isLasting(error: unknown): boolean {
 
 export class Archiver {
   private readonly host: ArchiverHost;
-  private readonly settings: Required<Omit<ArchiveSettings, 'key'>> & { key: Buffer | undefined };
+  private readonly settings: Required<Omit<ArchiveSettings, 'key' | 'cacheBytesMax'>> & {
+    key: Buffer | undefined;
+  };
   private stateNow: ArchiverState = 'starting';
   private capabilities: StoreCapabilities | undefined;
   private loop: Promise<void> | undefined;

@@ -21,6 +21,8 @@ import type { View } from '../views/index.js';
 import { AgentLink, type AgentStatus } from './agent-link.js';
 import { ApplyWorker, type Applier } from './apply-pool.js';
 import { Archiver, type ArchiveSettings, type ArchiveStatus } from './archiving.js';
+import { verifyArchive, type VerifyProgress, type VerifyResult } from './archive-verify.js';
+import type { ArchiveObjectRow } from './catalog.js';
 import { Catalog } from './catalog.js';
 import { ImageExporter } from './image-export.js';
 import { PointResolver } from './points.js';
@@ -61,7 +63,10 @@ export interface ManagerOptions {
    * from there and linked into the redo directory rather than sent over the link and copied.
    */
   localSpoolDir?: string;
-  /** The archive: its opened store, the key (when objects are encrypted) and batching. */
+  /**
+   * The archive: its opened store (closed by close(); the caller's to close when open fails), the
+   * key (when objects are encrypted), batching and the old points' cache.
+   */
   archive?: ArchiveSettings;
   /** The archiver starts at open unless false (tests that start it later). */
   startArchiver?: boolean;
@@ -229,7 +234,6 @@ export class Manager {
       for (const replica of replicas) replica.close();
       txFiles.close();
       catalog.close();
-      await options.archive?.store.close();
       throw error;
     }
   }
@@ -327,7 +331,22 @@ export class Manager {
         ...(options.retentionIdleMs !== undefined
           ? { idleIntervalMs: options.retentionIdleMs }
           : {}),
-        ...(archiver ? { archivedThroughSeq: () => archiver.archivedThroughSeq() } : {}),
+        ...(archiver
+          ? {
+              archivedThroughSeq: () => archiver.archivedThroughSeq(),
+              archiveTier: () => {
+                const status = archiver.status();
+                return {
+                  url: status.url,
+                  fromSeq: status.archivedFromSeq,
+                  throughSeq: status.archivedThroughSeq,
+                  objects: status.objects,
+                  storedBytes: status.storedBytes,
+                  backlogTransactions: status.backlog.transactions,
+                };
+              },
+            }
+          : {}),
       },
       policy,
     );
@@ -572,6 +591,29 @@ export class Manager {
   /** The archive's state, or undefined when none is configured. */
   archiveStatus(): ArchiveStatus | undefined {
     return this.archiver?.status();
+  }
+
+  /** The archiver, or the one "no archive configured" refusal. */
+  requireArchiver(): Archiver {
+    if (this.archiver) return this.archiver;
+    throw new RewindError('REWIND_NOT_FOUND', 'this manager has no archive configured', {
+      hint: 'start it with --archive DIR or --archive s3://BUCKET/PREFIX',
+    });
+  }
+
+  /** The objects the catalog records, oldest first. */
+  archiveObjects(): ArchiveObjectRow[] {
+    this.requireArchiver();
+    return this.catalog.archiveObjects();
+  }
+
+  /** Checks every recorded object against the catalog (deep: reads and decodes each). */
+  verifyArchive(options: {
+    deep: boolean;
+    onProgress?: (progress: VerifyProgress) => void;
+  }): Promise<VerifyResult> {
+    const archiver = this.requireArchiver();
+    return verifyArchive({ catalog: this.catalog, txFiles: this.txFiles, archiver }, options);
   }
 
   async close(): Promise<void> {

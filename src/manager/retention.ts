@@ -83,6 +83,19 @@ export interface RetentionHost {
    * up to it; a drop at the journal limit past it is reported as history lost to the archive.
    */
   archivedThroughSeq?: () => number;
+  /** The archive as the tier after the journal, for the status (undefined: none). */
+  archiveTier?: () => ArchiveTier;
+}
+
+/** The archive as `rewind retention` shows it, after the journal's tiers. */
+export interface ArchiveTier {
+  url: string;
+  /** Points from this seq to `throughSeq` are kept there (per write); null while empty. */
+  fromSeq: number | null;
+  throughSeq: number;
+  objects: number;
+  storedBytes: number;
+  backlogTransactions: number;
 }
 
 export interface RetentionAlert {
@@ -118,6 +131,8 @@ export interface RetentionStatus {
   /** Applying waits: the journal is full of history the policy keeps (stop-applying). */
   applyingStopped: boolean;
   alerts: RetentionAlert[];
+  /** The archive tier, when one is configured. */
+  archive: ArchiveTier | null;
   pendingActions: number;
   steps: { merges: number; drops: number; freedBytes: number; lastError: string | null };
 }
@@ -599,6 +614,7 @@ export class Retention {
       secondsUntilLimit,
       applyingStopped: this.admission() !== undefined,
       alerts: this.alerts({ journalBytes, max, warn, oldestUs: oldest.timeUs, nowMs }),
+      archive: this.host.archiveTier?.() ?? null,
       pendingActions: this.pending,
       steps: {
         merges: this.merges,

@@ -12,7 +12,9 @@ import {
   type VolumeSpec,
 } from '../agent/index.js';
 import { consoleUrl, startApi } from '../api/index.js';
-import { Manager, type PolicyText } from '../manager/index.js';
+import { loadArchiveKey, openStore } from '../archive/index.js';
+import { rethrowIfBug } from '../core/index.js';
+import { Manager, type ArchiveSettings, type PolicyText } from '../manager/index.js';
 import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
 import {
@@ -41,6 +43,44 @@ export interface ProcessOptions {
   quiet?: boolean;
 }
 
+/** The archive of a manager, as the flags or the config file give it. */
+export interface ArchiveRunOptions {
+  url: string;
+  keyFile?: string;
+  s3Endpoint?: string;
+  s3PathStyle?: boolean;
+  s3Region?: string;
+  /** Bound on DATA/archive-cache, where objects for old points are fetched to. */
+  cacheBytesMax: number;
+  batchBytesMax: number;
+  batchMs: number;
+}
+
+/**
+ * The archive's store opened and its key loaded: a key file that is missing, unsafe or not a
+ * key refuses the start (objects are never stored in plain when a key was asked for). Opening
+ * makes no request: a store unreachable now is waited for by the archiver.
+ */
+async function openArchive(
+  options: ArchiveRunOptions,
+  log: ReturnType<typeof makeLog>,
+): Promise<ArchiveSettings> {
+  const key = options.keyFile === undefined ? undefined : await loadArchiveKey(options.keyFile);
+  const store = await openStore(options.url, {
+    ...(options.s3Endpoint !== undefined ? { s3Endpoint: options.s3Endpoint } : {}),
+    ...(options.s3PathStyle !== undefined ? { s3PathStyle: options.s3PathStyle } : {}),
+    ...(options.s3Region !== undefined ? { region: options.s3Region } : {}),
+  });
+  log('info', `archive: ${store.url}, encryption ${key ? 'on' : 'off'}`);
+  return {
+    store,
+    key,
+    batchBytesMax: options.batchBytesMax,
+    batchMs: options.batchMs,
+    cacheBytesMax: options.cacheBytesMax,
+  };
+}
+
 export interface UpOptions extends ProcessOptions {
   http: Endpoint;
   volumes: VolumeSpec[];
@@ -49,6 +89,7 @@ export interface UpOptions extends ProcessOptions {
   spoolBytes?: number;
   /** Retention settings given at start (the rest as stored, or the defaults). */
   retention?: PolicyText;
+  archive?: ArchiveRunOptions;
 }
 
 export interface Running {
@@ -123,6 +164,7 @@ async function openUp(
     nbdRef,
     localSpoolDir: agentSpoolDir(options.dataDir),
     ...(options.retention ? { retention: options.retention } : {}),
+    ...(options.archive ? { archive: options.archive } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const link = await manager.listen('127.0.0.1', 0);
@@ -209,14 +251,23 @@ async function openManager(options: {
   nbdRef: { server?: NbdServer };
   localSpoolDir?: string;
   retention?: PolicyText;
+  archive?: ArchiveRunOptions;
 }): Promise<Manager> {
-  const { nbdRef, ...rest } = options;
-  return Manager.open({
-    ...rest,
-    onExportsChanged: (removed) => {
-      for (const name of removed) nbdRef.server?.disconnectExport(name);
-    },
-  });
+  const { nbdRef, archive, ...rest } = options;
+  const settings = archive ? await openArchive(archive, options.log) : undefined;
+  try {
+    return await Manager.open({
+      ...rest,
+      ...(settings ? { archive: settings } : {}),
+      onExportsChanged: (removed) => {
+        for (const name of removed) nbdRef.server?.disconnectExport(name);
+      },
+    });
+  } catch (error) {
+    rethrowIfBug(error);
+    await settings?.store.close();
+    throw error;
+  }
 }
 
 /** A secret kept in `file` (mode 0600), created on first use so a restart reuses it. */
@@ -250,6 +301,7 @@ export interface ManagerRunOptions extends ProcessOptions {
   apiToken?: string;
   tls?: { cert: Buffer; key: Buffer };
   retention?: PolicyText;
+  archive?: ArchiveRunOptions;
 }
 
 /** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
@@ -275,6 +327,7 @@ async function openManagerRun(
     nbdRef,
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.retention ? { retention: options.retention } : {}),
+    ...(options.archive ? { archive: options.archive } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const linkAddress = await listenOn('agent link', '--listen', options.listen, () =>
