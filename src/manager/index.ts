@@ -21,6 +21,7 @@ export {
   type ArchiveStatus,
 } from './archiving.js';
 export type { ArchiveObjectRow, ArchiveTxRow } from './catalog.js';
+export type { OldPointPlan, FetchProgress } from './old-points.js';
 export type { VerifyProblem, VerifyProgress, VerifyResult } from './archive-verify.js';
 export {
   policyFrom,

@@ -23,6 +23,7 @@ import { ApplyWorker, type Applier } from './apply-pool.js';
 import { Archiver, type ArchiveSettings, type ArchiveStatus } from './archiving.js';
 import { verifyArchive, type VerifyProgress, type VerifyResult } from './archive-verify.js';
 import type { ArchiveObjectRow } from './catalog.js';
+import { OldPoints, type FetchProgress, type OldPointPlan } from './old-points.js';
 import { Catalog } from './catalog.js';
 import { ImageExporter } from './image-export.js';
 import { PointResolver } from './points.js';
@@ -114,6 +115,7 @@ interface Parts {
   merger: Applier;
   commitObservers: Set<(event: CommitEvent) => void>;
   archiver: Archiver | undefined;
+  oldPoints: OldPoints | undefined;
 }
 
 export type { CommitEvent };
@@ -136,6 +138,8 @@ export class Manager {
   private readonly merger: Applier;
   /** Packs committed transactions into the archive (undefined without one). */
   readonly archiver: Archiver | undefined;
+  /** Points older than the journal, served from the archive (undefined without one). */
+  readonly oldPoints: OldPoints | undefined;
   /** Called after each commit (the console's events, the metrics); an observer must not throw. */
   readonly commitObservers: Set<(event: CommitEvent) => void>;
 
@@ -154,6 +158,7 @@ export class Manager {
     this.merger = parts.merger;
     this.commitObservers = parts.commitObservers;
     this.archiver = parts.archiver;
+    this.oldPoints = parts.oldPoints;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -251,7 +256,7 @@ export class Manager {
     const { options, root, catalog, replicas, txFiles, applier, merger, policy } = opened;
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
-    const later: { registry?: ViewRegistry; retention?: Retention } = {};
+    const later: { registry?: ViewRegistry; retention?: Retention; oldPoints?: OldPoints } = {};
     const archiver = options.archive
       ? new Archiver({ catalog, txFiles, log: options.log }, options.archive)
       : undefined;
@@ -305,7 +310,26 @@ export class Manager {
       droppedAt: (seq) => catalog.droppedAt(seq),
       recordsOf: (idx) => history.recordsOf(idx),
       gapStartNs: (idx) => history.gapStartNs(idx),
+      archive: (seq) => {
+        if (later.oldPoints?.anchorOf(seq) === undefined) return undefined;
+        const planned = later.oldPoints.plan(seq);
+        return 'plan' in planned ? { served: true } : { served: false, why: planned.refused };
+      },
     });
+    const oldPoints = archiver
+      ? new OldPoints({
+          catalog,
+          archiver,
+          local: {
+            historyStart: () => points.historyStart(),
+            txContaining: (seq) => catalog.txContaining(seq),
+          },
+          dir: path.join(options.dataDir, 'archive-cache'),
+          cacheBytesMax: options.archive?.cacheBytesMax ?? ARCHIVE_CACHE_BYTES_DEFAULT,
+          log: options.log,
+        })
+      : undefined;
+    if (oldPoints) later.oldPoints = oldPoints;
     const registry = new ViewRegistry({
       clonesDir: path.join(root, 'clones'),
       history,
@@ -314,6 +338,7 @@ export class Manager {
       exclusive: (work) => pipeline.exclusive(work),
       log: options.log,
       ...(options.onExportsChanged ? { onExportsChanged: options.onExportsChanged } : {}),
+      ...(oldPoints ? { oldPoints } : {}),
     });
     later.registry = registry;
     const retention = new Retention(
@@ -366,6 +391,7 @@ export class Manager {
       merger,
       commitObservers,
       archiver,
+      oldPoints,
     });
     return manager;
   }
@@ -601,6 +627,25 @@ export class Manager {
     });
   }
 
+  /**
+   * What serving POINT takes from the archive (objects and bytes to fetch), or null when the
+   * journal serves it; refused like any POINT when neither tier keeps it.
+   */
+  archivePlan(pointText: string): OldPointPlan | null {
+    const seq = this.points.resolve(pointText);
+    if (this.oldPoints?.anchorOf(seq) === undefined) return null;
+    const planned = this.oldPoints.plan(seq);
+    return 'plan' in planned ? planned.plan : null;
+  }
+
+  /** Fetches what POINT needs from the archive into the cache (progress per object). */
+  async fetchPoint(
+    pointText: string,
+    onProgress?: (progress: FetchProgress) => void,
+  ): Promise<void> {
+    await this.registry.prefetch(this.points.resolve(pointText), onProgress);
+  }
+
   /** The objects the catalog records, oldest first. */
   archiveObjects(): ArchiveObjectRow[] {
     this.requireArchiver();
@@ -635,6 +680,9 @@ export class Manager {
  * Checks an agent's volume set against the one this manager protects and adopts it the first time;
  * volumes may be added, never changed or removed. New volumes get a replica.
  */
+/** The archive cache's bound when none is given (DATA/archive-cache). */
+const ARCHIVE_CACHE_BYTES_DEFAULT = 1024 * 1024 * 1024;
+
 /** The nice value of retention's merge thread (ingest's threads stay at the process's). */
 const MERGE_NICE = 10;
 

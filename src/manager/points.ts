@@ -71,6 +71,11 @@ export interface PointSource extends Pick<
   recordsOf(idx: number): readonly RedoRecord[];
   /** From the header of resync transaction `idx`: when history went missing (0n: unknown). */
   gapStartNs(idx: number): bigint;
+  /**
+   * With an archive, for a seq the local journal no longer serves (dropped, or inside a thinned
+   * run): whether the archive serves it, or why not (what it keeps). Undefined: no archive.
+   */
+  archive?(seq: number): { served: true } | { served: false; why: string } | undefined;
 }
 
 export class PointResolver {
@@ -105,10 +110,30 @@ export class PointResolver {
     }
     const start = this.historyStart();
     if (start === undefined || point.seq < start)
-      throw this.beforeHistory(`seq ${point.seq}`, start, point.seq);
-    this.refuseThinned(point.seq);
+      return this.orArchive(point.seq, this.beforeHistory(`seq ${point.seq}`, start, point.seq));
+    const merged = this.thinnedAt(point.seq);
+    if (merged) return this.orArchive(point.seq, thinned(`seq ${point.seq}`, merged));
     this.refuseInsideResync(point.seq);
     return point.seq;
+  }
+
+  /** The merged transaction holding `seq` strictly inside its run, if any. */
+  private thinnedAt(seq: number): TxRow | undefined {
+    const tx = this.source.txContaining(seq);
+    return tx && tx.kind === 'merged' && seq < tx.seqLast ? tx : undefined;
+  }
+
+  /**
+   * A seq the local journal refuses (`refusal`): served by the archive if it keeps it, else
+   * refused naming what both tiers keep.
+   */
+  private orArchive(seq: number, refusal: RewindError): number {
+    const archive = this.source.archive?.(seq);
+    if (archive === undefined) throw refusal;
+    if (archive.served) return seq;
+    throw new RewindError('REWIND_POINT_INVALID', `${refusal.message}, and not in the archive`, {
+      hint: `${refusal.hint ? `${refusal.hint}; ` : ''}${archive.why}`,
+    });
   }
 
   /**
@@ -133,9 +158,15 @@ export class PointResolver {
     }
     const start = this.historyStart();
     if (steps < 0 && (start === undefined || target < start)) {
-      throw this.beforeHistory(`${what} is at seq ${from}; ${-steps} back`, start, target);
+      const refusal = this.beforeHistory(
+        `${what} is at seq ${from}; ${-steps} back`,
+        start,
+        target,
+      );
+      return this.orArchive(target, refusal);
     }
-    this.refuseThinned(target);
+    const merged = this.thinnedAt(target);
+    if (merged) return this.orArchive(target, thinned(`seq ${target}`, merged));
     this.refuseInsideResync(target);
     return target;
   }
