@@ -1329,8 +1329,7 @@ registerRetentionCommand(program, withServer, (options, method, route, body) =>
 registerArchiveCommand(program, withServer, {
   json: (options, method, route, body) =>
     json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
-  stream: (options, method, route, body) =>
-    call(server(options), method, route, body),
+  stream: (options, method, route, body) => call(server(options), method, route, body),
 });
 
 /** A start that failed closes what it opened; should anything still hold the process, it ends. */
