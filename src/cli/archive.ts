@@ -5,7 +5,12 @@ import fs from 'node:fs';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { formatBytes, parseSize, RewindError } from '../core/index.js';
-import type { ArchiveObjectRow, ArchiveStatus, VerifyResult } from '../manager/index.js';
+import type {
+  ArchiveObjectRow,
+  ArchiveStatus,
+  OldPointPlan,
+  VerifyResult,
+} from '../manager/index.js';
 import type { ArchiveRunOptions } from '../runtime/index.js';
 
 export function withArchiveOptions(command: Command): Command {
@@ -161,13 +166,44 @@ async function verify(api: ArchiveApi, options: { deep?: boolean }): Promise<Ver
   const response = await api.stream(options, 'POST', '/api/archive/verify', {
     deep: options.deep === true,
   });
+  return (await readStream(response, 'verify', 'objects')) as unknown as VerifyResult;
+}
+
+/**
+ * A POINT older than the journal: prints what it takes from the archive (objects, bytes to
+ * fetch) and fetches it with progress on stderr. Nothing when the journal serves it.
+ */
+export async function fetchOldPoint(
+  api: ArchiveApi,
+  options: object,
+  point: string,
+): Promise<void> {
+  const route = `/api/archive/plan?point=${encodeURIComponent(point)}`;
+  const { plan } = (await api.json(options, 'GET', route)) as { plan: OldPointPlan | null };
+  if (plan === null) return;
+  const cached = plan.objects.filter((o) => o.cached).length;
+  // On stderr, with the progress: stdout stays the command's own answer (--json).
+  console.error(
+    `seq ${plan.seq} is older than the journal: the view at seq ${plan.anchorSeq} with the archived undo of ${plan.txs.length} transactions from ${plan.objects.length} objects (${plan.objects.length - cached} to fetch, ${formatBytes(plan.fetchBytes)}; ${cached} cached)`,
+  );
+  if (plan.fetchBytes === 0) return;
+  const response = await api.stream(options, 'POST', '/api/archive/fetch', { point });
+  await readStream(response, 'fetch', 'objects');
+}
+
+/** Reads an NDJSON answer: progress lines to stderr (a bar on a terminal), then the result. */
+async function readStream(
+  response: Response,
+  what: string,
+  unit: string,
+): Promise<Record<string, unknown>> {
   const bar = process.stderr.isTTY
     ? new SingleBar(
-        { format: 'verify [{bar}] {value}/{total} objects {read}', stream: process.stderr },
+        { format: `${what} [{bar}] {value}/{total} ${unit} {read}`, stream: process.stderr },
         Presets.shades_classic,
       )
     : undefined;
-  let result: VerifyResult | undefined;
+  let result: Record<string, unknown> | undefined;
   let buffered = '';
   const decoder = new TextDecoder();
   const handle = (text: string): void => {
@@ -180,17 +216,18 @@ async function verify(api: ArchiveApi, options: { deep?: boolean }): Promise<Ver
         if (done === 1) bar.start(total, 0, { read: '' });
         bar.update(done, { read: formatBytes(line.bytes as number) });
       } else {
-        process.stderr.write(`verify: ${done}/${total} ${String(line.key)}\n`);
+        process.stderr.write(`${what}: ${done}/${total} ${String(line.key)}\n`);
       }
     } else if (line.type === 'result') {
-      result = line as unknown as VerifyResult;
+      result = line;
     } else {
-      throw new RewindError((line.code as never) ?? 'REWIND_IO', `verify: ${String(line.message)}`);
+      const hint = typeof line.hint === 'string' ? { hint: line.hint } : {};
+      throw new RewindError((line.code as never) ?? 'REWIND_IO', String(line.message), hint);
     }
   };
   try {
     for await (const chunk of response.body ?? []) {
-      buffered += decoder.decode(chunk, { stream: true });
+      buffered += decoder.decode(chunk as Uint8Array, { stream: true });
       const lines = buffered.split('\n');
       buffered = lines.pop() ?? '';
       lines.forEach(handle);
@@ -199,7 +236,7 @@ async function verify(api: ArchiveApi, options: { deep?: boolean }): Promise<Ver
   } finally {
     bar?.stop();
   }
-  if (!result) throw new RewindError('REWIND_IO', 'verify: the answer ended without a result');
+  if (!result) throw new RewindError('REWIND_IO', `${what}: the answer ended without a result`);
   return result;
 }
 

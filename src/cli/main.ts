@@ -23,6 +23,8 @@ import { addMapCommands } from './map-commands.js';
  */
 const runtime = (): Promise<typeof import('../runtime/index.js')> => import('../runtime/index.js');
 import {
+  fetchOldPoint,
+  type ArchiveApi,
   archiveFromOptions,
   registerArchiveCommand,
   withArchiveOptions,
@@ -224,6 +226,14 @@ async function json<T>(
 ): Promise<T> {
   return (await (await call(base, method, route, body, signal)).json()) as T;
 }
+
+/** The archive commands' way to the API (JSON answers, and NDJSON streams with progress). */
+const archiveApi: ArchiveApi = {
+  json: (options, method, route, body) =>
+    json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+  stream: (options, method, route, body) =>
+    call(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+};
 
 // Commander's own errors become the one documented line (main() prints them): the settings are
 // made before any subcommand is added, so every subcommand inherits them.
@@ -515,6 +525,7 @@ for (const kind of ['snapshot', 'clone'] as const) {
         'seq (0 = before the first write), ISO-8601 time, or relative time ("5 minutes ago")',
       ),
   ).action(async (name: string, options: { server?: string; at: string }) => {
+    await fetchOldPoint(archiveApi, options, options.at);
     const view = await json<{ seq: number; exports: string[] }>(
       server(options),
       'POST',
@@ -1056,6 +1067,7 @@ withServer(
     }
     if (!options.dryRun && options.force !== true)
       await refuseRestoreWhileMapped(base, volumes, options.fromClone);
+    if (options.at !== undefined) await fetchOldPoint(archiveApi, options, options.at);
     const body = {
       volumes,
       ...(options.force === true ? { force: true } : {}),
@@ -1185,6 +1197,7 @@ withServer(
     options: { server?: string; at: string; to: string; force?: boolean; json?: boolean },
   ) => {
     const base = server(options);
+    await fetchOldPoint(archiveApi, options, options.at);
     const started = await json<{ id: number }>(base, 'POST', '/api/exports', {
       volume,
       at: options.at,
