@@ -227,7 +227,7 @@ async function readStream(
   };
   try {
     for await (const chunk of response.body ?? []) {
-      buffered += decoder.decode(chunk as Uint8Array, { stream: true });
+      buffered += decoder.decode(chunk, { stream: true });
       const lines = buffered.split('\n');
       buffered = lines.pop() ?? '';
       lines.forEach(handle);
