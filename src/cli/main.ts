@@ -231,8 +231,7 @@ async function json<T>(
 const archiveApi: ArchiveApi = {
   json: (options, method, route, body) =>
     json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
-  stream: (options, method, route, body) =>
-    call(server(options), method, route, body),
+  stream: (options, method, route, body) => call(server(options), method, route, body),
 };
 
 // Commander's own errors become the one documented line (main() prints them): the settings are
