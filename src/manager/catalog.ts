@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS archive_txs (
   redo_offset INTEGER NOT NULL, redo_length INTEGER NOT NULL, redo_crc INTEGER NOT NULL,
   undo_offset INTEGER NOT NULL, undo_length INTEGER NOT NULL, undo_crc INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS archive_txs_seq ON archive_txs (seq_last);
+CREATE INDEX IF NOT EXISTS archive_txs_time ON archive_txs (time_first_us);
 `;
 
 export interface BookmarkRow {
@@ -906,6 +907,16 @@ export class Catalog {
            ORDER BY idx LIMIT 1`,
       )
       .get(seq, seq) as ArchiveTxRow | undefined;
+  }
+
+  /** The last archived transaction whose first write was captured at or before `timeUs`. */
+  archiveTxAtOrBeforeTime(timeUs: number): ArchiveTxRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs WHERE time_first_us <= ?
+           ORDER BY time_first_us DESC, idx DESC LIMIT 1`,
+      )
+      .get(timeUs) as ArchiveTxRow | undefined;
   }
 
   /** The oldest archived transaction, if any. */

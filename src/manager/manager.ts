@@ -315,6 +315,9 @@ export class Manager {
         const planned = later.oldPoints.plan(seq);
         return 'plan' in planned ? { served: true } : { served: false, why: planned.refused };
       },
+      ...(archiver
+        ? { archiveTxAtOrBeforeTime: (timeUs: number) => catalog.archiveTxAtOrBeforeTime(timeUs) }
+        : {}),
     });
     const oldPoints = archiver
       ? new OldPoints({

@@ -76,6 +76,10 @@ export interface PointSource extends Pick<
    * run): whether the archive serves it, or why not (what it keeps). Undefined: no archive.
    */
   archive?(seq: number): { served: true } | { served: false; why: string } | undefined;
+  /** With an archive: the archived transaction whose first write is at or before `timeUs`. */
+  archiveTxAtOrBeforeTime?(
+    timeUs: number,
+  ): { seqFirst: number; seqLast: number; timeLastUs: number } | undefined;
 }
 
 export class PointResolver {
@@ -288,17 +292,42 @@ export class PointResolver {
     }
     const oldest = this.source.oldestPoint();
     if (oldest && timeNs < BigInt(oldest.timeUs) * 1000n) {
-      throw this.beforeHistory(`time ${text}`, oldest.seq, oldest.seq - 1);
+      const refusal = this.beforeHistory(`time ${text}`, oldest.seq, oldest.seq - 1);
+      return this.archivedSeqAtTime(timeNs, text, refusal);
     }
     const tx = this.source.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
-    if (!tx) throw this.beforeFirstWrite(text);
+    if (!tx) return this.archivedSeqAtTime(timeNs, text, this.beforeFirstWrite(text));
     if (tx.kind === 'merged') {
-      // Only the state after the run's last write was kept; a time inside the run has none.
-      if (timeNs < BigInt(tx.timeLastUs) * 1000n) throw thinned(`time ${text}`, tx);
+      // Only the state after the run's last write was kept locally; the archive may have more.
+      if (timeNs < BigInt(tx.timeLastUs) * 1000n)
+        return this.archivedSeqAtTime(timeNs, text, thinned(`time ${text}`, tx));
       this.refuseInsideGap(tx.seqLast, timeNs, text);
       return tx.seqLast;
     }
     return this.seqAtTimeIn(tx, timeNs, text);
+  }
+
+  /**
+   * A time the journal no longer resolves (`refusal`), from the archive's catalog: the last seq
+   * of the archived transaction before it, when the time lies after that transaction's last
+   * write and before the next one's first (capture times are kept to the µs per transaction;
+   * the times of the writes inside one are in its archived redo, not read here: such a time is
+   * refused, naming the seqs around it).
+   */
+  private archivedSeqAtTime(timeNs: bigint, text: string, refusal: RewindError): number {
+    const tx = this.source.archiveTxAtOrBeforeTime?.(Number(timeNs / 1000n));
+    if (tx === undefined) throw refusal;
+    if (timeNs >= BigInt(tx.timeLastUs + 1) * 1000n) {
+      const archive = this.source.archive?.(tx.seqLast);
+      // Undefined: the journal serves that seq itself (the archived transaction ends at its start).
+      if (archive === undefined || archive.served) return tx.seqLast;
+      return this.orArchive(tx.seqLast, refusal);
+    }
+    throw new RewindError(
+      'REWIND_POINT_INVALID',
+      `time ${text} falls among the archived writes of seqs ${tx.seqFirst}..${tx.seqLast}, whose times are not looked up in the archive`,
+      { hint: `give a seq from ${tx.seqFirst - 1} to ${tx.seqLast}` },
+    );
   }
 
   /**
@@ -356,7 +385,9 @@ export class PointResolver {
    */
   private refuseInsideGap(seq: number, timeNs: bigint, text: string): void {
     const next = this.source.txContaining(seq + 1);
-    if (!next || next.kind === 'redo' || next.seqFirst !== seq + 1) return;
+    // Only a resync opens such a window (a merged run after it has no redo to read either).
+    if (!next || next.kind === 'redo' || next.kind === 'merged' || next.seqFirst !== seq + 1)
+      return;
     const gapStartNs = this.source.gapStartNs(next.idx);
     if (gapStartNs === 0n || timeNs >= gapStartNs) {
       const from = gapStartNs > 0n ? formatTimeNs(gapStartNs) : `the write at seq ${seq}`;

@@ -135,10 +135,29 @@ async function checkEveryPoint(
     kept.add(seq);
     if (manager.archivePlan(String(seq)) !== null) fromArchive += 1;
   }
+  // Times older than the journal: just after each archived transaction, its last seq.
+  for (const tx of manager.catalog.archiveTxsBetweenSeqs(0, writes.length - 1)) {
+    // (After the last write, a time is refused until the agent reports it quiet.)
+    if (tx.seqLast === writes.length) continue;
+    const at = isoMicros(tx.timeLastUs + 1);
+    const view = await manager.createView('at-time', 'snapshot', at);
+    assert.equal(view.seq, tx.seqLast, `${label}: time ${at} resolves to seq ${tx.seqLast}`);
+    const want = replay(writes, tx.seqLast);
+    VOLUMES.forEach((v, i) =>
+      assert.ok(view.read(i, 0, v.sizeBytes).equals(want[i] as Buffer), `${label}: at ${at}`),
+    );
+    await manager.removeView('at-time');
+  }
   for (let seq = archive.archivedFromSeq; seq <= writes.length; seq++)
     assert.ok(kept.has(seq), `${label}: seq ${seq} kept (archive from ${archive.archivedFromSeq})`);
   assert.ok(kept.has(localOldest), `${label}: the local oldest point ${localOldest} is kept`);
   return { kept, fromArchive };
+}
+
+/** An ISO-8601 time with microseconds. */
+function isoMicros(us: number): string {
+  const fraction = String(us % 1_000_000).padStart(6, '0');
+  return new Date(Math.floor(us / 1000)).toISOString().replace(/\.\d{3}Z$/, `.${fraction}Z`);
 }
 
 describe('old points from the archive, against the model', () => {
