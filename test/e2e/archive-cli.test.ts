@@ -121,6 +121,16 @@ test(
       assert.ok(status.objects >= 1 && status.requests.put >= status.objects);
       assert.equal(status.lastError, null);
       assert.ok(!JSON.stringify(status).includes(fs.readFileSync(key, 'utf8').trim()));
+      const metrics = await (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
+      assert.match(
+        metrics,
+        new RegExp(`rewind_archive_seq\\{volume_set="default"\\} ${status.archivedThroughSeq}`),
+      );
+      assert.match(metrics, /rewind_archive_ok\{volume_set="default"\} 1/);
+      assert.match(
+        metrics,
+        /rewind_archive_requests_total\{volume_set="default",kind="put"\} [1-9]/,
+      );
       const text = ok('archive', 'status');
       assert.match(text, /encryption: on \(key id [0-9a-f]{16}\)/);
       assert.match(text, /backlog: 0 transactions/);
