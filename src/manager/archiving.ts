@@ -10,8 +10,8 @@ import {
   decodeObject,
   encodeBatch,
   batchKey,
-  encodeObject,
   archiveKeyId,
+  CodecThread,
   type BatchTx,
   type ObjectStore,
   type StoreCapabilities,
@@ -110,6 +110,7 @@ export class Archiver {
   private requests = { put: 0, get: 0, head: 0 };
   /** Batches written (the tests wait for them). */
   batches = 0;
+  private readonly codec = new CodecThread();
 
   constructor(host: ArchiverHost, settings: ArchiveSettings) {
     this.host = host;
@@ -191,6 +192,7 @@ export class Archiver {
     this.closed = true;
     this.wake?.();
     await this.loop;
+    await this.codec.close();
     this.stateNow = 'closed';
   }
 
@@ -398,8 +400,9 @@ export class Archiver {
     const first = txs[0] as BatchTx;
     const last = txs[txs.length - 1] as BatchTx;
     const base = batchKey(volumeSetId, first.idx, last.idx);
-    const stored = encodeObject(plain, this.settings.key ? { key: this.settings.key } : {});
-    const written = await this.putOnce(base, stored, plain);
+    // Encoded (zstd, digest, AES-GCM) and hashed on the codec thread, off the event loop.
+    const encoded = await this.codec.encode(plain, this.settings.key);
+    const written = await this.putOnce(base, encoded, plain);
     const objectKey = written.key;
     const archived: ArchiveTxRow[] = entries.map((entry) => ({ ...entry, objectKey }));
     catalog.recordArchiveObject(
@@ -414,7 +417,7 @@ export class Archiver {
         txCount: txs.length,
         plainBytes: plain.length,
         storedBytes: written.stored.length,
-        sha256: crypto.createHash('sha256').update(written.stored).digest('hex'),
+        sha256: written.sha256,
         createdAt: new Date().toISOString(),
       },
       archived,
@@ -432,9 +435,10 @@ export class Archiver {
    */
   private async putOnce(
     base: string,
-    stored: Buffer,
+    encoded: { stored: Buffer; sha256: string },
     plain: Buffer,
-  ): Promise<{ key: string; stored: Buffer }> {
+  ): Promise<{ key: string; stored: Buffer; sha256: string }> {
+    const { stored } = encoded;
     const store = this.settings.store;
     for (let variant = 1; variant <= KEY_VARIANTS_MAX; variant++) {
       const key = variant === 1 ? base : `${base}.${variant}`;
@@ -442,7 +446,7 @@ export class Archiver {
       try {
         this.requests.put += 1;
         await store.put(key, stored);
-        return { key, stored };
+        return { key, ...encoded };
       } catch (error) {
         rethrowIfBug(error);
         if (errorCode(error) !== 'REWIND_ARCHIVE_EXISTS') throw error;
@@ -451,7 +455,8 @@ export class Archiver {
       const existing = await store.get(key);
       if (this.samePlain(existing, key, plain)) {
         this.host.log('info', `archive: ${key} was already written (before a restart): kept`);
-        return { key, stored: existing };
+        const sha256 = crypto.createHash('sha256').update(existing).digest('hex');
+        return { key, stored: existing, sha256 };
       }
       this.host.log('warn', `archive: ${key} exists with other content; trying the next name`);
     }

@@ -42,6 +42,8 @@ interface Harness {
     retention?: PolicyText;
     log?: (level: string, message: string) => void;
   }): Promise<Manager>;
+  /** Closes a manager this harness opened (closing one twice would close reused fds). */
+  close(manager: Manager): Promise<void>;
 }
 
 async function withHarness(body: (h: Harness) => Promise<void>): Promise<void> {
@@ -71,6 +73,10 @@ async function withHarness(body: (h: Harness) => Promise<void>): Promise<void> {
       });
       opened.push(manager);
       return manager;
+    },
+    async close(manager) {
+      opened.splice(opened.indexOf(manager), 1);
+      await manager.close();
     },
   };
   try {
@@ -140,7 +146,7 @@ describe('the archiver', () => {
         // is forgotten by the catalog (a crash between the upload and the record): it is
         // written again under the same key, refused as existing, read back and taken.
         agent.close();
-        await manager.close();
+        await h.close(manager);
         const lastKey = (objects.at(-1) as { key: string }).key;
         forgetObject(path.join(h.dir, 'data/manager/catalog.sqlite'), lastKey);
         manager = await h.open();
