@@ -10,8 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { decodeBatch, decodeObject, openStore } from '../../src/archive/index.js';
-import { crc32c } from '../../src/core/index.js';
+import { decodeBatch, decodeObject, openStore, type ObjectStore } from '../../src/archive/index.js';
+import { crc32c, RewindError } from '../../src/core/index.js';
 import { InThreadApply } from '../../src/manager/apply-pool.js';
 import { Manager, type PolicyText } from '../../src/manager/index.js';
 import { FakeAgent, type FakeRecord } from '../support/fake-agent.js';
@@ -41,6 +41,7 @@ interface Harness {
     startArchiver?: boolean;
     retention?: PolicyText;
     log?: (level: string, message: string) => void;
+    store?: (store: ObjectStore) => ObjectStore;
   }): Promise<Manager>;
   /** Closes a manager this harness opened (closing one twice would close reused fds). */
   close(manager: Manager): Promise<void>;
@@ -64,11 +65,12 @@ async function withHarness(body: (h: Harness) => Promise<void>): Promise<void> {
         retention: options.retention ?? { keepEveryWrite: '3650d', keep: 'none' },
         startArchiver: options.startArchiver ?? true,
         archive: {
-          store: await openStore(archiveDir),
+          store: (options.store ?? ((store) => store))(await openStore(archiveDir)),
           key: undefined,
           batchBytesMax: 64 * 1024,
           batchMs: 50,
           retryMsMax: 200,
+          idleRetryMs: 300,
         },
       });
       opened.push(manager);
@@ -163,6 +165,45 @@ describe('the archiver', () => {
       } finally {
         await store.close();
       }
+    });
+  });
+
+  it('a refusal retrying will not change stops archiving, with an error alert, until it is fixed', async () => {
+    await withHarness(async (h) => {
+      let refuse = true;
+      const manager = await h.open({
+        store: (store) => ({
+          url: store.url,
+          probe: () => store.probe(),
+          get: (key, range) => store.get(key, range),
+          head: (key) => store.head(key),
+          delete: (keys) => store.delete(keys),
+          list: (prefix) => store.list(prefix),
+          close: () => store.close(),
+          put: async (key, body) => {
+            if (refuse) throw new RewindError('REWIND_ARCHIVE_AUTH', `archive: put ${key}: 403`);
+            await store.put(key, body);
+          },
+        }),
+      });
+      const agent = await ship(manager, 5);
+      const deadline = Date.now() + 10_000;
+      while (manager.archiver?.state !== 'stopped' && Date.now() < deadline)
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      const stopped = manager.archiveStatus();
+      assert.equal(stopped?.state, 'stopped');
+      assert.equal(stopped?.backlog.transactions, 5);
+      assert.ok(
+        stopped?.alerts.some(
+          (a) => a.level === 'error' && /archiving stopped: .*403/.test(a.message),
+        ),
+      );
+      // Fixed (credentials renewed, say): the next try after the idle interval archives it all.
+      refuse = false;
+      await manager.archiver?.drain(10_000);
+      assert.equal(manager.archiveStatus()?.backlog.transactions, 0);
+      assert.equal(manager.archiveStatus()?.alerts.length, 0);
+      agent.close();
     });
   });
 
