@@ -163,7 +163,9 @@ export class Manager {
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
       volumeNames: () => this.history.volumeNames(),
-      log: (filter) => this.history.log(filter),
+      // A restore to a point older than the journal writes back what was written since it,
+      // archived writes included.
+      log: (filter) => this.logAcrossArchive(filter),
       resolvePoint: (text) => this.points.resolve(text),
       seqCommitted: () => this.seqCommitted(),
       waitCommitted: (seq, timeoutMs) => this.pipeline.waitCommitted(seq, timeoutMs),
@@ -464,6 +466,39 @@ export class Manager {
 
   log(filter: LogFilter): AsyncGenerator<LogEntry> {
     return this.history.log(filter);
+  }
+
+  /**
+   * As `log`, and when `filter.from - 1` is a point older than the journal that the archive
+   * serves, the archived writes from it up to the journal first (fetched like the point's view):
+   * a restore to such a point must write back every range written since.
+   */
+  async *logAcrossArchive(filter: LogFilter): AsyncGenerator<LogEntry> {
+    const from = filter.from ?? 1;
+    const planned =
+      this.oldPoints?.anchorOf(from - 1) === undefined ? undefined : this.oldPoints?.plan(from - 1);
+    if (this.oldPoints === undefined || planned === undefined || !('plan' in planned)) {
+      yield* this.history.log(filter);
+      return;
+    }
+    const { plan } = planned;
+    await this.oldPoints.fetch(plan);
+    const archived = this.oldPoints.history(plan, this.history);
+    const volume =
+      filter.volume === undefined ? undefined : this.history.volumeIndex(filter.volume);
+    const to = Math.min(filter.to ?? this.seqCommitted(), this.seqCommitted());
+    try {
+      for (const tx of plan.txs) {
+        for (const record of (await archived.txIndex(tx.idx)).records) {
+          if (record.seq < from || record.seq > to) continue;
+          if (volume !== undefined && record.volume !== volume) continue;
+          yield this.history.logEntry(record, tx.kind);
+        }
+      }
+    } finally {
+      archived.release();
+    }
+    if (to > plan.anchorSeq) yield* this.history.log({ ...filter, from: plan.anchorSeq + 1 });
   }
 
   note(level: LogLevel, message: string): void {

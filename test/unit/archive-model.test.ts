@@ -148,6 +148,24 @@ async function checkEveryPoint(
     );
     await manager.removeView('at-time');
   }
+  // A restore to an archived point writes back every byte that differs now.
+  const now = replay(writes, writes.length);
+  for (const seq of [...kept].filter((p) => manager.archivePlan(String(p)) !== null).slice(0, 8)) {
+    const plan = await manager.restorer.plan({
+      volumes: VOLUMES.map((v) => v.name),
+      at: String(seq),
+    });
+    const then = replay(writes, seq);
+    VOLUMES.forEach((v, i) => {
+      const ranges = plan.volumes[i]?.ranges ?? [];
+      const covered = (offset: number): boolean =>
+        ranges.some((r) => offset >= r.offset && offset < r.offset + r.length);
+      for (let offset = 0; offset < v.sizeBytes; offset++) {
+        if ((now[i] as Buffer)[offset] === (then[i] as Buffer)[offset]) continue;
+        assert.ok(covered(offset), `${label}: restore to ${seq} misses ${v.name} byte ${offset}`);
+      }
+    });
+  }
   for (let seq = archive.archivedFromSeq; seq <= writes.length; seq++)
     assert.ok(kept.has(seq), `${label}: seq ${seq} kept (archive from ${archive.archivedFromSeq})`);
   assert.ok(kept.has(localOldest), `${label}: the local oldest point ${localOldest} is kept`);
