@@ -2,6 +2,7 @@
 // `{"archive": {...}}` section of the JSON config file), and `rewind archive status | ls |
 // verify` as clients of the manager's API.
 import fs from 'node:fs';
+import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { formatBytes, parseSize, RewindError } from '../core/index.js';
@@ -73,7 +74,8 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
   if (!Number.isSafeInteger(batchMs) || batchMs < 0)
     throw new RewindError('REWIND_BAD_ARGUMENT', '--archive-batch-ms is not a number of ms');
   return {
-    url,
+    // A directory is kept absolute: the catalog records the URL and compares it at each start.
+    url: /^[a-z][a-z0-9+.-]*:\/\//i.test(url) ? url : path.resolve(url),
     ...(keyFile !== undefined ? { keyFile } : {}),
     ...(endpoint !== undefined ? { s3Endpoint: endpoint } : {}),
     ...(region !== undefined ? { s3Region: region } : {}),

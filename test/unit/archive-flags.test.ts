@@ -47,6 +47,7 @@ describe('archive settings', () => {
     });
     const options = archiveFromOptions({ config: file, archiveKeyFile: '/other' });
     assert.equal(options?.url, '/srv/archive');
+    assert.equal(archiveFromOptions({ archive: 'rel/dir' })?.url, path.resolve('rel/dir'));
     assert.equal(options?.keyFile, '/other');
     assert.equal(options?.batchMs, 500);
     assert.equal(options?.cacheBytesMax, 2 * 1024 ** 3);
