@@ -699,7 +699,15 @@ export class Manager {
     return verifyArchive({ catalog: this.catalog, txFiles: this.txFiles, archiver }, options);
   }
 
-  async close(): Promise<void> {
+  /** Set by the first close(): a second one would close file descriptors reused since. */
+  private closing: Promise<void> | undefined;
+
+  close(): Promise<void> {
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  private async closeOnce(): Promise<void> {
     await this.archiver?.stop();
     await this.retention.stop();
     await this.link.close();
