@@ -60,6 +60,12 @@ export const ROUTE_ACCESS: Readonly<Record<string, Access>> = {
   'POST /api/restores': ADMIN,
   'POST /api/restores/:id/abandon': ADMIN,
   'PUT /api/retention/policy': ADMIN,
+  'GET /api/archive': READ,
+  'GET /api/archive/objects': READ,
+  'GET /api/archive/plan': READ,
+  // Fetching into the local cache and reading every object back cost the store requests.
+  'POST /api/archive/fetch': OPERATE,
+  'POST /api/archive/verify': OPERATE,
   'GET /api/tokens': ADMIN,
   'POST /api/tokens': ADMIN,
   'DELETE /api/tokens/:name': ADMIN,

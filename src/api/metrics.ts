@@ -134,6 +134,7 @@ export class Metrics {
           set({ volume_set: volumeSet(), volume: volume.name }, offline.has(volume.name) ? 1 : 0);
       },
     );
+    if (manager.archiver) this.archiveMetrics(perSet);
     // What the agent reports: counts since the agent started (a restart is a counter reset).
     const overview = this.source;
     const captured = (name: string, help: string, pick: 'writes' | 'bytes'): void => {
@@ -210,6 +211,44 @@ export class Metrics {
 
   private volumeSet(): string {
     return this.manager.catalog.getMeta('volumeSetName') ?? 'none';
+  }
+
+  /** The archive's state, when one is configured (docs/CONSOLE.md "Metrics"). */
+  private archiveMetrics(perSet: (name: string, help: string, value: () => number) => void): void {
+    const archive = () => this.manager.requireArchiver().status();
+    perSet('rewind_archive_seq', 'the last seq archived', () => archive().archivedThroughSeq);
+    perSet(
+      'rewind_archive_backlog_transactions',
+      'committed transactions not archived yet',
+      () => archive().backlog.transactions,
+    );
+    perSet(
+      'rewind_archive_backlog_bytes',
+      'redo and undo bytes not archived yet',
+      () => archive().backlog.bytes,
+    );
+    perSet('rewind_archive_objects', 'objects in the archive', () => archive().objects);
+    perSet(
+      'rewind_archive_stored_bytes',
+      'bytes stored in the archive',
+      () => archive().storedBytes,
+    );
+    perSet('rewind_archive_ok', '1 unless archiving waits for the store or stopped', () =>
+      ['waiting', 'stopped'].includes(archive().state) ? 0 : 1,
+    );
+    const volumeSet = (): string => this.volumeSet();
+    new Counter<Labels>({
+      name: 'rewind_archive_requests_total',
+      help: 'requests made to the archive store since the manager started, by kind',
+      labelNames: ['volume_set', 'kind'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        const requests = archive().requests;
+        for (const kind of ['put', 'get', 'head'] as const)
+          this.inc({ volume_set: volumeSet(), kind }, requests[kind]);
+      },
+    });
   }
 
   private commit(event: CommitEvent): void {

@@ -72,6 +72,10 @@ export const EXPORT_SCHEMA = body(
   ['volume', 'at', 'file'],
 );
 
+export const ARCHIVE_FETCH_SCHEMA = body({ point: text }, ['point']);
+
+export const ARCHIVE_VERIFY_SCHEMA = body({ deep: { type: 'boolean' } });
+
 export const TOKEN_SCHEMA = body({ name: text, role: text }, ['name', 'role']);
 
 /** Retention settings are checked by policyTextFrom (names and values); here only the shape. */

@@ -9,6 +9,7 @@ import { formatTimeNs, parseSize, RewindError, type ByteRange } from '../core/in
 import type { CommitEvent, Manager } from '../manager/index.js';
 import { blockHistory, diff, parsePoint, Timeline } from '../manager/index.js';
 import { registerRetentionRoutes } from './retention-routes.js';
+import { registerArchiveRoutes } from './archive-routes.js';
 import type { RestoreSpec } from '../manager/index.js';
 import { registerAudit } from './audit.js';
 import { registerAuth } from './auth.js';
@@ -32,6 +33,7 @@ const STATUS_BY_CODE: Record<string, number> = {
   REWIND_NOT_FOUND: 404,
   REWIND_CONFLICT: 409,
   REWIND_BUSY: 503,
+  REWIND_ARCHIVE_UNAVAILABLE: 503,
   REWIND_AUTH: 401,
   REWIND_FORBIDDEN: 403,
 };
@@ -151,6 +153,7 @@ export async function startApi(
   });
   app.get('/api/status', async () => manager.status());
   registerRetentionRoutes(app, manager);
+  registerArchiveRoutes(app, manager);
   const overview = new OverviewSource(manager);
   const timeline = Timeline.of(manager.history, manager.catalog);
   const onCommit = (event: CommitEvent): void => timeline.committed(event.tx);

@@ -6,3 +6,5 @@ export { DirectoryStore } from './dir-store.js';
 export { S3Store, S3_ATTEMPTS_MAX, DELETE_BATCH_KEYS_MAX } from './s3-store.js';
 export * from './codec.js';
 export { loadArchiveKey, parseArchiveKey } from './key-file.js';
+export * from './batch.js';
+export { CodecThread } from './codec-thread.js';

@@ -25,6 +25,14 @@ import { registerAccessCommands } from './access.js';
  */
 const runtime = (): Promise<typeof import('../runtime/index.js')> => import('../runtime/index.js');
 import {
+  fetchOldPoint,
+  type ArchiveApi,
+  archiveFromOptions,
+  registerArchiveCommand,
+  withArchiveOptions,
+  type ArchiveFlags,
+} from './archive.js';
+import {
   registerRetentionCommand,
   retentionFromOptions,
   withRetentionOptions,
@@ -252,6 +260,13 @@ async function json<T>(
   return (await (await call(base, method, route, body, signal)).json()) as T;
 }
 
+/** The archive commands' way to the API (JSON answers, and NDJSON streams with progress). */
+const archiveApi: ArchiveApi = {
+  json: (options, method, route, body) =>
+    json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+  stream: (options, method, route, body) => call(server(options), method, route, body),
+};
+
 // Commander's own errors become the one documented line (main() prints them): the settings are
 // made before any subcommand is added, so every subcommand inherits them.
 const program = new Command('rewind')
@@ -275,8 +290,7 @@ const withServer = (command: Command): Command =>
 
 withRetentionOptions(
   withServing(
-    program
-      .command('up')
+    withArchiveOptions(program.command('up'))
       .description('run agent and manager in one process (the embedded default)')
       .option('--data <dir>', 'data directory', './rewind-data'),
     '127.0.0.1:10809',
@@ -311,15 +325,18 @@ withRetentionOptions(
       exportDir?: string;
       httpTlsCert?: string;
       httpTlsKey?: string;
-    } & RetentionFlags,
+    } & RetentionFlags &
+      ArchiveFlags,
   ) => {
     const retention = retentionFromOptions(options);
+    const archive = archiveFromOptions(options);
     const running = await (
       await runtime()
     ).startUp({
       ...(retention ? { retention } : {}),
       ...exportDirOption(options),
       ...httpTlsOption(options),
+      ...(archive ? { archive } : {}),
       dataDir: options.data,
       ...servingOptions(options),
       http: endpoint(options.http, '--http'),
@@ -355,11 +372,9 @@ function token(options: { token?: string; tokenFile?: string }): string {
 
 withRetentionOptions(
   withServing(
-    program
-      .command('manager')
-      .description(
-        'run the manager alone (backup host): receives segments from an agent, serves views and the API',
-      ),
+    withArchiveOptions(program.command('manager')).description(
+      'run the manager alone (backup host): receives segments from an agent, serves views and the API',
+    ),
     '127.0.0.1:10810',
     'for snapshots and clones',
   ),
@@ -387,17 +402,20 @@ withRetentionOptions(
         exportDir?: string;
         httpTlsCert?: string;
         httpTlsKey?: string;
-      } & RetentionFlags,
+      } & RetentionFlags &
+        ArchiveFlags,
     ) => {
       if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
         throw new RewindError('REWIND_BAD_ARGUMENT', '--tls-cert and --tls-key go together');
       const retention = retentionFromOptions(options);
+      const archive = archiveFromOptions(options);
       const running = await (
         await runtime()
       ).startManager({
         ...(retention ? { retention } : {}),
         ...exportDirOption(options),
         ...httpTlsOption(options),
+        ...(archive ? { archive } : {}),
         dataDir: options.data,
         listen: endpoint(options.listen, '--listen'),
         ...servingOptions(options),
@@ -592,6 +610,7 @@ for (const kind of ['snapshot', 'clone'] as const) {
         'seq (0 = before the first write), ISO-8601 time, or relative time ("5 minutes ago")',
       ),
   ).action(async (name: string, options: { server?: string; at: string }) => {
+    await fetchOldPoint(archiveApi, options, options.at);
     const view = await json<{ seq: number; exports: string[] }>(
       server(options),
       'POST',
@@ -1133,6 +1152,7 @@ withServer(
     }
     if (!options.dryRun && options.force !== true)
       await refuseRestoreWhileMapped(base, volumes, options.fromClone);
+    if (options.at !== undefined) await fetchOldPoint(archiveApi, options, options.at);
     const body = {
       volumes,
       ...(options.force === true ? { force: true } : {}),
@@ -1265,6 +1285,7 @@ withServer(
     options: { server?: string; at: string; to: string; force?: boolean; json?: boolean },
   ) => {
     const base = server(options);
+    await fetchOldPoint(archiveApi, options, options.at);
     const started = await json<{ id: number }>(base, 'POST', '/api/exports', {
       volume,
       at: options.at,
@@ -1410,6 +1431,11 @@ registerRetentionCommand(program, withServer, (options, method, route, body) =>
 registerAccessCommands(program, withServer, (options, method, route, body) =>
   json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
 );
+registerArchiveCommand(program, withServer, {
+  json: (options, method, route, body) =>
+    json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
+  stream: (options, method, route, body) => call(server(options), method, route, body),
+});
 
 /** A start that failed closes what it opened; should anything still hold the process, it ends. */
 const FAILED_EXIT_GRACE_MS = 10_000;

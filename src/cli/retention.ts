@@ -151,6 +151,14 @@ function printStatus(status: RetentionStatus): void {
       `  ${tier.tier.padEnd(12)} ${String(tier.points).padStart(9)} points  ${formatBytes(tier.bytes).padStart(10)}  ${span}`,
     );
   }
+  const archive = status.archive;
+  if (archive) {
+    const range =
+      archive.fromSeq === null ? 'empty' : `seq ${archive.fromSeq}..${archive.throughSeq}`;
+    console.log(
+      `  ${'archive'.padEnd(12)} ${range}, ${archive.objects} objects, ${formatBytes(archive.storedBytes)} stored, ${archive.backlogTransactions} transactions waiting (${archive.url})`,
+    );
+  }
   const until =
     status.secondsUntilLimit === null
       ? ''

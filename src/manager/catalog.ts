@@ -98,6 +98,19 @@ CREATE TABLE IF NOT EXISTS api_tokens (
 CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY, at TEXT NOT NULL, token TEXT, method TEXT NOT NULL, route TEXT NOT NULL,
   summary TEXT NOT NULL, status INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS archive_objects (
+  key TEXT PRIMARY KEY, first_idx INTEGER NOT NULL, last_idx INTEGER NOT NULL,
+  seq_first INTEGER NOT NULL, seq_last INTEGER NOT NULL, time_first_us INTEGER NOT NULL,
+  time_last_us INTEGER NOT NULL, tx_count INTEGER NOT NULL, plain_bytes INTEGER NOT NULL,
+  stored_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS archive_objects_seq ON archive_objects (seq_last);
+CREATE TABLE IF NOT EXISTS archive_txs (
+  idx INTEGER PRIMARY KEY, kind TEXT NOT NULL, seq_first INTEGER NOT NULL, seq_last INTEGER NOT NULL,
+  time_first_us INTEGER NOT NULL, time_last_us INTEGER NOT NULL, object_key TEXT NOT NULL,
+  redo_offset INTEGER NOT NULL, redo_length INTEGER NOT NULL, redo_crc INTEGER NOT NULL,
+  undo_offset INTEGER NOT NULL, undo_length INTEGER NOT NULL, undo_crc INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS archive_txs_seq ON archive_txs (seq_last);
+CREATE INDEX IF NOT EXISTS archive_txs_time ON archive_txs (time_first_us);
 `;
 
 /** An HTTP API token made with `rewind token create`: only the SHA-256 of its secret is kept. */
@@ -161,6 +174,48 @@ const ADDED_COLUMNS: { table: string; column: string; definition: string }[] = [
   { table: 'transactions', column: 'thinned_at', definition: 'TEXT' },
   { table: 'bookmarks', column: 'pinned_until', definition: 'TEXT' },
 ];
+
+/** One object of the archive (archiving.ts): a batch of consecutive archived transactions. */
+export interface ArchiveObjectRow {
+  key: string;
+  firstIdx: number;
+  lastIdx: number;
+  seqFirst: number;
+  seqLast: number;
+  timeFirstUs: number;
+  timeLastUs: number;
+  txCount: number;
+  plainBytes: number;
+  storedBytes: number;
+  /** SHA-256 of the stored bytes (hex). */
+  sha256: string;
+  createdAt: string;
+}
+
+/** One archived transaction: where its redo and undo lie in its object's plain payload. */
+export interface ArchiveTxRow {
+  idx: number;
+  kind: TxKind;
+  seqFirst: number;
+  seqLast: number;
+  timeFirstUs: number;
+  timeLastUs: number;
+  objectKey: string;
+  redoOffset: number;
+  redoLength: number;
+  redoCrc: number;
+  undoOffset: number;
+  undoLength: number;
+  undoCrc: number;
+}
+
+const ARCHIVE_OBJECT_COLUMNS = `key, first_idx AS firstIdx, last_idx AS lastIdx, seq_first AS seqFirst,
+  seq_last AS seqLast, time_first_us AS timeFirstUs, time_last_us AS timeLastUs, tx_count AS txCount,
+  plain_bytes AS plainBytes, stored_bytes AS storedBytes, sha256, created_at AS createdAt`;
+const ARCHIVE_TX_COLUMNS = `idx, kind, seq_first AS seqFirst, seq_last AS seqLast,
+  time_first_us AS timeFirstUs, time_last_us AS timeLastUs, object_key AS objectKey,
+  redo_offset AS redoOffset, redo_length AS redoLength, redo_crc AS redoCrc,
+  undo_offset AS undoOffset, undo_length AS undoLength, undo_crc AS undoCrc`;
 
 const BOOKMARK_COLUMNS =
   'name, seq, time_us AS timeUs, created_at AS createdAt, pinned_until AS pinnedUntil';
@@ -762,6 +817,150 @@ export class Catalog {
     return this.db
       .prepare(`SELECT ${TX_COLUMNS} FROM transactions WHERE kind = 'merged' ORDER BY idx`)
       .all() as TxRow[];
+  }
+
+  // ---- The archive (archiving.ts) ----
+
+  /** Committed transactions with per-write history after `afterIdx` (not merged), oldest first. */
+  unarchivedTxs(afterIdx: number, limit: number): TxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${TX_COLUMNS} FROM transactions WHERE state = 'committed' AND idx > ?
+           AND kind != 'merged' ORDER BY idx LIMIT ?`,
+      )
+      .all(afterIdx, limit) as TxRow[];
+  }
+
+  /** Bytes and count of committed, unmerged transactions after `afterIdx` (the backlog). */
+  unarchivedTotals(afterIdx: number): { transactions: number; bytes: number } {
+    return this.db
+      .prepare(
+        `SELECT COUNT(*) AS transactions, IFNULL(SUM(redo_bytes + undo_bytes), 0) AS bytes
+           FROM transactions WHERE state = 'committed' AND idx > ? AND kind != 'merged'`,
+      )
+      .get(afterIdx) as { transactions: number; bytes: number };
+  }
+
+  /** The newest archived transaction, if any. */
+  lastArchivedTx(): ArchiveTxRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs ORDER BY idx DESC LIMIT 1`)
+      .get() as ArchiveTxRow | undefined;
+  }
+
+  /** Records an uploaded object and its transactions in one SQLite transaction. */
+  recordArchiveObject(object: ArchiveObjectRow, txs: readonly ArchiveTxRow[]): void {
+    const record = this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO archive_objects (key, first_idx, last_idx, seq_first, seq_last, time_first_us,
+             time_last_us, tx_count, plain_bytes, stored_bytes, sha256, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          object.key,
+          object.firstIdx,
+          object.lastIdx,
+          object.seqFirst,
+          object.seqLast,
+          object.timeFirstUs,
+          object.timeLastUs,
+          object.txCount,
+          object.plainBytes,
+          object.storedBytes,
+          object.sha256,
+          object.createdAt,
+        );
+      const insert = this.db.prepare(
+        `INSERT INTO archive_txs (idx, kind, seq_first, seq_last, time_first_us, time_last_us,
+           object_key, redo_offset, redo_length, redo_crc, undo_offset, undo_length, undo_crc)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      );
+      for (const tx of txs) {
+        insert.run(
+          tx.idx,
+          tx.kind,
+          tx.seqFirst,
+          tx.seqLast,
+          tx.timeFirstUs,
+          tx.timeLastUs,
+          tx.objectKey,
+          tx.redoOffset,
+          tx.redoLength,
+          tx.redoCrc,
+          tx.undoOffset,
+          tx.undoLength,
+          tx.undoCrc,
+        );
+      }
+    });
+    record();
+  }
+
+  archiveObjects(): ArchiveObjectRow[] {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_OBJECT_COLUMNS} FROM archive_objects ORDER BY first_idx`)
+      .all() as ArchiveObjectRow[];
+  }
+
+  archiveObject(key: string): ArchiveObjectRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_OBJECT_COLUMNS} FROM archive_objects WHERE key = ?`)
+      .get(key) as ArchiveObjectRow | undefined;
+  }
+
+  archiveTxsOf(key: string): ArchiveTxRow[] {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs WHERE object_key = ? ORDER BY idx`)
+      .all(key) as ArchiveTxRow[];
+  }
+
+  /** Archived transactions holding seqs in [seqFrom, seqTo], oldest first. */
+  archiveTxsBetweenSeqs(seqFrom: number, seqTo: number): ArchiveTxRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs WHERE seq_last >= ? AND seq_first <= ?
+           ORDER BY idx`,
+      )
+      .all(seqFrom, seqTo) as ArchiveTxRow[];
+  }
+
+  /** The archived transaction holding `seq`, if any. */
+  archiveTxContaining(seq: number): ArchiveTxRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs WHERE seq_first <= ? AND seq_last >= ?
+           ORDER BY idx LIMIT 1`,
+      )
+      .get(seq, seq) as ArchiveTxRow | undefined;
+  }
+
+  /** The last archived transaction whose first write was captured at or before `timeUs`. */
+  archiveTxAtOrBeforeTime(timeUs: number): ArchiveTxRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs WHERE time_first_us <= ?
+           ORDER BY time_first_us DESC, idx DESC LIMIT 1`,
+      )
+      .get(timeUs) as ArchiveTxRow | undefined;
+  }
+
+  /** The oldest archived transaction, if any. */
+  firstArchivedTx(): ArchiveTxRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_TX_COLUMNS} FROM archive_txs ORDER BY idx LIMIT 1`)
+      .get() as ArchiveTxRow | undefined;
+  }
+
+  archiveTotals(): { objects: number; plainBytes: number; storedBytes: number; txs: number } {
+    const objects = this.db
+      .prepare(
+        `SELECT COUNT(*) AS objects, IFNULL(SUM(plain_bytes), 0) AS plainBytes,
+           IFNULL(SUM(stored_bytes), 0) AS storedBytes FROM archive_objects`,
+      )
+      .get() as { objects: number; plainBytes: number; storedBytes: number };
+    const txs = this.db.prepare('SELECT COUNT(*) AS n FROM archive_txs').get() as { n: number };
+    return { ...objects, txs: txs.n };
   }
 
   addRestore(spec: string, seq: number): number {

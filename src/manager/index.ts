@@ -14,6 +14,16 @@ export type { ExportJob } from './image-export.js';
 export { blockHistory, diff } from './queries.js';
 export type { RetentionStatus, Simulation } from './retention.js';
 export {
+  Archiver,
+  ARCHIVE_BATCH_BYTES_DEFAULT,
+  ARCHIVE_BATCH_MS_DEFAULT,
+  type ArchiveSettings,
+  type ArchiveStatus,
+} from './archiving.js';
+export type { ArchiveObjectRow, ArchiveTxRow } from './catalog.js';
+export type { OldPointPlan, FetchProgress } from './old-points.js';
+export type { VerifyProblem, VerifyProgress, VerifyResult } from './archive-verify.js';
+export {
   policyFrom,
   policyText,
   DEFAULT_POLICY,

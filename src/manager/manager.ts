@@ -20,6 +20,10 @@ import { ensureDir } from '../platform/index.js';
 import type { View } from '../views/index.js';
 import { AgentLink, type AgentStatus } from './agent-link.js';
 import { ApplyWorker, type Applier } from './apply-pool.js';
+import { Archiver, type ArchiveSettings, type ArchiveStatus } from './archiving.js';
+import { verifyArchive, type VerifyProgress, type VerifyResult } from './archive-verify.js';
+import type { ArchiveObjectRow } from './catalog.js';
+import { OldPoints, type FetchProgress, type OldPointPlan } from './old-points.js';
 import { Catalog } from './catalog.js';
 import { ImageExporter } from './image-export.js';
 import { PointResolver } from './points.js';
@@ -62,6 +66,13 @@ export interface ManagerOptions {
   localSpoolDir?: string;
   /** The only directory image exports write to; default DATA/exports (created at open). */
   exportDir?: string;
+  /**
+   * The archive: its opened store (closed by close(); the caller's to close when open fails), the
+   * key (when objects are encrypted), batching and the old points' cache.
+   */
+  archive?: ArchiveSettings;
+  /** The archiver starts at open unless false (tests that start it later). */
+  startArchiver?: boolean;
 }
 
 export interface ManagerStatus {
@@ -105,6 +116,8 @@ interface Parts {
   retention: Retention;
   merger: Applier;
   commitObservers: Set<(event: CommitEvent) => void>;
+  archiver: Archiver | undefined;
+  oldPoints: OldPoints | undefined;
 }
 
 export type { CommitEvent };
@@ -125,6 +138,10 @@ export class Manager {
   private readonly link: AgentLink;
   readonly retention: Retention;
   private readonly merger: Applier;
+  /** Packs committed transactions into the archive (undefined without one). */
+  readonly archiver: Archiver | undefined;
+  /** Points older than the journal, served from the archive (undefined without one). */
+  readonly oldPoints: OldPoints | undefined;
   /** Called after each commit (the console's events, the metrics); an observer must not throw. */
   readonly commitObservers: Set<(event: CommitEvent) => void>;
 
@@ -142,11 +159,15 @@ export class Manager {
     this.retention = parts.retention;
     this.merger = parts.merger;
     this.commitObservers = parts.commitObservers;
+    this.archiver = parts.archiver;
+    this.oldPoints = parts.oldPoints;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
       volumeNames: () => this.history.volumeNames(),
-      log: (filter) => this.history.log(filter),
+      // A restore to a point older than the journal writes back what was written since it,
+      // archived writes included.
+      log: (filter) => this.logAcrossArchive(filter),
       resolvePoint: (text) => this.points.resolve(text),
       seqCommitted: () => this.seqCommitted(),
       waitCommitted: (seq, timeoutMs) => this.pipeline.waitCommitted(seq, timeoutMs),
@@ -200,6 +221,7 @@ export class Manager {
           ReplicaVolume.open(path.join(root, 'replica'), volume.idx, volume.name, volume.sizeBytes),
         );
       }
+      if (options.archive) Archiver.checkAgainstCatalog(catalog, options.archive);
       const policy = Retention.policyOf(catalog, options.retention);
       const manager = Manager.assemble({
         options,
@@ -214,6 +236,7 @@ export class Manager {
       await manager.pipeline.recover();
       await manager.registry.load();
       if (options.startRetention !== false) manager.retention.start();
+      if (options.startArchiver !== false) manager.archiver?.start();
       return manager;
     } catch (error) {
       rethrowIfBug(error);
@@ -239,7 +262,10 @@ export class Manager {
     const { options, root, catalog, replicas, txFiles, applier, merger, policy } = opened;
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
-    const later: { registry?: ViewRegistry; retention?: Retention } = {};
+    const later: { registry?: ViewRegistry; retention?: Retention; oldPoints?: OldPoints } = {};
+    const archiver = options.archive
+      ? new Archiver({ catalog, txFiles, log: options.log }, options.archive)
+      : undefined;
     const commitObservers = new Set<(event: CommitEvent) => void>(
       options.onCommitted ? [options.onCommitted] : [],
     );
@@ -254,6 +280,7 @@ export class Manager {
       makeRoom: (bytes, resync) => later.retention?.makeRoom(bytes, resync),
       onCommitted: (event) => {
         later.retention?.committed(event.tx);
+        archiver?.committed();
         for (const observe of commitObservers) observe(event);
       },
     });
@@ -289,7 +316,29 @@ export class Manager {
       droppedAt: (seq) => catalog.droppedAt(seq),
       recordsOf: (idx) => history.recordsOf(idx),
       gapStartNs: (idx) => history.gapStartNs(idx),
+      archive: (seq) => {
+        if (later.oldPoints?.anchorOf(seq) === undefined) return undefined;
+        const planned = later.oldPoints.plan(seq);
+        return 'plan' in planned ? { served: true } : { served: false, why: planned.refused };
+      },
+      ...(archiver
+        ? { archiveTxAtOrBeforeTime: (timeUs: number) => catalog.archiveTxAtOrBeforeTime(timeUs) }
+        : {}),
     });
+    const oldPoints = archiver
+      ? new OldPoints({
+          catalog,
+          archiver,
+          local: {
+            historyStart: () => points.historyStart(),
+            txContaining: (seq) => catalog.txContaining(seq),
+          },
+          dir: path.join(options.dataDir, 'archive-cache'),
+          cacheBytesMax: options.archive?.cacheBytesMax ?? ARCHIVE_CACHE_BYTES_DEFAULT,
+          log: options.log,
+        })
+      : undefined;
+    if (oldPoints) later.oldPoints = oldPoints;
     const registry = new ViewRegistry({
       clonesDir: path.join(root, 'clones'),
       history,
@@ -298,6 +347,7 @@ export class Manager {
       exclusive: (work) => pipeline.exclusive(work),
       log: options.log,
       ...(options.onExportsChanged ? { onExportsChanged: options.onExportsChanged } : {}),
+      ...(oldPoints ? { oldPoints } : {}),
     });
     later.registry = registry;
     const retention = new Retention(
@@ -314,6 +364,22 @@ export class Manager {
         historyStart: () => points.historyStart(),
         ...(options.retentionIdleMs !== undefined
           ? { idleIntervalMs: options.retentionIdleMs }
+          : {}),
+        ...(archiver
+          ? {
+              archivedThroughSeq: () => archiver.archivedThroughSeq(),
+              archiveTier: () => {
+                const status = archiver.status();
+                return {
+                  url: status.url,
+                  fromSeq: status.archivedFromSeq,
+                  throughSeq: status.archivedThroughSeq,
+                  objects: status.objects,
+                  storedBytes: status.storedBytes,
+                  backlogTransactions: status.backlog.transactions,
+                };
+              },
+            }
           : {}),
       },
       policy,
@@ -333,6 +399,8 @@ export class Manager {
       retention,
       merger,
       commitObservers,
+      archiver,
+      oldPoints,
     });
     return manager;
   }
@@ -402,6 +470,39 @@ export class Manager {
 
   log(filter: LogFilter): AsyncGenerator<LogEntry> {
     return this.history.log(filter);
+  }
+
+  /**
+   * As `log`, and when `filter.from - 1` is a point older than the journal that the archive
+   * serves, the archived writes from it up to the journal first (fetched like the point's view):
+   * a restore to such a point must write back every range written since.
+   */
+  async *logAcrossArchive(filter: LogFilter): AsyncGenerator<LogEntry> {
+    const from = filter.from ?? 1;
+    const planned =
+      this.oldPoints?.anchorOf(from - 1) === undefined ? undefined : this.oldPoints?.plan(from - 1);
+    if (this.oldPoints === undefined || planned === undefined || !('plan' in planned)) {
+      yield* this.history.log(filter);
+      return;
+    }
+    const { plan } = planned;
+    await this.oldPoints.fetch(plan);
+    const archived = this.oldPoints.history(plan, this.history);
+    const volume =
+      filter.volume === undefined ? undefined : this.history.volumeIndex(filter.volume);
+    const to = Math.min(filter.to ?? this.seqCommitted(), this.seqCommitted());
+    try {
+      for (const tx of plan.txs) {
+        for (const record of (await archived.txIndex(tx.idx)).records) {
+          if (record.seq < from || record.seq > to) continue;
+          if (volume !== undefined && record.volume !== volume) continue;
+          yield this.history.logEntry(record, tx.kind);
+        }
+      }
+    } finally {
+      archived.release();
+    }
+    if (to > plan.anchorSeq) yield* this.history.log({ ...filter, from: plan.anchorSeq + 1 });
   }
 
   note(level: LogLevel, message: string): void {
@@ -555,7 +656,63 @@ export class Manager {
     };
   }
 
-  async close(): Promise<void> {
+  /** The archive's state, or undefined when none is configured. */
+  archiveStatus(): ArchiveStatus | undefined {
+    return this.archiver?.status();
+  }
+
+  /** The archiver, or the one "no archive configured" refusal. */
+  requireArchiver(): Archiver {
+    if (this.archiver) return this.archiver;
+    throw new RewindError('REWIND_NOT_FOUND', 'this manager has no archive configured', {
+      hint: 'start it with --archive DIR or --archive s3://BUCKET/PREFIX',
+    });
+  }
+
+  /**
+   * What serving POINT takes from the archive (objects and bytes to fetch), or null when the
+   * journal serves it; refused like any POINT when neither tier keeps it.
+   */
+  archivePlan(pointText: string): OldPointPlan | null {
+    const seq = this.points.resolve(pointText);
+    if (this.oldPoints?.anchorOf(seq) === undefined) return null;
+    const planned = this.oldPoints.plan(seq);
+    return 'plan' in planned ? planned.plan : null;
+  }
+
+  /** Fetches what POINT needs from the archive into the cache (progress per object). */
+  async fetchPoint(
+    pointText: string,
+    onProgress?: (progress: FetchProgress) => void,
+  ): Promise<void> {
+    await this.registry.prefetch(this.points.resolve(pointText), onProgress);
+  }
+
+  /** The objects the catalog records, oldest first. */
+  archiveObjects(): ArchiveObjectRow[] {
+    this.requireArchiver();
+    return this.catalog.archiveObjects();
+  }
+
+  /** Checks every recorded object against the catalog (deep: reads and decodes each). */
+  verifyArchive(options: {
+    deep: boolean;
+    onProgress?: (progress: VerifyProgress) => void;
+  }): Promise<VerifyResult> {
+    const archiver = this.requireArchiver();
+    return verifyArchive({ catalog: this.catalog, txFiles: this.txFiles, archiver }, options);
+  }
+
+  /** Set by the first close(): a second one would close file descriptors reused since. */
+  private closing: Promise<void> | undefined;
+
+  close(): Promise<void> {
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  private async closeOnce(): Promise<void> {
+    await this.archiver?.stop();
     await this.retention.stop();
     await this.link.close();
     await this.pipeline.close();
@@ -565,6 +722,7 @@ export class Manager {
     for (const replica of this.replicaList) replica.close();
     this.txFiles.close();
     this.catalog.close();
+    await this.archiver?.store.close();
   }
 }
 
@@ -572,6 +730,9 @@ export class Manager {
  * Checks an agent's volume set against the one this manager protects and adopts it the first time;
  * volumes may be added, never changed or removed. New volumes get a replica.
  */
+/** The archive cache's bound when none is given (DATA/archive-cache). */
+const ARCHIVE_CACHE_BYTES_DEFAULT = 1024 * 1024 * 1024;
+
 /** The nice value of retention's merge thread (ingest's threads stay at the process's). */
 const MERGE_NICE = 10;
 

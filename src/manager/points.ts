@@ -71,6 +71,15 @@ export interface PointSource extends Pick<
   recordsOf(idx: number): readonly RedoRecord[];
   /** From the header of resync transaction `idx`: when history went missing (0n: unknown). */
   gapStartNs(idx: number): bigint;
+  /**
+   * With an archive, for a seq the local journal no longer serves (dropped, or inside a thinned
+   * run): whether the archive serves it, or why not (what it keeps). Undefined: no archive.
+   */
+  archive?(seq: number): { served: true } | { served: false; why: string } | undefined;
+  /** With an archive: the archived transaction whose first write is at or before `timeUs`. */
+  archiveTxAtOrBeforeTime?(
+    timeUs: number,
+  ): { seqFirst: number; seqLast: number; timeLastUs: number } | undefined;
 }
 
 export class PointResolver {
@@ -105,10 +114,30 @@ export class PointResolver {
     }
     const start = this.historyStart();
     if (start === undefined || point.seq < start)
-      throw this.beforeHistory(`seq ${point.seq}`, start, point.seq);
-    this.refuseThinned(point.seq);
+      return this.orArchive(point.seq, this.beforeHistory(`seq ${point.seq}`, start, point.seq));
+    const merged = this.thinnedAt(point.seq);
+    if (merged) return this.orArchive(point.seq, thinned(`seq ${point.seq}`, merged));
     this.refuseInsideResync(point.seq);
     return point.seq;
+  }
+
+  /** The merged transaction holding `seq` strictly inside its run, if any. */
+  private thinnedAt(seq: number): TxRow | undefined {
+    const tx = this.source.txContaining(seq);
+    return tx && tx.kind === 'merged' && seq < tx.seqLast ? tx : undefined;
+  }
+
+  /**
+   * A seq the local journal refuses (`refusal`): served by the archive if it keeps it, else
+   * refused naming what both tiers keep.
+   */
+  private orArchive(seq: number, refusal: RewindError): number {
+    const archive = this.source.archive?.(seq);
+    if (archive === undefined) throw refusal;
+    if (archive.served) return seq;
+    throw new RewindError('REWIND_POINT_INVALID', `${refusal.message}, and not in the archive`, {
+      hint: `${refusal.hint ? `${refusal.hint}; ` : ''}${archive.why}`,
+    });
   }
 
   /**
@@ -133,9 +162,15 @@ export class PointResolver {
     }
     const start = this.historyStart();
     if (steps < 0 && (start === undefined || target < start)) {
-      throw this.beforeHistory(`${what} is at seq ${from}; ${-steps} back`, start, target);
+      const refusal = this.beforeHistory(
+        `${what} is at seq ${from}; ${-steps} back`,
+        start,
+        target,
+      );
+      return this.orArchive(target, refusal);
     }
-    this.refuseThinned(target);
+    const merged = this.thinnedAt(target);
+    if (merged) return this.orArchive(target, thinned(`seq ${target}`, merged));
     this.refuseInsideResync(target);
     return target;
   }
@@ -257,17 +292,42 @@ export class PointResolver {
     }
     const oldest = this.source.oldestPoint();
     if (oldest && timeNs < BigInt(oldest.timeUs) * 1000n) {
-      throw this.beforeHistory(`time ${text}`, oldest.seq, oldest.seq - 1);
+      const refusal = this.beforeHistory(`time ${text}`, oldest.seq, oldest.seq - 1);
+      return this.archivedSeqAtTime(timeNs, text, refusal);
     }
     const tx = this.source.txAtOrBeforeTime(Number(timeNs / 1000n) + 1);
-    if (!tx) throw this.beforeFirstWrite(text);
+    if (!tx) return this.archivedSeqAtTime(timeNs, text, this.beforeFirstWrite(text));
     if (tx.kind === 'merged') {
-      // Only the state after the run's last write was kept; a time inside the run has none.
-      if (timeNs < BigInt(tx.timeLastUs) * 1000n) throw thinned(`time ${text}`, tx);
+      // Only the state after the run's last write was kept locally; the archive may have more.
+      if (timeNs < BigInt(tx.timeLastUs) * 1000n)
+        return this.archivedSeqAtTime(timeNs, text, thinned(`time ${text}`, tx));
       this.refuseInsideGap(tx.seqLast, timeNs, text);
       return tx.seqLast;
     }
     return this.seqAtTimeIn(tx, timeNs, text);
+  }
+
+  /**
+   * A time the journal no longer resolves (`refusal`), from the archive's catalog: the last seq
+   * of the archived transaction before it, when the time lies after that transaction's last
+   * write and before the next one's first (capture times are kept to the µs per transaction;
+   * the times of the writes inside one are in its archived redo, not read here: such a time is
+   * refused, naming the seqs around it).
+   */
+  private archivedSeqAtTime(timeNs: bigint, text: string, refusal: RewindError): number {
+    const tx = this.source.archiveTxAtOrBeforeTime?.(Number(timeNs / 1000n));
+    if (tx === undefined) throw refusal;
+    if (timeNs >= BigInt(tx.timeLastUs + 1) * 1000n) {
+      const archive = this.source.archive?.(tx.seqLast);
+      // Undefined: the journal serves that seq itself (the archived transaction ends at its start).
+      if (archive === undefined || archive.served) return tx.seqLast;
+      return this.orArchive(tx.seqLast, refusal);
+    }
+    throw new RewindError(
+      'REWIND_POINT_INVALID',
+      `time ${text} falls among the archived writes of seqs ${tx.seqFirst}..${tx.seqLast}, whose times are not looked up in the archive`,
+      { hint: `give a seq from ${tx.seqFirst - 1} to ${tx.seqLast}` },
+    );
   }
 
   /**
@@ -325,7 +385,9 @@ export class PointResolver {
    */
   private refuseInsideGap(seq: number, timeNs: bigint, text: string): void {
     const next = this.source.txContaining(seq + 1);
-    if (!next || next.kind === 'redo' || next.seqFirst !== seq + 1) return;
+    // Only a resync opens such a window (a merged run after it has no redo to read either).
+    if (!next || next.kind === 'redo' || next.kind === 'merged' || next.seqFirst !== seq + 1)
+      return;
     const gapStartNs = this.source.gapStartNs(next.idx);
     if (gapStartNs === 0n || timeNs >= gapStartNs) {
       const from = gapStartNs > 0n ? formatTimeNs(gapStartNs) : `the write at seq ${seq}`;

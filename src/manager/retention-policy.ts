@@ -236,6 +236,12 @@ export interface PlanInput {
   frozenAfterSeq: number | undefined;
   /** The oldest point may not move past this seq (pinned bookmarks, open views). */
   dropFloorSeq: number | undefined;
+  /**
+   * With an archive: the last seq whose transaction is archived. Nothing after it is merged or
+   * dropped as expired (its per-write history must reach the archive first); drops for space at
+   * the journal limit still take it (and the caller reports that loudly).
+   */
+  archivedThroughSeq?: number | undefined;
 }
 
 export type RetentionAction =
@@ -290,7 +296,7 @@ function expiredPrefix(input: PlanInput): RetentionAction | undefined {
   let last: PlanTx | undefined;
   for (const tx of input.txs) {
     const index = tierIndexOf(policy, (input.nowUs - tx.timeLastUs) / 1000);
-    if (index < policy.tiers.length || !dropAllowed(input, tx)) break;
+    if (index < policy.tiers.length || !dropAllowed(input, tx) || !archived(input, tx)) break;
     if (tx.kind !== 'resync') last = tx; // a drop ends at a consistent point
   }
   if (!last) return undefined;
@@ -300,6 +306,11 @@ function expiredPrefix(input: PlanInput): RetentionAction | undefined {
     reason: `older than the policy keeps history (${formatDuration(promisedSpanMs(policy))})`,
     promised: false,
   };
+}
+
+/** Without an archive everything counts as archived. */
+function archived(input: { archivedThroughSeq?: number | undefined }, tx: PlanTx): boolean {
+  return input.archivedThroughSeq === undefined || tx.seqLast <= input.archivedThroughSeq;
 }
 
 function dropAllowed(input: { dropFloorSeq: number | undefined }, tx: PlanTx): boolean {
@@ -330,7 +341,9 @@ function mergeRuns(input: PlanInput, from: number): RetentionAction[] {
   };
   for (const tx of input.txs.slice(from)) {
     const tierIndex = tierIndexOf(policy, (input.nowUs - tx.timeLastUs) / 1000);
-    const frozen = input.frozenAfterSeq !== undefined && tx.seqLast > input.frozenAfterSeq;
+    const frozen =
+      (input.frozenAfterSeq !== undefined && tx.seqLast > input.frozenAfterSeq) ||
+      !archived(input, tx);
     if (
       tierIndex < 0 ||
       tierIndex >= policy.tiers.length ||

@@ -78,6 +78,24 @@ export interface RetentionHost {
   historyStart(): number | undefined;
   /** Between runs with nothing to do (default IDLE_INTERVAL_MS; the simulation looks sooner). */
   idleIntervalMs?: number;
+  /**
+   * With an archive: the last seq archived. Retention merges and drops as expired only history
+   * up to it; a drop at the journal limit past it is reported as history lost to the archive.
+   */
+  archivedThroughSeq?: () => number;
+  /** The archive as the tier after the journal, for the status (undefined: none). */
+  archiveTier?: () => ArchiveTier;
+}
+
+/** The archive as `rewind retention` shows it, after the journal's tiers. */
+export interface ArchiveTier {
+  url: string;
+  /** Points from this seq to `throughSeq` are kept there (per write); null while empty. */
+  fromSeq: number | null;
+  throughSeq: number;
+  objects: number;
+  storedBytes: number;
+  backlogTransactions: number;
 }
 
 export interface RetentionAlert {
@@ -113,6 +131,8 @@ export interface RetentionStatus {
   /** Applying waits: the journal is full of history the policy keeps (stop-applying). */
   applyingStopped: boolean;
   alerts: RetentionAlert[];
+  /** The archive tier, when one is configured. */
+  archive: ArchiveTier | null;
   pendingActions: number;
   steps: { merges: number; drops: number; freedBytes: number; lastError: string | null };
 }
@@ -173,6 +193,9 @@ export class Retention {
   private removing: Promise<void> = Promise.resolve();
   /** Drops made in a transaction's turn to keep the journal within its limit. */
   roomDrops = 0;
+  /** Drops that took history the archive did not have yet, and the last one's message. */
+  unarchivedDrops = 0;
+  private unarchivedDrop: { message: string; atMs: number } | undefined;
   /** The journal as of the last plan plus what committed since, against the limit then. */
   private approxJournalBytes = 0;
   private approxJournalBytesMax = Number.POSITIVE_INFINITY;
@@ -353,6 +376,7 @@ export class Retention {
       frozenAfterSeq: pins.frozenAfterSeq,
       dropFloorSeq: floor,
       mergeTxsMax,
+      archivedThroughSeq: this.host.archivedThroughSeq?.(),
     });
     return { ...planned, journalBytes, journalBytesMax: max };
   }
@@ -467,6 +491,14 @@ export class Retention {
 
   private droppedLog(action: Extract<RetentionAction, { kind: 'drop' }>, dropped: Dropped): void {
     this.drops += 1;
+    const archivedSeq = this.host.archivedThroughSeq?.();
+    if (archivedSeq !== undefined && dropped.seqLast > archivedSeq) {
+      const from = Math.max(dropped.seqFirst, archivedSeq + 1);
+      const lost = `seqs ${from}..${dropped.seqLast} dropped before they were archived (${action.reason}): their per-write history is gone from both tiers`;
+      this.unarchivedDrop = { message: lost, atMs: nowUsOfCapture() / 1000 };
+      this.unarchivedDrops += 1;
+      this.host.log('error', `retention: ${lost}`);
+    }
     this.freedBytes += dropped.bytes;
     const message = `retention: dropped seq ${dropped.seqFirst}..${dropped.seqLast} (${dropped.count} transactions, ${dropped.bytes} bytes): ${action.reason}; the oldest point is now seq ${dropped.seqLast} (${formatTimeNs(BigInt(dropped.timeLastUs) * 1000n)})`;
     if (action.promised) {
@@ -597,6 +629,7 @@ export class Retention {
       secondsUntilLimit,
       applyingStopped: this.admission() !== undefined,
       alerts: this.alerts({ journalBytes, max, warn, oldestUs: oldest.timeUs, nowMs }),
+      archive: this.host.archiveTier?.() ?? null,
       pendingActions: this.pending,
       steps: {
         merges: this.merges,
@@ -669,6 +702,9 @@ export class Retention {
     if (this.stuck) alerts.push({ level: 'error', message: this.stuck });
     if (this.promisedDrop && at.nowMs - this.promisedDrop.atMs < RATE_WINDOW_MS * 6) {
       alerts.push({ level: 'error', message: this.promisedDrop.message });
+    }
+    if (this.unarchivedDrop && at.nowMs - this.unarchivedDrop.atMs < RATE_WINDOW_MS * 6) {
+      alerts.push({ level: 'error', message: this.unarchivedDrop.message });
     }
     const dropped = this.host.catalog.oldestPoint() !== undefined;
     const promisedMs = promisedSpanMs(this.policyNow);

@@ -5,13 +5,20 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { assert, RewindError, type LogFunction } from '../core/index.js';
+import {
+  assert,
+  errorMessage,
+  rethrowIfBug,
+  RewindError,
+  type LogFunction,
+} from '../core/index.js';
 import type { ExportBackend } from '../nbd/index.js';
 import type { UndoExtent } from '../log/index.js';
 import { DIR_MODE_PRIVATE } from '../platform/index.js';
 import { Overlay, View } from '../views/index.js';
 import type { Catalog } from './catalog.js';
 import type { PointResolver } from './points.js';
+import type { ArchivedHistory, FetchProgress, OldPoints } from './old-points.js';
 import type { LogEntry, StoredHistory } from './stored-history.js';
 import { ViewExport } from './view-export.js';
 
@@ -43,6 +50,8 @@ export interface ViewRegistryOptions {
   log: LogFunction;
   /** Exports appeared or disappeared: the NBD server drops clients of `removed`. */
   onExportsChanged?: (removed: string[]) => void;
+  /** With an archive: points older than the journal, served from it. */
+  oldPoints?: OldPoints;
 }
 
 export class ViewRegistry {
@@ -52,6 +61,8 @@ export class ViewRegistry {
   /** Views used by restores and image exports: not exported, but they take undo like any view. */
   private readonly internalViews = new Set<View>();
   private readonly viewExports = new Map<string, ExportBackend[]>();
+  /** Views at points older than the journal, with the archived history each reads. */
+  private readonly archived = new Map<View, ArchivedHistory>();
 
   constructor(options: ViewRegistryOptions) {
     this.options = options;
@@ -61,10 +72,79 @@ export class ViewRegistry {
   /** Rebuilds the cataloged views at start, each at its seq (or the last committed one). */
   async load(): Promise<void> {
     for (const row of this.options.catalog.views()) {
-      const overlays = row.kind === 'clone' ? this.openOverlays(row.name) : undefined;
       const seq = Math.min(row.seq, this.history.seqCommitted());
-      this.register(await View.build(row.name, row.kind, seq, this.history, overlays));
+      let history: StoredHistory | ArchivedHistory;
+      try {
+        await this.prefetch(seq);
+        history = this.historyAt(seq);
+      } catch (error) {
+        rethrowIfBug(error);
+        // Its objects cannot be fetched now (the archive is down): left out, tried next start.
+        this.options.log(
+          'error',
+          `view ${row.name} at seq ${seq} is not served: ${errorMessage(error)}`,
+        );
+        continue;
+      }
+      const overlays = row.kind === 'clone' ? this.openOverlays(row.name) : undefined;
+      const view = await View.build(row.name, row.kind, seq, history, overlays);
+      if (history !== this.history) this.archived.set(view, history as ArchivedHistory);
+      this.register(view);
     }
+  }
+
+  /**
+   * Fetches what a view at `seq` needs from the archive, when the journal cannot serve it
+   * (outside the turn queue: a long fetch must not hold up transactions).
+   */
+  async prefetch(seq: number, onProgress?: (progress: FetchProgress) => void): Promise<void> {
+    const oldPoints = this.options.oldPoints;
+    if (oldPoints?.anchorOf(seq) === undefined) return;
+    const planned = oldPoints.plan(seq);
+    if ('refused' in planned) {
+      throw new RewindError('REWIND_POINT_INVALID', `seq ${seq}: ${planned.refused}`);
+    }
+    await oldPoints.fetch(planned.plan, onProgress);
+  }
+
+  /** The history a view at `seq` reads: the journal's, or the archive's before it (fetched). */
+  private historyAt(seq: number): StoredHistory | ArchivedHistory {
+    const oldPoints = this.options.oldPoints;
+    if (oldPoints?.anchorOf(seq) === undefined) return this.history;
+    const planned = oldPoints.plan(seq);
+    if ('refused' in planned) {
+      throw new RewindError('REWIND_POINT_INVALID', `seq ${seq}: ${planned.refused}`);
+    }
+    if (planned.plan.objects.some((o) => !o.cached)) {
+      throw new RewindError('REWIND_BUSY', `seq ${seq}: its archive objects are not fetched`, {
+        hint: 'try again (retention moved the history while they were fetched)',
+      });
+    }
+    return oldPoints.history(planned.plan, this.history);
+  }
+
+  /** Builds a view at `seq` over the history that serves it, remembered for archived ones. */
+  private async buildAt(
+    name: string,
+    kind: 'snapshot' | 'clone',
+    seq: number,
+    overlays: Overlay[] | undefined,
+  ): Promise<View> {
+    const history = this.historyAt(seq);
+    try {
+      const view = await View.build(name, kind, seq, history, overlays);
+      if (history !== this.history) this.archived.set(view, history as ArchivedHistory);
+      return view;
+    } catch (error) {
+      rethrowIfBug(error);
+      if (history !== this.history) (history as ArchivedHistory).release();
+      throw error;
+    }
+  }
+
+  private forget(view: View): void {
+    this.archived.get(view)?.release();
+    this.archived.delete(view);
   }
 
   /** A view of `name`, or the one "no snapshot or clone named" refusal. */
@@ -99,11 +179,12 @@ export class ViewRegistry {
     if (this.history.volumeCount === 0) {
       throw new RewindError('REWIND_BUSY', 'no volume set is known yet: no agent has connected');
     }
+    await this.prefetch(this.options.points.resolve(pointText));
     return this.options.exclusive(async () => {
       const seq = this.options.points.resolve(pointText);
       this.refuseTaken(name);
       const overlays = kind === 'clone' ? this.openOverlays(name) : undefined;
-      const view = await View.build(name, kind, seq, this.history, overlays);
+      const view = await this.buildAt(name, kind, seq, overlays);
       this.options.catalog.addView({ name, kind, seq, createdAt: new Date().toISOString() });
       this.register(view);
       return view;
@@ -124,6 +205,7 @@ export class ViewRegistry {
     await this.options.exclusive(async () => {
       const exports = this.viewExports.get(name) ?? [];
       this.views.delete(name);
+      this.forget(view);
       this.viewExports.delete(name);
       this.options.onExportsChanged?.(exports.map((e) => e.name));
       for (const overlay of view.overlays ?? []) overlay.close();
@@ -142,9 +224,10 @@ export class ViewRegistry {
    * (it takes their undo like any view). Built between transactions, released when `work` settles.
    */
   async withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T> {
+    await this.prefetch(seq);
     const view = await this.options.exclusive(async () => {
       assert(seq <= this.history.seqCommitted(), 'internal view at a committed seq');
-      const built = await View.build(`internal-${seq}`, 'snapshot', seq, this.history);
+      const built = await this.buildAt(`internal-${seq}`, 'snapshot', seq, undefined);
       this.internalViews.add(built);
       return built;
     });
@@ -152,6 +235,7 @@ export class ViewRegistry {
       return await work(view);
     } finally {
       this.internalViews.delete(view);
+      this.forget(view);
     }
   }
 
@@ -164,8 +248,10 @@ export class ViewRegistry {
     floorSeq: number | undefined;
     frozenAfterSeq: number | undefined;
   } {
-    const named = [...this.views.values()].map((v) => v.seq);
-    const internal = [...this.internalViews].map((v) => v.seq);
+    // A view at a point older than the journal holds the local point it is built on.
+    const held = (v: View): number => this.archived.get(v)?.plan.anchorSeq ?? v.seq;
+    const named = [...this.views.values()].map(held);
+    const internal = [...this.internalViews].map(held);
     const all = [...named, ...internal];
     return {
       keepPoints: named,
@@ -183,7 +269,8 @@ export class ViewRegistry {
     for (const view of this.views.values()) {
       if (view.seq >= seq) continue;
       const seqBefore = view.seq;
-      const rebuilt = await View.build(view.name, view.kind, view.seq, this.history, view.overlays);
+      const history = this.archived.get(view) ?? this.history;
+      const rebuilt = await View.build(view.name, view.kind, view.seq, history, view.overlays);
       assert(view.seq === seqBefore, 'a view does not move while retention rebuilds it');
       view.adopt(rebuilt);
     }
@@ -234,9 +321,21 @@ export class ViewRegistry {
         }
         for (const overlay of overlays) await overlay.discard();
       }
-      if (this.history.thinnedBetween(Math.min(from, target), Math.max(from, target))) {
-        // Thinned history has no writes to step across: the view is built anew at the target.
-        view.adopt(await View.build(view.name, view.kind, target, this.history, view.overlays));
+      const old = this.options.oldPoints;
+      const archived =
+        old !== undefined && (this.archived.has(view) || old.anchorOf(target) !== undefined);
+      if (archived || this.history.thinnedBetween(Math.min(from, target), Math.max(from, target))) {
+        // Thinned history has no writes to step across, and archived history is read from its
+        // objects: the view is built anew at the target.
+        if (archived) await this.prefetch(target);
+        const rebuilt = await this.buildAt(view.name, view.kind, target, view.overlays);
+        const history = this.archived.get(rebuilt);
+        this.forget(view);
+        if (history) {
+          this.archived.delete(rebuilt);
+          this.archived.set(view, history);
+        }
+        view.adopt(rebuilt);
         this.options.catalog.updateViewSeq(name, target);
         const crossed: LogEntry[] = [];
         const range = { from: Math.min(from, target) + 1, to: Math.max(from, target) };

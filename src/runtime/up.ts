@@ -14,7 +14,8 @@ import {
   type VolumeSpec,
 } from '../agent/index.js';
 import { consoleUrl, startApi } from '../api/index.js';
-import { Manager, type PolicyText } from '../manager/index.js';
+import { loadArchiveKey, openStore } from '../archive/index.js';
+import { Manager, type ArchiveSettings, type PolicyText } from '../manager/index.js';
 import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
 import {
@@ -50,6 +51,44 @@ export interface HttpTlsFiles {
   keyFile: string;
 }
 
+/** The archive of a manager, as the flags or the config file give it. */
+export interface ArchiveRunOptions {
+  url: string;
+  keyFile?: string;
+  s3Endpoint?: string;
+  s3PathStyle?: boolean;
+  s3Region?: string;
+  /** Bound on DATA/archive-cache, where objects for old points are fetched to. */
+  cacheBytesMax: number;
+  batchBytesMax: number;
+  batchMs: number;
+}
+
+/**
+ * The archive's store opened and its key loaded: a key file that is missing, unsafe or not a
+ * key refuses the start (objects are never stored in plain when a key was asked for). Opening
+ * makes no request: a store unreachable now is waited for by the archiver.
+ */
+async function openArchive(
+  options: ArchiveRunOptions,
+  log: ReturnType<typeof makeLog>,
+): Promise<ArchiveSettings> {
+  const key = options.keyFile === undefined ? undefined : await loadArchiveKey(options.keyFile);
+  const store = await openStore(options.url, {
+    ...(options.s3Endpoint !== undefined ? { s3Endpoint: options.s3Endpoint } : {}),
+    ...(options.s3PathStyle !== undefined ? { s3PathStyle: options.s3PathStyle } : {}),
+    ...(options.s3Region !== undefined ? { region: options.s3Region } : {}),
+  });
+  log('info', `archive: ${store.url}, encryption ${key ? 'on' : 'off'}`);
+  return {
+    store,
+    key,
+    batchBytesMax: options.batchBytesMax,
+    batchMs: options.batchMs,
+    cacheBytesMax: options.cacheBytesMax,
+  };
+}
+
 export interface UpOptions extends ProcessOptions {
   http: Endpoint;
   volumes: VolumeSpec[];
@@ -60,6 +99,7 @@ export interface UpOptions extends ProcessOptions {
   retention?: PolicyText;
   /** The only directory image exports write to (default DATA/exports). */
   exportDir?: string;
+  archive?: ArchiveRunOptions;
 }
 
 export interface Running {
@@ -138,6 +178,7 @@ async function openUp(
     localSpoolDir: agentSpoolDir(options.dataDir),
     ...(options.retention ? { retention: options.retention } : {}),
     ...(options.exportDir !== undefined ? { exportDir: options.exportDir } : {}),
+    ...(options.archive ? { archive: options.archive } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const link = await manager.listen('127.0.0.1', 0);
@@ -224,14 +265,23 @@ async function openManager(options: {
   localSpoolDir?: string;
   retention?: PolicyText;
   exportDir?: string;
+  archive?: ArchiveRunOptions;
 }): Promise<Manager> {
-  const { nbdRef, ...rest } = options;
-  return Manager.open({
-    ...rest,
-    onExportsChanged: (removed) => {
-      for (const name of removed) nbdRef.server?.disconnectExport(name);
-    },
-  });
+  const { nbdRef, archive, ...rest } = options;
+  const settings = archive ? await openArchive(archive, options.log) : undefined;
+  try {
+    return await Manager.open({
+      ...rest,
+      ...(settings ? { archive: settings } : {}),
+      onExportsChanged: (removed) => {
+        for (const name of removed) nbdRef.server?.disconnectExport(name);
+      },
+    });
+  } catch (error) {
+    rethrowIfBug(error);
+    await settings?.store.close();
+    throw error;
+  }
 }
 
 /** A secret kept in `file` (mode 0600), created on first use so a restart reuses it. */
@@ -310,6 +360,7 @@ export interface ManagerRunOptions extends ProcessOptions {
   retention?: PolicyText;
   /** The only directory image exports write to (default DATA/exports). */
   exportDir?: string;
+  archive?: ArchiveRunOptions;
 }
 
 /** `rewind manager`: receives segments from an agent, serves views over NBD and the HTTP API. */
@@ -336,6 +387,7 @@ async function openManagerRun(
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.retention ? { retention: options.retention } : {}),
     ...(options.exportDir !== undefined ? { exportDir: options.exportDir } : {}),
+    ...(options.archive ? { archive: options.archive } : {}),
   });
   scope.onFailure('manager', () => manager.close());
   const linkAddress = await listenOn('agent link', '--listen', options.listen, () =>

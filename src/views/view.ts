@@ -74,7 +74,8 @@ export class View {
   seq: number;
   readonly maps: IntervalMap<ViewSource>[];
   readonly overlays: Overlay[] | undefined;
-  private readonly history: History;
+  /** Replaced by adopt(): a view moved to a point older than the journal reads the archive's. */
+  private history: History;
   private readonly sources = new Map<string, ViewSource>();
   /** Sources by id, and their file handles (-1 until first read). */
   private readonly sourceById: ViewSource[] = [ZERO];
@@ -227,6 +228,7 @@ export class View {
   adopt(rebuilt: View): void {
     assert(rebuilt.maps.length === this.maps.length, 'a view adopts maps of the same volumes');
     this.seq = rebuilt.seq;
+    this.history = rebuilt.history;
     this.maps.splice(0, this.maps.length, ...rebuilt.maps);
     this.sources.clear();
     for (const [key, source] of rebuilt.sources) this.sources.set(key, source);

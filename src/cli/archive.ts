@@ -1,0 +1,269 @@
+// The command line of the archive: its flags on `rewind up` and `rewind manager` (or the
+// `{"archive": {...}}` section of the JSON config file), and `rewind archive status | ls |
+// verify` as clients of the manager's API.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Presets, SingleBar } from 'cli-progress';
+import type { Command } from 'commander';
+import { formatBytes, parseSize, RewindError } from '../core/index.js';
+import type {
+  ArchiveObjectRow,
+  ArchiveStatus,
+  OldPointPlan,
+  VerifyResult,
+} from '../manager/index.js';
+import type { ArchiveRunOptions } from '../runtime/index.js';
+
+export function withArchiveOptions(command: Command): Command {
+  return command
+    .option('--archive <dir|s3://bucket/prefix>', 'archive committed history to this store')
+    .option('--archive-key-file <file>', 'encrypt archive objects with this key (32 bytes or hex)')
+    .option('--s3-endpoint <url>', 'S3 endpoint for S3-compatible servers ($AWS_ENDPOINT_URL)')
+    .option('--s3-path-style', 'path-style bucket addressing ($REWIND_S3_PATH_STYLE=1)')
+    .option('--s3-region <region>', 'S3 region (default: the AWS SDK chain, $AWS_REGION)')
+    .option('--archive-cache-max <size>', 'bound on DATA/archive-cache (old points)', '1G')
+    .option('--archive-batch-bytes <size>', 'close an archive batch at this many bytes', '64M')
+    .option('--archive-batch-ms <ms>', 'close an archive batch this long after its first', '10000');
+}
+
+export interface ArchiveFlags {
+  archive?: string;
+  archiveKeyFile?: string;
+  s3Endpoint?: string;
+  s3PathStyle?: boolean;
+  s3Region?: string;
+  archiveCacheMax?: string;
+  archiveBatchBytes?: string;
+  archiveBatchMs?: string;
+  config?: string;
+}
+
+const CONFIG_KEYS = [
+  'url',
+  'keyFile',
+  's3Endpoint',
+  's3PathStyle',
+  's3Region',
+  'cacheMax',
+  'batchBytes',
+  'batchMs',
+] as const;
+type ConfigKey = (typeof CONFIG_KEYS)[number];
+
+/** The archive given: the config file's section, with the flags over it; undefined when none. */
+export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | undefined {
+  const config = options.config ? configArchive(options.config) : {};
+  const pick = (flag: string | undefined, key: ConfigKey): string | undefined => {
+    if (flag !== undefined) return flag;
+    const value = config[key];
+    if (value === undefined) return undefined;
+    if (typeof value === 'string' || typeof value === 'number') return String(value);
+    throw new RewindError('REWIND_BAD_ARGUMENT', `--config: archive "${key}" is not a string`);
+  };
+  const url = pick(options.archive, 'url');
+  if (url === undefined) {
+    if (options.archiveKeyFile !== undefined)
+      throw new RewindError('REWIND_BAD_ARGUMENT', '--archive-key-file needs --archive');
+    return undefined;
+  }
+  const keyFile = pick(options.archiveKeyFile, 'keyFile');
+  const endpoint = pick(options.s3Endpoint, 's3Endpoint');
+  const region = pick(options.s3Region, 's3Region');
+  const pathStyle = options.s3PathStyle ?? (config.s3PathStyle === true ? true : undefined);
+  const batchMs = Number(pick(options.archiveBatchMs, 'batchMs') ?? '10000');
+  if (!Number.isSafeInteger(batchMs) || batchMs < 0)
+    throw new RewindError('REWIND_BAD_ARGUMENT', '--archive-batch-ms is not a number of ms');
+  return {
+    // A directory is kept absolute: the catalog records the URL and compares it at each start.
+    url: /^[a-z][a-z0-9+.-]*:\/\//i.test(url) ? url : path.resolve(url),
+    ...(keyFile !== undefined ? { keyFile } : {}),
+    ...(endpoint !== undefined ? { s3Endpoint: endpoint } : {}),
+    ...(region !== undefined ? { s3Region: region } : {}),
+    ...(pathStyle !== undefined ? { s3PathStyle: pathStyle } : {}),
+    cacheBytesMax: parseSize(
+      pick(options.archiveCacheMax, 'cacheMax') ?? '1G',
+      '--archive-cache-max',
+    ),
+    batchBytesMax: parseSize(
+      pick(options.archiveBatchBytes, 'batchBytes') ?? '64M',
+      '--archive-batch-bytes',
+    ),
+    batchMs,
+  };
+}
+
+function configArchive(file: string): Partial<Record<ConfigKey, unknown>> {
+  let config: unknown;
+  try {
+    config = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new RewindError('REWIND_BAD_ARGUMENT', `--config ${file}: ${(error as Error).message}`);
+  }
+  const archive = (config as { archive?: unknown } | null)?.archive;
+  if (archive === undefined) return {};
+  if (typeof archive !== 'object' || archive === null)
+    throw new RewindError('REWIND_BAD_ARGUMENT', `--config ${file}: "archive" must be an object`);
+  for (const key of Object.keys(archive)) {
+    if (!(CONFIG_KEYS as readonly string[]).includes(key)) {
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        `--config ${file}: "${key}" is not an archive setting`,
+        { hint: `settings: ${CONFIG_KEYS.join(', ')}` },
+      );
+    }
+  }
+  return archive;
+}
+
+export interface ArchiveApi {
+  json(options: object, method: string, route: string, body?: object): Promise<unknown>;
+  stream(options: object, method: string, route: string, body?: object): Promise<Response>;
+}
+
+export function registerArchiveCommand(
+  program: Command,
+  withServer: (command: Command) => Command,
+  api: ArchiveApi,
+): void {
+  const archive = program
+    .command('archive')
+    .description('the archive: where committed history goes after the local journal');
+  withServer(
+    archive.command('status').description("the archive's state").option('--json', 'print JSON'),
+  ).action(async (options: { json?: boolean }) => {
+    const status = (await api.json(options, 'GET', '/api/archive')) as ArchiveStatus;
+    if (options.json) return console.log(JSON.stringify(status));
+    printStatus(status);
+  });
+  withServer(
+    archive
+      .command('ls')
+      .description('the archived objects, oldest first')
+      .option('--json', 'print JSON'),
+  ).action(async (options: { json?: boolean }) => {
+    const objects = (await api.json(options, 'GET', '/api/archive/objects')) as ArchiveObjectRow[];
+    if (options.json) return console.log(JSON.stringify(objects));
+    for (const o of objects) {
+      console.log(
+        `${o.key}\tseq ${o.seqFirst}..${o.seqLast}\t${o.txCount} transactions\t${formatBytes(o.plainBytes)} plain\t${formatBytes(o.storedBytes)} stored\t${o.createdAt}`,
+      );
+    }
+    console.log(`${objects.length} objects`);
+  });
+  withServer(
+    archive
+      .command('verify')
+      .description('check every archived object against the catalog (exit 1 on any problem)')
+      .option('--deep', 'read and decode every object; compare with the local journal')
+      .option('--json', 'print JSON'),
+  ).action(async (options: { deep?: boolean; json?: boolean }) => {
+    const result = await verify(api, options);
+    if (options.json) console.log(JSON.stringify(result));
+    else printVerify(result);
+    if (result.problems.length > 0) process.exitCode = 1;
+  });
+}
+
+async function verify(api: ArchiveApi, options: { deep?: boolean }): Promise<VerifyResult> {
+  const response = await api.stream(options, 'POST', '/api/archive/verify', {
+    deep: options.deep === true,
+  });
+  return (await readStream(response, 'verify', 'objects')) as unknown as VerifyResult;
+}
+
+/**
+ * A POINT older than the journal: prints what it takes from the archive (objects, bytes to
+ * fetch) and fetches it with progress on stderr. Nothing when the journal serves it.
+ */
+export async function fetchOldPoint(
+  api: ArchiveApi,
+  options: object,
+  point: string,
+): Promise<void> {
+  const route = `/api/archive/plan?point=${encodeURIComponent(point)}`;
+  const { plan } = (await api.json(options, 'GET', route)) as { plan: OldPointPlan | null };
+  if (plan === null) return;
+  const cached = plan.objects.filter((o) => o.cached).length;
+  // On stderr, with the progress: stdout stays the command's own answer (--json).
+  console.error(
+    `seq ${plan.seq} is older than the journal: the view at seq ${plan.anchorSeq} with the archived undo of ${plan.txs.length} transactions from ${plan.objects.length} objects (${plan.objects.length - cached} to fetch, ${formatBytes(plan.fetchBytes)}; ${cached} cached)`,
+  );
+  if (plan.fetchBytes === 0) return;
+  const response = await api.stream(options, 'POST', '/api/archive/fetch', { point });
+  await readStream(response, 'fetch', 'objects');
+}
+
+/** Reads an NDJSON answer: progress lines to stderr (a bar on a terminal), then the result. */
+async function readStream(
+  response: Response,
+  what: string,
+  unit: string,
+): Promise<Record<string, unknown>> {
+  const bar = process.stderr.isTTY
+    ? new SingleBar(
+        { format: `${what} [{bar}] {value}/{total} ${unit} {read}`, stream: process.stderr },
+        Presets.shades_classic,
+      )
+    : undefined;
+  let result: Record<string, unknown> | undefined;
+  let buffered = '';
+  const decoder = new TextDecoder();
+  const handle = (text: string): void => {
+    if (text.trim() === '') return;
+    const line = JSON.parse(text) as { type: string } & Record<string, unknown>;
+    if (line.type === 'progress') {
+      const done = line.done as number;
+      const total = line.total as number;
+      if (bar) {
+        if (done === 1) bar.start(total, 0, { read: '' });
+        bar.update(done, { read: formatBytes(line.bytes as number) });
+      } else {
+        process.stderr.write(`${what}: ${done}/${total} ${String(line.key)}\n`);
+      }
+    } else if (line.type === 'result') {
+      result = line;
+    } else {
+      const hint = typeof line.hint === 'string' ? { hint: line.hint } : {};
+      throw new RewindError((line.code as never) ?? 'REWIND_IO', String(line.message), hint);
+    }
+  };
+  try {
+    for await (const chunk of response.body ?? []) {
+      buffered += decoder.decode(chunk, { stream: true });
+      const lines = buffered.split('\n');
+      buffered = lines.pop() ?? '';
+      lines.forEach(handle);
+    }
+    handle(buffered);
+  } finally {
+    bar?.stop();
+  }
+  if (!result) throw new RewindError('REWIND_IO', `${what}: the answer ended without a result`);
+  return result;
+}
+
+function printStatus(s: ArchiveStatus): void {
+  console.log(`archive: ${s.url} (${s.state})`);
+  const caps = s.capabilities;
+  console.log(
+    `capabilities: ${caps ? `conditional writes ${caps.conditionalWrite ? 'yes' : 'no'}, object lock ${caps.objectLock ? 'enforced' : 'no'}` : 'not probed yet'}`,
+  );
+  console.log(`encryption: ${s.encryption.enabled ? `on (key id ${s.encryption.keyId})` : 'off'}`);
+  console.log(
+    `archived: seq ${s.archivedFromSeq ?? 0}..${s.archivedThroughSeq}${s.archivedThroughTime ? ` (through ${s.archivedThroughTime})` : ''}`,
+  );
+  console.log(`backlog: ${s.backlog.transactions} transactions, ${formatBytes(s.backlog.bytes)}`);
+  console.log(
+    `stored: ${s.objects} objects, ${formatBytes(s.storedBytes)} (${formatBytes(s.plainBytes)} plain, ratio ${s.compressionRatio})`,
+  );
+  console.log(`requests: ${s.requests.put} PUT, ${s.requests.get} GET, ${s.requests.head} HEAD`);
+  if (s.lastError) console.log(`last error: ${s.lastError} (${s.lastErrorAt})`);
+  for (const alert of s.alerts) console.log(`${alert.level}: ${alert.message}`);
+}
+
+function printVerify(r: VerifyResult): void {
+  for (const p of r.problems) console.log(`problem: ${p.key}: ${p.problem}`);
+  console.log(
+    `${r.deep ? 'deep ' : ''}verify: ${r.objectsOk} of ${r.objects} objects ok, ${r.transactions} transactions${r.deep ? `, ${r.comparedLocally} compared with the journal, ${formatBytes(r.bytesRead)} read` : ''}; ${r.problems.length} problems`,
+  );
+}
