@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { BIN, freePort, startUpProcess, until } from '../support/process.js';
+import { apiToken, bearer, BIN, freePort, startUpProcess, until } from '../support/process.js';
 
 const skip = spawnSync('which', ['qemu-io']).status === 0 ? false : 'missing qemu-io';
 const MARKER = 'REWIND-ARCHIVE-PLAINTEXT-MARKER-7f3a';
@@ -121,7 +121,11 @@ test(
       assert.ok(status.objects >= 1 && status.requests.put >= status.objects);
       assert.equal(status.lastError, null);
       assert.ok(!JSON.stringify(status).includes(fs.readFileSync(key, 'utf8').trim()));
-      const metrics = await (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
+      const metrics = await (
+        await fetch(`http://127.0.0.1:${http}/metrics`, {
+          headers: bearer(apiToken(path.join(dir, 'data'))),
+        })
+      ).text();
       assert.match(
         metrics,
         new RegExp(`rewind_archive_seq\\{volume_set="default"\\} ${status.archivedThroughSeq}`),
@@ -187,7 +191,7 @@ test(
         /seq 1 is older than the journal: the view at seq \d+ with the archived undo of \d+ transactions from \d+ objects \(\d+ to fetch/,
       );
       assert.match(snapshot.out, /snapshot old at seq 1/);
-      const image = path.join(dir, 'at-1.img');
+      const image = path.join(dir, 'data', 'exports', 'at-1.img');
       ok('export', 'v', '--at', '1', '--to', image);
       const exported = fs.readFileSync(image);
       assert.ok(exported.subarray(0, 65536).equals(payload), 'seq 1 holds the first write');
