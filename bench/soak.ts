@@ -101,7 +101,9 @@ async function soakRun(
           if (fromMs === undefined) {
             result.skipped += 1;
           } else {
-            const heldMs = nowMs - fromMs;
+            // Against the moment the point was resolved, not the sample's start: on a loaded
+            // machine the requests take a while, and the history moves on meanwhile.
+            const heldMs = Date.now() - fromMs;
             result.everyWriteHeldMinMs = Math.min(result.everyWriteHeldMinMs ?? heldMs, heldMs);
           }
         }

@@ -174,10 +174,19 @@ class RewindProcess {
   }
 }
 
-async function api<T>(base: string, method: string, route: string, body?: object): Promise<T> {
+async function api<T>(
+  base: string,
+  token: string,
+  method: string,
+  route: string,
+  body?: object,
+): Promise<T> {
   const response = await fetch(`${base}${route}`, {
     method,
-    headers: body ? { 'content-type': 'application/json' } : {},
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body ? { 'content-type': 'application/json' } : {}),
+    },
     ...(body ? { body: JSON.stringify(body) } : {}),
   });
   const text = await response.text();
@@ -186,9 +195,14 @@ async function api<T>(base: string, method: string, route: string, body?: object
 }
 
 /** Seals what was written and opens a snapshot view of it; returns the view's export of the volume. */
-async function snapshot(base: string, name: string, sizeBytes: number): Promise<ExportInfo> {
-  const sealed = await api<{ seqLast: number }>(base, 'POST', '/api/seal', { wait: true });
-  const view = await api<{ exports: string[] }>(base, 'POST', '/api/views', {
+async function snapshot(
+  base: string,
+  token: string,
+  name: string,
+  sizeBytes: number,
+): Promise<ExportInfo> {
+  const sealed = await api<{ seqLast: number }>(base, token, 'POST', '/api/seal', { wait: true });
+  const view = await api<{ exports: string[] }>(base, token, 'POST', '/api/views', {
     name,
     kind: 'snapshot',
     at: String(sealed.seqLast),
@@ -224,12 +238,14 @@ async function startRewind(sizeBytes: number): Promise<Target> {
     throw error;
   }
   const image = path.join(dataDir, 'production', `${VOLUME}.img`);
+  // The API's admin token, which `rewind up` keeps in its data directory.
+  const token = fs.readFileSync(path.join(dataDir, 'api-token'), 'utf8').trim();
   const writable: ExportInfo = { name: VOLUME, sizeBytes, readOnly: false };
   return {
     endpoint: started.endpoint,
     writable,
     freeze: async () => {
-      const readOnly = await snapshot(started.api, 'fuzz-frozen', sizeBytes);
+      const readOnly = await snapshot(started.api, token, 'fuzz-frozen', sizeBytes);
       return { all: [writable, readOnly], defaultName: VOLUME, writable, readOnly };
     },
     readStored: async (offsetBytes, lengthBytes) => {
@@ -242,7 +258,7 @@ async function startRewind(sizeBytes: number): Promise<Target> {
         await handle.close();
       }
     },
-    latestFromHistory: () => snapshot(started.api, 'fuzz-latest', sizeBytes),
+    latestFromHistory: () => snapshot(started.api, token, 'fuzz-latest', sizeBytes),
     problems: () =>
       rewind.running
         ? [...rewind.problems]

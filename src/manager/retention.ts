@@ -556,6 +556,7 @@ export class Retention {
     const action = dropForSpace(found.lastIdx);
     const dropped = this.dropRows(action);
     if (dropped === undefined) return undefined;
+    crashPoint('swap'); // rows dropped in the turn, files still there (a restart removes them)
     this.roomDrops += 1;
     this.droppedLog(action, dropped);
     this.removeLater(dropped.files);

@@ -38,6 +38,9 @@ test(
         http: any,
         token: 't',
         apiToken: 'a',
+        // The disk fills, not the journal: the 'auto' limit (half of this 6 MiB tmpfs) would
+        // drop the oldest writes first, at the limit, before the disk is ever full.
+        retention: { journalMax: '1T' },
         quiet: true,
       });
       running.push(managerRun);
