@@ -2,16 +2,21 @@
 // `encodeObject` would, with the stored bytes' SHA-256, off the event loop. A worker that dies
 // fails what it held (an operating error: archiving retries) and the next call starts another.
 import { Worker } from 'node:worker_threads';
-import { reviveError, RewindError, type SerializedError } from '../core/index.js';
+import { assert, reviveError, RewindError, type SerializedError } from '../core/index.js';
+
+/** `encode`: the stored object and its SHA-256; `chunk-id`: a full image chunk's id only. */
+export type CodecOp = 'encode' | 'chunk-id';
 
 export interface CodecRequest {
   id: number;
+  op: CodecOp;
   plain: Uint8Array;
   key?: Uint8Array;
 }
 
 export type CodecResponse =
-  | { id: number; stored: Uint8Array; sha256: string; error?: undefined }
+  | { id: number; stored: Uint8Array; sha256: string; error?: undefined; chunkId?: undefined }
+  | { id: number; chunkId: string; error?: undefined; stored?: undefined }
   | { id: number; error: SerializedError };
 
 interface Pending {
@@ -32,21 +37,38 @@ export class CodecThread {
     plain: Buffer,
     key: Buffer | undefined,
   ): Promise<{ stored: Buffer; sha256: string }> {
-    const worker = this.worker ?? this.spawn();
-    const id = this.nextId++;
-    const request: CodecRequest = { id, plain, ...(key ? { key } : {}) };
-    const response = await new Promise<CodecResponse>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      worker.ref(); // a request in flight keeps the process alive; an idle worker does not
-      worker.postMessage(request);
-    });
-    if (response.error !== undefined) throw reviveError(response.error, 'the archive codec thread');
+    const response = await this.request('encode', plain, key);
+    assert(response.stored !== undefined, 'an encode request answers the stored bytes');
     const stored = Buffer.from(
       response.stored.buffer,
       response.stored.byteOffset,
       response.stored.length,
     );
     return { stored, sha256: response.sha256 };
+  }
+
+  /** The id of a full image chunk (`chunkId` in full.ts: SHA-256, or HMAC with `key`). */
+  async chunkId(plain: Buffer, key: Buffer | undefined): Promise<string> {
+    const response = await this.request('chunk-id', plain, key);
+    assert(response.chunkId !== undefined, 'a chunk-id request answers the id');
+    return response.chunkId;
+  }
+
+  private async request(
+    op: CodecOp,
+    plain: Buffer,
+    key: Buffer | undefined,
+  ): Promise<Exclude<CodecResponse, { error: SerializedError }>> {
+    const worker = this.worker ?? this.spawn();
+    const id = this.nextId++;
+    const request: CodecRequest = { id, op, plain, ...(key ? { key } : {}) };
+    const response = await new Promise<CodecResponse>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      worker.ref(); // a request in flight keeps the process alive; an idle worker does not
+      worker.postMessage(request);
+    });
+    if (response.error !== undefined) throw reviveError(response.error, 'the archive codec thread');
+    return response;
   }
 
   async close(): Promise<void> {

@@ -111,6 +111,17 @@ CREATE TABLE IF NOT EXISTS archive_txs (
   undo_offset INTEGER NOT NULL, undo_length INTEGER NOT NULL, undo_crc INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS archive_txs_seq ON archive_txs (seq_last);
 CREATE INDEX IF NOT EXISTS archive_txs_time ON archive_txs (time_first_us);
+CREATE TABLE IF NOT EXISTS archive_fulls (
+  id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, time_us INTEGER NOT NULL,
+  manifest_key TEXT NOT NULL UNIQUE, volumes TEXT NOT NULL, logical_bytes INTEGER NOT NULL,
+  chunk_count INTEGER NOT NULL, new_chunks INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
+  created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS archive_fulls_seq ON archive_fulls (seq);
+CREATE TABLE IF NOT EXISTS archive_chunks (
+  id TEXT PRIMARY KEY, key TEXT NOT NULL, plain_bytes INTEGER NOT NULL,
+  stored_bytes INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS archive_full_chunks (
+  full_id INTEGER NOT NULL, chunk_id TEXT NOT NULL, PRIMARY KEY (full_id, chunk_id));
 `;
 
 /** An HTTP API token made with `rewind token create`: only the SHA-256 of its secret is kept. */
@@ -207,6 +218,47 @@ export interface ArchiveTxRow {
   undoOffset: number;
   undoLength: number;
   undoCrc: number;
+}
+
+/**
+ * A virtual full image in the archive (full-images.ts): its manifest's key, the seq it shows,
+ * the volumes it holds and what it cost. `storedBytes` counts only the chunks it uploaded new
+ * (and its manifest); the chunks it shares with older fulls were stored by them.
+ */
+export interface ArchiveFullRow {
+  id: number;
+  seq: number;
+  /** Capture time of write `seq`, µs (0 for seq 0). */
+  timeUs: number;
+  manifestKey: string;
+  /** The volume indexes it holds. */
+  volumes: number[];
+  /** The bytes of those volumes (their sizes summed). */
+  logicalBytes: number;
+  /** Chunks the manifest lists that are not all zero. */
+  chunkCount: number;
+  newChunks: number;
+  storedBytes: number;
+  createdAt: string;
+}
+
+/** One stored chunk of full images: its id (hex SHA-256 or HMAC), key, plain and stored bytes. */
+export interface ArchiveChunkRow {
+  id: string;
+  key: string;
+  plainBytes: number;
+  storedBytes: number;
+  createdAt: string;
+}
+
+const ARCHIVE_FULL_COLUMNS = `id, seq, time_us AS timeUs, manifest_key AS manifestKey, volumes,
+  logical_bytes AS logicalBytes, chunk_count AS chunkCount, new_chunks AS newChunks,
+  stored_bytes AS storedBytes, created_at AS createdAt`;
+const ARCHIVE_CHUNK_COLUMNS =
+  'id, key, plain_bytes AS plainBytes, stored_bytes AS storedBytes, created_at AS createdAt';
+
+function fullRow(row: Omit<ArchiveFullRow, 'volumes'> & { volumes: string }): ArchiveFullRow {
+  return { ...row, volumes: JSON.parse(row.volumes) as number[] };
 }
 
 const ARCHIVE_OBJECT_COLUMNS = `key, first_idx AS firstIdx, last_idx AS lastIdx, seq_first AS seqFirst,
@@ -961,6 +1013,138 @@ export class Catalog {
       .get() as { objects: number; plainBytes: number; storedBytes: number };
     const txs = this.db.prepare('SELECT COUNT(*) AS n FROM archive_txs').get() as { n: number };
     return { ...objects, txs: txs.n };
+  }
+
+  // ---- Full images in the archive (full-images.ts) ----
+
+  /** The chunk row of `id` when the archive stores it (recorded only after its put resolved). */
+  knownChunk(id: string): ArchiveChunkRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_CHUNK_COLUMNS} FROM archive_chunks WHERE id = ?`)
+      .get(id) as ArchiveChunkRow | undefined;
+  }
+
+  /** Records a stored chunk; a chunk already recorded (same id, same content) is kept. */
+  recordChunk(chunk: ArchiveChunkRow): void {
+    this.db
+      .prepare(
+        `INSERT OR IGNORE INTO archive_chunks (id, key, plain_bytes, stored_bytes, created_at)
+           VALUES (?, ?, ?, ?, ?)`,
+      )
+      .run(chunk.id, chunk.key, chunk.plainBytes, chunk.storedBytes, chunk.createdAt);
+  }
+
+  /**
+   * Records a full whose manifest is stored, with the chunks it references, in one SQLite
+   * transaction; every chunk must be recorded already. Returns its id.
+   */
+  recordFull(full: Omit<ArchiveFullRow, 'id'>, chunkIds: readonly string[]): number {
+    const record = this.db.transaction((): number => {
+      const id = Number(
+        this.db
+          .prepare(
+            `INSERT INTO archive_fulls (seq, time_us, manifest_key, volumes, logical_bytes,
+               chunk_count, new_chunks, stored_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(
+            full.seq,
+            full.timeUs,
+            full.manifestKey,
+            JSON.stringify(full.volumes),
+            full.logicalBytes,
+            full.chunkCount,
+            full.newChunks,
+            full.storedBytes,
+            full.createdAt,
+          ).lastInsertRowid,
+      );
+      const known = this.db.prepare('SELECT 1 FROM archive_chunks WHERE id = ?');
+      const insert = this.db.prepare(
+        'INSERT OR IGNORE INTO archive_full_chunks (full_id, chunk_id) VALUES (?, ?)',
+      );
+      for (const chunkId of chunkIds) {
+        if (known.get(chunkId) === undefined) {
+          throw new RewindError(
+            'REWIND_CONFLICT',
+            `full image ${full.manifestKey} references chunk ${chunkId}, which is not recorded`,
+          );
+        }
+        insert.run(id, chunkId);
+      }
+      return id;
+    });
+    return record();
+  }
+
+  /** Every full image, oldest first. */
+  fulls(): ArchiveFullRow[] {
+    const rows = this.db
+      .prepare(`SELECT ${ARCHIVE_FULL_COLUMNS} FROM archive_fulls ORDER BY seq, id`)
+      .all() as (Omit<ArchiveFullRow, 'volumes'> & { volumes: string })[];
+    return rows.map(fullRow);
+  }
+
+  /** The full image with the manifest `key`, if recorded. */
+  fullByKey(key: string): ArchiveFullRow | undefined {
+    const row = this.db
+      .prepare(`SELECT ${ARCHIVE_FULL_COLUMNS} FROM archive_fulls WHERE manifest_key = ?`)
+      .get(key) as (Omit<ArchiveFullRow, 'volumes'> & { volumes: string }) | undefined;
+    return row && fullRow(row);
+  }
+
+  /** Full images at or before `seq`, newest first (a caller picks one covering its volumes). */
+  fullsAtOrBefore(seq: number): ArchiveFullRow[] {
+    const rows = this.db
+      .prepare(
+        `SELECT ${ARCHIVE_FULL_COLUMNS} FROM archive_fulls WHERE seq <= ? ORDER BY seq DESC, id DESC`,
+      )
+      .all(seq) as (Omit<ArchiveFullRow, 'volumes'> & { volumes: string })[];
+    return rows.map(fullRow);
+  }
+
+  /** The newest full image at or before `seq`, if any. */
+  fullAtOrBefore(seq: number): ArchiveFullRow | undefined {
+    return this.fullsAtOrBefore(seq)[0];
+  }
+
+  /** The newest full image (by seq), if any. */
+  newestFull(): ArchiveFullRow | undefined {
+    return this.fullAtOrBefore(Number.MAX_SAFE_INTEGER);
+  }
+
+  /** The newest full image by when it was taken (the schedule counts from it). */
+  latestTakenFull(): ArchiveFullRow | undefined {
+    const row = this.db
+      .prepare(`SELECT ${ARCHIVE_FULL_COLUMNS} FROM archive_fulls ORDER BY id DESC LIMIT 1`)
+      .get() as (Omit<ArchiveFullRow, 'volumes'> & { volumes: string }) | undefined;
+    return row && fullRow(row);
+  }
+
+  /** The ids of the chunks a full image references. */
+  fullChunkIds(fullId: number): string[] {
+    return (
+      this.db
+        .prepare(
+          'SELECT chunk_id AS id FROM archive_full_chunks WHERE full_id = ? ORDER BY chunk_id',
+        )
+        .all(fullId) as { id: string }[]
+    ).map((row) => row.id);
+  }
+
+  /** Every stored chunk, by id. */
+  archiveChunks(): ArchiveChunkRow[] {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_CHUNK_COLUMNS} FROM archive_chunks ORDER BY id`)
+      .all() as ArchiveChunkRow[];
+  }
+
+  /** Counts of full images and chunks, and the chunks' stored bytes. */
+  fullTotals(): { fulls: number; chunks: number; chunkStoredBytes: number } {
+    const fulls = this.db.prepare('SELECT COUNT(*) AS n FROM archive_fulls').get() as { n: number };
+    const chunks = this.db
+      .prepare('SELECT COUNT(*) AS n, IFNULL(SUM(stored_bytes), 0) AS bytes FROM archive_chunks')
+      .get() as { n: number; bytes: number };
+    return { fulls: fulls.n, chunks: chunks.n, chunkStoredBytes: chunks.bytes };
   }
 
   addRestore(spec: string, seq: number): number {
