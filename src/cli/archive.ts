@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { formatBytes, parseSize, RewindError } from '../core/index.js';
+import { archivePolicyFrom } from '../manager/index.js';
 import type {
   ArchiveObjectRow,
   ArchiveStatus,
@@ -23,7 +24,15 @@ export function withArchiveOptions(command: Command): Command {
     .option('--s3-region <region>', 'S3 region (default: the AWS SDK chain, $AWS_REGION)')
     .option('--archive-cache-max <size>', 'bound on DATA/archive-cache (old points)', '1G')
     .option('--archive-batch-bytes <size>', 'close an archive batch at this many bytes', '64M')
-    .option('--archive-batch-ms <ms>', 'close an archive batch this long after its first', '10000');
+    .option('--archive-batch-ms <ms>', 'close an archive batch this long after its first', '10000')
+    .option(
+      '--archive-keep-every-write <duration>',
+      'the archive keeps every write for this long (default 30d)',
+    )
+    .option(
+      '--archive-keep <tiers>',
+      'then one full image per EVERY until FOR old: EVERY:FOR,... or none (default 1d:365d)',
+    );
 }
 
 export interface ArchiveFlags {
@@ -35,6 +44,8 @@ export interface ArchiveFlags {
   archiveCacheMax?: string;
   archiveBatchBytes?: string;
   archiveBatchMs?: string;
+  archiveKeepEveryWrite?: string;
+  archiveKeep?: string;
   config?: string;
 }
 
@@ -47,6 +58,8 @@ const CONFIG_KEYS = [
   'cacheMax',
   'batchBytes',
   'batchMs',
+  'keepEveryWrite',
+  'keep',
 ] as const;
 type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -61,11 +74,22 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
     throw new RewindError('REWIND_BAD_ARGUMENT', `--config: archive "${key}" is not a string`);
   };
   const url = pick(options.archive, 'url');
+  const keepEveryWrite = pick(options.archiveKeepEveryWrite, 'keepEveryWrite');
+  const keep = pick(options.archiveKeep, 'keep');
   if (url === undefined) {
     if (options.archiveKeyFile !== undefined)
       throw new RewindError('REWIND_BAD_ARGUMENT', '--archive-key-file needs --archive');
+    if (keepEveryWrite !== undefined || keep !== undefined)
+      throw new RewindError(
+        'REWIND_BAD_ARGUMENT',
+        '--archive-keep-every-write and --archive-keep need --archive',
+      );
     return undefined;
   }
+  const policy = archivePolicyFrom({
+    ...(keepEveryWrite !== undefined ? { keepEveryWrite } : {}),
+    ...(keep !== undefined ? { keep } : {}),
+  });
   const keyFile = pick(options.archiveKeyFile, 'keyFile');
   const endpoint = pick(options.s3Endpoint, 's3Endpoint');
   const region = pick(options.s3Region, 's3Region');
@@ -89,6 +113,7 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
       '--archive-batch-bytes',
     ),
     batchMs,
+    policy,
   };
 }
 
@@ -258,6 +283,21 @@ function printStatus(s: ArchiveStatus): void {
   );
   console.log(`requests: ${s.requests.put} PUT, ${s.requests.get} GET, ${s.requests.head} HEAD`);
   if (s.lastError) console.log(`last error: ${s.lastError} (${s.lastErrorAt})`);
+  const r = s.retention;
+  if (r) {
+    console.log(
+      `policy: every write for ${r.policy.keepEveryWrite}${r.everyWriteFromSeq === null ? '' : ` (from seq ${r.everyWriteFromSeq})`}, then ${r.policy.keep} as full images`,
+    );
+    console.log(
+      `  base: ${r.baseSeq === null ? 'no full image before the window yet' : `full image at seq ${r.baseSeq}`}; ${r.coarsePoints.length} coarser points before it`,
+    );
+    const d = r.deleted;
+    console.log(
+      `  deleted since start: ${d.objects} objects (${d.txs} transactions), ${d.fulls} full images, ${d.chunks} chunks; ${r.pendingDeletions} deletes waiting`,
+    );
+    if (r.stuck) console.log(`  ${r.stuck}`);
+    if (r.lastError) console.log(`  last delete error: ${r.lastError}`);
+  }
   for (const alert of s.alerts) console.log(`${alert.level}: ${alert.message}`);
 }
 

@@ -158,6 +158,20 @@ function printStatus(status: RetentionStatus): void {
     console.log(
       `  ${'archive'.padEnd(12)} ${range}, ${archive.objects} objects, ${formatBytes(archive.storedBytes)} stored, ${archive.backlogTransactions} transactions waiting (${archive.url})`,
     );
+    if (archive.policy) {
+      const from =
+        archive.everyWriteFromSeq === null || archive.everyWriteFromSeq === undefined
+          ? ''
+          : ` (from seq ${archive.everyWriteFromSeq})`;
+      const base =
+        archive.baseSeq === null || archive.baseSeq === undefined
+          ? 'no full image before it yet'
+          : `full images before seq ${archive.baseSeq}: ${archive.coarsePoints ?? 0} points`;
+      console.log(
+        `  ${'archive'.padEnd(12)} every write for ${archive.policy.keepEveryWrite}${from}, then ${archive.policy.keep} as full images; ${base}`,
+      );
+    }
+    if (archive.stuck) console.log(`  ${''.padEnd(12)} ${archive.stuck}`);
   }
   const until =
     status.secondsUntilLimit === null

@@ -23,6 +23,8 @@ import {
   RewindError,
   type LogFunction,
 } from '../core/index.js';
+import type { ArchiveRetentionStatus } from './archive-retention.js';
+import type { ArchivePolicy } from './archive-retention-policy.js';
 import type { ArchiveTxRow, Catalog, TxRow } from './catalog.js';
 import type { TxFiles } from './txfiles.js';
 
@@ -50,6 +52,10 @@ export interface ArchiveSettings {
   idleRetryMs?: number;
   /** Bound on DATA/archive-cache, where objects for points older than the journal go. */
   cacheBytesMax?: number;
+  /** The archive's own retention policy (DEFAULT_ARCHIVE_POLICY when not given). */
+  policy?: ArchivePolicy;
+  /** How often the archive's policy is applied (ARCHIVE_RETENTION_INTERVAL_MS_DEFAULT). */
+  retentionIntervalMs?: number;
 }
 
 export interface ArchiverHost {
@@ -82,6 +88,8 @@ export interface ArchiveStatus {
   lastError: string | null;
   lastErrorAt: string | null;
   alerts: { level: 'warn' | 'error'; message: string }[];
+  /** The archive's own policy and what it has deleted (added by the manager). */
+  retention?: ArchiveRetentionStatus;
 }
 
 /**
@@ -97,7 +105,9 @@ function isLasting(error: unknown): boolean {
 
 export class Archiver {
   private readonly host: ArchiverHost;
-  private readonly settings: Required<Omit<ArchiveSettings, 'key' | 'cacheBytesMax'>> & {
+  private readonly settings: Required<
+    Omit<ArchiveSettings, 'key' | 'cacheBytesMax' | 'policy' | 'retentionIntervalMs'>
+  > & {
     key: Buffer | undefined;
   };
   private stateNow: ArchiverState = 'starting';

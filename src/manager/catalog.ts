@@ -122,6 +122,9 @@ CREATE TABLE IF NOT EXISTS archive_chunks (
   stored_bytes INTEGER NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS archive_full_chunks (
   full_id INTEGER NOT NULL, chunk_id TEXT NOT NULL, PRIMARY KEY (full_id, chunk_id));
+CREATE INDEX IF NOT EXISTS archive_full_chunks_chunk ON archive_full_chunks (chunk_id);
+CREATE TABLE IF NOT EXISTS archive_deletions (
+  key TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
 `;
 
 /** An HTTP API token made with `rewind token create`: only the SHA-256 of its secret is kept. */
@@ -1237,6 +1240,83 @@ export class Catalog {
         'SELECT id, at, token, method, route, summary, status FROM audit ORDER BY id DESC LIMIT ?',
       )
       .all(limit) as AuditRow[];
+  }
+
+  // ---- The archive's retention (archive-retention.ts) ----
+
+  /**
+   * Forgets what the archive's policy deletes, in one SQLite transaction: the batch objects
+   * under `objectKeys` and their transactions, the full images `fullIds` and their references,
+   * and the chunks no full image references any more. Every object key forgotten is queued in
+   * archive_deletions, so a crash before the store's deletes leaves them to be deleted at the
+   * next start rather than stored for ever. Returns what was queued.
+   */
+  forgetArchived(
+    objectKeys: readonly string[],
+    fullIds: readonly number[],
+    reason: string,
+  ): { objects: number; txs: number; fulls: number; chunks: number; keys: string[] } {
+    const run = this.db.transaction(() => {
+      const at = new Date().toISOString();
+      const queue = this.db.prepare(
+        'INSERT OR IGNORE INTO archive_deletions (key, reason, at) VALUES (?, ?, ?)',
+      );
+      const keys: string[] = [];
+      let txs = 0;
+      let objects = 0;
+      for (const key of objectKeys) {
+        txs += this.db.prepare('DELETE FROM archive_txs WHERE object_key = ?').run(key).changes;
+        objects += this.db.prepare('DELETE FROM archive_objects WHERE key = ?').run(key).changes;
+        queue.run(key, reason, at);
+        keys.push(key);
+      }
+      let fulls = 0;
+      for (const id of fullIds) {
+        const row = this.db
+          .prepare('SELECT manifest_key AS key FROM archive_fulls WHERE id = ?')
+          .get(id) as { key: string } | undefined;
+        if (row === undefined) continue;
+        this.db.prepare('DELETE FROM archive_full_chunks WHERE full_id = ?').run(id);
+        this.db.prepare('DELETE FROM archive_fulls WHERE id = ?').run(id);
+        queue.run(row.key, reason, at);
+        keys.push(row.key);
+        fulls += 1;
+      }
+      const orphans = this.db
+        .prepare(
+          `SELECT id, key FROM archive_chunks WHERE NOT EXISTS
+             (SELECT 1 FROM archive_full_chunks r WHERE r.chunk_id = archive_chunks.id)`,
+        )
+        .all() as { id: string; key: string }[];
+      const forget = this.db.prepare('DELETE FROM archive_chunks WHERE id = ?');
+      for (const chunk of orphans) {
+        forget.run(chunk.id);
+        queue.run(chunk.key, `${reason} (no full image references it)`, at);
+        keys.push(chunk.key);
+      }
+      return { objects, txs, fulls, chunks: orphans.length, keys };
+    });
+    return run();
+  }
+
+  /** Object keys the catalog forgot and the store may still hold, oldest first. */
+  pendingArchiveDeletions(limit: number): { key: string; reason: string; at: string }[] {
+    return this.db
+      .prepare('SELECT key, reason, at FROM archive_deletions ORDER BY at, key LIMIT ?')
+      .all(limit) as { key: string; reason: string; at: string }[];
+  }
+
+  pendingArchiveDeletionCount(): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM archive_deletions').get() as { n: number })
+      .n;
+  }
+
+  /** The store deleted these keys. */
+  archiveDeletionsDone(keys: readonly string[]): void {
+    const done = this.db.prepare('DELETE FROM archive_deletions WHERE key = ?');
+    this.db.transaction(() => {
+      for (const key of keys) done.run(key);
+    })();
   }
 
   close(): void {

@@ -21,6 +21,13 @@ export {
   type ArchiveStatus,
 } from './archiving.js';
 export type { ArchiveObjectRow, ArchiveTxRow } from './catalog.js';
+export {
+  archivePolicyFrom,
+  archivePolicyText,
+  DEFAULT_ARCHIVE_POLICY,
+  type ArchivePolicy,
+} from './archive-retention-policy.js';
+export type { ArchiveRetentionStatus } from './archive-retention.js';
 export type { OldPointPlan, FetchProgress } from './old-points.js';
 export type { VerifyProblem, VerifyProgress, VerifyResult } from './archive-verify.js';
 export {

@@ -20,6 +20,8 @@ import { ensureDir } from '../platform/index.js';
 import type { View } from '../views/index.js';
 import { AgentLink, type AgentStatus } from './agent-link.js';
 import { ApplyWorker, type Applier } from './apply-pool.js';
+import { ArchiveRetention } from './archive-retention.js';
+import { DEFAULT_ARCHIVE_POLICY } from './archive-retention-policy.js';
 import { Archiver, type ArchiveSettings, type ArchiveStatus } from './archiving.js';
 import { verifyArchive, type VerifyProgress, type VerifyResult } from './archive-verify.js';
 import type { ArchiveObjectRow } from './catalog.js';
@@ -118,6 +120,7 @@ interface Parts {
   commitObservers: Set<(event: CommitEvent) => void>;
   archiver: Archiver | undefined;
   oldPoints: OldPoints | undefined;
+  archiveRetention: ArchiveRetention | undefined;
 }
 
 export type { CommitEvent };
@@ -142,6 +145,8 @@ export class Manager {
   readonly archiver: Archiver | undefined;
   /** Points older than the journal, served from the archive (undefined without one). */
   readonly oldPoints: OldPoints | undefined;
+  /** The archive's own policy: what it deletes and when (undefined without an archive). */
+  readonly archiveRetention: ArchiveRetention | undefined;
   /** Called after each commit (the console's events, the metrics); an observer must not throw. */
   readonly commitObservers: Set<(event: CommitEvent) => void>;
 
@@ -161,6 +166,7 @@ export class Manager {
     this.commitObservers = parts.commitObservers;
     this.archiver = parts.archiver;
     this.oldPoints = parts.oldPoints;
+    this.archiveRetention = parts.archiveRetention;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -236,7 +242,10 @@ export class Manager {
       await manager.pipeline.recover();
       await manager.registry.load();
       if (options.startRetention !== false) manager.retention.start();
-      if (options.startArchiver !== false) manager.archiver?.start();
+      if (options.startArchiver !== false) {
+        manager.archiver?.start();
+        manager.archiveRetention?.start(options.archive?.retentionIntervalMs);
+      }
       return manager;
     } catch (error) {
       rethrowIfBug(error);
@@ -262,7 +271,12 @@ export class Manager {
     const { options, root, catalog, replicas, txFiles, applier, merger, policy } = opened;
     // The registry takes each transaction's undo before its replica writes; it is built after the
     // pipeline, which only calls back once a turn runs (after open).
-    const later: { registry?: ViewRegistry; retention?: Retention; oldPoints?: OldPoints } = {};
+    const later: {
+      registry?: ViewRegistry;
+      retention?: Retention;
+      oldPoints?: OldPoints;
+      archiveRetention?: ArchiveRetention;
+    } = {};
     const archiver = options.archive
       ? new Archiver({ catalog, txFiles, log: options.log }, options.archive)
       : undefined;
@@ -370,6 +384,7 @@ export class Manager {
               archivedThroughSeq: () => archiver.archivedThroughSeq(),
               archiveTier: () => {
                 const status = archiver.status();
+                const kept = later.archiveRetention?.status();
                 return {
                   url: status.url,
                   fromSeq: status.archivedFromSeq,
@@ -377,6 +392,15 @@ export class Manager {
                   objects: status.objects,
                   storedBytes: status.storedBytes,
                   backlogTransactions: status.backlog.transactions,
+                  ...(kept
+                    ? {
+                        policy: kept.policy,
+                        everyWriteFromSeq: kept.everyWriteFromSeq,
+                        baseSeq: kept.baseSeq,
+                        coarsePoints: kept.coarsePoints.length,
+                        stuck: kept.stuck,
+                      }
+                    : {}),
                 };
               },
             }
@@ -385,6 +409,18 @@ export class Manager {
       policy,
     );
     later.retention = retention;
+    const archiveRetention = archiver
+      ? new ArchiveRetention(
+          {
+            catalog,
+            store: archiver.store,
+            log: options.log,
+            holdSeqs: () => [...registry.viewSeqs(), ...pinnedBookmarkSeqs(catalog)],
+          },
+          options.archive?.policy ?? DEFAULT_ARCHIVE_POLICY,
+        )
+      : undefined;
+    if (archiveRetention) later.archiveRetention = archiveRetention;
     const manager: Manager = new Manager({
       options,
       catalog,
@@ -401,6 +437,7 @@ export class Manager {
       commitObservers,
       archiver,
       oldPoints,
+      archiveRetention,
     });
     return manager;
   }
@@ -658,7 +695,9 @@ export class Manager {
 
   /** The archive's state, or undefined when none is configured. */
   archiveStatus(): ArchiveStatus | undefined {
-    return this.archiver?.status();
+    const status = this.archiver?.status();
+    if (status === undefined || this.archiveRetention === undefined) return status;
+    return { ...status, retention: this.archiveRetention.status() };
   }
 
   /** The archiver, or the one "no archive configured" refusal. */
@@ -712,6 +751,7 @@ export class Manager {
   }
 
   private async closeOnce(): Promise<void> {
+    await this.archiveRetention?.stop();
     await this.archiver?.stop();
     await this.retention.stop();
     await this.link.close();
@@ -724,6 +764,19 @@ export class Manager {
     this.catalog.close();
     await this.archiver?.store.close();
   }
+}
+
+/** The seqs of bookmarks pinned now (the archive's retention keeps every write from them on). */
+function pinnedBookmarkSeqs(catalog: Catalog): number[] {
+  const nowMs = Date.now();
+  return catalog
+    .bookmarks()
+    .filter(
+      (b) =>
+        b.pinnedUntil !== null &&
+        (b.pinnedUntil === 'forever' || Date.parse(b.pinnedUntil) > nowMs),
+    )
+    .map((b) => b.seq);
 }
 
 /**

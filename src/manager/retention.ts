@@ -96,6 +96,16 @@ export interface ArchiveTier {
   objects: number;
   storedBytes: number;
   backlogTransactions: number;
+  /** The archive's own policy and where it stands (archive-retention.ts). */
+  policy?: { keepEveryWrite: string; keep: string };
+  /** Every write is kept there from this seq on (null: nothing archived). */
+  everyWriteFromSeq?: number | null;
+  /** The full image the points before it are rebuilt from (null: none yet). */
+  baseSeq?: number | null;
+  /** Full images kept as coarser points before the base. */
+  coarsePoints?: number;
+  /** Why the archive's policy cannot delete what it would (no base yet). */
+  stuck?: string | null;
 }
 
 export interface RetentionAlert {

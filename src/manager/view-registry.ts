@@ -243,6 +243,11 @@ export class ViewRegistry {
    * What the views hold against retention: every open view's point stays addressable and bounds the
    * oldest point; history after a private view's point may not change at all while it reads.
    */
+  /** The seq of every open view, named or internal (the archive's retention holds them). */
+  viewSeqs(): number[] {
+    return [...this.views.values(), ...this.internalViews].map((v) => v.seq);
+  }
+
   pins(): {
     keepPoints: number[];
     floorSeq: number | undefined;

@@ -15,7 +15,12 @@ import {
 } from '../agent/index.js';
 import { consoleUrl, startApi } from '../api/index.js';
 import { loadArchiveKey, openStore } from '../archive/index.js';
-import { Manager, type ArchiveSettings, type PolicyText } from '../manager/index.js';
+import {
+  Manager,
+  type ArchivePolicy,
+  type ArchiveSettings,
+  type PolicyText,
+} from '../manager/index.js';
 import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
 import {
@@ -62,6 +67,8 @@ export interface ArchiveRunOptions {
   cacheBytesMax: number;
   batchBytesMax: number;
   batchMs: number;
+  /** The archive's own retention policy (parsed at the edge). */
+  policy?: ArchivePolicy;
 }
 
 /**
@@ -86,6 +93,7 @@ async function openArchive(
     batchBytesMax: options.batchBytesMax,
     batchMs: options.batchMs,
     cacheBytesMax: options.cacheBytesMax,
+    ...(options.policy ? { policy: options.policy } : {}),
   };
 }
 

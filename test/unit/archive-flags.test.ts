@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { archiveFromOptions } from '../../src/cli/archive.js';
+import { DEFAULT_ARCHIVE_POLICY } from '../../src/manager/index.js';
 
 function config(content: object): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-archive-flags-'));
@@ -37,7 +38,33 @@ describe('archive settings', () => {
       cacheBytesMax: 1024 ** 3,
       batchBytesMax: 64 * 1024 ** 2,
       batchMs: 10_000,
+      policy: DEFAULT_ARCHIVE_POLICY,
     });
+  });
+
+  it("the archive's retention policy, by flag or config, refused without an archive", () => {
+    const flags = archiveFromOptions({
+      archive: '/a',
+      archiveKeepEveryWrite: '7d',
+      archiveKeep: '1d:30d,7d:365d',
+    });
+    assert.equal(flags?.policy?.keepEveryWriteMs, 7 * 86_400_000);
+    assert.deepEqual(flags?.policy?.tiers, [
+      { everyMs: 86_400_000, forMs: 30 * 86_400_000 },
+      { everyMs: 7 * 86_400_000, forMs: 365 * 86_400_000 },
+    ]);
+    const file = config({ archive: { url: '/a', keepEveryWrite: '2d', keep: 'none' } });
+    const fromConfig = archiveFromOptions({ config: file });
+    assert.equal(fromConfig?.policy?.keepEveryWriteMs, 2 * 86_400_000);
+    assert.deepEqual(fromConfig?.policy?.tiers, []);
+    assert.throws(
+      () => archiveFromOptions({ archiveKeep: '1d:30d' }),
+      /--archive-keep-every-write and --archive-keep need --archive/,
+    );
+    assert.throws(
+      () => archiveFromOptions({ archive: '/a', archiveKeep: '1d:20d' }),
+      /--archive-keep: tier 1d:20d ends at 20d, not after the tier before it \(30d\)/,
+    );
   });
 
   it('the config file, with the flags over it', () => {
