@@ -50,6 +50,8 @@ export interface ArchiveSettings {
   idleRetryMs?: number;
   /** Bound on DATA/archive-cache, where objects for points older than the journal go. */
   cacheBytesMax?: number;
+  /** A full image this long after the newest one (FULL_EVERY_MS_DEFAULT); null: no schedule. */
+  fullEveryMs?: number | null;
 }
 
 export interface ArchiverHost {
@@ -97,7 +99,9 @@ function isLasting(error: unknown): boolean {
 
 export class Archiver {
   private readonly host: ArchiverHost;
-  private readonly settings: Required<Omit<ArchiveSettings, 'key' | 'cacheBytesMax'>> & {
+  private readonly settings: Required<
+    Omit<ArchiveSettings, 'key' | 'cacheBytesMax' | 'fullEveryMs'>
+  > & {
     key: Buffer | undefined;
   };
   private stateNow: ArchiverState = 'starting';
@@ -130,6 +134,11 @@ export class Archiver {
 
   get key(): Buffer | undefined {
     return this.settings.key;
+  }
+
+  /** The most a retry waits (full images retry their requests the same way). */
+  get retryMsMax(): number {
+    return this.settings.retryMsMax;
   }
 
   get state(): ArchiverState {

@@ -62,6 +62,8 @@ export interface ArchiveRunOptions {
   cacheBytesMax: number;
   batchBytesMax: number;
   batchMs: number;
+  /** A full image this long after the newest (undefined: the default, 24h); null: off. */
+  fullEveryMs?: number | null;
 }
 
 /**
@@ -86,6 +88,7 @@ async function openArchive(
     batchBytesMax: options.batchBytesMax,
     batchMs: options.batchMs,
     cacheBytesMax: options.cacheBytesMax,
+    ...(options.fullEveryMs !== undefined ? { fullEveryMs: options.fullEveryMs } : {}),
   };
 }
 
