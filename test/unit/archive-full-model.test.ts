@@ -316,6 +316,25 @@ describe('virtual full images, against the model', () => {
         );
         const cache = manager.oldPoints?.cacheStatus();
         assert.ok(cache && cache.bytes <= cache.bytesMax, JSON.stringify(cache));
+        // Verify checks manifests and chunks; deep, a damaged chunk is named.
+        const clean = await manager.verifyArchive({ deep: true });
+        assert.deepEqual(clean.problems, []);
+        assert.equal(clean.fulls, manager.fulls().length);
+        assert.equal(clean.chunks, manager.catalog.archiveChunks().length);
+        const victim = manager.catalog.archiveChunks()[0];
+        assert.ok(victim);
+        const file = path.join(dir, 'archive', victim.key);
+        const bytes = fs.readFileSync(file);
+        bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0xff;
+        fs.chmodSync(file, 0o600);
+        fs.writeFileSync(file, bytes);
+        assert.deepEqual((await manager.verifyArchive({ deep: false })).problems, []);
+        const damaged = await manager.verifyArchive({ deep: true });
+        assert.deepEqual(
+          damaged.problems.map((p) => p.key),
+          [victim.key],
+        );
+        assert.match(damaged.problems[0]?.problem ?? '', /CRC|corrupt|damaged/i);
       } finally {
         agent?.close();
         await manager.close();
