@@ -63,6 +63,9 @@ export const ROUTE_ACCESS: Readonly<Record<string, Access>> = {
   'GET /api/archive': READ,
   'GET /api/archive/objects': READ,
   'GET /api/archive/plan': READ,
+  'GET /api/archive/fulls': READ,
+  // A full image reads every volume through a view and uploads what changed.
+  'POST /api/archive/full': OPERATE,
   // Fetching into the local cache and reading every object back cost the store requests.
   'POST /api/archive/fetch': OPERATE,
   'POST /api/archive/verify': OPERATE,

@@ -1,10 +1,11 @@
-// The HTTP API of the archive: its state, the objects the catalog records, and verify (streamed
-// as NDJSON: progress lines, then the result), so the CLI can show progress on a long check.
+// The HTTP API of the archive: its state, the objects and full images the catalog records, and
+// verify, fetches and full images (streamed as NDJSON: progress lines, then the result), so the
+// CLI can show progress on long work.
 import { PassThrough } from 'node:stream';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { errorMessage, rethrowIfBug, RewindError } from '../core/index.js';
 import type { Manager } from '../manager/index.js';
-import { ARCHIVE_FETCH_SCHEMA, ARCHIVE_VERIFY_SCHEMA } from './schemas.js';
+import { ARCHIVE_FETCH_SCHEMA, ARCHIVE_FULL_SCHEMA, ARCHIVE_VERIFY_SCHEMA } from './schemas.js';
 
 export function registerArchiveRoutes(app: FastifyInstance, manager: Manager): void {
   app.get('/api/archive', async () => {
@@ -22,6 +23,34 @@ export function registerArchiveRoutes(app: FastifyInstance, manager: Manager): v
     }
     return { plan: manager.archiver ? manager.archivePlan(point) : null };
   });
+  app.get('/api/archive/fulls', async () => manager.fulls());
+  const fullOptions = { schema: ARCHIVE_FULL_SCHEMA };
+  app.post<{ Body: { volumes?: string[]; at?: string | number } | null }>(
+    '/api/archive/full',
+    fullOptions,
+    async (request, reply) => {
+      const body = request.body ?? {};
+      manager.requireArchiver();
+      const at = body.at === undefined ? undefined : String(body.at);
+      // Refusals that need no work (a bad POINT or volume, a full running) are answered as errors.
+      const volumes = body.volumes ?? [];
+      for (const name of volumes) manager.volumeIndex(name);
+      if (at !== undefined) manager.resolvePoint(at);
+      const running = manager.fullImages?.progress();
+      if (running) {
+        throw new RewindError(
+          'REWIND_BUSY',
+          `a full image at seq ${running.seq} is being taken: chunk ${running.chunksDone} of ${running.chunksTotal}`,
+          { hint: 'one full at a time: wait for it (rewind archive status shows its progress)' },
+        );
+      }
+      return streamed(reply, (line) =>
+        manager.takeFull({ volumes, ...(at !== undefined ? { at } : {}) }, (progress) =>
+          line({ type: 'progress', ...progress }),
+        ),
+      );
+    },
+  );
   const fetchOptions = { schema: ARCHIVE_FETCH_SCHEMA };
   const verifyOptions = { schema: ARCHIVE_VERIFY_SCHEMA };
   app.post<{ Body: { point?: unknown } | null }>(

@@ -74,6 +74,12 @@ export const EXPORT_SCHEMA = body(
 
 export const ARCHIVE_FETCH_SCHEMA = body({ point: text }, ['point']);
 
+/** `rewind full [VOLUME...] [--at POINT]`: no volumes means every volume. */
+export const ARCHIVE_FULL_SCHEMA = body({
+  volumes: { type: 'array', items: text, maxItems: LIST_MAX },
+  at: { anyOf: [text, count] },
+});
+
 export const ARCHIVE_VERIFY_SCHEMA = body({ deep: { type: 'boolean' } });
 
 export const TOKEN_SCHEMA = body({ name: text, role: text }, ['name', 'role']);

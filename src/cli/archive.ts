@@ -6,12 +6,17 @@ import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { formatBytes, parseSize, RewindError } from '../core/index.js';
-import { archivePolicyFrom } from '../manager/index.js';
-import type {
-  ArchiveObjectRow,
-  ArchiveStatus,
-  OldPointPlan,
-  VerifyResult,
+import {
+  archivePolicyFrom,
+  parseDuration,
+  type ArchiveFullRow,
+  type ArchiveObjectRow,
+  type ArchiveStatus,
+  type FullProgress,
+  type FullResult,
+  type FullsStatus,
+  type OldPointPlan,
+  type VerifyResult,
 } from '../manager/index.js';
 import type { ArchiveRunOptions } from '../runtime/index.js';
 
@@ -32,6 +37,11 @@ export function withArchiveOptions(command: Command): Command {
     .option(
       '--archive-keep <tiers>',
       'then one full image per EVERY until FOR old: EVERY:FOR,... or none (default 1d:365d)',
+    )
+    .option(
+      '--full-every <duration|off>',
+      'take a virtual full image this long after the newest one (default 24h; the first one ' +
+        '10 minutes after start when there is none), or off',
     );
 }
 
@@ -46,6 +56,7 @@ export interface ArchiveFlags {
   archiveBatchMs?: string;
   archiveKeepEveryWrite?: string;
   archiveKeep?: string;
+  fullEvery?: string;
   config?: string;
 }
 
@@ -60,6 +71,7 @@ const CONFIG_KEYS = [
   'batchMs',
   'keepEveryWrite',
   'keep',
+  'fullEvery',
 ] as const;
 type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -84,6 +96,10 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
         'REWIND_BAD_ARGUMENT',
         '--archive-keep-every-write and --archive-keep need --archive',
       );
+    if (options.fullEvery !== undefined)
+      throw new RewindError('REWIND_BAD_ARGUMENT', '--full-every needs --archive', {
+        hint: 'full images are stored in the archive: give --archive DIR or s3://BUCKET/PREFIX',
+      });
     return undefined;
   }
   const policy = archivePolicyFrom({
@@ -97,6 +113,8 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
   const batchMs = Number(pick(options.archiveBatchMs, 'batchMs') ?? '10000');
   if (!Number.isSafeInteger(batchMs) || batchMs < 0)
     throw new RewindError('REWIND_BAD_ARGUMENT', '--archive-batch-ms is not a number of ms');
+  const fullEvery = pick(options.fullEvery, 'fullEvery');
+  const fullEveryMs = fullEvery === undefined ? undefined : parseFullEvery(fullEvery);
   return {
     // A directory is kept absolute: the catalog records the URL and compares it at each start.
     url: /^[a-z][a-z0-9+.-]*:\/\//i.test(url) ? url : path.resolve(url),
@@ -114,7 +132,20 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
     ),
     batchMs,
     policy,
+    ...(fullEveryMs !== undefined ? { fullEveryMs } : {}),
   };
+}
+
+/** `--full-every`: a duration of at least a minute, or `off` (null). */
+function parseFullEvery(text: string): number | null {
+  if (text.trim() === 'off') return null;
+  const ms = parseDuration(text, '--full-every');
+  if (ms < 60_000) {
+    throw new RewindError('REWIND_BAD_ARGUMENT', `--full-every ${text} is under a minute`, {
+      hint: 'a full reads every volume: give e.g. 6h, 24h or 7d, or off',
+    });
+  }
+  return ms;
 }
 
 function configArchive(file: string): Partial<Record<ConfigKey, unknown>> {
@@ -163,17 +194,37 @@ export function registerArchiveCommand(
   withServer(
     archive
       .command('ls')
-      .description('the archived objects, oldest first')
+      .description('the archived batch objects and full images, oldest first')
       .option('--json', 'print JSON'),
   ).action(async (options: { json?: boolean }) => {
     const objects = (await api.json(options, 'GET', '/api/archive/objects')) as ArchiveObjectRow[];
-    if (options.json) return console.log(JSON.stringify(objects));
+    const fulls = (await api.json(options, 'GET', '/api/archive/fulls')) as ArchiveFullRow[];
+    if (options.json) {
+      // One list: batch objects (kind "batch"), then full images (kind "full", by manifest key).
+      const listed = [
+        ...objects.map((o) => ({ kind: 'batch', ...o })),
+        ...fulls.map((f) => ({ kind: 'full', key: f.manifestKey, ...f })),
+      ];
+      return console.log(JSON.stringify(listed));
+    }
     for (const o of objects) {
       console.log(
         `${o.key}\tseq ${o.seqFirst}..${o.seqLast}\t${o.txCount} transactions\t${formatBytes(o.plainBytes)} plain\t${formatBytes(o.storedBytes)} stored\t${o.createdAt}`,
       );
     }
-    console.log(`${objects.length} objects`);
+    for (const f of fulls) console.log(fullLine(f));
+    console.log(`${objects.length} objects, ${fulls.length} full images`);
+  });
+  withServer(
+    archive
+      .command('fulls')
+      .description('the virtual full images in the archive, oldest first (rewind full takes one)')
+      .option('--json', 'print JSON'),
+  ).action(async (options: { json?: boolean }) => {
+    const fulls = (await api.json(options, 'GET', '/api/archive/fulls')) as ArchiveFullRow[];
+    if (options.json) return console.log(JSON.stringify(fulls));
+    for (const f of fulls) console.log(fullLine(f));
+    console.log(`${fulls.length} full images`);
   });
   withServer(
     archive
@@ -187,6 +238,65 @@ export function registerArchiveCommand(
     else printVerify(result);
     if (result.problems.length > 0) process.exitCode = 1;
   });
+}
+
+/**
+ * `rewind full [VOLUME...] [--at POINT]`: a virtual full image in the archive, with progress on
+ * stderr, then what was stored.
+ */
+export function registerFullCommand(
+  program: Command,
+  withServer: (command: Command) => Command,
+  api: ArchiveApi,
+): void {
+  withServer(
+    program
+      .command('full')
+      .description(
+        'store a virtual full image of the volumes (all when none is named) in the archive, ' +
+          'read through a view (no production I/O); only chunks changed since earlier fulls ' +
+          'are uploaded',
+      )
+      .argument('[volumes...]', 'volume names (default: every volume, at one seq)')
+      .option('--at <point>', 'the POINT to image (default: the newest committed write)')
+      .option('--json', 'print JSON'),
+  ).action(async (volumes: string[], options: { at?: string; json?: boolean }) => {
+    if (options.at !== undefined) await fetchOldPoint(api, options, options.at);
+    const response = await api.stream(options, 'POST', '/api/archive/full', {
+      volumes,
+      ...(options.at !== undefined ? { at: options.at } : {}),
+    });
+    const result = (await readStream(
+      response,
+      'full',
+      'chunks',
+      fullProgress,
+    )) as unknown as FullResult & { type?: string };
+    delete result.type;
+    if (options.json) return console.log(JSON.stringify(result));
+    const c = result.chunks;
+    console.log(
+      `full image ${result.id} at seq ${result.seq}${result.time ? ` (${result.time})` : ''}: ${result.volumes.join(', ')}, ${formatBytes(result.logicalBytes)}`,
+    );
+    console.log(
+      `chunks: ${c.total} (${c.new} new, ${c.known} already stored, ${c.zero} zero); ${formatBytes(result.bytesNew)} stored new in ${(result.durationMs / 1000).toFixed(1)} s as ${result.manifestKey}`,
+    );
+  });
+}
+
+function fullProgress(line: Record<string, unknown>): ProgressShown & { bytes: string } {
+  const p = line as unknown as FullProgress;
+  return {
+    done: p.chunksDone,
+    total: p.chunksTotal,
+    detail: `chunks, ${p.chunksNew} new, ${formatBytes(p.bytesUploaded)} uploaded${p.waiting ? ` (waiting: ${p.waiting})` : ''}`,
+    bytes: `${formatBytes(p.bytesUploaded)} uploaded`,
+  };
+}
+
+function fullLine(f: ArchiveFullRow): string {
+  const time = f.timeUs === 0 ? '-' : new Date(f.timeUs / 1000).toISOString();
+  return `full ${f.id}\tseq ${f.seq}\t${time}\tvolumes ${f.volumes.join(',')}\t${formatBytes(f.logicalBytes)}\t${f.chunkCount} chunks (${f.newChunks} new)\t${formatBytes(f.storedBytes)} stored new\t${f.manifestKey}`;
 }
 
 async function verify(api: ArchiveApi, options: { deep?: boolean }): Promise<VerifyResult> {
@@ -209,13 +319,38 @@ export async function fetchOldPoint(
   const { plan } = (await api.json(options, 'GET', route)) as { plan: OldPointPlan | null };
   if (plan === null) return;
   const cached = plan.objects.filter((o) => o.cached).length;
+  const objects = `${plan.objects.length} objects (${plan.objects.length - cached} to fetch; ${cached} cached)`;
   // On stderr, with the progress: stdout stays the command's own answer (--json).
-  console.error(
-    `seq ${plan.seq} is older than the journal: the view at seq ${plan.anchorSeq} with the archived undo of ${plan.txs.length} transactions from ${plan.objects.length} objects (${plan.objects.length - cached} to fetch, ${formatBytes(plan.fetchBytes)}; ${cached} cached)`,
-  );
+  if (plan.way === 'full' && plan.full) {
+    const full = plan.full;
+    console.error(
+      `seq ${plan.seq} is older than the journal: full image ${full.id} at seq ${full.seq} (${full.chunks} chunks, ${full.cached ? 'materialised already' : `${formatBytes(full.chunkBytes)}`}) plus ${plan.increments} archived increments from ${objects}; ${formatBytes(plan.fetchBytes)} to fetch (not by the journal's anchor: ${plan.otherWay})`,
+    );
+  } else {
+    console.error(
+      `seq ${plan.seq} is older than the journal: the view at seq ${plan.anchorSeq} with the archived undo of ${plan.increments} transactions from ${objects}; ${formatBytes(plan.fetchBytes)} to fetch`,
+    );
+  }
   if (plan.fetchBytes === 0) return;
   const response = await api.stream(options, 'POST', '/api/archive/fetch', { point });
   await readStream(response, 'fetch', 'objects');
+}
+
+/** What a progress line shows: how far, of how much, and a detail. */
+interface ProgressShown {
+  done: number;
+  total: number;
+  detail: string;
+}
+
+/** Verify and fetch lines: objects done of total, the key, the bytes read. */
+function objectProgress(line: Record<string, unknown>): ProgressShown & { bytes: string } {
+  return {
+    done: line.done as number,
+    total: line.total as number,
+    detail: String(line.key),
+    bytes: formatBytes(line.bytes as number),
+  };
 }
 
 /** Reads an NDJSON answer: progress lines to stderr (a bar on a terminal), then the result. */
@@ -223,6 +358,7 @@ async function readStream(
   response: Response,
   what: string,
   unit: string,
+  shown: (line: Record<string, unknown>) => ProgressShown & { bytes: string } = objectProgress,
 ): Promise<Record<string, unknown>> {
   const bar = process.stderr.isTTY
     ? new SingleBar(
@@ -231,19 +367,20 @@ async function readStream(
       )
     : undefined;
   let result: Record<string, unknown> | undefined;
+  let started = false;
   let buffered = '';
   const decoder = new TextDecoder();
   const handle = (text: string): void => {
     if (text.trim() === '') return;
     const line = JSON.parse(text) as { type: string } & Record<string, unknown>;
     if (line.type === 'progress') {
-      const done = line.done as number;
-      const total = line.total as number;
+      const { done, total, detail, bytes } = shown(line);
       if (bar) {
-        if (done === 1) bar.start(total, 0, { read: '' });
-        bar.update(done, { read: formatBytes(line.bytes as number) });
+        if (!started) bar.start(total, 0, { read: '' });
+        started = true;
+        bar.update(done, { read: bytes });
       } else {
-        process.stderr.write(`${what}: ${done}/${total} ${String(line.key)}\n`);
+        process.stderr.write(`${what}: ${done}/${total} ${detail}\n`);
       }
     } else if (line.type === 'result') {
       result = line;
@@ -267,7 +404,7 @@ async function readStream(
   return result;
 }
 
-function printStatus(s: ArchiveStatus): void {
+function printStatus(s: ArchiveStatus & { fulls?: FullsStatus }): void {
   console.log(`archive: ${s.url} (${s.state})`);
   const caps = s.capabilities;
   console.log(
@@ -298,12 +435,26 @@ function printStatus(s: ArchiveStatus): void {
     if (r.stuck) console.log(`  ${r.stuck}`);
     if (r.lastError) console.log(`  last delete error: ${r.lastError}`);
   }
+  const fulls = s.fulls;
+  if (fulls) {
+    const newest = fulls.newest;
+    console.log(
+      `full images: ${fulls.count}, ${fulls.chunks} chunks, ${formatBytes(fulls.chunkStoredBytes)} stored; every ${fulls.every}${fulls.nextAt ? `, next due ${fulls.nextAt}` : ''}`,
+    );
+    console.log(`newest full: ${newest ? fullLine(newest) : 'none'}`);
+    const running = fulls.running;
+    if (running) {
+      console.log(
+        `taking a full at seq ${running.seq}: chunk ${running.chunksDone} of ${running.chunksTotal}, ${formatBytes(running.bytesUploaded)} uploaded${running.waiting ? ` (waiting: ${running.waiting})` : ''}`,
+      );
+    }
+  }
   for (const alert of s.alerts) console.log(`${alert.level}: ${alert.message}`);
 }
 
 function printVerify(r: VerifyResult): void {
   for (const p of r.problems) console.log(`problem: ${p.key}: ${p.problem}`);
   console.log(
-    `${r.deep ? 'deep ' : ''}verify: ${r.objectsOk} of ${r.objects} objects ok, ${r.transactions} transactions${r.deep ? `, ${r.comparedLocally} compared with the journal, ${formatBytes(r.bytesRead)} read` : ''}; ${r.problems.length} problems`,
+    `${r.deep ? 'deep ' : ''}verify: ${r.objectsOk} of ${r.objects} objects ok (${r.fulls} full image manifests, ${r.chunks} chunks), ${r.transactions} transactions${r.deep ? `, ${r.comparedLocally} compared with the journal, ${formatBytes(r.bytesRead)} read` : ''}; ${r.problems.length} problems`,
   );
 }

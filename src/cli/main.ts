@@ -29,6 +29,7 @@ import {
   type ArchiveApi,
   archiveFromOptions,
   registerArchiveCommand,
+  registerFullCommand,
   withArchiveOptions,
   type ArchiveFlags,
 } from './archive.js';
@@ -1431,11 +1432,8 @@ registerRetentionCommand(program, withServer, (options, method, route, body) =>
 registerAccessCommands(program, withServer, (options, method, route, body) =>
   json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
 );
-registerArchiveCommand(program, withServer, {
-  json: (options, method, route, body) =>
-    json(server(options as { server?: string; apiTokenFile?: string }), method, route, body),
-  stream: (options, method, route, body) => call(server(options), method, route, body),
-});
+registerArchiveCommand(program, withServer, archiveApi);
+registerFullCommand(program, withServer, archiveApi);
 
 /** A start that failed closes what it opened; should anything still hold the process, it ends. */
 const FAILED_EXIT_GRACE_MS = 10_000;

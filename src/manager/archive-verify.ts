@@ -1,13 +1,22 @@
 // `rewind archive verify`: every object the catalog records is HEADed (it must exist with the
 // recorded size); deep, each is read and decoded (checksums, key), its index compared with the
 // catalog's rows, every transaction's redo and undo CRC-32C checked, and the bytes compared with
-// the local journal where it still holds the transaction unthinned. Reads only.
+// the local journal where it still holds the transaction unthinned. Full images too: every
+// manifest and chunk the catalog records is HEADed; deep, each manifest is decoded and compared
+// with its catalog row and chunk refs, each chunk decoded and checked against its content
+// address. Reads only.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { decodeBatch, decodeObject, type BatchEntry } from '../archive/index.js';
+import {
+  chunkId,
+  decodeBatch,
+  decodeManifest,
+  decodeObject,
+  type BatchEntry,
+} from '../archive/index.js';
 import { crc32c, errorMessage, rethrowIfBug } from '../core/index.js';
 import type { Archiver } from './archiving.js';
-import type { ArchiveTxRow, Catalog } from './catalog.js';
+import type { ArchiveFullRow, ArchiveTxRow, Catalog } from './catalog.js';
 import type { TxFiles } from './txfiles.js';
 
 export interface VerifyProblem {
@@ -30,6 +39,9 @@ export interface VerifyResult {
   transactions: number;
   /** Transactions whose redo and undo were also compared with the local journal. */
   comparedLocally: number;
+  /** Full images and chunks checked (their manifests and chunks count in `objects` too). */
+  fulls: number;
+  chunks: number;
   bytesRead: number;
   problems: VerifyProblem[];
 }
@@ -46,9 +58,15 @@ export async function verifyArchive(
     objectsOk: 0,
     transactions: 0,
     comparedLocally: 0,
+    fulls: 0,
+    chunks: 0,
     bytesRead: 0,
     problems: [],
   };
+  const fulls = catalog.fulls();
+  const chunks = catalog.archiveChunks();
+  const total = objects.length + fulls.length + chunks.length;
+  result.objects = total;
   for (const [i, object] of objects.entries()) {
     const before = result.problems.length;
     const rows = catalog.archiveTxsOf(object.key);
@@ -68,12 +86,114 @@ export async function verifyArchive(
     if (result.problems.length === before) result.objectsOk += 1;
     options.onProgress?.({
       done: i + 1,
-      total: objects.length,
+      total,
       key: object.key,
       bytes: result.bytesRead,
     });
   }
+  await verifyFulls(parts, { ...options, total }, result);
   return result;
+}
+
+/** Each recorded full's manifest, then each chunk: present, of the recorded size; deep, decoded. */
+async function verifyFulls(
+  parts: { catalog: Catalog; archiver: Archiver },
+  options: { deep: boolean; total: number; onProgress?: (progress: VerifyProgress) => void },
+  result: VerifyResult,
+): Promise<void> {
+  const { catalog, archiver } = parts;
+  let done = catalog.archiveObjects().length;
+  const step = (key: string): void => {
+    done += 1;
+    options.onProgress?.({ done, total: options.total, key, bytes: result.bytesRead });
+  };
+  for (const full of catalog.fulls()) {
+    const before = result.problems.length;
+    result.fulls += 1;
+    archiver.counted('head');
+    const head = await archiver.store.head(full.manifestKey);
+    if (head === undefined) {
+      result.problems.push({ key: full.manifestKey, problem: 'missing from the store' });
+    } else if (options.deep) {
+      await verifyManifest(parts, full, result);
+    }
+    if (result.problems.length === before) result.objectsOk += 1;
+    step(full.manifestKey);
+  }
+  for (const chunk of catalog.archiveChunks()) {
+    const before = result.problems.length;
+    result.chunks += 1;
+    const problem = (text: string): void => {
+      result.problems.push({ key: chunk.key, problem: text });
+    };
+    archiver.counted('head');
+    const head = await archiver.store.head(chunk.key);
+    if (head === undefined) problem('missing from the store');
+    else if (head.size !== chunk.storedBytes) {
+      problem(`size ${head.size}, the catalog recorded ${chunk.storedBytes}`);
+    } else if (options.deep) {
+      archiver.counted('get');
+      const stored = await archiver.store.get(chunk.key);
+      result.bytesRead += stored.length;
+      try {
+        const plain = decodeObject(stored, {
+          name: chunk.key,
+          ...(archiver.key ? { key: archiver.key } : {}),
+        });
+        if (plain.length !== chunk.plainBytes) {
+          problem(`${plain.length} plain bytes, the catalog recorded ${chunk.plainBytes}`);
+        }
+        if (chunkId(plain, archiver.key) !== chunk.id) {
+          problem('its bytes do not have the id it is stored under');
+        }
+      } catch (error) {
+        rethrowIfBug(error);
+        problem(errorMessage(error));
+      }
+    }
+    if (result.problems.length === before) result.objectsOk += 1;
+    step(chunk.key);
+  }
+}
+
+/** A manifest decoded and compared with its row (seq, volumes) and its chunk refs. */
+async function verifyManifest(
+  parts: { catalog: Catalog; archiver: Archiver },
+  full: ArchiveFullRow,
+  result: VerifyResult,
+): Promise<void> {
+  const { catalog, archiver } = parts;
+  const problem = (text: string): void => {
+    result.problems.push({ key: full.manifestKey, problem: text });
+  };
+  archiver.counted('get');
+  const stored = await archiver.store.get(full.manifestKey);
+  result.bytesRead += stored.length;
+  let manifest;
+  try {
+    const plain = decodeObject(stored, {
+      name: full.manifestKey,
+      ...(archiver.key ? { key: archiver.key } : {}),
+    });
+    manifest = decodeManifest(plain, full.manifestKey);
+  } catch (error) {
+    rethrowIfBug(error);
+    problem(errorMessage(error));
+    return;
+  }
+  if (manifest.seq !== full.seq) problem(`seq ${manifest.seq}, the catalog recorded ${full.seq}`);
+  const volumes = manifest.volumes.map((v) => v.idx).join(',');
+  if (volumes !== full.volumes.join(',')) {
+    problem(`volumes ${volumes}, the catalog recorded ${full.volumes.join(',')}`);
+  }
+  const ids = new Set(manifest.volumes.flatMap((v) => v.chunks.filter((c) => c !== null)));
+  const refs = catalog.fullChunkIds(full.id);
+  if (ids.size !== refs.length || refs.some((id) => !ids.has(id))) {
+    problem(`${ids.size} distinct chunks listed, the catalog records ${refs.length} references`);
+  }
+  for (const id of ids) {
+    if (catalog.knownChunk(id) === undefined) problem(`chunk ${id} is not recorded`);
+  }
 }
 
 async function verifyDeep(

@@ -56,6 +56,8 @@ export interface ArchiveSettings {
   policy?: ArchivePolicy;
   /** How often the archive's policy is applied (ARCHIVE_RETENTION_INTERVAL_MS_DEFAULT). */
   retentionIntervalMs?: number;
+  /** A full image this long after the newest one (FULL_EVERY_MS_DEFAULT); null: no schedule. */
+  fullEveryMs?: number | null;
 }
 
 export interface ArchiverHost {
@@ -106,7 +108,10 @@ function isLasting(error: unknown): boolean {
 export class Archiver {
   private readonly host: ArchiverHost;
   private readonly settings: Required<
-    Omit<ArchiveSettings, 'key' | 'cacheBytesMax' | 'policy' | 'retentionIntervalMs'>
+    Omit<
+      ArchiveSettings,
+      'key' | 'cacheBytesMax' | 'policy' | 'retentionIntervalMs' | 'fullEveryMs'
+    >
   > & {
     key: Buffer | undefined;
   };
@@ -140,6 +145,11 @@ export class Archiver {
 
   get key(): Buffer | undefined {
     return this.settings.key;
+  }
+
+  /** The most a retry waits (full images retry their requests the same way). */
+  get retryMsMax(): number {
+    return this.settings.retryMsMax;
   }
 
   get state(): ArchiverState {

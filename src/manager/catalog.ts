@@ -1134,6 +1134,17 @@ export class Catalog {
     ).map((row) => row.id);
   }
 
+  /** Stored bytes of the chunks a full image references. */
+  fullChunkStoredBytes(fullId: number): number {
+    const row = this.db
+      .prepare(
+        `SELECT IFNULL(SUM(c.stored_bytes), 0) AS bytes FROM archive_full_chunks f
+           JOIN archive_chunks c ON c.id = f.chunk_id WHERE f.full_id = ?`,
+      )
+      .get(fullId) as { bytes: number };
+    return row.bytes;
+  }
+
   /** Every stored chunk, by id. */
   archiveChunks(): ArchiveChunkRow[] {
     return this.db

@@ -20,7 +20,14 @@ export {
   type ArchiveSettings,
   type ArchiveStatus,
 } from './archiving.js';
-export type { ArchiveObjectRow, ArchiveTxRow } from './catalog.js';
+export type { ArchiveFullRow, ArchiveObjectRow, ArchiveTxRow } from './catalog.js';
+export {
+  FULL_EVERY_MS_DEFAULT,
+  FULL_FIRST_DELAY_MS,
+  type FullProgress,
+  type FullResult,
+} from './full-images.js';
+export type { FullsStatus } from './manager.js';
 export {
   archivePolicyFrom,
   archivePolicyText,
@@ -31,6 +38,7 @@ export type { ArchiveRetentionStatus } from './archive-retention.js';
 export type { OldPointPlan, FetchProgress } from './old-points.js';
 export type { VerifyProblem, VerifyProgress, VerifyResult } from './archive-verify.js';
 export {
+  parseDuration,
   policyFrom,
   policyText,
   DEFAULT_POLICY,

@@ -24,15 +24,26 @@ import { ArchiveRetention } from './archive-retention.js';
 import { DEFAULT_ARCHIVE_POLICY } from './archive-retention-policy.js';
 import { Archiver, type ArchiveSettings, type ArchiveStatus } from './archiving.js';
 import { verifyArchive, type VerifyProgress, type VerifyResult } from './archive-verify.js';
-import type { ArchiveObjectRow } from './catalog.js';
-import { OldPoints, type FetchProgress, type OldPointPlan } from './old-points.js';
+import type { ArchiveFullRow, ArchiveObjectRow } from './catalog.js';
+import {
+  FULL_EVERY_MS_DEFAULT,
+  FullImages,
+  type FullProgress,
+  type FullResult,
+} from './full-images.js';
+import {
+  OldPoints,
+  type ArchivedHistory,
+  type FetchProgress,
+  type OldPointPlan,
+} from './old-points.js';
 import { Catalog } from './catalog.js';
 import { ImageExporter } from './image-export.js';
 import { PointResolver } from './points.js';
 import { ReplicaVolume } from './replica.js';
 import { Restorer } from './restore.js';
 import { Retention } from './retention.js';
-import type { PolicyText, RetentionPolicy } from './retention-policy.js';
+import { formatDuration, type PolicyText, type RetentionPolicy } from './retention-policy.js';
 import { StoredHistory, type LogEntry, type LogFilter } from './stored-history.js';
 import { TxPipeline, type CommitEvent, type CommittedPosition } from './transactions.js';
 import { TxFiles } from './txfiles.js';
@@ -147,6 +158,8 @@ export class Manager {
   readonly oldPoints: OldPoints | undefined;
   /** The archive's own policy: what it deletes and when (undefined without an archive). */
   readonly archiveRetention: ArchiveRetention | undefined;
+  /** Virtual full images in the archive (undefined without one). */
+  readonly fullImages: FullImages | undefined;
   /** Called after each commit (the console's events, the metrics); an observer must not throw. */
   readonly commitObservers: Set<(event: CommitEvent) => void>;
 
@@ -167,6 +180,22 @@ export class Manager {
     this.archiver = parts.archiver;
     this.oldPoints = parts.oldPoints;
     this.archiveRetention = parts.archiveRetention;
+    const archiver = parts.archiver;
+    this.fullImages = archiver
+      ? new FullImages({
+          catalog: this.catalog,
+          store: archiver.store,
+          key: archiver.key,
+          counted: (kind) => archiver.counted(kind),
+          withView: (seq, work) => this.registry.withView(seq, work),
+          seqCommitted: () => this.seqCommitted(),
+          seqTimeUs: (seq) => this.seqTimeUs(seq),
+          log: this.options.log,
+          retryMsMax: archiver.retryMsMax,
+          exclusive: (work) =>
+            this.archiveRetention ? this.archiveRetention.exclusive(work) : work(),
+        })
+      : undefined;
     this.restorer = new Restorer({
       volumeIndex: (name) => this.history.volumeIndex(name),
       volumeSize: (volume) => this.history.volumeSize(volume),
@@ -245,6 +274,10 @@ export class Manager {
       if (options.startArchiver !== false) {
         manager.archiver?.start();
         manager.archiveRetention?.start(options.archive?.retentionIntervalMs);
+        const every = options.archive?.fullEveryMs;
+        manager.fullImages?.startSchedule(
+          every === null ? undefined : (every ?? FULL_EVERY_MS_DEFAULT),
+        );
       }
       return manager;
     } catch (error) {
@@ -516,15 +549,25 @@ export class Manager {
    */
   async *logAcrossArchive(filter: LogFilter): AsyncGenerator<LogEntry> {
     const from = filter.from ?? 1;
+    // The writes since the point are the archived undo's transactions: the undo way only.
     const planned =
-      this.oldPoints?.anchorOf(from - 1) === undefined ? undefined : this.oldPoints?.plan(from - 1);
-    if (this.oldPoints === undefined || planned === undefined || !('plan' in planned)) {
+      this.oldPoints?.anchorOf(from - 1) === undefined
+        ? undefined
+        : this.oldPoints?.plan(from - 1, 'undo');
+    if (this.oldPoints === undefined || planned === undefined) {
       yield* this.history.log(filter);
       return;
     }
+    if (!('plan' in planned)) {
+      throw new RewindError(
+        'REWIND_POINT_INVALID',
+        `the writes since seq ${from - 1} are not all kept (${planned.refused})`,
+        { hint: 'a snapshot or export at that point works; a restore needs every write since' },
+      );
+    }
     const { plan } = planned;
     await this.oldPoints.fetch(plan);
-    const archived = this.oldPoints.history(plan, this.history);
+    const archived = this.oldPoints.history(plan, this.history) as ArchivedHistory;
     const volume =
       filter.volume === undefined ? undefined : this.history.volumeIndex(filter.volume);
     const to = Math.min(filter.to ?? this.seqCommitted(), this.seqCommitted());
@@ -693,11 +736,68 @@ export class Manager {
     };
   }
 
-  /** The archive's state, or undefined when none is configured. */
-  archiveStatus(): ArchiveStatus | undefined {
+  /** The archive's state with its full images, or undefined when none is configured. */
+  archiveStatus(): (ArchiveStatus & { fulls: FullsStatus }) | undefined {
     const status = this.archiver?.status();
-    if (status === undefined || this.archiveRetention === undefined) return status;
-    return { ...status, retention: this.archiveRetention.status() };
+    if (status === undefined || this.fullImages === undefined) return undefined;
+    const totals = this.catalog.fullTotals();
+    const schedule = this.fullImages.schedule();
+    const alerts = [...status.alerts];
+    if (schedule.lastError !== null) {
+      alerts.push({
+        level: 'error',
+        message: `the scheduled full image failed: ${schedule.lastError}`,
+      });
+    }
+    return {
+      ...status,
+      alerts,
+      ...(this.archiveRetention ? { retention: this.archiveRetention.status() } : {}),
+      fulls: {
+        count: totals.fulls,
+        chunks: totals.chunks,
+        chunkStoredBytes: totals.chunkStoredBytes,
+        newest: this.catalog.newestFull() ?? null,
+        running: this.fullImages.progress(),
+        every: schedule.everyMs === null ? 'off' : formatDuration(schedule.everyMs),
+        nextAt: schedule.nextAt,
+        lastError: schedule.lastError,
+      },
+    };
+  }
+
+  /**
+   * Takes a virtual full image of `volumes` (names; all when empty) at POINT (the newest
+   * committed seq when not given); progress per chunk. Refused REWIND_BUSY while one runs.
+   */
+  takeFull(
+    request: { volumes: string[]; at?: string },
+    onProgress?: (progress: FullProgress) => void,
+  ): Promise<FullResult> {
+    this.requireArchiver();
+    const fulls = this.fullImages as FullImages;
+    const volumes = request.volumes.map((name) => this.history.volumeIndex(name));
+    const seq = request.at === undefined ? this.seqCommitted() : this.points.resolve(request.at);
+    return fulls.take({ seq, volumes, reason: 'command' }, onProgress);
+  }
+
+  /** The full images the catalog records, oldest first. */
+  fulls(): ArchiveFullRow[] {
+    this.requireArchiver();
+    return this.catalog.fulls();
+  }
+
+  /** Capture time of write `seq` in µs (0 for seq 0), from the journal or the archive's rows. */
+  private async seqTimeUs(seq: number): Promise<number> {
+    if (seq === 0) return 0;
+    const local = this.catalog.txContaining(seq);
+    if (local && local.kind !== 'merged') {
+      return Number((await this.history.seqTimeNs(seq)) / 1000n);
+    }
+    // The records of an archived transaction are not local: its first or last capture time.
+    const archived = this.catalog.archiveTxContaining(seq);
+    if (archived) return seq === archived.seqFirst ? archived.timeFirstUs : archived.timeLastUs;
+    return local ? local.timeLastUs : 0;
   }
 
   /** The archiver, or the one "no archive configured" refusal. */
@@ -752,6 +852,7 @@ export class Manager {
 
   private async closeOnce(): Promise<void> {
     await this.archiveRetention?.stop();
+    await this.fullImages?.close();
     await this.archiver?.stop();
     await this.retention.stop();
     await this.link.close();
@@ -783,6 +884,19 @@ function pinnedBookmarkSeqs(catalog: Catalog): number[] {
  * Checks an agent's volume set against the one this manager protects and adopts it the first time;
  * volumes may be added, never changed or removed. New volumes get a replica.
  */
+/** The full images part of `rewind archive status`. */
+export interface FullsStatus {
+  count: number;
+  chunks: number;
+  chunkStoredBytes: number;
+  newest: ArchiveFullRow | null;
+  running: FullProgress | null;
+  /** The schedule's interval (`24h`, or `off`). */
+  every: string;
+  nextAt: string | null;
+  lastError: string | null;
+}
+
 /** The archive cache's bound when none is given (DATA/archive-cache). */
 const ARCHIVE_CACHE_BYTES_DEFAULT = 1024 * 1024 * 1024;
 

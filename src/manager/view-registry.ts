@@ -18,7 +18,12 @@ import { DIR_MODE_PRIVATE } from '../platform/index.js';
 import { Overlay, View } from '../views/index.js';
 import type { Catalog } from './catalog.js';
 import type { PointResolver } from './points.js';
-import type { ArchivedHistory, FetchProgress, OldPoints } from './old-points.js';
+import {
+  ImageHistory,
+  type ArchivedHistory,
+  type FetchProgress,
+  type OldPoints,
+} from './old-points.js';
 import type { LogEntry, StoredHistory } from './stored-history.js';
 import { ViewExport } from './view-export.js';
 
@@ -62,7 +67,7 @@ export class ViewRegistry {
   private readonly internalViews = new Set<View>();
   private readonly viewExports = new Map<string, ExportBackend[]>();
   /** Views at points older than the journal, with the archived history each reads. */
-  private readonly archived = new Map<View, ArchivedHistory>();
+  private readonly archived = new Map<View, ArchivedHistory | ImageHistory>();
 
   constructor(options: ViewRegistryOptions) {
     this.options = options;
@@ -73,7 +78,7 @@ export class ViewRegistry {
   async load(): Promise<void> {
     for (const row of this.options.catalog.views()) {
       const seq = Math.min(row.seq, this.history.seqCommitted());
-      let history: StoredHistory | ArchivedHistory;
+      let history: StoredHistory | ArchivedHistory | ImageHistory;
       try {
         await this.prefetch(seq);
         history = this.historyAt(seq);
@@ -88,7 +93,8 @@ export class ViewRegistry {
       }
       const overlays = row.kind === 'clone' ? this.openOverlays(row.name) : undefined;
       const view = await View.build(row.name, row.kind, seq, history, overlays);
-      if (history !== this.history) this.archived.set(view, history as ArchivedHistory);
+      if (history !== this.history)
+        this.archived.set(view, history as ArchivedHistory | ImageHistory);
       this.register(view);
     }
   }
@@ -108,7 +114,7 @@ export class ViewRegistry {
   }
 
   /** The history a view at `seq` reads: the journal's, or the archive's before it (fetched). */
-  private historyAt(seq: number): StoredHistory | ArchivedHistory {
+  private historyAt(seq: number): StoredHistory | ArchivedHistory | ImageHistory {
     const oldPoints = this.options.oldPoints;
     if (oldPoints?.anchorOf(seq) === undefined) return this.history;
     const planned = oldPoints.plan(seq);
@@ -133,11 +139,12 @@ export class ViewRegistry {
     const history = this.historyAt(seq);
     try {
       const view = await View.build(name, kind, seq, history, overlays);
-      if (history !== this.history) this.archived.set(view, history as ArchivedHistory);
+      if (history !== this.history)
+        this.archived.set(view, history as ArchivedHistory | ImageHistory);
       return view;
     } catch (error) {
       rethrowIfBug(error);
-      if (history !== this.history) (history as ArchivedHistory).release();
+      if (history !== this.history) (history as ArchivedHistory | ImageHistory).release();
       throw error;
     }
   }
@@ -253,10 +260,12 @@ export class ViewRegistry {
     floorSeq: number | undefined;
     frozenAfterSeq: number | undefined;
   } {
-    // A view at a point older than the journal holds the local point it is built on.
+    // A view at a point older than the journal holds the local point it is built on; one read
+    // from a full image's materialised image holds nothing local.
+    const local = (v: View): boolean => !(this.archived.get(v) instanceof ImageHistory);
     const held = (v: View): number => this.archived.get(v)?.plan.anchorSeq ?? v.seq;
-    const named = [...this.views.values()].map(held);
-    const internal = [...this.internalViews].map(held);
+    const named = [...this.views.values()].filter(local).map(held);
+    const internal = [...this.internalViews].filter(local).map(held);
     const all = [...named, ...internal];
     return {
       keepPoints: named,
@@ -272,7 +281,7 @@ export class ViewRegistry {
    */
   async rebuildBefore(seq: number): Promise<void> {
     for (const view of this.views.values()) {
-      if (view.seq >= seq) continue;
+      if (view.seq >= seq || this.archived.get(view) instanceof ImageHistory) continue;
       const seqBefore = view.seq;
       const history = this.archived.get(view) ?? this.history;
       const rebuilt = await View.build(view.name, view.kind, view.seq, history, view.overlays);
@@ -283,8 +292,13 @@ export class ViewRegistry {
 
   /** A transaction's undo is durable and its replica writes come next: every view maps it first. */
   addUndo(idx: number, extents: readonly UndoExtent[]): void {
-    for (const view of this.views.values()) view.addUndo(idx, extents);
-    for (const view of this.internalViews) view.addUndo(idx, extents);
+    // A view over a materialised image reads no replica that changes: it takes no undo.
+    for (const view of this.views.values()) {
+      if (!(this.archived.get(view) instanceof ImageHistory)) view.addUndo(idx, extents);
+    }
+    for (const view of this.internalViews) {
+      if (!(this.archived.get(view) instanceof ImageHistory)) view.addUndo(idx, extents);
+    }
   }
 
   /**

@@ -69,6 +69,8 @@ export interface ArchiveRunOptions {
   batchMs: number;
   /** The archive's own retention policy (parsed at the edge). */
   policy?: ArchivePolicy;
+  /** A full image this long after the newest (undefined: the default, 24h); null: off. */
+  fullEveryMs?: number | null;
 }
 
 /**
@@ -94,6 +96,7 @@ async function openArchive(
     batchMs: options.batchMs,
     cacheBytesMax: options.cacheBytesMax,
     ...(options.policy ? { policy: options.policy } : {}),
+    ...(options.fullEveryMs !== undefined ? { fullEveryMs: options.fullEveryMs } : {}),
   };
 }
 
