@@ -27,6 +27,10 @@ export function withArchiveOptions(command: Command): Command {
     .option('--s3-endpoint <url>', 'S3 endpoint for S3-compatible servers ($AWS_ENDPOINT_URL)')
     .option('--s3-path-style', 'path-style bucket addressing ($REWIND_S3_PATH_STYLE=1)')
     .option('--s3-region <region>', 'S3 region (default: the AWS SDK chain, $AWS_REGION)')
+    .option(
+      '--archive-require-object-lock',
+      'refuse to start unless the store enforces S3 Object Lock (probed by trying a delete)',
+    )
     .option('--archive-cache-max <size>', 'bound on DATA/archive-cache (old points)', '1G')
     .option('--archive-batch-bytes <size>', 'close an archive batch at this many bytes', '64M')
     .option('--archive-batch-ms <ms>', 'close an archive batch this long after its first', '10000')
@@ -51,6 +55,7 @@ export interface ArchiveFlags {
   s3Endpoint?: string;
   s3PathStyle?: boolean;
   s3Region?: string;
+  archiveRequireObjectLock?: boolean;
   archiveCacheMax?: string;
   archiveBatchBytes?: string;
   archiveBatchMs?: string;
@@ -66,6 +71,7 @@ const CONFIG_KEYS = [
   's3Endpoint',
   's3PathStyle',
   's3Region',
+  'requireObjectLock',
   'cacheMax',
   'batchBytes',
   'batchMs',
@@ -110,6 +116,8 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
   const endpoint = pick(options.s3Endpoint, 's3Endpoint');
   const region = pick(options.s3Region, 's3Region');
   const pathStyle = options.s3PathStyle ?? (config.s3PathStyle === true ? true : undefined);
+  const requireObjectLock =
+    options.archiveRequireObjectLock ?? (config.requireObjectLock === true ? true : undefined);
   const batchMs = Number(pick(options.archiveBatchMs, 'batchMs') ?? '10000');
   if (!Number.isSafeInteger(batchMs) || batchMs < 0)
     throw new RewindError('REWIND_BAD_ARGUMENT', '--archive-batch-ms is not a number of ms');
@@ -122,6 +130,7 @@ export function archiveFromOptions(options: ArchiveFlags): ArchiveRunOptions | u
     ...(endpoint !== undefined ? { s3Endpoint: endpoint } : {}),
     ...(region !== undefined ? { s3Region: region } : {}),
     ...(pathStyle !== undefined ? { s3PathStyle: pathStyle } : {}),
+    ...(requireObjectLock === true ? { requireObjectLock } : {}),
     cacheBytesMax: parseSize(
       pick(options.archiveCacheMax, 'cacheMax') ?? '1G',
       '--archive-cache-max',

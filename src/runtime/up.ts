@@ -63,6 +63,8 @@ export interface ArchiveRunOptions {
   s3Endpoint?: string;
   s3PathStyle?: boolean;
   s3Region?: string;
+  /** Refuse to start unless the store enforces object lock (probed before anything is kept). */
+  requireObjectLock?: boolean;
   /** Bound on DATA/archive-cache, where objects for old points are fetched to. */
   cacheBytesMax: number;
   batchBytesMax: number;
@@ -76,7 +78,9 @@ export interface ArchiveRunOptions {
 /**
  * The archive's store opened and its key loaded: a key file that is missing, unsafe or not a
  * key refuses the start (objects are never stored in plain when a key was asked for). Opening
- * makes no request: a store unreachable now is waited for by the archiver.
+ * makes no request (a store unreachable now is waited for by the archiver), except when object
+ * lock is required: then the store is probed, and a store that does not enforce it, or cannot be
+ * reached to find out, refuses the start.
  */
 async function openArchive(
   options: ArchiveRunOptions,
@@ -87,8 +91,12 @@ async function openArchive(
     ...(options.s3Endpoint !== undefined ? { s3Endpoint: options.s3Endpoint } : {}),
     ...(options.s3PathStyle !== undefined ? { s3PathStyle: options.s3PathStyle } : {}),
     ...(options.s3Region !== undefined ? { region: options.s3Region } : {}),
+    ...(options.requireObjectLock === true ? { requireObjectLock: true } : {}),
   });
-  log('info', `archive: ${store.url}, encryption ${key ? 'on' : 'off'}`);
+  log(
+    'info',
+    `archive: ${store.url}, encryption ${key ? 'on' : 'off'}${options.requireObjectLock === true ? ', object lock enforced (probed)' : ''}`,
+  );
   return {
     store,
     key,

@@ -241,6 +241,14 @@ test(
       );
       assert.notEqual(missing.status, 0);
       assert.match(missing.stderr.toString(), /REWIND_ARCHIVE_KEY|does not exist/);
+      // Object lock required: a directory cannot lock anything, so the start is refused.
+      const unlocked = spawnSync(
+        process.execPath,
+        [BIN, 'up', ...upArgs(key), '--archive-require-object-lock'],
+        { timeout: 30_000 },
+      );
+      assert.notEqual(unlocked.status, 0);
+      assert.match(unlocked.stderr.toString(), /does not enforce object lock/);
     } finally {
       up?.kill('SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });

@@ -67,6 +67,14 @@ describe('archive settings', () => {
     );
   });
 
+  it('object lock required, by flag or config', () => {
+    assert.equal(archiveFromOptions({ archive: '/a' })?.requireObjectLock, undefined);
+    const flag = archiveFromOptions({ archive: '/a', archiveRequireObjectLock: true });
+    assert.equal(flag?.requireObjectLock, true);
+    const file = config({ archive: { url: '/a', requireObjectLock: true } });
+    assert.equal(archiveFromOptions({ config: file })?.requireObjectLock, true);
+  });
+
   it('the config file, with the flags over it', () => {
     const file = config({
       retention: { journalMax: '1G' },
