@@ -4,7 +4,8 @@
 //   the store, then let go: plain MiB/s until the backlog is archived, the compression ratio
 //   and the requests it took, with encryption on;
 // - requests at a steady write rate: a segment a second for a minute with the default batch
-//   settings (64 MiB or 10 s), PUTs counted and scaled to an hour.
+//   settings (64 MiB or 10 s), PUTs counted and scaled to an hour;
+// - a point older than the journal rebuilt from a full image plus archived increments.
 // Run: node dist/bench/archive.js [--no-s3] [--backlog-mib N] [--steady-s N]
 // Prints one table; nothing is asserted (the figures go to docs/BENCHMARKS.md).
 import crypto from 'node:crypto';
@@ -98,7 +99,7 @@ function segment(first: number, writes: number): FakeRecord[] {
 
 async function withManager<T>(
   store: ObjectStore,
-  batch: { bytes?: number; ms?: number },
+  batch: { bytes?: number; ms?: number; journalMax?: string },
   run: (manager: Manager, agent: FakeAgent) => Promise<T>,
 ): Promise<T> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-bench-archive-'));
@@ -108,12 +109,13 @@ async function withManager<T>(
     log: () => undefined,
     applier: new InThreadApply(),
     retentionMerger: new InThreadApply(),
-    retention: { keepEveryWrite: '3650d', keep: 'none', journalMax: '8G' },
+    retention: { keepEveryWrite: '3650d', keep: 'none', journalMax: batch.journalMax ?? '8G' },
     archive: {
       store,
       key: crypto.randomBytes(32),
       ...(batch.bytes !== undefined ? { batchBytesMax: batch.bytes } : {}),
       ...(batch.ms !== undefined ? { batchMs: batch.ms } : {}),
+      fullEveryMs: null,
     },
   });
   const { port } = await manager.listen('127.0.0.1', 0);
@@ -189,6 +191,53 @@ async function steady(
   });
 }
 
+/** Writes `count` blocks from block `first` on, in order, each from `data(n)`. */
+function sequential(first: number, count: number, data: (n: number) => Buffer): FakeRecord[] {
+  const now = BigInt(Date.now()) * 1_000_000n;
+  return Array.from({ length: count }, (_, i) => ({
+    volume: 0,
+    kind: 'write' as const,
+    offset: (first + i) * BLOCK,
+    length: BLOCK,
+    data: data(first + i),
+    timeNs: now + BigInt(i),
+  }));
+}
+
+/**
+ * A point older than the journal served from a full image plus archived redo: 64 MiB of text
+ * written, a full image taken, then 40 MiB of random 4 KiB writes in 1 MiB segments under an
+ * 8 MiB journal limit (the journal keeps the newest only). The point two segments after the
+ * full is opened with an empty cache: the plan, then the time to fetch, materialise and serve.
+ */
+async function fromFull(name: string, open: () => Promise<ObjectStore>): Promise<Row> {
+  return withManager(await open(), { ms: 0, journalMax: '8M' }, async (manager, agent) => {
+    const text = (n: number): Buffer => block(n * 2 + 1);
+    const fillBlocks = (64 * MIB) / BLOCK;
+    for (let at = 0; at < fillBlocks; at += 1024) await agent.ship(sequential(at, 1024, text));
+    await manager.archiver?.drain(600_000);
+    const full = await manager.takeFull({ volumes: [] });
+    const perSegment = MIB / BLOCK;
+    for (let s = 0; s < 40; s++) {
+      await agent.ship(segment(fillBlocks + s * perSegment, perSegment));
+    }
+    await manager.archiver?.drain(600_000);
+    const seq = full.seq + 2 * perSegment;
+    const plan = manager.archivePlan(String(seq));
+    if (plan === null) throw new Error(`${name}: seq ${seq} is still in the journal`);
+    const started = process.hrtime.bigint();
+    const view = await manager.createView('bench-old', 'snapshot', String(seq));
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    view.read(0, 0, 64 * MIB);
+    await manager.removeView('bench-old');
+    return {
+      what: `point from the archive, ${name}`,
+      figure: `${seconds.toFixed(2)} s`,
+      note: `way ${plan.way}: full image at seq ${plan.anchorSeq} (${full.chunks.total} chunks, ${full.chunks.zero} zero) + ${plan.increments} increments, ${(plan.fetchBytes / MIB).toFixed(1)} MiB fetched; ${plan.otherWay}`,
+    };
+  });
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -210,6 +259,7 @@ async function main(): Promise<void> {
     process.stderr.write('archive bench: directory\n');
     rows.push(...(await throughput('directory', directory, backlogMib)));
     rows.push(await steady('directory', directory, steadyS));
+    rows.push(await fromFull('directory', directory));
     const missing = swiftS3Missing();
     if (values['no-s3'] === true || missing !== undefined) {
       rows.push({ what: 'S3 rows', figure: 'skipped', note: missing ?? '--no-s3' });
@@ -229,6 +279,7 @@ async function main(): Promise<void> {
           });
         rows.push(...(await throughput('S3 (Swift)', s3, backlogMib)));
         rows.push(await steady('S3 (Swift)', s3, steadyS));
+        rows.push(await fromFull('S3 (Swift)', s3));
       } finally {
         await swift.stop();
       }
