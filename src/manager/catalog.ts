@@ -111,7 +111,31 @@ CREATE TABLE IF NOT EXISTS archive_txs (
   undo_offset INTEGER NOT NULL, undo_length INTEGER NOT NULL, undo_crc INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS archive_txs_seq ON archive_txs (seq_last);
 CREATE INDEX IF NOT EXISTS archive_txs_time ON archive_txs (time_first_us);
+CREATE TABLE IF NOT EXISTS history_gaps (
+  seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, idx_before INTEGER NOT NULL,
+  idx_after INTEGER NOT NULL, time_before_us INTEGER NOT NULL, time_after_us INTEGER NOT NULL,
+  recorded_at TEXT NOT NULL);
 `;
+
+/**
+ * Seqs this manager never received: it lost its history (its data directory, or a rebuild from
+ * an archive that ends earlier) while the agent went on, and the agent resynced every volume.
+ */
+export interface HistoryGap {
+  seqFirst: number;
+  seqLast: number;
+  /** The last transaction before the gap (0: none) and the resync's first one after it. */
+  idxBefore: number;
+  idxAfter: number;
+  /** Capture times of the last write before the gap and of the resync after it. */
+  timeBeforeUs: number;
+  timeAfterUs: number;
+  recordedAt: string;
+}
+
+const GAP_COLUMNS = `seq_first AS seqFirst, seq_last AS seqLast, idx_before AS idxBefore,
+  idx_after AS idxAfter, time_before_us AS timeBeforeUs, time_after_us AS timeAfterUs,
+  recorded_at AS recordedAt`;
 
 /** An HTTP API token made with `rewind token create`: only the SHA-256 of its secret is kept. */
 export interface ApiTokenRow {
@@ -272,6 +296,57 @@ export class Catalog {
     this.db
       .prepare('INSERT INTO volumes (idx, name, size_bytes, created_at) VALUES (?, ?, ?, ?)')
       .run(idx, name, sizeBytes, new Date().toISOString());
+  }
+
+  /**
+   * Catalogs the first transaction after a history gap and the gap itself, in one SQLite
+   * transaction: a gap is never recorded without the resync that follows it.
+   */
+  insertTxAfterGap(
+    row: Parameters<Catalog['insertTx']>[0],
+    gap: Omit<HistoryGap, 'recordedAt' | 'idxAfter' | 'timeAfterUs'>,
+  ): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT OR REPLACE INTO history_gaps (seq_first, seq_last, idx_before, idx_after,
+             time_before_us, time_after_us, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          gap.seqFirst,
+          gap.seqLast,
+          gap.idxBefore,
+          row.idx,
+          gap.timeBeforeUs,
+          row.timeFirstUs,
+          new Date().toISOString(),
+        );
+      this.insertTx(row);
+    })();
+  }
+
+  /** The history gap holding `seq`, if any. */
+  gapContaining(seq: number): HistoryGap | undefined {
+    return this.db
+      .prepare(`SELECT ${GAP_COLUMNS} FROM history_gaps WHERE seq_first <= ? AND seq_last >= ?`)
+      .get(seq, seq) as HistoryGap | undefined;
+  }
+
+  /** The history gap whose time span holds `timeUs` strictly inside, if any. */
+  gapAtTime(timeUs: number): HistoryGap | undefined {
+    return this.db
+      .prepare(
+        `SELECT ${GAP_COLUMNS} FROM history_gaps WHERE time_before_us < ? AND time_after_us > ?
+         ORDER BY seq_first LIMIT 1`,
+      )
+      .get(timeUs, timeUs) as HistoryGap | undefined;
+  }
+
+  /** Every history gap, oldest first. */
+  historyGaps(): HistoryGap[] {
+    return this.db
+      .prepare(`SELECT ${GAP_COLUMNS} FROM history_gaps ORDER BY seq_first`)
+      .all() as HistoryGap[];
   }
 
   insertTx(row: Omit<TxRow, 'committedAt' | 'undoGen' | 'firstIdx' | 'tier' | 'thinnedAt'>): void {
