@@ -8,3 +8,4 @@ export * from './codec.js';
 export { loadArchiveKey, parseArchiveKey } from './key-file.js';
 export * from './batch.js';
 export { CodecThread } from './codec-thread.js';
+export * from './descriptor.js';

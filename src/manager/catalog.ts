@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS archive_txs (
   undo_offset INTEGER NOT NULL, undo_length INTEGER NOT NULL, undo_crc INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS archive_txs_seq ON archive_txs (seq_last);
 CREATE INDEX IF NOT EXISTS archive_txs_time ON archive_txs (time_first_us);
+CREATE TABLE IF NOT EXISTS archive_sets (
+  version INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, volume_count INTEGER NOT NULL,
+  plain_sha256 TEXT NOT NULL, stored_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL,
+  created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS history_gaps (
   seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, idx_before INTEGER NOT NULL,
   idx_after INTEGER NOT NULL, time_before_us INTEGER NOT NULL, time_after_us INTEGER NOT NULL,
@@ -215,6 +219,22 @@ export interface ArchiveObjectRow {
   sha256: string;
   createdAt: string;
 }
+
+/** One version of the volume-set descriptor written to the archive (src/archive/descriptor.ts). */
+export interface ArchiveSetRow {
+  version: number;
+  key: string;
+  volumeCount: number;
+  /** SHA-256 of the plain descriptor (hex): a new version is written when it changes. */
+  plainSha256: string;
+  storedBytes: number;
+  /** SHA-256 of the stored bytes (hex). */
+  sha256: string;
+  createdAt: string;
+}
+
+const ARCHIVE_SET_COLUMNS = `version, key, volume_count AS volumeCount,
+  plain_sha256 AS plainSha256, stored_bytes AS storedBytes, sha256, created_at AS createdAt`;
 
 /** One archived transaction: where its redo and undo lie in its object's plain payload. */
 export interface ArchiveTxRow {
@@ -323,6 +343,24 @@ export class Catalog {
         );
       this.insertTx(row);
     })();
+  }
+
+  /** Records a history gap read from the archive (a rebuild: its transactions are archived). */
+  recordHistoryGap(gap: Omit<HistoryGap, 'recordedAt'>): void {
+    this.db
+      .prepare(
+        `INSERT OR REPLACE INTO history_gaps (seq_first, seq_last, idx_before, idx_after,
+           time_before_us, time_after_us, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        gap.seqFirst,
+        gap.seqLast,
+        gap.idxBefore,
+        gap.idxAfter,
+        gap.timeBeforeUs,
+        gap.timeAfterUs,
+        new Date().toISOString(),
+      );
   }
 
   /** The history gap holding `seq`, if any. */
@@ -976,6 +1014,42 @@ export class Catalog {
     return this.db
       .prepare(`SELECT ${ARCHIVE_OBJECT_COLUMNS} FROM archive_objects ORDER BY first_idx`)
       .all() as ArchiveObjectRow[];
+  }
+
+  /** The newest descriptor version recorded, if any. */
+  latestArchiveSet(): ArchiveSetRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_SET_COLUMNS} FROM archive_sets ORDER BY version DESC LIMIT 1`)
+      .get() as ArchiveSetRow | undefined;
+  }
+
+  archiveSet(key: string): ArchiveSetRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_SET_COLUMNS} FROM archive_sets WHERE key = ?`)
+      .get(key) as ArchiveSetRow | undefined;
+  }
+
+  archiveSets(): ArchiveSetRow[] {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_SET_COLUMNS} FROM archive_sets ORDER BY version`)
+      .all() as ArchiveSetRow[];
+  }
+
+  recordArchiveSet(row: ArchiveSetRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO archive_sets (version, key, volume_count, plain_sha256, stored_bytes, sha256,
+           created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        row.version,
+        row.key,
+        row.volumeCount,
+        row.plainSha256,
+        row.storedBytes,
+        row.sha256,
+        row.createdAt,
+      );
   }
 
   archiveObject(key: string): ArchiveObjectRow | undefined {
