@@ -23,6 +23,7 @@ export {
 export type { ArchiveObjectRow, ArchiveTxRow } from './catalog.js';
 export type { OldPointPlan, FetchProgress } from './old-points.js';
 export type { VerifyProblem, VerifyProgress, VerifyResult } from './archive-verify.js';
+export { rebuildFromArchive, type RebuildProgress, type RebuildResult } from './archive-rebuild.js';
 export {
   policyFrom,
   policyText,
