@@ -281,7 +281,7 @@ export class Agent implements ShipperSource, AgentCommands {
   private async resyncMarked(
     volumes: readonly ProductionVolume[],
     how: { reason: string; skipZero: boolean; endsDegraded?: boolean; rewrite?: boolean },
-  ): Promise<void> {
+  ): Promise<ResyncResult> {
     const { reason, skipZero, endsDegraded = false, rewrite = false } = how;
     const targets = volumes
       .map((volume) => ({ volume, regions: volume.dirty.markedRegions() }))
@@ -305,6 +305,84 @@ export class Agent implements ShipperSource, AgentCommands {
     for (const volume of volumes)
       volume.dirty.adoptMarked(Math.max(result.seqLast, this.state.seqAcked), Date.now());
     this.logResync(reason, result);
+    return result;
+  }
+
+  /** The resync logged for a manager that lost history, by the manager's committed seq. */
+  private gapResync:
+    | {
+        managerSeq: number;
+        start: Promise<{ segmentFirst: number; seqFirst: number }>;
+        /** Set once logged: the resync's first segment. */
+        segmentFirst: number | undefined;
+      }
+    | undefined;
+
+  acked(): { index: number; seq: number } {
+    return { index: this.state.segmentAcked, seq: this.state.seqAcked };
+  }
+
+  resyncForGap(managerSeq: number): Promise<{ segmentFirst: number; seqFirst: number }> {
+    const known = this.gapResync;
+    // The same resync serves every session to the same manager while its first segment is still
+    // spooled (logging, or logged and not yet committed); otherwise a new one is logged.
+    if (
+      known &&
+      known.managerSeq === managerSeq &&
+      (known.segmentFirst === undefined || this.spool.sealed[0]?.index === known.segmentFirst)
+    )
+      return known.start;
+    const entry: NonNullable<Agent['gapResync']> = {
+      managerSeq,
+      start: this.resyncEverything(managerSeq).then((start) => {
+        entry.segmentFirst = start.segmentFirst;
+        return start;
+      }),
+      segmentFirst: undefined,
+    };
+    void entry.start.catch((error: unknown) => {
+      rethrowIfBug(error);
+      if (this.gapResync === entry) this.gapResync = undefined; // the next session tries again
+    });
+    this.gapResync = entry;
+    return entry.start;
+  }
+
+  /**
+   * Brings a manager that lost history back to production: every region of every volume is
+   * marked (write-ahead), then logged as one resync, zero regions as zero records (the manager's
+   * replica holds whatever its history left there, not zeroes). The spooled segments before the
+   * resync can never be applied by that manager (seqs before them are gone) and their writes are
+   * in the resync's reads, so they are dropped; the spool's base moves to the resync's start,
+   * saved before any file goes, so a restart finds a continuous spool.
+   */
+  private async resyncEverything(
+    managerSeq: number,
+  ): Promise<{ segmentFirst: number; seqFirst: number }> {
+    for (const volume of this.volumes) await volume.dirty.markAll();
+    const result = await this.resyncMarked(this.volumes, {
+      reason: 'manager lost history',
+      skipZero: false,
+      endsDegraded: true,
+    });
+    const first = this.spool.sealed.find((segment) => segment.seqFirst === result.seqFirst);
+    if (result.records === 0 || first === undefined)
+      throw new RewindError('REWIND_IO', 'the resync for the manager logged no segment', {
+        hint: 'the agent has no volume with data to resync; check its volume list',
+      });
+    const dropped = this.spool.sealed.filter((segment) => segment.index < first.index);
+    this.state.segmentAcked = first.index - 1;
+    this.state.seqAcked = first.seqFirst - 1;
+    await this.saveState();
+    await this.spool.release(first.index - 1);
+    const lostLast = first.seqFirst - 1;
+    this.options.log(
+      'warn',
+      dropped.length === 0
+        ? `the manager lost seqs ${managerSeq + 1}..${lostLast}; nothing spooled had to be dropped`
+        : `the manager lost seqs ${managerSeq + 1}..${lostLast}: dropped ${dropped.length} spooled segments (seqs ${dropped[0]?.seqFirst}..${dropped[dropped.length - 1]?.seqLast}) it can no longer apply; their writes are covered by the resync from seq ${first.seqFirst}`,
+    );
+    return { segmentFirst: first.index, seqFirst: first.seqFirst };
   }
 
   private logResync(reason: string, result: ResyncResult): void {

@@ -66,6 +66,15 @@ export interface ShipperSource {
   sealed(): readonly SealedSegment[];
   /** The manager committed everything up to segment `index` (seq `seqLast`). */
   committed(index: number, seqLast: number): Promise<void>;
+  /** The last segment and seq the manager acknowledged (the spool holds what follows). */
+  acked(): { index: number; seq: number };
+  /**
+   * The manager committed less than it had acknowledged (it lost history, seq `managerSeq` is all
+   * it has): logs a resync of every region of every volume, drops the spooled segments before it
+   * and resolves where the resync starts. Asked again by a later session while the manager is
+   * still behind, it resolves the same resync as long as the spool still holds it.
+   */
+  resyncForGap(managerSeq: number): Promise<{ segmentFirst: number; seqFirst: number }>;
   report(): AgentReport;
 }
 
@@ -117,6 +126,8 @@ export class Shipper {
   private linkError: string | undefined;
   /** Segments resent because the manager left them unanswered too long. */
   ackTimeouts = 0;
+  /** The manager lost history: nothing is shipped until the resync that covers it is logged. */
+  private resyncingForGap = false;
 
   constructor(options: {
     source: ShipperSource;
@@ -205,6 +216,7 @@ export class Shipper {
     this.socket = undefined;
     this.connected = false;
     this.welcomed = false;
+    this.resyncingForGap = false;
     this.inFlight.clear();
     clearInterval(this.statusTimer);
     if (this.stopped) return;
@@ -232,7 +244,13 @@ export class Shipper {
           'info',
           `connected to manager ${this.target.host}:${this.target.port}; committed seq ${message.seqCommitted}`,
         );
-        void this.acked(message.segmentCommitted, message.seqCommitted).then(() => this.shipNext());
+        if (message.seqCommitted < this.source.acked().seq) {
+          this.resyncForGap(socket, message.seqCommitted);
+        } else {
+          void this.acked(message.segmentCommitted, message.seqCommitted).then(() =>
+            this.shipNext(),
+          );
+        }
         this.sendStatus();
         this.statusTimer = setInterval(() => this.tick(), STATUS_INTERVAL_MS);
         return;
@@ -326,6 +344,32 @@ export class Shipper {
     }
   }
 
+  /**
+   * The manager is behind what it acknowledged: the seqs between are lost to it, and the spooled
+   * segments after them can never be applied there. Once a resync of everything is logged, the
+   * manager is told where the gap ends and shipping resumes with the resync.
+   */
+  private resyncForGap(socket: net.Socket, managerSeq: number): void {
+    this.resyncingForGap = true;
+    this.log(
+      'warn',
+      `the manager has committed seq ${managerSeq} only, but had acknowledged seq ${this.source.acked().seq}: it lost history; resyncing every volume`,
+    );
+    this.source.resyncForGap(managerSeq).then(
+      (start) => {
+        if (this.socket !== socket || !this.welcomed) return; // the next session asks again
+        this.resyncingForGap = false;
+        this.send(socket, { type: 'history-gap', ...start });
+        this.shipNext();
+      },
+      (error: unknown) => {
+        rethrowIfBug(error);
+        this.refusal = `the resync for the manager's lost history failed: ${errorMessage(error)}`;
+        this.log('error', this.refusal);
+      },
+    );
+  }
+
   private async acked(index: number, seqLast: number): Promise<void> {
     try {
       await this.source.committed(index, seqLast);
@@ -341,7 +385,7 @@ export class Shipper {
   /** Sends the next sealed segments, up to the window. */
   shipNext(): void {
     const socket = this.socket;
-    if (!socket || !this.welcomed || this.refusal) return;
+    if (!socket || !this.welcomed || this.refusal || this.resyncingForGap) return;
     const highest = Math.max(0, ...this.inFlight.keys());
     for (const segment of this.source.sealed()) {
       if (this.inFlight.size >= WINDOW_SEGMENTS_MAX) break;

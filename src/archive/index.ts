@@ -9,3 +9,4 @@ export { loadArchiveKey, parseArchiveKey } from './key-file.js';
 export * from './batch.js';
 export { CodecThread } from './codec-thread.js';
 export * from './full.js';
+export * from './descriptor.js';

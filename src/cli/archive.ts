@@ -1,6 +1,6 @@
 // The command line of the archive: its flags on `rewind up` and `rewind manager` (or the
-// `{"archive": {...}}` section of the JSON config file), and `rewind archive status | ls |
-// verify` as clients of the manager's API.
+// `{"archive": {...}}` section of the JSON config file), `rewind archive status | ls | verify` as
+// clients of the manager's API, and `rewind archive rebuild`, which runs here (no manager yet).
 import fs from 'node:fs';
 import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
@@ -18,7 +18,8 @@ import {
   type OldPointPlan,
   type VerifyResult,
 } from '../manager/index.js';
-import type { ArchiveRunOptions } from '../runtime/index.js';
+import type { RebuildProgress, RebuildResult } from '../manager/index.js';
+import { rebuildArchive, type ArchiveRunOptions } from '../runtime/index.js';
 
 export function withArchiveOptions(command: Command): Command {
   return command
@@ -247,6 +248,90 @@ export function registerArchiveCommand(
     else printVerify(result);
     if (result.problems.length > 0) process.exitCode = 1;
   });
+  registerRebuild(archive);
+}
+
+function registerRebuild(archive: Command): void {
+  archive
+    .command('rebuild')
+    .description(
+      "recreate a manager's catalog and replica in DIR from the archive alone (the backup host was lost); then start `rewind manager --data DIR --archive URL` on it",
+    )
+    .requiredOption('--archive <dir|s3://bucket/prefix>', 'the archive to rebuild from')
+    .requiredOption('--data <dir>', 'the new, empty data directory of the manager')
+    .option('--archive-key-file <file>', 'the key the archive is encrypted with')
+    .option('--volume-set <id>', 'the volume set to rebuild, when the archive holds several')
+    .option('--s3-endpoint <url>', 'S3 endpoint for S3-compatible servers ($AWS_ENDPOINT_URL)')
+    .option('--s3-path-style', 'path-style bucket addressing ($REWIND_S3_PATH_STYLE=1)')
+    .option('--s3-region <region>', 'S3 region (default: the AWS SDK chain, $AWS_REGION)')
+    .option('--json', 'print the summary as JSON')
+    .action(
+      async (options: ArchiveFlags & { data: string; volumeSet?: string; json?: boolean }) => {
+        const archive = archiveFromOptions(options);
+        if (archive === undefined)
+          throw new RewindError('REWIND_BAD_ARGUMENT', 'rebuild needs --archive');
+        const report = progressReporter();
+        const result = await rebuildArchive({
+          archive,
+          dataDir: options.data,
+          ...(options.volumeSet !== undefined ? { volumeSetId: options.volumeSet } : {}),
+          onProgress: report,
+        });
+        report(undefined);
+        if (options.json) return console.log(JSON.stringify(result));
+        printRebuild(result, options);
+      },
+    );
+}
+
+/** Progress of a rebuild on stderr: a bar on a terminal, else a line every 2 s. */
+function progressReporter(): (progress: RebuildProgress | undefined) => void {
+  const bar = process.stderr.isTTY
+    ? new SingleBar(
+        {
+          format: 'rebuild [{bar}] {value}/{total} objects {read}, {txs} transactions applied',
+          stream: process.stderr,
+        },
+        Presets.shades_classic,
+      )
+    : undefined;
+  let lastMs = 0;
+  let started = false;
+  return (progress) => {
+    if (progress === undefined) return bar?.stop();
+    const fields = {
+      read: formatBytes(progress.bytesRead),
+      txs: progress.transactionsApplied,
+    };
+    if (bar) {
+      if (!started) bar.start(progress.objectsTotal, 0, fields);
+      started = true;
+      return bar.update(progress.objectsRead, fields);
+    }
+    if (Date.now() - lastMs < 2000 && progress.objectsRead < progress.objectsTotal) return;
+    lastMs = Date.now();
+    process.stderr.write(
+      `rebuild: ${progress.objectsRead}/${progress.objectsTotal} objects, ${fields.read} read, ${fields.txs} transactions applied\n`,
+    );
+  };
+}
+
+function printRebuild(r: RebuildResult, options: { data: string; archive?: string }): void {
+  console.log(`volume set ${r.volumeSetName} (${r.volumeSetId}), descriptor ${r.descriptorKey}`);
+  for (const v of r.volumes) console.log(`volume ${v.name}: ${formatBytes(v.sizeBytes)}`);
+  console.log(
+    `read ${r.objects} objects (${formatBytes(r.bytesRead)}), applied ${r.transactions} transactions`,
+  );
+  for (const gap of r.gaps)
+    console.log(`history gap: seqs ${gap.seqFirst}..${gap.seqLast} (refused as points)`);
+  if (r.stoppedAt)
+    console.log(
+      `stopped early: ${r.stoppedAt.key}: ${r.stoppedAt.problem}; history after seq ${r.seq} is not rebuilt (the agent resyncs it)`,
+    );
+  console.log(`replica at seq ${r.seq}; archived points from seq ${r.seqFrom} are served`);
+  console.log(
+    `next: rewind manager --data ${options.data} --archive ${options.archive ?? 'URL'} --token ... (the agent reconnects and resumes)`,
+  );
 }
 
 /**

@@ -57,6 +57,11 @@ export interface LinkHost {
   adoptVolumeSet(hello: Hello): void;
   /** The committed position, for the welcome. */
   committed(): { idx: number; seq: number };
+  /**
+   * The agent says this manager lost history: a resync starts at `segmentFirst`/`seqFirst` after
+   * the committed position. Throws a RewindError when that is not a gap after it.
+   */
+  expectGap(gap: { segmentFirst: number; seqFirst: number }): void;
   volumeCount(): number;
   /** A segment copy for its turn; resolves how the turn ended. */
   receive(arriving: Promise<Arrival>): Promise<SegmentOutcome>;
@@ -217,12 +222,20 @@ export class AgentLink {
         errorMessage(error),
       );
     }
+    const committed = this.host.committed();
+    if (committed.seq > message.seqNext - 1) {
+      // Acknowledged segments are gone from the agent, so it can never have lost what this
+      // manager committed: its data directory is older than the history (an old disk image).
+      return refuse(
+        'REWIND_AGENT_BEHIND',
+        `this manager has committed seq ${committed.seq}, but the agent's history ends at seq ${message.seqNext - 1}: the agent's data directory is older than what it shipped (restored from an old copy?)`,
+      );
+    }
     if (this.session && this.session !== socket) {
       this.session.destroy(); // a reconnecting agent replaces a stale session
       this.sessionLost('the agent reconnected');
     }
     this.session = socket;
-    const committed = this.host.committed();
     this.send(socket, {
       type: 'welcome',
       seqCommitted: committed.seq,
@@ -255,6 +268,21 @@ export class AgentLink {
       }
       case 'segment-file':
         this.receiveSegmentFile(socket, message);
+        return;
+      case 'history-gap':
+        try {
+          this.host.expectGap({ segmentFirst: message.segmentFirst, seqFirst: message.seqFirst });
+          this.options.log(
+            'warn',
+            `the agent reports that this manager lost history: seqs ${this.host.committed().seq + 1}..${message.seqFirst - 1} are gone; a resync of every volume follows from segment ${message.segmentFirst}`,
+          );
+        } catch (error) {
+          rethrowIfBug(error);
+          const code = error instanceof RewindError ? error.code : 'REWIND_PROTOCOL';
+          this.options.log('error', `refused the agent's history gap: ${errorMessage(error)}`);
+          this.send(socket, { type: 'error', code, message: errorMessage(error) });
+          socket.destroy();
+        }
         return;
       case 'status':
         this.status = {

@@ -11,6 +11,8 @@ import {
   encodeBatch,
   batchKey,
   archiveKeyId,
+  descriptorKey,
+  encodeDescriptor,
   CodecThread,
   type BatchTx,
   type ObjectStore,
@@ -378,6 +380,7 @@ export class Archiver {
     const txs = await this.read(batch);
     if (txs === undefined) return 0; // a transaction was dropped meanwhile: plan again
     this.stateNow = 'uploading';
+    await this.describe();
     await this.upload(txs);
     this.batches += 1;
     return 0;
@@ -412,6 +415,45 @@ export class Archiver {
     return txs;
   }
 
+  /**
+   * Writes a new version of the volume-set descriptor when the catalog's volume set differs from
+   * the newest one written (the first batch, a volume added): a rebuild reads it to recreate
+   * the volumes. Compared by the plain bytes' SHA-256 recorded in the catalog, so no request is
+   * made while nothing changed.
+   */
+  private async describe(): Promise<void> {
+    const catalog = this.host.catalog;
+    const volumeSetId = catalog.getMeta('volumeSetId') ?? '';
+    const plain = encodeDescriptor({
+      volumeSetId,
+      volumeSetName: catalog.getMeta('volumeSetName') ?? '',
+      volumes: catalog.volumes().map((v) => ({ idx: v.idx, name: v.name, sizeBytes: v.sizeBytes })),
+    });
+    const plainSha256 = crypto.createHash('sha256').update(plain).digest('hex');
+    const latest = catalog.latestArchiveSet();
+    if (latest?.plainSha256 === plainSha256) return;
+    const version = (latest?.version ?? 0) + 1;
+    const encoded = await this.codec.encode(plain, this.settings.key);
+    // A version left by a crash before its record, with other volumes, moves this to the next.
+    const written = await this.putOnce(
+      (variant) => descriptorKey(volumeSetId, version + variant - 1),
+      (key) => catalog.archiveSet(key) !== undefined,
+      encoded,
+      plain,
+    );
+    const writtenVersion = version + written.variant - 1;
+    catalog.recordArchiveSet({
+      version: writtenVersion,
+      key: written.key,
+      volumeCount: catalog.volumes().length,
+      plainSha256,
+      storedBytes: written.stored.length,
+      sha256: written.sha256,
+      createdAt: new Date().toISOString(),
+    });
+    this.host.log('info', `archived the volume-set descriptor version ${writtenVersion}`);
+  }
+
   private async upload(txs: BatchTx[]): Promise<void> {
     const catalog = this.host.catalog;
     const volumeSetId = catalog.getMeta('volumeSetId') ?? '';
@@ -422,7 +464,12 @@ export class Archiver {
     const base = batchKey(volumeSetId, first.idx, last.idx);
     // Encoded (zstd, digest, AES-GCM) and hashed on the codec thread, off the event loop.
     const encoded = await this.codec.encode(plain, this.settings.key);
-    const written = await this.putOnce(base, encoded, plain);
+    const written = await this.putOnce(
+      (variant) => (variant === 1 ? base : `${base}.${variant}`),
+      (key) => catalog.archiveObject(key) !== undefined,
+      encoded,
+      plain,
+    );
     const objectKey = written.key;
     const archived: ArchiveTxRow[] = entries.map((entry) => ({ ...entry, objectKey }));
     catalog.recordArchiveObject(
@@ -449,24 +496,26 @@ export class Archiver {
   }
 
   /**
-   * Writes `stored` under `base`. An object already there (a crash after the upload and before
-   * the catalog recorded it; a backend that refuses a rewrite) is read back: the same plain bytes
-   * are taken as this batch; other content moves the batch to the next free variant of the key.
+   * Writes `stored` under the first key of `keyOf` (variants 1, 2, ...) the catalog has not
+   * `taken`. An object already there (a crash after the upload and before the catalog recorded
+   * it; a backend that refuses a rewrite) is read back: the same plain bytes are taken as this
+   * object; other content moves it to the next variant of the key.
    */
   private async putOnce(
-    base: string,
+    keyOf: (variant: number) => string,
+    taken: (key: string) => boolean,
     encoded: { stored: Buffer; sha256: string },
     plain: Buffer,
-  ): Promise<{ key: string; stored: Buffer; sha256: string }> {
+  ): Promise<{ key: string; variant: number; stored: Buffer; sha256: string }> {
     const { stored } = encoded;
     const store = this.settings.store;
     for (let variant = 1; variant <= KEY_VARIANTS_MAX; variant++) {
-      const key = variant === 1 ? base : `${base}.${variant}`;
-      if (this.host.catalog.archiveObject(key) !== undefined) continue;
+      const key = keyOf(variant);
+      if (taken(key)) continue;
       try {
         this.requests.put += 1;
         await store.put(key, stored);
-        return { key, ...encoded };
+        return { key, variant, ...encoded };
       } catch (error) {
         rethrowIfBug(error);
         if (errorCode(error) !== 'REWIND_ARCHIVE_EXISTS') throw error;
@@ -476,13 +525,13 @@ export class Archiver {
       if (this.samePlain(existing, key, plain)) {
         this.host.log('info', `archive: ${key} was already written (before a restart): kept`);
         const sha256 = crypto.createHash('sha256').update(existing).digest('hex');
-        return { key, stored: existing, sha256 };
+        return { key, variant, stored: existing, sha256 };
       }
       this.host.log('warn', `archive: ${key} exists with other content; trying the next name`);
     }
     throw new RewindError(
       'REWIND_CONFIG',
-      `archive ${store.url}: ${KEY_VARIANTS_MAX} objects named ${base}* exist with other content`,
+      `archive ${store.url}: ${KEY_VARIANTS_MAX} objects named from ${keyOf(1)} on exist with other content`,
       { hint: 'another manager may be writing to this archive: give each its own prefix' },
     );
   }

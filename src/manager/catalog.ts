@@ -125,7 +125,35 @@ CREATE TABLE IF NOT EXISTS archive_full_chunks (
 CREATE INDEX IF NOT EXISTS archive_full_chunks_chunk ON archive_full_chunks (chunk_id);
 CREATE TABLE IF NOT EXISTS archive_deletions (
   key TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS archive_sets (
+  version INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, volume_count INTEGER NOT NULL,
+  plain_sha256 TEXT NOT NULL, stored_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL,
+  created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS history_gaps (
+  seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, idx_before INTEGER NOT NULL,
+  idx_after INTEGER NOT NULL, time_before_us INTEGER NOT NULL, time_after_us INTEGER NOT NULL,
+  recorded_at TEXT NOT NULL);
 `;
+
+/**
+ * Seqs this manager never received: it lost its history (its data directory, or a rebuild from
+ * an archive that ends earlier) while the agent went on, and the agent resynced every volume.
+ */
+export interface HistoryGap {
+  seqFirst: number;
+  seqLast: number;
+  /** The last transaction before the gap (0: none) and the resync's first one after it. */
+  idxBefore: number;
+  idxAfter: number;
+  /** Capture times of the last write before the gap and of the resync after it. */
+  timeBeforeUs: number;
+  timeAfterUs: number;
+  recordedAt: string;
+}
+
+const GAP_COLUMNS = `seq_first AS seqFirst, seq_last AS seqLast, idx_before AS idxBefore,
+  idx_after AS idxAfter, time_before_us AS timeBeforeUs, time_after_us AS timeAfterUs,
+  recorded_at AS recordedAt`;
 
 /** An HTTP API token made with `rewind token create`: only the SHA-256 of its secret is kept. */
 export interface ApiTokenRow {
@@ -205,6 +233,22 @@ export interface ArchiveObjectRow {
   sha256: string;
   createdAt: string;
 }
+
+/** One version of the volume-set descriptor written to the archive (src/archive/descriptor.ts). */
+export interface ArchiveSetRow {
+  version: number;
+  key: string;
+  volumeCount: number;
+  /** SHA-256 of the plain descriptor (hex): a new version is written when it changes. */
+  plainSha256: string;
+  storedBytes: number;
+  /** SHA-256 of the stored bytes (hex). */
+  sha256: string;
+  createdAt: string;
+}
+
+const ARCHIVE_SET_COLUMNS = `version, key, volume_count AS volumeCount,
+  plain_sha256 AS plainSha256, stored_bytes AS storedBytes, sha256, created_at AS createdAt`;
 
 /** One archived transaction: where its redo and undo lie in its object's plain payload. */
 export interface ArchiveTxRow {
@@ -327,6 +371,75 @@ export class Catalog {
     this.db
       .prepare('INSERT INTO volumes (idx, name, size_bytes, created_at) VALUES (?, ?, ?, ?)')
       .run(idx, name, sizeBytes, new Date().toISOString());
+  }
+
+  /**
+   * Catalogs the first transaction after a history gap and the gap itself, in one SQLite
+   * transaction: a gap is never recorded without the resync that follows it.
+   */
+  insertTxAfterGap(
+    row: Parameters<Catalog['insertTx']>[0],
+    gap: Omit<HistoryGap, 'recordedAt' | 'idxAfter' | 'timeAfterUs'>,
+  ): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT OR REPLACE INTO history_gaps (seq_first, seq_last, idx_before, idx_after,
+             time_before_us, time_after_us, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          gap.seqFirst,
+          gap.seqLast,
+          gap.idxBefore,
+          row.idx,
+          gap.timeBeforeUs,
+          row.timeFirstUs,
+          new Date().toISOString(),
+        );
+      this.insertTx(row);
+    })();
+  }
+
+  /** Records a history gap read from the archive (a rebuild: its transactions are archived). */
+  recordHistoryGap(gap: Omit<HistoryGap, 'recordedAt'>): void {
+    this.db
+      .prepare(
+        `INSERT OR REPLACE INTO history_gaps (seq_first, seq_last, idx_before, idx_after,
+           time_before_us, time_after_us, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        gap.seqFirst,
+        gap.seqLast,
+        gap.idxBefore,
+        gap.idxAfter,
+        gap.timeBeforeUs,
+        gap.timeAfterUs,
+        new Date().toISOString(),
+      );
+  }
+
+  /** The history gap holding `seq`, if any. */
+  gapContaining(seq: number): HistoryGap | undefined {
+    return this.db
+      .prepare(`SELECT ${GAP_COLUMNS} FROM history_gaps WHERE seq_first <= ? AND seq_last >= ?`)
+      .get(seq, seq) as HistoryGap | undefined;
+  }
+
+  /** The history gap whose time span holds `timeUs` strictly inside, if any. */
+  gapAtTime(timeUs: number): HistoryGap | undefined {
+    return this.db
+      .prepare(
+        `SELECT ${GAP_COLUMNS} FROM history_gaps WHERE time_before_us < ? AND time_after_us > ?
+         ORDER BY seq_first LIMIT 1`,
+      )
+      .get(timeUs, timeUs) as HistoryGap | undefined;
+  }
+
+  /** Every history gap, oldest first. */
+  historyGaps(): HistoryGap[] {
+    return this.db
+      .prepare(`SELECT ${GAP_COLUMNS} FROM history_gaps ORDER BY seq_first`)
+      .all() as HistoryGap[];
   }
 
   insertTx(row: Omit<TxRow, 'committedAt' | 'undoGen' | 'firstIdx' | 'tier' | 'thinnedAt'>): void {
@@ -956,6 +1069,42 @@ export class Catalog {
     return this.db
       .prepare(`SELECT ${ARCHIVE_OBJECT_COLUMNS} FROM archive_objects ORDER BY first_idx`)
       .all() as ArchiveObjectRow[];
+  }
+
+  /** The newest descriptor version recorded, if any. */
+  latestArchiveSet(): ArchiveSetRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_SET_COLUMNS} FROM archive_sets ORDER BY version DESC LIMIT 1`)
+      .get() as ArchiveSetRow | undefined;
+  }
+
+  archiveSet(key: string): ArchiveSetRow | undefined {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_SET_COLUMNS} FROM archive_sets WHERE key = ?`)
+      .get(key) as ArchiveSetRow | undefined;
+  }
+
+  archiveSets(): ArchiveSetRow[] {
+    return this.db
+      .prepare(`SELECT ${ARCHIVE_SET_COLUMNS} FROM archive_sets ORDER BY version`)
+      .all() as ArchiveSetRow[];
+  }
+
+  recordArchiveSet(row: ArchiveSetRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO archive_sets (version, key, volume_count, plain_sha256, stored_bytes, sha256,
+           created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        row.version,
+        row.key,
+        row.volumeCount,
+        row.plainSha256,
+        row.storedBytes,
+        row.sha256,
+        row.createdAt,
+      );
   }
 
   archiveObject(key: string): ArchiveObjectRow | undefined {

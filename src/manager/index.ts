@@ -37,6 +37,7 @@ export {
 export type { ArchiveRetentionStatus } from './archive-retention.js';
 export type { OldPointPlan, FetchProgress } from './old-points.js';
 export type { VerifyProblem, VerifyProgress, VerifyResult } from './archive-verify.js';
+export { rebuildFromArchive, type RebuildProgress, type RebuildResult } from './archive-rebuild.js';
 export {
   parseDuration,
   policyFrom,

@@ -346,6 +346,7 @@ export class Manager {
         adoptVolumeSet: (hello) =>
           adoptVolumeSet(catalog, replicas, path.join(root, 'replica'), hello),
         committed: () => pipeline.committed,
+        expectGap: (gap) => pipeline.expectGap(gap),
         volumeCount: () => replicas.length,
         receive: (arriving) => pipeline.receive(arriving),
         onAgentConnected: () => manager.restorer.resumeAll(),
@@ -357,6 +358,8 @@ export class Manager {
       bookmark: (name) => catalog.bookmark(name),
       tx: (idx) => catalog.tx(idx),
       txContaining: (seq) => catalog.txContaining(seq),
+      gapContaining: (seq) => catalog.gapContaining(seq),
+      gapAtTime: (timeUs) => catalog.gapAtTime(timeUs),
       firstTx: () => catalog.firstTx(),
       txAtOrBeforeTime: (timeUs) => catalog.txAtOrBeforeTime(timeUs),
       oldestPoint: () => catalog.oldestPoint(),

@@ -7,7 +7,7 @@ import * as chrono from 'chrono-node';
 import { formatTimeNs, RewindError } from '../core/index.js';
 import type { RedoRecord } from '../log/index.js';
 import type { AgentStatus } from './agent-link.js';
-import type { Catalog, TxRow } from './catalog.js';
+import type { Catalog, HistoryGap, TxRow } from './catalog.js';
 import type { CommittedPosition } from './transactions.js';
 
 export type Point =
@@ -69,6 +69,10 @@ export interface PointSource extends Pick<
   agentStatus(): AgentStatus | undefined;
   /** A committed transaction's records, read synchronously (from the cache when there). */
   recordsOf(idx: number): readonly RedoRecord[];
+  /** The history gap (seqs this manager never received) holding `seq`, if any. */
+  gapContaining?(seq: number): HistoryGap | undefined;
+  /** The history gap whose time span holds `timeUs`, if any. */
+  gapAtTime?(timeUs: number): HistoryGap | undefined;
   /** From the header of resync transaction `idx`: when history went missing (0n: unknown). */
   gapStartNs(idx: number): bigint;
   /**
@@ -112,6 +116,7 @@ export class PointResolver {
         { hint: 'wait, or run rewind seal --wait' },
       );
     }
+    this.refuseLost(`seq ${point.seq}`, this.source.gapContaining?.(point.seq));
     const start = this.historyStart();
     if (start === undefined || point.seq < start)
       return this.orArchive(point.seq, this.beforeHistory(`seq ${point.seq}`, start, point.seq));
@@ -119,6 +124,25 @@ export class PointResolver {
     if (merged) return this.orArchive(point.seq, thinned(`seq ${point.seq}`, merged));
     this.refuseInsideResync(point.seq);
     return point.seq;
+  }
+
+  /**
+   * Refuses a point in a history gap: this manager never received those writes (it lost its
+   * history and the agent resynced every volume), naming the points on either side.
+   */
+  private refuseLost(what: string, gap: HistoryGap | undefined): void {
+    if (gap === undefined) return;
+    let tx = this.source.tx(gap.idxAfter);
+    while (tx && tx.kind === 'resync') tx = this.source.tx(tx.idx + 1);
+    const after =
+      tx?.kind === 'resync-end' && tx.state === 'committed'
+        ? `seq ${tx.seqLast} (the end of the resync after it)`
+        : 'the end of the resync after it, once committed';
+    throw new RewindError(
+      'REWIND_POINT_INVALID',
+      `${what} lies in a history gap: seqs ${gap.seqFirst}..${gap.seqLast} were lost to this manager (recorded ${gap.recordedAt}) and the agent resynced every volume after them`,
+      { hint: `choose seq ${gap.seqFirst - 1} (before the gap) or ${after}` },
+    );
   }
 
   /** The merged transaction holding `seq` strictly inside its run, if any. */
@@ -160,6 +184,7 @@ export class PointResolver {
         { hint: 'wait, or run rewind seal --wait' },
       );
     }
+    this.refuseLost(`seq ${target}`, this.source.gapContaining?.(target));
     const start = this.historyStart();
     if (steps < 0 && (start === undefined || target < start)) {
       const refusal = this.beforeHistory(
@@ -208,10 +233,13 @@ export class PointResolver {
       last && last.kind === 'resync-end' && last.state === 'committed'
         ? `seq ${last.seqLast}`
         : 'its end, once committed';
+    // Right after a history gap, the point before the resync is the one before the gap.
+    const before =
+      (this.source.gapContaining?.(first.seqFirst - 1)?.seqFirst ?? first.seqFirst) - 1;
     throw new RewindError(
       'REWIND_POINT_INVALID',
       `seq ${seq} lies inside a resync (from seq ${first.seqFirst}), which has no per-write history`,
-      { hint: `choose seq ${first.seqFirst - 1} or ${end}` },
+      { hint: `choose seq ${before} or ${end}` },
     );
   }
 
@@ -270,6 +298,7 @@ export class PointResolver {
   }
 
   private seqAtTime(timeNs: bigint, text: string): number {
+    this.refuseLost(`time ${text}`, this.source.gapAtTime?.(Number(timeNs / 1000n)));
     const committed = this.source.committed();
     if (timeNs > committed.timeNs) {
       const status = this.source.agentStatus();

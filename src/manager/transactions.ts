@@ -146,6 +146,11 @@ export class TxPipeline {
   private closing = false;
   /** Segments whose early store was used by their turn (the simulation checks it happens). */
   earlyStores = 0;
+  /**
+   * The agent said this manager lost history: the segment that starts the resync after the gap
+   * (this index, this seq) is accepted without continuity, once, and the gap recorded with it.
+   */
+  private gapExpected: { idx: number; seqFirst: number } | undefined;
 
   constructor(options: TxPipelineOptions) {
     this.catalog = options.catalog;
@@ -185,6 +190,22 @@ export class TxPipeline {
       seq: last?.seqLast ?? 0,
       timeNs: BigInt(last?.timeLastUs ?? 0) * 1000n,
     };
+  }
+
+  /**
+   * The agent reports that seqs after the committed one up to `seqFirst - 1` are lost to this
+   * manager, and that a resync of everything starts at segment `segmentFirst`. Refused unless it
+   * lies after the committed position; the gap is only recorded once that segment is stored.
+   */
+  expectGap(gap: { segmentFirst: number; seqFirst: number }): void {
+    const committed = this.committedPosition;
+    if (gap.segmentFirst <= committed.idx || gap.seqFirst <= committed.seq + 1) {
+      throw new RewindError(
+        'REWIND_PROTOCOL',
+        `a history gap must start after the committed segment ${committed.idx} (seq ${committed.seq}); the agent named segment ${gap.segmentFirst} at seq ${gap.seqFirst}`,
+      );
+    }
+    this.gapExpected = { idx: gap.segmentFirst, seqFirst: gap.seqFirst };
   }
 
   // ---- the queue ----
@@ -275,7 +296,9 @@ export class TxPipeline {
       this.busyFrom = index;
       return this.refusal(index, 'REWIND_BUSY', waiting);
     }
-    if (index !== committed.idx + 1 || arrival.seqFirst !== committed.seq + 1) {
+    const gap = this.gapExpected;
+    const afterGap = gap !== undefined && gap.idx === index && gap.seqFirst === arrival.seqFirst;
+    if (!afterGap && (index !== committed.idx + 1 || arrival.seqFirst !== committed.seq + 1)) {
       return this.refusal(
         index,
         'REWIND_SEQ_GAP',
@@ -286,7 +309,12 @@ export class TxPipeline {
     try {
       if ('error' in arrival.parsing) throw arrival.parsing.error;
       parsed = arrival.parsing.parsed;
-      this.checkSegment(parsed, arrival, committed.seq + 1);
+      this.checkSegment(parsed, arrival, afterGap ? arrival.seqFirst : committed.seq + 1);
+      if (afterGap && (parsed.header.flags & SEGMENT_FLAG_RESYNC) === 0)
+        throw new RewindError(
+          'REWIND_SEQ_GAP',
+          `segment ${index} follows a history gap but is not a resync: nothing would vouch for the replica`,
+        );
     } catch (error) {
       rethrowIfBug(error);
       if (error instanceof RewindError) return this.refusal(index, error.code, error.message);
@@ -295,7 +323,7 @@ export class TxPipeline {
     // A full or failing disk is backpressure, not a failure: the agent keeps the segment and
     // resends it later; a transaction stopped half-way resumes from its durable state.
     try {
-      await this.storeAndRun(arrival, parsed);
+      await this.storeAndRun(arrival, parsed, afterGap);
     } catch (error) {
       rethrowIfBug(error);
       const full = error instanceof RewindError && error.code === 'REWIND_BUSY';
@@ -309,6 +337,7 @@ export class TxPipeline {
       );
     }
     this.busyFrom = undefined;
+    if (afterGap) this.gapExpected = undefined;
     return { kind: 'ack', index, seqLast: parsed.trailer.seqLast };
   }
 
@@ -385,7 +414,12 @@ export class TxPipeline {
     turn.stage = stage;
   }
 
-  private async storeAndRun(arrival: Arrival, parsed: SealedRedo): Promise<void> {
+  /** `afterGap`: the segment starts the resync after a history gap (recorded with its row). */
+  private async storeAndRun(
+    arrival: Arrival,
+    parsed: SealedRedo,
+    afterGap: boolean,
+  ): Promise<void> {
     // When the segment's turn came (the row is written later, once redo and undo are durable).
     const receivedAt = new Date().toISOString();
     const existing = this.catalog.tx(arrival.index);
@@ -405,7 +439,10 @@ export class TxPipeline {
     }
     // An early store is only used while the replica is as it was built on: this transaction's
     // predecessor committed, nothing written since (the continuity checks of the turn).
-    assert(this.written.idx === arrival.index - 1, 'no replica writes since the early store');
+    assert(
+      afterGap || this.written.idx === arrival.index - 1,
+      'no replica writes since the early store',
+    );
     // The turn begins before anything is awaited: from now on no early store starts for this
     // index (one for a copy arriving now would build an undo from a replica this turn changes).
     this.begin(arrival.index, parsed.trailer.seqLast);
@@ -416,7 +453,21 @@ export class TxPipeline {
     const undo = await (early ?? this.store(arrival, parsed));
     crashPoint('undo'); // redo and undo durable, no catalog row yet
     const row = rowOf(arrival, parsed, undo, receivedAt);
-    this.catalog.insertTx(row);
+    if (afterGap) {
+      const before = this.committedPosition;
+      this.catalog.insertTxAfterGap(row, {
+        seqFirst: before.seq + 1,
+        seqLast: row.seqFirst - 1,
+        idxBefore: before.idx,
+        timeBeforeUs: Number(before.timeNs / 1000n),
+      });
+      this.log(
+        'warn',
+        `history gap recorded: seqs ${before.seq + 1}..${row.seqFirst - 1} were lost to this manager; the resync from segment ${row.idx} brings the replica back to production`,
+      );
+    } else {
+      this.catalog.insertTx(row);
+    }
     this.advance('stored');
     this.roomFor(row);
     await this.applyAndCommit(row, parsed, undo.extents);

@@ -17,9 +17,12 @@ import { consoleUrl, startApi } from '../api/index.js';
 import { loadArchiveKey, openStore } from '../archive/index.js';
 import {
   Manager,
+  rebuildFromArchive,
   type ArchivePolicy,
   type ArchiveSettings,
   type PolicyText,
+  type RebuildProgress,
+  type RebuildResult,
 } from '../manager/index.js';
 import type { NbdServer, ExportBackend } from '../nbd/index.js';
 import { writeFileDurable } from '../platform/index.js';
@@ -106,6 +109,36 @@ async function openArchive(
     ...(options.policy ? { policy: options.policy } : {}),
     ...(options.fullEveryMs !== undefined ? { fullEveryMs: options.fullEveryMs } : {}),
   };
+}
+
+/**
+ * `rewind archive rebuild`: a manager's catalog and replica recreated in `dataDir` from the
+ * archive alone; the store is opened and the key loaded as for a manager with --archive.
+ */
+export async function rebuildArchive(options: {
+  archive: Pick<ArchiveRunOptions, 'url' | 'keyFile' | 's3Endpoint' | 's3PathStyle' | 's3Region'>;
+  dataDir: string;
+  volumeSetId?: string;
+  onProgress?: (progress: RebuildProgress) => void;
+}): Promise<RebuildResult> {
+  const archive = options.archive;
+  const key = archive.keyFile === undefined ? undefined : await loadArchiveKey(archive.keyFile);
+  const store = await openStore(archive.url, {
+    ...(archive.s3Endpoint !== undefined ? { s3Endpoint: archive.s3Endpoint } : {}),
+    ...(archive.s3PathStyle !== undefined ? { s3PathStyle: archive.s3PathStyle } : {}),
+    ...(archive.s3Region !== undefined ? { region: archive.s3Region } : {}),
+  });
+  try {
+    return await rebuildFromArchive({
+      store,
+      key,
+      dataDir: path.resolve(options.dataDir),
+      ...(options.volumeSetId !== undefined ? { volumeSetId: options.volumeSetId } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    });
+  } finally {
+    await store.close();
+  }
 }
 
 export interface UpOptions extends ProcessOptions {

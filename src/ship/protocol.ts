@@ -5,7 +5,11 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { assert, assertNever, RewindError } from '../core/index.js';
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * 2: `history-gap` (the agent resyncs a manager that lost history) and the refusal of an agent
+ * behind the manager. Version 1 agents are refused: they would stall on a manager that is behind.
+ */
+export const PROTOCOL_VERSION = 2;
 /** u32 total length, u32 JSON length. */
 export const FRAME_PREFIX_BYTES = 8;
 export const FRAME_JSON_BYTES_MAX = 64 * 1024;
@@ -47,6 +51,10 @@ export type AgentMessage =
       name: string;
     }
   | { type: 'sealed'; id: number; seqLast: number }
+  // The manager committed less than the agent had acknowledged (its data was lost or restored
+  // from an older copy): seqs after its committed one up to seqFirst - 1 are gone, and a resync of
+  // every region of every volume starts at segment `segmentFirst`, seq `seqFirst`.
+  | { type: 'history-gap'; segmentFirst: number; seqFirst: number }
   | {
       type: 'status';
       seqCaptured: number;
@@ -108,6 +116,7 @@ const FIELDS: { readonly [K in Message['type']]: Schema } = {
   segment: { index: 'int', seqFirst: 'int', seqLast: 'int', fileCrc: 'u32', bytes: 'int' },
   'segment-file': { index: 'int', seqFirst: 'int', seqLast: 'int', bytes: 'int', name: 'string' },
   sealed: { id: 'int', seqLast: 'int' },
+  'history-gap': { segmentFirst: 'int', seqFirst: 'int' },
   status: {
     seqCaptured: 'int',
     timeCapturedNs: 'string',
@@ -145,6 +154,7 @@ const AGENT_TYPES: ReadonlySet<string> = new Set<AgentMessage['type']>([
   'segment',
   'segment-file',
   'sealed',
+  'history-gap',
   'status',
   'restore-ready',
   'restore-written',

@@ -152,9 +152,13 @@ test(
       assert.match(ok('archive', 'ls'), new RegExp(`${objects.length} objects`));
 
       // Encrypted at rest: the marker is in the journal's redo, in no archived object.
-      const stored = filesUnder(archiveDir);
+      // Batch objects under tx/, and the volume set's descriptor under set/ (encrypted too).
+      const files = filesUnder(archiveDir);
+      const stored = files.filter((f) => f.includes('/tx/'));
       assert.equal(stored.length, objects.length);
-      for (const file of stored)
+      assert.equal(files.filter((f) => f.includes('/set/')).length, 1, 'one descriptor');
+      assert.equal(files.length, stored.length + 1);
+      for (const file of files)
         assert.ok(!fs.readFileSync(file).includes(MARKER), `${file} holds plaintext`);
       const redo = filesUnder(path.join(dir, 'data/manager/redo'));
       assert.ok(

@@ -16,6 +16,9 @@ export interface FakeRecord {
   timeNs: bigint;
 }
 
+/** The next seq a fake agent claims in its hello (far past any test's history). */
+const FAKE_SEQ_NEXT = 2 ** 40;
+
 export class FakeAgent {
   private readonly socket: net.Socket;
   private readonly reader = new FrameReader();
@@ -52,7 +55,9 @@ export class FakeAgent {
       volumeSetId: hello.volumeSetId,
       volumeSetName: 'test',
       volumes: hello.volumes,
-      seqNext: 1,
+      // The fake agent makes up whatever segment the manager expects next (from the welcome), so
+      // its history never ends before the manager's: it is never an agent behind the manager.
+      seqNext: FAKE_SEQ_NEXT,
     });
     const welcome = await agent.next('welcome');
     assert.equal(welcome.type, 'welcome');

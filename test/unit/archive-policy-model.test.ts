@@ -154,6 +154,7 @@ describe("the archive's retention policy, against the model", () => {
           ...manager.archiveObjects().map((o) => o.key),
           ...manager.fulls().map((f) => f.manifestKey),
           ...manager.catalog.archiveChunks().map((c) => c.key),
+          ...manager.catalog.archiveSets().map((d) => d.key),
         ]);
         assert.deepEqual(new Set(stored), recorded);
         assert.deepEqual((await manager.verifyArchive({ deep: true })).problems, []);

@@ -37,6 +37,8 @@ function fakeSource(spool: Spool, committed: number[] = []): ShipperSource {
       committed.push(index);
       await spool.release(index); // as the agent does: an acknowledged segment leaves the spool
     },
+    acked: () => ({ index: committed[committed.length - 1] ?? 0, seq: 0 }),
+    resyncForGap: () => Promise.reject(new Error('unexpected history gap')),
     report: () => ({
       seqCaptured: 15,
       timeCapturedNs: 15n,
