@@ -773,7 +773,7 @@ export class Manager {
    * Takes a virtual full image of `volumes` (names; all when empty) at POINT (the newest
    * committed seq when not given); progress per chunk. Refused REWIND_BUSY while one runs.
    */
-  takeFull(
+  async takeFull(
     request: { volumes: string[]; at?: string },
     onProgress?: (progress: FullProgress) => void,
   ): Promise<FullResult> {
@@ -781,7 +781,7 @@ export class Manager {
     const fulls = this.fullImages as FullImages;
     const volumes = request.volumes.map((name) => this.history.volumeIndex(name));
     const seq = request.at === undefined ? this.seqCommitted() : this.points.resolve(request.at);
-    return fulls.take({ seq, volumes, reason: 'command' }, onProgress);
+    return await fulls.take({ seq, volumes, reason: 'command' }, onProgress);
   }
 
   /** The full images the catalog records, oldest first. */
