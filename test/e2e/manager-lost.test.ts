@@ -107,6 +107,7 @@ test('a manager that lost its history is resynced by the agent; the gap is refus
     const agent = agentRun.agent!;
     const load = new Load(agent.exports(), rng(4242));
     await load.run(60, 1);
+    await until('the agent connected', () => first.manager!.status().agentConnected);
     await first.manager!.seal(true);
     await until('the agent has every write acknowledged', () => agent.seqCommitted === 60);
 
@@ -212,11 +213,13 @@ test('an agent older than its manager (an old copy of its data directory) is ref
     let agentRun = await startAgent(options);
     const random = rng(77);
     await new Load(agentRun.agent!.exports(), random).run(5, 1);
+    await until('the agent connected', () => manager.status().agentConnected);
     await manager.seal(true);
     await agentRun.close();
     fs.cpSync(agentDir, path.join(dir, 'old-copy'), { recursive: true });
     agentRun = await startAgent({ ...options, volumes: [] });
     await new Load(agentRun.agent!.exports(), random).run(10, 6);
+    await until('the agent reconnected', () => manager.status().agentConnected);
     await manager.seal(true);
     await agentRun.close();
     const committed = manager.status().seqCommitted;
@@ -274,7 +277,9 @@ test('a manager restored from an older copy keeps its points before the gap; the
     const agent = agentRun.agent!;
     const load = new Load(agent.exports(), rng(99));
     await load.run(25, 1);
-    await managerRun.manager!.seal(true);
+    const first = managerRun.manager!;
+    await until('the agent connected', () => first.status().agentConnected);
+    await first.seal(true);
     // A copy of the manager's data directory at seq 25 (the manager stopped for it).
     await managerRun.close();
     running.splice(running.indexOf(managerRun), 1);
@@ -282,7 +287,10 @@ test('a manager restored from an older copy keeps its points before the gap; the
     managerRun = await startManager(managerOptions(port));
     running.push(managerRun);
     await load.run(25, 26);
-    await managerRun.manager!.seal(true);
+    // The agent reconnects with a back-off: a seal asked before that has no agent to ask.
+    const restarted = managerRun.manager!;
+    await until('the agent reconnected', () => restarted.status().agentConnected);
+    await restarted.seal(true);
     await until('the agent has every write acknowledged', () => agent.seqCommitted === 50);
     await managerRun.close();
     running.splice(running.indexOf(managerRun), 1);
