@@ -16,7 +16,7 @@ import { RewindError } from '../../src/core/index.js';
 import { InThreadApply } from '../../src/manager/apply-pool.js';
 import { archivePolicyFrom, Manager } from '../../src/manager/index.js';
 import { FakeAgent, type FakeRecord } from '../support/fake-agent.js';
-import { ModelVolumeSet, type ModelWrite } from '../support/model.js';
+import { ModelVolumeSet, rng, type ModelWrite } from '../support/model.js';
 
 const VOLUMES = [
   { name: 'a', sizeBytes: 192 * 1024 },
@@ -27,16 +27,6 @@ const TOKEN = 't';
 const SECTOR = 512;
 const DAY_MS = 86_400_000;
 const SEEDS = Number(process.env.REWIND_ARCHIVE_SEEDS ?? 2);
-
-function rng(seed: number): (n: number) => number {
-  let state = seed >>> 0 || 1;
-  return (n) => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) % n;
-  };
-}
 
 /** One segment of 1..4 writes, zeroes or trims at `atMs`. */
 function segment(next: (n: number) => number, atMs: number, writes: ModelWrite[]): FakeRecord[] {
@@ -89,7 +79,8 @@ async function imagesAt(manager: Manager, seq: number): Promise<Buffer[] | Rewin
 describe("the archive's retention policy, against the model", () => {
   for (let seed = 1; seed <= SEEDS; seed++) {
     it(`seed ${seed}: kept points equal the replay, the others are refused`, async () => {
-      const next = rng(seed * 104_729);
+      const random = rng(seed * 104_729);
+      const next = (n: number): number => random.int(n);
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-archive-policy-'));
       const archiveDir = path.join(dir, 'archive');
       const open = async (): Promise<Manager> =>
