@@ -29,7 +29,12 @@ import {
   type FileLock,
 } from '../platform/index.js';
 import { DirtyMap } from './dirty-map.js';
-import { WritePipeline, type ProductionVolume, type ResyncResult } from './pipeline.js';
+import {
+  WritePipeline,
+  type ProductionVolume,
+  type ResyncResult,
+  type ResyncTarget,
+} from './pipeline.js';
 import { Spool, type SealedSegment, type SpoolOptions, type SpoolRecovery } from './spool.js';
 import { InThreadEngine } from './write-engine.js';
 import { WorkerEngine } from './worker-engine.js';
@@ -276,16 +281,18 @@ export class Agent implements ShipperSource, AgentCommands {
   }
 
   /**
-   * Logs every marked region of `volumes` as one resync, with progress, before any client writes.
+   * Logs every marked region of `volumes` (but those only marked ahead) as one resync, with
+   * progress, before any client writes.
    */
   private async resyncMarked(
     volumes: readonly ProductionVolume[],
     how: { reason: string; skipZero: boolean; endsDegraded?: boolean; rewrite?: boolean },
   ): Promise<ResyncResult> {
     const { reason, skipZero, endsDegraded = false, rewrite = false } = how;
-    const targets = volumes
-      .map((volume) => ({ volume, regions: volume.dirty.markedRegions() }))
-      .filter((t) => t.regions.length > 0);
+    const targets = (): ResyncTarget[] =>
+      volumes
+        .map((volume) => ({ volume, regions: volume.dirty.regionsToResync() }))
+        .filter((t) => t.regions.length > 0);
     let lastReportMs = Date.now();
     const result = await this.pipeline.resync(targets, {
       reason,
@@ -540,11 +547,21 @@ export class Agent implements ShipperSource, AgentCommands {
       'warn',
       `link back and spool drained: resyncing the dirty regions of ${writes} writes made in degraded mode`,
     );
-    void this.resyncMarked(this.volumes, {
-      reason: 'degraded mode ended',
-      skipZero: false,
-      endsDegraded: true,
-    })
+    // The cleaning the last acknowledgement started clears the regions committed since; the
+    // resync waits for it, or it would log them all again (and, when it outgrows what the
+    // manager takes in before the spool fills, lead straight back into degraded mode).
+    void this.cleaningDone
+      .then(() => {
+        this.cleanDirty();
+        return this.cleaningDone;
+      })
+      .then(() =>
+        this.resyncMarked(this.volumes, {
+          reason: 'degraded mode ended',
+          skipZero: false,
+          endsDegraded: true,
+        }),
+      )
       .catch((error: unknown) =>
         this.options.log('error', `resync after degraded mode failed: ${errorMessage(error)}`),
       )

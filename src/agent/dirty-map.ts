@@ -10,8 +10,9 @@ export const REGION_BYTES_DEFAULT = 1024 * 1024;
 /**
  * A write that newly marks a region right after a marked one looks sequential: this many regions
  * after it are marked in the same durable write, so a sequential stream pays one dirty-map
- * fdatasync per 32 MiB rather than one per batch. A region marked ahead is owned by the same seq
- * and cleaned like any other; the price is at most this many regions more to resync after a crash.
+ * fdatasync per 32 MiB rather than one per batch. A region marked ahead holds no write yet: it is
+ * owned by no seq (cleaned once quiet) and a resync of this process skips it until a write lands
+ * in it; the price is at most this many regions more to resync after a crash.
  */
 export const MARK_AHEAD_REGIONS = 32;
 
@@ -25,6 +26,8 @@ export class DirtyMap {
    */
   private readonly lastSeq = new Map<number, number>();
   private readonly lastTouchMs = new Map<number, number>();
+  /** Regions this process marked ahead that no write has touched since: equal to the replica. */
+  private readonly aheadOnly = new Set<number>();
 
   private constructor(fd: number, bits: Buffer, regionBytes: number, regionCount: number) {
     this.fd = fd;
@@ -60,6 +63,19 @@ export class DirtyMap {
     return out;
   }
 
+  /**
+   * Marked regions that may differ from the replica: all marked ones but those this process
+   * marked ahead and nothing has written since (a resync of them would log bytes the replica has).
+   */
+  regionsToResync(): number[] {
+    return this.markedRegions().filter((region) => !this.aheadOnly.has(region));
+  }
+
+  /** How many marked regions are marked ahead only (for tests and status). */
+  get aheadOnlyCount(): number {
+    return this.aheadOnly.size;
+  }
+
   get markedCount(): number {
     let count = 0;
     for (const byte of this.bits) {
@@ -85,6 +101,7 @@ export class DirtyMap {
     for (let region = first; region <= last; region++) {
       this.lastSeq.set(region, seq);
       this.lastTouchMs.set(region, nowMs);
+      this.aheadOnly.delete(region);
       if (!this.isMarked(region)) {
         this.mark(region);
         newlyMarked = true;
@@ -95,8 +112,9 @@ export class DirtyMap {
       for (let region = last + 1; region <= end; region++) {
         if (this.isMarked(region)) continue;
         this.mark(region);
-        this.lastSeq.set(region, seq);
+        this.lastSeq.set(region, 0);
         this.lastTouchMs.set(region, nowMs);
+        this.aheadOnly.add(region);
       }
     }
     return newlyMarked;
@@ -158,6 +176,7 @@ export class DirtyMap {
       this.dirtyBytesHigh = Math.max(this.dirtyBytesHigh, (region >> 3) + 1);
       this.lastSeq.delete(region);
       this.lastTouchMs.delete(region);
+      this.aheadOnly.delete(region);
       cleared += 1;
     }
     if (cleared > 0) {
@@ -172,14 +191,20 @@ export class DirtyMap {
   /** Marks every region and makes that durable (a pre-existing image before its first sync). */
   async markAll(): Promise<void> {
     for (let region = 0; region < this.regionCount; region++) bitSet(this.bits, region);
+    this.aheadOnly.clear();
     this.dirtyBytesLow = 0;
     this.dirtyBytesHigh = this.bits.length;
     await this.persist();
   }
 
-  /** Marks regions that were dirty on disk at start as owned by `seq` (resync covers them). */
+  /**
+   * Makes `seq` (a resync's last) the owner of every marked region owned by an older seq or by
+   * none (marked on disk at start, or skipped as zero): the resync covered them. A region a newer
+   * write touched, or a degraded write the resync did not log, keeps its owner.
+   */
   adoptMarked(seq: number, nowMs: number): void {
     for (const region of this.markedRegions()) {
+      if ((this.lastSeq.get(region) ?? -1) >= seq) continue;
       this.lastSeq.set(region, seq);
       this.lastTouchMs.set(region, nowMs);
     }

@@ -51,7 +51,8 @@ interface SealOp {
 }
 interface ResyncOp {
   type: 'resync';
-  targets: ResyncTarget[];
+  /** Read when the barrier runs, so it sees every region the operations before it marked. */
+  targets: () => ResyncTarget[];
   options: ResyncOptions;
   done: (error: unknown, result?: ResyncResult) => void;
 }
@@ -194,11 +195,13 @@ export class WritePipeline {
   }
 
   /**
-   * Logs the current production content of `targets` as resync records (segments flagged
-   * RESYNC, which views cannot be placed inside), after every operation queued before this call.
-   * Resolves the seq range it used; an empty range (seqFirst > seqLast) when nothing was logged.
+   * Logs the current production content of the regions `targets()` names as resync records
+   * (segments flagged RESYNC, which views cannot be placed inside), after every operation queued
+   * before this call. `targets` is called then, not now: a degraded write queued before the
+   * resync marks its region before the resync reads the marks, so none is left out. Resolves the
+   * seq range it used; an empty range (seqFirst > seqLast) when nothing was logged.
    */
-  resync(targets: ResyncTarget[], options: ResyncOptions): Promise<ResyncResult> {
+  resync(targets: () => ResyncTarget[], options: ResyncOptions): Promise<ResyncResult> {
     return new Promise((resolve, reject) => {
       if (this.failed !== undefined || this.closed)
         return reject(new Error('the write path is stopped'));
@@ -260,7 +263,7 @@ export class WritePipeline {
             this.degraded = undefined;
           }
           try {
-            barrier.done(undefined, await this.resyncNow(barrier.targets, barrier.options));
+            barrier.done(undefined, await this.resyncNow(barrier.targets(), barrier.options));
           } catch (error) {
             barrier.done(error);
             throw error;
