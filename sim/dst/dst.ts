@@ -270,6 +270,8 @@ class Simulation {
   managerProc: SimProcess | undefined;
   manager: Manager | undefined;
   catalogDb: Database.Database | undefined;
+  /** The catalog as the manager left it when it closed it (set by the close itself). */
+  closedCatalogImage: Buffer | undefined;
   catalogImage: Buffer | undefined;
   inFlight = new Set<Op>();
   report: RunReport;
@@ -392,10 +394,16 @@ class Simulation {
       openCatalog: () => {
         // The catalog is SQLite with synchronous=FULL: a commit is durable, nothing else is. A
         // crash keeps exactly the committed state, which serialize() captures.
-        this.catalogDb = this.catalogImage
-          ? new Database(this.catalogImage)
-          : new Database(':memory:');
-        return new Catalog(this.catalogDb);
+        const db = this.catalogImage ? new Database(this.catalogImage) : new Database(':memory:');
+        // A manager that closes its catalog (a start that failed) leaves its committed state in
+        // the file; an in-memory database loses it at close, so it is kept here first.
+        const close = db.close.bind(db);
+        db.close = () => {
+          this.closedCatalogImage = db.serialize();
+          return close();
+        };
+        this.catalogDb = db;
+        return new Catalog(db);
       },
     };
     this.managerProc = proc;
@@ -585,7 +593,10 @@ class Simulation {
     this.countRetention();
     this.manager = undefined;
     this.net.cutAll(proc);
-    this.catalogImage = this.catalogDb?.serialize();
+    if (this.catalogDb !== undefined)
+      this.catalogImage = this.catalogDb.open
+        ? this.catalogDb.serialize()
+        : this.closedCatalogImage;
     // Not closed: the dead process's code may still run up to its next disk call, and its
     // catalog calls must find an open database (as a killed process's last statements would);
     // nothing reads that handle again, and the garbage collector closes it.
