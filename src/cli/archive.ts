@@ -289,7 +289,8 @@ function progressReporter(): (progress: RebuildProgress | undefined) => void {
   const bar = process.stderr.isTTY
     ? new SingleBar(
         {
-          format: 'rebuild [{bar}] {value}/{total} objects {read}, {txs} transactions applied',
+          format:
+            'rebuild [{bar}] {value}/{total} objects {read}, {txs} transactions applied{base}',
           stream: process.stderr,
         },
         Presets.shades_classic,
@@ -302,6 +303,10 @@ function progressReporter(): (progress: RebuildProgress | undefined) => void {
     const fields = {
       read: formatBytes(progress.bytesRead),
       txs: progress.transactionsApplied,
+      base:
+        progress.chunksTotal > 0
+          ? `, base full image ${progress.chunksRead}/${progress.chunksTotal} chunks`
+          : '',
     };
     if (bar) {
       if (!started) bar.start(progress.objectsTotal, 0, fields);
@@ -311,7 +316,7 @@ function progressReporter(): (progress: RebuildProgress | undefined) => void {
     if (Date.now() - lastMs < 2000 && progress.objectsRead < progress.objectsTotal) return;
     lastMs = Date.now();
     process.stderr.write(
-      `rebuild: ${progress.objectsRead}/${progress.objectsTotal} objects, ${fields.read} read, ${fields.txs} transactions applied\n`,
+      `rebuild: ${progress.objectsRead}/${progress.objectsTotal} objects, ${fields.read} read, ${fields.txs} transactions applied${fields.base}\n`,
     );
   };
 }
@@ -322,6 +327,14 @@ function printRebuild(r: RebuildResult, options: { data: string; archive?: strin
   console.log(
     `read ${r.objects} objects (${formatBytes(r.bytesRead)}), applied ${r.transactions} transactions`,
   );
+  if (r.base)
+    console.log(
+      `base: full image ${r.base.manifestKey} at seq ${r.base.seq} (${r.base.chunks} chunks), the archive's redo replayed over it`,
+    );
+  console.log(
+    `full images recorded: ${r.fulls.length}${r.fulls.length > 0 ? ` (seqs ${r.fulls.map((f) => f.seq).join(', ')})` : ''}`,
+  );
+  for (const f of r.fullsSkipped) console.log(`full image ${f.manifestKey} not used: ${f.problem}`);
   for (const gap of r.gaps)
     console.log(`history gap: seqs ${gap.seqFirst}..${gap.seqLast} (refused as points)`);
   if (r.stoppedAt)

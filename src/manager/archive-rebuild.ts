@@ -2,19 +2,25 @@
 // backup host was lost). LISTs the store, reads the newest volume-set descriptor and every batch
 // object in history order (each checked against its digest), records them in a new catalog, and
 // builds the replica at S, the end of the contiguous archived history, by replaying the archived
-// redo over a base (a zeroed replica when the archive starts at seq 1). The transaction at S is
-// kept as the local journal, so a manager started on DIR has S as its local anchor and serves
-// every older archived point through the old-points path.
+// redo over a base: a zeroed replica when the archive starts at seq 1, else the oldest full image
+// at or after the archive's first point (the archive's retention drops the batches before its
+// base full image). The transaction at S is kept as the local journal, so a manager started on DIR
+// has S as its local anchor and serves every older archived point through the old-points path;
+// the full images up to S are recorded too, so their own points and the retention stay known.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
+  chunkId,
+  chunkKey,
   decodeBatch,
   decodeDescriptor,
+  decodeManifest,
   decodeObject,
   parseDescriptorKey,
   archiveKeyId,
   type BatchEntry,
+  type FullManifest,
   type ObjectStore,
   type VolumeSetDescriptor,
 } from '../archive/index.js';
@@ -31,6 +37,9 @@ export interface RebuildProgress {
   objectsTotal: number;
   bytesRead: number;
   transactionsApplied: number;
+  /** Chunks of the base full image written into the replica, of its total (0 of 0: none). */
+  chunksRead: number;
+  chunksTotal: number;
 }
 
 export interface RebuildResult {
@@ -49,6 +58,12 @@ export interface RebuildResult {
   gaps: { seqFirst: number; seqLast: number }[];
   /** Why the rebuild stopped before the end of the archive, if it did (a damaged object). */
   stoppedAt: { key: string; problem: string } | undefined;
+  /** The full image the replay started from; null when the archive starts at seq 1. */
+  base: { seq: number; manifestKey: string; chunks: number } | null;
+  /** Full images recorded in the new catalog (the base among them), oldest first. */
+  fulls: { seq: number; manifestKey: string }[];
+  /** Full images in the archive that were not recorded, and why (damaged, past S, a chunk gone). */
+  fullsSkipped: { manifestKey: string; problem: string }[];
 }
 
 export interface RebuildOptions {
@@ -74,6 +89,14 @@ function sha256Of(bytes: Buffer): string {
 
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
 const BATCH_KEY = new RegExp(`^(${UUID})/tx/(\\d{16})-(\\d{16})(?:\\.(\\d+))?$`);
+const MANIFEST_KEY = new RegExp(`^(${UUID})/full/(\\d{16})(?:\\.(\\d+))?$`);
+
+/** A full image's manifest in the store, named by its seq (a variant after its base). */
+interface ManifestObject {
+  key: string;
+  seq: number;
+  variant: number;
+}
 
 interface BatchObject {
   key: string;
@@ -108,15 +131,18 @@ export async function rebuildFromArchive(options: RebuildOptions): Promise<Rebui
   const volumeSetId = chooseVolumeSet(keys, options.volumeSetId, options.store.url);
   const { descriptor, descriptorKey, stored } = await readDescriptor(options, keys, volumeSetId);
   const objects = batchObjects(keys, volumeSetId);
+  const manifests = manifestObjects(keys, volumeSetId);
   if (objects.length === 0) {
     throw new RewindError(
       'REWIND_ARCHIVE_NOT_FOUND',
       `archive ${options.store.url} holds no transactions of volume set ${volumeSetId}`,
     );
   }
+  const created = !fs.existsSync(root);
   await ensureDir(root);
   const catalog = new Catalog(catalogFile);
   const replicas: ReplicaVolume[] = [];
+  let done = false;
   try {
     catalog.setMeta('volumeSetId', descriptor.volumeSetId);
     catalog.setMeta('volumeSetName', descriptor.volumeSetName);
@@ -134,10 +160,23 @@ export async function rebuildFromArchive(options: RebuildOptions): Promise<Rebui
       volumeCount: descriptor.volumes.length,
       createdAt: new Date().toISOString(),
     });
-    return await replay({ options, catalog, replicas, root, objects, descriptor, descriptorKey });
+    const result = await replay({
+      options,
+      catalog,
+      replicas,
+      root,
+      objects,
+      manifests,
+      descriptor,
+      descriptorKey,
+    });
+    done = true;
+    return result;
   } finally {
     for (const replica of replicas) replica.close();
     catalog.close();
+    // A rebuild that failed leaves no half-made manager behind, so it can simply be run again.
+    if (!done && created) fs.rmSync(root, { recursive: true, force: true });
   }
 }
 
@@ -222,14 +261,37 @@ function batchObjects(keys: readonly string[], volumeSetId: string): BatchObject
   return objects.sort((a, b) => a.firstIdx - b.firstIdx || a.variant - b.variant);
 }
 
+/** The full images' manifests of the volume set, by seq (a variant after its base). */
+function manifestObjects(keys: readonly string[], volumeSetId: string): ManifestObject[] {
+  const manifests: ManifestObject[] = [];
+  for (const key of keys) {
+    const match = MANIFEST_KEY.exec(key);
+    if (match === null || match[1] !== volumeSetId) continue;
+    manifests.push({
+      key,
+      seq: Number(match[2]),
+      variant: match[3] === undefined ? 1 : Number(match[3]),
+    });
+  }
+  return manifests.sort((a, b) => a.seq - b.seq || a.variant - b.variant);
+}
+
 interface ReplayParts {
   options: RebuildOptions;
   catalog: Catalog;
   replicas: ReplicaVolume[];
   root: string;
   objects: BatchObject[];
+  manifests: ManifestObject[];
   descriptor: VolumeSetDescriptor;
   descriptorKey: string;
+}
+
+/** The full image the replay starts from, as written into the replica. */
+interface Base {
+  seq: number;
+  manifestKey: string;
+  chunks: number;
 }
 
 /**
@@ -245,7 +307,11 @@ async function replay(parts: ReplayParts): Promise<RebuildResult> {
     objectsTotal: objects.length,
     bytesRead: 0,
     transactionsApplied: 0,
+    chunksRead: 0,
+    chunksTotal: 0,
   };
+  const fullsSkipped: RebuildResult['fullsSkipped'] = [];
+  let base: Base | null = null;
   const gaps: RebuildResult['gaps'] = [];
   let stoppedAt: RebuildResult['stoppedAt'];
   let last: ReadTx | undefined;
@@ -269,7 +335,7 @@ async function replay(parts: ReplayParts): Promise<RebuildResult> {
     const first = txs[0] as ReadTx;
     if (last === undefined) {
       seqFrom = first.entry.seqFirst - 1;
-      prepareBase(first.entry, options.store.url);
+      base = await loadBase(parts, first.entry, progress, fullsSkipped);
     } else if (first.entry.seqFirst !== last.entry.seqLast + 1) {
       if (first.entry.kind === 'redo') {
         stoppedAt = {
@@ -296,8 +362,8 @@ async function replay(parts: ReplayParts): Promise<RebuildResult> {
       break;
     }
     for (const tx of txs) {
-      await applyTx(tx, replicas, descriptor.volumes.length);
-      progress.transactionsApplied += 1;
+      if (await applyTx(tx, replicas, descriptor.volumes.length, base?.seq ?? 0))
+        progress.transactionsApplied += 1;
       if (tx.entry.kind === 'resync') {
         window.push({ entry: tx.entry, objectKey: tx.objectKey });
       } else {
@@ -317,10 +383,30 @@ async function replay(parts: ReplayParts): Promise<RebuildResult> {
         : 'the archive ends inside its first resync: no consistent point to rebuild',
     );
   }
+  if (base !== null && lastConsistent.entry.seqLast < base.seq) {
+    throw new RewindError(
+      'REWIND_ARCHIVE_NOT_FOUND',
+      `the archived history ends at seq ${lastConsistent.entry.seqLast}, before its base full image ${base.manifestKey} (seq ${base.seq})`,
+      {
+        hint: stoppedAt
+          ? `${stoppedAt.key}: ${stoppedAt.problem}`
+          : 'the archiver had not caught up with that full image',
+      },
+    );
+  }
   // The archive ends inside a resync window: the replica goes back to the point before it.
-  if (window.length > 0) await rollBack(parts, window);
+  if (window.length > 0) {
+    if (base !== null && (window[0] as Applied).entry.seqFirst <= base.seq) {
+      throw new RewindError(
+        'REWIND_ARCHIVE_CORRUPT',
+        `full image ${base.manifestKey} (seq ${base.seq}) lies inside the resync window the archive ends in`,
+      );
+    }
+    await rollBack(parts, window);
+  }
   await syncReplicas(replicas);
   await keepLocally(parts, lastConsistent);
+  const fulls = await recordFulls(parts, lastConsistent.entry.seqLast, base, fullsSkipped);
   return {
     volumeSetId: descriptor.volumeSetId,
     volumeSetName: descriptor.volumeSetName,
@@ -333,21 +419,242 @@ async function replay(parts: ReplayParts): Promise<RebuildResult> {
     seqFrom: seqFrom ?? 0,
     gaps,
     stoppedAt,
+    base,
+    fulls,
+    fullsSkipped,
   };
 }
 
 /**
- * The base the archived redo is replayed over. Today only a zeroed replica (new replica files are
- * zero), which holds only when the archive's history starts at seq 1; an archive that starts later
- * needs a full image of the point before its first transaction.
+ * The base the archived redo is replayed over: nothing (a zeroed replica) when the archive starts
+ * at seq 1; else the oldest full image at or after the archive's first point that holds every
+ * volume and reads back whole, written into the replica (chunks checked against their content
+ * address) and recorded. Full images that cannot serve are named in `skipped`.
  */
-function prepareBase(first: BatchEntry, url: string): void {
-  if (first.seqFirst === 1) return;
+async function loadBase(
+  parts: ReplayParts,
+  first: BatchEntry,
+  progress: RebuildProgress,
+  skipped: RebuildResult['fullsSkipped'],
+): Promise<Base | null> {
+  if (first.seqFirst === 1) return null;
+  const from = first.seqFirst - 1;
+  let attempts = 0;
+  for (const object of parts.manifests.filter((m) => m.seq >= from)) {
+    try {
+      const { manifest, storedBytes } = await readManifest(parts, object);
+      progress.chunksRead = 0;
+      progress.chunksTotal = manifest.volumes.reduce(
+        (sum, v) => sum + v.chunks.filter((id) => id !== null).length,
+        0,
+      );
+      attempts += 1; // a later attempt zeroes what this one may have written
+      const chunks = await writeBase(parts, manifest, progress, attempts > 1);
+      recordFull(parts.catalog, object.key, manifest, storedBytes + chunks.storedBytes, chunks);
+      return { seq: manifest.seq, manifestKey: object.key, chunks: chunks.ids.length };
+    } catch (error) {
+      rethrowIfBug(error);
+      if (!(error instanceof RewindError)) throw error;
+      skipped.push({ manifestKey: object.key, problem: error.message });
+    }
+  }
   throw new RewindError(
     'REWIND_ARCHIVE_NOT_FOUND',
-    `archive ${url} starts at seq ${first.seqFirst}: the volumes at seq ${first.seqFirst - 1} are not in it`,
-    { hint: 'a full image of that point is needed to rebuild from this archive' },
+    `archive ${parts.options.store.url} starts at seq ${first.seqFirst}: the volumes at seq ${from} are not in it, and no full image at or after that seq can stand in for them`,
+    {
+      hint:
+        skipped.length > 0
+          ? `full images tried: ${skipped.map((f) => `${f.manifestKey}: ${f.problem}`).join('; ')}`
+          : 'a full image of that point or later is needed to rebuild from this archive',
+    },
   );
+}
+
+/** A manifest read, decoded and checked against its key and the descriptor's volumes. */
+async function readManifest(
+  parts: ReplayParts,
+  object: ManifestObject,
+): Promise<{ manifest: FullManifest; storedBytes: number }> {
+  const { options, descriptor } = parts;
+  const stored = await options.store.get(object.key);
+  const plain = decodeObject(stored, {
+    name: object.key,
+    ...(options.key ? { key: options.key } : {}),
+  });
+  const manifest = decodeManifest(plain, object.key);
+  if (manifest.seq !== object.seq || manifest.volumeSetId !== descriptor.volumeSetId) {
+    throw new RewindError(
+      'REWIND_ARCHIVE_CORRUPT',
+      `${object.key} holds seq ${manifest.seq} of volume set ${manifest.volumeSetId}`,
+    );
+  }
+  const held = new Map(manifest.volumes.map((v) => [v.idx, v]));
+  for (const volume of descriptor.volumes) {
+    const image = held.get(volume.idx);
+    if (image === undefined || image.sizeBytes !== volume.sizeBytes) {
+      throw new RewindError(
+        'REWIND_ARCHIVE_NOT_FOUND',
+        image === undefined
+          ? `it does not hold volume ${volume.name}`
+          : `its volume ${volume.name} is ${image.sizeBytes} bytes, the volume set's ${volume.sizeBytes}`,
+      );
+    }
+  }
+  if (manifest.volumes.length !== descriptor.volumes.length) {
+    throw new RewindError('REWIND_ARCHIVE_CORRUPT', `it holds volumes the volume set has not`);
+  }
+  return { manifest, storedBytes: stored.length };
+}
+
+/** The chunks a full image was written from: distinct ids, and the stored bytes of those new. */
+interface ChunksRecorded {
+  ids: string[];
+  newIds: number;
+  storedBytes: number;
+}
+
+/**
+ * Writes a full image's chunks into the replicas (zero chunks left sparse, or zeroed over an
+ * earlier attempt's bytes when `overwrite`), and records each chunk once it matched its id.
+ */
+async function writeBase(
+  parts: ReplayParts,
+  manifest: FullManifest,
+  progress: RebuildProgress,
+  overwrite: boolean,
+): Promise<ChunksRecorded> {
+  const { options, catalog, replicas } = parts;
+  const recorded: ChunksRecorded = { ids: [], newIds: 0, storedBytes: 0 };
+  const ids = new Set<string>();
+  for (const volume of manifest.volumes) {
+    const replica = replicas[volume.idx] as ReplicaVolume;
+    const extent = (c: number): { offset: number; length: number } => ({
+      offset: c * volume.chunkBytes,
+      length: Math.min(volume.chunkBytes, volume.sizeBytes - c * volume.chunkBytes),
+    });
+    for (const [c, id] of volume.chunks.entries()) {
+      if (id !== null) replica.markData(extent(c).offset, extent(c).length);
+    }
+    await replica.persistAlloc();
+    for (const [c, id] of volume.chunks.entries()) {
+      const { offset, length } = extent(c);
+      if (id === null) {
+        if (overwrite) writeZeroesSync(replica.fd, offset, length);
+        continue;
+      }
+      const key = chunkKey(manifest.volumeSetId, id);
+      const stored = await options.store.get(key);
+      progress.bytesRead += stored.length;
+      const plain = decodeObject(stored, {
+        name: key,
+        ...(options.key ? { key: options.key } : {}),
+      });
+      if (plain.length !== length || chunkId(plain, options.key) !== id) {
+        throw new RewindError(
+          'REWIND_ARCHIVE_CORRUPT',
+          `chunk ${key}: its bytes do not have the id it is stored under`,
+        );
+      }
+      writeFullySync(replica.fd, plain, offset);
+      if (!ids.has(id)) {
+        ids.add(id);
+        if (catalog.knownChunk(id) === undefined) {
+          recorded.newIds += 1;
+          recorded.storedBytes += stored.length;
+        }
+        catalog.recordChunk(chunkRow(key, id, length, stored.length));
+      }
+      progress.chunksRead += 1;
+      options.onProgress?.({ ...progress });
+    }
+  }
+  recorded.ids = [...ids];
+  return recorded;
+}
+
+function chunkRow(key: string, id: string, plainBytes: number, storedBytes: number) {
+  return { id, key, plainBytes, storedBytes, createdAt: new Date().toISOString() };
+}
+
+function recordFull(
+  catalog: Catalog,
+  manifestKey: string,
+  manifest: FullManifest,
+  storedBytes: number,
+  chunks: ChunksRecorded,
+): void {
+  catalog.recordFull(
+    {
+      seq: manifest.seq,
+      timeUs: manifest.timeUs,
+      manifestKey,
+      volumes: manifest.volumes.map((v) => v.idx),
+      logicalBytes: manifest.volumes.reduce((sum, v) => sum + v.sizeBytes, 0),
+      chunkCount: manifest.volumes.reduce(
+        (sum, v) => sum + v.chunks.filter((id) => id !== null).length,
+        0,
+      ),
+      newChunks: chunks.newIds,
+      storedBytes,
+      createdAt: new Date().toISOString(),
+    },
+    chunks.ids,
+  );
+}
+
+/**
+ * Records the archive's other full images up to `seq` (the rebuilt history's end), so a point at
+ * one of them is served and the archive's retention knows them; each chunk not read already is
+ * only checked to be there (HEAD). One past `seq`, damaged, or missing a chunk is skipped, named.
+ */
+async function recordFulls(
+  parts: ReplayParts,
+  seq: number,
+  base: Base | null,
+  skipped: RebuildResult['fullsSkipped'],
+): Promise<RebuildResult['fulls']> {
+  const { options, catalog } = parts;
+  const tried = new Set(skipped.map((f) => f.manifestKey));
+  for (const object of parts.manifests) {
+    if (object.key === base?.manifestKey || tried.has(object.key)) continue;
+    if (object.seq > seq) {
+      skipped.push({
+        manifestKey: object.key,
+        problem: `seq ${object.seq} is past the rebuilt history (seq ${seq})`,
+      });
+      continue;
+    }
+    try {
+      const { manifest, storedBytes } = await readManifest(parts, object);
+      const recorded: ChunksRecorded = { ids: [], newIds: 0, storedBytes: 0 };
+      const rows: ReturnType<typeof chunkRow>[] = [];
+      const ids = new Set<string>();
+      for (const volume of manifest.volumes) {
+        for (const [c, id] of volume.chunks.entries()) {
+          if (id === null || ids.has(id)) continue;
+          ids.add(id);
+          if (catalog.knownChunk(id) !== undefined) continue;
+          const key = chunkKey(manifest.volumeSetId, id);
+          const head = await options.store.head(key);
+          if (head === undefined) {
+            throw new RewindError('REWIND_ARCHIVE_NOT_FOUND', `its chunk ${key} is not stored`);
+          }
+          const length = Math.min(volume.chunkBytes, volume.sizeBytes - c * volume.chunkBytes);
+          rows.push(chunkRow(key, id, length, head.size));
+          recorded.newIds += 1;
+          recorded.storedBytes += head.size;
+        }
+      }
+      for (const row of rows) catalog.recordChunk(row);
+      recorded.ids = [...ids];
+      recordFull(catalog, object.key, manifest, storedBytes + recorded.storedBytes, recorded);
+    } catch (error) {
+      rethrowIfBug(error);
+      if (!(error instanceof RewindError)) throw error;
+      skipped.push({ manifestKey: object.key, problem: error.message });
+    }
+  }
+  return catalog.fulls().map((f) => ({ seq: f.seq, manifestKey: f.manifestKey }));
 }
 
 /** Reads and decodes one batch object (digest, CRCs); its transactions with their bytes. */
@@ -369,7 +676,17 @@ async function readObject(
   return { txs, storedBytes: stored.length, sha256: sha256Of(stored) };
 }
 
-async function applyTx(tx: ReadTx, replicas: ReplicaVolume[], volumeCount: number): Promise<void> {
+/**
+ * Applies the records of `tx` after `baseSeq` (the base full image's seq; a transaction the base
+ * ends inside is applied from there); false when the base holds all of it already.
+ */
+async function applyTx(
+  tx: ReadTx,
+  replicas: ReplicaVolume[],
+  volumeCount: number,
+  baseSeq: number,
+): Promise<boolean> {
+  if (tx.entry.seqLast <= baseSeq) return false;
   const parsed = parseSealedRedo(
     tx.redo,
     `${tx.objectKey} transaction ${tx.entry.idx}`,
@@ -379,8 +696,11 @@ async function applyTx(tx: ReadTx, replicas: ReplicaVolume[], volumeCount: numbe
     parsed.header.seqFirst === tx.entry.seqFirst,
     'a redo segment starts where its entry says',
   );
-  await markApplied(parsed.records, replicas);
-  await writeRedo(tx.redo, parsed.records, replicasOf(parsed.records, replicas));
+  const records =
+    tx.entry.seqFirst > baseSeq ? parsed.records : parsed.records.filter((r) => r.seq > baseSeq);
+  await markApplied(records, replicas);
+  await writeRedo(tx.redo, records, replicasOf(records, replicas));
+  return true;
 }
 
 function recordObject(

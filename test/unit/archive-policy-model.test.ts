@@ -6,6 +6,10 @@
 // replay of writes 1..N; the ones it let go are refused REWIND_POINT_INVALID naming what the
 // archive keeps; any other seq that is still served equals the replay too. What the catalog
 // forgot is gone from the store, verify --deep is clean, and the same holds after a restart.
+// Then the backup host is lost: its data directory is deleted and `rewind archive rebuild` works
+// from what the policy left, which no longer starts at seq 1: the replica is rebuilt over the base
+// full image (taken inside a transaction, so the replay starts mid-transaction) and every kept
+// point is served, byte-identical, by a manager on the rebuilt directory.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -14,7 +18,7 @@ import { describe, it } from 'node:test';
 import { openStore } from '../../src/archive/index.js';
 import { RewindError } from '../../src/core/index.js';
 import { InThreadApply } from '../../src/manager/apply-pool.js';
-import { archivePolicyFrom, Manager } from '../../src/manager/index.js';
+import { archivePolicyFrom, Manager, rebuildFromArchive } from '../../src/manager/index.js';
 import { FakeAgent, type FakeRecord } from '../support/fake-agent.js';
 import { ModelVolumeSet, rng, type ModelWrite } from '../support/model.js';
 
@@ -29,9 +33,14 @@ const DAY_MS = 86_400_000;
 const SEEDS = Number(process.env.REWIND_ARCHIVE_SEEDS ?? 2);
 
 /** One segment of 1..4 writes, zeroes or trims at `atMs`. */
-function segment(next: (n: number) => number, atMs: number, writes: ModelWrite[]): FakeRecord[] {
+function segment(
+  next: (n: number) => number,
+  atMs: number,
+  writes: ModelWrite[],
+  recordsMin = 1,
+): FakeRecord[] {
   const records: FakeRecord[] = [];
-  for (let r = 0; r < 1 + next(4); r++) {
+  for (let r = 0; r < recordsMin + next(4); r++) {
     const volume = next(VOLUMES.length);
     const size = (VOLUMES[volume] as { sizeBytes: number }).sizeBytes;
     const length = (1 + next(16)) * SECTOR;
@@ -118,11 +127,13 @@ describe("the archive's retention policy, against the model", () => {
         manager.archiver?.start();
         const writes: ModelWrite[] = [];
         const startMs = Date.now() - 12 * DAY_MS;
-        // Four segments a day for twelve days; a full image at the end of each day.
+        // Four segments a day for twelve days; a full image at the end of each day, one write
+        // before the end of its transaction (the last segment of a day has two records or more).
         for (let s = 0; s < 48; s++) {
-          await agent.ship(segment(next, startMs + s * (DAY_MS / 4), writes));
+          const dayEnd = s % 4 === 3;
+          await agent.ship(segment(next, startMs + s * (DAY_MS / 4), writes, dayEnd ? 2 : 1));
           await manager.archiver?.drain(20_000);
-          if (s % 4 === 3) await manager.takeFull({ volumes: [] });
+          if (dayEnd) await manager.takeFull({ volumes: [], at: String(writes.length - 1) });
         }
         assert.equal(manager.fulls().length, 12);
         const objectsBefore = manager.archiveObjects().length;
@@ -181,6 +192,33 @@ describe("the archive's retention policy, against the model", () => {
         await manager.close();
         manager = await open();
         assert.deepEqual(await check('after a restart'), first);
+
+        // The backup host is lost; the archive alone rebuilds it, from the policy's base full.
+        const fullsBefore = manager.fulls().map((f) => [f.seq, f.manifestKey]);
+        await manager.close();
+        fs.rmSync(path.join(dir, 'data'), { recursive: true, force: true });
+        const store = await openStore(archiveDir);
+        const rebuilt = await rebuildFromArchive({
+          store,
+          key: undefined,
+          dataDir: path.join(dir, 'data'),
+        });
+        await store.close();
+        assert.equal(rebuilt.stoppedAt, undefined);
+        assert.equal(rebuilt.seq, writes.length);
+        assert.ok(rebuilt.seqFrom > 0, 'the archive no longer starts at seq 1');
+        assert.equal(rebuilt.base?.seq, plan.baseSeq, "the policy's base full image");
+        assert.ok(rebuilt.transactions > 0 && rebuilt.transactions < 48);
+        assert.deepEqual(rebuilt.fullsSkipped, []);
+        manager = await open();
+        assert.deepEqual(
+          manager.fulls().map((f) => [f.seq, f.manifestKey]),
+          fullsBefore,
+          'every full image is known again',
+        );
+        assert.deepEqual((await manager.verifyArchive({ deep: true })).problems, []);
+        const lost = await check('after the loss');
+        assert.ok(lost.refused > 0);
       } finally {
         agent?.close();
         await manager.close();

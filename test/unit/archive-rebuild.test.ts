@@ -3,7 +3,9 @@
 // gives a manager whose every point from 0 to the last rebuilds byte-identical to a replay of
 // writes 1..N, whose volume-set descriptor was written once per volume list, and which the agent
 // resumes against. A damaged object stops the rebuild at the last contiguous point before it
-// (named), and a directory holding a catalog is refused.
+// (named), and a directory holding a catalog is refused. An archive whose first batches are gone
+// (its retention dropped them) is rebuilt over the oldest full image at or after its first point,
+// the next one when that one is damaged, and refused, naming the seq, when none can stand in.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,6 +13,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import {
   decodeDescriptor,
+  decodeManifest,
   decodeObject,
   openStore,
   parseDescriptorKey,
@@ -284,6 +287,110 @@ describe('archive rebuild', () => {
       } finally {
         await rebuilt.close();
       }
+      await store.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('rebuilds over a full image when the first batches are gone, over the next when it is damaged', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-rebuild-full-'));
+    const archiveDir = path.join(dir, 'archive');
+    const fileOf = (key: string): string => path.join(archiveDir, ...key.split('/'));
+    try {
+      const manager = await open(path.join(dir, 'lost'), await openStore(archiveDir));
+      const writes: ModelWrite[] = [];
+      const random = rng(21);
+      const fullSeqs: number[] = [];
+      try {
+        const { port } = await manager.listen('127.0.0.1', 0);
+        const agent = await FakeAgent.connect(port, {
+          token: TOKEN,
+          volumeSetId: VOLUME_SET_ID,
+          volumes: VOLUMES,
+        });
+        for (const segments of [10, 6, 6]) {
+          for (let s = 0; s < segments; s++) await agent.ship(segment(random, writes));
+          await manager.archiver?.drain(20_000);
+          if (fullSeqs.length < 2) fullSeqs.push((await manager.takeFull({ volumes: [] })).seq);
+        }
+        agent.close();
+      } finally {
+        await manager.close();
+      }
+      const last = writes.length;
+      // What the archive's retention leaves: the batch objects of the first ten transactions go.
+      const store = await openStore(archiveDir);
+      const keys = await store.list('');
+      for (const key of keys.filter((k) => /\/tx\/\d{16}-\d{16}$/.test(k))) {
+        if (Number(/-(\d{16})$/.exec(key)?.[1]) <= 10) fs.rmSync(fileOf(key));
+      }
+      const check = async (dataDir: string, from: number): Promise<void> => {
+        const rebuilt = await open(dataDir, await openStore(archiveDir));
+        try {
+          assert.equal(rebuilt.status().seqCommitted, last);
+          for (let seq = from; seq <= last; seq++) {
+            const actual = await imagesAt(rebuilt, seq);
+            for (const [i, bytes] of replay(SIZES, writes, seq).entries())
+              assert.ok((actual[i] as Buffer).equals(bytes), `seq ${seq}: volume ${i} differs`);
+          }
+        } finally {
+          await rebuilt.close();
+        }
+      };
+
+      const first = await rebuildFromArchive({
+        store,
+        key: undefined,
+        dataDir: path.join(dir, 'a'),
+      });
+      assert.ok(first.seqFrom > 0 && first.seqFrom <= (fullSeqs[0] as number), `${first.seqFrom}`);
+      assert.equal(first.base?.seq, fullSeqs[0], 'the oldest full image at or after seqFrom');
+      assert.deepEqual(
+        first.fulls.map((f) => f.seq),
+        fullSeqs,
+      );
+      assert.equal(first.seq, last);
+      await check(path.join(dir, 'a'), first.seqFrom);
+
+      // A chunk of the first full image that the second does not share is damaged.
+      const manifestKeys = keys.filter((k) => k.includes('/full/'));
+      const chunkSets = await Promise.all(
+        manifestKeys.map(async (key) =>
+          decodeManifest(decodeObject(await store.get(key), { name: key }), key).volumes.flatMap(
+            (v) => v.chunks,
+          ),
+        ),
+      );
+      const own = (chunkSets[0] ?? []).find((id) => id !== null && !chunkSets[1]?.includes(id));
+      assert.ok(own, 'the first full image has a chunk of its own');
+      const chunkFile = fileOf(`${VOLUME_SET_ID}/chunks/${own.slice(0, 2)}/${own}`);
+      const bytes = fs.readFileSync(chunkFile);
+      bytes.writeUInt8((bytes.at(-1) as number) ^ 0x40, bytes.length - 1);
+      fs.writeFileSync(chunkFile, bytes);
+      const second = await rebuildFromArchive({
+        store,
+        key: undefined,
+        dataDir: path.join(dir, 'b'),
+      });
+      assert.equal(second.base?.seq, fullSeqs[1], 'the next full image stands in');
+      assert.deepEqual(
+        second.fullsSkipped.map((f) => f.manifestKey),
+        [manifestKeys[0]],
+      );
+      assert.match(second.fullsSkipped[0]?.problem ?? '', /CRC|digest|checksum|corrupt|id/i);
+      await check(path.join(dir, 'b'), second.seqFrom);
+
+      // No full image at all: refused, naming the first archived point, nothing half made.
+      for (const key of manifestKeys) fs.rmSync(fileOf(key));
+      await assert.rejects(
+        rebuildFromArchive({ store, key: undefined, dataDir: path.join(dir, 'c') }),
+        (error) =>
+          error instanceof RewindError &&
+          error.code === 'REWIND_ARCHIVE_NOT_FOUND' &&
+          error.message.includes(`seq ${first.seqFrom} are not in it`),
+      );
+      assert.equal(fs.existsSync(path.join(dir, 'c', 'manager')), false, 'nothing half made');
       await store.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
