@@ -4,12 +4,15 @@
 // the local journal where it still holds the transaction unthinned. Full images too: every
 // manifest and chunk the catalog records is HEADed; deep, each manifest is decoded and compared
 // with its catalog row and chunk refs, each chunk decoded and checked against its content
-// address. Reads only.
+// address. The volume-set descriptors too (what a rebuild reads first): HEADed; deep, each is
+// read, its SHA-256 and plain SHA-256 compared with the catalog's, decoded, and its volume set and
+// volumes compared with the catalog's. Reads only.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import {
   chunkId,
   decodeBatch,
+  decodeDescriptor,
   decodeManifest,
   decodeObject,
   type BatchEntry,
@@ -42,6 +45,8 @@ export interface VerifyResult {
   /** Full images and chunks checked (their manifests and chunks count in `objects` too). */
   fulls: number;
   chunks: number;
+  /** Volume-set descriptors checked (they count in `objects` too). */
+  descriptors: number;
   bytesRead: number;
   problems: VerifyProblem[];
 }
@@ -60,12 +65,14 @@ export async function verifyArchive(
     comparedLocally: 0,
     fulls: 0,
     chunks: 0,
+    descriptors: 0,
     bytesRead: 0,
     problems: [],
   };
   const fulls = catalog.fulls();
   const chunks = catalog.archiveChunks();
-  const total = objects.length + fulls.length + chunks.length;
+  const sets = catalog.archiveSets();
+  const total = objects.length + fulls.length + chunks.length + sets.length;
   result.objects = total;
   for (const [i, object] of objects.entries()) {
     const before = result.problems.length;
@@ -92,7 +99,73 @@ export async function verifyArchive(
     });
   }
   await verifyFulls(parts, { ...options, total }, result);
+  await verifyDescriptors(parts, { ...options, total }, result);
   return result;
+}
+
+/** Each recorded descriptor: present, of the recorded size; deep, its digests and volumes. */
+async function verifyDescriptors(
+  parts: { catalog: Catalog; archiver: Archiver },
+  options: { deep: boolean; total: number; onProgress?: (progress: VerifyProgress) => void },
+  result: VerifyResult,
+): Promise<void> {
+  const { catalog, archiver } = parts;
+  const volumes = new Map(catalog.volumes().map((v) => [v.idx, v]));
+  const volumeSetId = catalog.getMeta('volumeSetId');
+  let done = options.total - catalog.archiveSets().length;
+  for (const set of catalog.archiveSets()) {
+    const before = result.problems.length;
+    result.descriptors += 1;
+    const problem = (text: string): void => {
+      result.problems.push({ key: set.key, problem: text });
+    };
+    archiver.counted('head');
+    const head = await archiver.store.head(set.key);
+    if (head === undefined) problem('missing from the store');
+    else if (head.size !== set.storedBytes) {
+      problem(`size ${head.size}, the catalog recorded ${set.storedBytes}`);
+    } else if (options.deep) {
+      archiver.counted('get');
+      const stored = await archiver.store.get(set.key);
+      result.bytesRead += stored.length;
+      const sha256 = sha256Hex(stored);
+      if (sha256 !== set.sha256) problem(`SHA-256 ${sha256}, the catalog recorded ${set.sha256}`);
+      try {
+        const plain = decodeObject(stored, {
+          name: set.key,
+          ...(archiver.key ? { key: archiver.key } : {}),
+        });
+        if (sha256Hex(plain) !== set.plainSha256) {
+          problem('its plain bytes differ from those the catalog recorded');
+        }
+        const descriptor = decodeDescriptor(plain, set.key);
+        if (descriptor.volumeSetId !== volumeSetId) {
+          problem(`volume set ${descriptor.volumeSetId}, the catalog's is ${volumeSetId}`);
+        }
+        if (descriptor.volumes.length !== set.volumeCount) {
+          problem(`${descriptor.volumes.length} volumes, the catalog recorded ${set.volumeCount}`);
+        }
+        for (const v of descriptor.volumes) {
+          const known = volumes.get(v.idx);
+          if (known?.name !== v.name || known.sizeBytes !== v.sizeBytes) {
+            problem(
+              `volume ${v.idx} is ${v.name} of ${v.sizeBytes} bytes, the catalog's ${known ? `${known.name} of ${known.sizeBytes}` : 'has none'}`,
+            );
+          }
+        }
+      } catch (error) {
+        rethrowIfBug(error);
+        problem(errorMessage(error));
+      }
+    }
+    if (result.problems.length === before) result.objectsOk += 1;
+    done += 1;
+    options.onProgress?.({ done, total: options.total, key: set.key, bytes: result.bytesRead });
+  }
+}
+
+function sha256Hex(bytes: Buffer): string {
+  return crypto.createHash('sha256').update(bytes).digest('hex');
 }
 
 /** Each recorded full's manifest, then each chunk: present, of the recorded size; deep, decoded. */

@@ -165,7 +165,8 @@ describe('archive rebuild', () => {
         await assertEveryPoint(manager, writes, last);
         const verified = await manager.verifyArchive({ deep: true });
         assert.deepEqual(verified.problems, [], 'the rebuilt catalog matches the archive');
-        assert.equal(verified.objectsOk, result.objects);
+        assert.equal(verified.descriptors, 1);
+        assert.equal(verified.objectsOk, result.objects + verified.descriptors);
         // The agent resumes where the archive ends, and new history is protected.
         const { port } = await manager.listen('127.0.0.1', 0);
         const agent = await FakeAgent.connect(port, {
@@ -185,6 +186,18 @@ describe('archive rebuild', () => {
           for (const [i, bytes] of replay(SIZES, writes, seq).entries())
             assert.ok((actual[i] as Buffer).equals(bytes), `seq ${seq} after the resume`);
         }
+        // What the next rebuild reads first is verified too: a damaged descriptor is named.
+        const descriptorFile = path.join(archiveDir, ...(descriptors[0] as string).split('/'));
+        const bytes = fs.readFileSync(descriptorFile);
+        bytes.writeUInt8((bytes.at(-1) as number) ^ 0x40, bytes.length - 1);
+        fs.writeFileSync(descriptorFile, bytes);
+        assert.deepEqual((await manager.verifyArchive({ deep: false })).problems, []);
+        const damaged = await manager.verifyArchive({ deep: true });
+        assert.deepEqual(
+          damaged.problems.map((p) => p.key),
+          [descriptors[0], descriptors[0]],
+          'its SHA-256 and its decoding',
+        );
       } finally {
         await manager.close();
       }
