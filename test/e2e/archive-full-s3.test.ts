@@ -4,7 +4,10 @@
 // `archive fulls --json` listing it, `archive status` naming it; then a snapshot at a point the
 // journal has dropped, which the CLI plans from the full plus one archived increment (fewer bytes
 // than the undo of everything since), read through a real NBD client (nbdcopy) and compared
-// with the model's replay; a second full uploads only the chunk that changed.
+// with the model's replay; a second full uploads only the chunk that changed. Then the host is
+// lost with the archive's first batches gone (as its retention leaves it): `rewind archive
+// rebuild` from S3 starts over the newest full image, and a `rewind manager` on the rebuilt
+// directory serves an archived point older than that full, read with nbdcopy, equal to the model.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -12,8 +15,21 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import { BIN, freePort, startUpProcess } from '../support/process.js';
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  ListObjectsV2Command,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import {
+  BIN,
+  exited,
+  freePort,
+  startRewind,
+  startUpProcess,
+  until,
+  type RewindProcess,
+} from '../support/process.js';
 import { SwiftS3, swiftS3Missing } from '../support/swift-s3.js';
 
 const tools = ['qemu-io', 'nbdcopy'].filter((t) => spawnSync('which', [t]).status !== 0);
@@ -209,6 +225,84 @@ test(
         problems: unknown[];
       };
       assert.deepEqual([result.fulls, result.chunks, result.problems], [2, 2, []]);
+
+      // The host is lost, and the archive no longer holds its first five transactions.
+      up.kill('SIGKILL');
+      await new Promise((resolve) => up?.once('exit', resolve));
+      up = undefined;
+      const prefix = `run-${process.pid}/`;
+      const client = new S3Client({
+        endpoint: server.endpoint,
+        forcePathStyle: true,
+        region: 'us-east-1',
+        credentials: { accessKeyId: 'test:tester', secretAccessKey: 'testing' },
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+      });
+      const keys = (
+        await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }))
+      ).Contents?.map((o) => o.Key ?? '');
+      const early = (keys ?? []).filter((k) => Number(/\/tx\/\d{16}-(\d{16})$/.exec(k)?.[1]) <= 5);
+      assert.ok(early.length > 0, `batch objects of the first transactions (${keys?.join(' ')})`);
+      for (const Key of early) await client.send(new DeleteObjectCommand({ Bucket: BUCKET, Key }));
+      client.destroy();
+      const rebuiltDir = path.join(dir, 'rebuilt');
+      const archiveUrl = `s3://${BUCKET}/run-${process.pid}`;
+      const s3 = ['--archive', archiveUrl, '--s3-endpoint', server.endpoint, '--s3-path-style'];
+      const rebuilt = rewind('archive', 'rebuild', ...s3, '--data', rebuiltDir, '--json');
+      assert.equal(rebuilt.status, 0, rebuilt.err);
+      const summary = JSON.parse(rebuilt.out) as {
+        seq: number;
+        seqFrom: number;
+        base: { seq: number } | null;
+        fulls: { seq: number }[];
+      };
+      assert.equal(summary.seq, 12);
+      assert.ok(summary.seqFrom >= 5 && summary.seqFrom < 12, `archive from ${summary.seqFrom}`);
+      assert.equal(summary.base?.seq, 12, 'the full image at 12 is the base');
+      assert.deepEqual(
+        summary.fulls.map((f) => f.seq),
+        [2, 12],
+      );
+      const [link, nbd2, http2] = [await freePort(), await freePort(), await freePort()];
+      const manager: RewindProcess = startRewind([
+        'manager',
+        '--data',
+        rebuiltDir,
+        '--listen',
+        `127.0.0.1:${link}`,
+        '--nbd',
+        `127.0.0.1:${nbd2}`,
+        '--http',
+        `127.0.0.1:${http2}`,
+        '--token',
+        't',
+        ...s3,
+      ]);
+      try {
+        await until('the rebuilt manager is up', () => manager.out().includes('API:'), 60_000);
+        const api = [
+          '--server',
+          `http://127.0.0.1:${http2}`,
+          '--api-token-file',
+          path.join(rebuiltDir, 'api-token'),
+        ];
+        for (const seq of [summary.seqFrom + 1, 12]) {
+          ok('snapshot', `lost-${seq}`, '--at', String(seq), ...api);
+          const file = path.join(dir, `lost-${seq}.img`);
+          execFileSync('nbdcopy', [`nbd://127.0.0.1:${nbd2}/v@lost-${seq}`, file], {
+            timeout: 60_000,
+          });
+          assert.ok(fs.readFileSync(file).equals(replay(seq)), `seq ${seq} after the rebuild`);
+        }
+        const afterRebuild = JSON.parse(ok('archive', 'verify', '--deep', '--json', ...api)) as {
+          problems: unknown[];
+        };
+        assert.deepEqual(afterRebuild.problems, []);
+      } finally {
+        manager.child.kill('SIGTERM');
+        await exited(manager);
+      }
     } finally {
       process.env = savedEnv;
       up?.kill('SIGTERM');
