@@ -562,6 +562,6 @@ function printStatus(s: ArchiveStatus & { fulls?: FullsStatus }): void {
 function printVerify(r: VerifyResult): void {
   for (const p of r.problems) console.log(`problem: ${p.key}: ${p.problem}`);
   console.log(
-    `${r.deep ? 'deep ' : ''}verify: ${r.objectsOk} of ${r.objects} objects ok (${r.fulls} full image manifests, ${r.chunks} chunks, ${r.descriptors} volume-set descriptors), ${r.transactions} transactions${r.deep ? `, ${r.comparedLocally} compared with the journal, ${formatBytes(r.bytesRead)} read` : ''}; ${r.problems.length} problems`,
+    `${r.deep ? 'deep ' : ''}verify: ${r.objectsOk} of ${r.objects} objects ok (${r.fulls} full image manifests, ${r.chunks} chunks, ${r.descriptors} volume-set descriptors), ${r.transactions} transactions${r.deep ? `, ${r.comparedLocally} compared with the journal, ${formatBytes(r.bytesRead)} read, points ${r.pointsCompared.join(', ') || 'none'} rebuilt from the archive and compared with the journal` : ''}; ${r.problems.length} problems`,
   );
 }

@@ -842,7 +842,16 @@ export class Manager {
     onProgress?: (progress: VerifyProgress) => void;
   }): Promise<VerifyResult> {
     const archiver = this.requireArchiver();
-    return verifyArchive({ catalog: this.catalog, txFiles: this.txFiles, archiver }, options);
+    const old = this.oldPoints;
+    const points = old && {
+      sample: () => old.verifySample(),
+      compare: (seq: number) =>
+        old.compareWithJournal(seq, this.history, (at, work) => this.registry.withView(at, work)),
+    };
+    return verifyArchive(
+      { catalog: this.catalog, txFiles: this.txFiles, archiver, ...(points ? { points } : {}) },
+      options,
+    );
   }
 
   /** Set by the first close(): a second one would close file descriptors reused since. */

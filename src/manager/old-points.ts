@@ -22,7 +22,7 @@ import {
 import { assert, rethrowIfBug, RewindError, type LogFunction } from '../core/index.js';
 import { parseSealedRedo, parseUndo, type RedoRecord, type UndoExtent } from '../log/index.js';
 import { FILE_MODE_PRIVATE, DIR_MODE_PRIVATE } from '../platform/index.js';
-import type { History, HistoryTx } from '../views/index.js';
+import type { History, HistoryTx, View } from '../views/index.js';
 import type { Archiver } from './archiving.js';
 import type { ArchiveTxRow, Catalog, TxRow } from './catalog.js';
 import type { StoredHistory } from './stored-history.js';
@@ -518,6 +518,77 @@ export class OldPoints {
       }
       this.evict(new Set());
     });
+  }
+
+  /**
+   * Seqs for a deep verify to rebuild from the archive alone (a full image plus archived redo)
+   * and compare with the journal: the first seq both reach (the journal's first point or the
+   * oldest full image's seq, the later), the newest full image's seq, the last archived seq and
+   * the one halfway; each one the journal serves itself and the archive reaches that way.
+   */
+  verifySample(): number[] {
+    const volumes = this.catalog.volumes().map((v) => v.idx);
+    const fulls = this.catalog
+      .fulls()
+      .filter((f) => volumes.every((idx) => f.volumes.includes(idx)))
+      .map((f) => f.seq);
+    const start = this.local.historyStart();
+    const last = this.catalog.lastArchivedTx()?.seqLast;
+    const oldest = fulls[0];
+    if (start === undefined || last === undefined || oldest === undefined) return [];
+    const from = Math.max(start, oldest);
+    if (last < from) return [];
+    const seqs = new Set([from, Math.floor((from + last) / 2), last]);
+    const newest = fulls.at(-1) as number;
+    if (newest >= from && newest <= last) seqs.add(newest);
+    return [...seqs]
+      .sort((a, b) => a - b)
+      .filter((seq) => this.anchorOf(seq) === undefined && 'plan' in this.planFull(seq));
+  }
+
+  /**
+   * Rebuilds `seq` from a full image plus archived redo (fetched into the cache) and compares it,
+   * volume by volume, with the local view `withView` gives: the first differing offset of each
+   * volume that differs, as text; nothing when they are equal.
+   */
+  async compareWithJournal(
+    seq: number,
+    local: StoredHistory,
+    withView: (seq: number, work: (view: View) => Promise<string[]>) => Promise<string[]>,
+  ): Promise<{ differences: string[]; bytes: number }> {
+    const planned = this.planFull(seq);
+    if ('refused' in planned) return { differences: [planned.refused], bytes: 0 };
+    await this.fetch(planned.plan);
+    const image = this.history(planned.plan, local) as ImageHistory;
+    let bytes = 0;
+    try {
+      const differences = await withView(seq, async (view) => {
+        const found: string[] = [];
+        const archived = Buffer.alloc(FULL_CHUNK_BYTES);
+        for (let volume = 0; volume < local.volumeCount; volume++) {
+          const size = local.volumeSize(volume);
+          for (let offset = 0; offset < size; offset += FULL_CHUNK_BYTES) {
+            const length = Math.min(FULL_CHUNK_BYTES, size - offset);
+            const journal = view.read(volume, offset, length);
+            const read = fs.readSync(image.replicaFd(volume), archived, 0, length, offset);
+            archived.fill(0, read, length);
+            bytes += length;
+            const want = archived.subarray(0, length);
+            if (journal.equals(want)) continue;
+            let at = 0;
+            while (journal[at] === want[at]) at += 1;
+            found.push(
+              `volume ${local.volumeNames()[volume] ?? volume} differs at byte ${offset + at}: the archive's rebuild (full image ${planned.plan.full?.id} at seq ${planned.plan.anchorSeq} + ${planned.plan.increments} increments) against the journal`,
+            );
+            break;
+          }
+        }
+        return found;
+      });
+      return { differences, bytes };
+    } finally {
+      image.release();
+    }
   }
 
   /** The objects and images the cache holds and their bytes. */
