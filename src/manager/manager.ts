@@ -207,6 +207,7 @@ export class Manager {
       seqCommitted: () => this.seqCommitted(),
       waitCommitted: (seq, timeoutMs) => this.pipeline.waitCommitted(seq, timeoutMs),
       withView: (seq, work) => this.registry.withView(seq, work),
+      prefetch: (seq) => this.prefetchRestore(seq),
       clone: (name) => this.registry.clone(name),
       clientsOf: (name) => this.link.agentStatus?.clients?.[this.history.volumeIndex(name)],
       agentReportAfter: async (afterMs, timeoutMs) => {
@@ -586,6 +587,22 @@ export class Manager {
       archived.release();
     }
     if (to > plan.anchorSeq) yield* this.history.log({ ...filter, from: plan.anchorSeq + 1 });
+  }
+
+  /** What a restore to `seq` reads from the archive: its view, and the archived writes since. */
+  private async prefetchRestore(seq: number): Promise<void> {
+    const oldPoints = this.oldPoints;
+    if (oldPoints?.anchorOf(seq) === undefined) return;
+    await this.registry.prefetch(seq);
+    const since = oldPoints.plan(seq, 'undo');
+    if (!('plan' in since)) {
+      throw new RewindError(
+        'REWIND_POINT_INVALID',
+        `the writes since seq ${seq} are not all kept (${since.refused})`,
+        { hint: 'a snapshot or export at that point works; a restore needs every write since' },
+      );
+    }
+    await oldPoints.fetch(since.plan);
   }
 
   note(level: LogLevel, message: string): void {

@@ -29,6 +29,11 @@ export interface RestoreHost extends LogSource {
   waitCommitted(seq: number, timeoutMs: number): Promise<void>;
   /** A private view at `seq`, held still while `work` runs. */
   withView<T>(seq: number, work: (view: View) => Promise<T>): Promise<T>;
+  /**
+   * Fetches into the archive cache what restoring to `seq` reads (its view and the archived
+   * writes since it) when `seq` is older than the journal; nothing otherwise.
+   */
+  prefetch(seq: number): Promise<void>;
   clone(name: string): View;
   /** NBD clients connected to a production volume, as the agent last said (undefined: unknown). */
   clientsOf(volume: string): number | undefined;
@@ -307,6 +312,23 @@ export class Restorer {
     const row = restores.restore(id);
     if (!row) return;
     const spec = JSON.parse(row.spec) as RestoreSpec;
+    // A point older than the journal is fetched from the archive before the volumes go offline:
+    // a store that is down or refuses fails the restore with production untouched and online.
+    if (row.seqFirst === null && spec.fromClone === undefined) {
+      restores.updateRestore(id, { message: 'fetching from the archive' });
+      try {
+        await this.host.prefetch(row.seq);
+      } catch (error) {
+        rethrowIfBug(error);
+        const message = errorMessage(error);
+        this.host.note('error', `restore #${id}: ${message}`);
+        restores.updateRestore(id, {
+          state: 'failed',
+          message: `${message}; nothing was restored, and production (${spec.volumes.join(', ')}) stayed online as it was`,
+        });
+        return;
+      }
+    }
     restores.updateRestore(id, { message: 'taking the volumes offline' });
     const seqBefore = await this.host.agent.restoreBegin(id, spec.volumes);
     await this.host.waitCommitted(seqBefore, COMMIT_WAIT_MS);

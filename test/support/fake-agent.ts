@@ -68,6 +68,11 @@ export class FakeAgent {
     return agent;
   }
 
+  /** How many frames of `type` arrived and were not taken by `next` (e.g. commands never answered). */
+  received(type: Message['type']): number {
+    return this.frames.filter((m) => m.type === type).length;
+  }
+
   /** The next frame of `type` (others are dropped), within a bound. */
   async next(type: Message['type'], timeoutMs = 20_000): Promise<Message> {
     for (let waited = 0; ;) {
