@@ -21,6 +21,7 @@ export function registerArchiveRoutes(app: FastifyInstance, manager: Manager): v
     if (typeof point !== 'string' || point === '') {
       throw new RewindError('REWIND_BAD_ARGUMENT', 'give ?point=POINT');
     }
+    if (manager.archiver) await manager.fetchTimes(point);
     return { plan: manager.archiver ? manager.archivePlan(point) : null };
   });
   app.get('/api/archive/fulls', async () => manager.fulls());

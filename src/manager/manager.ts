@@ -39,7 +39,7 @@ import {
 } from './old-points.js';
 import { Catalog } from './catalog.js';
 import { ImageExporter } from './image-export.js';
-import { PointResolver } from './points.js';
+import { ArchivedTimeError, PointResolver } from './points.js';
 import { ReplicaVolume } from './replica.js';
 import { Restorer } from './restore.js';
 import { Retention } from './retention.js';
@@ -373,7 +373,11 @@ export class Manager {
         return 'plan' in planned ? { served: true } : { served: false, why: planned.refused };
       },
       ...(archiver
-        ? { archiveTxAtOrBeforeTime: (timeUs: number) => catalog.archiveTxAtOrBeforeTime(timeUs) }
+        ? {
+            archiveTxAtOrBeforeTime: (timeUs: number) => catalog.archiveTxAtOrBeforeTime(timeUs),
+            archivedRecordTimes: (seqFirst: number, seqLast: number) =>
+              later.oldPoints?.recordTimes(seqFirst, seqLast),
+          }
         : {}),
     });
     const oldPoints = archiver
@@ -844,7 +848,26 @@ export class Manager {
     pointText: string,
     onProgress?: (progress: FetchProgress) => void,
   ): Promise<void> {
+    await this.fetchTimes(pointText, onProgress);
     await this.registry.prefetch(this.points.resolve(pointText), onProgress);
+  }
+
+  /**
+   * When POINT is a time among the writes of an archived transaction, fetches that transaction's
+   * object into the archive cache, so the time resolves to its exact seq from then on (while the
+   * object stays cached); nothing otherwise. A POINT refused for another reason is left to the
+   * command that takes it.
+   */
+  async fetchTimes(
+    pointText: string,
+    onProgress?: (progress: FetchProgress) => void,
+  ): Promise<void> {
+    try {
+      this.points.resolve(pointText);
+    } catch (error) {
+      if (!(error instanceof ArchivedTimeError) || this.oldPoints === undefined) return;
+      await this.oldPoints.fetchSeqs(error.seqFirst, error.seqLast, onProgress);
+    }
   }
 
   /** The objects the catalog records, oldest first. */

@@ -521,6 +521,48 @@ export class OldPoints {
   }
 
   /**
+   * The capture times of the archived writes `seqFirst..seqLast`, in seq order, read from their
+   * transactions' redo in the cache; undefined when one of those objects is not cached.
+   */
+  recordTimes(seqFirst: number, seqLast: number): { seq: number; timeNs: bigint }[] | undefined {
+    const txs = this.catalog.archiveTxsBetweenSeqs(seqFirst, seqLast);
+    const volumes = this.catalog.volumes().length;
+    const times: { seq: number; timeNs: bigint }[] = [];
+    for (const tx of txs) {
+      const object = this.cached.get(tx.objectKey);
+      if (object === undefined) return undefined;
+      object.usedAtMs = Date.now();
+      const file = path.join(object.dir, `${tx.idx}.redo`);
+      for (const record of parseSealedRedo(fs.readFileSync(file), file, volumes).records) {
+        if (record.seq >= seqFirst && record.seq <= seqLast)
+          times.push({ seq: record.seq, timeNs: record.timeNs });
+      }
+    }
+    return times.sort((a, b) => a.seq - b.seq);
+  }
+
+  /** Fetches the objects holding the archived writes `seqFirst..seqLast` into the cache. */
+  async fetchSeqs(
+    seqFirst: number,
+    seqLast: number,
+    onProgress?: (progress: FetchProgress) => void,
+  ): Promise<void> {
+    const txs = this.catalog.archiveTxsBetweenSeqs(seqFirst, seqLast);
+    const plan: OldPointPlan = {
+      seq: seqLast,
+      way: 'undo',
+      anchorSeq: seqLast,
+      txs,
+      objects: this.objectsOf(txs),
+      full: null,
+      increments: txs.length,
+      fetchBytes: 0,
+      otherWay: '',
+    };
+    await this.fetch(plan, onProgress);
+  }
+
+  /**
    * Seqs for a deep verify to rebuild from the archive alone (a full image plus archived redo)
    * and compare with the journal: the first seq both reach (the journal's first point or the
    * oldest full image's seq, the later), the newest full image's seq, the last archived seq and

@@ -84,6 +84,35 @@ export interface PointSource extends Pick<
   archiveTxAtOrBeforeTime?(
     timeUs: number,
   ): { seqFirst: number; seqLast: number; timeLastUs: number } | undefined;
+  /**
+   * With an archive: the capture times of the archived writes `seqFirst..seqLast` (one archived
+   * transaction), in seq order, when its object is in the archive cache; undefined when it is not.
+   */
+  archivedRecordTimes?(
+    seqFirst: number,
+    seqLast: number,
+  ): readonly { seq: number; timeNs: bigint }[] | undefined;
+}
+
+/**
+ * A time among the writes of an archived transaction whose object is not in the archive cache:
+ * `Manager.fetchTimes` fetches it, and the time then resolves to its exact seq.
+ */
+export class ArchivedTimeError extends RewindError {
+  override name = 'ArchivedTimeError';
+  constructor(
+    readonly text: string,
+    readonly seqFirst: number,
+    readonly seqLast: number,
+  ) {
+    super(
+      'REWIND_POINT_INVALID',
+      `time ${text} falls among the archived writes of seqs ${seqFirst}..${seqLast}, whose capture times are not fetched from the archive yet`,
+      {
+        hint: `rewind archive fetch '${text}' fetches them (snapshot, clone, export and restore do it first); or give a seq from ${seqFirst - 1} to ${seqLast}`,
+      },
+    );
+  }
 }
 
 export class PointResolver {
@@ -339,24 +368,28 @@ export class PointResolver {
   /**
    * A time the journal no longer resolves (`refusal`), from the archive's catalog: the last seq
    * of the archived transaction before it, when the time lies after that transaction's last
-   * write and before the next one's first (capture times are kept to the µs per transaction;
-   * the times of the writes inside one are in its archived redo, not read here: such a time is
-   * refused, naming the seqs around it).
+   * write and before the next one's first (capture times are kept to the µs per transaction).
+   * A time among the writes of one is looked up in its archived redo when that is in the archive
+   * cache (the last write at or before it); else ArchivedTimeError says what to fetch.
    */
   private archivedSeqAtTime(timeNs: bigint, text: string, refusal: RewindError): number {
     const tx = this.source.archiveTxAtOrBeforeTime?.(Number(timeNs / 1000n));
     if (tx === undefined) throw refusal;
-    if (timeNs >= BigInt(tx.timeLastUs + 1) * 1000n) {
-      const archive = this.source.archive?.(tx.seqLast);
-      // Undefined: the journal serves that seq itself (the archived transaction ends at its start).
-      if (archive === undefined || archive.served) return tx.seqLast;
-      return this.orArchive(tx.seqLast, refusal);
+    let seq = tx.seqLast;
+    if (timeNs < BigInt(tx.timeLastUs + 1) * 1000n) {
+      const times = this.source.archivedRecordTimes?.(tx.seqFirst, tx.seqLast);
+      if (times === undefined) throw new ArchivedTimeError(text, tx.seqFirst, tx.seqLast);
+      seq = tx.seqFirst - 1;
+      for (const record of times) {
+        if (record.timeNs > timeNs) break;
+        seq = record.seq;
+      }
+      if (seq === 0) throw this.beforeFirstWrite(text);
     }
-    throw new RewindError(
-      'REWIND_POINT_INVALID',
-      `time ${text} falls among the archived writes of seqs ${tx.seqFirst}..${tx.seqLast}, whose times are not looked up in the archive`,
-      { hint: `give a seq from ${tx.seqFirst - 1} to ${tx.seqLast}` },
-    );
+    const archive = this.source.archive?.(seq);
+    // Undefined: the journal serves that seq itself (the archived transaction ends at its start).
+    if (archive === undefined || archive.served) return seq;
+    return this.orArchive(seq, refusal);
   }
 
   /**

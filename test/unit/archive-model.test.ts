@@ -38,6 +38,12 @@ function rng(seed: number): (n: number) => number {
 }
 
 /** `count` segments from `startMs` on, each a few writes, zeroes and trims a moment apart. */
+/** The capture time (ms) each model write was shipped with. */
+const captureMs = new WeakMap<ModelWrite, number>();
+/** Times among the writes of archived transactions resolved (the open snapshot keeps their
+ * objects cached; test/unit/archive-time-points.test.ts covers the fetch first). */
+const timesInside = { resolved: 0, fetched: 0 };
+
 function segments(
   next: (n: number) => number,
   startMs: number,
@@ -65,7 +71,9 @@ function segments(
         ...(data ? { data } : {}),
         timeNs: BigInt(timeMs + r) * 1_000_000n,
       });
-      writes.push({ seq, volume, kind, offset, length, ...(data ? { data } : {}) });
+      const write: ModelWrite = { seq, volume, kind, offset, length, ...(data ? { data } : {}) };
+      captureMs.set(write, timeMs + r);
+      writes.push(write);
     }
     out.push(records);
   }
@@ -118,6 +126,34 @@ async function checkEveryPoint(
   assert.ok(archive && archive.archivedFromSeq !== null, `${label}: the archive holds history`);
   const localOldest = manager.retention.status().oldestSeq;
   let fromArchive = 0;
+  // Times among the writes of an archived transaction older than the journal: the exact seq,
+  // once the transaction's object is fetched (before that, refused saying so). First, before the
+  // points below fill the cache.
+  const inside = manager.catalog
+    .archiveTxsBetweenSeqs(0, writes.length)
+    .filter((tx) => tx.seqLast > tx.seqFirst && manager.archivePlan(String(tx.seqFirst)) !== null);
+  for (const tx of inside.slice(0, 4)) {
+    const seq = tx.seqFirst + Math.floor((tx.seqLast - tx.seqFirst) / 2);
+    const at = isoMicros((captureMs.get(writes[seq - 1] as ModelWrite) as number) * 1000);
+    const cached = manager.archivePlan(String(seq))?.objects.find((o) => o.key === tx.objectKey);
+    if (cached?.cached !== true) {
+      await assert.rejects(manager.createView('at-time', 'snapshot', at), (error) => {
+        assert.match((error as Error).message, /not fetched from the archive yet/);
+        assert.match((error as RewindError).hint ?? '', /rewind archive fetch/);
+        return true;
+      });
+      await manager.fetchTimes(at);
+      timesInside.fetched += 1;
+    }
+    const view = await manager.createView('at-time', 'snapshot', at);
+    assert.equal(view.seq, seq, `${label}: time ${at} among seqs ${tx.seqFirst}..${tx.seqLast}`);
+    const want = replay(writes, seq);
+    VOLUMES.forEach((v, i) =>
+      assert.ok(view.read(i, 0, v.sizeBytes).equals(want[i] as Buffer), `${label}: at ${at}`),
+    );
+    await manager.removeView('at-time');
+    timesInside.resolved += 1;
+  }
   for (let seq = 0; seq <= writes.length; seq++) {
     const got = await imagesAt(manager, seq);
     if (got instanceof RewindError) {
@@ -286,5 +322,6 @@ describe('old points from the archive, against the model', () => {
   it('points came from the archive, some were refused, history was thinned and lost', () => {
     assert.ok(totals.fromArchive > 0 && totals.refused > 0, JSON.stringify(totals));
     assert.ok(totals.merges > 0 && totals.unarchivedDrops > 0, JSON.stringify(totals));
+    assert.ok(timesInside.resolved > 0, JSON.stringify(timesInside));
   });
 });
