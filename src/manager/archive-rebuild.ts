@@ -75,6 +75,18 @@ export interface RebuildOptions {
   onProgress?: (progress: RebuildProgress) => void;
 }
 
+/**
+ * An object that is damaged or missing: named, and the rebuild goes on without it (stops there, or
+ * tries the next full image). A store that cannot be reached or refuses, or a wrong key, fails the
+ * whole rebuild instead: going on would claim history lost that is only out of reach.
+ */
+function isDamage(error: unknown): error is RewindError {
+  return (
+    error instanceof RewindError &&
+    (error.code === 'REWIND_ARCHIVE_CORRUPT' || error.code === 'REWIND_ARCHIVE_NOT_FOUND')
+  );
+}
+
 /** The newest descriptor as read, recorded in the new catalog (the archiver writes no copy). */
 interface DescriptorStored {
   version: number;
@@ -327,7 +339,7 @@ async function replay(parts: ReplayParts): Promise<RebuildResult> {
       read = await readObject(options, object.key, progress);
     } catch (error) {
       rethrowIfBug(error);
-      if (!(error instanceof RewindError)) throw error;
+      if (!isDamage(error)) throw error;
       stoppedAt = { key: object.key, problem: errorMessage(error) };
       break;
     }
@@ -454,7 +466,7 @@ async function loadBase(
       return { seq: manifest.seq, manifestKey: object.key, chunks: chunks.ids.length };
     } catch (error) {
       rethrowIfBug(error);
-      if (!(error instanceof RewindError)) throw error;
+      if (!isDamage(error)) throw error;
       skipped.push({ manifestKey: object.key, problem: error.message });
     }
   }
@@ -650,7 +662,7 @@ async function recordFulls(
       recordFull(catalog, object.key, manifest, storedBytes + recorded.storedBytes, recorded);
     } catch (error) {
       rethrowIfBug(error);
-      if (!(error instanceof RewindError)) throw error;
+      if (!isDamage(error)) throw error;
       skipped.push({ manifestKey: object.key, problem: error.message });
     }
   }

@@ -246,6 +246,33 @@ describe('archive rebuild', () => {
     }
   });
 
+  it('a store out of reach fails the rebuild, leaving nothing, instead of cutting history short', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-rebuild-unreachable-'));
+    const archiveDir = path.join(dir, 'archive');
+    try {
+      await archivedHistory(path.join(dir, 'lost'), archiveDir, rng(9), 30);
+      const inner = await openStore(archiveDir);
+      const batches = (await inner.list('')).filter((k) => k.includes('/tx/'));
+      const unreachable = batches[Math.floor(batches.length / 2)] as string;
+      const store = Object.create(inner) as ObjectStore;
+      store.get = (key, range) =>
+        key === unreachable
+          ? Promise.reject(
+              new RewindError('REWIND_ARCHIVE_UNAVAILABLE', `get ${key}: 503 SlowDown (retried)`),
+            )
+          : inner.get(key, range);
+      const rebuilt = path.join(dir, 'rebuilt');
+      await assert.rejects(
+        rebuildFromArchive({ store, key: undefined, dataDir: rebuilt }),
+        (error) => error instanceof RewindError && error.code === 'REWIND_ARCHIVE_UNAVAILABLE',
+      );
+      assert.equal(fs.existsSync(path.join(rebuilt, 'manager')), false, 'nothing half made');
+      await inner.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a new volume writes a new descriptor version; the rebuild takes the newest', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rewind-rebuild-volumes-'));
     const archiveDir = path.join(dir, 'archive');
