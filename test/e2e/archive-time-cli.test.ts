@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { formatTimeNs } from '../../src/core/index.js';
 import { BIN, freePort, startUpProcess, until } from '../support/process.js';
 
 const tools = ['qemu-io', 'nbdcopy'].filter((t) => spawnSync('which', [t]).status !== 0);
@@ -87,11 +88,12 @@ test(
         return entry.time;
       };
       // Just before the capture time of seq 4 (the log prints µs): the state after seq 3.
-      const micros = (iso: string): number =>
-        Date.parse(iso.replace(/\.\d{6}Z$/, '.000Z')) * 1000 + Number(/\.(\d{6})Z$/.exec(iso)?.[1]);
-      const before4 = micros(timeOf(4)) - 1;
+      const micros = (iso: string): bigint =>
+        BigInt(Date.parse(iso.replace(/\.\d{6}Z$/, '.000Z'))) * 1000n +
+        BigInt(/\.(\d{6})Z$/.exec(iso)?.[1] ?? '0');
+      const before4 = micros(timeOf(4)) - 1n;
       assert.ok(before4 >= micros(timeOf(3)), 'seqs 3 and 4 are at least 1 µs apart');
-      const at = `${new Date(Math.floor(before4 / 1000)).toISOString().slice(0, 19)}.${String(before4 % 1_000_000).padStart(6, '0')}Z`;
+      const at = formatTimeNs(before4 * 1000n);
       // Push seqs 1..5 out of the journal (512 KiB) once the archive has them.
       for (let i = 0; i < 6; i++) burst(4);
       await until(

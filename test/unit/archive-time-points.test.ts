@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { openStore } from '../../src/archive/index.js';
-import { RewindError } from '../../src/core/index.js';
+import { formatTimeNs, RewindError } from '../../src/core/index.js';
 import { InThreadApply } from '../../src/manager/apply-pool.js';
 import { Manager } from '../../src/manager/index.js';
 import { FakeAgent, type FakeRecord } from '../support/fake-agent.js';
@@ -19,10 +19,9 @@ const VOLUMES = [{ name: 'a', sizeBytes: 128 * 1024 }];
 const SIZES = VOLUMES.map((v) => v.sizeBytes);
 const VOLUME_SET_ID = '0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a';
 
-/** An ISO-8601 time with microseconds. */
+/** An ISO-8601 time with microseconds, as `rewind log` prints them. */
 function isoMicros(us: number): string {
-  const fraction = String(us % 1_000_000).padStart(6, '0');
-  return new Date(Math.floor(us / 1000)).toISOString().replace(/\.\d{3}Z$/, `.${fraction}Z`);
+  return formatTimeNs(BigInt(us) * 1000n);
 }
 
 describe('a time among the writes of an archived transaction', () => {
