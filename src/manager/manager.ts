@@ -865,6 +865,7 @@ export class Manager {
     try {
       this.points.resolve(pointText);
     } catch (error) {
+      rethrowIfBug(error);
       if (!(error instanceof ArchivedTimeError) || this.oldPoints === undefined) return;
       await this.oldPoints.fetchSeqs(error.seqFirst, error.seqLast, onProgress);
     }
