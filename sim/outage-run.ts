@@ -442,13 +442,24 @@ export async function runOutage(
       );
     // A resync logs the regions written while the agent was degraded (and a few hot ones still
     // dirty from just before), not the volume: regions only marked ahead hold nothing to log.
-    const unloggedRegions = new Set(
-      unlogged.map((w) => Math.floor(((w.id % BLOCKS) * BLOCK) / DIRTY_REGION_BYTES)),
-    ).size;
+    // Summed per spell (a run of answered writes without a record): each spell's resync may log
+    // again what an earlier one did.
+    const unloggedIds = new Set(unlogged.map((w) => w.id));
+    let unloggedRegions = 0;
+    let spell = new Set<number>();
+    for (const w of answered) {
+      if (!unloggedIds.has(w.id)) {
+        unloggedRegions += spell.size;
+        spell = new Set();
+        continue;
+      }
+      spell.add(Math.floor(((w.id % BLOCKS) * BLOCK) / DIRTY_REGION_BYTES));
+    }
+    unloggedRegions += spell.size;
     const resyncRecords = log.length - perWrite;
     assert.ok(
       resyncRecords <= unloggedRegions + 4 * agent.degradedEntered,
-      `${resyncRecords} resync records for ${unloggedRegions} regions written without a record in ${agent.degradedEntered} degraded spells`,
+      `${resyncRecords} resync records for ${unloggedRegions} regions written without a record (summed per spell) in ${agent.degradedEntered} degraded spells`,
     );
     // A time inside a window is refused, and says so; sampled.
     for (let i = 0; i < Math.min(40, unlogged.length); i++) {

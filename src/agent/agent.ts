@@ -538,7 +538,10 @@ export class Agent implements ShipperSource, AgentCommands {
     if (
       !this.pipeline.degraded ||
       this.endingDegraded ||
-      this.spool.redoBytes > this.spoolBytesMax / 2
+      this.spool.redoBytes > this.spoolBytesMax / 2 ||
+      // The previous resync first: until it is committed its regions cannot be cleaned, and
+      // this one would log them all again (a resync of the whole volume after each spell).
+      (this.lastResync !== undefined && this.state.seqAcked < this.lastResync.seqLast)
     )
       return;
     this.endingDegraded = true;
@@ -552,7 +555,8 @@ export class Agent implements ShipperSource, AgentCommands {
     // manager takes in before the spool fills, lead straight back into degraded mode).
     void this.cleaningDone
       .then(() => {
-        this.cleanDirty();
+        // Quiet or not: the regions committed now hold nothing the replica lacks.
+        this.cleanDirty(0);
         return this.cleaningDone;
       })
       .then(() =>
@@ -584,11 +588,11 @@ export class Agent implements ShipperSource, AgentCommands {
    * So production is fdatasynced first, and only writes answered before that sync started count.
    * A failed fdatasync stops the write path (the restart resyncs and rewrites the dirty regions).
    */
-  private cleanDirty(): void {
+  private cleanDirty(quietMs = DIRTY_QUIET_MS): void {
     const seqLimit = Math.min(this.state.seqAcked, this.pipeline.seqCaptured);
     const nowMs = Date.now();
     const volumes = this.volumes.filter((v) =>
-      v.dirty.cleanable(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX),
+      v.dirty.cleanable(seqLimit, nowMs, quietMs, DIRTY_HOT_MAX),
     );
     if (
       this.closing ||
@@ -600,8 +604,7 @@ export class Agent implements ShipperSource, AgentCommands {
     this.cleaning = true;
     this.cleaningDone = Promise.all(volumes.map((v) => fdatasyncAsync(v.fd)))
       .then(() => {
-        for (const volume of volumes)
-          volume.dirty.clean(seqLimit, nowMs, DIRTY_QUIET_MS, DIRTY_HOT_MAX);
+        for (const volume of volumes) volume.dirty.clean(seqLimit, nowMs, quietMs, DIRTY_HOT_MAX);
       })
       .catch((error: unknown) => {
         if (!this.closing) this.pipeline.fatal(error);
