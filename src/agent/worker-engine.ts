@@ -36,8 +36,12 @@ export interface WorkerSetup {
 export interface WorkerRequest {
   id: number;
   placement: BatchPlacement;
-  /** The segment's descriptor for this batch (the direct one when the batch goes direct). */
+  /** The segment's buffered descriptor, for the batch's head before `directFromBytes`. */
   logFd: number;
+  /** The segment's direct descriptor, for the batch from `directFromBytes` on (if it goes direct). */
+  directFd: number | undefined;
+  /** Where in the file the direct part starts (the batch's end when nothing goes direct). */
+  directFromBytes: number;
 }
 
 export interface WorkerResponse {
@@ -110,7 +114,9 @@ export class WorkerEngine implements WriteEngine {
         seqNext: reservation.seqFirst + reservation.recordCount,
         chainIn: reservation.chainIn,
       },
-      logFd: reservation.directFd ?? reservation.fd,
+      logFd: reservation.fd,
+      directFd: reservation.directFd,
+      directFromBytes: reservation.directFromBytes,
     };
     const logged = new Promise<LogOutcome>((resolve, reject) => {
       assert(this.waiters.size === 0, 'one batch in the worker at a time');

@@ -35,12 +35,25 @@ function handle(request: WorkerRequest): WorkerResponse {
   const chainOut = finishBatch(arena, placement);
   let logError: WorkerResponse['logError'];
   try {
+    // The head up to the first 4 KiB boundary is written buffered, the rest (whole pages, from a
+    // page-aligned place in the arena) direct when the reservation says so.
+    const direct = request.directFd !== undefined;
+    const headBytes = direct ? request.directFromBytes - placement.logPositionBytes : 0;
+    const splitBytes = placement.startBytes + headBytes;
+    if (headBytes > 0)
+      writeRangeSync(
+        request.logFd,
+        arena,
+        placement.startBytes,
+        splitBytes,
+        placement.logPositionBytes,
+      );
     writeRangeSync(
-      request.logFd,
+      request.directFd ?? request.logFd,
       arena,
-      placement.startBytes,
+      splitBytes,
       placement.endBytes,
-      placement.logPositionBytes,
+      placement.logPositionBytes + headBytes,
     );
   } catch (error) {
     rethrowIfBug(error);

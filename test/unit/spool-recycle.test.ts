@@ -248,8 +248,8 @@ describe('recycled and preallocated segment files', () => {
       assert.equal(await write(9, 1, 1000), false, 'small: buffered');
       assert.equal(
         await write(10, 3, 100 * 1024),
-        false,
-        'large but unaligned start: buffered, padded',
+        true,
+        'large with an unaligned start: its head buffered, direct from its first boundary, padded',
       );
       const directStart = spool.activeBytes;
       assert.equal(directStart % PAD_ALIGN_BYTES, 0, 'the pad ended it on a boundary');
@@ -287,6 +287,91 @@ describe('recycled and preallocated segment files', () => {
             .subarray(record.payloadOffsetBytes, record.payloadOffsetBytes + record.lengthBytes)
             .equals(Buffer.alloc(record.lengthBytes, record.seq & 0xff)),
           `record ${record.seq} reads back whole`,
+        );
+      reopened.spool.close();
+    } finally {
+      await engine.close();
+      fs.closeSync(volume.fd);
+      volume.dirty.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a new file: the first large batch goes direct from its first boundary; a torn page there cuts it', async () => {
+    const dir = tmpDir();
+    const engine = WorkerEngine.start();
+    const prodFile = path.join(dir, 'prod.img');
+    fs.writeFileSync(prodFile, '');
+    fs.truncateSync(prodFile, 64 * 1024 * 1024);
+    const volume: ProductionVolume = {
+      name: 'v',
+      index: 0,
+      sizeBytes: 64 * 1024 * 1024,
+      path: prodFile,
+      fd: fs.openSync(prodFile, 'r+'),
+      blockDevice: false,
+      dirty: DirtyMap.open(path.join(dir, 'map'), 64 * 1024 * 1024),
+    };
+    try {
+      const { spool } = await Spool.open(path.join(dir, 'spool'), VOLUME_SET, 1, 0, 0, {
+        preallocate: false,
+      });
+      // Nothing to recycle and nothing preallocated: segment 1 is a new, empty file. Its first
+      // batch starts right after the header, off any boundary.
+      const bytes = 100 * 1024;
+      const batch: EngineRecord[] = Array.from({ length: 6 }, (_, i) => ({
+        type: 'write',
+        volume,
+        seq: 1 + i,
+        timeNs: BigInt(1 + i),
+        offsetBytes: i * bytes,
+        lengthBytes: bytes,
+        data: Buffer.alloc(bytes, (1 + i) & 0xff),
+      }));
+      const reservation = await spool.reserve({
+        recordCount: 6,
+        recordBytes: 6 * (RECORD_HEADER_BYTES + bytes),
+        seqFirst: 1,
+        timeFirstNs: 1n,
+        timeLastNs: 6n,
+      });
+      assert.ok(reservation.positionBytes % PAD_ALIGN_BYTES !== 0, 'it starts off a boundary');
+      assert.ok(reservation.directFd !== undefined, 'a new file on a disk is written direct');
+      assert.equal(reservation.directFromBytes, PAD_ALIGN_BYTES, 'from the first boundary');
+      const outcome = await engine.write({ records: batch, reservation });
+      assert.equal(outcome.logError, undefined);
+      spool.commit(reservation, outcome.chainOut);
+      const end = spool.activeBytes;
+      assert.equal(end % PAD_ALIGN_BYTES, 0, 'the pad ended it on a boundary');
+      spool.close();
+      const active = path.join(dir, 'spool', activeName(1));
+      const written = fs.readFileSync(active);
+      assert.equal(written.length, end, 'the file holds the header, the records and the pad');
+      // A power loss: one page inside record 4 (in the direct part) never reached the disk; a new
+      // file reads zeroes there.
+      const record4At = reservation.positionBytes + 3 * (RECORD_HEADER_BYTES + bytes);
+      const tornPage = Math.ceil((record4At + 1000) / PAD_ALIGN_BYTES) * PAD_ALIGN_BYTES;
+      written.fill(0, tornPage, tornPage + PAD_ALIGN_BYTES);
+      fs.writeFileSync(active, written);
+      const reopened = await Spool.open(path.join(dir, 'spool'), VOLUME_SET, 1, 0, 0, {
+        preallocate: false,
+      });
+      assert.equal(reopened.recovery.recoveredRecords, 3, 'records 1..3 are whole');
+      assert.equal(reopened.recovery.tornReason?.code, 'REWIND_SEGMENT_CORRUPT');
+      const sealed = reopened.spool.sealed[0];
+      assert.ok(sealed);
+      const file = fs.readFileSync(sealed.file);
+      const parsed = parseSealedRedo(file, sealed.file, 1);
+      assert.deepEqual(
+        parsed.records.map((r) => r.seq),
+        [1, 2, 3],
+      );
+      for (const record of parsed.records)
+        assert.ok(
+          file
+            .subarray(record.payloadOffsetBytes, record.payloadOffsetBytes + record.lengthBytes)
+            .equals(Buffer.alloc(record.lengthBytes, record.seq & 0xff)),
+          `record ${record.seq} reads back whole (its head buffered, the rest direct)`,
         );
       reopened.spool.close();
     } finally {
