@@ -96,7 +96,7 @@ const RESYNC_APPEND_BYTES = 8 * 1024 * 1024;
 
 /** At most this many operations are processed as one group commit. */
 const BATCH_OPS_MAX = 1024;
-const BATCH_BYTES_MAX = Number(process.env.REWIND_BATCH_BYTES_MAX ?? 64 * 1024 * 1024);
+const BATCH_BYTES_MAX = 64 * 1024 * 1024;
 
 export interface PipelineOptions {
   sealBytes: number;
