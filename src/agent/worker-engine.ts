@@ -38,7 +38,7 @@ export interface WorkerRequest {
   placement: BatchPlacement;
   /** The segment's buffered descriptor, for the batch's head before `directFromBytes`. */
   logFd: number;
-  /** The segment's direct descriptor, for the batch from `directFromBytes` on (if it goes direct). */
+  /** The segment's direct descriptor, for the batch from `directFromBytes` on (if direct). */
   directFd: number | undefined;
   /** Where in the file the direct part starts (the batch's end when nothing goes direct). */
   directFromBytes: number;
