@@ -494,7 +494,7 @@ export class Spool {
     active.positionBytes = reservation.positionBytes;
     this.seqNext = reservation.seqFirst;
     fs.ftruncateSync(active.fd, reservation.positionBytes);
-    active.fileBytes = 0; // its blocks past here are gone: no direct I/O into them
+    active.fileBytes = 0; // the file now ends here: nothing past it to cut at the seal
   }
 
   /**

@@ -67,6 +67,27 @@ async function append(
 
 const activeName = (index: number): string => `${String(index).padStart(16, '0')}.redo.active`;
 
+/** A 64 MiB sparse production volume with its dirty map, in `dir`. */
+function productionVolume(dir: string): ProductionVolume {
+  const prodFile = path.join(dir, 'prod.img');
+  fs.writeFileSync(prodFile, '');
+  fs.truncateSync(prodFile, 64 * 1024 * 1024);
+  return {
+    name: 'v',
+    index: 0,
+    sizeBytes: 64 * 1024 * 1024,
+    path: prodFile,
+    fd: fs.openSync(prodFile, 'r+'),
+    blockDevice: false,
+    dirty: DirtyMap.open(path.join(dir, 'map'), 64 * 1024 * 1024),
+  };
+}
+
+function closeVolume(volume: ProductionVolume): void {
+  fs.closeSync(volume.fd);
+  volume.dirty.close();
+}
+
 describe('recycled and preallocated segment files', () => {
   it("a recycled file's stale records, valid checksums and all, are cut: their seqs are older", async () => {
     const dir = tmpDir();
@@ -200,18 +221,7 @@ describe('recycled and preallocated segment files', () => {
   it('a direct, aligned batch torn at its last page is cut at the record that page belongs to', async () => {
     const dir = tmpDir();
     const engine = WorkerEngine.start();
-    const prodFile = path.join(dir, 'prod.img');
-    fs.writeFileSync(prodFile, '');
-    fs.truncateSync(prodFile, 64 * 1024 * 1024);
-    const volume: ProductionVolume = {
-      name: 'v',
-      index: 0,
-      sizeBytes: 64 * 1024 * 1024,
-      path: prodFile,
-      fd: fs.openSync(prodFile, 'r+'),
-      blockDevice: false,
-      dirty: DirtyMap.open(path.join(dir, 'map'), 64 * 1024 * 1024),
-    };
+    const volume = productionVolume(dir);
     try {
       const { spool } = await Spool.open(path.join(dir, 'spool'), VOLUME_SET, 1, 0, 0, {
         preallocate: false,
@@ -291,8 +301,7 @@ describe('recycled and preallocated segment files', () => {
       reopened.spool.close();
     } finally {
       await engine.close();
-      fs.closeSync(volume.fd);
-      volume.dirty.close();
+      closeVolume(volume);
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
@@ -300,18 +309,7 @@ describe('recycled and preallocated segment files', () => {
   it('a new file: the first large batch goes direct from its first boundary; a torn page there cuts it', async () => {
     const dir = tmpDir();
     const engine = WorkerEngine.start();
-    const prodFile = path.join(dir, 'prod.img');
-    fs.writeFileSync(prodFile, '');
-    fs.truncateSync(prodFile, 64 * 1024 * 1024);
-    const volume: ProductionVolume = {
-      name: 'v',
-      index: 0,
-      sizeBytes: 64 * 1024 * 1024,
-      path: prodFile,
-      fd: fs.openSync(prodFile, 'r+'),
-      blockDevice: false,
-      dirty: DirtyMap.open(path.join(dir, 'map'), 64 * 1024 * 1024),
-    };
+    const volume = productionVolume(dir);
     try {
       const { spool } = await Spool.open(path.join(dir, 'spool'), VOLUME_SET, 1, 0, 0, {
         preallocate: false,
@@ -376,8 +374,7 @@ describe('recycled and preallocated segment files', () => {
       reopened.spool.close();
     } finally {
       await engine.close();
-      fs.closeSync(volume.fd);
-      volume.dirty.close();
+      closeVolume(volume);
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
