@@ -33,7 +33,11 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "missing Debian packages (run as root to install): ${need[*]}" >&2
   fi
 fi
-if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then
+# npm ci deletes node_modules before it installs; through a symbolic link (a tree shared with
+# another checkout) that empties the tree it points to. Such a checkout keeps what it links to.
+if [ -L node_modules ]; then
+  echo "node_modules is a symbolic link to $(readlink -f node_modules): not reinstalling there (npm ci would empty it); if the build fails, give this checkout its own node_modules" >&2
+elif [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund || npm install --no-audit --no-fund
 fi
 npm run build
