@@ -72,7 +72,7 @@ interface ActiveSegment {
   index: number;
   file: string;
   fd: number;
-  /** A second descriptor with O_DIRECT for aligned batches, in a recycled file only. */
+  /** A second descriptor with O_DIRECT for the aligned part of large batches (not on tmpfs). */
   directFd: number | undefined;
   /** End of the bytes reserved so far (header, records, pads); the next batch starts here. */
   positionBytes: number;
@@ -132,7 +132,7 @@ export interface SpoolOptions {
   segmentBytes?: number;
   /** Preallocate the next segment's file in the background (fallocate). Default true. */
   preallocate?: boolean;
-  /** Direct I/O for aligned batches in recycled files: 'auto' uses it except on tmpfs. */
+  /** Direct I/O for the aligned part of large batches: 'auto' uses it except on tmpfs. */
   direct?: 'auto' | 'off';
   /** Batches of at least this many bytes are aligned (tests and the simulation use less). */
   alignedBatchBytesMin?: number;
